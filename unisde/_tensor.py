@@ -1,0 +1,112 @@
+"""Small tensor helpers shared across the package (float64 conversion, validation, monotone interpolation)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+DTYPE = torch.float64
+
+
+def as_float64(value, name: str = "value", device=None) -> torch.Tensor:
+    """Convert a number, sequence, array or tensor to a float64 tensor, rejecting NaN/inf with a ValueError."""
+    if isinstance(value, torch.Tensor):
+        out = value.detach().to(dtype=DTYPE)
+        if device is not None:
+            out = out.to(device)
+    else:
+        out = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=DTYPE, device=device)
+    if out.numel() and not torch.isfinite(out).all():
+        bad = (~torch.isfinite(out)).nonzero()[0].tolist()
+        raise ValueError(f"{name} contains a non-finite value ({out[tuple(bad)].item()}) at index {tuple(bad)}")
+    return out
+
+
+def check_unit_interval(t: torch.Tensor, name: str = "t") -> None:
+    """Raise a ValueError naming the first entry of ``t`` outside [0, 1]."""
+    if t.numel() == 0:
+        return
+    bad = (t < 0) | (t > 1)
+    if bad.any():
+        idx = bad.nonzero()[0].tolist()
+        raise ValueError(f"{name} must lie in [0, 1] (0 = data, 1 = prior); got {t[tuple(idx)].item()!r} at index {tuple(idx)}")
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean X?' for the closest of ``choices`` to ``name`` (or '')."""
+    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.4)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def unknown_name_error(kind: str, name, choices: Sequence[str]) -> ValueError:
+    """A ValueError for an unknown ``kind`` name listing the valid names and the closest match."""
+    choices = sorted(choices)
+    return ValueError(f"unknown {kind} {name!r}; valid choices: {', '.join(choices)}.{closest(name, choices)}")
+
+
+class MonotoneCubic:
+    """Monotone piecewise-cubic Hermite interpolant (Fritsch–Carlson / PCHIP slopes) in float64.
+
+    Passes exactly through every knot, is C¹, and is monotone on each interval where the data are, which is
+    what makes a tabulated schedule's g² non-negative by construction (DESIGN §1).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        x = x.to(DTYPE).cpu()
+        y = y.to(DTYPE).cpu()
+        if x.ndim != 1 or x.shape != y.shape or x.numel() < 2:
+            raise ValueError("MonotoneCubic needs two 1-D tensors of equal length >= 2")
+        h = x[1:] - x[:-1]
+        if (h <= 0).any():
+            raise ValueError("MonotoneCubic knots must be strictly increasing")
+        delta = (y[1:] - y[:-1]) / h
+        m = torch.zeros_like(y)
+        if x.numel() == 2:
+            m[:] = delta[0]
+        else:
+            # Interior slopes: weighted harmonic mean of neighbouring secants, zero at a local extremum.
+            d0, d1 = delta[:-1], delta[1:]
+            h0, h1 = h[:-1], h[1:]
+            w1 = 2 * h1 + h0
+            w2 = h1 + 2 * h0
+            same_sign = (d0 * d1) > 0
+            harmonic = (w1 + w2) / (w1 / torch.where(same_sign, d0, torch.ones_like(d0)) + w2 / torch.where(same_sign, d1, torch.ones_like(d1)))
+            m[1:-1] = torch.where(same_sign, harmonic, torch.zeros_like(d0))
+            m[0] = self._end_slope(h[0], h[1], delta[0], delta[1])
+            m[-1] = self._end_slope(h[-1], h[-2], delta[-1], delta[-2])
+        self.x, self.y, self.m = x, y, m
+        self._cache: dict = {}
+
+    @staticmethod
+    def _end_slope(h0, h1, d0, d1):
+        # Non-centred three-point estimate, limited so the end interval stays monotone.
+        m = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1)
+        if torch.sign(m) != torch.sign(d0):
+            return torch.zeros_like(m)
+        if torch.sign(d0) != torch.sign(d1) and abs(m) > abs(3 * d0):
+            return 3 * d0
+        return m
+
+    def _on(self, device):
+        key = str(device)
+        if key not in self._cache:
+            self._cache[key] = (self.x.to(device), self.y.to(device), self.m.to(device))
+        return self._cache[key]
+
+    def __call__(self, t: torch.Tensor, derivative: bool = False):
+        """Value (and first derivative when ``derivative``) at ``t`` (float64; clamped to the knot range)."""
+        x, y, m = self._on(t.device)
+        tc = t.clamp(x[0], x[-1])
+        i = torch.searchsorted(x, tc.contiguous(), right=True).clamp(1, x.numel() - 1) - 1
+        x0, h = x[i], x[i + 1] - x[i]
+        u = (tc - x0) / h
+        y0, y1, m0, m1 = y[i], y[i + 1], m[i] * h, m[i + 1] * h
+        u2, u3 = u * u, u * u * u
+        value = (2 * u3 - 3 * u2 + 1) * y0 + (u3 - 2 * u2 + u) * m0 + (-2 * u3 + 3 * u2) * y1 + (u3 - u2) * m1
+        if not derivative:
+            return value
+        dvalue = ((6 * u2 - 6 * u) * y0 + (3 * u2 - 4 * u + 1) * m0 + (-6 * u2 + 6 * u) * y1 + (3 * u2 - 2 * u) * m1) / h
+        return value, dvalue

@@ -1,0 +1,127 @@
+r"""The Parameterization base class: raw model output ↔ denoised estimate x̂0 for any schedule.
+
+Every parameterisation unisde knows is *linear* in the model output F and the sample x:
+
+    x̂0 = a(t) · x + b(t) · F,        model input = c_in(t) · x,
+
+so a parameterisation is fully described by its coefficient functions of (schedule, t). The score, noise and
+velocity estimates all follow from x̂0 (seed 001 eqs. 95, 198):
+
+    ε̂ = (x − s x̂0) / σ,        ∇log p_t(x) = (s x̂0 − x) / σ² = −ε̂ / σ.
+
+Samplers precompute (a, b) on their time grid in float64 and cast once, so a new parameterisation costs only
+its coefficient formulas; a new sampler never needs to know which one is in use.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from .._tensor import DTYPE, as_float64
+from ..schedule import NoiseSchedule, _expand_like
+
+
+def schedule_coefficients(schedule: NoiseSchedule, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s(t), σ(t)) in float64; where s(t) = 0 (zero terminal SNR at t = 1) the values at t_end are used
+    instead, so that quotients by s stay finite (see :mod:`unisde.schedule`)."""
+    t = schedule._time(t)
+    s, sigma = schedule._s(t), schedule._sigma(t)
+    if schedule.t_end < 1.0:
+        tc = schedule._capped(t)
+        small = s <= 0
+        s = torch.where(small, schedule._s(tc), s)
+        sigma = torch.where(small, schedule._sigma(tc), sigma)
+    return s, sigma
+
+
+def eps_from_denoised(x0_hat: torch.Tensor, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+    """ε̂ = (x − s x̂0) / σ (seed 001 eq. 95 in general (s, σ) form)."""
+    s, sigma = schedule_coefficients(schedule, t)
+    s, sigma = _expand_like(s, sample).to(sample.dtype), _expand_like(sigma, sample).to(sample.dtype)
+    return (sample - s * x0_hat) / sigma
+
+
+def score_from_denoised(x0_hat: torch.Tensor, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+    """∇log p_t(x) = (s x̂0 − x) / σ² (seed 001 eq. 198, generalised to s ≠ 1)."""
+    s, sigma = schedule_coefficients(schedule, t)
+    s, var = _expand_like(s, sample).to(sample.dtype), _expand_like(sigma**2, sample).to(sample.dtype)
+    return (s * x0_hat - sample) / var
+
+
+class Parameterization:
+    """What a model's raw output means. Subclasses implement :meth:`coefficients` (and optionally
+    :meth:`input_scale`, :meth:`model_time`). Options (e.g. EDM's ``sigma_data``) are constructor keywords."""
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[dict] = {}
+
+    def __init__(self, **options):
+        unknown = set(options) - set(self.options)
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "(none)"
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for parameterization {self.name!r}; valid options: {valid}")
+        self.config = {**self.options, **options}
+
+    # ------------------------------------------------------------------ to implement
+    def coefficients(self, schedule: NoiseSchedule, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) in float64 with x̂0 = a x + b F at time t."""
+        raise NotImplementedError  # abstract
+
+    def input_scale(self, schedule: NoiseSchedule, t) -> torch.Tensor:
+        """c_in with model input = c_in · x (1 unless the parameterisation preconditions its input)."""
+        return torch.ones_like(schedule._time(t))
+
+    def model_time(self, schedule: NoiseSchedule, t) -> torch.Tensor:
+        """The timestep value the model is fed at time t (the schedule's own convention by default)."""
+        return schedule.timestep(t)
+
+    # ------------------------------------------------------------------ derived
+    def _coef(self, schedule, t, like):
+        a, b = self.coefficients(schedule, t)
+        return _expand_like(a, like).to(like.dtype), _expand_like(b, like).to(like.dtype)
+
+    def to_denoised(self, model_output: torch.Tensor, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+        """x̂0 from the raw model output at (sample, t)."""
+        a, b = self._coef(schedule, t, sample)
+        return a * sample + b * model_output
+
+    def from_denoised(self, x0_hat: torch.Tensor, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+        """The raw model output that would give x̂0 at (sample, t): F = (x̂0 − a x) / b."""
+        a, b = self._coef(schedule, t, sample)
+        return (x0_hat - a * sample) / b
+
+    def model_input(self, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
+        """What the network is fed: c_in(t) · x."""
+        c = _expand_like(self.input_scale(schedule, t), sample).to(sample.dtype)
+        return c * sample
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t, schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model input, regression target) for clean data x0 and noise ε at per-sample times t.
+
+        The target is the output that would reproduce x0 exactly, F* = (x0 − a x_t)/b; for ε-, x0- and
+        v-prediction it reduces to ε, x0 and v, for EDM to F's target of seed 001 eq. 206.
+        """
+        x_t = schedule.add_noise(x0, noise, t)
+        return self.model_input(x_t, t, schedule), self.from_denoised(x0, x_t, t, schedule)
+
+    def output_weight(self, schedule: NoiseSchedule, t) -> torch.Tensor:
+        """b(t)²: ‖F − F*‖² = ‖x̂0 − x0‖² / b², so an x0-space loss weight λ(t) becomes λ·b² in output space."""
+        return self.coefficients(schedule, t)[1] ** 2
+
+    def default_loss_weight(self, schedule: NoiseSchedule, t) -> torch.Tensor:
+        """The x0-space weight equivalent to plain MSE on this parameterisation's output: 1 / b(t)²."""
+        return 1.0 / self.output_weight(schedule, t)
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({opts})"
+
+
+def as_time(t) -> torch.Tensor:
+    return as_float64(t, "t")
+
+
+__all__ = ["Parameterization", "schedule_coefficients", "eps_from_denoised", "score_from_denoised", "DTYPE"]
