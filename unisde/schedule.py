@@ -568,8 +568,15 @@ class TabulatedSchedule(NoiseSchedule):
         table = self.table_log_sigma.to(t.device)
         idx = torch.arange(table.numel(), dtype=DTYPE, device=t.device)
         out = _interp(log_sigma, table, idx)
-        below = log_sigma < table[0]
-        return torch.where(below, t * self.num_train_timesteps - 1, out)
+        linear = t * self.num_train_timesteps - 1
+        # Below the first entry, and in a zero-terminal-SNR last interval (σ̃ → ∞), the index is linear in t;
+        # exactly at a table entry it is that entry's integer index.
+        use_linear = log_sigma < table[0]
+        if not torch.isfinite(table[-1]):
+            use_linear |= linear > table.numel() - 2
+        out = torch.where(use_linear, linear, out)
+        at_knot = (linear - torch.round(linear)).abs() < 1e-9
+        return torch.where(at_knot, torch.round(linear), out)
 
     def _t_from_index_timestep(self, ts):
         n = self.num_train_timesteps

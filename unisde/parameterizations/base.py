@@ -78,6 +78,10 @@ class Parameterization:
         """The timestep value the model is fed at time t (the schedule's own convention by default)."""
         return schedule.timestep(t)
 
+    def t_from_model_time(self, schedule: NoiseSchedule, timestep) -> torch.Tensor:
+        """Inverse of :meth:`model_time`: the time t at which the model is fed ``timestep``."""
+        return schedule.t_from_timestep(timestep)
+
     # ------------------------------------------------------------------ derived
     def _coef(self, schedule, t, like):
         a, b = self.coefficients(schedule, t)

@@ -80,6 +80,9 @@ class EDMParameterization(Parameterization):
         _, sig = self._ve(schedule, t)
         return 0.25 * torch.log(sig)
 
+    def t_from_model_time(self, schedule, timestep):
+        return schedule.t_from_sigma(torch.exp(4 * torch.as_tensor(timestep, dtype=torch.float64)))
+
     def loss_weight_edm(self, schedule, t):
         """EDM's x0-space weight λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² (seed 001 eq. 217) = 1/c_out²."""
         return self.default_loss_weight(schedule, t)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``unisde`` CLI (see :mod:`unisde.cli`)."""
