@@ -582,13 +582,16 @@ class TabulatedSchedule(NoiseSchedule):
         n = self.num_train_timesteps
         if ((ts < -1) | (ts > n - 1)).any():
             bad = ts[(ts < -1) | (ts > n - 1)][0].item()
-            raise ValueError(f"timestep {bad} outside the training range [0, {n - 1}]")
-        integral = ts == torch.round(ts)
+            raise ValueError(f"timestep {bad} outside the training range [-1, {n - 1}]")
+        linear = (ts + 1) / n
         table = self.table_log_sigma.to(ts.device)
+        use_linear = (ts == torch.round(ts)) | (ts < 0)
+        if not torch.isfinite(table[-1]):
+            use_linear |= ts > n - 2
+            table = torch.cat([table[:-1], table[-2:-1] + 1.0])  # placeholder, never used on that interval
         log_sigma = _interp(ts.clamp(min=0), torch.arange(n, dtype=DTYPE, device=ts.device), table)
         t_frac = self.t_from_sigma(torch.exp(log_sigma))
-        t_frac = torch.where(ts < 0, (ts + 1) / n, t_frac)
-        return torch.where(integral, (ts + 1) / n, t_frac)
+        return torch.where(use_linear, linear, t_frac)
 
 
 def _interp(x, xp, fp):
