@@ -24,8 +24,15 @@ def _coef(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _expand_like(values, x).to(x.dtype)
 
 
+def _time(t) -> torch.Tensor:
+    """t as float64: 0-d for a shared time, (B,) for per-sample times. Schedule coefficients are evaluated on
+    this (not on a B-fold copy of a shared time, which made every step O(B) schedule evaluations)."""
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
 def _batch_time(t, x: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=torch.float64)
+    """Per-sample times (B,), the form score functions receive."""
+    t = _time(t)
     return t.expand(x.shape[0]) if t.ndim == 0 else t
 
 
@@ -37,11 +44,11 @@ class ForwardSDE:
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         """f(t) · x."""
-        return _coef(self.schedule.f(_batch_time(t, x)), x) * x
+        return _coef(self.schedule.f(_time(t)), x) * x
 
     def diffusion(self, x: torch.Tensor, t) -> torch.Tensor:
         """g(t), broadcastable against x."""
-        return _coef(self.schedule.g(_batch_time(t, x)), x)
+        return _coef(self.schedule.g(_time(t)), x)
 
     def reverse(self, score_fn: ScoreFn, eta: float = 1.0) -> "ReverseSDE":
         """The reverse-time family with stochasticity η (η = 1: eq. 26; η = 0: PF-ODE, eq. 27)."""
@@ -70,9 +77,8 @@ class ReverseSDE:
         return self.eta == 0.0
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
-        tb = _batch_time(t, x)
-        g2 = _coef(self.schedule.g2(tb), x)
-        return self.forward.drift(x, tb) - 0.5 * (1 + self.eta**2) * g2 * self.score_fn(x, tb)
+        g2 = _coef(self.schedule.g2(_time(t)), x)
+        return self.forward.drift(x, t) - 0.5 * (1 + self.eta**2) * g2 * self.score_fn(x, _batch_time(t, x))
 
     def diffusion(self, x: torch.Tensor, t) -> torch.Tensor:
         return self.eta * self.forward.diffusion(x, t)
