@@ -1,0 +1,255 @@
+r"""Denoising score matching for any (schedule, parameterisation) pair, with selectable loss weighting and
+noise-level distribution.
+
+The objective
+-------------
+For clean data x0, noise ε ~ N(0, I) and a time t drawn from a noise-level distribution p(t),
+x_t = s(t) x0 + σ(t) ε (seed 000 eq. 1). The parameterisation supplies the model input and the regression
+target F* of its raw output F (``Parameterization.training_target``; for ε, x0 and v prediction F* is ε, x0
+and v; for EDM it is the F-target of seed 001 eq. 206). The loss is
+
+    L = E_{t, x0, ε} [ w(t) · mean_pixels (F(c_in x_t, c_noise(t)) − F*)² ],
+
+and because every parameterisation is linear, x̂0 = a x_t + b F, we have ‖F − F*‖² = ‖x̂0 − x0‖² / b(t)²
+(``Parameterization.output_weight`` = b²). Each weighting is therefore stated once, as an x0-space weight λ(t):
+
+    w(t) = λ(t) · b(t)².
+
+Because w depends on t only, the minimiser over all functions F at every (x_t, t) is E[F* | x_t], i.e.
+x̂0 = E[x0 | x_t]: the exact denoiser (seed 001 eq. 197), whatever the weighting. The weighting only decides
+which noise levels the finite network spends its capacity on.
+
+Weightings (x0-space λ(t); s, σ are the model-space coefficients, σ̃ = σ/s the VE-view noise level)
+------------------------------------------------------------------------------------------------------
+``default``     plain MSE on the parameterisation's own output: w = 1, λ = 1/b².
+``epsilon``     ε-MSE ‖ε̂ − ε‖² (DDPM, seed 001 eq. 64): ε̂ − ε = −s (x̂0 − x0)/σ, so λ = s²/σ² (the SNR).
+``x0``          ‖x̂0 − x0‖²: λ = 1.
+``v``           v-MSE with v = α ε − β x0, α = s/r, β = σ/r, r² = s² + σ²: λ = r²/σ² = 1 + SNR.
+``score``       score matching with Song et al.'s λ_score(t) = σ(t)² (seed 001 eqs. 95, 198):
+                σ² ‖ŝ − ∇log p(x_t|x0)‖² = ‖σ ŝ + ε‖², and ŝ − ∇log p(x_t|x0) = s (x̂0 − x0)/σ², so
+                λ = σ² · s²/σ⁴ = s²/σ² — numerically identical to ``epsilon``.
+``edm``         EDM's λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² (seed 001 eq. 217) on D = x̂0; with the EDM
+                parameterisation w = 1 (λ = 1/c_out²).
+``likelihood``  score matching weighted by g(t)² (Song, Durkan, Murray & Ermon 2021), for which the time
+                integral of the loss bounds the negative log-likelihood: λ = g² · s²/σ⁴.
+
+The ε, x0 and v weights are computed as the default weight of that parameterisation (1/b² of ε, x0, v
+prediction), so the formulas above live once, in :mod:`unisde.parameterizations`.
+
+Noise-level distributions
+-------------------------
+``uniform_t``      t ~ U[t_min, 1] (score-SDE; t_min = 1e-5 by default keeps σ(t) > 0 so every target is finite).
+``uniform_index``  i ~ U{0, …, N−1}, t = (i + 1)/N with N = ``schedule.num_train_timesteps`` — exactly the
+                   timesteps diffusers' DDPM training draws for tabulated schedules.
+``lognormal``      ln σ̃ ~ N(P_mean, P_std²) (EDM: P_mean = −1.2, P_std = 1.2), mapped to t = schedule.t_from_sigma(σ̃)
+                   and clamped to [t_min, 1] (noise levels beyond the schedule's range land on its ends).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .._tensor import DTYPE, unknown_name_error
+from ..parameterizations.base import Parameterization, schedule_coefficients
+from ..plugins import get_parameterization
+from ..schedule import NoiseSchedule, _expand_like
+
+LOSS_WEIGHTINGS = ("default", "epsilon", "x0", "v", "score", "edm", "likelihood")
+NOISE_DISTRIBUTIONS = ("uniform_t", "uniform_index", "lognormal")
+
+_WEIGHT_ALIASES = {"eps": "epsilon", "sample": "x0", "v_prediction": "v", "g2": "likelihood", "mse": "default"}
+_DIST_ALIASES = {"uniform": "uniform_t", "index": "uniform_index", "log_normal": "lognormal", "log-normal": "lognormal",
+                 "uniform-t": "uniform_t", "uniform-index": "uniform_index"}
+
+
+def _canonical(kind: str, name: str, choices, aliases) -> str:
+    key = str(name).lower()
+    key = aliases.get(key, key)
+    if key not in choices:
+        raise unknown_name_error(kind, name, list(choices) + list(aliases))
+    return key
+
+
+def canonical_loss_weighting(name: str) -> str:
+    """The canonical name of a loss weighting (aliases: eps, sample, v_prediction, g2, mse)."""
+    return _canonical("loss weighting", name, LOSS_WEIGHTINGS, _WEIGHT_ALIASES)
+
+
+def canonical_noise_distribution(name: str) -> str:
+    """The canonical name of a noise-level distribution (aliases: uniform, index, log_normal)."""
+    return _canonical("noise distribution", name, NOISE_DISTRIBUTIONS, _DIST_ALIASES)
+
+
+def x0_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Parameterization, t,
+                   sigma_data: float = 0.5) -> torch.Tensor:
+    """λ(t) in float64: the weight of ‖x̂0 − x0‖² that the named weighting amounts to (see the module doc).
+
+    ``parameterization`` matters only for ``default`` (λ = 1/b² of that parameterisation); ``sigma_data`` only
+    for ``edm``.
+    """
+    weighting = canonical_loss_weighting(weighting)
+    t = schedule._time(t)
+    if weighting == "default":
+        return parameterization.default_loss_weight(schedule, t)
+    if weighting in ("epsilon", "score"):  # ε-MSE; σ²-weighted score matching is the same loss (module doc)
+        return get_parameterization("epsilon").default_loss_weight(schedule, t)
+    if weighting == "x0":
+        return get_parameterization("sample").default_loss_weight(schedule, t)
+    if weighting == "v":
+        return get_parameterization("v_prediction").default_loss_weight(schedule, t)
+    if weighting == "edm":
+        return get_parameterization("edm", sigma_data=sigma_data).loss_weight_edm(schedule, t)
+    # likelihood: g² ‖ŝ − ∇log p(x_t|x0)‖² with ŝ − ∇log p = s (x̂0 − x0)/σ² (seed 001 eq. 198)
+    s, sigma = schedule_coefficients(schedule, t)
+    return schedule.g2(t) * s * s / sigma**4
+
+
+def output_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Parameterization, t,
+                       sigma_data: float = 0.5) -> torch.Tensor:
+    """w(t) = λ(t) · b(t)² in float64: the weight of the plain MSE on the parameterisation's raw output."""
+    if canonical_loss_weighting(weighting) == "default":
+        return torch.ones_like(schedule._time(t))
+    lam = x0_loss_weight(weighting, schedule, parameterization, t, sigma_data)
+    return lam * parameterization.output_weight(schedule, t)
+
+
+def sample_time(distribution: str, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator | None = None,
+                *, t_min: float = 1e-5, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
+    """Draw ``batch_size`` times t ∈ (0, 1] (float64, on the generator's device or CPU) from a noise-level
+    distribution (see the module doc). Random numbers come from ``generator`` (the global RNG if None)."""
+    distribution = canonical_noise_distribution(distribution)
+    device = generator.device if generator is not None else torch.device("cpu")
+    if distribution == "uniform_index":
+        n = schedule.num_train_timesteps
+        if not n or n <= 0:
+            raise ValueError(f"noise distribution 'uniform_index' needs a schedule with num_train_timesteps; "
+                             f"{schedule!r} has {n!r}")
+        index = torch.randint(0, int(n), (batch_size,), generator=generator, device=device)
+        return (index.to(DTYPE) + 1) / n  # t_i = (i + 1)/N (schedule module convention)
+    if distribution == "uniform_t":
+        u = torch.rand(batch_size, generator=generator, device=device, dtype=DTYPE)
+        return t_min + (1.0 - t_min) * u
+    z = torch.randn(batch_size, generator=generator, device=device, dtype=DTYPE)
+    t = schedule.t_from_sigma(torch.exp(p_mean + p_std * z).cpu()).to(device)
+    return t.clamp(t_min, 1.0)
+
+
+@dataclass
+class DenoisingScoreMatching:
+    """The training objective: ``loss(model, x0)`` draws t and ε, builds the parameterisation's input and target,
+    calls ``model(model_input, model_time)`` and returns the weighted MSE (module doc).
+
+    ``model`` is any callable returning a tensor or an object with ``.sample`` (diffusers UNet2DModel).
+    Coefficients are evaluated in float64 and cast once to x0's dtype; the input and target are also formed
+    in float64 so that c_in x_t and F* = (x0 − a x_t)/b suffer no cancellation at small σ.
+    """
+
+    schedule: NoiseSchedule
+    parameterization: Parameterization
+    loss_weighting: str = "default"
+    noise_distribution: str = "uniform_t"
+    t_min: float = 1e-5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float | None = None
+    _weighting: str = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if isinstance(self.parameterization, str):
+            self.parameterization = get_parameterization(self.parameterization)
+        self._weighting = canonical_loss_weighting(self.loss_weighting)
+        self.noise_distribution = canonical_noise_distribution(self.noise_distribution)
+        if not (0.0 <= self.t_min < 1.0):
+            raise ValueError(f"t_min must lie in [0, 1), got {self.t_min}")
+        if not (self.p_std > 0 and math.isfinite(self.p_mean)):
+            raise ValueError(f"lognormal needs a finite P_mean and P_std > 0, got P_mean={self.p_mean}, P_std={self.p_std}")
+        if self.sigma_data is None:
+            self.sigma_data = float(self.parameterization.config.get("sigma_data", 0.5))
+
+    def sample_time(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Times t (float64, shape (batch_size,)) from the configured noise-level distribution."""
+        return sample_time(self.noise_distribution, self.schedule, batch_size, generator,
+                           t_min=self.t_min, p_mean=self.p_mean, p_std=self.p_std)
+
+    def weight(self, t) -> torch.Tensor:
+        """Output-space weight w(t) = λ(t) b(t)² (float64)."""
+        return output_loss_weight(self._weighting, self.schedule, self.parameterization, t, self.sigma_data)
+
+    def prepare(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+        """(model input, model time, target, weight), each cast once to x0's dtype and device."""
+        work = torch.float32 if x0.device.type == "mps" else DTYPE  # MPS has no float64
+        t = t.to(DTYPE)
+        x64, n64 = x0.detach().to(work), noise.to(work)
+        t_cpu = t.cpu()
+        model_input, target = self.parameterization.training_target(x64, n64, t_cpu, self.schedule)
+        timestep = self.parameterization.model_time(self.schedule, t_cpu)
+        weight = self.weight(t_cpu)
+        cast = dict(dtype=x0.dtype, device=x0.device)
+        return model_input.to(**cast), timestep.to(**cast), target.to(**cast), weight.to(**cast)
+
+    def loss(self, model: Callable, x0: torch.Tensor, generator: torch.Generator | None = None, *,
+             t: torch.Tensor | None = None, noise: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """The weighted denoising loss for a batch x0 (B, ...). ``t`` and ``noise`` are drawn (from ``generator``)
+        unless given. ``reduction``: "mean" (scalar) or "none" (per-sample, shape (B,))."""
+        if reduction not in ("mean", "none"):
+            raise unknown_name_error("reduction", reduction, ("mean", "none"))
+        batch = x0.shape[0]
+        if t is None:
+            t = self.sample_time(batch, generator)
+        if noise is None:
+            gen_device = generator.device if generator is not None else x0.device
+            noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+        model_input, timestep, target, weight = self.prepare(x0, t, noise)
+        out = model(model_input, timestep)
+        out = getattr(out, "sample", out)
+        per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)
+        if self._weighting != "default":
+            per_sample = per_sample * weight.float()
+        return per_sample if reduction == "none" else per_sample.mean()
+
+
+def make_objective(schedule, parameterization, loss_weighting="default", noise_distribution="uniform_t",
+                   **options) -> DenoisingScoreMatching:
+    """Build a :class:`DenoisingScoreMatching` from names or objects (schedule: name, config dict or
+    NoiseSchedule; parameterization: registered name or instance)."""
+    from .config import resolve_schedule
+
+    return DenoisingScoreMatching(resolve_schedule(schedule), get_parameterization(parameterization),
+                                  loss_weighting, noise_distribution, **options)
+
+
+def make_train_step(model: torch.nn.Module, schedule, parameterization, loss_weighting="default",
+                    noise_distribution="uniform_t", optimizer: torch.optim.Optimizer | None = None,
+                    learning_rate: float = 1e-4, max_grad_norm: float | None = 1.0, **options):
+    """One plain training step, usable on its own (benchmarks): returns ``step(batch, generator) -> loss``.
+
+    ``batch`` is a tensor of clean images (B, C, H, W) in [−1, 1] on the model's device; the step draws t and
+    ε from ``generator``, computes the objective, back-propagates, clips the gradient norm (if
+    ``max_grad_norm``), and takes one optimizer step (AdamW(lr=learning_rate) unless ``optimizer`` is given).
+    Returns the detached scalar loss.
+    """
+    objective = make_objective(schedule, parameterization, loss_weighting, noise_distribution, **options)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.train()
+
+    def step(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = objective.loss(model, batch, generator)
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        return loss.detach()
+
+    step.objective = objective
+    step.optimizer = optimizer
+    return step
+
+
+__all__ = ["LOSS_WEIGHTINGS", "NOISE_DISTRIBUTIONS", "DenoisingScoreMatching", "x0_loss_weight", "output_loss_weight",
+           "sample_time", "make_objective", "make_train_step", "canonical_loss_weighting", "canonical_noise_distribution"]
