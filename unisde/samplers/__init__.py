@@ -1,11 +1,18 @@
-"""Samplers: each a plugin registered through :func:`unisde_register_samplers`."""
+"""Samplers: each a plugin registered through :func:`unisde_register_samplers`, exactly as third-party ones are."""
 
 from ..plugins import hookimpl
+from .base import Option, Sampler, grid_coefficients
+from .ddim import DDIMSampler
+from .ddpm import DDPMSampler
+from .edm import EDMSampler
 
-BUILTIN_SAMPLERS: tuple = ()
+BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, EDMSampler)
 
 
 @hookimpl
 def unisde_register_samplers(register):
     for cls in BUILTIN_SAMPLERS:
         register(cls)
+
+
+__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler"]

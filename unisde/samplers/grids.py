@@ -1,0 +1,104 @@
+r"""Time grids: where a sampler evaluates the model, as decreasing times t_0 > … > t_{n−1} plus the end point.
+
+* ``leading`` / ``trailing`` / ``linspace``: diffusers' spacings of training indices i (tables only; index i
+  sits at t = (i + 1)/N). On closed-form schedules they fall back to ``uniform_t``.
+* ``uniform_t``: equal steps in t between t_max and t_min.
+* ``uniform_lambda``: equal steps in log-SNR λ (equivalently in log σ̃) — DPM-Solver's choice.
+* ``karras``: Karras et al. (2022) eq. 5, σ̃_i = (σ̃_max^{1/ρ} + i/(n−1) (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ in the VE
+  view σ̃ = σ/s, ρ = 7 by default.
+The grid always ends with the end point (t = 0, clean data, unless the caller asks otherwise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._tensor import DTYPE, unknown_name_error
+from ..schedule import NoiseSchedule
+
+GRIDS = ("leading", "trailing", "linspace", "uniform_t", "uniform_lambda", "karras")
+DISCRETE_GRIDS = ("leading", "trailing", "linspace")
+
+
+def default_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
+    """(t_min, t_max) a sampler covers by default: tables from index 0 (t = 1/N) to N−1 (t = 1); closed forms
+    with σ(0) > 0 (VE, EDM) from 0; closed forms with σ(0) = 0 from t = 1e-3 (score-SDE's sampling ε for VP)."""
+    if schedule.is_discrete:
+        return 1.0 / schedule.num_train_timesteps, 1.0
+    if float(schedule.sigma(0.0)) > 0:
+        return 0.0, 1.0
+    return 1e-3, 1.0
+
+
+def discrete_indices(num_train: int, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
+    """diffusers' training indices for n inference steps (descending int64)."""
+    if n > num_train:
+        raise ValueError(f"num_inference_steps={n} is larger than the schedule's {num_train} training timesteps")
+    if spacing == "linspace":
+        idx = np.linspace(0, num_train - 1, n).round()[::-1].copy().astype(np.int64)
+    elif spacing == "leading":
+        ratio = num_train // n
+        idx = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
+    elif spacing == "trailing":
+        idx = np.round(np.arange(num_train, 0, -num_train / n)).astype(np.int64) - 1
+    else:
+        raise unknown_name_error("timestep_spacing", spacing, DISCRETE_GRIDS)
+    if idx.max() >= num_train or idx.min() < 0:
+        raise ValueError(f"timestep spacing {spacing!r} with steps_offset={steps_offset} gives index {int(idx.max())} outside [0, {num_train - 1}]")
+    return idx
+
+
+def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, t_min: float | None = None, t_max: float | None = None,
+              rho: float = 7.0, steps_offset: int = 0, final_time: float = 0.0) -> torch.Tensor:
+    """n evaluation times of the chosen kind plus ``final_time``: a strictly decreasing float64 tensor (n + 1,)."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
+    if kind not in GRIDS:
+        raise unknown_name_error("time grid", kind, GRIDS)
+    lo, hi = default_time_range(schedule)
+    t_min = lo if t_min is None else float(t_min)
+    t_max = hi if t_max is None else float(t_max)
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if kind in DISCRETE_GRIDS and schedule.is_discrete:
+        idx = discrete_indices(schedule.num_train_timesteps, int(n), kind, steps_offset)
+        times = torch.as_tensor((idx + 1) / schedule.num_train_timesteps, dtype=DTYPE)
+    elif kind in DISCRETE_GRIDS or kind == "uniform_t":
+        times = torch.linspace(t_max, t_min, int(n), dtype=DTYPE)
+    elif kind == "uniform_lambda":
+        lam = torch.linspace(float(schedule.log_snr(t_max)), float(schedule.log_snr(t_min)), int(n), dtype=DTYPE)
+        times = schedule.t_from_log_snr(lam)
+        times[0], times[-1] = t_max, t_min
+    else:  # karras
+        smax, smin = float(schedule.ve_sigma(t_max)), float(schedule.ve_sigma(t_min))
+        ramp = torch.linspace(0, 1, int(n), dtype=DTYPE)
+        sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+        times = schedule.t_from_sigma(sig)
+        times[0], times[-1] = t_max, t_min
+    return append_final(times, final_time)
+
+
+def append_final(times: torch.Tensor, final_time: float = 0.0) -> torch.Tensor:
+    """Append the end point and check the grid is strictly decreasing (ValueError naming the position)."""
+    times = torch.cat([times.to(DTYPE), torch.tensor([float(final_time)], dtype=DTYPE)])
+    diff = times[1:] - times[:-1]
+    if (diff >= 0).any():
+        i = int((diff >= 0).nonzero()[0])
+        raise ValueError(f"the time grid must be strictly decreasing towards the data; entry {i} (t={times[i].item():.6g}) "
+                         f"is followed by t={times[i + 1].item():.6g}")
+    return times
+
+
+def grid_from_sigmas(schedule: NoiseSchedule, sigmas, final_time: float = 0.0) -> torch.Tensor:
+    """Grid from custom VE-view noise levels σ̃ (descending; a trailing 0 marks the clean-data end point)."""
+    sig = torch.as_tensor(np.asarray(sigmas, dtype=np.float64), dtype=DTYPE)
+    if sig.ndim != 1 or sig.numel() == 0:
+        raise ValueError("sigmas must be a non-empty 1-D sequence")
+    if not torch.isfinite(sig).all() or (sig < 0).any():
+        raise ValueError(f"sigmas must be finite and >= 0, got {sig.tolist()}")
+    if sig[-1] == 0:
+        sig = sig[:-1]
+    if sig.numel() == 0:
+        raise ValueError("sigmas must contain at least one positive noise level")
+    return append_final(schedule.t_from_sigma(sig), final_time)
