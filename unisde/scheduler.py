@@ -139,6 +139,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self.sampler_options = self._sampler_options(sampler_options)
         # Validate now so a bad option fails at construction, before any work.
         self._sampler = self.sampler_cls(self.noise_schedule, self.parameterization, **self.sampler_options)
+        # x̂0 post-processing flags, read once here rather than through the config on every step.
+        self._threshold = (dynamic_thresholding_ratio, sample_max_value) if thresholding else None
+        self._clip = float(clip_sample_range) if clip_sample and not thresholding else None
+        self._check = bool(check_finite)
         self.timesteps = None
         self.num_inference_steps = None
         self.sigmas = None
@@ -309,11 +313,11 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                                  f"(or twice its channels for a learned variance)")
         if model_output.dtype != sample.dtype:
             model_output = model_output.to(sample.dtype)
-        if self.config.check_finite:
+        if self._check:
             self._check_finite(model_output, k)
         a, b = self._a[k], self._b[k]
-        raw = model_output * b if a == 0.0 else sample * a + model_output * b if b != 1.0 else sample * a + model_output
-        denoised = self._postprocess(raw)
+        raw = (model_output if b == 1.0 else model_output * b) if a == 0.0 else torch.add(sample * a, model_output, alpha=b)
+        denoised = raw if self._clip is None and self._threshold is None else self._postprocess(raw)
         if use_clipped_model_output is not None and "use_clipped_model_output" in self._sampler.opts:
             self._sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
         prev = self._sampler.step(k, sample, denoised, raw_denoised=raw, extra=extra, generator=generator, eta=eta)
@@ -345,11 +349,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"the model output at step {k} (timestep {self._t_list[k]:.6g}) contained NaN or inf")
 
     def _postprocess(self, x0: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if cfg.thresholding:
-            return _dynamic_threshold(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        if cfg.clip_sample:
-            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        if self._threshold is not None:
+            return _dynamic_threshold(x0, *self._threshold)
+        if self._clip is not None:
+            return x0.clamp(-self._clip, self._clip)
         return x0
 
     # ------------------------------------------------------------------ forward process helpers

@@ -159,6 +159,13 @@ class Sampler:
         return self.grid[-1] if self.grid else 0.0
 
 
+def lincomb(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
+    """cx·x + cy·y in at most two passes over memory (the scalars are Python floats: cast once, no transfer)."""
+    if cx == 1.0:
+        return torch.add(x, y, alpha=cy)
+    return torch.add(x * cx, y, alpha=cy)
+
+
 def grid_coefficients(sampler: Sampler, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, σ) along a grid; an end point at t = 0 is the clean data (s = 1, σ = 0) whatever σ(0) is, so that
     VE/EDM schedules with σ(0) = σ_min > 0 still finish on the denoised sample (EDM Algorithm 2's t_N = 0)."""

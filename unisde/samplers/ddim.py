@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
-from .base import Option, Sampler, grid_coefficients, non_negative
+import torch
+
+from .base import Option, Sampler, grid_coefficients, lincomb, non_negative
 
 
 class DDIMSampler(Sampler):
@@ -38,10 +40,15 @@ class DDIMSampler(Sampler):
 
     def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
         eta = self.eta_value(eta)
+        std = eta * math.sqrt(self.posterior[k]) if eta > 0 else 0.0
+        direction = math.sqrt(max(self.var_n[k] - std * std, 0.0)) / self.sigma_t[k]
         x0_for_eps = denoised if self.opts["use_clipped_model_output"] else raw_denoised
-        eps = (sample - x0_for_eps * self.s_t[k]) * (1.0 / self.sigma_t[k])
-        std = eta * math.sqrt(self.posterior[k])
-        prev = denoised * self.s_n[k] + eps * math.sqrt(max(self.var_n[k] - std * std, 0.0))
+        if x0_for_eps is denoised:
+            # ε̂ = (x − s x̂0)/σ folded in: x' = (c/σ) x + (s' − c s/σ) x̂0, two passes.
+            prev = lincomb(sample, direction, denoised, self.s_n[k] - direction * self.s_t[k])
+        else:
+            prev = lincomb(sample, direction, x0_for_eps, -direction * self.s_t[k])
+            prev = torch.add(prev, denoised, alpha=self.s_n[k])
         if eta > 0:
-            prev = prev + self.noise_like(sample, generator) * std
+            prev = torch.add(prev, self.noise_like(sample, generator), alpha=std)
         return prev

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients
+from .base import Option, Sampler, grid_coefficients, lincomb
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 
@@ -52,7 +52,7 @@ class DDPMSampler(Sampler):
         return times
 
     def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        prev = denoised * self.coef_x0[k] + sample * self.coef_x[k]
+        prev = lincomb(denoised, self.coef_x0[k], sample, self.coef_x[k])
         if not self.draw[k]:
             return prev
         noise = self.noise_like(sample, generator)
@@ -66,4 +66,4 @@ class DDPMSampler(Sampler):
             log_var = frac * self.log_large[k] + (1 - frac) * self.log_small[k]
             return prev + torch.exp(0.5 * log_var) * noise
         std = self.std_large[k] if vt in ("fixed_large", "fixed_large_log") else self.std_small[k]
-        return prev + noise * std
+        return torch.add(prev, noise, alpha=std)

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients, non_negative, positive
+from .base import Option, Sampler, grid_coefficients, lincomb, non_negative, positive
 
 
 class EDMSampler(Sampler):
@@ -78,27 +78,29 @@ class EDMSampler(Sampler):
         self._saved = None
         return torch.tensor(times, dtype=torch.float64)
 
-    def _churn(self, op, x_ve, generator):
+    def _to_next(self, op, x_ve, generator):
         """x̃ at σ̃_{i+1} → model-space sample at σ̂_{i+1} (adding the churn noise of the next step)."""
         if op["churn_std"] > 0:
-            x_ve = x_ve + self.noise_like(x_ve, generator) * op["churn_std"]
+            x_ve = torch.add(x_ve, self.noise_like(x_ve, generator), alpha=op["churn_std"])
             return x_ve * op["s_next_hat"]
         return x_ve * op["s_next"]
 
     def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
         op = self.ops[k]
+        inv_s, inv_ve = 1.0 / op["s"], 1.0 / op["ve"]
         if op["kind"] == "euler":
             if op["two_stage"]:
-                x_ve = sample * (1.0 / op["s"])
-                d = (x_ve - denoised) * (1.0 / op["ve"])
-                self._saved = (x_ve, d)
-                return (x_ve + d * op["h"]) * op["s_next"]
+                d = lincomb(sample, inv_s * inv_ve, denoised, -inv_ve)  # (x̃ − D)/σ̂
+                self._saved = (sample, inv_s, d)
+                return lincomb(sample, op["s_next"] * inv_s, d, op["s_next"] * op["h"])
             if op["churn_std"] > 0:
-                x_ve = sample * (1.0 / op["s"])
-                return self._churn(op, x_ve + (x_ve - denoised) * (op["h"] / op["ve"]), generator)
+                x_ve = lincomb(sample, inv_s * (1 + op["h"] * inv_ve), denoised, -op["h"] * inv_ve)
+                return self._to_next(op, x_ve, generator)
             a, b = op["euler"]
-            return sample * a + denoised * b
-        x_hat, d = self._saved
+            return lincomb(sample, a, denoised, b)
+        x_start, inv_s0, d = self._saved
         self._saved = None
-        d_next = (sample * (1.0 / op["s"]) - denoised) * (1.0 / op["ve"])
-        return self._churn(op, x_hat + (d + d_next) * (0.5 * op["h"]), generator)
+        d_sum = torch.add(d, lincomb(sample, inv_s * inv_ve, denoised, -inv_ve))
+        if op["churn_std"] > 0:
+            return self._to_next(op, lincomb(x_start, inv_s0, d_sum, 0.5 * op["h"]), generator)
+        return lincomb(x_start, op["s_next"] * inv_s0, d_sum, op["s_next"] * 0.5 * op["h"])
