@@ -1,6 +1,6 @@
 r"""Exact denoisers: the project's ground truth (DESIGN §2).
 
-For data x0 ~ p_data and the forward process x_t = s(t) x0 + σ(t) ε (seed 001 eq. 150), the optimal
+For data x0 ~ p_data and the forward process x_t = s(t) x0 + σ(t) ε (seed 001 eq. 150, whose σ is our VE-view σ̃ = σ/s), the optimal
 denoiser D(x, t) = E[x0 | x_t = x] and the marginal p_t are known in closed form for three families:
 
 * :class:`Gaussian` ``N(μ, Σ)``:  p_t = N(s μ, s² Σ + σ² I)  and
@@ -401,7 +401,7 @@ class Gaussian(_Analytic):
 
 
 class Empirical(_Analytic):
-    """The empirical distribution (1/n) Σ_i δ(x0 − y_i) of a finite dataset (seed 001 eqs. 186–197).
+    """The empirical distribution (1/n) Σ_i δ(x0 − y_i) of a finite dataset (seed 001 eqs. 184–197).
 
     ``data``: (n, *event_shape). Its denoiser is seed 001 eq. 197, a softmax over −‖x̃ − y_i‖² / (2σ̃²); its
     marginal p_t is the isotropic mixture (1/n) Σ_i N(s y_i, σ² I). It has no data density (``log_prob``
