@@ -236,7 +236,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             ts = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
             if ts.ndim != 1 or ts.size == 0:
                 raise ValueError("timesteps must be a non-empty 1-D sequence")
-            grid = append_final(param.t_from_model_time(sched, torch.as_tensor(ts)), final)
+            grid = append_final(param.t_from_model_time(sched, torch.as_tensor(ts)), final, sched)
         elif sigmas is not None:
             grid = grid_from_sigmas(sched, sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas, final)
         else:

@@ -76,13 +76,20 @@ def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, t_min: float | None
         sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
         times = schedule.t_from_sigma(sig)
         times[0], times[-1] = t_max, t_min
-    return append_final(times, final_time)
+    return append_final(times, final_time, schedule)
 
 
-def append_final(times: torch.Tensor, final_time: float = 0.0) -> torch.Tensor:
-    """Append the end point and check the grid is strictly decreasing (ValueError naming the position)."""
+def append_final(times: torch.Tensor, final_time: float = 0.0, schedule: NoiseSchedule | None = None) -> torch.Tensor:
+    """Append the end point and check the grid is strictly decreasing (ValueError naming the position).
+
+    On a schedule with σ(0) > 0 (VE, EDM) the last evaluation may sit at t = 0 (σ = σ_min) and the end point
+    t = 0 then means the clean data (see ``grid_coefficients``), so that one repeated 0 is allowed.
+    """
     times = torch.cat([times.to(DTYPE), torch.tensor([float(final_time)], dtype=DTYPE)])
     diff = times[1:] - times[:-1]
+    if (schedule is not None and times.numel() > 1 and float(times[-1]) == 0.0 and float(times[-2]) == 0.0
+            and float(schedule.sigma(0.0)) > 0):
+        diff[-1] = -1.0
     if (diff >= 0).any():
         i = int((diff >= 0).nonzero()[0])
         raise ValueError(f"the time grid must be strictly decreasing towards the data; entry {i} (t={times[i].item():.6g}) "
@@ -101,4 +108,4 @@ def grid_from_sigmas(schedule: NoiseSchedule, sigmas, final_time: float = 0.0) -
         sig = sig[:-1]
     if sig.numel() == 0:
         raise ValueError("sigmas must contain at least one positive noise level")
-    return append_final(schedule.t_from_sigma(sig), final_time)
+    return append_final(schedule.t_from_sigma(sig), final_time, schedule)
