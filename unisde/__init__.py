@@ -1,10 +1,27 @@
-"""unisde: every diffusion model's schedule, parameterisation and sampler on one SDE footing."""
+"""unisde: every diffusion model's schedule, parameterisation and sampler on one SDE footing.
 
-from .plugins import (get_parameterization, get_sampler, hookimpl, list_parameterizations, list_samplers)
-from .schedule import NoiseSchedule
+``UnifiedScheduler``, ``load_pipeline`` and ``analytic`` import diffusers, so they are loaded on first access.
+"""
+
 from . import sde  # noqa: F401
+from .plugins import get_parameterization, get_sampler, hookimpl, list_parameterizations, list_samplers
+from .schedule import NoiseSchedule
 
 __version__ = "0.1.0"
 
-__all__ = ["NoiseSchedule", "hookimpl", "get_sampler", "get_parameterization", "list_samplers",
-           "list_parameterizations", "sde"]
+_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "load_pipeline": ("unisde.pipeline", "load_pipeline")}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'unisde' has no attribute {name!r}")
+
+
+__all__ = ["NoiseSchedule", "UnifiedScheduler", "load_pipeline", "hookimpl", "get_sampler", "get_parameterization",
+           "list_samplers", "list_parameterizations", "sde"]
