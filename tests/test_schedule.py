@@ -284,3 +284,68 @@ def test_sigma_configs_of_edm_and_score_sde_ve():
 def test_bad_input_names_the_problem(build, pattern):
     with pytest.raises(ValueError, match=pattern):
         build()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _parse_table(out: str) -> np.ndarray:
+    lines = [ln for ln in out.splitlines() if ln and not ln.startswith("#")]
+    assert lines[0].split() == ["t", "s", "sigma", "f", "g", "log_snr"]
+    return np.array([[float(v) for v in ln.split()] for ln in lines[1:]])
+
+
+def _check_table(table: np.ndarray, sched: NoiseSchedule, points: int) -> None:
+    t = torch.linspace(0, 1, points, dtype=F64)
+    expected = torch.stack([t, sched.s(t), sched.sigma(t), sched.f(t), sched.g(t), sched.log_snr(t)], 1).numpy()
+    assert table.shape == (points, 6)
+    np.testing.assert_allclose(table, expected, rtol=1e-5, atol=1e-12)  # printed with 6 significant digits
+
+
+def test_cli_schedule_by_name(capsys):
+    from unisde.cli import main
+
+    assert main(["schedule", "vp-linear"]) == 0
+    _check_table(_parse_table(capsys.readouterr().out), NoiseSchedule.vp_linear(), 11)
+    assert main(["schedule", "edm", "--points", "4"]) == 0
+    _check_table(_parse_table(capsys.readouterr().out), NoiseSchedule.edm(), 4)
+
+
+def test_cli_schedule_from_config_file_and_pipeline_dir(tmp_path, capsys):
+    from diffusers import DDPMScheduler
+
+    from unisde.cli import main
+
+    ddpm = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)
+    ddpm.save_config(tmp_path / "pipe" / "scheduler")
+    expected = NoiseSchedule.from_diffusers_config(ddpm.config)
+    config_file = tmp_path / "pipe" / "scheduler" / "scheduler_config.json"
+    for arg in (str(config_file), str(tmp_path / "pipe")):
+        assert main(["schedule", arg, "--points", "6"]) == 0
+        out = capsys.readouterr().out
+        assert "training index i ↔ t = (i + 1)/1000" in out and "zero terminal SNR" in out
+        _check_table(_parse_table(out), expected, 6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["schedule", "vp-linaer"], "unknown schedule 'vp-linaer'; valid choices: .* Did you mean 'vp-linear'"),
+    (["schedule", "missing.json"], "no such file 'missing.json'"),
+    (["schedule", "ve", "--points", "1"], r"--points must be at least 2.*got 1"),
+])
+def test_cli_schedule_errors_exit_2(args, message, capsys):
+    import re
+
+    from unisde.cli import main
+
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and re.search("unisde schedule: error: " + message, captured.err)
+
+
+def test_cli_schedule_bad_json_and_empty_dir(tmp_path, capsys):
+    from unisde.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["schedule", str(bad)]) == 2
+    assert "is not a valid scheduler config" in capsys.readouterr().err
+    assert main(["schedule", str(tmp_path)]) == 2
+    assert "has neither scheduler_config.json nor scheduler/scheduler_config.json" in capsys.readouterr().err

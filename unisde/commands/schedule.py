@@ -1,0 +1,76 @@
+"""``unisde schedule NAME_OR_CONFIG``: a schedule's continuous-time SDE coefficients at a few times.
+
+NAME_OR_CONFIG is a schedule name (``NoiseSchedule.from_name``: vp-linear, vp-cosine, sub-vp, ve, edm,
+ddpm-linear, ddpm-cosine, scaled-linear), a diffusers scheduler config JSON file, or a pipeline directory
+holding ``scheduler/scheduler_config.json``. The table lists t, s(t), σ(t), f(t), g(t) and the log-SNR λ(t)
+(seed 000 eq. 24) at ``--points`` evenly spaced times from 0 to 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+help = "print a schedule's s, σ, f, g and log-SNR at a few times (name, diffusers config JSON or pipeline dir)"
+
+COLUMNS = ("t", "s", "sigma", "f", "g", "log_snr")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("schedule", metavar="NAME_OR_CONFIG",
+                        help="schedule name, diffusers scheduler_config.json, or a pipeline directory")
+    parser.add_argument("--points", type=int, default=11, metavar="N",
+                        help="number of evenly spaced times in [0, 1] (default 11: t = 0, 0.1, …, 1)")
+
+
+def load_schedule(spec: str):
+    """The NoiseSchedule named or described by ``spec`` (ValueError naming it and the choices otherwise)."""
+    from ..schedule import SCHEDULE_NAMES, NoiseSchedule
+
+    if os.path.isdir(spec):
+        for candidate in ("scheduler_config.json", os.path.join("scheduler", "scheduler_config.json")):
+            if os.path.isfile(os.path.join(spec, candidate)):
+                return NoiseSchedule.from_diffusers_config(os.path.join(spec, candidate))
+        raise ValueError(f"directory {spec!r} has neither scheduler_config.json nor scheduler/scheduler_config.json")
+    if os.path.isfile(spec):
+        try:
+            return NoiseSchedule.from_diffusers_config(spec)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read scheduler config {spec!r}: {exc}") from exc
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError; say which file
+            raise ValueError(f"{spec!r} is not a valid scheduler config: {exc}") from exc
+    if spec.endswith(".json"):
+        raise ValueError(f"no such file {spec!r}; expected a schedule name ({', '.join(SCHEDULE_NAMES)}), "
+                         "a scheduler config JSON file or a pipeline directory")
+    return NoiseSchedule.from_name(spec)
+
+
+def schedule_table(schedule, points: int) -> list[tuple[float, ...]]:
+    """Rows (t, s, σ, f, g, λ) at ``points`` evenly spaced t in [0, 1] (float64; see unisde.schedule for the
+    conventions at t = 0 and, under zero terminal SNR, at t = 1)."""
+    import torch
+
+    if points < 2:
+        raise ValueError(f"--points must be at least 2 (t = 0 and t = 1), got {points}")
+    t = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    cols = (t, schedule.s(t), schedule.sigma(t), schedule.f(t), schedule.g(t), schedule.log_snr(t))
+    return [tuple(float(c[i]) for c in cols) for i in range(points)]
+
+
+def format_table(rows) -> str:
+    header = "  ".join(f"{name:>12}" for name in COLUMNS)
+    lines = [header] + ["  ".join(f"{v + 0.0:>12.6g}" for v in row) for row in rows]  # + 0.0: no "-0"
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    schedule = load_schedule(args.schedule)
+    rows = schedule_table(schedule, args.points)  # validates --points before any output
+    print(f"# {schedule!r}")
+    print(f"# t ∈ [0, 1] (0 = data, 1 = prior); x_t = s x0 + σ ε; dx = f x dt + g dw; log_snr = log(s²/σ²)")
+    if schedule.is_discrete:
+        print(f"# training index i ↔ t = (i + 1)/{schedule.num_train_timesteps}")
+    if schedule.t_end < 1.0:
+        print(f"# zero terminal SNR: f, g and log_snr at t = 1 are their values at t_end = {schedule.t_end:.6g}")
+    print(format_table(rows))
+    return 0
