@@ -15,6 +15,16 @@ from unisde.likelihood import discrete_offset_per_dim, gaussian_prior_log_prob, 
 from unisde.ode import ODESolverError, solve_ivp
 
 LN2 = math.log(2.0)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Small tensors on a shared 2-core machine: intra-op threads only contend (a tiny conv2d ran 400× slower
+    with 2 threads than with 1 under load), so these tests run single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 SCHEDULES = {
     # (schedule factory, parameterisation the model is trained in)
     "vp-table": (lambda: NoiseSchedule.from_diffusers_config({}), "epsilon"),
