@@ -5,8 +5,12 @@ from .base import Option, Sampler, grid_coefficients
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
 from .edm import EDMSampler
+from .ncsn import NCSNSampler
+from .ode import ODESampler
+from .pc import PCSampler
+from .sde import SDESampler
 
-BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, EDMSampler)
+BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler)
 
 
 @hookimpl
@@ -15,4 +19,4 @@ def unisde_register_samplers(register):
         register(cls)
 
 
-__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler"]
+__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler"]

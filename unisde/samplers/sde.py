@@ -1,0 +1,60 @@
+r"""``sde``: Euler–Maruyama on the reverse-SDE family of any schedule, with the stochasticity knob η.
+
+The family (DESIGN §1; seed 000 eqs. 26–27; η = 1 the reverse SDE, η = 0 the probability-flow ODE)
+
+    dx = [f(t) x − (1 + η²)/2 · g²(t) ∇log p_t(x)] dt + η g(t) dw̄,    ∇log p_t(x) = (s D − x)/σ²   (seed 001 eq. 198)
+
+is stepped in t from each evaluation time t_i to t_{i+1} (Δ = t_i − t_{i+1} > 0) with the schedule's f and g²
+at t_i, in the model's own space:
+
+    x' = x − [f x − (1 + η²)/2 · g² (s D − x)/σ²] Δ + η g √Δ z.
+
+The last step, to the grid's end point t = 0 where σ = 0 and the score is singular, returns the denoised
+estimate x̂0 = D (times s(t_end), i.e. D itself at t = 0) instead — the Euler–Maruyama step's limit is not
+defined there, and D is Tweedie's posterior mean at the last noise level. Its weak order is 1 in the step size.
+
+``eta`` (default 1.0) has the name of DDIM pipelines' ``eta`` argument: a pipeline's value is used unless the
+user fixed ``eta`` in ``sampler_options`` (:meth:`Sampler.eta_value`). DDIMPipeline passes ``eta=0.0`` by
+default, which turns this sampler into Euler on the PF-ODE in t.
+"""
+
+from __future__ import annotations
+
+from .base import Option, Sampler, grid_coefficients, non_negative
+
+
+class SDESampler(Sampler):
+    name = "sde"
+    description = "Euler–Maruyama on the reverse-SDE family dx = [f x − (1+η²)/2 g² ∇log p] dt + η g dw̄"
+    default_grid = "uniform_t"
+    stochastic = True
+    options = {
+        "eta": Option(1.0, (float,), "stochasticity η ≥ 0 (1: reverse SDE, 0: probability-flow ODE)", non_negative),
+    }
+
+    def prepare(self, grid):
+        self.grid = self.floats(grid)
+        s, sigma = grid_coefficients(self, grid)
+        t = grid[:-1]
+        dt = grid[:-1] - grid[1:]
+        if float(sigma[-2]) <= 0:
+            raise ValueError(f"sampler 'sde' needs positive noise levels; the grid's last evaluation time t={self.grid[-2]:.6g} has σ = 0")
+        f, g2 = self.schedule.f(t), self.schedule.g2(t)
+        self.f_dt = self.floats(f * dt)
+        self.g2_dt_var = self.floats(g2 * dt / sigma[:-1] ** 2)  # g² Δ / σ², multiplies (s D − x)
+        self.s_t = self.floats(s[:-1])
+        self.g_sqrt_dt = self.floats((g2 * dt).sqrt())
+        self.s_end = float(s[-1])
+        self.final_denoise = float(sigma[-1]) == 0.0
+        return t
+
+    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
+        last = k == len(self.s_t) - 1
+        if last and self.final_denoise:
+            return denoised * self.s_end if self.s_end != 1.0 else denoised
+        eta = self.eta_value(eta)
+        w = 0.5 * (1.0 + eta * eta) * self.g2_dt_var[k]
+        prev = sample * (1.0 - self.f_dt[k] - w) + denoised * (w * self.s_t[k])
+        if eta > 0:  # also on a last step to σ > 0 (a grid ending early): the target there is p_{t_end}
+            prev = prev + self.noise_like(sample, generator) * (eta * self.g_sqrt_dt[k])
+        return prev
