@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="schedule name, diffusers scheduler_config.json, or a pipeline directory")
     parser.add_argument("--points", type=int, default=11, metavar="N",
                         help="number of evenly spaced times in [0, 1] (default 11: t = 0, 0.1, …, 1)")
+    parser.add_argument("--plot", metavar="OUT.png", help="also draw s, σ, f, g and λ against t into this image")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME_OR_CONFIG",
+                        help="another schedule drawn side by side in --plot (repeatable)")
 
 
 def load_schedule(spec: str):
@@ -64,7 +67,10 @@ def format_table(rows) -> str:
 
 
 def run(args) -> int:
+    if getattr(args, "compare", None) and not getattr(args, "plot", None):
+        raise ValueError("--compare only applies to --plot OUT.png")
     schedule = load_schedule(args.schedule)
+    compared = {spec: load_schedule(spec) for spec in getattr(args, "compare", None) or []}
     rows = schedule_table(schedule, args.points)  # validates --points before any output
     print(f"# {schedule!r}")
     print(f"# t ∈ [0, 1] (0 = data, 1 = prior); x_t = s x0 + σ ε; dx = f x dt + g dw; log_snr = log(s²/σ²)")
@@ -73,4 +79,9 @@ def run(args) -> int:
     if schedule.t_end < 1.0:
         print(f"# zero terminal SNR: f, g and log_snr at t = 1 are their values at t_end = {schedule.t_end:.6g}")
     print(format_table(rows))
+    if args.plot:
+        from ..plots import plot_schedules
+
+        plot_schedules({args.schedule: schedule, **compared}, args.plot)
+        print(f"# wrote {args.plot}")
     return 0
