@@ -9,6 +9,11 @@ import torch
 
 from unisde import NoiseSchedule
 
+# One intra-op thread per test process: the suite runs as `pytest -n 2` on 2 cores, and with a 2-thread pool
+# on a busy machine small reductions such as Tensor.max(dim) measured 6–20 ms instead of ~5 µs (threads
+# waiting for a core), which made ODE-integration tests 100× slower.
+torch.set_num_threads(1)
+
 # name -> zero-argument factory. Tables come from the same configs diffusers users ship; closed forms use the
 # constructors' defaults (the published parameter values).
 SCHEDULES = {
