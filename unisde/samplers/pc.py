@@ -35,6 +35,10 @@ The last predictor step returns its mean (no noise), as score-SDE's ``noise_remo
 ScoreSdeVePipeline (which outputs ``prev_sample_mean``) do. With the ScoreSdeVe config converted by
 :class:`unisde.UnifiedScheduler` (VE schedule, score parameterisation, ``uniform_t`` grid from 1 to
 ``sampling_eps``) this reproduces ScoreSdeVeScheduler + ScoreSdeVePipeline draw for draw.
+
+``snr`` and ``correct_steps`` share their names with ScoreSdeVe config keys, so through UnifiedScheduler they
+come from its config (diffusers' defaults 0.15 and 1) unless given in ``sampler_options``; the option default
+0.16 (score-SDE's VE setting for CIFAR-10) applies when the sampler is used directly.
 """
 
 from __future__ import annotations
