@@ -6,7 +6,7 @@ import json
 import os
 
 from .._tensor import unknown_name_error
-from ..plugins import get_parameterization, get_schedule_factory, list_parameterizations, list_schedules
+from ..plugins import get_parameterization, get_schedule_factory, list_schedules
 from ..schedule import SCHEDULE_NAMES, NoiseSchedule
 
 
@@ -37,10 +37,6 @@ def resolve_schedule(spec) -> NoiseSchedule:
 
 
 def resolve_parameterization(name, **options):
-    """The registered parameterisation ``name`` (or alias) with ``options``; ValueError listing the choices."""
-    try:
-        return get_parameterization(name, **options)
-    except ValueError as exc:
-        if "unknown parameterization" in str(exc):
-            raise unknown_name_error("parameterization (--prediction_type)", name, list_parameterizations()) from None
-        raise
+    """The registered parameterisation ``name`` (or alias) with ``options``; the registry's ValueError (listing
+    the registered names and aliases, with the closest match) otherwise."""
+    return get_parameterization(name, **options)

@@ -7,6 +7,7 @@ Every source becomes a ``datasets.Dataset`` with an image column; :func:`make_tr
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import Iterator, Sequence
@@ -33,9 +34,11 @@ def digits_array() -> np.ndarray:
     return images * (2.0 / DIGITS_LEVELS) - 1.0
 
 
+@functools.lru_cache(maxsize=1)
 def digits_dataset():
     """The digits as a ``datasets.Dataset`` with columns ``image`` (8×8 float32 array in [−1, 1], stored as a
-    2-d array so no quantisation to 8-bit happens) and ``label``."""
+    2-d array so no quantisation to 8-bit happens) and ``label``. Built once per process (cached); use
+    ``with_transform`` rather than ``set_transform`` on it."""
     import datasets
     from sklearn.datasets import load_digits
 
@@ -176,7 +179,7 @@ def preprocess_image(value, resolution: int, channels: int, center_crop: bool = 
     x = _convert_channels(x, channels)
     x = _resize(x, resolution)
     h, w = x.shape[-2:]
-    if center_crop:
+    if center_crop or (h == resolution and w == resolution):
         top, left = (h - resolution) // 2, (w - resolution) // 2
     else:
         top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
@@ -188,13 +191,50 @@ def preprocess_image(value, resolution: int, channels: int, center_crop: bool = 
 
 
 def make_transform(image_column: str, resolution: int, channels: int, center_crop: bool = True, random_flip: bool = False):
-    """A ``Dataset.set_transform`` function producing ``{"pixel_values": [tensor (C, R, R)], …}``."""
+    """A ``Dataset.with_transform`` function producing ``{"pixel_values": [tensor (C, R, R)], …}`` (random crops
+    and flips, if asked for, from the global RNG; training uses :class:`ImageDataset`, which does not)."""
 
     def transform(examples):
         return {"pixel_values": [preprocess_image(v, resolution, channels, center_crop, random_flip)
                                  for v in examples[image_column]]}
 
     return transform
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Training view of a ``datasets.Dataset``: item i → ``{"pixel_values": (C, R, R) tensor in [−1, 1]}``.
+
+    Random crops and flips draw from a generator seeded by (seed, epoch, i), never from the global RNG, so the
+    augmentation of every example is reproducible and a resumed run's noise stream is not shifted by data
+    loading (which prefetches ahead of the training step). ``accelerate``'s prepared DataLoader calls
+    :meth:`set_epoch`.
+    """
+
+    def __init__(self, dataset, image_column: str, resolution: int, channels: int, center_crop: bool = True,
+                 random_flip: bool = False, seed: int = 0):
+        self.dataset, self.image_column = dataset, image_column
+        self.resolution, self.channels = int(resolution), int(channels)
+        self.center_crop, self.random_flip, self.seed, self.epoch = center_crop, random_flip, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _one(self, index: int, value) -> dict:
+        gen = None
+        if self.random_flip or not self.center_crop:
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + int(index))
+        return {"pixel_values": preprocess_image(value, self.resolution, self.channels, self.center_crop,
+                                                 self.random_flip, gen)}
+
+    def __getitem__(self, index: int) -> dict:
+        return self._one(index, self.dataset[int(index)][self.image_column])
+
+    def __getitems__(self, indices) -> list:
+        values = self.dataset[list(map(int, indices))][self.image_column]  # one batched Arrow read
+        return [self._one(i, v) for i, v in zip(indices, values)]
 
 
 def collate(examples) -> dict:
@@ -223,4 +263,4 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 __all__ = ["DIGITS", "digits_dataset", "digits_array", "real_digits", "load_image_dataset", "find_image_column",
-           "image_channels", "preprocess_image", "make_transform", "collate", "EpochSampler"]
+           "image_channels", "preprocess_image", "make_transform", "ImageDataset", "collate", "EpochSampler"]

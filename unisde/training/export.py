@@ -1,8 +1,9 @@
 """Exporting a trained UNet as a diffusers pipeline folder with a UnifiedScheduler and a model card.
 
 The folder is what ``DDPMPipeline.save_pretrained`` writes — ``model_index.json``, ``unet/``, ``scheduler/`` —
-with the scheduler entry naming ``["unisde", "UnifiedScheduler"]``: diffusers resolves a library that is
-neither diffusers nor transformers from ``sys.modules``, so ``import unisde`` before
+with the scheduler entry naming ``["unisde.scheduler", "UnifiedScheduler"]`` (what diffusers itself writes for a
+class from outside its libraries). diffusers resolves such a library through ``sys.modules``, and
+``import unisde`` registers ``unisde.scheduler`` there (lazily), so ``import unisde`` before
 ``DiffusionPipeline.from_pretrained(path)`` is all a user needs (``unisde.load_pipeline`` does it for them).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import sys
 
 from .checkpoint import PIPELINE_ENTRIES
 
@@ -51,7 +51,7 @@ def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, s
 def model_card(*, schedule, parameterization, loss_weighting: str, noise_distribution: str, dataset: str,
                training_command: str | None, num_steps: int, resolution: int, channels: int, sampler: str,
                repo_id: str | None = None, sample_grid: str | None = None, quality: str | None = None,
-               extra: str | None = None) -> str:
+               extra: str | None = None, schedule_name: str | None = None) -> str:
     """The README.md model card: YAML metadata (library_name diffusers, tags incl. unisde, schedule and
     parameterisation, the dataset when it is a Hub id) and a body with the training command.
 
@@ -60,7 +60,7 @@ def model_card(*, schedule, parameterization, loss_weighting: str, noise_distrib
     """
     from huggingface_hub import ModelCardData
 
-    sched_name = schedule.to_config().get("name", schedule.name)
+    sched_name = schedule_name or schedule.to_config().get("name", schedule.name)
     tags = ["unisde", "diffusers", "unconditional-image-generation", "diffusion", "score-based",
             f"schedule-{sched_name}", f"parameterization-{parameterization.name}"]
     hub_dataset = dataset if dataset and "/" in dataset and not os.path.exists(dataset) else None
@@ -99,13 +99,24 @@ def model_card(*, schedule, parameterization, loss_weighting: str, noise_distrib
     return "\n".join(lines)
 
 
-def training_command(argv=None) -> str:
-    """The command line that started this process, shell-quoted (``unisde train …`` for the CLI)."""
-    argv = list(sys.argv if argv is None else argv)
-    prog = os.path.basename(argv[0]) if argv else "unisde"
-    if prog in ("__main__.py", "cli.py") or prog.startswith("unisde"):
-        prog = "unisde"
-    return " ".join([prog] + [shlex.quote(a) for a in argv[1:]])
+def training_command(args) -> str:
+    """``unisde train`` with every flag whose value differs from its default, shell-quoted: the command that
+    reproduces this run (whatever launcher or Python call started it). Secrets (``--hub_token``) are left out."""
+    from .loop import default_args
+
+    defaults = vars(default_args())
+    parts = ["unisde", "train"]
+    for key, value in vars(args).items():
+        if key not in defaults or key in ("hub_token",) or value == defaults[key]:
+            continue
+        flag = f"--{key}"
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *(shlex.quote(str(v)) for v in value)]
+        elif value is not False and value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def write_model_card(output_dir: str, **card) -> str:

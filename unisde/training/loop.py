@@ -337,12 +337,15 @@ def train(args, *, before_commit=None) -> TrainResult:
                               gradient_accumulation_plugin=grad_accum,
                               project_config=ProjectConfiguration(project_dir=output_dir,
                                                                   logging_dir=os.path.join(output_dir, args.logging_dir)))
+    if len(dataset) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one global batch "
+                         f"({args.train_batch_size} × {accelerator.num_processes} processes)")
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         if state == "overwrite":
             clear_run(output_dir)
         remove_stale_temporaries(output_dir)
-        write_json_atomic(os.path.join(output_dir, RUN_FILE), {"fingerprint": fp, "command": training_command()})
+        write_json_atomic(os.path.join(output_dir, RUN_FILE), {"fingerprint": fp, "command": training_command(args)})
     accelerator.wait_for_everyone()
 
     # --- model, optimizer, data --------------------------------------------------------------------
@@ -354,13 +357,13 @@ def train(args, *, before_commit=None) -> TrainResult:
                        power=args.ema_power, model_cls=UNet2DModel, model_config=model.config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    dataset.set_transform(D.make_transform(image_column, resolution, channels, args.center_crop, args.random_flip))
+    dataset = D.ImageDataset(dataset, image_column, resolution, channels, args.center_crop, args.random_flip, args.seed)
     sampler = D.EpochSampler(len(dataset), seed=args.seed)
+    # The loader gets its own generator: creating an iterator draws a worker seed from it, which from the global
+    # RNG would shift the noise stream of a resumed run (the iterator is created after the RNG state is restored).
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-                                         collate_fn=D.collate, num_workers=args.dataloader_num_workers)
-    if len(dataset) < args.train_batch_size * accelerator.num_processes:
-        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one global batch "
-                         f"({args.train_batch_size} × {accelerator.num_processes} processes)")
+                                         collate_fn=D.collate, num_workers=args.dataloader_num_workers,
+                                         generator=torch.Generator().manual_seed(args.seed))
     batches_per_epoch = len(dataset) // (args.train_batch_size * accelerator.num_processes)  # = len(loader) per rank
     updates_per_epoch = batches_per_epoch / args.gradient_accumulation_steps
     max_steps = args.max_train_steps or max(1, int(math.ceil(args.num_epochs * updates_per_epoch)))
@@ -394,12 +397,15 @@ def train(args, *, before_commit=None) -> TrainResult:
         accelerator.init_trackers("unisde", config={k: v for k, v in vars(args).items()
                                                      if isinstance(v, (int, float, str, bool)) and v is not None})
 
+    schedule_label = args.schedule if isinstance(args.schedule, str) and not args.schedule.strip().startswith("{") \
+        and not os.path.exists(args.schedule) else None
+
     def card(num_steps):
         dataset_name = args.dataset_name or args.train_data_dir or (" ".join(args.train_files) if args.train_files else "digits")
         return dict(schedule=plan.schedule, parameterization=plan.parameterization, loss_weighting=plan.loss_weighting,
-                    noise_distribution=plan.noise_distribution, dataset=dataset_name, training_command=training_command(),
+                    noise_distribution=plan.noise_distribution, dataset=dataset_name, training_command=training_command(args),
                     num_steps=num_steps, resolution=resolution, channels=channels, sampler=plan.sampler,
-                    repo_id=args.hub_model_id)
+                    repo_id=args.hub_model_id, schedule_name=schedule_label)
 
     def export(num_steps):
         if not accelerator.is_main_process:
