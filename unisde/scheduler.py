@@ -62,6 +62,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = list(COMPATIBLE_SCHEDULERS)
+    # Pipelines record a component's class as (module, name) in model_index.json and reload it from
+    # sys.modules[module]; naming the package (which exports this class lazily) makes ["unisde",
+    # "UnifiedScheduler"] resolvable after a plain `import unisde`.
+    __module__ = "unisde"
 
     @register_to_config
     def __init__(
@@ -149,6 +153,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._begin_index = None
         self._eval_times = None
+        self._runs = None  # ScoreSdeVePipeline mode (set_sigmas)
 
     # ------------------------------------------------------------------ construction helpers
     def _sampler_options(self, user: dict | None) -> dict:
@@ -261,6 +266,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._begin_index = None
         self._finite_flags = []
+        self._runs = None
 
     def _init_step_index(self, timestep):
         if self._begin_index is not None:
@@ -355,6 +361,74 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             return x0.clamp(-self._clip, self._clip)
         return x0
 
+    # ------------------------------------------------------------------ ScoreSdeVePipeline interface
+    def set_sigmas(self, num_inference_steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
+                   sampling_eps: float | None = None):
+        """ScoreSdeVePipeline's loop: per pipeline step i it feeds the model ``sigmas[i]``, calls ``step_correct``
+        ``config.correct_steps`` times and ``step_pred`` once. Here the pipeline steps are the runs of equal
+        evaluation times of the sampler (``pc``: correct_steps + 1 evaluations at each grid time; one-call
+        samplers: one; Heun: the second stage of step i − 1 and the first of step i share t_i); a run shorter
+        than correct_steps + 1 makes the first corrector calls no-ops. ``timesteps`` / ``sigmas`` then list one
+        entry per run. The noise range is the config's (σ_min, σ_max, sampling_eps); other values are a ValueError.
+        """
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("sampling_eps", sampling_eps)):
+            if value is not None and self.config.get(name) is not None and not math.isclose(float(value), float(self.config[name]), rel_tol=1e-6):
+                raise ValueError(f"set_sigmas({name}={value}) differs from the scheduler config's {name}={self.config[name]}; "
+                                 "the noise range is fixed by the config")
+        if self._eval_times is None or self.num_inference_steps != num_inference_steps or getattr(self, "_runs", None):
+            self.set_timesteps(num_inference_steps)
+        per_call = int(self.config.correct_steps) + 1
+        runs, starts = [], []
+        for k, t in enumerate(self._t_list):
+            if runs and t == self._t_list[k - 1]:
+                runs[-1] += 1
+            else:
+                runs.append(1)
+                starts.append(k)
+        if max(runs) > per_call:
+            raise ValueError(f"sampler {self.config.sampler!r} evaluates the model {max(runs)} times at one time, but "
+                             f"ScoreSdeVePipeline makes correct_steps + 1 = {per_call} calls per step; set correct_steps >= {max(runs) - 1}")
+        device = self.timesteps.device
+        self._runs, self._run_index, self._run_calls = runs, 0, 0
+        self.timesteps = torch.tensor([self._t_list[k] for k in starts], dtype=self.timesteps.dtype, device=device)
+        s, sigma = schedule_coefficients(self.noise_schedule, self._eval_times[starts])
+        self.sigmas = (sigma / s).to(torch.float32).to(device)
+        self._step_index = 0
+
+    def _run_call(self, model_output, sample, generator, final: bool):
+        runs = getattr(self, "_runs", None)
+        if not runs:
+            raise ValueError("step_correct/step_pred need set_sigmas(num_inference_steps) first (ScoreSdeVePipeline calls it)")
+        i = self._run_index
+        if i >= len(runs):
+            raise ValueError(f"all {len(runs)} steps of the current grid are done; call set_sigmas again")
+        per_call = int(self.config.correct_steps) + 1
+        call = self._run_calls
+        if final and call != per_call - 1 or not final and call >= per_call - 1:
+            raise ValueError(f"ScoreSdeVe loop out of order at step {i}: expected {per_call - 1} step_correct calls before step_pred")
+        self._run_calls = call + 1
+        if call < per_call - runs[i]:  # this run has fewer evaluations than the pipeline makes calls
+            return sample
+        return self.step(model_output, self._t_list[self._step_index], sample, generator=generator).prev_sample
+
+    def step_correct(self, model_output: torch.Tensor, sample: torch.Tensor, generator: torch.Generator | None = None,
+                     return_dict: bool = True):
+        """A corrector call of ScoreSdeVePipeline (see :meth:`set_sigmas`)."""
+        prev = self._run_call(model_output, sample, generator, final=False)
+        return UnifiedSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def step_pred(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator: torch.Generator | None = None,
+                  return_dict: bool = True):
+        """The predictor call of ScoreSdeVePipeline (see :meth:`set_sigmas`). ``prev_sample_mean`` equals
+        ``prev_sample``: the pipeline reads it after the last step only, where samplers return the noise-free
+        mean (``pc``'s final predictor step adds no noise)."""
+        prev = self._run_call(model_output, sample, generator, final=True)
+        self._run_index += 1
+        self._run_calls = 0
+        if not return_dict:
+            return prev, prev
+        return SdeVeCompatibleOutput(prev_sample=prev, prev_sample_mean=prev)
+
     # ------------------------------------------------------------------ forward process helpers
     def _s_sigma(self, timesteps, like: torch.Tensor):
         t = self._time_of(timesteps).reshape(-1)
@@ -379,6 +453,14 @@ class UnifiedSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
+
+
+@dataclass
+class SdeVeCompatibleOutput(BaseOutput):
+    """``step_pred``'s output for ScoreSdeVePipeline: ``prev_sample`` and ``prev_sample_mean``."""
+
+    prev_sample: torch.Tensor
+    prev_sample_mean: torch.Tensor
 
 
 def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
