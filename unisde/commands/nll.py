@@ -99,36 +99,18 @@ def run(args):
     if tuple(data.shape[1:]) != tuple(shape):
         raise ValueError(f"dataset images have shape {tuple(data.shape[1:])} but the UNet expects {tuple(shape)}")
 
-    gen = torch.Generator().manual_seed(args.seed)
-    n = min(args.num_samples, data.shape[0])
-    subset = data[torch.randperm(data.shape[0], generator=gen)[:n]]
-    prior = {}
-    if args.prior == "data":
-        prior = {"data_mean": data.mean(0).double(), "data_std": data.std(0).double().clamp(min=1e-3)}
+    from ..likelihood import dataset_bits_per_dim
 
-    from tqdm.auto import tqdm
-
-    bpds, nfes = [], []
-    bar = tqdm(total=n, unit="img", desc="nll", disable=args.no_progress)
-    result = None
     try:
-        for start in range(0, n, args.batch_size):
-            batch = subset[start:start + args.batch_size].to(args.device)
-            result = log_likelihood(unet, batch, schedule, param, t_min=args.t_min, rtol=args.rtol, atol=args.atol,
-                                    trace=args.trace, probe=args.probe, generator=gen, dequantize="uniform",
-                                    num_bins=num_bins, **prior)
-            bpds.append(result.bpd)
-            nfes.append(result.nfe)
-            bar.update(batch.shape[0])
-            bar.set_postfix(bpd=f"{float(torch.cat(bpds).mean()):.4f}", nfe=result.nfe)
+        mean, se, nfes, result = dataset_bits_per_dim(
+            unet, data, schedule, param, num_bins=num_bins, num_samples=args.num_samples, batch_size=args.batch_size,
+            seed=args.seed, t_min=args.t_min, rtol=args.rtol, atol=args.atol, trace=args.trace, probe=args.probe,
+            prior_from_data=args.prior == "data", device=args.device, progress=not args.no_progress)
     except ODESolverError as exc:
-        bar.close()
-        print(f"unisde nll: the ODE solver failed on the batch starting at sample {start}: {exc}")
+        print(f"unisde nll: the ODE solver failed: {exc}")
         return 1
-    bar.close()
-    bpd = torch.cat(bpds)
-    se = float(bpd.std(unbiased=True)) / math.sqrt(bpd.numel()) if bpd.numel() > 1 else float("nan")
-    print(f"bits/dim: {float(bpd.mean()):.4f} ± {se:.4f} (standard error over {bpd.numel()} samples)")
+    n = min(args.num_samples, data.shape[0])
+    print(f"bits/dim: {mean:.4f} ± {se:.4f} (standard error over {n} samples)")
     print(f"NFE per batch: mean {sum(nfes) / len(nfes):.1f}, total {sum(nfes)} "
           f"(solver {result.solver}, rtol={args.rtol:g}, atol={args.atol:g}, trace={result.trace})")
     print(f"conventions: t_min={args.t_min:g}, uniform dequantisation over {num_bins} levels in [-1, 1] "
