@@ -1,0 +1,72 @@
+"""``unisde bench``: sampler accuracy per NFE against exact ground truth, scheduler overhead, pipeline and
+training speed, unisde vs diffusers in one process; writes BENCHMARKS.md (+ its plot) and optionally JSON."""
+
+help = "benchmark samplers (accuracy per NFE on exact models) and speed against diffusers; writes BENCHMARKS.md"
+description = __doc__
+
+
+def _csv(text, cast=str):
+    return tuple(cast(v.strip()) for v in str(text).split(",") if v.strip())
+
+
+def add_arguments(parser):
+    parser.add_argument("--quick", action="store_true", help="reduced run (NFE 10, 50; 2-D mixture only): < 2 min on 2 CPU cores")
+    parser.add_argument("--preset", choices=("quick", "medium", "full"), default=None,
+                        help="full (default: every target at every NFE, 2000 samples on 64-D), medium (64-D targets: "
+                             "1000 samples, NFE <= 100, default grids) or quick (= --quick)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the machine-readable results here")
+    parser.add_argument("--output", metavar="PATH", default="BENCHMARKS.md", help="the Markdown report (default: BENCHMARKS.md)")
+    parser.add_argument("--plot", metavar="PATH", default=None,
+                        help="the accuracy figure (default: docs/bench_accuracy.png next to --output)")
+    parser.add_argument("--nfe", default=None, help="comma-separated NFE budgets (overrides the preset)")
+    parser.add_argument("--targets", default=None, help="comma-separated targets: mixture-2d, mixture-8x8, gaussian-8x8")
+    parser.add_argument("--samples", type=int, default=None, help="samples per distance (overrides the preset)")
+    parser.add_argument("--sections", default=None, help="comma-separated subset of accuracy, overhead, pipeline, training")
+    parser.add_argument("--no-grid-variants", action="store_true", help="run every contestant on its default time grid only")
+
+
+def run(args):
+    import json
+    import os
+    import sys
+
+    from ..bench import BenchConfig, plot_accuracy, render_markdown, run_benchmarks
+
+    overrides = {}
+    if args.nfe:
+        try:
+            overrides["nfe"] = _csv(args.nfe, int)
+        except ValueError:
+            raise ValueError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
+    if args.targets:
+        overrides["targets"] = _csv(args.targets)
+    if args.samples is not None:
+        overrides["n_samples"] = overrides["n_samples_2d"] = args.samples
+    if args.sections:
+        overrides["sections"] = _csv(args.sections)
+    if args.no_grid_variants:
+        overrides["grid_variants"] = False
+    preset = "quick" if args.quick else (args.preset or "full")
+    if args.quick and args.preset not in (None, "quick"):
+        raise ValueError(f"--quick contradicts --preset {args.preset}")
+    maker = {"quick": BenchConfig.quick_preset, "medium": BenchConfig.medium, "full": BenchConfig.full}[preset]
+    cfg = maker(**overrides)
+    cfg.validate()  # bad input fails before any work
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    results = run_benchmarks(cfg, log)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    plot_path = args.plot or os.path.join(out_dir, "docs", "bench_accuracy.png")
+    written = plot_accuracy(results, plot_path)
+    rel = os.path.relpath(written, out_dir).replace(os.sep, "/") if written else None
+    command = "unisde bench" + ("" if preset == "full" else f" --preset {preset}")
+    with open(args.output, "w", encoding="utf-8") as fh:
+        fh.write(render_markdown(results, rel, command))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1, allow_nan=True)
+    print(f"wrote {args.output}" + (f", {written}" if written else "") + (f", {args.json}" if args.json else "")
+          + f" in {results['seconds']:.1f} s")
+    return 0
