@@ -11,6 +11,9 @@ model_index.json names ``["unisde", "UnifiedScheduler"]``) with the same sampler
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -199,9 +202,9 @@ def test_pipeline_save_and_reload_with_unified_scheduler(tmp_path):
     pipe = DDPMPipeline(unet=tiny_unet(), scheduler=sched)
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    # diffusers resolves a non-diffusers library from sys.modules[library]: "unisde" is there after `import unisde`,
-    # and the package exports UnifiedScheduler (lazily).
-    assert index["scheduler"] == ["unisde", "UnifiedScheduler"]
+    # diffusers writes the defining module for a class from outside its libraries, and resolves it through
+    # sys.modules only; `import unisde` registers unisde.scheduler there (lazily).
+    assert index["scheduler"] == ["unisde.scheduler", "UnifiedScheduler"]
     back = DiffusionPipeline.from_pretrained(tmp_path)
     assert type(back.scheduler) is UnifiedScheduler
     assert back.scheduler.config.sampler == "edm"
@@ -210,3 +213,18 @@ def test_pipeline_save_and_reload_with_unified_scheduler(tmp_path):
     a = pipe(batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)).images
     b = back(batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert np.abs(a - b).max() <= 1e-5  # same algorithm; reloaded weights may round differently at 1 ulp
+
+
+def test_pipeline_reloads_in_a_fresh_process_after_import_unisde(tmp_path):
+    """The user's situation: a new interpreter, `import unisde`, DiffusionPipeline.from_pretrained(path)."""
+    sched = UnifiedScheduler(sampler="ddim", sampler_options={"eta": 0.3}, time_grid="trailing")
+    DDPMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(tmp_path)
+    code = ("import json, sys, unisde\n"
+            "from diffusers import DiffusionPipeline\n"
+            f"pipe = DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
+            "s = pipe.scheduler\n"
+            "print(json.dumps([type(s).__name__, s.config.sampler, s.sampler_options, s.config.time_grid]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["UnifiedScheduler", "ddim", {"eta": 0.3}, "trailing"]

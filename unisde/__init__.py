@@ -9,10 +9,7 @@ from .schedule import NoiseSchedule
 
 __version__ = "0.1.0"
 
-_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "load_pipeline": ("unisde.pipeline", "load_pipeline"),
-         # DiffusionPipeline.from_pretrained reloads a ["unisde", "UnifiedScheduler"] component by looking up its
-         # loadable base class (SchedulerMixin) on the same module, so the package resolves that name too.
-         "SchedulerMixin": ("diffusers", "SchedulerMixin")}
+_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "load_pipeline": ("unisde.pipeline", "load_pipeline")}
 
 
 

@@ -62,10 +62,6 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = list(COMPATIBLE_SCHEDULERS)
-    # Pipelines record a component's class as (module, name) in model_index.json and reload it from
-    # sys.modules[module]; naming the package (which exports this class lazily) makes ["unisde",
-    # "UnifiedScheduler"] resolvable after a plain `import unisde`.
-    __module__ = "unisde"
 
     @register_to_config
     def __init__(
