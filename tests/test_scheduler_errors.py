@@ -188,3 +188,26 @@ def test_bad_from_config_keeps_nothing_half_built():
     assert sched.config.sampler == "ddim"
     sched.set_timesteps(5)
     assert torch.isfinite(first_step(sched)).all()
+
+
+def test_score_sde_interface_misuse():
+    """ScoreSdeVePipeline's calls: step_pred/step_correct before set_sigmas, a σ range other than the config's,
+    and calls out of order are ValueErrors; set_sigmas afterwards gives a working loop."""
+    from diffusers import ScoreSdeVeScheduler
+
+    sched = UnifiedScheduler.from_config(ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=50.0).config, sampler="ddim")
+    x = sample()
+    with pytest.raises(ValueError, match="set_sigmas"):
+        sched.step_pred(x, 0, x)
+    with pytest.raises(ValueError, match=r"set_sigmas\(sigma_max=80.0\) differs from the scheduler config's sigma_max=50.0"):
+        sched.set_sigmas(3, sigma_max=80.0)
+    sched.set_timesteps(3)
+    sched.set_sigmas(3)
+    with pytest.raises(ValueError, match="out of order"):  # correct_steps = 1: a step_correct call comes first
+        sched.step_pred(x, sched.timesteps[0], x)
+    sched.set_sigmas(3)
+    gen = torch.Generator().manual_seed(0)
+    for t, sigma in zip(sched.timesteps, sched.sigmas):
+        x = sched.step_correct(-x / (float(sigma) ** 2 + 1), x, generator=gen).prev_sample
+        x = sched.step_pred(-x / (float(sigma) ** 2 + 1), t, x, generator=gen).prev_sample_mean
+    assert torch.isfinite(x).all()
