@@ -17,7 +17,8 @@ def run(args):
     from ..training.loop import train
 
     result = train(args)
-    if result.accelerator is None or result.accelerator.is_main_process:
+    result.accelerator.end_training()
+    if result.accelerator.is_main_process:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
         print(f"trained to step {result.global_step} (last loss {last}, {result.samples_per_second:.1f} images/s); "
               f"pipeline in {result.output_dir}")

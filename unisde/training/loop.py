@@ -268,7 +268,8 @@ def unet_config_from_args(args, resolution: int, channels: int) -> dict:
 # ---------------------------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
-    """What :func:`train` returns (on every rank)."""
+    """What :func:`train` returns (on every rank). The accelerator is still live (process group included);
+    call ``result.accelerator.end_training()`` when done with it."""
 
     global_step: int
     losses: list
@@ -485,7 +486,8 @@ def train(args, *, before_commit=None) -> TrainResult:
 
         push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None,
                     commit_message=f"unisde train: step {global_step}")
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): that also tears down the process group,
+        tracker.finish()                   # which the caller may still use (see TrainResult)
     return TrainResult(global_step, losses, output_dir, accelerator, model, ema, resume_path, rate)
 
 
