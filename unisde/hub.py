@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 PIPELINE_REQUIRED = ("model_index.json", "unet", "scheduler")
-IGNORE_PATTERNS = ("checkpoint-*", ".checkpoint-*", ".pipeline-*", "logs/*", "logs", "*.tmp", "unisde_run.json")
+IGNORE_PATTERNS = ("checkpoint-*", ".checkpoint-*", ".pipeline-*", "logs/*", "logs", "*.tmp", "*.old", "*.old/*",
+                   "unisde_run.json")
 """Training state that stays local: accelerate checkpoints, temporaries, tracker logs, the run fingerprint."""
 
 

@@ -176,7 +176,8 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
-    """Delete ``.checkpoint-*.tmp`` / ``.old`` folders left by a run killed while saving."""
+    """Delete ``.checkpoint-*.tmp`` / ``.old`` and ``.pipeline-*.tmp`` folders left by a run killed while saving,
+    and restore a pipeline entry whose replacement was interrupted."""
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
@@ -184,6 +185,14 @@ def remove_stale_temporaries(output_dir: str) -> None:
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
         if name.startswith(".pipeline-") and name.endswith(".tmp"):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+    # an export killed between its two renames leaves ENTRY.old and no ENTRY: put the old one back
+    for entry in PIPELINE_ENTRIES:
+        old = os.path.join(output_dir, entry + ".old")
+        if os.path.isdir(old):
+            if os.path.exists(os.path.join(output_dir, entry)):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, os.path.join(output_dir, entry))
 
 
 def read_run(output_dir: str) -> dict | None:
