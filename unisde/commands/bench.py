@@ -13,7 +13,7 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="reduced run (NFE 10, 50; 2-D mixture only): < 2 min on 2 CPU cores")
     parser.add_argument("--preset", choices=("quick", "medium", "full"), default=None,
                         help="full (default: every target at every NFE, 2000 samples on 64-D), medium (64-D targets: "
-                             "1000 samples, NFE <= 100, default grids) or quick (= --quick)")
+                             "500 samples, NFE <= 100, default grids; 2-D: 5000 samples) or quick (= --quick)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the machine-readable results here")
     parser.add_argument("--output", metavar="PATH", default="BENCHMARKS.md", help="the Markdown report (default: BENCHMARKS.md)")
     parser.add_argument("--plot", metavar="PATH", default=None,
