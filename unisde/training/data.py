@@ -212,7 +212,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset, image_column: str, resolution: int, channels: int, center_crop: bool = True,
                  random_flip: bool = False, seed: int = 0):
-        self.dataset, self.image_column = dataset, image_column
+        # numpy formatting hands over arrays (decoded images, 2-d arrays) instead of nested Python lists
+        self.dataset, self.image_column = dataset.with_format("numpy", columns=[image_column]), image_column
         self.resolution, self.channels = int(resolution), int(channels)
         self.center_crop, self.random_flip, self.seed, self.epoch = center_crop, random_flip, int(seed), 0
 

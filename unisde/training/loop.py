@@ -435,7 +435,10 @@ def train(args, *, before_commit=None) -> TrainResult:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=max_steps, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
-    losses, window_loss = [], 0.0
+    # Losses stay on the device and are reduced across ranks in one collective every --logging_steps (and at
+    # checkpoints), so the step itself never waits for a host sync.
+    losses, pending = [], []
+    window = torch.zeros((), device=accelerator.device)
     start, start_step = time.perf_counter(), global_step
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     model.train()
@@ -451,26 +454,30 @@ def train(args, *, before_commit=None) -> TrainResult:
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        window_loss += float(loss.detach()) / args.gradient_accumulation_steps
+        window = window + loss.detach().float() / args.gradient_accumulation_steps
         if not accelerator.sync_gradients:
             continue
         global_step += 1
         if ema is not None:
             ema.step(model.parameters())
-        step_loss = float(accelerator.reduce(torch.tensor(window_loss, device=accelerator.device), "mean"))
-        losses.append(step_loss)
-        window_loss = 0.0
-        elapsed = time.perf_counter() - start
-        rate = (global_step - start_step) * global_batch / max(elapsed, 1e-9)
+        pending.append(window)
+        window = torch.zeros((), device=accelerator.device)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{rate:.1f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
-        if trackers and global_step % args.logging_steps == 0:
-            logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_second": rate}
-            if ema is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            accelerator.log(logs, step=global_step)
-        if global_step % args.checkpointing_steps == 0 or global_step == max_steps:
+        checkpoint_now = global_step % args.checkpointing_steps == 0 or global_step == max_steps
+        if global_step % args.logging_steps == 0 or checkpoint_now:
+            losses.extend(accelerator.reduce(torch.stack(pending), "mean").tolist())
+            pending = []
+            step_loss = losses[-1]
+            rate = (global_step - start_step) * global_batch / max(time.perf_counter() - start, 1e-9)
+            if progress is not None:
+                progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{rate:.1f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            if trackers:
+                logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_second": rate}
+                if ema is not None:
+                    logs["ema_decay"] = ema.cur_decay_value
+                accelerator.log(logs, step=global_step)
+        if checkpoint_now:
             save_checkpoint(accelerator, output_dir, global_step,
                             {"batches_seen": batches_seen, "fingerprint": fp}, args.checkpoints_total_limit,
                             before_commit=before_commit)
