@@ -23,9 +23,11 @@ import torch
 
 BUNDLED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "data", "digits-unet")
 
-# Steps per sampler chosen so every sampler spends a comparable number of UNet calls (~50).
-DEFAULT_STEPS = {"ddpm": 50, "ddim": 50, "edm": 25, "ode": 25, "sde": 50, "pc": 25, "ncsn": 10, "dpmsolver++": 50}
-DEFAULT_OPTIONS = {"ncsn": {"n_steps_each": 5}}
+# Steps per sampler chosen so every sampler spends a comparable number of UNet calls (~30; Heun-type
+# samplers call the model twice per step, pc once per corrector and predictor, ncsn T times per level + 1).
+DEFAULT_STEPS = {"ddpm": 30, "ddim": 30, "edm": 15, "ode": 15, "sde": 30, "pc": 15, "ncsn": 15, "dpmsolver++": 30}
+DEFAULT_OPTIONS = {"ncsn": {"n_steps_each": 2}}
+DEFAULT_NUM_SAMPLES = 500
 
 
 @dataclass
@@ -89,7 +91,7 @@ class CountingUNet(torch.nn.Module):
             return getattr(self.unet, name)
 
 
-def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out", num_samples: int = 900,
+def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out", num_samples: int = DEFAULT_NUM_SAMPLES,
              seed: int = 0, samplers: list[str] | None = None, steps: dict | None = None, likelihood: bool = True,
              verbose: bool = True) -> list[DemoRow]:
     from diffusers import DDPMPipeline
@@ -139,6 +141,8 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
     summary = {"checkpoint": checkpoint, "num_samples": num_samples, "floor": floor, "rows": [asdict(r) for r in rows]}
     if likelihood:
         summary["bits_per_dim"] = _bits_per_dim(checkpoint, seed)
+        if verbose:
+            print(f"  PF-ODE likelihood of real digits: {summary['bits_per_dim']}", flush=True)
     with open(os.path.join(output_dir, "results.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     with open(os.path.join(output_dir, "results.md"), "w") as fh:
@@ -165,6 +169,29 @@ def _bits_per_dim(checkpoint, seed, n: int = 32):
     mean, se, nfes, _ = dataset_bits_per_dim(unet, data, schedule, param, num_bins=num_bins, num_samples=n,
                                              batch_size=n, seed=seed, rtol=1e-4, atol=1e-4)
     return f"{mean:.3f} ± {se:.3f} bits/dim ({n} digits, Hutchinson trace, {sum(nfes)} NFE, rtol 1e-4)"
+
+
+CARD_BEGIN, CARD_END = "<!-- unisde-demo:begin -->", "<!-- unisde-demo:end -->"
+
+
+def update_model_card(checkpoint: str, rows: list[DemoRow], bits_per_dim: str | None, grid_sampler: str = "edm") -> str:
+    """Write the demo's quality table, bits/dim and a sample grid into the checkpoint's model card (README.md),
+    replacing the section of a previous run."""
+    import shutil
+
+    card_path = os.path.join(checkpoint, "README.md")
+    with open(card_path) as fh:
+        card = fh.read()
+    if CARD_BEGIN in card:
+        card = card[: card.index(CARD_BEGIN)].rstrip() + "\n" + card[card.index(CARD_END) + len(CARD_END):]
+    row = next((r for r in rows if r.sampler == grid_sampler), rows[0])
+    shutil.copyfile(row.grid, os.path.join(checkpoint, "samples.png"))
+    section = (f"\n{CARD_BEGIN}\n## Quality (measured by `unisde demo`)\n\n"
+               f"![samples from the `{row.sampler}` sampler](samples.png)\n\n"
+               + format_table(rows, len(rows) and DEFAULT_NUM_SAMPLES, bits_per_dim) + f"{CARD_END}\n")
+    with open(card_path, "w") as fh:
+        fh.write(card.rstrip() + "\n" + section)
+    return card_path
 
 
 def format_table(rows: list[DemoRow], num_samples: int, bpd=None) -> str:
