@@ -34,7 +34,7 @@ def _worker(out: str, steps: int, resume: str | None) -> None:
                        "ranks_identical": bool((gathered == gathered[0]).all()),
                        "noise_differs": bool(not torch.equal(noise[0], noise[1])),
                        "resumed_from": result.resumed_from, "losses": result.losses}, fh)
-    acc.end_training()
+    result.finish()
 
 
 def _launch(out, steps, resume=None):

@@ -239,8 +239,9 @@ def _unified(cfg: dict, **kwargs):
     return UnifiedScheduler.from_config(cfg, **kwargs)
 
 
-# Sampler option variants tried for the built-in samplers (a plugin sampler runs with its defaults).
-SAMPLER_VARIANTS = {"edm": ({}, {"solver": "euler"})}
+# Sampler option variants tried (a sampler not listed runs with its defaults).
+SAMPLER_VARIANTS = {"edm": ({}, {"solver": "euler"}),
+                    "dpmsolver++": ({}, {"solver_order": 3}, {"solver_order": 3, "exact_quadratic": True})}
 UNISDE_GRIDS = {"ddpm": (None, "trailing", "karras", "uniform_lambda"), "edm": (None, "uniform_lambda")}
 
 
@@ -311,10 +312,10 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
                 return cls.from_config(cfg, **kw)
 
             peers.append(Contestant("diffusers", label, make))
-            # DPM-Solver++(2M) has a twin when the dpmsolver++ plugin is installed (it implements order 2 only);
-            # its grid is pinned to diffusers' spacing, which the plugin would otherwise replace by uniform λ.
+            # DPM-Solver++(2M/3M) has a twin when the dpmsolver++ plugin is installed (solver_order comes from the
+            # config); its grid is pinned to diffusers' spacing, which the plugin would otherwise replace by uniform λ.
             dpm2m = (cls_name == "DPMSolverMultistepScheduler" and "dpmsolver++" in list_samplers()
-                     and options.get("solver_order") == 2 and options.get("algorithm_type", "dpmsolver++") == "dpmsolver++")
+                     and options.get("solver_order") in (2, 3) and options.get("algorithm_type", "dpmsolver++") == "dpmsolver++")
             if cls_name in _TWIN_CLASSES or dpm2m:
                 def make_twin(make=make, dpm2m=dpm2m):
                     peer_cfg = make().config

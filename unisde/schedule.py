@@ -30,6 +30,8 @@ Conventions used throughout the package
 
 from __future__ import annotations
 
+import abc
+
 import json
 import math
 import os
@@ -57,7 +59,7 @@ def _expand_like(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
 
 
-class NoiseSchedule:
+class NoiseSchedule(abc.ABC):
     """Continuous-time description (s, σ, f, g², λ) of a forward process x_t = s(t) x0 + σ(t) ε.
 
     Subclasses implement ``_s``, ``_sigma``, ``_f``, ``_g2`` (float64 tensor in, float64 tensor out, t already
@@ -88,17 +90,21 @@ class NoiseSchedule:
         self.spec: dict = {}
 
     # ------------------------------------------------------------------ primitives (subclasses)
+    @abc.abstractmethod
     def _s(self, t):
-        raise NotImplementedError  # abstract
+        """s(t) for validated float64 t."""
 
+    @abc.abstractmethod
     def _sigma(self, t):
-        raise NotImplementedError  # abstract
+        """σ(t) in model space for validated float64 t."""
 
+    @abc.abstractmethod
     def _f(self, t):
-        raise NotImplementedError  # abstract
+        """f(t) = d log s/dt for validated float64 t ≤ t_end."""
 
+    @abc.abstractmethod
     def _g2(self, t):
-        raise NotImplementedError  # abstract
+        """g²(t) for validated float64 t ≤ t_end (may be clamped at 0 by the caller)."""
 
     def _log_snr(self, t):
         s, sigma = self._s(t), self._sigma(t)

@@ -17,7 +17,7 @@ def run(args):
     from ..training.loop import train
 
     result = train(args)
-    result.accelerator.end_training()
+    result.finish()
     if result.accelerator.is_main_process:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
         print(f"trained to step {result.global_step} (last loss {last}, {result.samples_per_second:.1f} images/s); "

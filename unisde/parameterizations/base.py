@@ -15,6 +15,8 @@ its coefficient formulas; a new sampler never needs to know which one is in use.
 
 from __future__ import annotations
 
+import abc
+
 from typing import ClassVar
 
 import torch
@@ -50,7 +52,7 @@ def score_from_denoised(x0_hat: torch.Tensor, sample: torch.Tensor, t, schedule:
     return (s * x0_hat - sample) / var
 
 
-class Parameterization:
+class Parameterization(abc.ABC):
     """What a model's raw output means. Subclasses implement :meth:`coefficients` (and optionally
     :meth:`input_scale`, :meth:`model_time`). Options (e.g. EDM's ``sigma_data``) are constructor keywords."""
 
@@ -66,9 +68,9 @@ class Parameterization:
         self.config = {**self.options, **options}
 
     # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
     def coefficients(self, schedule: NoiseSchedule, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) in float64 with x̂0 = a x + b F at time t."""
-        raise NotImplementedError  # abstract
 
     def input_scale(self, schedule: NoiseSchedule, t) -> torch.Tensor:
         """c_in with model input = c_in · x (1 unless the parameterisation preconditions its input)."""

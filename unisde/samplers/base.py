@@ -18,6 +18,8 @@ Life cycle (driven by :class:`unisde.UnifiedScheduler`):
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -75,7 +77,7 @@ def unit_interval(value):
     return None if 0 <= value <= 1 else "must lie in [0, 1]"
 
 
-class Sampler:
+class Sampler(abc.ABC):
     """Base class of every sampler plugin.
 
     Class attributes
@@ -117,10 +119,11 @@ class Sampler:
         return out
 
     # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
     def prepare(self, grid: torch.Tensor) -> torch.Tensor:
         """Precompute coefficients for the decreasing float64 grid (n + 1 times); return evaluation times."""
-        raise NotImplementedError  # abstract
 
+    @abc.abstractmethod
     def step(self, k: int, sample: torch.Tensor, denoised: torch.Tensor, *, raw_denoised: torch.Tensor,
              extra: torch.Tensor | None, generator: torch.Generator | None, eta: float | None = None) -> torch.Tensor:
         """Advance from model evaluation k to the sample for evaluation k + 1 (or the final sample).
@@ -128,7 +131,6 @@ class Sampler:
         ``denoised`` is x̂0 after any clipping/thresholding, ``raw_denoised`` before it; ``extra`` holds extra
         output channels (learned variance) or None; ``eta`` is the value a pipeline passed to ``step``.
         """
-        raise NotImplementedError  # abstract
 
     # ------------------------------------------------------------------ helpers for subclasses
     def floats(self, values: torch.Tensor) -> list[float]:

@@ -269,7 +269,7 @@ def unet_config_from_args(args, resolution: int, channels: int) -> dict:
 @dataclass
 class TrainResult:
     """What :func:`train` returns (on every rank). The accelerator is still live (process group included);
-    call ``result.accelerator.end_training()`` when done with it."""
+    call :meth:`finish` when done with it."""
 
     global_step: int
     losses: list
@@ -279,6 +279,12 @@ class TrainResult:
     ema: object = None
     resumed_from: str | None = None
     samples_per_second: float = float("nan")
+
+    def finish(self) -> None:
+        """End trackers and tear down the process group on every rank together: without the barrier a rank that
+        exits first can leave its peer hanging in gloo's teardown (seen on an overloaded 2-core CPU)."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
 
 
 def _tracker(args) -> list:
