@@ -312,17 +312,14 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
                 return cls.from_config(cfg, **kw)
 
             peers.append(Contestant("diffusers", label, make))
-            # DPM-Solver++(2M/3M) has a twin when the dpmsolver++ plugin is installed (solver_order comes from the
-            # config); its grid is pinned to diffusers' spacing, which the plugin would otherwise replace by uniform λ.
+            # DPM-Solver++(2M/3M) has a twin when the dpmsolver++ plugin is installed (solver_order and the grid come
+            # from the config).
             dpm2m = (cls_name == "DPMSolverMultistepScheduler" and "dpmsolver++" in list_samplers()
                      and options.get("solver_order") in (2, 3) and options.get("algorithm_type", "dpmsolver++") == "dpmsolver++")
             if cls_name in _TWIN_CLASSES or dpm2m:
-                def make_twin(make=make, dpm2m=dpm2m):
-                    peer_cfg = make().config
-                    if not dpm2m:
-                        return _unified(peer_cfg)
-                    grid = "karras" if peer_cfg.get("use_karras_sigmas") else peer_cfg["timestep_spacing"]
-                    return _unified(peer_cfg, sampler="dpmsolver++", time_grid=grid)
+                def make_twin(make=make):
+                    # from_config picks the same algorithm and grid (multistep spacings included)
+                    return _unified(make().config)
 
                 try:  # a config the unisde twin cannot express (an unsupported option value) has no twin
                     make_twin()

@@ -525,6 +525,14 @@ def _derived_keys(cfg: dict, kwargs: dict) -> dict:
             out["time_grid"] = "karras"
         else:
             out["time_grid"] = cfg.get("timestep_spacing", "linspace")
+    elif cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
+        spacing = cfg.get("timestep_spacing", "linspace")
+        if cfg.get("use_karras_sigmas"):
+            out["time_grid"] = "karras"
+        elif cfg.get("use_lu_lambdas") or cfg.get("use_exponential_sigmas"):
+            out["time_grid"] = "uniform_lambda"
+        else:  # these schedulers space leading/linspace over n + 1 points and drop index 0
+            out["time_grid"] = {"leading": "leading_multistep", "linspace": "linspace_multistep"}.get(spacing, spacing)
     if "sampler" not in kwargs:
         if cls in _DEFAULT_SAMPLER:
             name, options = _DEFAULT_SAMPLER[cls]

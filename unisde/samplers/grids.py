@@ -2,6 +2,9 @@ r"""Time grids: where a sampler evaluates the model, as decreasing times t_0 > �
 
 * ``leading`` / ``trailing`` / ``linspace``: diffusers' spacings of training indices i (tables only; index i
   sits at t = (i + 1)/N). On closed-form schedules they fall back to ``uniform_t``.
+* ``leading_multistep`` / ``linspace_multistep``: the same spacings as diffusers' multistep schedulers
+  (DPMSolverMultistep, UniPC) compute them — over n + 1 points with the index-0 point dropped, the last step
+  going to clean data.
 * ``uniform_t``: equal steps in t between t_max and t_min.
 * ``uniform_lambda``: equal steps in log-SNR λ (equivalently in log σ̃) — DPM-Solver's choice.
 * ``karras``: Karras et al. (2022) eq. 5, σ̃_i = (σ̃_max^{1/ρ} + i/(n−1) (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ in the VE
@@ -17,8 +20,8 @@ import torch
 from .._tensor import DTYPE, unknown_name_error
 from ..schedule import NoiseSchedule
 
-GRIDS = ("leading", "trailing", "linspace", "uniform_t", "uniform_lambda", "karras")
-DISCRETE_GRIDS = ("leading", "trailing", "linspace")
+GRIDS = ("leading", "trailing", "linspace", "leading_multistep", "linspace_multistep", "uniform_t", "uniform_lambda", "karras")
+DISCRETE_GRIDS = ("leading", "trailing", "linspace", "leading_multistep", "linspace_multistep")
 
 
 def default_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
@@ -42,6 +45,11 @@ def discrete_indices(num_train: int, n: int, spacing: str, steps_offset: int = 0
         idx = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
     elif spacing == "trailing":
         idx = np.round(np.arange(num_train, 0, -num_train / n)).astype(np.int64) - 1
+    elif spacing == "linspace_multistep":
+        idx = np.linspace(0, num_train - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
+    elif spacing == "leading_multistep":
+        ratio = num_train // (n + 1)
+        idx = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + steps_offset
     else:
         raise unknown_name_error("timestep_spacing", spacing, DISCRETE_GRIDS)
     if idx.max() >= num_train or idx.min() < 0:
