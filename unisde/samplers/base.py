@@ -165,7 +165,7 @@ def lincomb(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Ten
     """cx·x + cy·y in at most two passes over memory (the scalars are Python floats: cast once, no transfer)."""
     if cx == 1.0:
         return torch.add(x, y, alpha=cy)
-    return torch.add(x * cx, y, alpha=cy)
+    return (x * cx).add_(y, alpha=cy)  # in place on the fresh product: one allocation, two passes
 
 
 def grid_coefficients(sampler: Sampler, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

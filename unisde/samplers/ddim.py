@@ -48,7 +48,7 @@ class DDIMSampler(Sampler):
             prev = lincomb(sample, direction, denoised, self.s_n[k] - direction * self.s_t[k])
         else:
             prev = lincomb(sample, direction, x0_for_eps, -direction * self.s_t[k])
-            prev = torch.add(prev, denoised, alpha=self.s_n[k])
+            prev.add_(denoised, alpha=self.s_n[k])
         if eta > 0:
-            prev = torch.add(prev, self.noise_like(sample, generator), alpha=std)
+            prev.add_(self.noise_like(sample, generator), alpha=std)
         return prev

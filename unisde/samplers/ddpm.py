@@ -66,4 +66,4 @@ class DDPMSampler(Sampler):
             log_var = frac * self.log_large[k] + (1 - frac) * self.log_small[k]
             return prev + torch.exp(0.5 * log_var) * noise
         std = self.std_large[k] if vt in ("fixed_large", "fixed_large_log") else self.std_small[k]
-        return torch.add(prev, noise, alpha=std)
+        return prev.add_(noise, alpha=std)

@@ -90,17 +90,24 @@ class EDMSampler(Sampler):
         inv_s, inv_ve = 1.0 / op["s"], 1.0 / op["ve"]
         if op["kind"] == "euler":
             if op["two_stage"]:
-                d = lincomb(sample, inv_s * inv_ve, denoised, -inv_ve)  # (x̃ − D)/σ̂
-                self._saved = (sample, inv_s, d)
-                return lincomb(sample, op["s_next"] * inv_s, d, op["s_next"] * op["h"])
+                # Keep (x_i, D_i) rather than d_i: the Heun correction is then one 4-term combination.
+                self._saved = (sample, denoised, inv_s, inv_ve)
+                hv = op["h"] * inv_ve
+                return lincomb(sample, op["s_next"] * inv_s * (1 + hv), denoised, -op["s_next"] * hv)
             if op["churn_std"] > 0:
                 x_ve = lincomb(sample, inv_s * (1 + op["h"] * inv_ve), denoised, -op["h"] * inv_ve)
                 return self._to_next(op, x_ve, generator)
             a, b = op["euler"]
             return lincomb(sample, a, denoised, b)
-        x_start, inv_s0, d = self._saved
+        x_start, d_start, inv_s0, inv_ve0 = self._saved
         self._saved = None
-        d_sum = torch.add(d, lincomb(sample, inv_s * inv_ve, denoised, -inv_ve))
+        # x̃_{i+1} = x̂_i + (h/2)(d_i + d'),  d_i = (x̂_i − D_i)/σ̂_i,  d' = (x̃_pred − D')/σ̃_{i+1}, in model space.
+        half = 0.5 * op["h"]
+        scale = op["s_next_hat"] if op["churn_std"] > 0 else op["s_next"]
+        out = x_start * (scale * inv_s0 * (1 + half * inv_ve0))
+        out.add_(d_start, alpha=-scale * half * inv_ve0)
+        out.add_(sample, alpha=scale * half * inv_s * inv_ve)
+        out.add_(denoised, alpha=-scale * half * inv_ve)
         if op["churn_std"] > 0:
-            return self._to_next(op, lincomb(x_start, inv_s0, d_sum, 0.5 * op["h"]), generator)
-        return lincomb(x_start, op["s_next"] * inv_s0, d_sum, op["s_next"] * 0.5 * op["h"])
+            out.add_(self.noise_like(out, generator), alpha=op["churn_std"] * scale)
+        return out
