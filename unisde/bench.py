@@ -49,10 +49,9 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ._tensor import unknown_name_error

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata

@@ -10,7 +10,6 @@ bound on the model's discrete negative log-likelihood in bits per dimension.
 from __future__ import annotations
 
 import json
-import math
 import os
 
 help = "bits/dim of a pipeline's model on a dataset via the probability-flow ODE (exact likelihood)"
@@ -84,9 +83,7 @@ def load_quantized_dataset(name: str):
 
 
 def run(args):
-    import torch
 
-    from ..likelihood import log_likelihood
     from ..ode import ODESolverError
 
     if args.num_samples <= 0 or args.batch_size <= 0:

@@ -73,7 +73,7 @@ def run(args) -> int:
     compared = {spec: load_schedule(spec) for spec in getattr(args, "compare", None) or []}
     rows = schedule_table(schedule, args.points)  # validates --points before any output
     print(f"# {schedule!r}")
-    print(f"# t ∈ [0, 1] (0 = data, 1 = prior); x_t = s x0 + σ ε; dx = f x dt + g dw; log_snr = log(s²/σ²)")
+    print("# t ∈ [0, 1] (0 = data, 1 = prior); x_t = s x0 + σ ε; dx = f x dt + g dw; log_snr = log(s²/σ²)")
     if schedule.is_discrete:
         print(f"# training index i ↔ t = (i + 1)/{schedule.num_train_timesteps}")
     if schedule.t_end < 1.0:

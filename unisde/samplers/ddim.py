@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from .base import Option, Sampler, grid_coefficients, lincomb, non_negative
 

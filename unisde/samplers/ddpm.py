@@ -12,7 +12,6 @@ channels are the variance) or learned_range (they interpolate log-variance betwe
 
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -307,7 +307,6 @@ def train(args, *, before_commit=None) -> TrainResult:
     Must run in every process of a distributed launch. ``before_commit`` is a test hook passed to
     :func:`~unisde.training.checkpoint.save_checkpoint`.
     """
-    import datasets
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
     from diffusers import UNet2DModel

@@ -56,7 +56,7 @@ import torch
 from .._tensor import DTYPE, unknown_name_error
 from ..parameterizations.base import Parameterization, schedule_coefficients
 from ..plugins import get_parameterization
-from ..schedule import NoiseSchedule, _expand_like
+from ..schedule import NoiseSchedule
 
 LOSS_WEIGHTINGS = ("default", "epsilon", "x0", "v", "score", "edm", "likelihood")
 NOISE_DISTRIBUTIONS = ("uniform_t", "uniform_index", "lognormal")
