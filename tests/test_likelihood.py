@@ -272,5 +272,78 @@ def test_nll_command_bad_input(tmp_path, capsys):
     assert main(["nll", str(tmp_path), "--no_progress"]) == 2
     assert "not a pipeline folder" in capsys.readouterr().err
     _save_tiny_pipeline(tmp_path)
-    assert main(["nll", str(tmp_path), "--dataset", "cifar", "--no_progress"]) == 2
-    assert "unknown dataset 'cifar'" in capsys.readouterr().err
+    assert main(["nll", str(tmp_path), "--dataset", "missing.npy", "--no_progress"]) == 2
+    assert "unknown dataset 'missing.npy'" in capsys.readouterr().err
+
+
+def _digit_pngs(folder, n=6):
+    """The first ``n`` digits as 8-bit PNG files (0…16 → 0…240, so every pixel is an exact 8-bit level)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = (load_digits().images[:n] * 15).astype(np.uint8)
+    for i, img in enumerate(images):
+        Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+    return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]
+
+
+def test_nll_dataset_sources_read_8bit_images_exactly(tmp_path):
+    """Folder of PNGs, a save_to_disk folder and a parquet file all give the same 8-bit tensor, pixel for pixel;
+    images larger than the model are resized, centre-cropped and put back on the 8-bit grid."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from unisde.commands.nll import load_quantized_dataset
+
+    expected = _digit_pngs(tmp_path / "pngs")
+    from_folder, bins = load_quantized_dataset(str(tmp_path / "pngs"), (1, 8, 8))
+    assert bins == 256 and from_folder.shape == (6, 1, 8, 8)
+    # imagefolder lists files in its own order: compare as sets of images
+    key = lambda x: sorted(map(tuple, x.flatten(1).tolist()))  # noqa: E731
+    assert key(from_folder) == key(expected)
+
+    ds = datasets.Dataset.from_dict({"picture": [Image.open(tmp_path / "pngs" / f"{i}.png") for i in range(6)]},
+                                    features=datasets.Features({"picture": datasets.Image()}))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    ds.to_parquet(str(tmp_path / "digits.parquet"))
+    for source in (tmp_path / "saved", tmp_path / "digits.parquet"):
+        images, _ = load_quantized_dataset(str(source), (1, 8, 8))
+        assert torch.equal(images, expected), source
+
+    big = datasets.Dataset.from_dict({"image": [np.full((16, 20, 3), 200, np.uint8)] * 2})
+    big.to_parquet(str(tmp_path / "big.parquet"))
+    images, _ = load_quantized_dataset(str(tmp_path / "big.parquet"), (1, 8, 8), image_column="image")
+    assert images.shape == (2, 1, 8, 8)
+    levels = (images + 1) * 127.5
+    assert torch.equal(levels, levels.round()) and torch.allclose(levels, torch.full_like(levels, 200.0))
+
+
+def test_nll_command_on_an_image_folder(tmp_path, capsys):
+    from unisde.cli import main
+
+    _save_tiny_pipeline(tmp_path / "pipe")
+    _digit_pngs(tmp_path / "pngs", n=4)
+    rc = main(["nll", str(tmp_path / "pipe"), "--dataset", str(tmp_path / "pngs"), "--num_samples", "4", "--batch_size", "4",
+               "--trace", "hutchinson", "--rtol", "1e-3", "--atol", "1e-3", "--t_min", "1e-3", "--no_progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "over 256 levels" in out and math.isfinite(float(next(l for l in out.splitlines() if l.startswith("bits/dim:")).split()[1]))
+
+
+def test_nll_dataset_bad_sources(tmp_path):
+    import datasets
+    import numpy as np
+
+    from unisde.commands.nll import load_quantized_dataset
+
+    with pytest.raises(ValueError, match="unknown dataset './nowhere'"):
+        load_quantized_dataset("./nowhere", (1, 8, 8))
+    datasets.Dataset.from_dict({"image": [np.zeros((8, 8), np.float32)]}).to_parquet(str(tmp_path / "float.parquet"))
+    with pytest.raises(ValueError, match="float32 images.*8-bit"):
+        load_quantized_dataset(str(tmp_path / "float.parquet"), (1, 8, 8))
+    datasets.Dataset.from_dict({"label": [1, 2]}).to_parquet(str(tmp_path / "nolabel.parquet"))
+    with pytest.raises(ValueError, match=r"no image column.*\['label'\]"):
+        load_quantized_dataset(str(tmp_path / "nolabel.parquet"), (1, 8, 8))

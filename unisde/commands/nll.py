@@ -14,14 +14,16 @@ import os
 
 help = "bits/dim of a pipeline's model on a dataset via the probability-flow ODE (exact likelihood)"
 
-DATASETS = ("digits",)
-
-
 def add_arguments(parser):
     parser.add_argument("pipeline_dir", metavar="PIPELINE_DIR", help="folder with unet/ and scheduler/scheduler_config.json")
     parser.add_argument("--dataset", default="digits",
-                        help="'digits' (scikit-learn's bundled 8×8 digits, 17 levels 0…16 scaled by x/8 − 1; default) or a "
-                             ".npy/.npz file of integer images 0…255, shaped (N, H, W), (N, H, W, C) or (N, C, H, W)")
+                        help="'digits' (scikit-learn's bundled 8×8 digits, 17 levels 0…16 scaled by x/8 − 1; default), a "
+                             ".npy/.npz file of integer images 0…255 shaped (N, H, W), (N, H, W, C) or (N, C, H, W), or any "
+                             "source `unisde train` reads: an image folder, a save_to_disk folder, parquet/arrow files "
+                             "(comma-separated) or a Hub dataset id, holding 8-bit images (resized and centre-cropped to "
+                             "the model's resolution)")
+    parser.add_argument("--image_column", default=None, help="image column of a datasets source (default: the Image column)")
+    parser.add_argument("--split", default="train", help="split of a datasets source (default train)")
     parser.add_argument("--num_samples", type=int, default=128, help="number of data points evaluated (default 128)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--trace", default="auto", choices=("auto", "exact", "hutchinson"),
@@ -57,8 +59,8 @@ def load_pipeline_model(path: str, device="cpu"):
     return unet, scheduler.noise_schedule, scheduler.parameterization
 
 
-def load_quantized_dataset(name: str):
-    """(images (N, C, H, W) float32 in [−1, 1], num_bins) for ``digits`` or an integer .npy/.npz file."""
+def _digits_or_array(name: str):
+    """(images, num_bins) for ``digits`` or an integer .npy/.npz file; None for any other name."""
     import numpy as np
     import torch
 
@@ -66,8 +68,8 @@ def load_quantized_dataset(name: str):
         from ..training.data import DIGITS_LEVELS, real_digits
 
         return real_digits(8), DIGITS_LEVELS + 1
-    if not os.path.isfile(name) or not name.endswith((".npy", ".npz")):
-        raise ValueError(f"unknown dataset {name!r}; valid choices: 'digits' or a path to a .npy/.npz file of 8-bit images")
+    if not (os.path.isfile(name) and name.endswith((".npy", ".npz"))):
+        return None
     arr = np.load(name)
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr = arr[arr.files[0]]
@@ -82,6 +84,67 @@ def load_quantized_dataset(name: str):
     return torch.from_numpy(arr.astype(np.float32) / 127.5 - 1.0), 256
 
 
+def _open_datasets_source(name: str, split: str):
+    """A ``datasets.Dataset`` from a folder (imagefolder or save_to_disk), data files, or a Hub id."""
+    from ..training import data as D
+
+    files = [f for f in name.split(",") if f]
+    try:
+        if os.path.isdir(name):
+            return D.load_image_dataset(train_data_dir=name, split=split)
+        if files and all(os.path.isfile(f) for f in files):
+            return D.load_image_dataset(train_files=files, split=split)
+        if name.startswith((".", "/", "~")) or os.path.splitext(name)[1] or name.count("/") > 1:
+            raise FileNotFoundError(f"no such file or folder: {name}")  # a path, not a Hub id (owner/name)
+        return D.load_image_dataset(dataset_name=name, split=split)
+    except ValueError:
+        raise
+    except Exception as exc:  # datasets raises many types (network, missing files, unknown split)
+        raise ValueError(f"unknown dataset {name!r}: it is not 'digits', a .npy/.npz file, a folder, data files or a "
+                         f"loadable datasets id ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def load_quantized_dataset(name: str, shape: tuple | None = None, image_column: str | None = None, split: str = "train"):
+    """(images (N, C, H, W) float32 in [−1, 1], num_bins) of 8-bit (or digits') data.
+
+    ``name``: ``digits``, an integer .npy/.npz file (used as is), or any source ``unisde train`` reads — a
+    folder of images (imagefolder) or a ``save_to_disk`` dataset, parquet/arrow/csv/json files (comma-separated),
+    or a Hub dataset id. Images from a ``datasets`` source must be 8-bit (PIL images or uint8 arrays); they are
+    converted to the model's ``shape`` (C, R, R) the way training does (channels, shorter side resized to R,
+    centre crop) and re-quantised to 8 bits (integer arrays must hold 0…255), so the bits/dim are those of the 8-bit images the model sees.
+    """
+    import numpy as np
+    import torch
+
+    found = _digits_or_array(name)
+    if found is not None:
+        return found
+    from ..training import data as D
+
+    dataset = _open_datasets_source(name, split)
+    column = D.find_image_column(dataset, image_column)
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {name!r} (split {split!r}) is empty")
+    values = list(dataset.with_format("numpy", columns=[column])[column])
+    first = np.asarray(values[0])
+    if not np.issubdtype(first.dtype, np.integer):
+        raise ValueError(f"dataset {name!r}: column {column!r} holds {first.dtype} images; the bits/dim convention needs "
+                         "8-bit images (PIL images or integer arrays 0…255) — save float data as integers 0…255")
+    bad = next((i for i, v in enumerate(values) if np.asarray(v).min() < 0 or np.asarray(v).max() > 255), None)
+    if bad is not None:
+        raise ValueError(f"dataset {name!r}: image {bad} of column {column!r} has values outside 0…255 "
+                         f"([{np.asarray(values[bad]).min()}, {np.asarray(values[bad]).max()}])")
+    values = [np.asarray(v).astype(np.uint8) for v in values]
+    first = values[0]
+    if shape is None:
+        shape = D._to_array(first).shape  # the first image's own channels and (shorter) side
+    channels, resolution = int(shape[0]), int(min(shape[1:]))
+    images = torch.stack([D.preprocess_image(v, resolution, channels, center_crop=True) for v in values])
+    # resizing and channel conversion leave the 8-bit grid: round back to it (what saving the images as PNG does)
+    images = torch.round((images + 1.0) * 127.5).clamp_(0, 255) / 127.5 - 1.0
+    return images, 256
+
+
 def run(args):
 
     from ..ode import ODESolverError
@@ -90,9 +153,9 @@ def run(args):
         raise ValueError(f"--num_samples and --batch_size must be positive, got {args.num_samples} and {args.batch_size}")
     if not 0.0 < args.t_min < 1.0:
         raise ValueError(f"--t_min must lie in (0, 1), got {args.t_min}")
-    data, num_bins = load_quantized_dataset(args.dataset)
     unet, schedule, param = load_pipeline_model(args.pipeline_dir, args.device)
     shape = (unet.config.in_channels, *((unet.config.sample_size,) * 2 if isinstance(unet.config.sample_size, int) else unet.config.sample_size))
+    data, num_bins = load_quantized_dataset(args.dataset, shape, args.image_column, args.split)
     if tuple(data.shape[1:]) != tuple(shape):
         raise ValueError(f"dataset images have shape {tuple(data.shape[1:])} but the UNet expects {tuple(shape)}")
 
