@@ -121,7 +121,7 @@ def test_zero_terminal_snr_table_stays_finite(name):
     ("ncsn", {"n_steps_each": 0}, "n_steps_each"), ("ncsn", {"n_steps_each": "5"}, "n_steps_each"),
     ("ncsn", {"step_lr": -1.0}, "step_lr"), ("ncsn", {"denoise": 1}, "denoise"), ("ncsn", {"steps": 3}, "steps"),
     ("pc", {"predictor": "heun"}, "predictor"), ("pc", {"snr": "0.1"}, "snr"), ("pc", {"correct_steps": -1}, "correct_steps"),
-    ("pc", {"discretization": "uniform"}, "discretization"), ("sde", {"eta": -0.5}, "eta"), ("sde", {"eta": None}, "eta"),
+    ("pc", {"discretization": "uniform"}, "discretization"), ("sde", {"eta": -0.5}, "eta"), ("sde", {"eta": None}, "eta"), ("sde", {"method": "heun"}, "method"),
     ("ode", {"solver": "rk5"}, "solver"), ("ode", {"solver": 4}, "solver"), ("ode", {"tol": 1e-3}, "tol"),
 ])
 def test_bad_options_are_value_errors_naming_the_option(name, options, bad):
@@ -313,6 +313,36 @@ def test_sde_eta_comes_from_the_pipeline_unless_fixed():
     assert not torch.equal(run(free, 0, 1.0), run(free, 1, 1.0))
     fixed = UnifiedScheduler(sampler="sde", sampler_options={"eta": 1.0})
     assert not torch.equal(run(fixed, 0, 0.0), run(fixed, 1, 0.0))
+
+
+@pytest.mark.parametrize("eta, twin, twin_opts", [(1.0, "ddpm", {}), (0.0, "ddim", {})], ids=["ddpm", "ddim"])
+def test_sde_exponential_is_ddpm_at_eta_one_and_ddim_at_eta_zero(eta, twin, twin_opts):
+    """The exact-linear-part step of the η-family reproduces DDPM's posterior step (η = 1) and DDIM (η = 0) on
+    the same grid of a DDPM table, noise draw for noise draw, in float64."""
+    sched = NoiseSchedule.from_diffusers_config({})
+    grid = make_grid(sched, 10, "uniform_t")
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours, _ = run_sampler("sde", sched, grid, x, {"method": "exponential", "eta": eta}, torch.Generator().manual_seed(1))
+    ref, _ = run_sampler(twin, sched, grid, x, twin_opts, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sched, kind", [(NoiseSchedule.from_diffusers_config({}), "uniform_t"), (NoiseSchedule.ve(), "uniform_t"),
+                                         (NoiseSchedule.edm(), "karras")], ids=["ddpm-table", "ve", "edm"])
+def test_sde_exponential_is_stable_at_few_steps_and_first_order(sched, kind):
+    """Exact output moments (as in the Euler–Maruyama test): at 4 steps Euler–Maruyama's error explodes (≥ 10 here)
+    while the exponential step stays below 0.25; both are first order as the steps grow."""
+    def error(n, method):
+        grid = make_grid(sched, n, kind)
+        t_last = float(grid[-2])
+        s, sig = float(sched.s(t_last)), float(sched.sigma(t_last))
+        m, v, _ = exact_moments("sde", sched, grid, {"method": method})
+        return max(abs(m - MU), abs(v - s * s * V0 * V0 / (s * s * V0 + sig * sig)))
+
+    assert error(4, "euler_maruyama") > 10 and error(4, "exponential") < 0.25
+    errs = [error(n, "exponential") for n in (32, 64, 128, 256)]
+    orders = [math.log2(errs[i] / errs[i + 1]) for i in range(3)]
+    assert 0.75 < orders[-1] < 1.2 and errs[0] > errs[1] > errs[2] > errs[3], (errs, orders)
 
 
 # ============================================================================ ode

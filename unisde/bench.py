@@ -240,7 +240,9 @@ def _unified(cfg: dict, **kwargs):
 
 # Sampler option variants tried (a sampler not listed runs with its defaults).
 SAMPLER_VARIANTS = {"edm": ({}, {"solver": "euler"}),
-                    "dpmsolver++": ({}, {"solver_order": 3}, {"solver_order": 3, "exact_quadratic": True})}
+                    "sde": ({}, {"method": "exponential"}),
+                    "dpmsolver++": ({}, {"solver_order": 3}, {"solver_order": 3, "exact_quadratic": True},
+                                    {"algorithm_type": "sde-dpmsolver++"})}
 UNISDE_GRIDS = {"ddpm": (None, "trailing", "karras", "uniform_lambda"), "edm": (None, "uniform_lambda")}
 
 

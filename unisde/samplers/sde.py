@@ -13,6 +13,16 @@ The last step, to the grid's end point t = 0 where σ = 0 and the score is singu
 estimate x̂0 = D (times s(t_end), i.e. D itself at t = 0) instead — the Euler–Maruyama step's limit is not
 defined there, and D is Tweedie's posterior mean at the last noise level. Its weak order is 1 in the step size.
 
+``method="exponential"`` instead integrates the same family exactly with x̂0 = D held fixed over the step (the
+first-order exponential integrator; DPM-Solver's idea applied to the η-family). In the VE view y = x/s with
+σ̃ = σ/s the family reads dy = −(1+η²)/2 · (D − y) dσ̃²/σ̃² + η dW in σ̃², a linear SDE whose solution over a
+step from σ̃ to σ̃' = q σ̃ is
+
+    y' = D + q^{1+η²} (y − D) + σ̃' √(1 − q^{2η²}) z.
+
+It is stable for any step count and exact for Gaussian data up to the frozen D; η = 1 is the DDPM posterior step
+(fixed_small variance) and η = 0 the DDIM step on the same grid, so ``ddpm`` and ``ddim`` are its end points.
+
 ``eta`` (default 1.0) has the name of DDIM pipelines' ``eta`` argument: a pipeline's value is used unless the
 user fixed ``eta`` in ``sampler_options`` (:meth:`Sampler.eta_value`). DDIMPipeline passes ``eta=0.0`` by
 default, which turns this sampler into Euler on the PF-ODE in t.
@@ -20,7 +30,9 @@ default, which turns this sampler into Euler on the PF-ODE in t.
 
 from __future__ import annotations
 
-from .base import Option, Sampler, grid_coefficients, non_negative
+import math
+
+from .base import Option, Sampler, grid_coefficients, lincomb, non_negative
 
 
 class SDESampler(Sampler):
@@ -30,6 +42,8 @@ class SDESampler(Sampler):
     stochastic = True
     options = {
         "eta": Option(1.0, (float,), "stochasticity η ≥ 0 (1: reverse SDE, 0: probability-flow ODE)", non_negative),
+        "method": Option("euler_maruyama", (str,), "euler_maruyama (in t) or exponential (exact linear part, "
+                         "x̂0 frozen per step: stable at few steps)", choices=("euler_maruyama", "exponential")),
     }
 
     def prepare(self, grid):
@@ -46,6 +60,10 @@ class SDESampler(Sampler):
         self.g_sqrt_dt = self.floats((g2 * dt).sqrt())
         self.s_end = float(s[-1])
         self.final_denoise = float(sigma[-1]) == 0.0
+        # exponential method: log q = log(σ̃'/σ̃) (−inf into σ' = 0), s'/s, s' and σ' per step
+        vp_sigma = sigma / s
+        self.log_q = self.floats((vp_sigma[1:] / vp_sigma[:-1]).log())
+        self.s_ratio, self.s_n, self.sigma_n = self.floats(s[1:] / s[:-1]), self.floats(s[1:]), self.floats(sigma[1:])
         return t
 
     def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
@@ -53,8 +71,20 @@ class SDESampler(Sampler):
         if last and self.final_denoise:
             return denoised * self.s_end if self.s_end != 1.0 else denoised
         eta = self.eta_value(eta)
+        if self.opts["method"] == "exponential":
+            return self._exponential_step(k, sample, denoised, eta, generator)
         w = 0.5 * (1.0 + eta * eta) * self.g2_dt_var[k]
         prev = sample * (1.0 - self.f_dt[k] - w) + denoised * (w * self.s_t[k])
         if eta > 0:  # also on a last step to σ > 0 (a grid ending early): the target there is p_{t_end}
             prev = prev + self.noise_like(sample, generator) * (eta * self.g_sqrt_dt[k])
+        return prev
+
+    def _exponential_step(self, k, sample, denoised, eta, generator):
+        """x' = (s'/s) r x + s' (1 − r) D + σ' √(1 − q^{2η²}) z with r = q^{1+η²} (module docstring)."""
+        log_q = self.log_q[k]
+        r = math.exp((1.0 + eta * eta) * log_q) if log_q != -math.inf else 0.0
+        prev = lincomb(sample, self.s_ratio[k] * r, denoised, self.s_n[k] * (1.0 - r))
+        if eta > 0 and self.sigma_n[k] > 0:
+            std = self.sigma_n[k] * math.sqrt(-math.expm1(2.0 * eta * eta * log_q))
+            prev.add_(self.noise_like(sample, generator), alpha=std)
         return prev

@@ -23,6 +23,18 @@ diffusers' DPMSolverMultistepScheduler (it stabilises few-step sampling). ``solv
 diffusers' config key, so ``UnifiedScheduler.from_config`` of a DPMSolverMultistepScheduler config keeps it.
 One model evaluation per step (``order`` = 1 in diffusers' sense of calls per step).
 
+``algorithm_type="sde-dpmsolver++"`` is the stochastic variant (SDE-DPM-Solver++, same paper §5): the reverse SDE
+(η = 1) solved exactly in its linear part. In the VE view y = x/s, σ̃ = e^{−λ'}, its drift pulls y towards D at
+rate 2 per unit λ', so
+
+    x_{t'} = (σ_{t'}/σ_t) e^{−h} x_t + s_{t'} ∫_{λ'_t}^{λ'_{t'}} 2 e^{−2(λ'_{t'} − λ')} D dλ' + σ_{t'} √(1 − e^{−2h}) z,
+
+which is the deterministic formula with the kernel's h doubled: the same D weights evaluated at 2h (the step
+ratios r are unchanged), the x weight (σ_{t'}/σ_t) e^{−h} and fresh noise. Order 1 is DDPM's posterior step; 2M
+(midpoint form) is diffusers' ``algorithm_type="sde-dpmsolver++"``; 3M uses the same quadratic weights at 2h
+(diffusers' SDE 3M weighs the second difference differently). The legacy noise-prediction names ``dpmsolver`` /
+``sde-dpmsolver`` of diffusers configs run the data-prediction forms (the same ODE/SDE, the same order).
+
 Being a plugin, it is registered through the ``unisde`` entry-point group exactly as the built-in samplers are.
 """
 
@@ -40,6 +52,9 @@ __version__ = "0.1.0"
 
 
 ORDERS = (1, 2, 3)
+
+
+ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
 
 
 def _solver_order(value):
@@ -69,14 +84,16 @@ def _phi_corrections(h: float) -> tuple[float, float]:
 class DPMSolverPlusPlus(Sampler):
     name = "dpmsolver++"
     aliases = ("dpmsolver_2m", "dpm++2m")
-    description = "DPM-Solver++(1S/2M/3M): multistep exponential integrator in data prediction (Lu et al. 2022)"
+    description = "DPM-Solver++(1S/2M/3M) and SDE-DPM-Solver++: multistep exponential integrators in data prediction (Lu et al. 2022)"
     default_grid = "uniform_lambda"
-    stochastic = False
+    stochastic = True  # with algorithm_type="sde-dpmsolver++"
     options = {
         "solver_order": Option(2, (int,), "multistep order 1 (DDIM), 2 (2M) or 3 (3M); a diffusers config's "
                                "solver_order fills it", _solver_order),
         "exact_quadratic": Option(False, (bool,), "3M: weigh the second divided difference fully (true third "
                                   "order); default halves it as diffusers, k-diffusion and the DPM-Solver code do"),
+        "algorithm_type": Option("dpmsolver++", (str,), "dpmsolver++ (probability-flow ODE) or sde-dpmsolver++ (reverse "
+                                 "SDE, exact linear part); a diffusers config's algorithm_type fills it", choices=ALGORITHMS),
         "lower_order_final": Option(True, (bool,), "with fewer than 15 steps: first-order last step and at most "
                                     "second-order second-to-last step (diffusers' rule)"),
     }
@@ -89,7 +106,9 @@ class DPMSolverPlusPlus(Sampler):
         n = grid.numel() - 1
         top = self.opts["solver_order"]
         few = self.opts["lower_order_final"] and n < 15
-        self.ratio, self.weights, self.first = [], [], []
+        sde = self.opts["algorithm_type"].startswith("sde")
+        kernel = 2.0 if sde else 1.0  # the SDE's D-kernel decays twice as fast in λ' (module docstring)
+        self.ratio, self.weights, self.first, self.noise_std = [], [], [], []
         steps: list[float] = []  # h of the previous steps since the start (or since a step to σ = 0)
         for i in range(n):
             s_n, sig_i, sig_n = float(s[i + 1]), float(sigma[i]), float(sigma[i + 1])
@@ -97,6 +116,7 @@ class DPMSolverPlusPlus(Sampler):
                 self.ratio.append(0.0)
                 self.weights.append((s_n,))
                 self.first.append(s_n)
+                self.noise_std.append(0.0)
                 steps = []
                 continue
             h = (math.log(s_n) - math.log(sig_n)) - (math.log(float(s[i])) - math.log(sig_i))
@@ -105,10 +125,11 @@ class DPMSolverPlusPlus(Sampler):
                 order = 1
             elif few and i == n - 2:
                 order = min(order, 2)
-            self.ratio.append(sig_n / sig_i)
-            self.weights.append(self._weights(order, s_n, h, steps, self.opts["exact_quadratic"]))
-            self.first.append(-s_n * math.expm1(-h))
-            steps = (steps + [h])[-2:]
+            self.ratio.append(sig_n / sig_i * (math.exp(-h) if sde else 1.0))
+            self.weights.append(self._weights(order, s_n, kernel * h, steps, self.opts["exact_quadratic"]))
+            self.first.append(-s_n * math.expm1(-kernel * h))
+            self.noise_std.append(sig_n * math.sqrt(-math.expm1(-2.0 * h)) if sde else 0.0)
+            steps = (steps + [kernel * h])[-2:]
         self._history: list[torch.Tensor] = []
         return grid[:-1]
 
@@ -155,6 +176,8 @@ class DPMSolverPlusPlus(Sampler):
             out = lincomb(sample, self.ratio[k], denoised, weights[0])
         for previous, weight in zip(history, weights[1:]):
             out = out.add(previous, alpha=weight)
+        if self.noise_std[k] > 0.0:
+            out = out.add(self.noise_like(sample, generator), alpha=self.noise_std[k])
         return out
 
 
