@@ -12,9 +12,16 @@ import sys
 
 import pytest
 
+WORKER_DEADLINE_S = 200
+
 
 def _worker(out: str, steps: int, resume: str | None) -> None:
+    import faulthandler
+
     import torch
+
+    # a rank stuck in a collective prints every thread's stack and exits, so a hang shows where it is
+    faulthandler.dump_traceback_later(WORKER_DEADLINE_S, exit=True)
 
     from unisde.training.loop import default_args, train
 
@@ -29,12 +36,16 @@ def _worker(out: str, steps: int, resume: str | None) -> None:
     # ranks draw different noise (per-rank seeds) yet keep identical weights through the gradient all-reduce
     noise = acc.gather(torch.randn(1, 3))
     if acc.is_main_process:
+        print(f"rank 0 done at step {result.global_step}", flush=True)
         with open(os.path.join(out, f"report-{steps}.json"), "w") as fh:
             json.dump({"num_processes": acc.num_processes, "global_step": result.global_step,
                        "ranks_identical": bool((gathered == gathered[0]).all()),
                        "noise_differs": bool(not torch.equal(noise[0], noise[1])),
                        "resumed_from": result.resumed_from, "losses": result.losses}, fh)
     result.finish()
+    from unisde.training.loop import _RETIRED_PROCESS_GROUPS
+
+    assert len(_RETIRED_PROCESS_GROUPS) == 1  # the group outlives finish(): its destructor can deadlock (finish doc)
 
 
 def _launch(out, steps, resume=None):
@@ -42,7 +53,7 @@ def _launch(out, steps, resume=None):
     if resume:
         cmd.append(resume)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_DEADLINE_S + 60, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(os.path.join(out, f"report-{steps}.json")) as fh:
         return json.load(fh)

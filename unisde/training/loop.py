@@ -281,10 +281,35 @@ class TrainResult:
     samples_per_second: float = float("nan")
 
     def finish(self) -> None:
-        """End trackers and tear down the process group on every rank together: without the barrier a rank that
-        exits first can leave its peer hanging in gloo's teardown (seen on an overloaded 2-core CPU)."""
+        """End trackers and shut the process group down on every rank together (a barrier first: a rank that
+        exits early can leave its peer waiting in a collective).
+
+        The group object itself is retired, never destroyed: torch's ``~ProcessGroupGloo`` joins its worker
+        threads while the destroying thread holds the GIL, and a worker still releasing a finished collective
+        whose tensor is owned by Python needs the GIL for that decref — a deadlock. It struck about one run in
+        thirty on an overloaded 2-core CPU, in the DDP reducer's destructor when the last reference to the group
+        went (native stacks: main thread in ``std::thread::join`` under ``~ProcessGroupGloo``, a gloo thread in
+        ``gil_scoped_acquire`` under ``ConcretePyInterpreterVTable::decref``). ``destroy_process_group`` still
+        runs (it shuts the backends down and unregisters the group); the idle threads end with the process.
+        """
+        import torch.distributed as dist
+
         self.accelerator.wait_for_everyone()
+        if dist.is_available() and dist.is_initialized():
+            _retire_process_group(dist.group.WORLD)
         self.accelerator.end_training()
+
+
+def _retire_process_group(group) -> None:
+    """Keep ``group`` alive for the rest of the process (one deliberately leaked reference; see
+    :meth:`TrainResult.finish` for the deadlock its destructor can cause)."""
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(group))
+    _RETIRED_PROCESS_GROUPS.append(group)  # visible to debuggers and tests
+
+
+_RETIRED_PROCESS_GROUPS: list = []
 
 
 def _tracker(args) -> list:
