@@ -286,7 +286,7 @@ def _has_param(cls, name: str) -> bool:
 
 # Diffusers schedulers whose algorithm a unisde sampler reproduces (UnifiedScheduler.from_config picks it).
 _TWIN_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-                 "HeunDiscreteScheduler", "EDMEulerScheduler")
+                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "EDMEulerScheduler")
 
 
 def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tuple[list[Contestant], list[Contestant]]:
@@ -313,10 +313,13 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
                 return cls.from_config(cfg, **kw)
 
             peers.append(Contestant("diffusers", label, make))
-            # DPM-Solver++(2M/3M) has a twin when the dpmsolver++ plugin is installed (solver_order and the grid come
-            # from the config).
+            # DPM-Solver++(2M/3M) and SDE-DPM-Solver++(2M) have a twin when the dpmsolver++ plugin is installed
+            # (solver_order, algorithm_type and the grid come from the config; diffusers' SDE 3M weighs its second
+            # difference differently, so it has none).
+            algorithm = options.get("algorithm_type", "dpmsolver++")
             dpm2m = (cls_name == "DPMSolverMultistepScheduler" and "dpmsolver++" in list_samplers()
-                     and options.get("solver_order") in (2, 3) and options.get("algorithm_type", "dpmsolver++") == "dpmsolver++")
+                     and (options.get("solver_order"), algorithm) in ((2, "dpmsolver++"), (3, "dpmsolver++"),
+                                                                       (2, "sde-dpmsolver++")))
             if cls_name in _TWIN_CLASSES or dpm2m:
                 def make_twin(make=make):
                     # from_config picks the same algorithm and grid (multistep spacings included)

@@ -37,8 +37,9 @@ _DEFAULT_SAMPLER = {
     "DDPMScheduler": ("ddpm", {}), "DDIMScheduler": ("ddim", {}), "EulerDiscreteScheduler": ("edm", {"solver": "euler"}),
     "EulerAncestralDiscreteScheduler": ("ddim", {"eta": 1.0}), "HeunDiscreteScheduler": ("edm", {}),
     "EDMEulerScheduler": ("edm", {"solver": "euler"}), "ScoreSdeVeScheduler": ("pc", {}),
+    "LMSDiscreteScheduler": ("lms", {}),
 }
-_MULTISTEP = ("PNDMScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+_MULTISTEP = ("PNDMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 
 
 class UnifiedScheduler(SchedulerMixin, ConfigMixin):
@@ -55,7 +56,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         sampler_options: JSON-able dict validated by the sampler (unknown keys → ValueError listing valid ones).
         schedule: a schedule name (``"vp-linear"``, ``"cosine"``, ``"ve"``, ``"edm"``, …) or a
             ``NoiseSchedule.to_config()`` dict; when None the diffusers keys define the schedule.
-        time_grid: one of ``leading``, ``trailing``, ``linspace``, ``uniform_t``, ``uniform_lambda``, ``karras``;
+        time_grid: one of ``leading``, ``trailing``, ``linspace``, ``linspace_fractional``, ``uniform_t``, ``uniform_lambda``, ``karras``;
             None picks the sampler's preference (``edm``: karras) or the config's spacing.
         t_min, t_max: the time range sampled (defaults: see :func:`unisde.samplers.grids.default_time_range`).
         check_finite: raise a ValueError naming the step when the model output is not finite.
@@ -520,11 +521,12 @@ def _derived_keys(cfg: dict, kwargs: dict) -> dict:
         out["prediction_type"] = "score"
         out["time_grid"] = "uniform_t"
         out["t_min"] = float(cfg.get("sampling_eps", 1e-5))
-    elif cls in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler"):
+    elif cls in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler"):
         if cfg.get("use_karras_sigmas"):
             out["time_grid"] = "karras"
-        else:
-            out["time_grid"] = cfg.get("timestep_spacing", "linspace")
+        else:  # these schedulers keep linspace's fractional timesteps (np.linspace without rounding)
+            spacing = cfg.get("timestep_spacing", "linspace")
+            out["time_grid"] = "linspace_fractional" if spacing == "linspace" else spacing
     elif cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
         spacing = cfg.get("timestep_spacing", "linspace")
         if cfg.get("use_karras_sigmas"):

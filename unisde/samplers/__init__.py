@@ -5,12 +5,13 @@ from .base import Option, Sampler, grid_coefficients
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
 from .edm import EDMSampler
+from .lms import LMSSampler
 from .ncsn import NCSNSampler
 from .ode import ODESampler
 from .pc import PCSampler
 from .sde import SDESampler
 
-BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler)
+BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler, LMSSampler)
 
 
 @hookimpl
@@ -19,4 +20,4 @@ def unisde_register_samplers(register):
         register(cls)
 
 
-__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler"]
+__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler", "LMSSampler"]

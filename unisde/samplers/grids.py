@@ -2,6 +2,8 @@ r"""Time grids: where a sampler evaluates the model, as decreasing times t_0 > â
 
 * ``leading`` / ``trailing`` / ``linspace``: diffusers' spacings of training indices i (tables only; index i
   sits at t = (i + 1)/N). On closed-form schedules they fall back to ``uniform_t``.
+* ``linspace_fractional``: ``linspace`` without rounding, the grid of diffusers' Euler, EulerAncestral, Heun and
+  LMS schedulers (fractional indices; the model gets float timesteps, as from those schedulers).
 * ``leading_multistep`` / ``linspace_multistep``: the same spacings as diffusers' multistep schedulers
   (DPMSolverMultistep, UniPC) compute them â€” over n + 1 points with the index-0 point dropped, the last step
   going to clean data.
@@ -20,8 +22,8 @@ import torch
 from .._tensor import DTYPE, unknown_name_error
 from ..schedule import NoiseSchedule
 
-GRIDS = ("leading", "trailing", "linspace", "leading_multistep", "linspace_multistep", "uniform_t", "uniform_lambda", "karras")
-DISCRETE_GRIDS = ("leading", "trailing", "linspace", "leading_multistep", "linspace_multistep")
+GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep", "uniform_t", "uniform_lambda", "karras")
+DISCRETE_GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep")
 
 
 def default_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
@@ -35,11 +37,13 @@ def default_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
 
 
 def discrete_indices(num_train: int, n: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
-    """diffusers' training indices for n inference steps (descending int64)."""
+    """diffusers' training indices for n inference steps (descending; int64, float64 for ``linspace_fractional``)."""
     if n > num_train:
         raise ValueError(f"num_inference_steps={n} is larger than the schedule's {num_train} training timesteps")
     if spacing == "linspace":
         idx = np.linspace(0, num_train - 1, n).round()[::-1].copy().astype(np.int64)
+    elif spacing == "linspace_fractional":
+        idx = np.linspace(0, num_train - 1, n, dtype=np.float64)[::-1].copy()
     elif spacing == "leading":
         ratio = num_train // n
         idx = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
