@@ -298,9 +298,7 @@ def test_from_config_of_every_compatible_scheduler_is_silent(name):
     with DiffusersWarnings():
         back = cls.from_config(uni.config)
     for key, value in ref.config.items():
-        # EDMEuler's prediction_type "epsilon" means EDM preconditioning, which unisde names "edm" (one key holds
-        # the parameterisation); converting back carries "edm" (a limitation reported, not hidden).
-        if not key.startswith("_") and not (name == "EDMEulerScheduler" and key == "prediction_type"):
+        if not key.startswith("_"):
             assert back.config[key] == value, (name, key)
     # the converted scheduler samples (its default sampler for that algorithm)
     if uni.config.sampler in unisde.list_samplers():

@@ -241,7 +241,8 @@ def test_edm_euler_parity():
     """EDMEulerScheduler: an EDM-preconditioned model, fed c_in·x̃ and c_noise = ¼ ln σ̃ (seed 001 eqs. 203–212)."""
     ref = EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5)
     uni = UnifiedScheduler.from_config(ref.config)
-    assert uni.config.sampler == "edm" and uni.config.prediction_type == "edm"
+    assert uni.config.sampler == "edm" and uni.parameterization.name == "edm"
+    assert uni.config.prediction_type == "epsilon" and uni.config.parameterization == "edm"
 
     seen = {"ref": [], "uni": []}
 
@@ -258,6 +259,15 @@ def test_edm_euler_parity():
     x_uni, _ = run_loop(uni, x_tilde * s_at_start(uni), 0, 12, model=model_factory("uni"))
     torch.testing.assert_close(torch.tensor(seen["uni"]), torch.tensor(seen["ref"]), rtol=1e-6, atol=1e-6)
     assert_parity(x_uni, x_ref, scale, "EDMEuler")
+
+    # converting back is lossless: the round-tripped EDMEulerScheduler samples exactly as the original
+    back = EDMEulerScheduler.from_config(uni.config)
+    assert back.config.prediction_type == "epsilon" and back.config.sigma_data == ref.config.sigma_data
+    back.set_timesteps(12)
+    x_back, _ = run_loop(back, x_tilde, 0, 12)
+    assert torch.equal(x_back, x_ref)
+    # a caller naming the parameterisation wins over the EDM default
+    assert UnifiedScheduler.from_config(ref.config, prediction_type="sample").parameterization.name == "sample"
 
 
 # ---------------------------------------------------------------------------------------------- ScoreSdeVe

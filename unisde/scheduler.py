@@ -58,6 +58,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             ``NoiseSchedule.to_config()`` dict; when None the diffusers keys define the schedule.
         time_grid: one of ``leading``, ``trailing``, ``linspace``, ``linspace_fractional``, ``uniform_t``, ``uniform_lambda``, ``karras``;
             None picks the sampler's preference (``edm``: karras) or the config's spacing.
+        parameterization: a registered parameterisation that overrides ``prediction_type`` (None: use
+            ``prediction_type``). Conversions from EDMEuler-type configs set it to ``"edm"`` and keep their
+            ``prediction_type="epsilon"`` (diffusers' name for EDM's preconditioned network), so that
+            ``EDMEulerScheduler.from_config(unified.config)`` gets its own value back.
         t_min, t_max: the time range sampled (defaults: see :func:`unisde.samplers.grids.default_time_range`).
         check_finite: raise a ValueError naming the step when the model output is not finite.
     """
@@ -75,6 +79,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         variance_type: str | None = "fixed_small",
         clip_sample: bool = False,
         prediction_type: str = "epsilon",
+        parameterization: str | None = None,
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
@@ -134,8 +139,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             self.noise_schedule = NoiseSchedule.from_diffusers_config(
                 {"num_train_timesteps": num_train_timesteps, "beta_start": beta_start, "beta_end": beta_end,
                  "beta_schedule": beta_schedule, "trained_betas": trained_betas, "rescale_betas_zero_snr": rescale_betas_zero_snr})
-        param_options = {"sigma_data": sigma_data} if prediction_type == "edm" else {}
-        self.parameterization = get_parameterization(prediction_type, **param_options)
+        param_name = parameterization or prediction_type
+        param_options = {"sigma_data": sigma_data} if param_name == "edm" else {}
+        self.parameterization = get_parameterization(param_name, **param_options)
         self.sampler_cls = get_sampler(sampler)
         self.sampler_options = self._sampler_options(sampler_options)
         # Validate now so a bad option fails at construction, before any work.
@@ -512,8 +518,12 @@ def _derived_keys(cfg: dict, kwargs: dict) -> dict:
         else:
             out["schedule"] = {"name": "edm", "sigma_min": smin, "sigma_max": smax, "rho": float(cfg.get("rho", 7.0)), "timestep_convention": "edm"}
             out["time_grid"] = "karras"
-        if cfg.get("prediction_type", "epsilon") == "epsilon":
-            out["prediction_type"] = "edm"
+        if "prediction_type" in kwargs or "parameterization" in kwargs:
+            pass  # the caller says what the model predicts
+        elif cfg.get("prediction_type", "epsilon") == "epsilon":
+            # diffusers' EDM schedulers call EDM's preconditioned network "epsilon"; unisde's name for it is "edm".
+            # It goes in its own key so that prediction_type keeps diffusers' value and converting back is lossless.
+            out["parameterization"] = "edm"
         else:
             raise ValueError(f"EDMEulerScheduler prediction_type={cfg.get('prediction_type')!r} is not supported; supported: 'epsilon' (EDM preconditioning)")
     elif cls == "ScoreSdeVeScheduler":
