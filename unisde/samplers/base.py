@@ -168,6 +168,11 @@ def lincomb(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Ten
     return (x * cx).add_(y, alpha=cy)  # in place on the fresh product: one allocation, two passes
 
 
+def pf_ode_derivative(x_ve: torch.Tensor, denoised: torch.Tensor, ve: float) -> torch.Tensor:
+    """dx̃/dσ̃ = (x̃ − D)/σ̃: the probability-flow ODE (seed 000 eq. 27) in the VE view x̃ = x/s, σ̃ = σ/s > 0."""
+    return lincomb(x_ve, 1.0 / ve, denoised, -1.0 / ve)
+
+
 def grid_coefficients(sampler: Sampler, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, σ) along a grid; an end point at t = 0 is the clean data (s = 1, σ = 0) whatever σ(0) is, so that
     VE/EDM schedules with σ(0) = σ_min > 0 still finish on the denoised sample (EDM Algorithm 2's t_N = 0)."""

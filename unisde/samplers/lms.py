@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Option, Sampler, grid_coefficients, lincomb
+from .base import Option, Sampler, grid_coefficients, pf_ode_derivative
 
 ORDERS = (1, 2, 3, 4)
 
@@ -77,7 +77,7 @@ class LMSSampler(Sampler):
             self._derivatives = []
         self._last_step = k
         x_ve = sample * (1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else sample
-        self._derivatives = [lincomb(x_ve, 1.0 / self.ve[k], denoised, -1.0 / self.ve[k]), *self._derivatives[:3]]
+        self._derivatives = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *self._derivatives[:3]]
         options = self.weights[k]
         weights = options[min(len(self._derivatives), len(options)) - 1]
         out = x_ve

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients
+from .base import Option, Sampler, grid_coefficients, pf_ode_derivative
 
 # Butcher tableaux (c, A, b) of the explicit solvers.
 TABLEAUX = {
@@ -92,7 +92,7 @@ class ODESampler(Sampler):
         x_ve = sample * (1.0 / op["s"])
         if op["stage"] == 0:
             self._x0, self._derivs = x_ve, []
-        self._derivs.append((x_ve - denoised) * (1.0 / op["ve"]))
+        self._derivs.append(pf_ode_derivative(x_ve, denoised, op["ve"]))
         j = op["stage"]
         weights = b if j + 1 == op["stages"] else a[j]  # combine the derivatives of stages 0 … j
         if op["stages"] == 1:
