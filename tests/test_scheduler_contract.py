@@ -333,3 +333,16 @@ def test_every_grid_works_for_every_sampler(sampler, grid, schedule):
     for t in uni.timesteps:
         x = uni.step(model(uni.scale_model_input(x, t), t), t, x, generator=gen).prev_sample
     assert x.shape == SHAPE and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name, grid", [("EulerDiscreteScheduler", "karras"), ("EulerAncestralDiscreteScheduler", "karras"),
+                                        ("LMSDiscreteScheduler", "karras"), ("HeunDiscreteScheduler", "linspace_fractional"),
+                                        ("PNDMScheduler", "karras")])
+def test_asking_for_edm_uses_its_karras_grid_unless_the_config_is_heun(name, grid):
+    """`from_config(cfg, sampler="edm")` (the README's one-liner) runs Algorithm 2 on its ρ-grid; a Heun config
+    already is that algorithm on its own grid, which it keeps; with the config's own sampler the grid stays."""
+    cfg = getattr(diffusers, name)().config
+    assert UnifiedScheduler.from_config(cfg, sampler="edm")._grid_kind() == grid
+    own = UnifiedScheduler.from_config(cfg)
+    if name != "PNDMScheduler":
+        assert own._grid_kind() == "linspace_fractional"

@@ -556,6 +556,7 @@ def _derived_keys(cfg: dict, kwargs: dict) -> dict:
             out["sampler"] = name
             if options and "sampler_options" not in kwargs:
                 out["sampler_options"] = options
-    elif cls in ("EulerDiscreteScheduler",) and kwargs.get("sampler") == "edm" and "time_grid" in out and not cfg.get("use_karras_sigmas"):
-        out.pop("time_grid")
+    elif (cls in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler")
+          and kwargs.get("sampler") == "edm" and "time_grid" in out and not cfg.get("use_karras_sigmas")):
+        out.pop("time_grid")  # asking these configs for EDM's sampler means Algorithm 2 on its own (Karras) grid
     return out
