@@ -20,7 +20,8 @@ import inspect
 import pytest
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, ScoreSdeVeScheduler)
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, ScoreSdeVeScheduler,
+                       DPMSolverMultistepScheduler, UniPCMultistepScheduler)
 
 import unisde
 from unisde.scheduler import UnifiedScheduler
@@ -213,6 +214,34 @@ def test_lms_parity(config, n):
     assert uni.config.sampler == "lms"
     x_uni, x_ref, scale = parity_ve_view(ref, uni, n, timestep_atol=5e-3)
     assert_parity(x_uni, x_ref, scale, f"LMS {config} n={n}")
+
+
+@pytest.mark.parametrize("config", [
+    {},
+    {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    {"prediction_type": "sample", "timestep_spacing": "trailing"},
+    {"solver_order": 1}, {"solver_order": 3}, {"disable_corrector": [0, 2]},
+    {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, {"final_sigmas_type": "sigma_min", "solver_order": 3},
+], ids=["default", "v-scaled", "x0-trailing", "order1", "order3", "disable-corrector", "bh1-sigma-min", "sigma-min-order3"])
+@pytest.mark.parametrize("n", [5, 12])
+def test_unipc_parity(config, n):
+    """UniPCMultistepScheduler (UniP + UniC, data prediction) converts to ``unipc`` on diffusers' own grid.
+    (bh1 is compared with final_sigmas_type="sigma_min": diffusers' bh1 step to σ = 0 computes −∞ · 0 = NaN.)"""
+    ref = UniPCMultistepScheduler(**config)
+    uni = UnifiedScheduler.from_config(ref.config)
+    assert uni.config.sampler == "unipc"
+    x_uni, x_ref, scale = parity_in_model_space(ref, uni, n)
+    assert_parity(x_uni, x_ref, scale, f"UniPC {config} n={n}")
+
+
+@pytest.mark.parametrize("config", [{}, {"solver_order": 3}, {"algorithm_type": "sde-dpmsolver++"}])
+def test_dpmsolver_final_sigma_min_parity(config):
+    """final_sigmas_type="sigma_min": the last step ends at the table's σ_min (index 0), not at clean data."""
+    pytest.importorskip("unisde_dpmsolver")
+    ref = DPMSolverMultistepScheduler(final_sigmas_type="sigma_min", **config)
+    uni = UnifiedScheduler.from_config(ref.config)
+    x_uni, x_ref, scale = parity_in_model_space(ref, uni, 12)
+    assert_parity(x_uni, x_ref, scale, f"DPM++ sigma_min {config}")
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

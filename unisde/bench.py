@@ -286,7 +286,7 @@ def _has_param(cls, name: str) -> bool:
 
 # Diffusers schedulers whose algorithm a unisde sampler reproduces (UnifiedScheduler.from_config picks it).
 _TWIN_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "EDMEulerScheduler")
+                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "EDMEulerScheduler")
 
 
 def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tuple[list[Contestant], list[Contestant]]:

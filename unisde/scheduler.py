@@ -37,9 +37,9 @@ _DEFAULT_SAMPLER = {
     "DDPMScheduler": ("ddpm", {}), "DDIMScheduler": ("ddim", {}), "EulerDiscreteScheduler": ("edm", {"solver": "euler"}),
     "EulerAncestralDiscreteScheduler": ("ddim", {"eta": 1.0}), "HeunDiscreteScheduler": ("edm", {}),
     "EDMEulerScheduler": ("edm", {"solver": "euler"}), "ScoreSdeVeScheduler": ("pc", {}),
-    "LMSDiscreteScheduler": ("lms", {}),
+    "LMSDiscreteScheduler": ("lms", {}), "UniPCMultistepScheduler": ("unipc", {}),
 }
-_MULTISTEP = ("PNDMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+_MULTISTEP = ("PNDMScheduler", "DPMSolverMultistepScheduler")
 
 
 class UnifiedScheduler(SchedulerMixin, ConfigMixin):
@@ -240,6 +240,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         final = 0.0
         if getattr(sampler, "final_from_config", False) and not cfg.set_alpha_to_one and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps
+        if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
+            final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
         if timesteps is not None:
             ts = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
             if ts.ndim != 1 or ts.size == 0:
@@ -548,6 +550,8 @@ def _derived_keys(cfg: dict, kwargs: dict) -> dict:
     if "sampler" not in kwargs:
         if cls in _DEFAULT_SAMPLER:
             name, options = _DEFAULT_SAMPLER[cls]
+            if cls == "UniPCMultistepScheduler" and cfg.get("solver_type") in ("bh1", "bh2"):
+                options = {"variant": cfg["solver_type"]}
         elif cls in _MULTISTEP:
             name, options = ("dpmsolver++", {}) if "dpmsolver++" in list_samplers() else ("edm", {})
         else:

@@ -10,8 +10,9 @@ from .ncsn import NCSNSampler
 from .ode import ODESampler
 from .pc import PCSampler
 from .sde import SDESampler
+from .unipc import UniPCSampler
 
-BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler, LMSSampler)
+BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler, LMSSampler, UniPCSampler)
 
 
 @hookimpl
@@ -20,4 +21,4 @@ def unisde_register_samplers(register):
         register(cls)
 
 
-__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler", "LMSSampler"]
+__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler", "LMSSampler", "UniPCSampler"]
