@@ -111,29 +111,23 @@ class UniPCSampler(Sampler):
         self._last_step = k
         if self.correct[k] and self._last_sample is not None and len(self._history) >= self.orders[k - 1]:
             sample = self._corrected(k - 1, self._last_sample, denoised)
-        history = self._history
-        self._history = [denoised, *history[:2]]
+        self._history = [denoised, *self._history[:2]]
         self._last_sample = sample
-        order = min(self.orders[k], len(self._history))
-        if order < self.orders[k]:  # fewer evaluations than the tables assume (entered mid-grid)
-            return self._base(k, sample, denoised)
         out = self._base(k, sample, denoised)
-        phi_1, b_h, rho = self.predictor[k]
-        for i, weight in enumerate(rho, start=1):
-            d1 = (self._history[i] - denoised) * (1.0 / self._ratio(k, i))
-            out = out.add(d1, alpha=-self.s_n[k] * b_h * weight)
-        return out
+        if len(self._history) < self.orders[k]:  # fewer evaluations than the tables assume (entered mid-grid)
+            return out
+        _, b_h, rho = self.predictor[k]
+        return self._add_differences(out, k, denoised, rho, -self.s_n[k] * b_h)
 
-    def _ratio(self, k, i):
-        """r_i = (λ'_{k−i} − λ'_k)/h_k."""
-        return self._r[k][i - 1]
+    def _add_differences(self, out, k, d0, rho, scale):
+        """out + scale · Σ_i ρ_i D1_i with D1_i = (D_{k−i} − D_k)/r_i, r_i = (λ'_{k−i} − λ'_k)/h_k (history[i] = D_{k−i})."""
+        for i, weight in enumerate(rho, start=1):
+            out = out.add(self._history[i] - d0, alpha=scale * weight / self._r[k][i - 1])
+        return out
 
     def _corrected(self, k, x_last, d_new):
         """UniC for the step k → k+1, with D_{k+1} = ``d_new`` evaluated at the predicted x_{k+1}."""
         d0 = self._history[0]
-        phi_1, b_h, rho = self.corrector[k]
-        out = self._base(k, x_last, d0)
-        for i, weight in enumerate(rho[:-1], start=1):
-            d1 = (self._history[i] - d0) * (1.0 / self._ratio(k, i))
-            out = out.add(d1, alpha=-self.s_n[k] * b_h * weight)
+        _, b_h, rho = self.corrector[k]
+        out = self._add_differences(self._base(k, x_last, d0), k, d0, rho[:-1], -self.s_n[k] * b_h)
         return out.add(d_new - d0, alpha=-self.s_n[k] * b_h * rho[-1])
