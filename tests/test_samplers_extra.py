@@ -27,7 +27,7 @@ from unisde.samplers.ncsn import technique4_ratio
 from unisde.scheduler import UnifiedScheduler
 
 MU, V0 = 0.5, 0.25
-BUILTIN = ("ddpm", "ddim", "ncsn", "pc", "edm", "sde", "ode", "lms", "unipc")
+BUILTIN = ("ddpm", "ddim", "ncsn", "pc", "edm", "sde", "ode", "lms", "unipc", "pndm")
 PARAMETERIZATIONS = ("epsilon", "sample", "v_prediction", "score", "edm")
 SCHEDULE_KINDS = {
     "vp-table": lambda: {},  # diffusers' default DDPM config keys: linear β table, 1000 entries

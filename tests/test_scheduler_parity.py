@@ -21,7 +21,7 @@ import pytest
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, ScoreSdeVeScheduler,
-                       DPMSolverMultistepScheduler, UniPCMultistepScheduler)
+                       DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler)
 
 import unisde
 from unisde.scheduler import UnifiedScheduler
@@ -242,6 +242,36 @@ def test_dpmsolver_final_sigma_min_parity(config):
     uni = UnifiedScheduler.from_config(ref.config)
     x_uni, x_ref, scale = parity_in_model_space(ref, uni, 12)
     assert_parity(x_uni, x_ref, scale, f"DPM++ sigma_min {config}")
+
+
+@pytest.mark.parametrize("config", [
+    {"timestep_spacing": "leading", "steps_offset": 1},
+    {"timestep_spacing": "leading", "steps_offset": 1, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+     "beta_end": 0.012, "set_alpha_to_one": False},
+    {"timestep_spacing": "trailing", "set_alpha_to_one": True},
+], ids=["leading", "sd-scaled-linear", "trailing"])
+@pytest.mark.parametrize("n", [2, 5, 10])
+def test_pndm_plms_parity(config, n):
+    """PNDMScheduler with skip_prk_steps=True (Stable Diffusion's setting) converts to ``pndm``: the same n + 1
+    timesteps (t_1 twice) and samples. (diffusers steps from t to t − N//n, on the grid only when n divides N for
+    trailing spacing — as DDIM, see above — so n divides 1000 here.) ε-models only: for v-models diffusers applies Adams–Bashforth to the raw v
+    outputs, unisde to ε̂ (the method's variable), which differ at O(h²)."""
+    ref = PNDMScheduler(skip_prk_steps=True, **config)
+    uni = UnifiedScheduler.from_config(ref.config)
+    assert uni.config.sampler == "pndm"
+    x_uni, x_ref, scale = parity_in_model_space(ref, uni, n)
+    assert len(uni.timesteps) == n + (1 if n > 1 else 0)
+    assert_parity(x_uni, x_ref, scale, f"PNDM {config} n={n}")
+
+
+def test_pndm_default_config_runs_at_any_step_count():
+    """PNDM's defaults (leading spacing, offset 0, set_alpha_to_one=False) evaluate at index 0 last: the grid then
+    ends on clean data there instead of repeating index 0 (diffusers' step from index 0 to ᾱ_0 is the identity)."""
+    uni = UnifiedScheduler.from_config(PNDMScheduler(skip_prk_steps=True).config)
+    for n in (1, 2, 7):
+        uni.set_timesteps(n)
+        x, _ = run_loop(uni, start_noise(), 0, n)
+        assert torch.isfinite(x).all() and int(uni.timesteps[-1]) == 0
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

@@ -25,7 +25,7 @@ BUNDLED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "data", "digits-une
 
 # Steps per sampler chosen so every sampler spends a comparable number of UNet calls (~30; Heun-type
 # samplers call the model twice per step, pc once per corrector and predictor, ncsn T times per level + 1).
-DEFAULT_STEPS = {"ddpm": 30, "ddim": 30, "edm": 15, "ode": 15, "sde": 30, "pc": 15, "ncsn": 15, "lms": 30, "unipc": 30, "dpmsolver++": 30}
+DEFAULT_STEPS = {"ddpm": 30, "ddim": 30, "edm": 15, "ode": 15, "sde": 30, "pc": 15, "ncsn": 15, "lms": 30, "unipc": 30, "pndm": 29, "dpmsolver++": 30}
 DEFAULT_OPTIONS = {"ncsn": {"n_steps_each": 2}}
 DEFAULT_NUM_SAMPLES = 500
 

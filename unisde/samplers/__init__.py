@@ -9,10 +9,11 @@ from .lms import LMSSampler
 from .ncsn import NCSNSampler
 from .ode import ODESampler
 from .pc import PCSampler
+from .pndm import PNDMSampler
 from .sde import SDESampler
 from .unipc import UniPCSampler
 
-BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler, LMSSampler, UniPCSampler)
+BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler, LMSSampler, UniPCSampler, PNDMSampler)
 
 
 @hookimpl
@@ -21,4 +22,4 @@ def unisde_register_samplers(register):
         register(cls)
 
 
-__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler", "LMSSampler", "UniPCSampler"]
+__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler", "LMSSampler", "UniPCSampler", "PNDMSampler"]
