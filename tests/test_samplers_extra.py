@@ -420,3 +420,23 @@ def test_ode_convergence_order(sched, solver, order, steps):
         errs.append(float((out - _pf_ode_reference(sched, grid, x_start)).abs().max()))
     observed = math.log2(errs[-2] / errs[-1])
     assert abs(observed - order) < 0.35, (errs, observed)
+
+
+def test_pndm_entered_mid_grid_takes_a_ddim_step_from_where_it_is():
+    """img2img starts the loop at a later call: call 1 evaluates at t_1 and would redo t_0 → t_1, so entered there
+    it leaves x where it is; a later call takes DDIM's step with its own ε̂, after which PLMS builds up again."""
+    sched = NoiseSchedule.from_diffusers_config({})
+    grid = make_grid(sched, 6, "leading")
+    x = torch.tensor([[0.7]], dtype=torch.float64)
+    for k in (1, 3):
+        smp = get_sampler("pndm")(sched, get_parameterization("epsilon"))
+        t = float(smp.prepare(grid)[k])
+        d = exact_denoiser(x, t, sched)
+        out = smp.step(k, x, d, raw_denoised=d, extra=None, generator=None)
+        if k == 1:
+            expected = x
+        else:
+            ddim = get_sampler("ddim")(sched, get_parameterization("epsilon"))
+            j = int((ddim.prepare(grid) == t).nonzero()[0])
+            expected = ddim.step(j, x, d, raw_denoised=d, extra=None, generator=None)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)

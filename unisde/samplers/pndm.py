@@ -41,13 +41,15 @@ class PNDMSampler(Sampler):
         n = grid.numel() - 1
         steps = [(0, 1)] + ([(0, 1)] + [(j - 1, j) for j in range(2, n + 1)] if n >= 2 else [])
         evals = [0] + ([1] + list(range(1, n)) if n >= 2 else [])  # grid index of each call's evaluation
+        if any(sigma[e] <= 0 for e in evals):
+            raise ValueError("sampler 'pndm' needs positive noise levels at every evaluation time")
         self.calls = []
         for (a, b), e in zip(steps, evals):
             self.calls.append(dict(
                 x_coef=s[b] / s[a], eps_coef=sigma[b] - s[b] * sigma[a] / s[a],
+                # DDIM from the call's own evaluation point (differs from a only for call 1, whose point is b)
+                x_coef_here=s[b] / s[e], eps_coef_here=sigma[b] - s[b] * sigma[e] / s[e],
                 inv_sigma=1.0 / sigma[e], s_over_sigma=s[e] / sigma[e]))
-        if any(sigma[e] <= 0 for e in evals):
-            raise ValueError("sampler 'pndm' needs positive noise levels at every evaluation time")
         self._eps: list[torch.Tensor] = []
         self._first_sample = None
         self._first_eps = None
@@ -56,10 +58,12 @@ class PNDMSampler(Sampler):
 
     def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
         op = self.calls[k]
-        if k != self._last_call + 1:  # entered mid-grid: restart the history
-            self._eps, self._first_sample = [], None
+        restart = k != self._last_call + 1  # entered mid-grid (img2img): no history before this call
         self._last_call = k
         eps = lincomb(sample, op["inv_sigma"], denoised, -op["s_over_sigma"])
+        if restart and k > 0:  # a DDIM step from here, then Adams–Bashforth builds up again
+            self._eps, self._first_sample = [eps], None
+            return lincomb(sample, op["x_coef_here"], eps, op["eps_coef_here"])
         if k == 0:
             self._first_sample, self._first_eps = sample, eps
             return lincomb(sample, op["x_coef"], eps, op["eps_coef"])
