@@ -242,11 +242,6 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             final = 1.0 / sched.num_train_timesteps
         if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
-        if final > 0 and timesteps is None and sigmas is None:
-            last = make_grid(sched, num_inference_steps, self._grid_kind(), t_min=cfg.t_min, t_max=cfg.t_max, rho=cfg.rho,
-                             steps_offset=cfg.steps_offset)[-2]
-            if float(last) <= final:  # the grid already evaluates at index 0 (linspace): end on clean data there
-                final = 0.0
         if timesteps is not None:
             ts = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
             if ts.ndim != 1 or ts.size == 0:

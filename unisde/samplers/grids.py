@@ -63,7 +63,8 @@ def discrete_indices(num_train: int, n: int, spacing: str, steps_offset: int = 0
 
 def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, t_min: float | None = None, t_max: float | None = None,
               rho: float = 7.0, steps_offset: int = 0, final_time: float = 0.0) -> torch.Tensor:
-    """n evaluation times of the chosen kind plus ``final_time``: a strictly decreasing float64 tensor (n + 1,)."""
+    """n evaluation times of the chosen kind plus ``final_time``: a strictly decreasing float64 tensor (n + 1,).
+    A ``final_time`` at or above the last evaluation time becomes 0 (clean data)."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
     if kind not in GRIDS:
@@ -88,6 +89,8 @@ def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, t_min: float | None
         sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
         times = schedule.t_from_sigma(sig)
         times[0], times[-1] = t_max, t_min
+    if final_time > 0 and float(times[-1]) <= final_time:
+        final_time = 0.0  # the grid already evaluates there (e.g. index 0): end on clean data instead
     return append_final(times, final_time, schedule)
 
 
