@@ -9,7 +9,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from unisde import list_samplers  # noqa: E402
 from unisde.analytic import Gaussian  # noqa: E402
-from unisde.scheduler import UnifiedScheduler  # noqa: E402
+from unisde.diffusers.scheduler import UnifiedScheduler  # noqa: E402
 
 CONFIGS = [{}, {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
            {"solver_order": 3}, {"timestep_spacing": "leading", "solver_order": 3, "prediction_type": "v_prediction"}]
@@ -42,7 +42,7 @@ def test_dpmsolver_config_converts_to_the_same_grid_and_samples(kwargs, n):
 
 
 def test_multistep_grids_drop_the_index_zero_point():
-    from unisde.samplers.grids import discrete_indices
+    from unisde.grids import discrete_indices
 
     assert discrete_indices(1000, 10, "leading_multistep", steps_offset=1).tolist() == [901 - 90 * k for k in range(10)]
     lin = discrete_indices(1000, 4, "linspace_multistep")

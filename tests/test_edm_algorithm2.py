@@ -28,7 +28,7 @@ import math
 import pytest
 import torch
 
-from unisde.scheduler import UnifiedScheduler
+from unisde.diffusers.scheduler import UnifiedScheduler
 
 SIGMA_MIN, SIGMA_MAX, RHO, SIGMA_DATA = 0.002, 80.0, 7.0, 0.5
 SHAPE = (2, 3, 4, 4)

@@ -20,7 +20,7 @@ import torch
 
 from unisde import NoiseSchedule
 from unisde.analytic import Gaussian
-from unisde.sde import ForwardSDE
+from unisde.core.sde import ForwardSDE
 
 F64 = torch.float64
 STEPS = (40, 20, 10, 5)  # DDPM/DDIM step sizes in training indices: Δt = k/N, halved each time

@@ -19,7 +19,7 @@ import torch
 
 from unisde import NoiseSchedule
 from unisde.analytic import Gaussian
-from unisde.sde import ForwardSDE
+from unisde.core.sde import ForwardSDE
 
 F64 = torch.float64
 MU = torch.tensor([1.0, -0.5], dtype=F64)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from unisde.hub import files_to_upload, push_folder
+from unisde.diffusers.hub import files_to_upload, push_folder
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def _fake_run(path):
     """A pipeline folder plus the training state that must stay local."""
     from diffusers import DDPMPipeline, UNet2DModel
 
-    from unisde.scheduler import UnifiedScheduler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 8),
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)

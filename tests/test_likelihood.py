@@ -232,7 +232,7 @@ def test_ode_solver_accuracy_and_order():
 def _save_tiny_pipeline(path):
     from diffusers import UNet2DModel
 
-    from unisde.scheduler import UnifiedScheduler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
@@ -248,7 +248,7 @@ def _save_tiny_pipeline(path):
 
 def test_nll_command_on_a_saved_pipeline(tmp_path, capsys):
     from unisde.cli import main
-    from unisde.scheduler import UnifiedScheduler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     _save_tiny_pipeline(tmp_path)
     rc = main(["nll", str(tmp_path), "--num_samples", "4", "--batch_size", "4", "--trace", "hutchinson",
@@ -296,7 +296,7 @@ def test_nll_dataset_sources_read_8bit_images_exactly(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from unisde.commands.nll import load_quantized_dataset
+    from unisde.cli.nll import load_quantized_dataset
 
     expected = _digit_pngs(tmp_path / "pngs")
     from_folder, bins = load_quantized_dataset(str(tmp_path / "pngs"), (1, 8, 8))
@@ -337,7 +337,7 @@ def test_nll_dataset_bad_sources(tmp_path):
     import datasets
     import numpy as np
 
-    from unisde.commands.nll import load_quantized_dataset
+    from unisde.cli.nll import load_quantized_dataset
 
     with pytest.raises(ValueError, match="unknown dataset './nowhere'"):
         load_quantized_dataset("./nowhere", (1, 8, 8))

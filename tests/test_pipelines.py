@@ -25,7 +25,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import unisde
-from unisde.scheduler import UnifiedScheduler
+from unisde.diffusers.scheduler import UnifiedScheduler
 
 SAMPLERS = unisde.list_samplers()
 SIZE = 8

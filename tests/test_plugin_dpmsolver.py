@@ -29,8 +29,8 @@ import unisde
 from unisde import NoiseSchedule, get_parameterization
 from unisde.analytic import Gaussian
 from unisde.plugins import reset
-from unisde.samplers.grids import make_grid
-from unisde.scheduler import UnifiedScheduler
+from unisde.grids import make_grid
+from unisde.diffusers.scheduler import UnifiedScheduler
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "unisde-dpmsolver"
 DIST = "unisde-dpmsolver"
@@ -145,7 +145,7 @@ def test_sde_dpmsolver_first_order_is_ddpm_and_samples_the_gaussian():
     """Order 1 of the SDE variant is DDPM's posterior step on the same grid (float64, same noise); 2M with the exact
     Gaussian denoiser lands on N(μ, v0) (mean and variance within 5 standard errors of 20 000 samples)."""
     from unisde import NoiseSchedule, get_parameterization, get_sampler
-    from unisde.samplers.grids import make_grid
+    from unisde.grids import make_grid
 
     sched = NoiseSchedule.from_diffusers_config({})
     grid = make_grid(sched, 12, "uniform_lambda")

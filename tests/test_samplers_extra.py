@@ -22,9 +22,9 @@ from diffusers import ScoreSdeVeScheduler
 import unisde
 from unisde import NoiseSchedule, get_parameterization, get_sampler
 from unisde.analytic import Gaussian
-from unisde.samplers.grids import make_grid
+from unisde.grids import make_grid
 from unisde.samplers.ncsn import technique4_ratio
-from unisde.scheduler import UnifiedScheduler
+from unisde.diffusers.scheduler import UnifiedScheduler
 
 MU, V0 = 0.5, 0.25
 BUILTIN = ("ddpm", "ddim", "ncsn", "pc", "edm", "sde", "ode", "lms", "unipc", "pndm")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unisde import NoiseSchedule
-from unisde.schedule import LOG_SNR_MAX, ZERO_SNR_LOG_SNR
+from unisde.core.schedule import LOG_SNR_MAX, ZERO_SNR_LOG_SNR
 
 from conftest import SCHEDULES
 

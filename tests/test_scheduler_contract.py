@@ -15,8 +15,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerDisc
 
 import unisde
 from unisde.analytic import Gaussian
-from unisde.samplers.grids import GRIDS
-from unisde.scheduler import COMPATIBLE_SCHEDULERS, UnifiedScheduler, UnifiedSchedulerOutput
+from unisde.grids import GRIDS
+from unisde.diffusers.scheduler import COMPATIBLE_SCHEDULERS, UnifiedScheduler, UnifiedSchedulerOutput
 
 SHAPE = (1, 2, 4, 4)
 # The keys only unisde defines: diffusers' own classes do not know them, so converting *back* drops them.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import unisde
-from unisde.scheduler import UnifiedScheduler
+from unisde.diffusers.scheduler import UnifiedScheduler
 
 SHAPE = (1, 2, 4, 4)
 

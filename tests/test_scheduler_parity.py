@@ -24,7 +24,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerAnc
                        DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler)
 
 import unisde
-from unisde.scheduler import UnifiedScheduler
+from unisde.diffusers.scheduler import UnifiedScheduler
 
 SHAPE = (1, 2, 4, 4)
 REL_TOL = 1e-5

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from unisde.sde import ForwardSDE, euler_maruyama_forward
+from unisde.core.sde import ForwardSDE, euler_maruyama_forward
 
 F64 = torch.float64
 

@@ -3,13 +3,13 @@
 ``UnifiedScheduler``, ``load_pipeline`` and ``analytic`` import diffusers, so they are loaded on first access.
 """
 
-from . import sde  # noqa: F401
-from .plugins import get_parameterization, get_sampler, hookimpl, list_parameterizations, list_samplers
-from .schedule import NoiseSchedule
+from unisde.core import sde  # noqa: F401
+from unisde.plugins import get_parameterization, get_sampler, hookimpl, list_parameterizations, list_samplers
+from unisde.core.schedule import NoiseSchedule
 
 __version__ = "0.1.0"
 
-_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "load_pipeline": ("unisde.pipeline", "load_pipeline")}
+_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "load_pipeline": ("unisde.diffusers.pipeline", "load_pipeline")}
 
 
 

@@ -37,9 +37,9 @@ from typing import Sequence
 
 import torch
 
-from ._tensor import DTYPE, as_float64
-from .parameterizations.base import schedule_coefficients, score_from_denoised
-from .schedule import NoiseSchedule, _expand_like
+from unisde._tensor import DTYPE, as_float64
+from unisde.parameterizations.base import schedule_coefficients, score_from_denoised
+from unisde.core.schedule import NoiseSchedule, _expand_like
 
 __all__ = ["Gaussian", "GaussianMixture", "Empirical", "AnalyticModel", "AnalyticUNet"]
 
@@ -441,7 +441,7 @@ class AnalyticModel:
     """
 
     def __init__(self, distribution: _Analytic, parameterization, schedule: NoiseSchedule):
-        from .plugins import get_parameterization
+        from unisde.plugins import get_parameterization
 
         if not isinstance(schedule, NoiseSchedule):
             raise ValueError(f"schedule must be a unisde.NoiseSchedule, got {type(schedule).__name__}")

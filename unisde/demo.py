@@ -96,10 +96,10 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
              verbose: bool = True) -> list[DemoRow]:
     from diffusers import DDPMPipeline
 
-    from .pipeline import load_pipeline
-    from .plugins import get_sampler, list_samplers
-    from .scheduler import UnifiedScheduler
-    from .training.data import real_digits
+    from unisde.diffusers.pipeline import load_pipeline
+    from unisde.plugins import get_sampler, list_samplers
+    from unisde.diffusers.scheduler import UnifiedScheduler
+    from unisde.training.data import real_digits
 
     if not os.path.isdir(checkpoint):
         raise ValueError(f"checkpoint folder {checkpoint!r} does not exist")
@@ -152,7 +152,7 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
 
 def _schedule_plot(scheduler, output_dir):
     try:
-        from .plots import plot_schedules
+        from unisde.plots import plot_schedules
     except ImportError:
         return None
     return plot_schedules({"checkpoint": scheduler.noise_schedule}, os.path.join(output_dir, "schedule.png"))
@@ -161,8 +161,8 @@ def _schedule_plot(scheduler, output_dir):
 def _bits_per_dim(checkpoint, seed, n: int = 32):
     """Bits/dim of n real digits under the checkpoint (PF-ODE likelihood, Hutchinson trace, uniform
     dequantisation over the digits' 17 levels), as a printable string."""
-    from .commands.nll import load_pipeline_model, load_quantized_dataset
-    from .likelihood import dataset_bits_per_dim
+    from unisde.cli.nll import load_pipeline_model, load_quantized_dataset
+    from unisde.likelihood import dataset_bits_per_dim
 
     data, num_bins = load_quantized_dataset("digits")
     unet, schedule, param = load_pipeline_model(checkpoint)

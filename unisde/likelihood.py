@@ -52,11 +52,11 @@ from typing import Callable
 
 import torch
 
-from ._tensor import DTYPE, unknown_name_error
-from .ode import solve_ivp
-from .parameterizations import Parameterization, score_from_denoised
-from .schedule import NoiseSchedule
-from .sde import ForwardSDE
+from unisde._tensor import DTYPE, unknown_name_error
+from unisde.ode import solve_ivp
+from unisde.parameterizations import Parameterization, score_from_denoised
+from unisde.core.schedule import NoiseSchedule
+from unisde.core.sde import ForwardSDE
 
 TRACE_METHODS = ("auto", "exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -201,7 +201,7 @@ def _resolve_parameterization(parameterization) -> Parameterization:
     if isinstance(parameterization, Parameterization):
         return parameterization
     if isinstance(parameterization, str):
-        from .plugins import get_parameterization
+        from unisde.plugins import get_parameterization
 
         return get_parameterization(parameterization)
     raise ValueError(f"parameterization must be a Parameterization or a registered name, got {type(parameterization).__name__}")

@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ._tensor import DTYPE
-from .schedule import NoiseSchedule
+from unisde._tensor import DTYPE
+from unisde.core.schedule import NoiseSchedule
 
 QUANTITIES = ("s", "sigma", "f", "g", "log_snr")
 _LABELS = {"s": "signal scale s(t)", "sigma": "noise std σ(t)", "f": "drift f(t) = d log s/dt",
@@ -115,7 +115,7 @@ class TrajectoryData:
 def mixture_1d(weights: Sequence[float] = DEFAULT_MIXTURE["weights"], means: Sequence[float] = DEFAULT_MIXTURE["means"],
                stds: Sequence[float] = DEFAULT_MIXTURE["stds"]):
     """A 1-D :class:`unisde.analytic.GaussianMixture` Σ_k w_k N(μ_k, s_k²)."""
-    from .analytic import GaussianMixture
+    from unisde.analytic import GaussianMixture
 
     if not len(weights) == len(means) == len(stds):
         raise ValueError(f"weights, means and stds need equal lengths, got {len(weights)}, {len(means)}, {len(stds)}")
@@ -148,8 +148,8 @@ def simulate_trajectories(mixture=None, schedule: NoiseSchedule | None = None, *
     paths of a 1-D Gaussian mixture with its exact score, from x(1) = ``start`` down to t = ``t_end`` > 0
     (at t = 0 the score of the data is evaluated at σ = 0, where it is undefined for the denoiser).
     """
-    from .ode import solve_ivp
-    from .sde import ForwardSDE
+    from unisde.ode import solve_ivp
+    from unisde.core.sde import ForwardSDE
 
     mixture = mixture_1d() if mixture is None else mixture
     schedule = NoiseSchedule.vp_linear() if schedule is None else schedule

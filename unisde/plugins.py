@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from ._tensor import unknown_name_error
+from unisde._tensor import unknown_name_error
 
 PROJECT = "unisde"
 ENTRY_POINT_GROUP = "unisde"

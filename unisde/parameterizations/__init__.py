@@ -1,9 +1,9 @@
 """Parameterisations: what a model's raw output means (ε, x0, v, score, EDM). Each is a plugin registered
 through :func:`unisde_register_parameterizations`, exactly as a third-party one would be."""
 
-from ..plugins import hookimpl
-from .base import Parameterization, eps_from_denoised, schedule_coefficients, score_from_denoised
-from .builtin import (BUILTIN_PARAMETERIZATIONS, EDMParameterization, EpsilonParameterization,
+from unisde.plugins import hookimpl
+from unisde.parameterizations.base import Parameterization, eps_from_denoised, schedule_coefficients, score_from_denoised
+from unisde.parameterizations.builtin import (BUILTIN_PARAMETERIZATIONS, EDMParameterization, EpsilonParameterization,
                       SampleParameterization, ScoreParameterization, VPredictionParameterization)
 
 

@@ -21,8 +21,8 @@ from typing import ClassVar
 
 import torch
 
-from .._tensor import DTYPE, as_float64
-from ..schedule import NoiseSchedule, _expand_like
+from unisde._tensor import DTYPE, as_float64
+from unisde.core.schedule import NoiseSchedule, _expand_like
 
 
 def schedule_coefficients(schedule: NoiseSchedule, t) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Parameterization, schedule_coefficients
+from unisde.parameterizations.base import Parameterization, schedule_coefficients
 
 
 class EpsilonParameterization(Parameterization):

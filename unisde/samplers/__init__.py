@@ -1,17 +1,17 @@
 """Samplers: each a plugin registered through :func:`unisde_register_samplers`, exactly as third-party ones are."""
 
-from ..plugins import hookimpl
-from .base import Option, Sampler, grid_coefficients
-from .ddim import DDIMSampler
-from .ddpm import DDPMSampler
-from .edm import EDMSampler
-from .lms import LMSSampler
-from .ncsn import NCSNSampler
-from .ode import ODESampler
-from .pc import PCSampler
-from .pndm import PNDMSampler
-from .sde import SDESampler
-from .unipc import UniPCSampler
+from unisde.plugins import hookimpl
+from unisde.samplers.base import Option, Sampler, grid_coefficients
+from unisde.samplers.ddim import DDIMSampler
+from unisde.samplers.ddpm import DDPMSampler
+from unisde.samplers.edm import EDMSampler
+from unisde.samplers.lms import LMSSampler
+from unisde.samplers.ncsn import NCSNSampler
+from unisde.samplers.ode import ODESampler
+from unisde.samplers.pc import PCSampler
+from unisde.samplers.pndm import PNDMSampler
+from unisde.samplers.sde import SDESampler
+from unisde.samplers.unipc import UniPCSampler
 
 BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler, LMSSampler, UniPCSampler, PNDMSampler)
 

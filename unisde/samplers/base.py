@@ -25,8 +25,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from .._tensor import closest
-from ..schedule import NoiseSchedule
+from unisde._tensor import closest
+from unisde.core.schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class Sampler(abc.ABC):
 
     def scales_and_sigmas(self, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(s, σ) on a grid, float64, finite also at a zero-terminal-SNR t = 1 (module unisde.schedule)."""
-        from ..parameterizations import schedule_coefficients
+        from unisde.parameterizations import schedule_coefficients
 
         return schedule_coefficients(self.schedule, times)
 

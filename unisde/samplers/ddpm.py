@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients, lincomb
+from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 

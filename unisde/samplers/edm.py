@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients, lincomb, non_negative, positive
+from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb, non_negative, positive
 
 
 class EDMSampler(Sampler):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Option, Sampler, grid_coefficients, pf_ode_derivative
+from unisde.samplers.base import Option, Sampler, grid_coefficients, pf_ode_derivative
 
 ORDERS = (1, 2, 3, 4)
 

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients
+from unisde.samplers.base import Option, Sampler, grid_coefficients
 
 
 def technique4_ratio(gamma: float, n_steps_each: int) -> float:

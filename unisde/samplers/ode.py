@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients, pf_ode_derivative
+from unisde.samplers.base import Option, Sampler, grid_coefficients, pf_ode_derivative
 
 # Butcher tableaux (c, A, b) of the explicit solvers.
 TABLEAUX = {

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Option, Sampler, grid_coefficients, non_negative
+from unisde.samplers.base import Option, Sampler, grid_coefficients, non_negative
 
 
 def _count(value):

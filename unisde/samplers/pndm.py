@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Sampler, grid_coefficients, lincomb
+from unisde.samplers.base import Sampler, grid_coefficients, lincomb
 
 # Adams–Bashforth weights on ε̂_k, ε̂_{k−1}, … for constant steps (PNDM eq. 12)
 AB_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))

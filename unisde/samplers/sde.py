@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Option, Sampler, grid_coefficients, lincomb, non_negative
+from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb, non_negative
 
 
 class SDESampler(Sampler):

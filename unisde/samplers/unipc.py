@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .base import Option, Sampler, grid_coefficients, lincomb
+from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb
 
 VARIANTS = ("bh1", "bh2")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from .._tensor import unknown_name_error
-from ..plugins import get_parameterization, get_schedule_factory, list_schedules
-from ..schedule import SCHEDULE_NAMES, NoiseSchedule
+from unisde._tensor import unknown_name_error
+from unisde.plugins import get_parameterization, get_schedule_factory, list_schedules
+from unisde.core.schedule import SCHEDULE_NAMES, NoiseSchedule
 
 
 def resolve_schedule(spec) -> NoiseSchedule:

@@ -13,7 +13,7 @@ import os
 import shlex
 import shutil
 
-from .checkpoint import PIPELINE_ENTRIES
+from unisde.training.checkpoint import PIPELINE_ENTRIES
 
 DEFAULT_SAMPLER = "ddim"
 """Sampler recorded in the exported scheduler config unless one is chosen (``--default_sampler``)."""
@@ -28,7 +28,7 @@ def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, s
     ``NoiseSchedule.to_config()`` dict in the ``schedule`` key. EDM's σ_data goes in ``sigma_data``.
     ``clip_sample`` (x̂0 clipped to [−1, 1], diffusers' DDPMScheduler default) matches the training data range.
     """
-    from ..scheduler import UnifiedScheduler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     spec = schedule.to_config()
     kwargs: dict = {}
@@ -102,7 +102,7 @@ def model_card(*, schedule, parameterization, loss_weighting: str, noise_distrib
 def training_command(args) -> str:
     """``unisde train`` with every flag whose value differs from its default, shell-quoted: the command that
     reproduces this run (whatever launcher or Python call started it). Secrets (``--hub_token``) are left out."""
-    from .loop import default_args
+    from unisde.training.loop import default_args
 
     defaults = vars(default_args())
     parts = ["unisde", "train"]

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import (RUN_FILE, check_output_dir, clear_run, remove_stale_temporaries, resolve_resume,
+from unisde.training.checkpoint import (RUN_FILE, check_output_dir, clear_run, remove_stale_temporaries, resolve_resume,
                          save_checkpoint, write_json_atomic)
-from .config import resolve_parameterization, resolve_schedule
-from .objectives import DenoisingScoreMatching, canonical_loss_weighting, canonical_noise_distribution
+from unisde.training.config import resolve_parameterization, resolve_schedule
+from unisde.training.objectives import DenoisingScoreMatching, canonical_loss_weighting, canonical_noise_distribution
 
 logger = logging.getLogger("unisde.train")
 
@@ -185,11 +185,11 @@ def validate_args(args) -> Plan:
     dist = canonical_noise_distribution(dist)
     if dist == "uniform_index" and not schedule.num_train_timesteps:
         raise ValueError(f"--noise_distribution uniform_index needs a schedule with num_train_timesteps; {args.schedule!r} has none")
-    from .export import DEFAULT_SAMPLER
+    from unisde.training.export import DEFAULT_SAMPLER
 
     sampler = args.default_sampler or DEFAULT_SAMPLER
     if args.default_sampler:
-        from ..plugins import get_sampler
+        from unisde.plugins import get_sampler
 
         get_sampler(args.default_sampler)  # unknown name → ValueError listing the samplers
     return Plan(schedule, param, weighting, dist, sampler)
@@ -338,8 +338,8 @@ def train(args, *, before_commit=None) -> TrainResult:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from . import data as D
-    from .export import export_pipeline, make_scheduler, training_command
+    from unisde.training import data as D
+    from unisde.training.export import export_pipeline, make_scheduler, training_command
 
     plan = validate_args(args)
     output_dir = args.output_dir
@@ -519,7 +519,7 @@ def train(args, *, before_commit=None) -> TrainResult:
     rate = (global_step - start_step) * global_batch / max(elapsed, 1e-9)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and args.push_to_hub:
-        from ..hub import push_folder
+        from unisde.diffusers.hub import push_folder
 
         push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None,
                     commit_message=f"unisde train: step {global_step}")

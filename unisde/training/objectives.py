@@ -53,10 +53,10 @@ from typing import Callable
 
 import torch
 
-from .._tensor import DTYPE, unknown_name_error
-from ..parameterizations.base import Parameterization, schedule_coefficients
-from ..plugins import get_parameterization
-from ..schedule import NoiseSchedule
+from unisde._tensor import DTYPE, unknown_name_error
+from unisde.parameterizations.base import Parameterization, schedule_coefficients
+from unisde.plugins import get_parameterization
+from unisde.core.schedule import NoiseSchedule
 
 LOSS_WEIGHTINGS = ("default", "epsilon", "x0", "v", "score", "edm", "likelihood")
 NOISE_DISTRIBUTIONS = ("uniform_t", "uniform_index", "lognormal")
@@ -216,7 +216,7 @@ def make_objective(schedule, parameterization, loss_weighting="default", noise_d
                    **options) -> DenoisingScoreMatching:
     """Build a :class:`DenoisingScoreMatching` from names or objects (schedule: name, config dict or
     NoiseSchedule; parameterization: registered name or instance)."""
-    from .config import resolve_schedule
+    from unisde.training.config import resolve_schedule
 
     return DenoisingScoreMatching(resolve_schedule(schedule), get_parameterization(parameterization),
                                   loss_weighting, noise_distribution, **options)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._tensor import DTYPE, unknown_name_error
-from ..schedule import NoiseSchedule
+from unisde._tensor import DTYPE, unknown_name_error
+from unisde.core.schedule import NoiseSchedule
 
 GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep", "uniform_t", "uniform_lambda", "karras")
 DISCRETE_GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep")

@@ -44,7 +44,7 @@ def load_pipeline_model(path: str, device="cpu"):
     """(unet, schedule, parameterization) of a saved pipeline folder; ValueError naming what is missing."""
     from diffusers import UNet2DModel
 
-    from ..scheduler import UnifiedScheduler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     cfg_path = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.isdir(os.path.join(path, "unet")) or not os.path.exists(cfg_path):
@@ -65,7 +65,7 @@ def _digits_or_array(name: str):
     import torch
 
     if name == "digits":
-        from ..training.data import DIGITS_LEVELS, real_digits
+        from unisde.training.data import DIGITS_LEVELS, real_digits
 
         return real_digits(8), DIGITS_LEVELS + 1
     if not (os.path.isfile(name) and name.endswith((".npy", ".npz"))):
@@ -86,7 +86,7 @@ def _digits_or_array(name: str):
 
 def _open_datasets_source(name: str, split: str):
     """A ``datasets.Dataset`` from a folder (imagefolder or save_to_disk), data files, or a Hub id."""
-    from ..training import data as D
+    from unisde.training import data as D
 
     files = [f for f in name.split(",") if f]
     try:
@@ -119,7 +119,7 @@ def load_quantized_dataset(name: str, shape: tuple | None = None, image_column: 
     found = _digits_or_array(name)
     if found is not None:
         return found
-    from ..training import data as D
+    from unisde.training import data as D
 
     dataset = _open_datasets_source(name, split)
     column = D.find_image_column(dataset, image_column)
@@ -147,7 +147,7 @@ def load_quantized_dataset(name: str, shape: tuple | None = None, image_column: 
 
 def run(args):
 
-    from ..ode import ODESolverError
+    from unisde.ode import ODESolverError
 
     if args.num_samples <= 0 or args.batch_size <= 0:
         raise ValueError(f"--num_samples and --batch_size must be positive, got {args.num_samples} and {args.batch_size}")
@@ -159,7 +159,7 @@ def run(args):
     if tuple(data.shape[1:]) != tuple(shape):
         raise ValueError(f"dataset images have shape {tuple(data.shape[1:])} but the UNet expects {tuple(shape)}")
 
-    from ..likelihood import dataset_bits_per_dim
+    from unisde.likelihood import dataset_bits_per_dim
 
     try:
         mean, se, nfes, result = dataset_bits_per_dim(

@@ -30,7 +30,7 @@ def run(args):
     import os
     import sys
 
-    from ..bench import BenchConfig, plot_accuracy, render_markdown, run_benchmarks
+    from unisde.bench import BenchConfig, plot_accuracy, render_markdown, run_benchmarks
 
     overrides = {}
     if args.nfe:

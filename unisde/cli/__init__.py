@@ -1,4 +1,4 @@
-"""The ``unisde`` command. Each subcommand lives in ``unisde/commands/<name>.py`` and exposes
+"""The ``unisde`` command. Each subcommand lives in ``unisde/cli/<name>.py`` and exposes
 ``help`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported lazily."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("schedule", "plugins", "demo", "train", "push", "sample", "bench", "nll", "trajectories")
+COMMANDS = ("schedule", "plugins", "demo", "train", "push", "bench", "nll", "trajectories")
 
 
 def _load(name):
     try:
-        return importlib.import_module(f"unisde.commands.{name}")
+        return importlib.import_module(f"unisde.cli.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name == f"unisde.commands.{name}":
+        if exc.name == f"unisde.cli.{name}":
             return None
         raise
 

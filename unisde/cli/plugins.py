@@ -8,7 +8,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..plugins import plugin_table
+    from unisde.plugins import plugin_table
 
     rows = [(kind, e.name, ", ".join(e.aliases), e.distribution, e.version, e.plugin) for kind, e in plugin_table()]
     header = ("kind", "name", "aliases", "distribution", "version", "plugin")

@@ -15,7 +15,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..hub import check_pipeline_folder, files_to_upload, push_folder
+    from unisde.diffusers.hub import check_pipeline_folder, files_to_upload, push_folder
 
     check_pipeline_folder(args.path)
     if args.dry_run:

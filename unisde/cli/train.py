@@ -8,13 +8,13 @@ description = __doc__
 
 
 def add_arguments(parser):
-    from ..training.loop import add_training_arguments
+    from unisde.training.loop import add_training_arguments
 
     add_training_arguments(parser)
 
 
 def run(args):
-    from ..training.loop import train
+    from unisde.training.loop import train
 
     result = train(args)
     result.finish()

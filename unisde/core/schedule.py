@@ -40,7 +40,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from ._tensor import DTYPE, MonotoneCubic, as_float64, check_unit_interval, unknown_name_error
+from unisde._tensor import DTYPE, MonotoneCubic, as_float64, check_unit_interval, unknown_name_error
 
 LOG_SNR_MAX = 50.0
 """log-SNR reported where σ = 0 exactly (σ̃ = e⁻²⁵); also the upper clamp of ``t_from_log_snr``."""

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .schedule import NoiseSchedule, _expand_like
+from unisde.core.schedule import NoiseSchedule, _expand_like
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -6,7 +6,7 @@ import inspect
 
 
 def _scheduler_keys() -> set:
-    from .scheduler import UnifiedScheduler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     return set(inspect.signature(UnifiedScheduler.__init__).parameters) - {"self"}
 
@@ -26,8 +26,8 @@ def load_pipeline(path_or_repo_id: str, sampler: str | None = None, *, sampler_o
     """
     from diffusers import DiffusionPipeline
 
-    from .plugins import get_sampler
-    from .scheduler import UnifiedScheduler
+    from unisde.plugins import get_sampler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     if sampler is not None:
         get_sampler(sampler)  # unknown name → ValueError listing the samplers, before any download

@@ -4,7 +4,7 @@ help = "sample the bundled digits checkpoint with every sampler; write grids, a 
 
 
 def add_arguments(parser):
-    from ..demo import BUNDLED_CHECKPOINT, DEFAULT_NUM_SAMPLES
+    from unisde.demo import BUNDLED_CHECKPOINT, DEFAULT_NUM_SAMPLES
 
     parser.add_argument("--checkpoint", default=BUNDLED_CHECKPOINT, help="pipeline folder (default: the bundled digits UNet)")
     parser.add_argument("--output_dir", default="demo_out", help="where grids, schedule.png and results.{md,json} go")
@@ -19,7 +19,7 @@ def add_arguments(parser):
 def run(args):
     import time
 
-    from ..demo import format_table, run_demo
+    from unisde.demo import format_table, run_demo
 
     start = time.perf_counter()
     print(f"unisde demo: {args.checkpoint} → {args.output_dir}/", flush=True)
@@ -31,7 +31,7 @@ def run(args):
         import json
         import os
 
-        from ..demo import update_model_card
+        from unisde.demo import update_model_card
 
         with open(os.path.join(args.output_dir, "results.json")) as fh:
             bpd = json.load(fh).get("bits_per_dim")

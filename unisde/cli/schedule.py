@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_schedule(spec: str):
     """The NoiseSchedule named or described by ``spec`` (ValueError naming it and the choices otherwise)."""
-    from ..schedule import SCHEDULE_NAMES, NoiseSchedule
+    from unisde.core.schedule import SCHEDULE_NAMES, NoiseSchedule
 
     if os.path.isdir(spec):
         for candidate in ("scheduler_config.json", os.path.join("scheduler", "scheduler_config.json")):
@@ -80,7 +80,7 @@ def run(args) -> int:
         print(f"# zero terminal SNR: f, g and log_snr at t = 1 are their values at t_end = {schedule.t_end:.6g}")
     print(format_table(rows))
     if args.plot:
-        from ..plots import plot_schedules
+        from unisde.plots import plot_schedules
 
         plot_schedules({args.schedule: schedule, **compared}, args.plot)
         print(f"# wrote {args.plot}")

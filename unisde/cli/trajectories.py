@@ -28,8 +28,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from ..plots import animate_trajectories, mixture_1d, plot_trajectories, simulate_trajectories
-    from .schedule import load_schedule
+    from unisde.plots import animate_trajectories, mixture_1d, plot_trajectories, simulate_trajectories
+    from unisde.cli.schedule import load_schedule
 
     if not args.plot and not args.gif:
         raise ValueError("nothing to do: give --plot OUT.png and/or --gif OUT.gif")

@@ -54,7 +54,7 @@ from typing import Callable
 
 import torch
 
-from ._tensor import unknown_name_error
+from unisde._tensor import unknown_name_error
 
 TARGETS = ("mixture-2d", "mixture-8x8", "gaussian-8x8")
 SCHEDULES = ("ddpm", "edm")
@@ -164,7 +164,7 @@ def make_target(name: str):
       correlations from squared-exponential kernels of length 1.5 and 3 pixels, weights 0.4 / 0.3 / 0.2 / 0.1.
     * ``gaussian-8x8``: one correlated 8×8 Gaussian (length 2) around a smooth gradient mean.
     """
-    from .analytic import Gaussian, GaussianMixture
+    from unisde.analytic import Gaussian, GaussianMixture
 
     if name == "mixture-2d":
         means = torch.tensor([[-1.2, -0.8], [1.2, -0.6], [0.0, 1.3]], dtype=torch.float64)
@@ -233,7 +233,7 @@ class Contestant:
 
 
 def _unified(cfg: dict, **kwargs):
-    from .scheduler import UnifiedScheduler
+    from unisde.diffusers.scheduler import UnifiedScheduler
 
     return UnifiedScheduler.from_config(cfg, **kwargs)
 
@@ -248,7 +248,7 @@ UNISDE_GRIDS = {"ddpm": (None, "trailing", "karras", "uniform_lambda"), "edm": (
 
 def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Contestant]:
     """Every registered sampler (plugins included), with the option and time-grid variants above."""
-    from .plugins import list_samplers
+    from unisde.plugins import list_samplers
 
     out = []
     for name in list_samplers():
@@ -293,7 +293,7 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
     """The diffusers schedulers (with spacing / Karras variants) and their unisde twins (converted configs)."""
     import diffusers
 
-    from .plugins import list_samplers
+    from unisde.plugins import list_samplers
 
     rows = _ddpm_schedulers() if schedule == "ddpm" else _edm_schedulers()
     peers, twins = [], []
@@ -524,7 +524,7 @@ def load_digits_unet() -> tuple[torch.nn.Module, str]:
             where = os.path.join(path, sub) if sub else path
             if os.path.isfile(os.path.join(where, "config.json")):
                 return UNet2DModel.from_pretrained(where), f"bundled digits UNet ({os.path.relpath(where, root)})"
-    from .training.loop import default_args, unet_config_from_args
+    from unisde.training.loop import default_args, unet_config_from_args
 
     config = unet_config_from_args(default_args(), 8, 1)
     torch.manual_seed(0)
@@ -565,9 +565,9 @@ def _training(cfg: BenchConfig, log) -> dict:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
-    from .schedule import NoiseSchedule
-    from .training import make_train_step
-    from .training.data import real_digits
+    from unisde.core.schedule import NoiseSchedule
+    from unisde.training import make_train_step
+    from unisde.training.data import real_digits
 
     unet, what = load_digits_unet()
     models = [copy.deepcopy(unet), copy.deepcopy(unet)]
@@ -621,7 +621,7 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
     """Run the configured sections; return the JSON-able results (schema of issue 5 plus extra keys)."""
     import diffusers
 
-    from .plugins import list_samplers
+    from unisde.plugins import list_samplers
 
     cfg.validate()
     started = time.perf_counter()

@@ -1,1 +1,0 @@
-"""Subcommands of the ``unisde`` CLI (see :mod:`unisde.cli`)."""
