@@ -1,0 +1,177 @@
+r"""What is raced: every registered unisde sampler (with option and time-grid variants), the diffusers schedulers
+with their unisde twins (the same algorithm, converted from the diffusers config), and the generic diffusers
+sampling loop that runs each of them within an NFE budget."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from unisde._tensor import unknown_name_error
+
+SCHEDULES = ("ddpm", "edm")
+
+_SEED_STEPS = 4321        # the generator passed to step() (shared by every contestant)
+
+
+def base_config(schedule: str) -> dict:
+    """The diffusers scheduler config defining the forward process and model: DDPMScheduler() or EDMEulerScheduler()."""
+    import diffusers
+
+    if schedule == "ddpm":
+        return dict(diffusers.DDPMScheduler().config)
+    if schedule == "edm":
+        return dict(diffusers.EDMEulerScheduler().config)
+    raise unknown_name_error("schedule", schedule, SCHEDULES)
+
+
+@dataclass
+class Contestant:
+    """One sampler configuration: ``make()`` builds a fresh scheduler; ``twin_of`` names the diffusers
+    contestant a unisde one is converted from (same algorithm), for the agreement table."""
+
+    library: str
+    label: str
+    make: Callable
+    twin_of: str | None = None
+
+
+def _unified(cfg: dict, **kwargs):
+    from unisde.diffusers.scheduler import UnifiedScheduler
+
+    return UnifiedScheduler.from_config(cfg, **kwargs)
+
+
+# Sampler option variants tried (a sampler not listed runs with its defaults).
+SAMPLER_VARIANTS = {"edm": ({}, {"solver": "euler"}),
+                    "sde": ({}, {"method": "exponential"}),
+                    "dpmsolver++": ({}, {"solver_order": 3}, {"solver_order": 3, "exact_quadratic": True},
+                                    {"algorithm_type": "sde-dpmsolver++"})}
+UNISDE_GRIDS = {"ddpm": (None, "trailing", "karras", "uniform_lambda"), "edm": (None, "uniform_lambda")}
+
+
+def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Contestant]:
+    """Every registered sampler (plugins included), with the option and time-grid variants above."""
+    from unisde.plugins import list_samplers
+
+    out = []
+    for name in list_samplers():
+        for options in SAMPLER_VARIANTS.get(name, ({},)):
+            for grid in (UNISDE_GRIDS[schedule] if grid_variants else (None,)):
+                bits = [f"{k}={v}" for k, v in options.items()] + ([f"grid={grid}"] if grid else [])
+                label = name + (f"[{', '.join(bits)}]" if bits else "")
+                kwargs = {"sampler": name, "sampler_options": dict(options)}
+                if grid is not None:
+                    kwargs["time_grid"] = grid
+                out.append(Contestant("unisde", label, lambda kw=kwargs: _unified(cfg, **kw)))
+    return out
+
+
+def _ddpm_schedulers() -> list[tuple[str, str, dict]]:
+    return [("DDPM", "DDPMScheduler", {}), ("DDIM", "DDIMScheduler", {}),
+            ("Euler", "EulerDiscreteScheduler", {}), ("EulerAncestral", "EulerAncestralDiscreteScheduler", {}),
+            ("Heun", "HeunDiscreteScheduler", {}), ("LMS", "LMSDiscreteScheduler", {}),
+            ("DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2}),
+            ("DPM++3M", "DPMSolverMultistepScheduler", {"solver_order": 3}),
+            ("SDE-DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
+            ("UniPC", "UniPCMultistepScheduler", {})]
+
+
+def _edm_schedulers() -> list[tuple[str, str, dict]]:
+    return [("EDMEuler", "EDMEulerScheduler", {}),
+            ("EDM-DPM++2M", "EDMDPMSolverMultistepScheduler", {"solver_order": 2}),
+            ("EDM-DPM++3M", "EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
+            ("EDM-SDE-DPM++2M", "EDMDPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"})]
+
+
+def _has_param(cls, name: str) -> bool:
+    return name in inspect.signature(cls.__init__).parameters
+
+
+# Diffusers schedulers whose algorithm a unisde sampler reproduces (UnifiedScheduler.from_config picks it).
+_TWIN_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "EDMEulerScheduler")
+
+
+def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tuple[list[Contestant], list[Contestant]]:
+    """The diffusers schedulers (with spacing / Karras variants) and their unisde twins (converted configs)."""
+    import diffusers
+
+    from unisde.plugins import list_samplers
+
+    rows = _ddpm_schedulers() if schedule == "ddpm" else _edm_schedulers()
+    peers, twins = [], []
+    for short, cls_name, options in rows:
+        cls = getattr(diffusers, cls_name)
+        variants = [({}, "")]
+        if grid_variants and schedule == "ddpm":
+            variants.append(({"timestep_spacing": "trailing"}, "trailing"))
+            if _has_param(cls, "use_karras_sigmas"):
+                variants.append(({"use_karras_sigmas": True}, "karras"))
+        if grid_variants and schedule == "edm" and cls_name == "EDMEulerScheduler":
+            variants.append(({"sigma_schedule": "exponential"}, "exponential"))
+        for extra, tag in variants:
+            label = short + (f"[{tag}]" if tag else "")
+
+            def make(cls=cls, kw={**options, **extra}):
+                return cls.from_config(cfg, **kw)
+
+            peers.append(Contestant("diffusers", label, make))
+            # DPM-Solver++(2M/3M) and SDE-DPM-Solver++(2M) have a twin when the dpmsolver++ plugin is installed
+            # (solver_order, algorithm_type and the grid come from the config; diffusers' SDE 3M weighs its second
+            # difference differently, so it has none).
+            algorithm = options.get("algorithm_type", "dpmsolver++")
+            dpm2m = (cls_name == "DPMSolverMultistepScheduler" and "dpmsolver++" in list_samplers()
+                     and (options.get("solver_order"), algorithm) in ((2, "dpmsolver++"), (3, "dpmsolver++"),
+                                                                       (2, "sde-dpmsolver++")))
+            if cls_name in _TWIN_CLASSES or dpm2m:
+                def make_twin(make=make):
+                    # from_config picks the same algorithm and grid (multistep spacings included)
+                    return _unified(make().config)
+
+                try:  # a config the unisde twin cannot express (an unsupported option value) has no twin
+                    make_twin()
+                except ValueError:
+                    continue
+                twins.append(Contestant("unisde", f"≡{label}", make_twin, twin_of=label))
+    return peers, twins
+
+
+def kdiffusion_available() -> bool:
+    try:
+        import k_diffusion  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _accepts(fn, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def steps_for_nfe(scheduler, budget: int) -> int | None:
+    """Largest num_inference_steps whose timestep list (one model call each) fits the NFE budget, or None."""
+    n = budget
+    while n >= 1:
+        scheduler.set_timesteps(n)
+        calls = len(scheduler.timesteps)
+        if calls <= budget:
+            return n
+        n = min(n - 1, max(1, (n * budget) // calls))
+    return None
+
+
+def sample_loop(scheduler, model, z: torch.Tensor, num_inference_steps: int, seed: int = _SEED_STEPS) -> torch.Tensor:
+    """The generic diffusers loop: x = z·init_noise_sigma; for t: x = step(model(scale_model_input(x, t), t), t, x)."""
+    scheduler.set_timesteps(num_inference_steps)
+    generator = torch.Generator().manual_seed(seed)
+    extra = {"generator": generator} if _accepts(scheduler.step, "generator") else {}
+    x = z * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        out = model(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(out, t, x, **extra).prev_sample
+    return x

@@ -1,0 +1,129 @@
+r"""What to run (:class:`BenchConfig` and its presets) and the driver :func:`run_benchmarks`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from unisde._tensor import unknown_name_error
+from unisde.bench.accuracy import _accuracy
+from unisde.bench.contestants import SCHEDULES, kdiffusion_available
+from unisde.bench.speed import _overhead, _pipeline, _training
+from unisde.bench.targets import TARGETS
+
+SECTIONS = ("accuracy", "overhead", "pipeline", "training")
+FULL_NFE = (5, 10, 20, 50, 100, 250)
+QUICK_NFE = (10, 50)
+
+
+@dataclass
+class BenchConfig:
+    """What to run. ``quick()`` and ``full()`` are the two presets of ``unisde bench``."""
+
+    nfe: tuple = FULL_NFE
+    targets: tuple = TARGETS
+    schedules: tuple = SCHEDULES
+    n_samples: int = 2000                # samples per distance on the 64-D targets
+    n_samples_2d: int = 20000            # … on the 2-D target (cheap; its floor is dominated by mode-weight noise)
+    projections: int = 256
+    grid_variants: bool = True           # also try other time grids / spacings for every contestant
+    nfe_64d: tuple | None = None         # NFE budgets on the 64-D targets (None: ``nfe``)
+    grid_variants_64d: bool | None = None  # grid variants on the 64-D targets (None: ``grid_variants``)
+    overhead_steps: int = 300
+    overhead_shape: tuple = (8, 4, 64, 64)
+    pipeline_steps: int = 50
+    pipeline_batch: int = 16
+    pipeline_reps: int = 11  # interleaved repeats; the median of 5 moved by ±0.03 between runs
+    training_batch: int = 64
+    training_steps: int = 30
+    sections: tuple = SECTIONS
+    quick: bool = False
+
+    @classmethod
+    def full(cls, **overrides) -> "BenchConfig":
+        return cls(**overrides)
+
+    @classmethod
+    def medium(cls, **overrides) -> "BenchConfig":
+        """Every NFE with grid variants on the 2-D target (5000 samples); on the 64-D targets 500 samples, NFE ≤ 100
+        and default grids (~8 min on 2 shared cores, where the full preset takes over half an hour)."""
+        base = dict(n_samples=500, n_samples_2d=5000, nfe_64d=(5, 10, 20, 50, 100), grid_variants_64d=False)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def quick_preset(cls, **overrides) -> "BenchConfig":
+        base = dict(nfe=QUICK_NFE, targets=("mixture-2d",), n_samples=500, n_samples_2d=4000, projections=64, grid_variants=False,
+                    overhead_steps=40, pipeline_steps=10, pipeline_batch=8, pipeline_reps=3, training_batch=32,
+                    training_steps=6, quick=True)
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self):
+        for name in self.targets:
+            if name not in TARGETS:
+                raise unknown_name_error("target", name, TARGETS)
+        for name in self.schedules:
+            if name not in SCHEDULES:
+                raise unknown_name_error("schedule", name, SCHEDULES)
+        for name in self.sections:
+            if name not in SECTIONS:
+                raise unknown_name_error("section", name, SECTIONS)
+        if not self.nfe or any(not isinstance(n, int) or n < 1 for n in self.nfe):
+            raise ValueError(f"nfe must be a non-empty list of positive integers, got {list(self.nfe)}")
+        for key in ("n_samples", "n_samples_2d", "projections", "overhead_steps", "pipeline_steps", "pipeline_batch", "pipeline_reps",
+                    "training_batch", "training_steps"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if min(self.n_samples, self.n_samples_2d) < 2:
+            raise ValueError(f"n_samples must be at least 2, got {min(self.n_samples, self.n_samples_2d)}")
+        if self.nfe_64d is not None and (not self.nfe_64d or any(not isinstance(n, int) or n < 1 for n in self.nfe_64d)):
+            raise ValueError(f"nfe_64d must be a non-empty list of positive integers, got {list(self.nfe_64d)}")
+
+    def for_target(self, name: str) -> tuple[int, tuple, bool]:
+        """(samples, NFE budgets, grid variants) used on target ``name``."""
+        if name == "mixture-2d":
+            return self.n_samples_2d, tuple(self.nfe), self.grid_variants
+        variants = self.grid_variants if self.grid_variants_64d is None else self.grid_variants_64d
+        return self.n_samples, tuple(self.nfe_64d or self.nfe), variants
+
+
+def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the configured sections; return the JSON-able results (schema of issue 5 plus extra keys)."""
+    import diffusers
+
+    from unisde.plugins import list_samplers
+
+    cfg.validate()
+    started = time.perf_counter()
+    results: dict = {"accuracy": [], "overhead": [], "pipeline": {}, "training": {}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see unisde.bench's doc: one thread, so shared cores cannot distort one side
+    try:
+        if "accuracy" in cfg.sections:
+            records, floors, errors = _accuracy(cfg, log)
+            results["accuracy"], results["floors"], results["errors"] = records, floors, errors
+        if "overhead" in cfg.sections:
+            results["overhead"] = _overhead(cfg, log)
+        if "pipeline" in cfg.sections:
+            results["pipeline"] = _pipeline(cfg, log)
+        if "training" in cfg.sections:
+            results["training"] = _training(cfg, log)
+    finally:
+        torch.set_num_threads(threads)
+    results["seconds"] = time.perf_counter() - started
+    results["setup"] = {
+        "quick": cfg.quick, "nfe": list(cfg.nfe), "targets": list(cfg.targets), "schedules": list(cfg.schedules),
+        "n_samples": cfg.n_samples, "n_samples_2d": cfg.n_samples_2d, "nfe_64d": list(cfg.nfe_64d or cfg.nfe), "projections": cfg.projections, "grid_variants": cfg.grid_variants,
+        "overhead_steps": cfg.overhead_steps, "overhead_shape": list(cfg.overhead_shape), "samplers": list_samplers(),
+        "k_diffusion": kdiffusion_available(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
+        "threads": 1,
+    }
+    return results
