@@ -296,7 +296,7 @@ def test_nll_dataset_sources_read_8bit_images_exactly(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from unisde.cli.nll import load_quantized_dataset
+    from unisde.likelihood_data import load_quantized_dataset
 
     expected = _digit_pngs(tmp_path / "pngs")
     from_folder, bins = load_quantized_dataset(str(tmp_path / "pngs"), (1, 8, 8))
@@ -337,7 +337,7 @@ def test_nll_dataset_bad_sources(tmp_path):
     import datasets
     import numpy as np
 
-    from unisde.cli.nll import load_quantized_dataset
+    from unisde.likelihood_data import load_quantized_dataset
 
     with pytest.raises(ValueError, match="unknown dataset './nowhere'"):
         load_quantized_dataset("./nowhere", (1, 8, 8))

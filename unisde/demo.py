@@ -161,7 +161,7 @@ def _schedule_plot(scheduler, output_dir):
 def _bits_per_dim(checkpoint, seed, n: int = 32):
     """Bits/dim of n real digits under the checkpoint (PF-ODE likelihood, Hutchinson trace, uniform
     dequantisation over the digits' 17 levels), as a printable string."""
-    from unisde.cli.nll import load_pipeline_model, load_quantized_dataset
+    from unisde.likelihood_data import load_pipeline_model, load_quantized_dataset
     from unisde.likelihood import dataset_bits_per_dim
 
     data, num_bins = load_quantized_dataset("digits")
