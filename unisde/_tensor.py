@@ -51,7 +51,8 @@ class MonotoneCubic:
     """Monotone piecewise-cubic Hermite interpolant (Fritsch–Carlson / PCHIP slopes) in float64.
 
     Passes exactly through every knot, is C¹, and is monotone on each interval where the data are, which is
-    what makes a tabulated schedule's g² non-negative by construction (DESIGN §1).
+    what makes a tabulated schedule's g² non-negative by construction
+    (g² = −σ² dλ/dt ≥ 0 wherever the log-SNR λ is non-increasing; Fritsch & Carlson 1980 [PCHIP]).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):

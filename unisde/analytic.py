@@ -1,6 +1,7 @@
-r"""Exact denoisers: the project's ground truth (DESIGN §2).
+r"""Exact denoisers: the project's ground truth (tests and benchmarks measure samplers against them, no network in the way).
 
-For data x0 ~ p_data and the forward process x_t = s(t) x0 + σ(t) ε (seed 001 eq. 150, whose σ is our VE-view σ̃ = σ/s), the optimal
+For data x0 ~ p_data and the forward process x_t = s(t) x0 + σ(t) ε
+(Karras et al. 2022, eq. 4 [EDM], whose σ is our VE-view σ̃ = σ/s), the optimal
 denoiser D(x, t) = E[x0 | x_t = x] and the marginal p_t are known in closed form for three families:
 
 * :class:`Gaussian` ``N(μ, Σ)``:  p_t = N(s μ, s² Σ + σ² I)  and
@@ -9,9 +10,10 @@ denoiser D(x, t) = E[x0 | x_t = x] and the marginal p_t are known in closed form
   responsibility-weighted average of the per-component posterior means above.
 * :class:`Empirical` (a finite dataset y_1 … y_n, each with mass 1/n):  p_t = (1/n) Σ_i N(s y_i, σ² I) and
   D(x) = Σ_i softmax_i(−‖x̃ − y_i‖² / (2 σ̃²)) y_i  in the VE view x̃ = x/s, σ̃ = σ/s — the empirical optimal
-  denoiser of seed 001 eq. 197.
+  denoiser of Karras et al. 2022, App. B.3 [EDM].
 
-The score follows from the denoiser, ∇log p_t(x) = (s D − x) / σ² (seed 001 eqs. 95, 198), via
+The score follows from the denoiser, ∇log p_t(x) = (s D − x) / σ²
+(Tweedie's formula; Karras et al. 2022, eq. 3 [EDM]), via
 :func:`unisde.parameterizations.score_from_denoised`, so ``score`` and the autograd gradient of
 ``marginal_log_prob`` are two independent routes to one quantity (the tests compare them).
 
@@ -239,7 +241,7 @@ class _Analytic:
         return torch.where(clean[:, None], xf / s[:, None], x0)
 
     def denoise(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
-        """The exact denoiser E[x0 | x_t = x] at time t (seed 001 eq. 197 for :class:`Empirical`).
+        """The exact denoiser E[x0 | x_t = x] at time t (Karras et al. 2022, App. B.3 [EDM] for :class:`Empirical`).
 
         ``x``: (B, *event_shape) in the model's own space (x = s x0 + σ ε); ``t``: float or (B,) in [0, 1].
         Returns x̂0 with x's shape and dtype (computed in float64; differentiable in x).
@@ -248,7 +250,7 @@ class _Analytic:
         return self._denoise64(xf, t, schedule).reshape(x.shape).to(x.dtype)
 
     def score(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
-        """∇_x log p_t(x) = (s D(x) − x) / σ² (seed 001 eq. 198), x's shape and dtype. Needs σ(t) > 0."""
+        """∇_x log p_t(x) = (s D(x) − x) / σ² (Karras et al. 2022, eq. 3 [EDM]), x's shape and dtype. Needs σ(t) > 0."""
         xf = self._flat(x)
         _, sigma = self._coefficients(t, schedule, xf.shape[0], xf.device)
         if (sigma == 0).any():
@@ -401,9 +403,10 @@ class Gaussian(_Analytic):
 
 
 class Empirical(_Analytic):
-    """The empirical distribution (1/n) Σ_i δ(x0 − y_i) of a finite dataset (seed 001 eqs. 184–197).
+    """The empirical distribution (1/n) Σ_i δ(x0 − y_i) of a finite dataset (Karras et al. 2022, App. B.3 [EDM]).
 
-    ``data``: (n, *event_shape). Its denoiser is seed 001 eq. 197, a softmax over −‖x̃ − y_i‖² / (2σ̃²); its
+    ``data``: (n, *event_shape). Its denoiser is the ideal one of Karras et al. 2022, App. B.3 [EDM],
+    a softmax over −‖x̃ − y_i‖² / (2σ̃²); its
     marginal p_t is the isotropic mixture (1/n) Σ_i N(s y_i, σ² I). It has no data density (``log_prob``
     raises). ``event_shape`` may re-view the trailing dimensions (same number of elements).
     """

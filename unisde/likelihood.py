@@ -1,7 +1,9 @@
 r"""Exact log-likelihood of any diffusion model through its probability-flow ODE.
 
-The PF-ODE  dx/dt = v(x, t) = f(t) x − ½ g²(t) ∇log p_t(x)  (seed 000 eq. 27) transports the marginal p_t of
-the forward process (seed 000 eq. 1) for every t, so by the instantaneous change of variables
+The PF-ODE  dx/dt = v(x, t) = f(t) x − ½ g²(t) ∇log p_t(x)
+(Song et al. 2021, eq. 13 [SDE]) transports the marginal p_t of
+the forward process (Kingma et al. 2021, eq. 1 [VDM]) for every t, so by the instantaneous change of variables
+(Chen et al. 2018, Thm. 1 [NODE]; Song et al. 2021, App. D.2 [SDE])
 
     d/dt log p_t(x(t)) = −∇·v(x(t), t)      along any solution x(t),
 
@@ -11,7 +13,8 @@ and integrating from t_min to t_max (= 1, or the capped end of a zero-terminal-S
 
 ``log_likelihood`` solves the augmented ODE for (x, ∫∇·v) with the adaptive Dormand–Prince solver of
 :mod:`unisde.ode`, with the score taken from any model in any registered parameterisation,
-∇log p_t = (s x̂0 − x)/σ² (seed 001 eq. 198; :func:`unisde.parameterizations.score_from_denoised`), and the
+∇log p_t = (s x̂0 − x)/σ² (Karras et al. 2022, eq. 3 [EDM];
+:func:`unisde.parameterizations.score_from_denoised`), and the
 drift from :meth:`unisde.sde.ForwardSDE.probability_flow`. The divergence is either exact (autograd over each
 dimension, for small dimension) or the Hutchinson–Skilling estimate εᵀ(∂v/∂x)ε with one probe ε fixed for
 the whole solve (which keeps the ODE deterministic, so the adaptive solver stays valid and the estimate of
@@ -219,7 +222,8 @@ def _raw_output(out):
 
 
 def make_score_fn(model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape) -> Callable:
-    """score(x, t) = (s x̂0 − x)/σ² from a raw network ``model(model_input, timestep)`` (seed 001 eq. 198).
+    """score(x, t) = (s x̂0 − x)/σ² from a raw network ``model(model_input, timestep)``
+    (Karras et al. 2022, eq. 3 [EDM]).
 
     ``x`` is in model space, t a per-sample (B,) float64 tensor; raises ValueError if the model's output shape
     differs from its input's (e.g. a learned-variance UNet with twice the channels).

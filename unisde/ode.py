@@ -1,6 +1,6 @@
 r"""An adaptive embedded Runge–Kutta solver (Dormand–Prince 5(4)) for batched torch states.
 
-Used by :mod:`unisde.likelihood` to integrate the probability-flow ODE (seed 000 eq. 27) jointly with its
+Used by :mod:`unisde.likelihood` to integrate the probability-flow ODE (Song et al. 2021, eq. 13 [SDE]) jointly with its
 divergence, and by :mod:`unisde.plots` for PF-ODE paths. It is written once here rather than borrowed from
 ``scipy.integrate.solve_ivp`` because the right-hand side lives in torch (autograd for the divergence, any
 device) and a round trip through NumPy on every evaluation would pin it to the CPU.

@@ -1,11 +1,12 @@
 r"""Pictures that explain a schedule and its reverse processes (matplotlib, Agg backend: no display needed).
 
 * :func:`plot_schedules` — s(t), σ(t), f(t), g(t) and the log-SNR λ(t) of several schedules side by side
-  (seed 000's comparison of VP-linear, VP-cosine and VE; coefficients of eq. 24).
+  (the VP-linear / VP-cosine / VE comparison of the note [Unify]; f and g² as in Lu et al. 2022, §2.1 [DPMSolver]).
 * :func:`simulate_trajectories` / :func:`plot_trajectories` / :func:`animate_trajectories` — for a 1-D Gaussian
-  mixture with its exact denoiser (:mod:`unisde.analytic`), many reverse-SDE paths (η = 1, seed 000 eq. 26,
+  mixture with its exact denoiser (:mod:`unisde.analytic`), many reverse-SDE paths
+  (η = 1, Song et al. 2021, eq. 6 [SDE],
   Euler–Maruyama) from one start x(1), their quantile bands and mean, and the probability-flow ODE path
-  (η = 0, eq. 27) from the same start, t from 1 to ≈ 0 — seed 000's SDE-vs-ODE illustration, computed with
+  (η = 0, eq. 13 there) from the same start, t from 1 to ≈ 0 — the SDE-vs-ODE illustration of [Unify], computed with
   the package's own :class:`~unisde.sde.ReverseSDE` and :func:`~unisde.ode.solve_ivp`.
 
 Every function returns the arrays it drew, so tests (and users) can check the picture's content.
@@ -217,7 +218,8 @@ def _draw_trajectories(ax, data: TrajectoryData, upto: int | None = None):
 
 
 def plot_trajectories(data: TrajectoryData, path: str, mixture=None, schedule: NoiseSchedule | None = None) -> TrajectoryData:
-    """Seed 000's figure: SDE quantile bands, SDE mean and PF-ODE paths against t (left), and the data density
+    """The SDE-vs-ODE figure of [Unify]:
+    SDE quantile bands, SDE mean and PF-ODE paths against t (left), and the data density
     with a histogram of the SDE end points (right). ``mixture``/``schedule`` (default: those of
     :func:`simulate_trajectories`) give the density curve."""
     plt = _pyplot()

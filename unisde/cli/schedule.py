@@ -3,7 +3,7 @@
 NAME_OR_CONFIG is a schedule name (``NoiseSchedule.from_name``: vp-linear, vp-cosine, sub-vp, ve, edm,
 ddpm-linear, ddpm-cosine, scaled-linear), a diffusers scheduler config JSON file, or a pipeline directory
 holding ``scheduler/scheduler_config.json``. The table lists t, s(t), σ(t), f(t), g(t) and the log-SNR λ(t)
-(seed 000 eq. 24) at ``--points`` evenly spaced times from 0 to 1.
+(Lu et al. 2022, §2.1 [DPMSolver]) at ``--points`` evenly spaced times from 0 to 1.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """``unisde trajectories --plot out.png [--gif out.gif]``: reverse-SDE vs PF-ODE paths of a 1-D Gaussian
-mixture under its exact denoiser (seed 000's illustration), drawn from the package's own SDE objects."""
+mixture under its exact denoiser
+(the SDE-vs-ODE illustration of the note [Unify]), drawn from the package's own SDE objects."""
 
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
 r"""NoiseSchedule: the continuous-time view of any Gaussian forward process.
 
 Every forward process unisde supports is  x_t = s(t) x_0 + σ(t) ε,  ε ~ N(0, I),  t ∈ [0, 1] with t = 0 the
-data and t = 1 the prior (seed 000, eq. 1). It is the marginal of the linear SDE  dx = f(t) x dt + g(t) dw
-(seed 000, eq. 4) with (seed 000, eq. 24)
+data and t = 1 the prior (Kingma et al. 2021, eq. 1 [VDM]).
+It is the marginal of the linear SDE  dx = f(t) x dt + g(t) dw
+(Song et al. 2021, eq. 5 [SDE]) with (Lu et al. 2022, §2.1 [DPMSolver])
 
     f(t) = s'(t) / s(t),        g²(t) = 2 (σ σ' − f σ²) = −σ² dλ/dt,
 
-where λ(t) = log(s² / σ²) is the log signal-to-noise ratio; conversely (seed 000, eq. 25)
+where λ(t) = log(s² / σ²) is the log signal-to-noise ratio; conversely
+(the mean and variance ODEs of a linear SDE, Song et al. 2021, App. B [SDE])
 s(t) = exp ∫₀ᵗ f,  σ²(t) = s² (σ(0)²/s(0)² + ∫₀ᵗ g² / s²).
 
 Conventions used throughout the package
@@ -139,11 +141,11 @@ class NoiseSchedule(abc.ABC):
         return self._sigma(self._time(t))
 
     def f(self, t) -> torch.Tensor:
-        """Drift coefficient f(t) = d log s / dt (per unit t), seed 000 eq. 24. Finite everywhere."""
+        """Drift coefficient f(t) = d log s / dt (per unit t), Lu et al. 2022, §2.1 [DPMSolver]. Finite everywhere."""
         return self._f(self._capped(self._time(t)))
 
     def g2(self, t) -> torch.Tensor:
-        """Squared diffusion g²(t) = dσ²/dt − 2 f σ² = −σ² dλ/dt ≥ 0 (per unit t), seed 000 eq. 24."""
+        """Squared diffusion g²(t) = dσ²/dt − 2 f σ² = −σ² dλ/dt ≥ 0 (per unit t), Lu et al. 2022, §2.1 [DPMSolver]."""
         return self._g2(self._capped(self._time(t))).clamp(min=0.0)
 
     def g(self, t) -> torch.Tensor:
@@ -174,7 +176,8 @@ class NoiseSchedule(abc.ABC):
         return self.t_from_log_snr(lam)
 
     def marginal(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean s(t) x0 and std σ(t) of p(x_t | x0) (seed 000 eq. 5), broadcast over x0's batch dimension.
+        """Mean s(t) x0 and std σ(t) of p(x_t | x0)
+        (Kingma et al. 2021, eq. 1 [VDM]), broadcast over x0's batch dimension.
 
         ``t`` is a scalar or has shape (B,); returns (mean with x0's shape and dtype, std broadcastable).
         """
@@ -258,7 +261,7 @@ class NoiseSchedule(abc.ABC):
     # ------------------------------------------------------------------ constructors
     @staticmethod
     def vp_linear(beta_min: float = 0.1, beta_max: float = 20.0, **kw) -> "NoiseSchedule":
-        """Score-SDE VP-SDE with β(t) = β_min + t (β_max − β_min) (seed 001 eqs. 107, 136)."""
+        """Score-SDE VP-SDE with β(t) = β_min + t (β_max − β_min) (Song et al. 2021, eq. 11 and App. B [SDE])."""
         return VPLinearSchedule(beta_min, beta_max, **kw)
 
     @staticmethod
@@ -273,7 +276,7 @@ class NoiseSchedule(abc.ABC):
 
     @staticmethod
     def ve(sigma_min: float = 0.01, sigma_max: float = 50.0, **kw) -> "NoiseSchedule":
-        """Score-SDE VE-SDE: s = 1, σ(t) = σ_min (σ_max/σ_min)^t (seed 001 eqs. 106, 135)."""
+        """Score-SDE VE-SDE: s = 1, σ(t) = σ_min (σ_max/σ_min)^t (Song et al. 2021, eq. 9 and App. B [SDE])."""
         return VESchedule(sigma_min, sigma_max, **kw)
 
     @staticmethod
@@ -334,7 +337,8 @@ class NoiseSchedule(abc.ABC):
 
     @staticmethod
     def from_sde(f: Callable, g2: Callable, sigma0: float = 0.0, num_panels: int = 2048) -> "TabulatedSchedule":
-        """Recover (s, σ) from drift f(t) and squared diffusion g²(t) by seed 000 eq. 25.
+        """Recover (s, σ) from drift f(t) and squared diffusion g²(t) by the mean and variance ODEs of a linear SDE
+        (Song et al. 2021, App. B [SDE]).
 
         log s(t) = ∫₀ᵗ f,  σ̃²(t) = σ0² + ∫₀ᵗ g²/s²  (σ̃ = σ/s, s(0) = 1), integrated with composite 8-point
         Gauss–Legendre quadrature on ``num_panels`` panels and tabulated at the panel edges. The edges are graded

@@ -1,11 +1,12 @@
 r"""SDE objects: the forward SDE of a schedule and its reverse-time family.
 
-Forward (seed 000 eq. 4):  dx = f(t) x dt + g(t) dw.
-Reverse family with stochasticity η ∈ [0, 1] (DESIGN §1):
+Forward (Song et al. 2021, eq. 5 [SDE]):  dx = f(t) x dt + g(t) dw.
+Reverse family with stochasticity η ∈ [0, 1] (Karras et al. 2022, eq. 6 [EDM], written in t):
 
     dx = [f x − (1 + η²)/2 · g² ∇log p_t(x)] dt + η g dw̄,
 
-η = 1 is the reverse-time SDE (seed 000 eq. 26), η = 0 the probability-flow ODE (eq. 27). Drift and diffusion
+η = 1 is the reverse-time SDE (Song et al. 2021, eq. 6 [SDE]), η = 0 the probability-flow ODE (eq. 13 there).
+Drift and diffusion
 are plain callables of (x, t) — t a float or a per-sample tensor — so any solver can integrate them.
 """
 
@@ -37,7 +38,8 @@ def _batch_time(t, x: torch.Tensor) -> torch.Tensor:
 
 
 class ForwardSDE:
-    """dx = f(t) x dt + g(t) dw for a :class:`NoiseSchedule` (seed 000 eq. 4, coefficients eq. 24)."""
+    """dx = f(t) x dt + g(t) dw for a :class:`NoiseSchedule`
+    (Song et al. 2021, eq. 5 [SDE]; coefficients: Lu et al. 2022, §2.1 [DPMSolver])."""
 
     def __init__(self, schedule: NoiseSchedule):
         self.schedule = schedule
@@ -55,7 +57,7 @@ class ForwardSDE:
         return ReverseSDE(self, score_fn, eta)
 
     def probability_flow(self, score_fn: ScoreFn) -> "ReverseSDE":
-        """The probability-flow ODE dx = [f x − ½ g² ∇log p_t] dt (seed 000 eq. 27)."""
+        """The probability-flow ODE dx = [f x − ½ g² ∇log p_t] dt (Song et al. 2021, eq. 13 [SDE])."""
         return ReverseSDE(self, score_fn, 0.0)
 
 

@@ -2,7 +2,7 @@ r"""UnifiedScheduler: a drop-in diffusers scheduler running any registered sampl
 
     pipe.scheduler = UnifiedScheduler.from_config(pipe.scheduler.config, sampler="edm")
 
-The adapter is thin (DESIGN §3): ``set_timesteps`` asks the sampler for its time grid and precomputes, per
+The adapter is thin: ``set_timesteps`` asks the sampler for its time grid and precomputes, per
 model evaluation, the parameterisation's coefficients (x̂0 = a x + b F, input scale c_in) and the model
 timestep; ``step`` converts the model output to x̂0, applies clipping/thresholding and hands it to the sampler.
 The sample passed in and out always lives in the model's own space x = s x0 + σ ε.

@@ -5,7 +5,7 @@ Every parameterisation unisde knows is *linear* in the model output F and the sa
     x̂0 = a(t) · x + b(t) · F,        model input = c_in(t) · x,
 
 so a parameterisation is fully described by its coefficient functions of (schedule, t). The score, noise and
-velocity estimates all follow from x̂0 (seed 001 eqs. 95, 198):
+velocity estimates all follow from x̂0 (Tweedie's formula; Karras et al. 2022, eq. 3 [EDM]):
 
     ε̂ = (x − s x̂0) / σ,        ∇log p_t(x) = (s x̂0 − x) / σ² = −ε̂ / σ.
 
@@ -39,14 +39,14 @@ def schedule_coefficients(schedule: NoiseSchedule, t) -> tuple[torch.Tensor, tor
 
 
 def eps_from_denoised(x0_hat: torch.Tensor, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
-    """ε̂ = (x − s x̂0) / σ (seed 001 eq. 95 in general (s, σ) form)."""
+    """ε̂ = (x − s x̂0) / σ (Ho et al. 2020, eq. 15 [DDPM], solved for ε in general (s, σ) form)."""
     s, sigma = schedule_coefficients(schedule, t)
     s, sigma = _expand_like(s, sample).to(sample.dtype), _expand_like(sigma, sample).to(sample.dtype)
     return (sample - s * x0_hat) / sigma
 
 
 def score_from_denoised(x0_hat: torch.Tensor, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
-    """∇log p_t(x) = (s x̂0 − x) / σ² (seed 001 eq. 198, generalised to s ≠ 1)."""
+    """∇log p_t(x) = (s x̂0 − x) / σ² (Karras et al. 2022, eq. 3 [EDM], generalised to s ≠ 1)."""
     s, sigma = schedule_coefficients(schedule, t)
     s, var = _expand_like(s, sample).to(sample.dtype), _expand_like(sigma**2, sample).to(sample.dtype)
     return (s * x0_hat - sample) / var
@@ -108,7 +108,7 @@ class Parameterization(abc.ABC):
         """(model input, regression target) for clean data x0 and noise ε at per-sample times t.
 
         The target is the output that would reproduce x0 exactly, F* = (x0 − a x_t)/b; for ε-, x0- and
-        v-prediction it reduces to ε, x0 and v, for EDM to F's target of seed 001 eq. 206.
+        v-prediction it reduces to ε, x0 and v, for EDM to F's target of Karras et al. 2022, eq. 8 [EDM].
         """
         x_t = schedule.add_noise(x0, noise, t)
         return self.model_input(x_t, t, schedule), self.from_denoised(x0, x_t, t, schedule)

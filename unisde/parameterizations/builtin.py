@@ -8,7 +8,7 @@ from unisde.parameterizations.base import Parameterization, schedule_coefficient
 
 
 class EpsilonParameterization(Parameterization):
-    """ε-prediction (DDPM, seed 001 eq. 64): x̂0 = (x − σ ε̂) / s."""
+    """ε-prediction (DDPM; Ho et al. 2020, eq. 15 [DDPM]): x̂0 = (x − σ ε̂) / s."""
 
     name = "epsilon"
     aliases = ("eps",)
@@ -44,7 +44,7 @@ class VPredictionParameterization(Parameterization):
 
 
 class ScoreParameterization(Parameterization):
-    """Score-prediction (NCSN / score-SDE): F ≈ ∇log p_t(x), x̂0 = (x + σ² F) / s (seed 001 eq. 198)."""
+    """Score-prediction (NCSN / score-SDE): F ≈ ∇log p_t(x), x̂0 = (x + σ² F) / s (Karras et al. 2022, eq. 3 [EDM])."""
 
     name = "score"
 
@@ -54,7 +54,7 @@ class ScoreParameterization(Parameterization):
 
 
 class EDMParameterization(Parameterization):
-    """EDM preconditioning (seed 001 eqs. 203, 209, 211, 212) in the VE view x̃ = x/s, σ̃ = σ/s:
+    """EDM preconditioning (Karras et al. 2022, eq. 7 and Table 1 [EDM]) in the VE view x̃ = x/s, σ̃ = σ/s:
     D(x̃; σ̃) = c_skip x̃ + c_out F(c_in x̃; c_noise), c_skip = σ_d²/(σ̃² + σ_d²), c_out = σ̃ σ_d/√(σ̃² + σ_d²),
     c_in = 1/√(σ̃² + σ_d²), c_noise = ¼ ln σ̃. Option ``sigma_data`` (σ_d, default 0.5)."""
 
@@ -84,7 +84,7 @@ class EDMParameterization(Parameterization):
         return schedule.t_from_sigma(torch.exp(4 * torch.as_tensor(timestep, dtype=torch.float64)))
 
     def loss_weight_edm(self, schedule, t):
-        """EDM's x0-space weight λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² (seed 001 eq. 217) = 1/c_out²."""
+        """EDM's x0-space weight λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² (Karras et al. 2022, Table 1 [EDM]) = 1/c_out²."""
         return self.default_loss_weight(schedule, t)
 
 

@@ -3,7 +3,8 @@ r"""``ddim``: Song et al.'s DDIM step in (s, σ) form, for any schedule.
     x_{t'} = s_{t'} x̂0 + √(σ_{t'}² − c²) ε̂ + c z,      c = η · √(σ²_{t|t'} σ_{t'}² / σ_t²),
 
 with ε̂ = (x_t − s_t x̂0)/σ_t and σ²_{t|t'} as in :mod:`unisde.samplers.ddpm`. η = 0 is deterministic and equals
-Euler on the probability-flow ODE in the VE view exactly (seed 000 §3.3 shows it is Euler in t up to O(Δt²));
+Euler on the probability-flow ODE in the VE view exactly (Song, Meng & Ermon 2021, §4.3,
+eqs. 13–14 [DDIM]; in t it is Euler up to O(Δt²));
 η = 1 draws from the DDPM posterior with the fixed_small variance.
 """
 

@@ -1,7 +1,8 @@
 r"""``edm``: Karras et al. (2022) Algorithm 2 — Heun's method on the probability-flow ODE in the VE view.
 
-In the VE view x̃ = x/s, σ̃ = σ/s every schedule's PF-ODE is dx̃/dσ̃ = (x̃ − D(x̃; σ̃))/σ̃ (DESIGN §1; seed 000
-eq. 27 after the change of variables), which is why this sampler runs on any model. Per step i:
+In the VE view x̃ = x/s, σ̃ = σ/s every schedule's PF-ODE is dx̃/dσ̃ = (x̃ − D(x̃; σ̃))/σ̃ (Karras et al. 2022,
+eqs. 1 and 4 [EDM]: Song et al. 2021, eq. 13 [SDE] after the change of variables),
+which is why this sampler runs on any model. Per step i:
 
     γ_i = min(S_churn/n, √2 − 1) if S_tmin ≤ σ̃_i ≤ S_tmax else 0,   σ̂_i = (1 + γ_i) σ̃_i,
     x̂_i = x̃_i + √(σ̂_i² − σ̃_i²) S_noise z                      (the "churn", before the model call)

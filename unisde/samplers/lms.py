@@ -1,6 +1,6 @@
 r"""``lms``: linear multistep (variable-step Adams–Bashforth) on the probability-flow ODE in the VE view.
 
-The PF-ODE (seed 000 eq. 27) in x̃ = x/s with σ̃ = σ/s as the independent variable reads dx̃/dσ̃ = d(x̃, σ̃) =
+The PF-ODE (Song et al. 2021, eq. 13 [SDE]) in x̃ = x/s with σ̃ = σ/s as the independent variable reads dx̃/dσ̃ = d(x̃, σ̃) =
 (x̃ − D)/σ̃ (see :mod:`unisde.samplers.ode`). The Adams–Bashforth step of order p interpolates the last p
 derivatives d_k, d_{k−1}, … at σ̃_k, σ̃_{k−1}, … by a polynomial in σ̃ and integrates it exactly over the step:
 

@@ -4,9 +4,10 @@ noise-level distribution.
 The objective
 -------------
 For clean data x0, noise ε ~ N(0, I) and a time t drawn from a noise-level distribution p(t),
-x_t = s(t) x0 + σ(t) ε (seed 000 eq. 1). The parameterisation supplies the model input and the regression
+x_t = s(t) x0 + σ(t) ε (Kingma et al. 2021, eq. 1 [VDM]).
+The parameterisation supplies the model input and the regression
 target F* of its raw output F (``Parameterization.training_target``; for ε, x0 and v prediction F* is ε, x0
-and v; for EDM it is the F-target of seed 001 eq. 206). The loss is
+and v; for EDM it is the F-target of Karras et al. 2022, eq. 8 [EDM]). The loss is
 
     L = E_{t, x0, ε} [ w(t) · mean_pixels (F(c_in x_t, c_noise(t)) − F*)² ],
 
@@ -16,19 +17,21 @@ and because every parameterisation is linear, x̂0 = a x_t + b F, we have ‖F �
     w(t) = λ(t) · b(t)².
 
 Because w depends on t only, the minimiser over all functions F at every (x_t, t) is E[F* | x_t], i.e.
-x̂0 = E[x0 | x_t]: the exact denoiser (seed 001 eq. 197), whatever the weighting. The weighting only decides
+x̂0 = E[x0 | x_t]: the exact denoiser
+(the minimiser of Karras et al. 2022, eq. 2 [EDM]), whatever the weighting. The weighting only decides
 which noise levels the finite network spends its capacity on.
 
 Weightings (x0-space λ(t); s, σ are the model-space coefficients, σ̃ = σ/s the VE-view noise level)
 ------------------------------------------------------------------------------------------------------
 ``default``     plain MSE on the parameterisation's own output: w = 1, λ = 1/b².
-``epsilon``     ε-MSE ‖ε̂ − ε‖² (DDPM, seed 001 eq. 64): ε̂ − ε = −s (x̂0 − x0)/σ, so λ = s²/σ² (the SNR).
+``epsilon``     ε-MSE ‖ε̂ − ε‖² (DDPM's L_simple, Ho et al. 2020, eq. 14 [DDPM]):
+                ε̂ − ε = −s (x̂0 − x0)/σ, so λ = s²/σ² (the SNR).
 ``x0``          ‖x̂0 − x0‖²: λ = 1.
 ``v``           v-MSE with v = α ε − β x0, α = s/r, β = σ/r, r² = s² + σ²: λ = r²/σ² = 1 + SNR.
-``score``       score matching with Song et al.'s λ_score(t) = σ(t)² (seed 001 eqs. 95, 198):
+``score``       score matching with Song et al.'s λ_score(t) = σ(t)² (Song et al. 2021, eq. 7 [SDE]):
                 σ² ‖ŝ − ∇log p(x_t|x0)‖² = ‖σ ŝ + ε‖², and ŝ − ∇log p(x_t|x0) = s (x̂0 − x0)/σ², so
                 λ = σ² · s²/σ⁴ = s²/σ² — numerically identical to ``epsilon``.
-``edm``         EDM's λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² (seed 001 eq. 217) on D = x̂0; with the EDM
+``edm``         EDM's λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² (Karras et al. 2022, Table 1 [EDM]) on D = x̂0; with the EDM
                 parameterisation w = 1 (λ = 1/c_out²).
 ``likelihood``  score matching weighted by g(t)² (Song, Durkan, Murray & Ermon 2021), for which the time
                 integral of the loss bounds the negative log-likelihood: λ = g² · s²/σ⁴.
@@ -103,7 +106,7 @@ def x0_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Pa
         return get_parameterization("v_prediction").default_loss_weight(schedule, t)
     if weighting == "edm":
         return get_parameterization("edm", sigma_data=sigma_data).loss_weight_edm(schedule, t)
-    # likelihood: g² ‖ŝ − ∇log p(x_t|x0)‖² with ŝ − ∇log p = s (x̂0 − x0)/σ² (seed 001 eq. 198)
+    # likelihood: g² ‖ŝ − ∇log p(x_t|x0)‖² with ŝ − ∇log p = s (x̂0 − x0)/σ² (Karras et al. 2022, eq. 3 [EDM])
     s, sigma = schedule_coefficients(schedule, t)
     return schedule.g2(t) * s * s / sigma**4
 

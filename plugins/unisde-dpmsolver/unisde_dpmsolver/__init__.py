@@ -3,7 +3,8 @@ its third-order multistep variant) as a unisde plugin.
 
 Written against the schedule's s(t), σ(t) and the denoised estimate D only, so it runs on every schedule and
 parameterisation. With the half log-SNR λ'(t) = log(s/σ) (= λ/2 of unisde's log-SNR), the probability-flow ODE
-(seed 000 eq. 27) has the exact solution (variation of constants in x/σ)
+(Song et al. 2021, eq. 13 [SDE]) has the exact solution (variation of constants in x/σ; Lu et al. 2022b, §4
+[DPMSolver++])
 
     x_{t'} = (σ_{t'}/σ_t) x_t + σ_{t'} ∫_{λ'_t}^{λ'_{t'}} e^{λ'} D(x_λ', λ') dλ',
 
