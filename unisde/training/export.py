@@ -10,7 +10,6 @@ class from outside its libraries). diffusers resolves such a library through ``s
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 
 from unisde.training.checkpoint import PIPELINE_ENTRIES
@@ -99,26 +98,6 @@ def model_card(*, schedule, parameterization, loss_weighting: str, noise_distrib
     return "\n".join(lines)
 
 
-def training_command(args) -> str:
-    """``unisde train`` with every flag whose value differs from its default, shell-quoted: the command that
-    reproduces this run (whatever launcher or Python call started it). Secrets (``--hub_token``) are left out."""
-    from unisde.training.loop import default_args
-
-    defaults = vars(default_args())
-    parts = ["unisde", "train"]
-    for key, value in vars(args).items():
-        if key not in defaults or key in ("hub_token",) or value == defaults[key]:
-            continue
-        flag = f"--{key}"
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, (list, tuple)):
-            parts += [flag, *(shlex.quote(str(v)) for v in value)]
-        elif value is not False and value is not None:
-            parts += [flag, shlex.quote(str(value))]
-    return " ".join(parts)
-
-
 def write_model_card(output_dir: str, **card) -> str:
     """(Re)write ``output_dir/README.md`` from :func:`model_card` arguments; returns the path. Used later to add
     the sample grid and quality figure to a card."""
@@ -161,4 +140,4 @@ def export_pipeline(unet, scheduler, output_dir: str, card: dict | None = None) 
     return output_dir
 
 
-__all__ = ["make_scheduler", "model_card", "write_model_card", "export_pipeline", "training_command", "DEFAULT_SAMPLER"]
+__all__ = ["make_scheduler", "model_card", "write_model_card", "export_pipeline", "DEFAULT_SAMPLER"]

@@ -6,10 +6,12 @@ Flags follow diffusers' ``examples/unconditional_image_generation/train_uncondit
 Every input is validated before the first training step (``validate_args``, then the data/model checks in
 :func:`train`); errors are ``ValueError`` naming the bad value and the valid choices.
 
-Resume is exact: the model, optimizer, LR scheduler, EMA (``register_for_checkpointing``), the gradient
-scaler, the number of micro-batches seen (data position; the data order of each epoch is a function of
-(seed, epoch), see :class:`~unisde.training.data.EpochSampler`) and the torch/numpy/python RNG state of every
-rank (``random_states_<rank>.pkl``, written by each rank's ``save_state``) are restored.
+Resume is exact: the model, optimizer, LR scheduler, EMA, the gradient scaler, the number of micro-batches
+seen (data position; the data order of each epoch is a function of (seed, epoch), see
+:class:`~unisde.training.data.EpochSampler`) and the torch/numpy/python RNG state of every rank are restored
+(:func:`~unisde.training.checkpoint.load_checkpoint`: safetensors and JSON, pickles only through
+``torch.load(weights_only=True)``). A checkpoint of a run with another fingerprint (schedule, parameterisation,
+data, UNet config) is refused unless ``--allow_fingerprint_mismatch``.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import json
 import logging
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from unisde.training.checkpoint import (RUN_FILE, check_output_dir, clear_run, remove_stale_temporaries, resolve_resume,
-                         save_checkpoint, write_json_atomic)
+from unisde.training.checkpoint import (RUN_FILE, check_output_dir, clear_run, compare_fingerprint, load_checkpoint,
+                                        recover_interrupted_saves, remove_stale_temporaries, resolve_resume,
+                                        save_checkpoint, write_json_atomic)
 from unisde.training.config import resolve_parameterization, resolve_schedule
+from unisde.training.export import DEFAULT_SAMPLER, export_pipeline, make_scheduler
 from unisde.training.objectives import DenoisingScoreMatching, canonical_loss_weighting, canonical_noise_distribution
 
 logger = logging.getLogger("unisde.train")
@@ -100,6 +105,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     c.add_argument("--checkpointing_steps", type=int, default=500)
     c.add_argument("--checkpoints_total_limit", type=int, default=None)
     c.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    c.add_argument("--allow_fingerprint_mismatch", action="store_true", help="resume a checkpoint whose run had "
+                   "another schedule, parameterisation, data or UNet config (refused otherwise)")
     c.add_argument("--logger", default="auto", choices=("auto", "tensorboard", "wandb", "none"),
                    help="tracker (auto: tensorboard when installed)")
     c.add_argument("--logging_dir", default="logs", help="tracker folder, relative to --output_dir")
@@ -121,6 +128,24 @@ def default_args(**overrides) -> argparse.Namespace:
             raise ValueError(f"unknown training option {key!r}")
         setattr(args, key, value)
     return args
+
+
+def training_command(args) -> str:
+    """``unisde train`` with every flag whose value differs from its default, shell-quoted: the command that
+    reproduces this run (whatever launcher or Python call started it). Secrets (``--hub_token``) are left out."""
+    defaults = vars(default_args())
+    parts = ["unisde", "train"]
+    for key, value in vars(args).items():
+        if key not in defaults or key in ("hub_token",) or value == defaults[key]:
+            continue
+        flag = f"--{key}"
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *(shlex.quote(str(v)) for v in value)]
+        elif value is not False and value is not None:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -185,8 +210,6 @@ def validate_args(args) -> Plan:
     dist = canonical_noise_distribution(dist)
     if dist == "uniform_index" and not schedule.num_train_timesteps:
         raise ValueError(f"--noise_distribution uniform_index needs a schedule with num_train_timesteps; {args.schedule!r} has none")
-    from unisde.training.export import DEFAULT_SAMPLER
-
     sampler = args.default_sampler or DEFAULT_SAMPLER
     if args.default_sampler:
         from unisde.plugins import get_sampler
@@ -339,12 +362,14 @@ def train(args, *, before_commit=None) -> TrainResult:
     from diffusers.training_utils import EMAModel
 
     from unisde.training import data as D
-    from unisde.training.export import export_pipeline, make_scheduler, training_command
 
     plan = validate_args(args)
     output_dir = args.output_dir
 
     # --- checks that touch the file system and the data, all before training starts -------------------
+    # A save killed between its two renames left the checkpoint as .checkpoint-N.old: put it back before
+    # "latest" is resolved (renames only, so every rank may do it at once).
+    recover_interrupted_saves(output_dir)
     resume_path = resolve_resume(args.resume_from_checkpoint, output_dir)
     dataset = D.load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir,
                                    args.train_files, cache_dir=args.cache_dir)
@@ -360,7 +385,14 @@ def train(args, *, before_commit=None) -> TrainResult:
             resolution = DEFAULT_RESOLUTION_DIGITS if is_digits else DEFAULT_RESOLUTION
     unet_cfg = unet_config_from_args(args, resolution, channels)
     fp = fingerprint(args, plan, unet_cfg)
+    if resume_path is not None:
+        compare_fingerprint(resume_path, fp, args.allow_fingerprint_mismatch)
     state = check_output_dir(output_dir, fp, args.overwrite_output_dir, resuming=resume_path is not None)
+    out_abs = os.path.abspath(output_dir)
+    if state == "overwrite" and resume_path is not None and \
+            os.path.commonpath([os.path.abspath(resume_path), out_abs]) == out_abs:
+        raise ValueError(f"--overwrite_output_dir would delete the checkpoint --resume_from_checkpoint names "
+                         f"({resume_path!r}); resume without --overwrite_output_dir or from a copy elsewhere")
 
     grad_accum = GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False)
     trackers = _tracker(args)
@@ -405,7 +437,6 @@ def train(args, *, before_commit=None) -> TrainResult:
     batches_per_epoch = len(loader)
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
     objective = DenoisingScoreMatching(plan.schedule, plan.parameterization, plan.loss_weighting, plan.noise_distribution,
                                        t_min=args.t_min, p_mean=args.p_mean, p_std=args.p_std)
 
@@ -414,9 +445,7 @@ def train(args, *, before_commit=None) -> TrainResult:
     set_seed(args.seed, device_specific=True)
     global_step, batches_seen = 0, 0
     if resume_path is not None:
-        accelerator.load_state(resume_path)
-        with open(os.path.join(resume_path, "unisde_checkpoint.json")) as fh:
-            manifest = json.load(fh)
+        manifest = load_checkpoint(accelerator, resume_path, model, optimizer, lr_scheduler, ema)
         global_step, batches_seen = int(manifest["step"]), int(manifest["batches_seen"])
         if ema is not None:
             ema.to(accelerator.device)
@@ -510,7 +539,7 @@ def train(args, *, before_commit=None) -> TrainResult:
         if checkpoint_now:
             save_checkpoint(accelerator, output_dir, global_step,
                             {"batches_seen": batches_seen, "fingerprint": fp}, args.checkpoints_total_limit,
-                            before_commit=before_commit)
+                            before_commit=before_commit, ema=ema)
             export(global_step)
             accelerator.wait_for_everyone()
     if progress is not None:
@@ -528,4 +557,5 @@ def train(args, *, before_commit=None) -> TrainResult:
     return TrainResult(global_step, losses, output_dir, accelerator, model, ema, resume_path, rate)
 
 
-__all__ = ["add_training_arguments", "default_args", "validate_args", "train", "TrainResult", "unet_config_from_args"]
+__all__ = ["add_training_arguments", "default_args", "validate_args", "train", "TrainResult", "unet_config_from_args",
+           "training_command"]
