@@ -31,6 +31,7 @@ from unisde.analytic import Gaussian
 from unisde.plugins import reset
 from unisde.grids import make_grid
 from unisde.diffusers.scheduler import UnifiedScheduler
+from unisde.sampling import run_loop
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "unisde-dpmsolver"
 DIST = "unisde-dpmsolver"
@@ -144,20 +145,21 @@ def test_parity_with_diffusers_sde_dpmsolver(config, order, n):
 def test_sde_dpmsolver_first_order_is_ddpm_and_samples_the_gaussian():
     """Order 1 of the SDE variant is DDPM's posterior step on the same grid (float64, same noise); 2M with the exact
     Gaussian denoiser lands on N(μ, v0) (mean and variance within 5 standard errors of 20 000 samples)."""
-    from unisde import NoiseSchedule, get_parameterization, get_sampler
+    from unisde import NoiseSchedule, get_sampler
     from unisde.grids import make_grid
 
     sched = NoiseSchedule.from_diffusers_config({})
     grid = make_grid(sched, 12, "uniform_lambda")
 
     def run(name, opts, x, seed):
-        smp = get_sampler(name)(sched, get_parameterization("epsilon"), **opts)
-        gen = torch.Generator().manual_seed(seed)
-        for k, t in enumerate(smp.prepare(grid).tolist()):
-            s, sig = float(sched.s(t)), float(sched.sigma(t))
-            d = MU + s * V0 / (s * s * V0 + sig * sig) * (x - s * MU)
-            x = smp.step(k, x, d, raw_denoised=d, extra=None, generator=gen)
-        return x
+        smp = get_sampler(name)(sched, **opts)
+        smp.generator = torch.Generator().manual_seed(seed)
+        times = smp.prepare(grid).tolist()
+
+        def denoise(x, k):
+            s, sig = float(sched.s(times[k])), float(sched.sigma(times[k]))
+            return MU + s * V0 / (s * s * V0 + sig * sig) * (x - s * MU)
+        return run_loop(smp, x, denoise)
 
     x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(run("dpmsolver++", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1}, x, 1),
@@ -192,12 +194,9 @@ def test_second_order_on_any_schedule():
         errs = []
         for n in (16, 32, 64):
             grid = make_grid(sched, n, "uniform_lambda")
-            smp = cls(sched, get_parameterization("epsilon"))
-            times = smp.prepare(grid)
-            x = x_start.clone()
-            for k, t in enumerate(times.tolist()):
-                d = dist.denoise(x, t, sched)
-                x = smp.step(k, x, d, raw_denoised=d, extra=None, generator=None)
+            smp = cls(sched)
+            times = smp.prepare(grid).tolist()
+            x = run_loop(smp, x_start.clone(), lambda x, k: dist.denoise(x, times[k], sched))
             t_last = float(grid[-2])
             ref = dist.denoise(_exact_flow(sched, float(grid[0]), t_last, x_start), t_last, sched)
             errs.append(float((x - ref).abs().max()))
@@ -258,14 +257,112 @@ def test_third_order_on_any_schedule():
             errs = []
             for n in (64, 128):
                 grid = sched.t_from_log_snr(torch.linspace(lam_start, 1.0, n + 1, dtype=torch.float64))
-                smp = cls(sched, eps, solver_order=3, exact_quadratic=exact)
-                x = x_start.clone()
-                for k, t in enumerate(smp.prepare(grid).tolist()):
-                    d = eps.to_denoised(model(x, eps.model_time(sched, t)), x, t, sched)
-                    x = smp.step(k, x, d, raw_denoised=d, extra=None, generator=None)
+                smp = cls(sched, solver_order=3, exact_quadratic=exact)
+                times = smp.prepare(grid).tolist()
+                x = run_loop(smp, x_start.clone(), lambda x, k: eps.to_denoised(
+                    model(x, eps.model_time(sched, times[k])), x, times[k], sched))
                 errs.append(float((x - _exact_flow(sched, float(grid[0]), float(grid[-1]), x_start)).abs().max()))
             ratios[exact] = errs[0] / errs[1]
         assert 5 < ratios[True] < 12 and ratios[False] < 5, (sched.name, ratios)
+
+
+def _diffusers_twin(ref):
+    """A UnifiedScheduler running the plugin with ``ref``'s algorithm, constructed directly (the shared option
+    names algorithm_type / solver_type / solver_order reach the sampler from the config) on ``ref``'s own grid."""
+    c = ref.config
+    return UnifiedScheduler(sampler="dpmsolver++", algorithm_type=c.algorithm_type, solver_type=c.solver_type,
+                            solver_order=c.solver_order, final_sigmas_type=c.final_sigmas_type,
+                            prediction_type=c.prediction_type, beta_schedule=c.beta_schedule, beta_start=c.beta_start,
+                            beta_end=c.beta_end, time_grid="linspace_multistep")
+
+
+def _trajectories(schedulers, x_start, seed, begin=0):
+    """Run each scheduler from ``timesteps[begin]`` (img2img's set_begin_index) with the same model and noise
+    seed; returns the final samples and the largest |x| the first one visited."""
+    outs, scale = [], float(x_start.abs().max())
+    for sch in schedulers:
+        if begin:
+            sch.set_begin_index(begin)
+        x, gen = x_start.clone(), torch.Generator().manual_seed(seed)
+        for t in sch.timesteps[begin:]:
+            x = sch.step(_model(x, t), t, x, generator=gen).prev_sample
+            if not outs:
+                scale = max(scale, float(x.abs().max()))
+        outs.append(x)
+    return outs, scale
+
+
+@pytest.mark.parametrize("config", [{}, {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear",
+                                         "beta_start": 0.00085, "beta_end": 0.012}], ids=["eps-linear", "v-scaled"])
+@pytest.mark.parametrize("algorithm, solver_type, order", [
+    ("dpmsolver", "midpoint", 2), ("dpmsolver", "heun", 2), ("dpmsolver", "midpoint", 3), ("dpmsolver", "heun", 3),
+    ("sde-dpmsolver", "midpoint", 1), ("sde-dpmsolver", "midpoint", 2), ("sde-dpmsolver", "heun", 2),
+    ("dpmsolver++", "heun", 2), ("dpmsolver++", "heun", 3), ("sde-dpmsolver++", "heun", 2)])
+@pytest.mark.parametrize("n", [5, 20])
+def test_parity_with_diffusers_noise_prediction_and_heun(config, algorithm, solver_type, order, n):
+    """Noise-prediction DPM-Solver (``dpmsolver``, ``sde-dpmsolver``) and the ``heun`` second-order form against
+    diffusers' DPMSolverMultistepScheduler with the same options (noise prediction with final_sigmas_type =
+    "sigma_min", the only end diffusers allows it): max|diff| ≤ 1e-5 × the trajectory's max |x| in float32, from
+    the start and entered mid-grid (img2img's set_begin_index: the history builds up again from there). The
+    result differs measurably from the data-prediction / midpoint variant, so the option is not ignored."""
+    final = "zero" if algorithm.endswith("++") else "sigma_min"
+    ref = DPMSolverMultistepScheduler(algorithm_type=algorithm, solver_type=solver_type, solver_order=order,
+                                      final_sigmas_type=final, **config)
+    uni = _diffusers_twin(ref)
+    assert uni._sampler.opts["algorithm_type"] == algorithm and uni._sampler.opts["solver_type"] == solver_type
+    x_start = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    for begin in (0, n // 2):
+        ref.set_timesteps(n)
+        uni.set_timesteps(n)
+        assert torch.equal(uni.timesteps, ref.timesteps)
+        (x, y), scale = _trajectories([ref, uni], x_start, seed=7, begin=begin)
+        err = float((y - x).abs().max())
+        assert err <= 1e-5 * scale, f"begin={begin}: max|diff| {err:.3g} > 1e-5 × {scale:.3g}"
+    if order == 2:  # the variant this one would silently be if the option were dropped (3M: heun is its warm-up only)
+        other = ({"solver_type": "midpoint"} if solver_type == "heun" else
+                 {"algorithm_type": algorithm.replace("dpmsolver", "dpmsolver++")})
+        alt = UnifiedScheduler.from_config(uni.config, **other)
+        alt.set_timesteps(n)
+        uni.set_timesteps(n)
+        (x, z), _ = _trajectories([uni, alt], x_start, seed=7)
+        assert float((z - x).abs().max()) > 100 * err + 1e-5 * scale
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_entered_mid_grid_builds_its_history_up_again_as_diffusers(order):
+    """img2img: entered at step k of a 3M (2M) grid, the steps run at orders 1, 2, 3 from there — diffusers'
+    warm-up after set_begin_index — at parity with diffusers on its own grid."""
+    ref = DPMSolverMultistepScheduler(solver_order=order)
+    uni = UnifiedScheduler.from_config(ref.config)
+    x_start = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    for begin in (1, 4, 9):
+        ref.set_timesteps(20)
+        uni.set_timesteps(20)
+        (x, y), scale = _trajectories([ref, uni], x_start, seed=0, begin=begin)
+        err = float((y - x).abs().max())
+        assert err <= 1e-5 * scale, f"begin={begin}: max|diff| {err:.3g} > 1e-5 × {scale:.3g}"
+
+
+def test_noise_prediction_refusals_and_clean_data_end():
+    """sde-dpmsolver has no third order (nor has diffusers) and cannot step to σ = 0 (the limit would add fresh
+    noise to the result): clear ValueErrors. dpmsolver's step to σ = 0 is its limit x = s_end D (the last D)."""
+    with pytest.raises(ValueError, match="third-order"):
+        UnifiedScheduler(sampler="dpmsolver++", sampler_options={"algorithm_type": "sde-dpmsolver", "solver_order": 3})
+    with pytest.raises(ValueError, match="solver_type"):
+        UnifiedScheduler(sampler="dpmsolver++", sampler_options={"solver_type": "bh2"})
+    sched = NoiseSchedule.vp_linear()
+    grid = make_grid(sched, 8, "uniform_lambda")
+    assert float(grid[-1]) == 0.0
+    smp = unisde.get_sampler("dpmsolver++")(sched, algorithm_type="sde-dpmsolver")
+    with pytest.raises(ValueError, match="σ = 0"):
+        smp.prepare(grid)
+    dist = Gaussian(torch.tensor([MU]), torch.tensor(V0))
+    smp = unisde.get_sampler("dpmsolver++")(sched, algorithm_type="dpmsolver", solver_order=3)
+    times = smp.prepare(grid).tolist()
+    last = []
+    x = run_loop(smp, torch.linspace(-2, 2, 5, dtype=torch.float64).reshape(5, 1),
+                 lambda x, k: dist.denoise(x, times[k], sched), callback=lambda k, x, d: last.append(d))
+    torch.testing.assert_close(x, last[-1], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad", [4, 0, "3", 3.0, True])

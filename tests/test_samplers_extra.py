@@ -24,6 +24,7 @@ from unisde import NoiseSchedule, get_parameterization, get_sampler
 from unisde.analytic import Gaussian
 from unisde.grids import make_grid
 from unisde.samplers.ncsn import technique4_ratio
+from unisde.sampling import run_loop
 from unisde.diffusers.scheduler import UnifiedScheduler
 
 MU, V0 = 0.5, 0.25
@@ -51,28 +52,28 @@ def test_inline_denoiser_is_the_library_gaussian():
 
 def run_sampler(name, sched, grid, x, opts=None, generator=None, sampler=None):
     """Drive a sampler directly with the exact denoiser (no scheduler, float64 if x is)."""
-    smp = sampler or get_sampler(name)(sched, get_parameterization("epsilon"), **(opts or {}))
+    smp = sampler or get_sampler(name)(sched, **(opts or {}))
     times = smp.prepare(grid)
-    for k, t in enumerate(times.tolist()):
-        d = exact_denoiser(x, t, sched)
-        x = smp.step(k, x, d, raw_denoised=d, extra=None, generator=generator)
+    smp.generator = generator
+    t_list = times.tolist()
+    x = run_loop(smp, x, lambda x, k: exact_denoiser(x, t_list[k], sched))
     return x, times
 
 
 def exact_moments(name, sched, grid, opts=None):
     """(mean, variance, evaluations) of the sampler's 1-d output started from the exact marginal at t_0."""
-    smp = get_sampler(name)(sched, get_parameterization("epsilon"), **(opts or {}))
+    smp = get_sampler(name)(sched, **(opts or {}))
     t0 = float(grid[0])
     s, sig = float(sched.s(t0)), float(sched.sigma(t0))
     start = torch.full((1, 1), s * MU, dtype=torch.float64, requires_grad=True)
     draws = []
 
-    def zero_noise(sample, generator):
+    def zero_noise(sample):
         z = torch.zeros_like(sample, requires_grad=True)
         draws.append(z)
         return z
 
-    smp.noise_like = zero_noise
+    smp.noise_sampler = zero_noise
     out, times = run_sampler(name, sched, grid, start, sampler=smp)
     grads = torch.autograd.grad(out.sum(), [start] + draws)
     var = float(grads[0]) ** 2 * (s * s * V0 + sig * sig) + sum(float(g) ** 2 for g in grads[1:])
@@ -155,18 +156,17 @@ def test_ncsn_default_step_reproduces_ncsnv2_cifar10():
 
 
 def test_ncsn_final_denoise_is_tweedie():
-    """With denoise=True the output is D(x̃; σ̃_L) of the last Langevin sample (seed 001 eq. 198)."""
+    """With denoise=True the output is D(x̃; σ̃_L) of the last Langevin sample (Tweedie's formula; Karras et al. 2022, eq. 3)."""
     sched = NoiseSchedule.ve()
     grid = make_grid(sched, 3, "uniform_lambda")
-    smp = get_sampler("ncsn")(sched, get_parameterization("epsilon"), n_steps_each=2)
+    smp = get_sampler("ncsn")(sched, n_steps_each=2)
     times = smp.prepare(grid)
     x = torch.randn(4, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
-    g = torch.Generator().manual_seed(1)
-    for k, t in enumerate(times.tolist()):
-        d = exact_denoiser(x, t, sched)
-        if k == len(times) - 1:
-            expected = d
-        x = smp.step(k, x, d, raw_denoised=d, extra=None, generator=g)
+    smp.generator = torch.Generator().manual_seed(1)
+    last = []  # D at the final evaluation
+    x = run_loop(smp, x, lambda x, k: exact_denoiser(x, float(times[k]), sched),
+                 callback=lambda k, x, d: last.append(d) if k == len(times) - 1 else None)
+    expected = last[0]
     assert torch.equal(x, expected)
 
 
@@ -245,7 +245,7 @@ def test_pc_reproduces_score_sde_ve_scheduler_and_pipeline_loop(n, eps, correct_
 
 
 def _pc_moments(sched, n, opts, batch=2000, dim=16, seed=0):
-    smp = get_sampler("pc")(sched, get_parameterization("epsilon"), **opts)
+    smp = get_sampler("pc")(sched, **opts)
     grid = make_grid(sched, n, "uniform_t")
     t0 = float(grid[0])
     s, sig = float(sched.s(t0)), float(sched.sigma(t0))
@@ -369,12 +369,14 @@ def test_lms_entered_mid_grid_restarts_at_first_order():
     """img2img enters the loop at a later step: the first step it sees is Euler (no stale or missing history)."""
     sched = NoiseSchedule.edm()
     grid = make_grid(sched, 10, "karras")
-    smp = get_sampler("lms")(sched, get_parameterization("epsilon"))
+    smp = get_sampler("lms")(sched)
     times = smp.prepare(grid)
     x = torch.tensor([[0.7]], dtype=torch.float64)
     k = 4
     d = exact_denoiser(x, float(times[k]), sched)
-    out = smp.step(k, x, d, raw_denoised=d, extra=None, generator=None)
+    loop = smp.loop(x, k)  # entered at evaluation k: the sample it asks for after one evaluation
+    next(loop)
+    out = loop.send((x, d))
     ve_k, ve_n = float(sched.ve_sigma(times[k])), float(sched.ve_sigma(grid[k + 1]))
     torch.testing.assert_close(out, x + (ve_n - ve_k) * (x - d) / ve_k, rtol=1e-12, atol=1e-12)
 
@@ -394,6 +396,30 @@ def test_unipc_corrector_raises_the_order_by_one():
             errs.append(abs(float(out) - exact))
         measured = math.log2(errs[-2] / errs[-1])
         assert lo < measured < hi, (order, errs, measured)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_unipc_entered_mid_grid_corrects_as_diffusers(order):
+    """img2img (set_begin_index k): the loop builds its history up again from step k and corrects every prediction
+    it made itself, with the weights of the order it was made at — as diffusers' UniPC does after entry (float32,
+    max|diff| ≤ 1e-5 × the trajectory's max |x|)."""
+    from diffusers import UniPCMultistepScheduler
+
+    ref = UniPCMultistepScheduler(solver_order=order)
+    uni = UnifiedScheduler.from_config(ref.config)
+    x_start = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    for begin in (1, 4, 9):
+        outs, scale = [], float(x_start.abs().max())
+        for sch in (ref, uni):
+            sch.set_timesteps(20)
+            sch.set_begin_index(begin)
+            x = x_start.clone()
+            for t in sch.timesteps[begin:]:
+                x = sch.step(x * 0.8 + 0.05 * torch.sin(3 * x), t, x).prev_sample
+                scale = max(scale, float(x.abs().max()))
+            outs.append(x)
+        err = float((outs[0] - outs[1]).abs().max())
+        assert err <= 1e-5 * scale, (begin, err, scale)
 
 
 # ============================================================================ ode
@@ -429,14 +455,18 @@ def test_pndm_entered_mid_grid_takes_a_ddim_step_from_where_it_is():
     grid = make_grid(sched, 6, "leading")
     x = torch.tensor([[0.7]], dtype=torch.float64)
     for k in (1, 3):
-        smp = get_sampler("pndm")(sched, get_parameterization("epsilon"))
+        smp = get_sampler("pndm")(sched)
         t = float(smp.prepare(grid)[k])
         d = exact_denoiser(x, t, sched)
-        out = smp.step(k, x, d, raw_denoised=d, extra=None, generator=None)
+        loop = smp.loop(x, k)  # entered at call k: the sample it asks for after one evaluation
+        next(loop)
+        out = loop.send((x, d))
         if k == 1:
             expected = x
         else:
-            ddim = get_sampler("ddim")(sched, get_parameterization("epsilon"))
+            ddim = get_sampler("ddim")(sched)
             j = int((ddim.prepare(grid) == t).nonzero()[0])
-            expected = ddim.step(j, x, d, raw_denoised=d, extra=None, generator=None)
+            ddim_loop = ddim.loop(x, j)
+            next(ddim_loop)
+            expected = ddim_loop.send((x, d))
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)

@@ -341,7 +341,8 @@ def test_every_grid_works_for_every_sampler(sampler, grid, schedule):
 def test_asking_for_edm_uses_its_karras_grid_unless_the_config_is_heun(name, grid):
     """`from_config(cfg, sampler="edm")` (the README's one-liner) runs Algorithm 2 on its ρ-grid; a Heun config
     already is that algorithm on its own grid, which it keeps; with the config's own sampler the grid stays."""
-    cfg = getattr(diffusers, name)().config
+    source = getattr(diffusers, name)()  # kept alive: a live config is traced to its class (LMS and KDPM2 share keys)
+    cfg = source.config
     assert UnifiedScheduler.from_config(cfg, sampler="edm")._grid_kind() == grid
     own = UnifiedScheduler.from_config(cfg)
     if name != "PNDMScheduler":

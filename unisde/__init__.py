@@ -9,7 +9,7 @@ from unisde.core.schedule import NoiseSchedule
 
 __version__ = "0.1.0"
 
-_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "load_pipeline": ("unisde.diffusers.pipeline", "load_pipeline")}
+_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "sample": ("unisde.sampling", "sample"), "load_pipeline": ("unisde.diffusers.pipeline", "load_pipeline")}
 
 
 
@@ -48,5 +48,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'unisde' has no attribute {name!r}")
 
 
-__all__ = ["NoiseSchedule", "UnifiedScheduler", "load_pipeline", "hookimpl", "get_sampler", "get_parameterization",
+__all__ = ["NoiseSchedule", "UnifiedScheduler", "load_pipeline", "sample", "hookimpl", "get_sampler", "get_parameterization",
            "list_samplers", "list_parameterizations", "sde"]

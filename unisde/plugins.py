@@ -33,7 +33,7 @@ STRICT_ENV = "UNISDE_STRICT_PLUGINS"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-BUILTIN_MODULES = ("unisde.parameterizations", "unisde.samplers")
+BUILTIN_MODULES = ("unisde.parameterizations", "unisde.samplers", "unisde.grids.builtin", "unisde.diffusers.converters")
 
 
 class HookSpecs:
@@ -46,6 +46,15 @@ class HookSpecs:
     @hookspec
     def unisde_register_parameterizations(self, register: Callable) -> None:
         """Register parameterisation classes: ``register(ParameterizationClass)``."""
+
+    @hookspec
+    def unisde_register_grids(self, register: Callable) -> None:
+        """Register time grids: ``register(unisde.grids.Grid(name, times, options))``."""
+
+    @hookspec
+    def unisde_register_converters(self, register: Callable) -> None:
+        """Register diffusers-config converters: ``register(ConverterClass)`` (``name`` = the diffusers class name;
+        see :mod:`unisde.diffusers.converters`)."""
 
     @hookspec
     def unisde_register_schedules(self, register: Callable) -> None:
@@ -67,7 +76,8 @@ class Entry:
 
 
 KINDS = {"sampler": "unisde_register_samplers", "parameterization": "unisde_register_parameterizations",
-         "schedule": "unisde_register_schedules"}
+         "schedule": "unisde_register_schedules",
+         "grid": "unisde_register_grids", "converter": "unisde_register_converters"}
 
 _state: dict = {"pm": None, "registry": None, "origins": {}}
 
@@ -208,6 +218,26 @@ def get_parameterization(name, **options):
 def get_schedule_factory(name: str):
     """The factory registered by a plugin as schedule ``name``."""
     return _lookup("schedule", name).obj
+
+
+def get_grid(name: str):
+    """The time grid (:class:`unisde.grids.Grid`) registered as ``name``."""
+    return _lookup("grid", name).obj
+
+
+def list_grids() -> list[str]:
+    """Names of every registered time grid, sorted."""
+    return sorted(_collect()["grid"])
+
+
+def get_converter(class_name: str):
+    """The converter registered for the diffusers scheduler class ``class_name`` (ValueError otherwise)."""
+    return _lookup("converter", class_name).obj
+
+
+def list_converters() -> list[str]:
+    """The diffusers scheduler class names that have a registered converter, sorted."""
+    return sorted(_collect()["converter"])
 
 
 def list_samplers() -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from diffusers.utils import BaseOutput
 from unisde._tensor import DTYPE, unknown_name_error
 from unisde.parameterizations import schedule_coefficients
 from unisde.plugins import get_parameterization, get_sampler, list_samplers
-from unisde.grids import GRIDS, append_final, grid_from_sigmas, make_grid
+from unisde.grids import build_grid, get_grid, list_grids
 from unisde.core.schedule import NoiseSchedule
 
 COMPATIBLE_SCHEDULERS = [
@@ -32,14 +32,6 @@ COMPATIBLE_SCHEDULERS = [
     "EDMEulerScheduler", "ScoreSdeVeScheduler",
 ]
 
-# The sampler that reproduces each diffusers scheduler's algorithm (used when converting without `sampler=`).
-_DEFAULT_SAMPLER = {
-    "DDPMScheduler": ("ddpm", {}), "DDIMScheduler": ("ddim", {}), "EulerDiscreteScheduler": ("edm", {"solver": "euler"}),
-    "EulerAncestralDiscreteScheduler": ("ddim", {"eta": 1.0}), "HeunDiscreteScheduler": ("edm", {}),
-    "EDMEulerScheduler": ("edm", {"solver": "euler"}), "ScoreSdeVeScheduler": ("pc", {}),
-    "LMSDiscreteScheduler": ("lms", {}), "UniPCMultistepScheduler": ("unipc", {}),
-}
-_MULTISTEP = ("PNDMScheduler", "DPMSolverMultistepScheduler")
 
 
 class UnifiedScheduler(SchedulerMixin, ConfigMixin):
@@ -56,7 +48,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         sampler_options: JSON-able dict validated by the sampler (unknown keys → ValueError listing valid ones).
         schedule: a schedule name (``"vp-linear"``, ``"cosine"``, ``"ve"``, ``"edm"``, …) or a
             ``NoiseSchedule.to_config()`` dict; when None the diffusers keys define the schedule.
-        time_grid: one of ``leading``, ``trailing``, ``linspace``, ``linspace_fractional``, ``uniform_t``, ``uniform_lambda``, ``karras``;
+        time_grid: a registered time grid (``unisde.grids.list_grids()``: ``leading``, ``trailing``, ``linspace``,
+            ``linspace_fractional``, ``uniform_t``, ``uniform_lambda``, ``karras``, plugins' grids);
             None picks the sampler's preference (``edm``: karras) or the config's spacing.
         parameterization: a registered parameterisation that overrides ``prediction_type`` (None: use
             ``prediction_type``). Conversions from EDMEuler-type configs set it to ``"edm"`` and keep their
@@ -64,6 +57,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             ``EDMEulerScheduler.from_config(unified.config)`` gets its own value back.
         t_min, t_max: the time range sampled (defaults: see :func:`unisde.samplers.grids.default_time_range`).
         check_finite: raise a ValueError naming the step when the model output is not finite.
+        init_noise: ``"marginal"`` (``init_noise_sigma`` = √(s² + σ²) at the first evaluation) or ``"sigma"`` (σ
+            alone: diffusers' Euler-type schedulers with linspace/trailing spacing; set by their converters).
+        sigmas_convention: what ``set_timesteps(sigmas=...)`` and ``scheduler.sigmas`` mean: ``"ve"``, the VE-view
+            noise level σ̃ = σ/s of diffusers' Euler/Heun/DPM/EDM pipelines.
     """
 
     _compatibles = list(COMPATIBLE_SCHEDULERS)
@@ -122,15 +119,24 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         sampler_options: dict | None = None,
         schedule: str | dict | None = None,
         time_grid: str | None = None,
+        time_grid_options: dict | None = None,
         t_min: float | None = None,
         t_max: float | None = None,
         check_finite: bool = True,
+        init_noise: str = "marginal",
+        sigmas_convention: str = "ve",
     ):
         if use_flow_sigmas or use_beta_sigmas or use_dynamic_shifting:
             flag = "use_flow_sigmas" if use_flow_sigmas else "use_beta_sigmas" if use_beta_sigmas else "use_dynamic_shifting"
-            raise ValueError(f"{flag}=True is not supported by UnifiedScheduler; supported time grids: {', '.join(GRIDS)}")
-        if time_grid is not None and time_grid not in GRIDS:
-            raise unknown_name_error("time_grid", time_grid, GRIDS)
+            raise ValueError(f"{flag}=True is not supported by UnifiedScheduler; supported time grids: {', '.join(list_grids())}")
+        if time_grid is not None and time_grid not in list_grids():
+            raise unknown_name_error("time_grid", time_grid, list_grids())
+        if init_noise not in ("marginal", "sigma"):
+            raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma"))
+        if sigmas_convention != "ve":
+            raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve",))
+        if time_grid_options is not None and not isinstance(time_grid_options, dict):
+            raise ValueError(f"time_grid_options must be a dict, got {type(time_grid_options).__name__}")
         if timestep_spacing not in ("leading", "trailing", "linspace"):
             raise unknown_name_error("timestep_spacing", timestep_spacing, ("leading", "trailing", "linspace"))
         if schedule is not None:
@@ -145,7 +151,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self.sampler_cls = get_sampler(sampler)
         self.sampler_options = self._sampler_options(sampler_options)
         # Validate now so a bad option fails at construction, before any work.
-        self._sampler = self.sampler_cls(self.noise_schedule, self.parameterization, **self.sampler_options)
+        self._sampler = self.sampler_cls(self.noise_schedule, **self.sampler_options)
         # x̂0 post-processing flags, read once here rather than through the config on every step.
         self._threshold = (dynamic_thresholding_ratio, sample_max_value) if thresholding else None
         self._clip = float(clip_sample_range) if clip_sample and not thresholding else None
@@ -157,6 +163,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._eval_times = None
         self._runs = None  # ScoreSdeVePipeline mode (set_sigmas)
+        self._loop = None  # the running sampler loop and the evaluation it waits for
+        self._loop_next = None
 
     # ------------------------------------------------------------------ construction helpers
     def _sampler_options(self, user: dict | None) -> dict:
@@ -172,17 +180,30 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """As diffusers' ``from_config``; converting another scheduler's config keeps its forward process,
-        parameterisation, spacing and clipping, and (without ``sampler=``) picks the unisde sampler that
-        implements the same algorithm."""
-        if config is not None and hasattr(config, "config") and not isinstance(config, dict):
-            config = config.config
+        """As diffusers' ``from_config``. Another scheduler's config (or the scheduler object itself) is converted
+        by the converter registered for its class (:mod:`unisde.diffusers.converters`): without ``sampler=`` to
+        the unisde sampler that reproduces it, with ``sampler=`` keeping only its schedule, parameterisation and
+        time grid. A class or flag unisde cannot honour is a ValueError saying what to do instead."""
+        from unisde.diffusers.converters import convert
+
+        source = config if config is not None and hasattr(config, "config") and not isinstance(config, dict) else None
+        if source is not None:
+            config = source.config
+        if config is not None and not isinstance(config, Mapping):
+            raise ValueError(f"a scheduler config must be a dict (or a scheduler), got {type(config).__name__}")
         cfg = dict(config or {})
         # diffusers would replace values the source scheduler left at *its* defaults by ours; unisde keeps the
         # source's values (its clipping, spacing, …), which is what a conversion should preserve.
         cfg.pop("_use_default_values", None)
-        derived = _derived_keys(cfg, kwargs)
-        return super().from_config({**cfg, **derived}, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        own = cfg.get("_class_name") == cls.__name__ or "sampler" in cfg or type(source).__name__ == cls.__name__
+        if cfg and not own:
+            derived = convert(config if source is None else source.config, kwargs.get("sampler"),
+                              kwargs.get("sampler_options"), obj=source)
+            if "prediction_type" in kwargs or "parameterization" in kwargs:  # the caller says what the model predicts
+                derived.pop("parameterization", None)
+                derived.pop("prediction_type", None)
+            cfg.update({k: v for k, v in derived.items() if k not in kwargs})
+        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ diffusers contract
     @property
@@ -191,9 +212,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> float:
-        """Std of the starting noise in model space, √(s² + σ²) at the first evaluation time (unit data)."""
+        """Std of the starting noise in model space at the first evaluation time: √(s² + σ²) (the marginal's, for
+        unit-variance data) by default; σ alone with ``init_noise="sigma"``, the convention of diffusers' Euler-type
+        schedulers with linspace/trailing spacing (they start from σ̃_max · z in the VE view), kept by their twins."""
         t = self._eval_times[0] if self._eval_times is not None else 1.0
         s, sigma = schedule_coefficients(self.noise_schedule, t)
+        if self.config.init_noise == "sigma":
+            return float(sigma)
         return float(torch.sqrt(s**2 + sigma**2))
 
     @property
@@ -222,6 +247,20 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             return "uniform_lambda"
         return cfg.timestep_spacing
 
+    def _grid_options(self, mu: float | None) -> dict:
+        """The time grid's options: the config keys it shares a name with (t_min, t_max, rho, steps_offset), then
+        ``time_grid_options``, then ``set_timesteps(mu=...)`` (an option of dynamically shifted grids only)."""
+        grid = get_grid(self._grid_kind())
+        cfg = self.config
+        options = {k: cfg[k] for k in grid.options if k in cfg and cfg[k] is not None}
+        options.update(cfg.get("time_grid_options") or {})
+        if mu is not None:
+            if "mu" not in grid.options:
+                raise ValueError(f"set_timesteps(mu={mu}): the time grid {grid.name!r} has no dynamic shifting "
+                                 "(mu applies to flow-matching grids with use_dynamic_shifting)")
+            options["mu"] = mu
+        return options
+
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       timesteps: list | None = None, sigmas: list | None = None, mu: float | None = None):
         """Choose the time grid and precompute every coefficient (float64, cast once to the sample's dtype).
@@ -229,30 +268,16 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         Exactly one of ``num_inference_steps``, ``timesteps`` (on the model's timestep scale, descending) and
         ``sigmas`` (VE-view noise levels σ̃, descending) must be given.
         """
-        given = [x is not None for x in (num_inference_steps, timesteps, sigmas)]
-        if sum(given) != 1:
-            raise ValueError("pass exactly one of num_inference_steps, timesteps or sigmas")
-        if mu is not None:
-            raise ValueError("mu (dynamic time shifting) only applies to flow-matching schedules, which UnifiedScheduler does not support")
         cfg = self.config
         sched, param = self.noise_schedule, self.parameterization
-        sampler = self.sampler_cls(sched, param, **self.sampler_options)
+        sampler = self.sampler_cls(sched, **self.sampler_options)
         final = 0.0
         if getattr(sampler, "final_from_config", False) and not cfg.set_alpha_to_one and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps
         if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
-        if timesteps is not None:
-            ts = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
-            if ts.ndim != 1 or ts.size == 0:
-                raise ValueError("timesteps must be a non-empty 1-D sequence")
-            grid = append_final(param.t_from_model_time(sched, torch.as_tensor(ts)), final, sched)
-        elif sigmas is not None:
-            grid = grid_from_sigmas(sched, sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas, final)
-        else:
-            t_min = cfg.t_min
-            grid = make_grid(sched, num_inference_steps, self._grid_kind(), t_min=t_min, t_max=cfg.t_max,
-                             rho=cfg.rho, steps_offset=cfg.steps_offset, final_time=final)
+        grid = build_grid(sched, param, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
+                          kind=self._grid_kind(), final_time=final, **self._grid_options(mu))
         eval_t = sampler.prepare(grid)
         a, b = param.coefficients(sched, eval_t)
         c_in = param.input_scale(sched, eval_t)
@@ -272,6 +297,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._finite_flags = []
         self._runs = None
+        self._loop = None
+        self._loop_next = None
 
     def _init_step_index(self, timestep):
         if self._begin_index is not None:
@@ -331,13 +358,30 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         denoised = raw if self._clip is None and self._threshold is None else self._postprocess(raw)
         if use_clipped_model_output is not None and "use_clipped_model_output" in self._sampler.opts:
             self._sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
-        prev = self._sampler.step(k, sample, denoised, raw_denoised=raw, extra=extra, generator=generator, eta=eta)
+        prev = self._advance(k, sample, denoised, raw, extra, generator, eta)
         self._step_index = k + 1
         if self._step_index == len(self._t_list):
             self._finish(prev)
         if not return_dict:
             return prev, denoised
         return UnifiedSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+
+    def _advance(self, k, sample, denoised, raw, extra, generator, eta):
+        """Send evaluation k's (sample, x̂0) into the sampler's loop and return the sample it asks for next (or its
+        final sample). A loop is (re)started when evaluation k is not the one the running loop waits for: the
+        first call, or a pipeline entering the grid mid-way (img2img)."""
+        sampler = self._sampler
+        sampler.generator, sampler.pipeline_eta, sampler.raw_denoised, sampler.extra = generator, eta, raw, extra
+        if self._loop is None or k != self._loop_next:
+            self._loop = sampler.loop(sample, k)
+            next(self._loop)
+        try:
+            prev = self._loop.send((sample, denoised))
+        except StopIteration as done:
+            self._loop = None
+            return done.value
+        self._loop_next = k + 1
+        return prev
 
     _FINITE_PROBE = 1024
 
@@ -493,80 +537,3 @@ def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torc
     flat = x0.float().reshape(x0.shape[0], -1) if dtype not in (torch.float32, torch.float64) else x0.reshape(x0.shape[0], -1)
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
-
-
-def _class_from_keys(cfg: dict) -> str:
-    """The compatible diffusers scheduler whose __init__ keys are exactly the config's (an instance's ``config``
-    carries no ``_class_name``; only a saved one does)."""
-    import inspect
-
-    import diffusers
-
-    keys = {k for k in cfg if not k.startswith("_")}
-    for name in COMPATIBLE_SCHEDULERS:
-        params = set(list(inspect.signature(getattr(diffusers, name).__init__).parameters)[1:])
-        if keys == params:
-            return name
-    return ""
-
-
-def _derived_keys(cfg: dict, kwargs: dict) -> dict:
-    """unisde keys implied by another diffusers scheduler's config (its schedule, parameterisation, grid, sampler)."""
-    cls = cfg.get("_class_name") or _class_from_keys(cfg)
-    if cls == "UnifiedScheduler" or "sampler" in cfg:
-        return {}
-    out: dict = {}
-    if cls.startswith("EDM"):
-        smin, smax = float(cfg.get("sigma_min") or 0.002), float(cfg.get("sigma_max") or 80.0)
-        if cfg.get("sigma_schedule", "karras") == "exponential":
-            out["schedule"] = {"name": "ve", "sigma_min": smin, "sigma_max": smax, "timestep_convention": "edm"}
-            out["time_grid"] = "uniform_lambda"
-        else:
-            out["schedule"] = {"name": "edm", "sigma_min": smin, "sigma_max": smax, "rho": float(cfg.get("rho", 7.0)), "timestep_convention": "edm"}
-            out["time_grid"] = "karras"
-        if "prediction_type" in kwargs or "parameterization" in kwargs:
-            pass  # the caller says what the model predicts
-        elif cfg.get("prediction_type", "epsilon") == "epsilon":
-            # diffusers' EDM schedulers call EDM's preconditioned network "epsilon"; unisde's name for it is "edm".
-            # It goes in its own key so that prediction_type keeps diffusers' value and converting back is lossless.
-            out["parameterization"] = "edm"
-        else:
-            raise ValueError(f"EDMEulerScheduler prediction_type={cfg.get('prediction_type')!r} is not supported; supported: 'epsilon' (EDM preconditioning)")
-    elif cls == "ScoreSdeVeScheduler":
-        out["schedule"] = {"name": "ve", "sigma_min": float(cfg.get("sigma_min", 0.01)), "sigma_max": float(cfg.get("sigma_max", 1348.0)), "timestep_convention": "sigma"}
-        out["prediction_type"] = "score"
-        out["time_grid"] = "uniform_t"
-        out["t_min"] = float(cfg.get("sampling_eps", 1e-5))
-    elif cls in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler"):
-        if cfg.get("use_karras_sigmas"):
-            out["time_grid"] = "karras"
-        else:  # these schedulers keep linspace's fractional timesteps (np.linspace without rounding)
-            spacing = cfg.get("timestep_spacing", "linspace")
-            out["time_grid"] = "linspace_fractional" if spacing == "linspace" else spacing
-    elif cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
-        spacing = cfg.get("timestep_spacing", "linspace")
-        if cfg.get("use_karras_sigmas"):
-            out["time_grid"] = "karras"
-        elif cfg.get("use_lu_lambdas") or cfg.get("use_exponential_sigmas"):
-            out["time_grid"] = "uniform_lambda"
-        else:  # these schedulers space leading/linspace over n + 1 points and drop index 0
-            out["time_grid"] = {"leading": "leading_multistep", "linspace": "linspace_multistep"}.get(spacing, spacing)
-    if "sampler" not in kwargs:
-        if cls in _DEFAULT_SAMPLER:
-            name, options = _DEFAULT_SAMPLER[cls]
-            if cls == "UniPCMultistepScheduler" and cfg.get("solver_type") in ("bh1", "bh2"):
-                options = {"variant": cfg["solver_type"]}
-        elif cls == "PNDMScheduler" and cfg.get("skip_prk_steps"):
-            name, options = "pndm", {}  # PLMS with diffusers' skip_prk_steps warm-up (the PRK warm-up has no twin)
-        elif cls in _MULTISTEP:
-            name, options = ("dpmsolver++", {}) if "dpmsolver++" in list_samplers() else ("edm", {})
-        else:
-            name, options = None, {}
-        if name is not None:
-            out["sampler"] = name
-            if options and "sampler_options" not in kwargs:
-                out["sampler_options"] = options
-    elif (cls in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler")
-          and kwargs.get("sampler") == "edm" and "time_grid" in out and not cfg.get("use_karras_sigmas")):
-        out.pop("time_grid")  # asking these configs for EDM's sampler means Algorithm 2 on its own (Karras) grid
-    return out

@@ -1,29 +1,95 @@
 r"""Time grids: where a sampler evaluates the model, as decreasing times t_0 > … > t_{n−1} plus the end point.
 
+A grid is a registered plugin (hook ``unisde_register_grids``): a :class:`Grid` with a name, its options and a
+function ``(schedule, n, **options) -> times`` returning the n evaluation times (float64, decreasing).
+:func:`make_grid` validates the options, calls it and appends the end point (t = 0, clean data, unless the caller
+asks otherwise). The built-in grids live in :mod:`unisde.grids.builtin`:
+
 * ``leading`` / ``trailing`` / ``linspace``: diffusers' spacings of training indices i (tables only; index i
-  sits at t = (i + 1)/N). On closed-form schedules they fall back to ``uniform_t``.
+  sits at t = (i + 1)/N). On closed-form schedules they are ``uniform_t``.
 * ``linspace_fractional``: ``linspace`` without rounding, the grid of diffusers' Euler, EulerAncestral, Heun and
   LMS schedulers (fractional indices; the model gets float timesteps, as from those schedulers).
 * ``leading_multistep`` / ``linspace_multistep``: the same spacings as diffusers' multistep schedulers
-  (DPMSolverMultistep, UniPC) compute them — over n + 1 points with the index-0 point dropped, the last step
-  going to clean data.
+  (DPMSolverMultistep, UniPC) compute them — over n + 1 points with the index-0 point dropped.
 * ``uniform_t``: equal steps in t between t_max and t_min.
-* ``uniform_lambda``: equal steps in log-SNR λ (equivalently in log σ̃) — DPM-Solver's choice.
+* ``uniform_lambda``: equal steps in log-SNR λ (equivalently in log σ̃) — DPM-Solver's choice (Lu et al. 2022).
 * ``karras``: Karras et al. (2022) eq. 5, σ̃_i = (σ̃_max^{1/ρ} + i/(n−1) (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ in the VE
   view σ̃ = σ/s, ρ = 7 by default.
-The grid always ends with the end point (t = 0, clean data, unless the caller asks otherwise).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import numpy as np
 import torch
 
-from unisde._tensor import DTYPE, unknown_name_error
+from unisde._tensor import DTYPE, closest, unknown_name_error
 from unisde.core.schedule import NoiseSchedule
 
-GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep", "uniform_t", "uniform_lambda", "karras")
+GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep",
+         "uniform_t", "uniform_lambda", "karras")  # the built-in grids (every registered one: list_grids())
 DISCRETE_GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A named time grid: ``times(schedule, n, **options)`` returns n decreasing evaluation times in [0, 1]
+    (float64). ``options`` maps each option name to an :class:`unisde.samplers.base.Option` (its default, type
+    and check); unknown options are a ValueError listing these."""
+
+    name: str
+    times: Callable[..., torch.Tensor]
+    options: dict = field(default_factory=dict)
+    description: str = ""
+    aliases: tuple = ()
+
+    def validate(self, options: dict) -> dict:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "(none)"
+            raise ValueError(f"unknown option(s) {unknown} for time grid {self.name!r}; valid options: {valid}."
+                             f"{closest(unknown[0], self.options)}")
+        return {k: spec.validate(f"time grid {self.name!r}", k, options[k]) if k in options else spec.default
+                for k, spec in self.options.items()}
+
+
+def get_grid(name: str) -> Grid:
+    """The grid registered as ``name`` (ValueError listing the valid names otherwise)."""
+    from unisde.plugins import get_grid as lookup
+
+    return lookup(name)
+
+
+def list_grids() -> list[str]:
+    """Names of every registered time grid, sorted."""
+    from unisde.plugins import list_grids as names
+
+    return names()
+
+
+def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, final_time: float = 0.0, **options) -> torch.Tensor:
+    """n evaluation times of the grid ``kind`` (with its ``options``) plus ``final_time``: a strictly decreasing
+    float64 tensor (n + 1,). A ``final_time`` at or above the last evaluation time becomes 0 (clean data)."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
+    grid = get_grid(kind)
+    times = grid.times(schedule, int(n), **grid.validate(options))
+    if final_time > 0 and float(times[-1]) <= final_time:
+        final_time = 0.0  # the grid already evaluates there (e.g. index 0): end on clean data instead
+    return append_final(times, final_time, schedule)
+
+
+def time_range(schedule: NoiseSchedule, t_min: float | None, t_max: float | None) -> tuple[float, float]:
+    """(t_min, t_max) with the schedule's defaults (:func:`default_time_range`) for None; ValueError unless
+    0 <= t_min < t_max <= 1."""
+    lo, hi = default_time_range(schedule)
+    t_min = lo if t_min is None else float(t_min)
+    t_max = hi if t_max is None else float(t_max)
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    return t_min, t_max
 
 
 def default_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
@@ -61,39 +127,6 @@ def discrete_indices(num_train: int, n: int, spacing: str, steps_offset: int = 0
     return idx
 
 
-def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, t_min: float | None = None, t_max: float | None = None,
-              rho: float = 7.0, steps_offset: int = 0, final_time: float = 0.0) -> torch.Tensor:
-    """n evaluation times of the chosen kind plus ``final_time``: a strictly decreasing float64 tensor (n + 1,).
-    A ``final_time`` at or above the last evaluation time becomes 0 (clean data)."""
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
-    if kind not in GRIDS:
-        raise unknown_name_error("time grid", kind, GRIDS)
-    lo, hi = default_time_range(schedule)
-    t_min = lo if t_min is None else float(t_min)
-    t_max = hi if t_max is None else float(t_max)
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    if kind in DISCRETE_GRIDS and schedule.is_discrete:
-        idx = discrete_indices(schedule.num_train_timesteps, int(n), kind, steps_offset)
-        times = torch.as_tensor((idx + 1) / schedule.num_train_timesteps, dtype=DTYPE)
-    elif kind in DISCRETE_GRIDS or kind == "uniform_t":
-        times = torch.linspace(t_max, t_min, int(n), dtype=DTYPE)
-    elif kind == "uniform_lambda":
-        lam = torch.linspace(float(schedule.log_snr(t_max)), float(schedule.log_snr(t_min)), int(n), dtype=DTYPE)
-        times = schedule.t_from_log_snr(lam)
-        times[0], times[-1] = t_max, t_min
-    else:  # karras
-        smax, smin = float(schedule.ve_sigma(t_max)), float(schedule.ve_sigma(t_min))
-        ramp = torch.linspace(0, 1, int(n), dtype=DTYPE)
-        sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-        times = schedule.t_from_sigma(sig)
-        times[0], times[-1] = t_max, t_min
-    if final_time > 0 and float(times[-1]) <= final_time:
-        final_time = 0.0  # the grid already evaluates there (e.g. index 0): end on clean data instead
-    return append_final(times, final_time, schedule)
-
-
 def append_final(times: torch.Tensor, final_time: float = 0.0, schedule: NoiseSchedule | None = None) -> torch.Tensor:
     """Append the end point and check the grid is strictly decreasing (ValueError naming the position).
 
@@ -124,3 +157,23 @@ def grid_from_sigmas(schedule: NoiseSchedule, sigmas, final_time: float = 0.0) -
     if sig.numel() == 0:
         raise ValueError("sigmas must contain at least one positive noise level")
     return append_final(schedule.t_from_sigma(sig), final_time, schedule)
+
+
+def build_grid(schedule: NoiseSchedule, parameterization, *, num_inference_steps: int | None = None,
+               timesteps=None, sigmas=None, kind: str = "leading", final_time: float = 0.0,
+               **options) -> torch.Tensor:
+    """The decreasing time grid (evaluation times plus end point) from exactly one of ``num_inference_steps``
+    (with the grid ``kind`` and its ``options``), ``timesteps`` (on the model's timestep scale, descending) or
+    ``sigmas`` (VE-view noise levels σ̃, descending). Shared by :class:`unisde.UnifiedScheduler` and
+    :func:`unisde.sample`, so both visit the same times."""
+    given = [x is not None for x in (num_inference_steps, timesteps, sigmas)]
+    if sum(given) != 1:
+        raise ValueError("pass exactly one of num_inference_steps, timesteps or sigmas")
+    if timesteps is not None:
+        ts = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64)
+        if ts.ndim != 1 or ts.size == 0:
+            raise ValueError("timesteps must be a non-empty 1-D sequence")
+        return append_final(parameterization.t_from_model_time(schedule, torch.as_tensor(ts)), final_time, schedule)
+    if sigmas is not None:
+        return grid_from_sigmas(schedule, sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas, final_time)
+    return make_grid(schedule, num_inference_steps, kind, final_time=final_time, **options)

@@ -22,20 +22,8 @@ from typing import ClassVar
 import torch
 
 from unisde._tensor import DTYPE, as_float64
+from unisde.core.kernels import schedule_coefficients
 from unisde.core.schedule import NoiseSchedule, _expand_like
-
-
-def schedule_coefficients(schedule: NoiseSchedule, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s(t), σ(t)) in float64; where s(t) = 0 (zero terminal SNR at t = 1) the values at t_end are used
-    instead, so that quotients by s stay finite (see :mod:`unisde.schedule`)."""
-    t = schedule._time(t)
-    s, sigma = schedule._s(t), schedule._sigma(t)
-    if schedule.t_end < 1.0:
-        tc = schedule._capped(t)
-        small = s <= 0
-        s = torch.where(small, schedule._s(tc), s)
-        sigma = torch.where(small, schedule._sigma(tc), sigma)
-    return s, sigma
 
 
 def eps_from_denoised(x0_hat: torch.Tensor, sample: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:

@@ -1,31 +1,46 @@
-r"""The Sampler base class: a time grid plus an update rule, written once against schedule and denoiser.
+r"""The Sampler base class: a time grid plus one loop, written once against the schedule and the denoiser.
 
-A sampler never sees a model type. The scheduler turns each raw model output into the denoised estimate
-x̂0 = D(x, t) with the parameterisation's coefficients, and calls :meth:`Sampler.step` with the sample, x̂0 and
-the index k of the model evaluation. The sampler returns the sample for the next model evaluation — always in
-the model's own space x = s x0 + σ ε, so plain pipelines work with every sampler.
+A sampler never sees a model type. It is written like the algorithm in its paper (or k-diffusion's
+``sample_heun``): one loop over its evaluation times that asks for the denoised estimate x̂0 = D(x, t) by
+yielding the sample to evaluate, and returns the final sample::
 
-Life cycle (driven by :class:`unisde.UnifiedScheduler`):
+    def loop(self, x, start=0):
+        for i in range(start, len(self.a)):
+            x, denoised = yield x                # D(x; t_i), evaluated by whoever drives the loop
+            x = lincomb(x, self.a[i], denoised, self.b[i])
+        return x
 
-1. ``Sampler(schedule, parameterization, **options)`` validates the options.
+Samples are always in the model's own space x = s x0 + σ ε, so plain pipelines work with every sampler. The
+``yield`` hands back the sample as it was actually evaluated (a pipeline may have edited it between steps,
+inpainting does) together with D at it. One driver runs every loop: :class:`unisde.UnifiedScheduler` (the
+diffusers ``step()`` API, one ``send`` per model call, with entry mid-grid for img2img) and
+:func:`unisde.sample` (the functional API); the two give identical answers.
+
+Life cycle:
+
+1. ``Sampler(schedule, **options)`` validates the options.
 2. ``prepare(grid)`` receives the decreasing time grid t_0 > t_1 > … > t_n (t_n is where sampling ends,
    usually 0 = clean data), precomputes every per-step coefficient in float64 as Python floats (multiplying a
-   tensor by a Python float casts once to the sample's dtype and needs no device transfer), resets its state
-   and returns the time of every model evaluation, in order. A solver needing several evaluations per step
-   (Heun, Langevin correctors) lists each of them, as diffusers' Heun lists its timesteps twice.
-3. ``step(k, sample, denoised, ...)`` for k = 0 … K−1.
+   tensor by a Python float casts once to the sample's dtype and needs no device transfer) and returns the
+   time of every model evaluation, in order. A solver needing several evaluations per step (Heun, Langevin
+   correctors) lists each of them, as diffusers' Heun lists its timesteps twice.
+3. ``loop(x, start)`` runs from evaluation ``start`` (0, or where an img2img pipeline enters the grid; a
+   multistep method then builds its history up again from there). During a ``send`` the driver also sets
+   :attr:`generator`, :attr:`pipeline_eta`, :attr:`raw_denoised` (x̂0 before clipping) and :attr:`extra` (extra
+   output channels, e.g. a learned variance), and :meth:`noise_like` draws from the current generator (or the
+   ``noise_sampler`` the functional API was given).
 """
 
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Generator
 
 import torch
 
 from unisde._tensor import closest
+from unisde.core.kernels import grid_coefficients, lincomb, pf_ode_derivative, schedule_coefficients  # noqa: F401
 from unisde.core.schedule import NoiseSchedule
 
 
@@ -42,22 +57,23 @@ class Option:
     check: Callable[[Any], str | None] | None = None
     choices: tuple | None = field(default=None)
 
-    def validate(self, sampler: str, name: str, value):
+    def validate(self, owner: str, name: str, value):
+        """The value, checked (ints accepted for floats); ``owner`` names what it belongs to in errors."""
         if self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"sampler {sampler!r}: option {name}={value!r} is not one of {list(self.choices)}.{closest(str(value), map(str, self.choices))}")
+                raise ValueError(f"{owner}: option {name}={value!r} is not one of {list(self.choices)}.{closest(str(value), map(str, self.choices))}")
             return value
         if isinstance(value, bool) and bool not in self.types:
-            raise ValueError(f"sampler {sampler!r}: option {name} must be {_type_names(self.types)}, got {value!r} (bool)")
+            raise ValueError(f"{owner}: option {name} must be {_type_names(self.types)}, got {value!r} (bool)")
         if not isinstance(value, self.types):
             if float in self.types and isinstance(value, int):
                 value = float(value)
             else:
-                raise ValueError(f"sampler {sampler!r}: option {name} must be {_type_names(self.types)}, got {value!r} ({type(value).__name__})")
+                raise ValueError(f"{owner}: option {name} must be {_type_names(self.types)}, got {value!r} ({type(value).__name__})")
         if self.check is not None:
             problem = self.check(value)
             if problem:
-                raise ValueError(f"sampler {sampler!r}: option {name}={value!r} is invalid: {problem}")
+                raise ValueError(f"{owner}: option {name}={value!r} is invalid: {problem}")
         return value
 
 
@@ -82,12 +98,12 @@ class Sampler(abc.ABC):
 
     Class attributes
     ----------------
-    name: the registered name.
+    name: the registered name; aliases: other names it answers to.
     options: ``{option name: Option}``; unknown options are a ValueError listing these.
     order: how many model evaluations a full step takes (diffusers' ``order``).
     default_grid: the time grid used when the user does not choose one: ``"config"`` (the diffusers config's
-        ``timestep_spacing``), or one of :data:`unisde.samplers.grids.GRIDS`.
-    stochastic: whether ``step`` draws noise (so a generator matters).
+        ``timestep_spacing``), or a registered grid name (``unisde.grids``).
+    stochastic: whether the loop draws noise (so a generator matters).
     """
 
     name: ClassVar[str] = ""
@@ -98,12 +114,16 @@ class Sampler(abc.ABC):
     stochastic: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
-    def __init__(self, schedule: NoiseSchedule, parameterization, **options):
+    def __init__(self, schedule: NoiseSchedule, **options):
         self.schedule = schedule
-        self.parameterization = parameterization
         self.user_options = dict(options)
         self.opts = self.validate_options(options)
         self.grid: list[float] = []
+        self.generator: torch.Generator | None = None
+        self.noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.pipeline_eta: float | None = None
+        self.raw_denoised: torch.Tensor | None = None
+        self.extra: torch.Tensor | None = None
 
     @classmethod
     def validate_options(cls, options: dict) -> dict:
@@ -115,7 +135,7 @@ class Sampler(abc.ABC):
             raise ValueError(f"unknown option(s) {unknown} for sampler {cls.name!r}; valid options: {valid}.{hint}")
         out = {}
         for key, spec in cls.options.items():
-            out[key] = spec.validate(cls.name, key, options[key]) if key in options else spec.default
+            out[key] = spec.validate(f"sampler {cls.name!r}", key, options[key]) if key in options else spec.default
         return out
 
     # ------------------------------------------------------------------ to implement
@@ -124,13 +144,8 @@ class Sampler(abc.ABC):
         """Precompute coefficients for the decreasing float64 grid (n + 1 times); return evaluation times."""
 
     @abc.abstractmethod
-    def step(self, k: int, sample: torch.Tensor, denoised: torch.Tensor, *, raw_denoised: torch.Tensor,
-             extra: torch.Tensor | None, generator: torch.Generator | None, eta: float | None = None) -> torch.Tensor:
-        """Advance from model evaluation k to the sample for evaluation k + 1 (or the final sample).
-
-        ``denoised`` is x̂0 after any clipping/thresholding, ``raw_denoised`` before it; ``extra`` holds extra
-        output channels (learned variance) or None; ``eta`` is the value a pipeline passed to ``step``.
-        """
+    def loop(self, x: torch.Tensor, start: int = 0) -> Generator[torch.Tensor, tuple, torch.Tensor]:
+        """The algorithm: yield each sample to evaluate, receive ``(x, denoised)``, return the final sample."""
 
     # ------------------------------------------------------------------ helpers for subclasses
     def floats(self, values: torch.Tensor) -> list[float]:
@@ -138,46 +153,41 @@ class Sampler(abc.ABC):
         return [float(v) for v in values.to(torch.float64).cpu()]
 
     def scales_and_sigmas(self, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(s, σ) on a grid, float64, finite also at a zero-terminal-SNR t = 1 (module unisde.schedule)."""
-        from unisde.parameterizations import schedule_coefficients
-
+        """(s, σ) on a grid, float64, finite also at a zero-terminal-SNR t = 1."""
         return schedule_coefficients(self.schedule, times)
 
-    @staticmethod
-    def noise_like(sample: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Standard normal noise drawn exactly as diffusers' schedulers draw it (same generator stream)."""
+    def grid_coefficients(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, σ) along the grid with a t = 0 end point meaning clean data (:func:`unisde.core.kernels.grid_coefficients`)."""
+        return grid_coefficients(self.schedule, grid)
+
+    def noise_like(self, sample: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal noise shaped like ``sample``: from the functional API's ``noise_sampler`` when given,
+        else drawn exactly as diffusers' schedulers draw it (same generator stream)."""
+        if self.noise_sampler is not None:
+            return self.noise_sampler(sample)
         from diffusers.utils.torch_utils import randn_tensor
 
-        return randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        return randn_tensor(sample.shape, generator=generator or self.generator, device=sample.device,
+                            dtype=sample.dtype)
 
-    def eta_value(self, eta: float | None, default_key: str = "eta") -> float:
+    def eta_value(self, default_key: str = "eta") -> float:
         """The stochasticity to use: the sampler option when the user set it, else a pipeline's ``eta``."""
-        if default_key in self.user_options or eta is None:
+        if default_key in self.user_options or self.pipeline_eta is None:
             return float(self.opts[default_key])
-        return float(eta)
+        return float(self.pipeline_eta)
+
+    def entry_step(self, start: int) -> int:
+        """The step whose first model evaluation is evaluation number ``start`` (a loop can only be entered at
+        the start of a step). Samplers with several evaluations per step list ``step_starts`` ({evaluation: step})
+        in ``prepare``; for the others evaluation k is step k."""
+        starts = getattr(self, "step_starts", None)
+        if starts is None:
+            return start
+        if start not in starts:
+            raise ValueError(f"sampler {self.name!r} cannot start at model evaluation {start}: it is not the first "
+                             f"evaluation of a step (steps start at evaluations {sorted(starts)[:8]} …)")
+        return starts[start]
 
     @property
     def final_time(self) -> float:
         return self.grid[-1] if self.grid else 0.0
-
-
-def lincomb(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
-    """cx·x + cy·y in at most two passes over memory (the scalars are Python floats: cast once, no transfer)."""
-    if cx == 1.0:
-        return torch.add(x, y, alpha=cy)
-    return (x * cx).add_(y, alpha=cy)  # in place on the fresh product: one allocation, two passes
-
-
-def pf_ode_derivative(x_ve: torch.Tensor, denoised: torch.Tensor, ve: float) -> torch.Tensor:
-    """dx̃/dσ̃ = (x̃ − D)/σ̃: the probability-flow ODE (seed 000 eq. 27) in the VE view x̃ = x/s, σ̃ = σ/s > 0."""
-    return lincomb(x_ve, 1.0 / ve, denoised, -1.0 / ve)
-
-
-def grid_coefficients(sampler: Sampler, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, σ) along a grid; an end point at t = 0 is the clean data (s = 1, σ = 0) whatever σ(0) is, so that
-    VE/EDM schedules with σ(0) = σ_min > 0 still finish on the denoised sample (EDM Algorithm 2's t_N = 0)."""
-    s, sigma = sampler.scales_and_sigmas(grid)
-    if float(grid[-1]) == 0.0:
-        s, sigma = s.clone(), sigma.clone()
-        s[-1], sigma[-1] = 1.0, 0.0
-    return s, sigma

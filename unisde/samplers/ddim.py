@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-
-from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb, non_negative
+from unisde.core.kernels import lincomb, posterior_coefficients
+from unisde.samplers.base import Option, Sampler, non_negative
 
 
 class DDIMSampler(Sampler):
@@ -29,26 +29,27 @@ class DDIMSampler(Sampler):
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
-        s, sigma = grid_coefficients(self, grid)
-        var_t, var_n = sigma[:-1] ** 2, sigma[1:] ** 2
-        r = s[:-1] / s[1:]
-        posterior = ((var_t - r * r * var_n).clamp(min=0) * var_n / var_t)
+        s, sigma = self.grid_coefficients(grid)
+        posterior = posterior_coefficients(s[:-1], sigma[:-1], s[1:], sigma[1:])[3]
         self.s_t, self.sigma_t = self.floats(s[:-1]), self.floats(sigma[:-1])
-        self.s_n, self.var_n = self.floats(s[1:]), self.floats(var_n)
+        self.s_n, self.var_n = self.floats(s[1:]), self.floats(sigma[1:] ** 2)
         self.posterior = self.floats(posterior)
         return grid[:-1]
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        eta = self.eta_value(eta)
-        std = eta * math.sqrt(self.posterior[k]) if eta > 0 else 0.0
-        direction = math.sqrt(max(self.var_n[k] - std * std, 0.0)) / self.sigma_t[k]
-        x0_for_eps = denoised if self.opts["use_clipped_model_output"] else raw_denoised
-        if x0_for_eps is denoised:
-            # ε̂ = (x − s x̂0)/σ folded in: x' = (c/σ) x + (s' − c s/σ) x̂0, two passes.
-            prev = lincomb(sample, direction, denoised, self.s_n[k] - direction * self.s_t[k])
-        else:
-            prev = lincomb(sample, direction, x0_for_eps, -direction * self.s_t[k])
-            prev.add_(denoised, alpha=self.s_n[k])
-        if eta > 0:
-            prev.add_(self.noise_like(sample, generator), alpha=std)
-        return prev
+    def loop(self, x, start=0):
+        for i in range(start, len(self.s_t)):
+            x, denoised = yield x
+            eta = self.eta_value()
+            std = eta * math.sqrt(self.posterior[i]) if eta > 0 else 0.0
+            # x' = s' x̂0 + √(σ'² − std²) ε̂ + std z with ε̂ = (x − s x̂0)/σ
+            direction = math.sqrt(max(self.var_n[i] - std * std, 0.0)) / self.sigma_t[i]
+            x0_for_eps = denoised if self.opts["use_clipped_model_output"] or self.raw_denoised is None else self.raw_denoised
+            if x0_for_eps is denoised:  # no clipping in between: two passes
+                x_next = lincomb(x, direction, denoised, self.s_n[i] - direction * self.s_t[i])
+            else:  # ε̂ from the unclipped x̂0, the clipped one for the data term (diffusers' default)
+                x_next = lincomb(x, direction, x0_for_eps, -direction * self.s_t[i])
+                x_next.add_(denoised, alpha=self.s_n[i])
+            if eta > 0:
+                x_next.add_(self.noise_like(x), alpha=std)
+            x = x_next
+        return x

@@ -1,21 +1,24 @@
 r"""``ddpm``: the ancestral step of DDPM — a draw from the forward process's posterior q(x_{t'} | x_t, x̂0).
 
 For a general schedule, with r = s_t / s_{t'} and σ²_{t|t'} = σ_t² − r² σ_{t'}² (the forward transition's
-variance; β_t for a VP table), the posterior is Gaussian with (Ho et al. 2020 eqs. 6–7 in (s, σ) form)
+variance; β_t for a VP table), the posterior is Gaussian with (Ho et al. 2020, eqs. 6–7 in (s, σ) form;
+:func:`unisde.core.kernels.posterior_coefficients`)
 
     mean = s_{t'} σ²_{t|t'} / σ_t² · x̂0 + r σ_{t'}² / σ_t² · x_t,    variance = σ²_{t|t'} σ_{t'}² / σ_t².
 
-Seed 000 §3.1 / seed 003 show this is Euler–Maruyama on the reverse VP-SDE (eq. 26) up to O(Δt²).
+Ancestral sampling is a discretisation of the reverse VP-SDE (Song et al. 2021, eq. 6 with the VP SDE of eq. 11,
+and App. E): it agrees with Euler–Maruyama on it up to O(Δt²) per step (tests/test_equivalences.py).
 ``variance_type``: fixed_small (the posterior variance), fixed_large (σ²_{t|t'}), learned (the model's extra
-channels are the variance) or learned_range (they interpolate log-variance between the two, Nichol & Dhariwal).
+channels are the variance) or learned_range (they interpolate log-variance between the two, Nichol & Dhariwal
+2021, eq. 15).
 """
 
 from __future__ import annotations
 
-
 import torch
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb
+from unisde.core.kernels import lincomb, posterior_coefficients
+from unisde.samplers.base import Option, Sampler
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 
@@ -31,17 +34,14 @@ class DDPMSampler(Sampler):
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
-        s, sigma = grid_coefficients(self, grid)
-        s_t, s_n, var_t, var_n = s[:-1], s[1:], sigma[:-1] ** 2, sigma[1:] ** 2
-        r = s_t / s_n
-        trans = (var_t - r * r * var_n).clamp(min=0)
-        self.coef_x0 = self.floats(s_n * trans / var_t)
-        self.coef_x = self.floats(r * var_n / var_t)
-        small = (trans * var_n / var_t).clamp(min=1e-20)
+        s, sigma = self.grid_coefficients(grid)
+        coef_x0, coef_x, transition, posterior = posterior_coefficients(s[:-1], sigma[:-1], s[1:], sigma[1:])
+        self.coef_x0, self.coef_x = self.floats(coef_x0), self.floats(coef_x)
+        small = posterior.clamp(min=1e-20)
         self.log_small = self.floats(small.log())
-        self.log_large = self.floats(trans.clamp(min=1e-20).log())
+        self.log_large = self.floats(transition.clamp(min=1e-20).log())
         self.std_small = self.floats(small.sqrt())
-        self.std_large = self.floats(trans.sqrt())
+        self.std_large = self.floats(transition.sqrt())
         # diffusers adds noise whenever the model timestep is > 0; on a table that is every index but 0.
         times = grid[:-1]
         if self.schedule.is_discrete:
@@ -50,19 +50,25 @@ class DDPMSampler(Sampler):
             self.draw = [True] * (len(self.grid) - 2) + [False]
         return times
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        prev = lincomb(denoised, self.coef_x0[k], sample, self.coef_x[k])
-        if not self.draw[k]:
-            return prev
-        noise = self.noise_like(sample, generator)
+    def loop(self, x, start=0):
         vt = self.opts["variance_type"]
-        if vt in ("learned", "learned_range") and extra is None:
-            raise ValueError(f"variance_type={vt!r} needs a model output with twice the sample's channels (learned variance)")
-        if vt == "learned":
-            return prev + extra.sqrt() * noise
-        if vt == "learned_range":
-            frac = (extra + 1) / 2
-            log_var = frac * self.log_large[k] + (1 - frac) * self.log_small[k]
-            return prev + torch.exp(0.5 * log_var) * noise
-        std = self.std_large[k] if vt in ("fixed_large", "fixed_large_log") else self.std_small[k]
-        return prev.add_(noise, alpha=std)
+        for i in range(start, len(self.coef_x0)):
+            x, denoised = yield x
+            mean = lincomb(denoised, self.coef_x0[i], x, self.coef_x[i])  # posterior mean μ̃(x_t, x̂0)
+            if not self.draw[i]:
+                x = mean
+                continue
+            z = self.noise_like(x)
+            if vt in ("learned", "learned_range") and self.extra is None:
+                raise ValueError(f"variance_type={vt!r} needs a model output with twice the sample's channels "
+                                 "(learned variance)")
+            if vt == "learned":
+                x = mean + self.extra.sqrt() * z
+            elif vt == "learned_range":  # log-variance between log β̃ and log β (Nichol & Dhariwal 2021, eq. 15)
+                frac = (self.extra + 1) / 2
+                log_var = frac * self.log_large[i] + (1 - frac) * self.log_small[i]
+                x = mean + torch.exp(0.5 * log_var) * z
+            else:
+                std = self.std_large[i] if vt in ("fixed_large", "fixed_large_log") else self.std_small[i]
+                x = mean.add_(z, alpha=std)
+        return x

@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb, non_negative, positive
+from unisde.core.kernels import lincomb
+from unisde.samplers.base import Option, Sampler, non_negative, positive
 
 
 class EDMSampler(Sampler):
@@ -45,70 +46,52 @@ class EDMSampler(Sampler):
         return self.opts["s_churn"] > 0
 
     def prepare(self, grid):
+        """Per step i, in model space (x = s x̃): the Euler step from σ̂_i to σ̃_{i+1}, the Heun correction, and the
+        churn that lifts the result from σ̃_{i+1} to σ̂_{i+1} (the next step's starting level)."""
         self.grid = self.floats(grid)
-        sched = self.schedule
         n = grid.numel() - 1
-        s, sigma = grid_coefficients(self, grid)
+        s, sigma = self.grid_coefficients(grid)
         ve = sigma / s
         o = self.opts
-        gamma = torch.where((ve >= o["s_tmin"]) & (ve <= o["s_tmax"]), torch.full_like(ve, min(o["s_churn"] / n, math.sqrt(2) - 1)), torch.zeros_like(ve))
+        gamma = torch.where((ve >= o["s_tmin"]) & (ve <= o["s_tmax"]),
+                            torch.full_like(ve, min(o["s_churn"] / n, math.sqrt(2) - 1)), torch.zeros_like(ve))
         gamma[-1] = 0.0
-        ve_max = float(sched.ve_sigma(1.0))
+        ve_max = float(self.schedule.ve_sigma(1.0))
         ve_hat = torch.minimum(ve * (1 + gamma), torch.full_like(ve, max(ve_max, float(ve[0]))))
-        t_hat = torch.where(ve_hat > ve, sched.t_from_sigma(ve_hat.clamp(min=1e-300)), grid)
-        s_hat, _ = self.scales_and_sigmas(t_hat)
-        s_hat = torch.where(ve_hat > ve, s_hat, s)
+        t_hat = torch.where(ve_hat > ve, self.schedule.t_from_sigma(ve_hat.clamp(min=1e-300)), grid)
+        s_hat = torch.where(ve_hat > ve, self.scales_and_sigmas(t_hat)[0], s)
         heun = o["solver"] == "heun"
-        times, self.ops = [], []
+        self.two_stage = [heun and float(ve[i + 1]) > 0 for i in range(n)]
+        self.euler, self.correction, self.churn = [], [], []
+        times, self.step_starts = [], {}
         for i in range(n):
+            self.step_starts[len(times)] = i
             times.append(float(t_hat[i]))
-            two_stage = heun and float(ve[i + 1]) > 0
-            h = float(ve[i + 1] - ve_hat[i])
-            # Euler in model space: x' = s_{i+1}[(1 + h/σ̂)/ŝ · x − h/σ̂ · D].
-            nxt_s = float(s[i + 1])
-            euler = (nxt_s * (1 + h / float(ve_hat[i])) / float(s_hat[i]), -nxt_s * h / float(ve_hat[i]))
-            churn_std = float(torch.sqrt((ve_hat[i + 1] ** 2 - ve[i + 1] ** 2).clamp(min=0))) * o["s_noise"] if i + 1 < n else 0.0
-            to_hat = float(s_hat[i + 1]) / nxt_s if i + 1 < n else 1.0
-            stage1 = dict(kind="euler", euler=euler, s=float(s_hat[i]), ve=float(ve_hat[i]), h=h, two_stage=two_stage,
-                          churn_std=churn_std, s_next=nxt_s, s_next_hat=float(s_hat[i + 1]) if i + 1 < n else nxt_s, to_hat=to_hat)
-            self.ops.append(stage1)
-            if two_stage:
-                times.append(float(grid[i + 1]))
-                self.ops.append(dict(kind="heun", s=nxt_s, ve=float(ve[i + 1]), h=h, churn_std=churn_std,
-                                     s_next=nxt_s, s_next_hat=stage1["s_next_hat"], to_hat=to_hat))
-        self._saved = None
+            if self.two_stage[i]:
+                times.append(self.grid[i + 1])
+            h, vh, sh, sn = float(ve[i + 1] - ve_hat[i]), float(ve_hat[i]), float(s_hat[i]), float(s[i + 1])
+            std = float(torch.sqrt((ve_hat[i + 1] ** 2 - ve[i + 1] ** 2).clamp(min=0))) * o["s_noise"] if i + 1 < n else 0.0
+            out_scale = float(s_hat[i + 1]) if std > 0 else sn  # the result lives at σ̂_{i+1} after the churn
+            # Euler x̃' = x̂ + h (x̂ − D)/σ̂ as x' = a x + b D; the predictor of a Heun step stays at σ̃_{i+1}
+            scale = sn if self.two_stage[i] else out_scale
+            self.euler.append((scale * (1 + h / vh) / sh, -scale * h / vh))
+            # Heun x̃' = x̂ + (h/2)(d + d') with d' = (x̃_pred − D')/σ̃_{i+1}: four terms (x̂, D, x_pred, D')
+            half, vn = 0.5 * h, float(ve[i + 1])
+            self.correction.append((out_scale * (1 + half / vh) / sh, -out_scale * half / vh,
+                                    out_scale * half / (sn * vn) if vn > 0 else 0.0, -out_scale * half / vn if vn > 0 else 0.0))
+            self.churn.append(std * out_scale)
         return torch.tensor(times, dtype=torch.float64)
 
-    def _to_next(self, op, x_ve, generator):
-        """x̃ at σ̃_{i+1} → model-space sample at σ̂_{i+1} (adding the churn noise of the next step)."""
-        if op["churn_std"] > 0:
-            x_ve = torch.add(x_ve, self.noise_like(x_ve, generator), alpha=op["churn_std"])
-            return x_ve * op["s_next_hat"]
-        return x_ve * op["s_next"]
-
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        op = self.ops[k]
-        inv_s, inv_ve = 1.0 / op["s"], 1.0 / op["ve"]
-        if op["kind"] == "euler":
-            if op["two_stage"]:
-                # Keep (x_i, D_i) rather than d_i: the Heun correction is then one 4-term combination.
-                self._saved = (sample, denoised, inv_s, inv_ve)
-                hv = op["h"] * inv_ve
-                return lincomb(sample, op["s_next"] * inv_s * (1 + hv), denoised, -op["s_next"] * hv)
-            if op["churn_std"] > 0:
-                x_ve = lincomb(sample, inv_s * (1 + op["h"] * inv_ve), denoised, -op["h"] * inv_ve)
-                return self._to_next(op, x_ve, generator)
-            a, b = op["euler"]
-            return lincomb(sample, a, denoised, b)
-        x_start, d_start, inv_s0, inv_ve0 = self._saved
-        self._saved = None
-        # x̃_{i+1} = x̂_i + (h/2)(d_i + d'),  d_i = (x̂_i − D_i)/σ̂_i,  d' = (x̃_pred − D')/σ̃_{i+1}, in model space.
-        half = 0.5 * op["h"]
-        scale = op["s_next_hat"] if op["churn_std"] > 0 else op["s_next"]
-        out = x_start * (scale * inv_s0 * (1 + half * inv_ve0))
-        out.add_(d_start, alpha=-scale * half * inv_ve0)
-        out.add_(sample, alpha=scale * half * inv_s * inv_ve)
-        out.add_(denoised, alpha=-scale * half * inv_ve)
-        if op["churn_std"] > 0:
-            out.add_(self.noise_like(out, generator), alpha=op["churn_std"] * scale)
-        return out
+    def loop(self, x, start=0):
+        for i in range(self.entry_step(start), len(self.euler)):
+            x, denoised = yield x  # at σ̂_i: the churn of step i was added at the end of step i − 1
+            x_hat, denoised_hat = x, denoised
+            x = lincomb(x_hat, self.euler[i][0], denoised_hat, self.euler[i][1])
+            if self.two_stage[i]:
+                x, denoised = yield x
+                a, b, c, d = self.correction[i]
+                x_next = x_hat * a
+                x = x_next.add_(denoised_hat, alpha=b).add_(x, alpha=c).add_(denoised, alpha=d)
+            if self.churn[i] > 0:
+                x = x.add_(self.noise_like(x), alpha=self.churn[i])
+        return x

@@ -8,7 +8,9 @@ derivatives d_k, d_{k−1}, … at σ̃_k, σ̃_{k−1}, … by a polynomial in 
 
 with L_{k,j} the Lagrange basis polynomial of node σ̃_{k−j}. The weights are computed once per grid in
 :meth:`LMSSampler.prepare` (Gauss–Legendre quadrature with as many nodes as the order, exact for these
-polynomials, in float64). The first steps use the orders their history allows (1, 2, …, ``lms_order``). This is
+polynomials, in float64). The loop keeps the derivatives it has seen as a local history, so each step runs at
+the order it allows, min(``lms_order``, evaluations so far): 1, 2, … from the start of the grid and again from
+wherever an img2img pipeline enters it. This is
 the algorithm of diffusers' LMSDiscreteScheduler (which integrates the same polynomials numerically), and
 ``UnifiedScheduler.from_config`` of an LMS config selects it. One model evaluation per step; the derivatives
 only use σ̃ > 0, so a step to σ̃ = 0 is an ordinary step (the polynomial is extrapolated to 0).
@@ -19,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients, pf_ode_derivative
+from unisde.core.kernels import pf_ode_derivative
+from unisde.samplers.base import Option, Sampler
 
 ORDERS = (1, 2, 3, 4)
 
@@ -53,34 +56,28 @@ class LMSSampler(Sampler):
     }
 
     def prepare(self, grid):
-        """Per step k: the scales s_k, s_{k+1}, σ̃_k and the weights of d_k, d_{k−1}, … for every order the step
-        may run at (the full order when the loop saw every earlier step, lower when it was entered mid-grid)."""
+        """Per step k: the scales s_k, s_{k+1}, σ̃_k and the Adams–Bashforth weights of d_k, d_{k−1}, … for every
+        order 1 … min(k + 1, ``lms_order``) the step may run at."""
         self.grid = self.floats(grid)
-        s, sigma = grid_coefficients(self, grid)
+        s, sigma = self.grid_coefficients(grid)
         ve = self.floats(sigma / s)
         n = grid.numel() - 1
         top = self.opts["lms_order"]
         if any(v <= 0 for v in ve[:-1]):
             raise ValueError(f"sampler 'lms' needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}")
         self.s_t, self.s_n, self.ve = self.floats(s[:-1]), self.floats(s[1:]), ve[:-1]
-        self.weights = []
-        for k in range(n):
-            highest = min(k + 1, top)
-            self.weights.append([adams_bashforth_weights([ve[k - j] for j in range(p)], ve[k], ve[k + 1])
-                                 for p in range(1, highest + 1)])
-        self._derivatives: list[torch.Tensor] = []
-        self._last_step = -1
+        self.weights = [[adams_bashforth_weights([ve[k - j] for j in range(p)], ve[k], ve[k + 1])
+                         for p in range(1, min(k + 1, top) + 1)] for k in range(n)]
         return grid[:-1]
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        if k != self._last_step + 1:  # a loop entered mid-grid (img2img): no valid history before it
-            self._derivatives = []
-        self._last_step = k
-        x_ve = sample * (1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else sample
-        self._derivatives = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *self._derivatives[:3]]
-        options = self.weights[k]
-        weights = options[min(len(self._derivatives), len(options)) - 1]
-        out = x_ve
-        for w, d in zip(weights, self._derivatives):
-            out = out.add(d, alpha=w)
-        return out * self.s_n[k] if self.s_n[k] != 1.0 else out
+    def loop(self, x, start=0):
+        derivatives = []  # d_k, d_{k−1}, … (newest first): the Adams–Bashforth history of this loop
+        for k in range(start, len(self.weights)):
+            x, denoised = yield x
+            x_ve = x * (1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else x
+            derivatives = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *derivatives[:self.opts["lms_order"] - 1]]
+            order = min(len(derivatives), len(self.weights[k]))
+            for w, d in zip(self.weights[k][order - 1], derivatives):  # x̃_{k+1} = x̃_k + Σ_j c_{k,j} d_{k−j}
+                x_ve = x_ve.add(d, alpha=w)
+            x = x_ve * self.s_n[k] if self.s_n[k] != 1.0 else x_ve
+        return x

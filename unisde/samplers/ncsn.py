@@ -1,11 +1,13 @@
 r"""``ncsn``: annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1, with NCSNv2's step-size rule).
 
-Any schedule is sampled through its VE view x̃ = x/s, σ̃ = σ/s (DESIGN §1). The noise levels σ̃_1 > … > σ̃_L are
+Any schedule is sampled through its VE view x̃ = x/s, σ̃ = σ/s (Karras et al. 2022, eq. 4 with s = 1), where its
+forward process is SMLD's x̃ = x0 + σ̃ ε (Song et al. 2021, eq. 8). The noise levels σ̃_1 > … > σ̃_L are
 those of the time grid's evaluation times (default grid ``uniform_lambda``: geometric in σ̃, as NCSN's levels).
-At level i the sampler takes T = ``n_steps_each`` Langevin steps (seed 001 eq. 77)
+At level i the sampler takes T = ``n_steps_each`` Langevin steps (Song & Ermon 2019, Alg. 1, written as in
+Song & Ermon 2020, Alg. 1: drift α_i, noise √(2 α_i))
 
     x̃ ← x̃ + α_i ∇log p(x̃; σ̃_i) + √(2 α_i) z,     α_i = ε σ̃_i² / σ̃_L²,
-    ∇log p(x̃; σ̃) = (D(x̃; σ̃) − x̃) / σ̃²                                         (seed 001 eq. 198)
+    ∇log p(x̃; σ̃) = (D(x̃; σ̃) − x̃) / σ̃²                  (Tweedie's formula; Karras et al. 2022, eq. 3)
 
 each one a model evaluation, so NFE = T · L (+1 with the final denoising step) and the scheduler's
 ``num_inference_steps`` is the number of levels L. ``step_lr`` is ε in the VE view's units (squared data
@@ -21,8 +23,8 @@ CIFAR-10 setting (L = 232 levels from 50 to 0.01, T = 5) it gives ε/σ_L² = 0.
 ε = 6.2e-6. A float fixes ε instead (e.g. 6.2e-6 to copy NCSNv2 on a σ_L = 0.01 grid).
 
 ``denoise=True`` (NCSNv2's final step) evaluates the model once more at the smallest level and returns
-x̃ + σ̃_L² ∇log p = D(x̃; σ̃_L) (Tweedie's formula, seed 001 eq. 198), removing the residual noise of level σ̃_L;
-with ``denoise=False`` the last Langevin sample (noise level σ̃_L) is returned. The sample handed back between
+x̃ + σ̃_L² ∇log p = D(x̃; σ̃_L) (Tweedie's formula), removing the residual noise of level σ̃_L; with
+``denoise=False`` the last Langevin sample (noise level σ̃_L) is returned. The sample handed back between
 evaluations is x = s(t) x̃ at the next evaluation time, and the final one is s(t_end) x̃ (x̃ itself at t = 0).
 """
 
@@ -32,7 +34,7 @@ import math
 
 import torch
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients
+from unisde.samplers.base import Option, Sampler
 
 
 def technique4_ratio(gamma: float, n_steps_each: int) -> float:
@@ -81,7 +83,7 @@ class NCSNSampler(Sampler):
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
-        s, sigma = grid_coefficients(self, grid)
+        s, sigma = self.grid_coefficients(grid)
         levels = grid.numel() - 1
         if float(sigma[levels - 1]) <= 0:
             raise ValueError(f"sampler 'ncsn' needs positive noise levels; the grid's last evaluation time t={self.grid[levels - 1]:.6g} has σ = 0")
@@ -94,33 +96,32 @@ class NCSNSampler(Sampler):
             gamma = (float(ve[0]) / ve_min) ** (1.0 / (levels - 1)) if levels > 1 else 1.0
             eps = technique4_ratio(gamma, n_each) * ve_min**2
         alpha = eps * ve**2 / ve_min**2
-        times, self.ops = [], []
         s_list, ve_list, alpha_list = self.floats(s), self.floats(ve), self.floats(alpha)
-        s_end = s_list[-1]
-        for i in range(levels):
-            for j in range(n_each):
-                last_here = j == n_each - 1
-                if not last_here or self.opts["denoise"] and i == levels - 1:
-                    s_out = s_list[i]  # the next evaluation is at the same level
-                elif i + 1 < levels:
-                    s_out = s_list[i + 1]
-                else:
-                    s_out = s_end
-                times.append(self.grid[i])
-                # x̃ + α (D − x̃)/σ̃² = (1 − α/σ̃²) x̃ + (α/σ̃²) D; the ratio stays < 1 for α_i = γ σ̃_i² with γ < 1.
-                ratio = alpha_list[i] / ve_list[i] ** 2
-                self.ops.append((1.0 / s_list[i], ratio, math.sqrt(2.0 * alpha_list[i]), s_out))
+        self.s_end = s_list[-1]
+        # per level i: 1/s_i, α_i/σ̃_i² (x̃ + α (D − x̃)/σ̃² = (1 − α/σ̃²) x̃ + (α/σ̃²) D; < 1 for α_i = γ σ̃_i², γ < 1),
+        # the noise scale √(2 α_i), and the scale of the sample handed on after the level's last step: the next
+        # level's s, or at the last level its own (the final denoising evaluation) or s(t_end)
+        self.inv_s = [1.0 / s_list[i] for i in range(levels)]
+        self.ratio = [alpha_list[i] / ve_list[i] ** 2 for i in range(levels)]
+        self.noise_std = [math.sqrt(2.0 * alpha_list[i]) for i in range(levels)]
+        self.s = s_list[:levels]
+        self.s_after = s_list[1:levels] + [s_list[levels - 1] if self.opts["denoise"] else self.s_end]
+        times = [self.grid[i] for i in range(levels) for _ in range(n_each)]
+        self.step_starts = {i * n_each: i for i in range(levels)}
         if self.opts["denoise"]:
+            self.step_starts[len(times)] = levels  # entering at the final denoising evaluation
             times.append(self.grid[levels - 1])
-            self.ops.append(None)
-        self.s_end = s_end
         return torch.tensor(times, dtype=torch.float64)
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        op = self.ops[k]
-        if op is None:  # the final denoising step: Tweedie's estimate x̂0 at the smallest level
+    def loop(self, x, start=0):
+        n_each = int(self.opts["n_steps_each"])
+        for i in range(self.entry_step(start), len(self.s)):  # noise levels σ̃_1 > … > σ̃_L
+            for j in range(n_each):  # T Langevin steps at level i
+                x, denoised = yield x
+                x_ve = x * self.inv_s[i]
+                x_ve = x_ve + (denoised - x_ve) * self.ratio[i] + self.noise_like(x) * self.noise_std[i]
+                x = x_ve * (self.s[i] if j < n_each - 1 else self.s_after[i])  # model space at the next evaluation
+        if self.opts["denoise"]:  # Tweedie's estimate x̂0 = D(x̃; σ̃_L) at the smallest level
+            x, denoised = yield x
             return denoised * self.s_end if self.s_end != 1.0 else denoised
-        inv_s, ratio, noise_std, s_out = op
-        x_ve = sample * inv_s
-        x_ve = x_ve + (denoised - x_ve) * ratio + self.noise_like(sample, generator) * noise_std
-        return x_ve * s_out
+        return x

@@ -1,7 +1,8 @@
-r"""``ode``: the probability-flow ODE (η = 0 of the reverse family, seed 000 eq. 27) with fixed-step Runge–Kutta.
+r"""``ode``: the probability-flow ODE (Song et al. 2021, eq. 13; η = 0 of the reverse family), fixed-step Runge–Kutta.
 
 The ODE is solved in the VE view x̃ = x/s with the noise level σ̃ = σ/s as the independent variable, where every
-schedule's PF-ODE becomes (DESIGN §1; exact change of variables, no approximation)
+schedule's PF-ODE becomes (Karras et al. 2022, eqs. 1 and 4 with s = 1 and σ̃ as the time; an exact change of
+variables, no approximation)
 
     dx̃/dσ̃ = (x̃ − D(x̃; σ̃)) / σ̃.
 
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients, pf_ode_derivative
+from unisde.core.kernels import pf_ode_derivative
+from unisde.samplers.base import Option, Sampler
 
 # Butcher tableaux (c, A, b) of the explicit solvers.
 TABLEAUX = {
@@ -51,23 +53,28 @@ class ODESampler(Sampler):
         return len(TABLEAUX[self.opts["solver"]][0])
 
     def prepare(self, grid):
+        """Per step i: h = σ̃_{i+1} − σ̃_i, the stage noise levels σ̃_i + c_j h and the model-space scale s of each
+        stage's sample with the step's end point's appended (the scale the step's result is handed on in)."""
         self.grid = self.floats(grid)
         c, _, _ = TABLEAUX[self.opts["solver"]]
-        s, sigma = grid_coefficients(self, grid)
+        s, sigma = self.grid_coefficients(grid)
         ve = sigma / s
         n = grid.numel() - 1
-        # The stage noise levels σ̃_i + c_j h of every step, mapped back to times in one (vectorised) inversion.
-        stage_ve = [[float(ve[i]) + cj * float(ve[i + 1] - ve[i]) for cj in c] if float(ve[i + 1]) > 0 else [float(ve[i])]
-                    for i in range(n)]
-        inner = [(i, j) for i in range(n) for j in range(len(stage_ve[i])) if 0 < c[j] < 1]
-        inner_t = self.schedule.t_from_sigma(torch.tensor([stage_ve[i][j] for i, j in inner], dtype=torch.float64)) if inner else None
+        # A step into σ̃ = 0 has a single (Euler) stage: the right-hand side is 0/0 there.
+        self.stage_ve = [[float(ve[i]) + cj * float(ve[i + 1] - ve[i]) for cj in c] if float(ve[i + 1]) > 0
+                         else [float(ve[i])] for i in range(n)]
+        # The inner stages' noise levels, mapped back to times in one (vectorised) inversion.
+        inner = [(i, j) for i in range(n) for j in range(len(self.stage_ve[i])) if 0 < c[j] < 1]
+        inner_ve = torch.tensor([self.stage_ve[i][j] for i, j in inner], dtype=torch.float64)
+        inner_t = self.schedule.t_from_sigma(inner_ve) if inner else None
         inner_s = self.scales_and_sigmas(inner_t)[0] if inner else None
         lookup = {key: (float(inner_t[m]), float(inner_s[m])) for m, key in enumerate(inner)}
-        times, self.ops = [], []
+        times, self.h, self.scales, self.step_starts = [], [], [], {}
         for i in range(n):
-            h = float(ve[i + 1] - ve[i])  # negative: σ̃ decreases
-            stages = len(stage_ve[i])
-            for j in range(stages):
+            self.step_starts[len(times)] = i
+            self.h.append(float(ve[i + 1] - ve[i]))  # negative: σ̃ decreases
+            scales = []
+            for j in range(len(self.stage_ve[i])):
                 if j == 0:
                     t_j, s_j = self.grid[i], float(s[i])
                 elif c[j] == 1.0:  # the step's end point: the grid's own time, no inversion error
@@ -75,32 +82,32 @@ class ODESampler(Sampler):
                 else:
                     t_j, s_j = lookup[(i, j)]
                 times.append(t_j)
-                self.ops.append(dict(stage=j, stages=stages, s=s_j, ve=stage_ve[i][j], h=h, step=i))
-        # the model-space scale of the next evaluation (or of the end point) for each op
-        for k, op in enumerate(self.ops):
-            op["s_next"] = self.ops[k + 1]["s"] if k + 1 < len(self.ops) else float(s[-1])
-        self._x0 = None
-        self._derivs = []
+                scales.append(s_j)
+            self.scales.append(scales + [float(s[i + 1])])
         return torch.tensor(times, dtype=torch.float64)
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        op = self.ops[k]
-        _, a, b = TABLEAUX[self.opts["solver"]]
-        if op["stages"] == 1 and op["ve"] > 0 and op["ve"] + op["h"] <= 0:
-            # Euler to σ̃ = 0 lands on D exactly: x̃ + (0 − σ̃)(x̃ − D)/σ̃ = D.
-            return denoised * op["s_next"] if op["s_next"] != 1.0 else denoised
-        x_ve = sample * (1.0 / op["s"])
-        if op["stage"] == 0:
-            self._x0, self._derivs = x_ve, []
-        self._derivs.append(pf_ode_derivative(x_ve, denoised, op["ve"]))
-        j = op["stage"]
-        weights = b if j + 1 == op["stages"] else a[j]  # combine the derivatives of stages 0 … j
-        if op["stages"] == 1:
-            weights = (1.0,)
-        nxt = self._x0
-        for w, d in zip(weights, self._derivs):
-            if w != 0.0:
-                nxt = nxt + d * (w * op["h"])
-        if j + 1 == op["stages"]:
-            self._x0, self._derivs = None, []
-        return nxt * op["s_next"]
+    def loop(self, x, start=0):
+        _, A, b = TABLEAUX[self.opts["solver"]]
+        for i in range(self.entry_step(start), len(self.h)):
+            h, ve, scale = self.h[i], self.stage_ve[i], self.scales[i]
+            stages = len(ve)
+            if stages == 1 and ve[0] > 0 and ve[0] + h <= 0:
+                # Euler to σ̃ = 0 lands on D exactly: x̃ + (0 − σ̃)(x̃ − D)/σ̃ = D.
+                x, denoised = yield x
+                x = denoised * scale[1] if scale[1] != 1.0 else denoised
+                continue
+            k = []  # the stage derivatives k_j = f(x̃_i + h Σ_m a_jm k_m, σ̃_i + c_j h)
+            for j in range(stages):
+                x, denoised = yield x
+                x_ve = x * (1.0 / scale[j])
+                if j == 0:
+                    x_start = x_ve
+                k.append(pf_ode_derivative(x_ve, denoised, ve[j]))
+                # the next stage's input x̃_i + h Σ a_{j+1,m} k_m, or after the last stage x̃_{i+1} = x̃_i + h Σ b_m k_m
+                weights = (1.0,) if stages == 1 else b if j + 1 == stages else A[j]
+                x_next = x_start
+                for w, k_m in zip(weights, k):
+                    if w != 0.0:
+                        x_next = x_next + k_m * (w * h)
+                x = x_next * scale[j + 1]
+        return x

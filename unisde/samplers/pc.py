@@ -3,9 +3,9 @@ r"""``pc``: the predictor–corrector sampler of score-SDE (Song et al. 2021, Al
 At each evaluation time t_i of the grid the sampler first runs ``correct_steps`` Langevin corrector steps, then
 one predictor step towards t_{i+1}; every one of them is a model evaluation at t_i (so ``timesteps`` repeats
 each time ``correct_steps + 1`` times and ``order = correct_steps + 1``). The score always comes from the
-denoised estimate, ∇log p_t(x) = (s D − x)/σ² (seed 001 eqs. 95, 198).
+denoised estimate, ∇log p_t(x) = (s D − x)/σ² (Tweedie's formula; Karras et al. 2022, eq. 3).
 
-Corrector (score-SDE ``LangevinCorrector``, seed 001 eq. 77), in the model's own space:
+Corrector (score-SDE ``LangevinCorrector``, Song et al. 2021, Algorithms 2–3), in the model's own space:
 
     ε = 2 (snr · ‖z‖ / ‖∇log p‖)²,    x ← x + ε ∇log p + √(2ε) z,
 
@@ -20,7 +20,8 @@ snr² (ε ≈ 2 snr² v for a Gaussian of variance v gives v/(1 − snr²)).
 Predictors:
 
 * ``reverse_diffusion`` (score-SDE ``ReverseDiffusionPredictor``): one step of the reverse of the forward
-  Markov chain, taken in the VE view x̃ = x/s (where that chain has no drift, seed 001 eqs. 120–124):
+  Markov chain (Song et al. 2021, App. E), taken in the VE view x̃ = x/s, where that chain is SMLD's
+  x̃_i = x̃_{i−1} + √(σ̃_i² − σ̃_{i−1}²) z with no drift (Song et al. 2021, eq. 8):
   x̃' = x̃ + (σ̃_a² − σ̃_b²) ∇_x̃ log p + √(σ̃_a² − σ̃_b²) z, then x' = s(t_{i+1}) x̃'. The chain's levels
   (σ̃_a, σ̃_b) follow ``discretization``:
   ``"score_sde"`` — score-SDE's ``VESDE.discretize`` (and diffusers' ScoreSdeVeScheduler): the N = number of
@@ -28,8 +29,9 @@ Predictors:
   j = ⌊t_i (N − 1)⌋ (computed from float32 t_i, as they do), σ̃_a = σ̃(τ_j), σ̃_b = σ̃(τ_{j−1}) and σ̃_b = 0 for
   j = 0. On the score-SDE grid t_i = linspace(1, ε, N) this is the grid itself shifted by at most ε.
   ``"grid"`` — the grid's own levels, σ̃_a = σ̃(t_i), σ̃_b = σ̃(t_{i+1}) (use this on non-uniform grids).
-* ``euler_maruyama``: Euler–Maruyama on the reverse SDE dx = [f x − g² ∇log p] dt + g dw̄ (seed 000 eq. 26)
-  from t_i to t_{i+1}, in the model's own space with the schedule's f and g² at t_i.
+* ``euler_maruyama``: Euler–Maruyama on the reverse SDE dx = [f x − g² ∇log p] dt + g dw̄ (Song et al. 2021,
+  eq. 6) from t_i to t_{i+1}, in the model's own space with the schedule's f and g² at t_i (the η = 1 step of
+  :mod:`unisde.samplers.sde`, from :func:`unisde.core.kernels.reverse_sde_increments`).
 
 The last predictor step returns its mean (no noise), as score-SDE's ``noise_removal`` and diffusers'
 ScoreSdeVePipeline (which outputs ``prev_sample_mean``) do. With the ScoreSdeVe config converted by
@@ -45,7 +47,8 @@ from __future__ import annotations
 
 import torch
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients, non_negative
+from unisde.core.kernels import reverse_sde_increments
+from unisde.samplers.base import Option, Sampler, non_negative
 
 
 def _count(value):
@@ -73,7 +76,7 @@ class PCSampler(Sampler):
     def prepare(self, grid):
         self.grid = self.floats(grid)
         n = grid.numel() - 1
-        s, sigma = grid_coefficients(self, grid)
+        s, sigma = self.grid_coefficients(grid)
         if float(sigma[n - 1]) <= 0:
             raise ValueError(f"sampler 'pc' needs positive noise levels; the grid's last evaluation time t={self.grid[n - 1]:.6g} has σ = 0")
         var = sigma**2
@@ -98,34 +101,33 @@ class PCSampler(Sampler):
             b = s[1:] * w
             c = s[1:] * g2.sqrt()
         else:
-            t = grid[:-1]
-            dt = grid[:-1] - grid[1:]
-            f, g2 = self.schedule.f(t), self.schedule.g2(t)
-            # x' = x − [f x − g² (s D − x)/σ²] Δt + g √Δt z
-            w = g2 * dt / var[:-1]
-            a = 1 - f * dt - w
+            # x' = x − [f x − g² (s D − x)/σ²] Δt + g √Δt z: the η = 1 Euler–Maruyama step
+            f_dt, w, c = reverse_sde_increments(self.schedule, grid, sigma)
+            a = 1 - f_dt - w
             b = w * s[:-1]
-            c = (g2 * dt).sqrt()
         self.pred = list(zip(self.floats(a), self.floats(b), self.floats(c)))
         self.s_t, self.var_t = self.floats(s[:-1]), self.floats(var[:-1])
         per_level = int(self.opts["correct_steps"]) + 1
-        self.ops = [(i, j == per_level - 1) for i in range(n) for j in range(per_level)]
-        return torch.tensor([self.grid[i] for i, _ in self.ops], dtype=torch.float64)
+        self.step_starts = {i * per_level: i for i in range(n)}
+        return torch.tensor([self.grid[i] for i in range(n) for _ in range(per_level)], dtype=torch.float64)
 
     @staticmethod
     def _norm(v: torch.Tensor) -> torch.Tensor:
         """Batch mean of the per-sample Euclidean norms (score-SDE's LangevinCorrector)."""
         return v.reshape(v.shape[0], -1).norm(dim=-1).mean()
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        i, is_predictor = self.ops[k]
-        if is_predictor:
+    def loop(self, x, start=0):
+        snr, last = self.opts["snr"], len(self.pred) - 1
+        for i in range(self.entry_step(start), len(self.pred)):
+            for _ in range(int(self.opts["correct_steps"])):  # Langevin corrector at t_i
+                x, denoised = yield x
+                score = (denoised * self.s_t[i] - x) * (1.0 / self.var_t[i])
+                z = self.noise_like(x)
+                step_size = 2.0 * (snr * self._norm(z) / self._norm(score)) ** 2
+                x = x + step_size * score + (2.0 * step_size).sqrt() * z
+            x, denoised = yield x  # predictor t_i → t_{i+1}
             a, b, c = self.pred[i]
-            mean = sample * a + denoised * b
-            if i == len(self.pred) - 1:
-                return mean  # score-SDE's noise removal / diffusers' prev_sample_mean
-            return mean + self.noise_like(sample, generator) * c
-        score = (denoised * self.s_t[i] - sample) * (1.0 / self.var_t[i])
-        noise = self.noise_like(sample, generator)
-        step_size = 2.0 * (self.opts["snr"] * self._norm(noise) / self._norm(score)) ** 2
-        return sample + step_size * score + (2.0 * step_size).sqrt() * noise
+            mean = x * a + denoised * b
+            # the last step returns its mean: score-SDE's noise removal / diffusers' prev_sample_mean
+            x = mean if i == last else mean + self.noise_like(x) * c
+        return x

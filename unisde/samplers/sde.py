@@ -1,8 +1,9 @@
 r"""``sde``: Euler–Maruyama on the reverse-SDE family of any schedule, with the stochasticity knob η.
 
-The family (DESIGN §1; seed 000 eqs. 26–27; η = 1 the reverse SDE, η = 0 the probability-flow ODE)
+The family (Song et al. 2021, eqs. 6 and 13: η = 1 the reverse SDE, η = 0 the probability-flow ODE; the score
+from the denoiser by Tweedie's formula, Karras et al. 2022, eq. 3)
 
-    dx = [f(t) x − (1 + η²)/2 · g²(t) ∇log p_t(x)] dt + η g(t) dw̄,    ∇log p_t(x) = (s D − x)/σ²   (seed 001 eq. 198)
+    dx = [f(t) x − (1 + η²)/2 · g²(t) ∇log p_t(x)] dt + η g(t) dw̄,    ∇log p_t(x) = (s D − x)/σ²
 
 is stepped in t from each evaluation time t_i to t_{i+1} (Δ = t_i − t_{i+1} > 0) with the schedule's f and g²
 at t_i, in the model's own space:
@@ -32,7 +33,8 @@ from __future__ import annotations
 
 import math
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb, non_negative
+from unisde.core.kernels import lincomb, reverse_sde_increments
+from unisde.samplers.base import Option, Sampler, non_negative
 
 
 class SDESampler(Sampler):
@@ -48,43 +50,46 @@ class SDESampler(Sampler):
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
-        s, sigma = grid_coefficients(self, grid)
-        t = grid[:-1]
-        dt = grid[:-1] - grid[1:]
+        s, sigma = self.grid_coefficients(grid)
         if float(sigma[-2]) <= 0:
             raise ValueError(f"sampler 'sde' needs positive noise levels; the grid's last evaluation time t={self.grid[-2]:.6g} has σ = 0")
-        f, g2 = self.schedule.f(t), self.schedule.g2(t)
-        self.f_dt = self.floats(f * dt)
-        self.g2_dt_var = self.floats(g2 * dt / sigma[:-1] ** 2)  # g² Δ / σ², multiplies (s D − x)
+        # Euler–Maruyama: f Δ, g² Δ/σ² (multiplies s D − x) and g √Δ at each t_i
+        f_dt, g2_dt_var, g_sqrt_dt = reverse_sde_increments(self.schedule, grid, sigma)
+        self.f_dt, self.g2_dt_var, self.g_sqrt_dt = self.floats(f_dt), self.floats(g2_dt_var), self.floats(g_sqrt_dt)
         self.s_t = self.floats(s[:-1])
-        self.g_sqrt_dt = self.floats((g2 * dt).sqrt())
         self.s_end = float(s[-1])
         self.final_denoise = float(sigma[-1]) == 0.0
         # exponential method: log q = log(σ̃'/σ̃) (−inf into σ' = 0), s'/s, s' and σ' per step
         vp_sigma = sigma / s
         self.log_q = self.floats((vp_sigma[1:] / vp_sigma[:-1]).log())
         self.s_ratio, self.s_n, self.sigma_n = self.floats(s[1:] / s[:-1]), self.floats(s[1:]), self.floats(sigma[1:])
-        return t
+        return grid[:-1]
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        last = k == len(self.s_t) - 1
-        if last and self.final_denoise:
-            return denoised * self.s_end if self.s_end != 1.0 else denoised
-        eta = self.eta_value(eta)
-        if self.opts["method"] == "exponential":
-            return self._exponential_step(k, sample, denoised, eta, generator)
-        w = 0.5 * (1.0 + eta * eta) * self.g2_dt_var[k]
-        prev = sample * (1.0 - self.f_dt[k] - w) + denoised * (w * self.s_t[k])
-        if eta > 0:  # also on a last step to σ > 0 (a grid ending early): the target there is p_{t_end}
-            prev = prev + self.noise_like(sample, generator) * (eta * self.g_sqrt_dt[k])
-        return prev
+    def loop(self, x, start=0):
+        exponential = self.opts["method"] == "exponential"
+        n = len(self.s_t)
+        for i in range(start, n):
+            x, denoised = yield x
+            if i == n - 1 and self.final_denoise:  # into σ = 0 the score is singular: return x̂0 = D
+                return denoised * self.s_end if self.s_end != 1.0 else denoised
+            eta = self.eta_value()
+            if exponential:
+                x = self._exponential_step(i, x, denoised, eta)
+                continue
+            # x' = x − [f x − (1 + η²)/2 · g² (s D − x)/σ²] Δ + η g √Δ z
+            w = 0.5 * (1.0 + eta * eta) * self.g2_dt_var[i]
+            x_next = x * (1.0 - self.f_dt[i] - w) + denoised * (w * self.s_t[i])
+            if eta > 0:  # also on a last step to σ > 0 (a grid ending early): the target there is p_{t_end}
+                x_next = x_next + self.noise_like(x) * (eta * self.g_sqrt_dt[i])
+            x = x_next
+        return x
 
-    def _exponential_step(self, k, sample, denoised, eta, generator):
+    def _exponential_step(self, i, x, denoised, eta):
         """x' = (s'/s) r x + s' (1 − r) D + σ' √(1 − q^{2η²}) z with r = q^{1+η²} (module docstring)."""
-        log_q = self.log_q[k]
+        log_q = self.log_q[i]
         r = math.exp((1.0 + eta * eta) * log_q) if log_q != -math.inf else 0.0
-        prev = lincomb(sample, self.s_ratio[k] * r, denoised, self.s_n[k] * (1.0 - r))
-        if eta > 0 and self.sigma_n[k] > 0:
-            std = self.sigma_n[k] * math.sqrt(-math.expm1(2.0 * eta * eta * log_q))
-            prev.add_(self.noise_like(sample, generator), alpha=std)
-        return prev
+        x_next = lincomb(x, self.s_ratio[i] * r, denoised, self.s_n[i] * (1.0 - r))
+        if eta > 0 and self.sigma_n[i] > 0:
+            std = self.sigma_n[i] * math.sqrt(-math.expm1(2.0 * eta * eta * log_q))
+            x_next.add_(self.noise_like(x), alpha=std)
+        return x_next

@@ -1,4 +1,4 @@
-r"""``unipc``: UniPC (Zhao et al. 2023, arXiv:2302.04867) — the unified predictor (UniP) and corrector (UniC) in
+r"""``unipc``: UniPC (Zhao et al. 2023 [UniPC], arXiv:2302.04867) — the unified predictor (UniP) and corrector (UniC) in
 data prediction, multistep, written against s(t), σ(t) and the denoised estimate D, so it runs on every schedule.
 
 With λ' = log(s/σ) (the half log-SNR of :mod:`unisde_dpmsolver`), a step from t_k to t_{k+1} of size h > 0 in λ'
@@ -15,6 +15,12 @@ R_{ij} = r_j^{i} and b_i = i! φ_{i+1}(−h)-type coefficients divided by B(h) (
 ρ = ½, the choices of the reference implementation. ``lower_order_final`` lowers the order to the number of
 steps left (diffusers' rule for UniPC); a step to σ = 0 is first order and returns x = s_end D. This is
 diffusers' UniPCMultistepScheduler (data prediction), whose configs convert to it.
+
+The loop keeps D_k, D_{k−1}, … as a local history, so each step runs at min(table order, evaluations so far) —
+from the start of the grid, and again from wherever an img2img pipeline enters it — and every prediction the
+loop made itself is corrected at the next evaluation with the weights of the order it was made at (as
+diffusers' UniPC does after ``set_begin_index``). x_ is :func:`unisde.core.kernels.exponential_integrator_step`,
+the step DPM-Solver++(1) takes too.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import math
 
 import numpy as np
 
-from unisde.samplers.base import Option, Sampler, grid_coefficients, lincomb
+from unisde.core.kernels import exponential_integrator_coefficients, exponential_integrator_step
+from unisde.samplers.base import Option, Sampler
 
 VARIANTS = ("bh1", "bh2")
 
@@ -73,61 +80,60 @@ class UniPCSampler(Sampler):
     }
 
     def prepare(self, grid):
+        """Per step k: the base step's coefficients, the table order, the ratios r_i, and for every order p the
+        step may run at, −s_{k+1} B(h) and the UniP / UniC weights ρ."""
         self.grid = self.floats(grid)
-        s, sigma = grid_coefficients(self, grid)
+        s, sigma = self.grid_coefficients(grid)
         n = grid.numel() - 1
-        top = self.opts["solver_order"]
-        variant = self.opts["variant"]
-        self.s_n, self.sig_ratio, self.orders = self.floats(s[1:]), [], []
+        top, variant = self.opts["solver_order"], self.opts["variant"]
+        h, x_coef, d_coef = (self.floats(v) for v in exponential_integrator_coefficients(s, sigma))
+        self.x_coef, self.d_coef = x_coef, d_coef
         lam = [math.log(float(si)) - math.log(float(gi)) if float(gi) > 0 else math.inf for si, gi in zip(s, sigma)]
-        self.predictor, self.corrector, self._r = [], [], []
+        self.orders, self.ratios, self.scale, self.rho_p, self.rho_c = [], [], [], [], []
         for k in range(n):
             order = min(top, n - k) if self.opts["lower_order_final"] else top
             order = min(order, k + 1)
-            if float(sigma[k + 1]) == 0.0:  # e^{−h} = 0: x = s_end D exactly; no difference term is finite
+            if not math.isfinite(h[k]):  # σ_{k+1} = 0: e^{−h} = 0, x = s_end D exactly; no difference term is finite
                 order = 1
             self.orders.append(order)
-            self.sig_ratio.append(float(sigma[k + 1]) / float(sigma[k]))
-            h = lam[k + 1] - lam[k]
-            ratios = [(lam[k - i] - lam[k]) / h for i in range(1, order)] if math.isfinite(h) else []
-            self._r.append(ratios)
-            self.predictor.append(_weights(h, ratios, order, variant, False) if math.isfinite(h) else (-1.0, -1.0, []))
-            self.corrector.append(_weights(h, ratios, order, variant, True) if math.isfinite(h) else None)
+            self.ratios.append([(lam[k - i] - lam[k]) / h[k] for i in range(1, order)])
+            tables = [_weights(h[k], self.ratios[k][:p - 1], p, variant, False) if math.isfinite(h[k]) else (0.0, 0.0, [])
+                      for p in range(1, order + 1)]
+            self.scale.append(-float(s[k + 1]) * tables[0][1])  # −s_{k+1} B(h)
+            self.rho_p.append([rho for _, _, rho in tables])
+            self.rho_c.append([_weights(h[k], self.ratios[k][:p - 1], p, variant, True)[2] for p in range(1, order + 1)]
+                              if math.isfinite(h[k]) else None)
         skip = set(self.opts["disable_corrector"])
-        self.correct = [k > 0 and (k - 1) not in skip and self.corrector[k - 1] is not None for k in range(n)]
-        self._history: list = []
-        self._last_sample = None
-        self._last_step = -1
+        self.correct = [k > 0 and (k - 1) not in skip and self.rho_c[k - 1] is not None for k in range(n)]
         return grid[:-1]
 
-    def _base(self, k, x, d0):
-        """x_ = (σ_{k+1}/σ_k) x − s_{k+1} (e^{−h} − 1) D_k."""
-        phi_1 = self.predictor[k][0]
-        return lincomb(x, self.sig_ratio[k], d0, -self.s_n[k] * phi_1) if self.sig_ratio[k] != 0.0 else d0 * self.s_n[k]
+    def loop(self, x, start=0):
+        history = []  # D_k, D_{k−1}, … (newest first) of this loop
+        x_last, last_order = None, 0  # the previous step of this loop: where it started, its order
+        for k in range(start, len(self.orders)):
+            x, denoised = yield x
+            if x_last is not None and self.correct[k]:  # UniC for step k − 1, with D_k at its prediction x_k
+                x = self._unic(k - 1, last_order, x_last, history, denoised)
+            history = [denoised, *history[:self.opts["solver_order"] - 1]]
+            order = min(self.orders[k], len(history))
+            x_last, last_order = x, order
+            x = self._unip(k, order, x, history)  # UniP: the prediction x_{k+1}
+        return x
 
-    def step(self, k, sample, denoised, *, raw_denoised, extra, generator, eta=None):
-        if k != self._last_step + 1:  # entered mid-grid: no valid history
-            self._history, self._last_sample = [], None
-        self._last_step = k
-        if self.correct[k] and self._last_sample is not None and len(self._history) >= self.orders[k - 1]:
-            sample = self._corrected(k - 1, self._last_sample, denoised)
-        self._history = [denoised, *self._history[:2]]
-        self._last_sample = sample
-        out = self._base(k, sample, denoised)
-        if len(self._history) < self.orders[k]:  # fewer evaluations than the tables assume (entered mid-grid)
-            return out
-        _, b_h, rho = self.predictor[k]
-        return self._add_differences(out, k, denoised, rho, -self.s_n[k] * b_h)
+    def _unip(self, k, order, x, history):
+        """x_{k+1} = x_ − s_{k+1} B(h) Σ_{i<p} ρ^P_i D1_i."""
+        out = exponential_integrator_step(x, self.x_coef[k], history[0], self.d_coef[k])
+        return self._add_differences(out, k, history, self.rho_p[k][order - 1])
 
-    def _add_differences(self, out, k, d0, rho, scale):
-        """out + scale · Σ_i ρ_i D1_i with D1_i = (D_{k−i} − D_k)/r_i, r_i = (λ'_{k−i} − λ'_k)/h_k (history[i] = D_{k−i})."""
+    def _unic(self, k, order, x_last, history, d_new):
+        """x^c_{k+1} = x_ − s_{k+1} B(h) (Σ_{i<p} ρ^C_i D1_i + ρ^C_p (D_{k+1} − D_k)) from x_k = ``x_last``."""
+        rho = self.rho_c[k][order - 1]
+        out = exponential_integrator_step(x_last, self.x_coef[k], history[0], self.d_coef[k])
+        out = self._add_differences(out, k, history, rho[:-1])
+        return out.add(d_new - history[0], alpha=self.scale[k] * rho[-1])
+
+    def _add_differences(self, out, k, history, rho):
+        """out − s_{k+1} B(h) Σ_i ρ_i D1_i with D1_i = (D_{k−i} − D_k)/r_i (history[i] = D_{k−i})."""
         for i, weight in enumerate(rho, start=1):
-            out = out.add(self._history[i] - d0, alpha=scale * weight / self._r[k][i - 1])
+            out = out.add(history[i] - history[0], alpha=self.scale[k] * weight / self.ratios[k][i - 1])
         return out
-
-    def _corrected(self, k, x_last, d_new):
-        """UniC for the step k → k+1, with D_{k+1} = ``d_new`` evaluated at the predicted x_{k+1}."""
-        d0 = self._history[0]
-        _, b_h, rho = self.corrector[k]
-        out = self._add_differences(self._base(k, x_last, d0), k, d0, rho[:-1], -self.s_n[k] * b_h)
-        return out.add(d_new - d0, alpha=-self.s_n[k] * b_h * rho[-1])

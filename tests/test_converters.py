@@ -1,0 +1,141 @@
+"""The converter registry: every class diffusers exports either converts to a sampler that reproduces it (live
+parity in the same test) or refuses with a clear error; flags a converter cannot honour are refused; detection
+never picks by list order."""
+
+from __future__ import annotations
+
+import inspect
+
+import diffusers
+import diffusers.schedulers
+import pytest
+import torch
+
+import unisde
+from unisde.diffusers.converters import ConversionError, source_class
+from unisde.scheduler import UnifiedScheduler
+
+SHAPE = (2, 3, 4, 4)
+SCHEDULER_CLASSES = sorted(name for name in dir(diffusers.schedulers) if name.endswith("Scheduler"))
+
+
+def model(x, t):
+    """A smooth stand-in network (its output only has to be a fixed function of (x, t))."""
+    t = torch.as_tensor(t, dtype=x.dtype).reshape(-1)[0]
+    return 0.6 * x + 0.05 * torch.sin(3 * x + t / 1000.0)
+
+
+def run(sched, x, n, seed=0):
+    """The loop of diffusers' pipelines: start from z · init_noise_sigma, feed scale_model_input to the model."""
+    sched.set_timesteps(n)
+    x = x * sched.init_noise_sigma
+    extra = {"generator": torch.Generator().manual_seed(seed)} if "generator" in inspect.signature(sched.step).parameters else {}
+    for t in sched.timesteps:
+        x = sched.step(model(sched.scale_model_input(x, t), t), t, x, **extra).prev_sample
+    return x
+
+
+def instance(name):
+    cls = getattr(diffusers.schedulers, name)
+    try:
+        return cls()
+    except Exception as exc:  # noqa: BLE001 - a class that cannot be built with defaults has no config to convert
+        pytest.skip(f"{name}() cannot be constructed with its defaults here: {exc}")
+
+
+# Classes whose step loop is the plain `for t in timesteps: step(model(x, t), t, x)` and whose default config
+# converts: parity is checked live. (ScoreSdeVe's loop is its pipeline's; tests/test_scheduler_parity.py has it.)
+PLAIN_LOOP_EXCEPTIONS = {"ScoreSdeVeScheduler"}
+
+
+@pytest.mark.parametrize("name", SCHEDULER_CLASSES)
+def test_every_diffusers_class_converts_at_parity_or_refuses(name):
+    ref = instance(name)
+    try:
+        uni = UnifiedScheduler.from_config(ref.config)
+    except ValueError as exc:
+        assert name in str(exc), str(exc)
+        assert "sampler=" in str(exc) or "not a Gaussian" in str(exc) or "flow" in str(exc), str(exc)
+        return
+    assert uni.config.sampler in unisde.list_samplers()
+    if name in PLAIN_LOOP_EXCEPTIONS:
+        return
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    expected, got = run(ref, x.clone(), 6), run(uni, x.clone(), 6)
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() <= 1e-5 * scale, (name, float((got - expected).abs().max() / scale))
+
+
+@pytest.mark.parametrize("name, flags", [
+    ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}),
+    ("EulerDiscreteScheduler", {"use_exponential_sigmas": True}),
+    ("EulerDiscreteScheduler", {"use_beta_sigmas": True}),
+    ("EulerDiscreteScheduler", {"timestep_type": "continuous"}),
+    ("UniPCMultistepScheduler", {"predict_x0": False}),
+    ("UniPCMultistepScheduler", {"use_flow_sigmas": True}),
+    ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True}),
+    ("DPMSolverMultistepScheduler", {"euler_at_final": True}),
+    ("DDPMScheduler", {"prediction_type": "flow_prediction"}),
+])
+def test_unhonoured_flags_refuse_naming_class_flag_and_value(name, flags):
+    ref = getattr(diffusers, name)(**flags)
+    key, value = next(iter(flags.items()))
+    with pytest.raises(ValueError) as info:
+        UnifiedScheduler.from_config(ref.config)
+    text = str(info.value)
+    assert name in text and key in text and repr(value) in text, text
+
+
+def test_sampler_choice_takes_only_schedule_parameterization_and_grid():
+    """A class without a twin converts with sampler=: its β table, prediction type and Karras choice are kept."""
+    ref = diffusers.KDPM2DiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                           prediction_type="v_prediction", use_karras_sigmas=True)
+    with pytest.raises(ValueError, match="KDPM2DiscreteScheduler cannot be converted"):
+        UnifiedScheduler.from_config(ref.config)
+    uni = UnifiedScheduler.from_config(ref.config, sampler="ddim")
+    assert uni.config.sampler == "ddim" and uni._grid_kind() == "karras"
+    assert uni.config.prediction_type == "v_prediction"
+    table = torch.as_tensor(ref.alphas_cumprod, dtype=torch.float64)
+    assert torch.allclose(uni.noise_schedule.s(torch.arange(1, 1001, dtype=torch.float64) / 1000) ** 2, table,
+                          rtol=1e-6)
+
+
+def test_a_solver_flag_is_honoured_or_refused_and_ignored_only_when_the_sampler_is_replaced():
+    ref = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver", solver_type="heun", final_sigmas_type="sigma_min")
+    try:
+        uni = UnifiedScheduler.from_config(ref.config)
+    except ValueError as exc:
+        assert "DPMSolverMultistepScheduler" in str(exc) and "sampler=" in str(exc), str(exc)
+    else:  # honoured: then it must be the same algorithm
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+        expected, got = run(ref, x.clone(), 6), run(uni, x.clone(), 6)
+        assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    uni = UnifiedScheduler.from_config(ref.config, sampler="unipc")
+    assert uni.config.sampler == "unipc"
+
+
+def test_detection_uses_the_owner_of_a_live_config_not_list_order():
+    """LMS, KDPM2 and KDPM2Ancestral have identical __init__ keys: a live scheduler's config is traced to its owner."""
+    for cls in (diffusers.LMSDiscreteScheduler, diffusers.KDPM2DiscreteScheduler):
+        assert source_class(cls().config) == cls.__name__
+    # a plain dict with their keys is ambiguous between different algorithms: a clear error, never a guess
+    cfg = dict(diffusers.LMSDiscreteScheduler().config)
+    with pytest.raises(ConversionError, match="KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, "
+                                              "LMSDiscreteScheduler equally"):
+        source_class(cfg)
+    assert UnifiedScheduler.from_config({**cfg, "_class_name": "LMSDiscreteScheduler"}).config.sampler == "lms"
+    # the scheduler object itself works too
+    assert UnifiedScheduler.from_config(diffusers.LMSDiscreteScheduler()).config.sampler == "lms"
+
+
+def test_a_keyless_dict_with_an_extra_key_does_not_fall_back_to_ddpm():
+    cfg = {**dict(diffusers.DDIMScheduler().config), "an_extra_key": 3}
+    uni = UnifiedScheduler.from_config(cfg)  # best match is still DDIM (ties only between same-algorithm classes)
+    assert uni.config.sampler == "ddim"
+    with pytest.raises(ValueError, match="match no diffusers scheduler class"):
+        UnifiedScheduler.from_config({"foo": 1, "bar": 2})
+
+
+def test_a_json_list_is_not_a_config():
+    with pytest.raises(ValueError, match="must be a dict"):
+        UnifiedScheduler.from_config([("num_train_timesteps", 1000)])

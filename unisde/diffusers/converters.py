@@ -1,0 +1,518 @@
+r"""Converters: one per diffusers scheduler class, each saying everything a conversion decides.
+
+``UnifiedScheduler.from_config(config)`` asks this registry and nothing else. A converter reads the source
+config and returns the unisde keys that reproduce the source: the schedule, the parameterisation, the time grid
+(name + options), the sampler (name + options) and the conventions at the diffusers boundary (what
+``set_timesteps(sigmas=...)``/``scheduler.sigmas`` mean, where the starting sample lives). Every flag of the
+source class is either honoured or refused: a value the converter does not list for a flag that differs from
+the class default is a ValueError naming the class, the flag, the value and what unisde can do instead — never
+a silent fallback to another algorithm. Keys that the source class itself does not take are ignored, as
+diffusers ignores them.
+
+``from_config(config, sampler="X")`` takes only the schedule, parameterisation and grid from the source (its
+solver flags no longer apply) and runs sampler X; that works for every class whose config defines a Gaussian
+(s, σ) schedule, including those without a twin yet.
+
+Detection: ``_class_name`` when present; else the class of the object passed; else (a live scheduler's
+``config`` carries no class name) the scheduler that owns that very config object; else the classes whose
+``__init__`` keys best match the config's. A tie between classes that would convert differently is a ValueError
+naming them — never resolved by list order.
+
+Third-party converters register through the ``unisde_register_converters`` hook: subclass :class:`Converter`
+(or :class:`BetaTableConverter` for β-table classes), set ``name`` to the source class name and, for a class
+diffusers does not ship, ``source_defaults``.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+from typing import Any, ClassVar
+
+from unisde.plugins import get_converter, hookimpl, list_converters, list_samplers
+
+logger = logging.getLogger("unisde")
+
+ANY = None  # in ``accepts``: every value of the flag is honoured
+
+# Flags that define the forward process, the parameterisation, the time grid or x̂0 post-processing. A conversion
+# must honour them (or find them at the class default) even when ``sampler=`` replaces the source's solver.
+SCHEDULE_FLAGS = frozenset({
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
+    "prediction_type", "timestep_spacing", "steps_offset", "use_karras_sigmas", "use_exponential_sigmas",
+    "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas", "flow_shift", "shift", "use_dynamic_shifting",
+    "time_shift_type", "shift_terminal", "invert_sigmas", "sigma_min", "sigma_max", "sigma_data", "sigma_schedule",
+    "rho", "timestep_type", "interpolation_type", "final_sigmas_type", "clip_sample", "clip_sample_range",
+    "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "set_alpha_to_one", "lambda_min_clipped",
+    "sampling_eps", "timestep_scaling", "original_inference_steps", "variance_type",
+})
+# Keys of diffusers configs that never change the numbers (bookkeeping).
+IGNORED_KEYS = frozenset({"_class_name", "_diffusers_version", "_use_default_values", "_name_or_path"})
+
+BETA_KEYS = {"num_train_timesteps": ANY, "beta_start": ANY, "beta_end": ANY, "trained_betas": ANY,
+             "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "exp")}
+PREDICTIONS = ("epsilon", "sample", "v_prediction")
+THRESHOLDING = {"thresholding": ANY, "dynamic_thresholding_ratio": ANY, "sample_max_value": ANY}
+CLIPPING = {"clip_sample": ANY, "clip_sample_range": ANY}
+
+
+def _same(a, b) -> bool:
+    """Config values equal up to JSON round trips (a tuple default saved as a list)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _fmt(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+class ConversionError(ValueError):
+    """A diffusers config that unisde cannot convert as asked (the message says what to do instead)."""
+
+
+class Converter:
+    """How one diffusers scheduler class maps to unisde.
+
+    Class attributes
+    ----------------
+    name: the diffusers class name (the registry key).
+    accepts: ``{flag: allowed values or ANY}`` — the values this converter honours; a listed flag must take one
+        of them even when the class default is not among them (PNDM's ``skip_prk_steps``). Unlisted flags must
+        keep the class default.
+    sampler: the unisde sampler that reproduces the class's algorithm (None: no twin yet, see ``refusal``).
+    refusal: why the class cannot convert without ``sampler=``, and the closest unisde option.
+    gaussian: the config defines a Gaussian (s, σ) schedule, so ``from_config(cfg, sampler=...)`` works.
+    source_defaults: the class's ``__init__`` defaults, for a class diffusers does not ship (else inspected).
+    """
+
+    name: ClassVar[str] = ""
+    accepts: ClassVar[dict[str, Any]] = {}
+    sampler: ClassVar[str | None] = None
+    refusal: ClassVar[str] = ""
+    gaussian: ClassVar[bool] = True
+    source_defaults: ClassVar[dict | None] = None
+
+    # ------------------------------------------------------------------ what a subclass writes
+    def schedule_keys(self, cfg: dict) -> dict:
+        """The unisde keys of the schedule, parameterisation and time grid (``schedule``, ``parameterization``,
+        ``prediction_type``, ``time_grid``, ``time_grid_options``, ``t_min``)."""
+        return {}
+
+    def sampler_keys(self, cfg: dict) -> dict:
+        """``sampler`` and ``sampler_options`` of the twin (only called when ``sampler`` is set)."""
+        return {"sampler": self.sampler}
+
+    def explicit_grid(self, cfg: dict) -> bool:
+        """Whether the config chose its grid explicitly (Karras/exponential σ …), so that another sampler keeps it;
+        otherwise a sampler with a grid preference of its own uses that."""
+        return False
+
+    # ------------------------------------------------------------------ machinery
+    @classmethod
+    def defaults(cls) -> dict:
+        if cls.source_defaults is not None:
+            return dict(cls.source_defaults)
+        import diffusers
+
+        source = getattr(diffusers, cls.name, None)
+        if source is None:
+            raise ConversionError(f"converter {cls.name!r} names no diffusers class and gives no source_defaults")
+        params = list(inspect.signature(source.__init__).parameters.values())[1:]
+        return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    def check_flags(self, cfg: dict, twin: bool) -> list[str]:
+        """Raise on a flag value this conversion would not honour; return the solver flags that ``sampler=``
+        leaves unused (for the log line)."""
+        defaults = self.defaults()
+        unused = []
+        for key, value in cfg.items():
+            if key in IGNORED_KEYS or key.startswith("_") or key not in defaults:
+                continue  # not a key of the source class: diffusers ignores it too
+            allowed = self.accepts.get(key, ())
+            if key in self.accepts and (allowed is ANY or any(_same(value, v) for v in allowed)):
+                continue
+            if _same(value, defaults[key]) and key not in self.accepts:  # a listed flag needs a listed value
+                continue
+            if not twin and key not in SCHEDULE_FLAGS:  # a solver flag: the chosen sampler replaces the solver
+                if not _same(value, defaults[key]):
+                    unused.append(f"{key}={value!r}")
+                continue
+            shown = f" (supported: {_fmt(allowed)})" if allowed else f" (supported: only the default {defaults[key]!r})"
+            if key in SCHEDULE_FLAGS:
+                hint = "it changes the schedule, parameterisation or time grid, so no sampler= can stand in for it"
+            else:
+                hint = (f"to run a unisde sampler on this model's schedule instead, pass sampler= "
+                        f"(e.g. {self.closest_sampler()!r})")
+            raise ConversionError(f"{self.name} flag {key}={value!r} is not supported by unisde's conversion"
+                                  f"{shown}; {hint}")
+        return unused
+
+    def closest_sampler(self) -> str:
+        return self.sampler or "ddim"
+
+    def is_twin(self, cfg: dict, sampler: str | None, sampler_options: dict | None) -> bool:
+        """Whether the caller's choice is this class's own algorithm (then the conversion is the full twin)."""
+        if sampler is None:
+            return True
+        if sampler != self.sampler:
+            return False
+        return dict(sampler_options or {}) == dict(self.sampler_keys(cfg).get("sampler_options") or {})
+
+    def convert(self, cfg: dict, sampler: str | None = None, sampler_options: dict | None = None) -> dict:
+        """The unisde keys for this source config (``sampler``: the caller's choice, or None for the twin)."""
+        if sampler is None and self.sampler is None:
+            raise ConversionError(f"{self.name} cannot be converted: {self.refusal}")
+        if sampler is not None and not self.gaussian:
+            raise ConversionError(f"{self.name} cannot be converted, not even with sampler={sampler!r}: {self.refusal}")
+        twin = self.sampler is not None and self.is_twin(cfg, sampler, sampler_options)
+        unused = self.check_flags(cfg, twin)
+        out = self.schedule_keys(cfg)
+        if twin:
+            if self.sampler not in list_samplers():
+                raise ConversionError(f"{self.name} converts to sampler {self.sampler!r}, which is not installed "
+                                      f"(registered samplers: {_fmt(list_samplers())})")
+            keys = self.sampler_keys(cfg)
+            if sampler is not None:
+                keys.pop("sampler_options", None)  # the caller's options (if any) apply, as diffusers' kwargs do
+            out.update(keys)
+        else:
+            from unisde.plugins import get_sampler
+
+            out.pop("init_noise", None)  # the source's starting-noise convention belongs to its algorithm
+            if not self.explicit_grid(cfg) and get_sampler(sampler).default_grid != "config":
+                out.pop("time_grid", None)  # the sampler's own grid preference (EDM: Karras) over a default spacing
+                out.pop("time_grid_options", None)
+            out["sampler"] = sampler
+            logger.info("UnifiedScheduler.from_config: schedule, parameterisation and time grid taken from %s; "
+                        "sampler %r replaces its algorithm%s", self.name, sampler,
+                        f" (unused solver flags: {', '.join(unused)})" if unused else "")
+        return out
+
+
+class Refusing(Converter):
+    """A diffusers class with no unisde twin: converting it without ``sampler=`` is a clear error."""
+
+
+class BetaTableConverter(Converter):
+    """The β-table classes: the table keys, ``prediction_type``, the spacing and x̂0 post-processing."""
+
+    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, "timestep_spacing": ("leading", "trailing", "linspace"),
+               "steps_offset": ANY, "rescale_betas_zero_snr": ANY}
+    spacing_grids: ClassVar[dict] = {}  # the class's own name for a diffusers spacing (e.g. fractional linspace)
+
+    def schedule_keys(self, cfg):
+        spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing", "leading"))
+        out = {"time_grid": self.spacing_grids.get(spacing, spacing)}
+        if cfg.get("use_karras_sigmas"):
+            out["time_grid"] = "karras"
+        elif cfg.get("use_exponential_sigmas") or cfg.get("use_lu_lambdas"):
+            out["time_grid"] = "uniform_lambda"
+        return out
+
+    def explicit_grid(self, cfg):
+        return bool(cfg.get("use_karras_sigmas") or cfg.get("use_exponential_sigmas") or cfg.get("use_lu_lambdas"))
+
+
+class DDPMConverter(BetaTableConverter):
+    name = "DDPMScheduler"
+    sampler = "ddpm"
+    accepts = {**BetaTableConverter.accepts, **CLIPPING, **THRESHOLDING, "variance_type": (
+        "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")}
+
+
+class DDPMParallelConverter(DDPMConverter):
+    name = "DDPMParallelScheduler"  # DDPM's step with a batched variant; the sequential step is DDPM's
+
+
+class DDIMConverter(BetaTableConverter):
+    name = "DDIMScheduler"
+    sampler = "ddim"
+    accepts = {**BetaTableConverter.accepts, **CLIPPING, **THRESHOLDING, "set_alpha_to_one": ANY}
+
+
+class DDIMParallelConverter(DDIMConverter):
+    name = "DDIMParallelScheduler"  # DDIM's step with a batched variant; the sequential step is DDIM's
+
+
+class PNDMConverter(BetaTableConverter):
+    name = "PNDMScheduler"
+    sampler = "pndm"
+    accepts = {**BetaTableConverter.accepts, "set_alpha_to_one": ANY, "skip_prk_steps": (True,)}
+
+    def closest_sampler(self):
+        return "pndm"
+
+
+class _KarrasFamily(BetaTableConverter):
+    """Euler, EulerAncestral, Heun, LMS: fractional linspace timesteps (np.linspace without rounding)."""
+
+    spacing_grids = {"linspace": "linspace_fractional"}
+    accepts = {**BetaTableConverter.accepts, "use_karras_sigmas": ANY}
+
+    def schedule_keys(self, cfg):
+        out = super().schedule_keys(cfg)
+        spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing"))
+        # they start from σ̃_max · z in the VE view with these spacings (√(σ̃_max² + 1) · z with leading)
+        out["init_noise"] = "sigma" if spacing in ("linspace", "trailing") else "marginal"
+        return out
+
+
+class EulerConverter(_KarrasFamily):
+    name = "EulerDiscreteScheduler"
+    sampler = "edm"
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "edm", "sampler_options": {"solver": "euler"}}
+
+
+class EulerAncestralConverter(_KarrasFamily):
+    name = "EulerAncestralDiscreteScheduler"
+    sampler = "ddim"
+    accepts = {k: v for k, v in _KarrasFamily.accepts.items() if k != "use_karras_sigmas"}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "ddim", "sampler_options": {"eta": 1.0}}
+
+
+class HeunConverter(_KarrasFamily):
+    name = "HeunDiscreteScheduler"
+    sampler = "edm"
+    accepts = {**_KarrasFamily.accepts, **CLIPPING}
+
+
+class LMSConverter(_KarrasFamily):
+    name = "LMSDiscreteScheduler"
+    sampler = "lms"
+
+
+class _MultistepFamily(BetaTableConverter):
+    """DPMSolverMultistep and UniPC: leading/linspace over n + 1 points without index 0."""
+
+    spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
+    accepts = {**BetaTableConverter.accepts, **THRESHOLDING, "use_karras_sigmas": ANY, "use_lu_lambdas": ANY,
+               "use_exponential_sigmas": ANY, "final_sigmas_type": ("zero", "sigma_min"), "solver_order": (1, 2, 3),
+               "lower_order_final": ANY}
+
+
+class DPMSolverMultistepConverter(_MultistepFamily):
+    name = "DPMSolverMultistepScheduler"
+    sampler = "dpmsolver++"
+    accepts = {**_MultistepFamily.accepts, "algorithm_type": ("dpmsolver++", "sde-dpmsolver++")}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "dpmsolver++"}  # solver_order, algorithm_type, … reach it by option name
+
+    def closest_sampler(self):
+        return "dpmsolver++" if "dpmsolver++" in list_samplers() else "unipc"
+
+
+class UniPCConverter(_MultistepFamily):
+    name = "UniPCMultistepScheduler"
+    sampler = "unipc"
+    accepts = {**_MultistepFamily.accepts, "solver_type": ("bh1", "bh2"), "disable_corrector": ANY}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "unipc", "sampler_options": {"variant": cfg.get("solver_type", "bh2")}}
+
+
+class EDMEulerConverter(Converter):
+    name = "EDMEulerScheduler"
+    sampler = "edm"
+    accepts = {"sigma_min": ANY, "sigma_max": ANY, "sigma_data": ANY, "rho": ANY, "num_train_timesteps": ANY,
+               "sigma_schedule": ("karras", "exponential"), "prediction_type": ("epsilon",)}
+
+    def schedule_keys(self, cfg):
+        smin, smax = float(cfg.get("sigma_min") or 0.002), float(cfg.get("sigma_max") or 80.0)
+        out = {"parameterization": "edm"}  # diffusers calls EDM's preconditioned network "epsilon"
+        if cfg.get("sigma_schedule", "karras") == "exponential":
+            out["schedule"] = {"name": "ve", "sigma_min": smin, "sigma_max": smax, "timestep_convention": "edm"}
+            out["time_grid"] = "uniform_lambda"
+        else:
+            out["schedule"] = {"name": "edm", "sigma_min": smin, "sigma_max": smax,
+                               "rho": float(cfg.get("rho", 7.0)), "timestep_convention": "edm"}
+            out["time_grid"] = "karras"
+        return out
+
+    def explicit_grid(self, cfg):
+        return True  # EDM's σ range and spacing are the model's
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "edm", "sampler_options": {"solver": "euler"}}
+
+
+class ScoreSdeVeConverter(Converter):
+    name = "ScoreSdeVeScheduler"
+    sampler = "pc"
+    accepts = {"sigma_min": ANY, "sigma_max": ANY, "sampling_eps": ANY, "num_train_timesteps": ANY, "snr": ANY,
+               "correct_steps": ANY}
+
+    def schedule_keys(self, cfg):
+        return {"schedule": {"name": "ve", "sigma_min": float(cfg.get("sigma_min", 0.01)),
+                             "sigma_max": float(cfg.get("sigma_max", 1348.0)), "timestep_convention": "sigma"},
+                "prediction_type": "score", "time_grid": "uniform_t", "t_min": float(cfg.get("sampling_eps", 1e-5))}
+
+    def explicit_grid(self, cfg):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def _refusing(class_name: str, reason: str, *, gaussian: bool = False, base: type = Refusing, closest: str = "ddim"):
+    """A converter for a class without a twin: schedule/grid from ``base`` (a class whose schedule unisde reads is
+    ``gaussian``: ``sampler=`` works on it), conversion refused with ``reason``."""
+    if base is not Refusing:
+        gaussian = True
+    elif gaussian is False and "Gaussian" not in reason and "flow" not in reason:
+        reason = f"{reason} unisde does not read this class's schedule keys yet, so sampler= cannot stand in either."
+    return type(class_name.replace("Scheduler", "Converter"), (base,), {
+        "name": class_name, "sampler": None, "gaussian": gaussian, "closest_sampler": lambda self: closest,
+        "refusal": f"{reason} To run a unisde sampler on this model's schedule, pass sampler= "
+                   f"(e.g. UnifiedScheduler.from_config(config, sampler={closest!r}))." if gaussian else reason})
+
+
+_NO_TWIN_YET = "unisde has no sampler that reproduces its algorithm yet."
+_NON_GAUSSIAN = ("it is not a Gaussian (s, σ) diffusion (discrete/masked-token or another process), which unisde's "
+                 "samplers do not apply to.")
+_FLOW = ("flow-matching (rectified-flow) configs are not supported by this version of unisde; refusing rather than "
+         "running the model under a wrong (DDPM) schedule.")
+
+
+class _BetaRefusing(BetaTableConverter, Refusing):
+    """A β-table class without a twin: its schedule, spacing, Karras/exponential σ and x̂0 post-processing are
+    read, so ``sampler=`` runs a unisde sampler on it."""
+
+    accepts = {**BetaTableConverter.accepts, **CLIPPING, **THRESHOLDING, "use_karras_sigmas": ANY,
+               "use_exponential_sigmas": ANY, "use_lu_lambdas": ANY, "set_alpha_to_one": ANY}
+
+
+class _EDMRefusing(EDMEulerConverter, Refusing):
+    """An EDM-σ class without a twin: its σ range and spacing are read, so ``sampler=`` works on it."""
+
+
+REFUSING = (
+    _refusing("KDPM2DiscreteScheduler", f"KDPM2 (k-diffusion's dpm_2): {_NO_TWIN_YET}", base=_BetaRefusing, closest="edm"),
+    _refusing("KDPM2AncestralDiscreteScheduler", f"KDPM2 ancestral: {_NO_TWIN_YET}", base=_BetaRefusing, closest="ddim"),
+    _refusing("DPMSolverSinglestepScheduler", f"singlestep DPM-Solver: {_NO_TWIN_YET}", base=_BetaRefusing,
+              closest="unipc"),
+    _refusing("DPMSolverSDEScheduler", f"DPM-Solver++ SDE (Brownian tree): {_NO_TWIN_YET}", base=_BetaRefusing,
+              closest="sde"),
+    _refusing("DEISMultistepScheduler", f"DEIS: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
+    _refusing("IPNDMScheduler", f"iPNDM: {_NO_TWIN_YET}", closest="pndm"),
+    _refusing("SASolverScheduler", f"SA-Solver: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
+    _refusing("LCMScheduler", f"LCM (consistency sampling): {_NO_TWIN_YET}", base=_BetaRefusing, closest="ddim"),
+    _refusing("TCDScheduler", f"TCD: {_NO_TWIN_YET}", base=_BetaRefusing, closest="ddim"),
+    _refusing("DDIMInverseScheduler", f"DDIM inversion (data to noise): {_NO_TWIN_YET}", base=_BetaRefusing),
+    _refusing("DPMSolverMultistepInverseScheduler", f"DPM-Solver inversion: {_NO_TWIN_YET}", base=_BetaRefusing),
+    _refusing("EDMDPMSolverMultistepScheduler", f"DPM-Solver++ on EDM's σ: {_NO_TWIN_YET}", base=_EDMRefusing,
+              closest="edm"),
+    _refusing("CosineDPMSolverMultistepScheduler", f"cosine-σ DPM-Solver++: {_NO_TWIN_YET}", closest="edm"),
+    _refusing("CMStochasticIterativeScheduler", f"consistency-model sampling: {_NO_TWIN_YET}", closest="edm"),
+    _refusing("UnCLIPScheduler", f"UnCLIP's DDPM variant: {_NO_TWIN_YET}", closest="ddpm"),
+    _refusing("CogVideoXDDIMScheduler", f"CogVideoX DDIM: {_NO_TWIN_YET}", base=_BetaRefusing),
+    _refusing("CogVideoXDPMScheduler", f"CogVideoX DPM: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
+    _refusing("ScoreSdeVpScheduler", f"score-SDE VP (continuous β): {_NO_TWIN_YET}", closest="pc"),
+    _refusing("DDPMWuerstchenScheduler", f"Würstchen's DDPM: {_NO_TWIN_YET}", closest="ddpm"),
+    _refusing("DiscreteDDIMScheduler", f"discrete DDIM: {_NO_TWIN_YET}", base=_BetaRefusing),
+    _refusing("KarrasVeScheduler", f"the stochastic Karras VE sampler: {_NO_TWIN_YET}", closest="edm"),
+    _refusing("RePaintScheduler", f"RePaint (inpainting resampling): {_NO_TWIN_YET}", base=_BetaRefusing,
+              closest="ddpm"),
+    _refusing("FlowMatchEulerDiscreteScheduler", _FLOW, gaussian=False),
+    _refusing("FlowMatchHeunDiscreteScheduler", _FLOW, gaussian=False),
+    _refusing("FlowMatchLCMScheduler", _FLOW, gaussian=False),
+    _refusing("FlowMapEulerDiscreteScheduler", _FLOW, gaussian=False),
+    _refusing("LTXEulerAncestralRFScheduler", _FLOW, gaussian=False),
+    _refusing("HeliosScheduler", _FLOW, gaussian=False),
+    _refusing("HeliosDMDScheduler", _FLOW, gaussian=False),
+    _refusing("SCMScheduler", f"sCM (continuous-time consistency, TrigFlow): {_NO_TWIN_YET}", gaussian=False),
+    _refusing("PiflowScheduler", f"π-Flow (policy-based flow): {_FLOW}", gaussian=False),
+    _refusing("MiniMaxH3Scheduler", _NON_GAUSSIAN, gaussian=False),
+    _refusing("VQDiffusionScheduler", _NON_GAUSSIAN, gaussian=False),
+    _refusing("AmusedScheduler", _NON_GAUSSIAN, gaussian=False),
+    _refusing("BlockRefinementScheduler", _NON_GAUSSIAN, gaussian=False),
+    _refusing("EntropyBoundScheduler", _NON_GAUSSIAN, gaussian=False),
+    _refusing("ConsistencyDecoderScheduler", f"the consistency decoder's sampler: {_NON_GAUSSIAN}", gaussian=False),
+    _refusing("RFD4ProteinaScheduler", _NON_GAUSSIAN, gaussian=False),
+)
+
+BUILTIN_CONVERTERS = (DDPMConverter, DDPMParallelConverter, DDIMConverter, DDIMParallelConverter, PNDMConverter,
+                      EulerConverter, EulerAncestralConverter, HeunConverter, LMSConverter,
+                      DPMSolverMultistepConverter, UniPCConverter, EDMEulerConverter, ScoreSdeVeConverter) + REFUSING
+
+
+@hookimpl
+def unisde_register_converters(register):
+    for converter in BUILTIN_CONVERTERS:
+        register(converter)
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def _owner_class(config) -> str | None:
+    """The class of the live scheduler whose ``config`` is this very object (``pipe.scheduler.config`` carries no
+    class name; the object that holds it knows)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    if not isinstance(config, FrozenDict):
+        return None
+    for ref in gc.get_referrers(config):
+        if getattr(ref, "_internal_dict", None) is config:
+            return type(ref).__name__
+        if isinstance(ref, dict):  # the owner's attribute dict
+            for owner in gc.get_referrers(ref):
+                if getattr(owner, "_internal_dict", None) is config:
+                    return type(owner).__name__
+    return None
+
+
+def _keys_match(cfg: dict) -> str:
+    """The registered class whose ``__init__`` keys best match the config's (Jaccard similarity); a tie between
+    classes that convert differently is a ValueError naming them."""
+    keys = {k for k in cfg if not k.startswith("_")}
+    scored = []
+    for name in list_converters():
+        try:
+            params = set(get_converter(name).defaults())
+        except Exception:  # noqa: BLE001 - a class this diffusers version lacks cannot be the source
+            continue
+        if params:
+            scored.append((len(keys & params) / len(keys | params), name))
+    if not scored:
+        raise ConversionError("no converter is registered")
+    best = max(score for score, _ in scored)
+    tied = sorted(name for score, name in scored if score == best)
+    if best < 0.5:
+        raise ConversionError(f"the config's keys {sorted(keys)} match no diffusers scheduler class; add "
+                              "'_class_name' (the source class) or pass the scheduler object itself")
+    if len(tied) > 1:
+        conversions = set()
+        for name in tied:
+            converter = get_converter(name)()
+            try:
+                conversions.add(repr(sorted(converter.convert(cfg).items())))
+            except ConversionError as exc:
+                conversions.add(f"error: {exc}")
+        if len(conversions) > 1:
+            raise ConversionError(f"the config's keys match {', '.join(tied)} equally, and they run different "
+                                  "algorithms; pass the scheduler object (from_config(pipe.scheduler)) or a config "
+                                  "with '_class_name'")
+    return tied[0]
+
+
+def source_class(config, obj=None) -> str:
+    """The diffusers class a config comes from (see the module docstring for the order of the evidence)."""
+    cfg = dict(config)
+    if cfg.get("_class_name"):
+        return str(cfg["_class_name"])
+    if obj is not None and not isinstance(obj, dict):
+        return type(obj).__name__
+    return _owner_class(config) or _keys_match(cfg)
+
+
+def convert(config, sampler: str | None = None, sampler_options: dict | None = None, obj=None) -> dict:
+    """The unisde keys that reproduce a diffusers scheduler config (see :class:`Converter`)."""
+    name = source_class(config, obj)
+    if name not in list_converters():
+        raise ConversionError(f"no unisde converter for the diffusers scheduler class {name!r}; classes with one: "
+                              f"{_fmt(list_converters())}. Pass sampler= with a config whose schedule unisde reads, or "
+                              "register a converter (docs/plugins.md)")
+    return get_converter(name)().convert(dict(config), sampler, sampler_options)
