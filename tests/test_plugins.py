@@ -88,23 +88,44 @@ def test_runtime_plugin_adds_a_sampler_and_a_parameterization():
         unisde.get_sampler("toy")
 
 
-def test_duplicate_names_name_both_plugins():
-    class Clash(_HalfEps):
-        name = "epsilon"
-        aliases = ()
+class _Clash(_HalfEps):
+    name = "epsilon"
+    aliases = ()
 
-    plugins.register_plugin(_plugin(parameterization=Clash), name="clashing-plugin")
+
+def test_duplicate_names_warn_naming_both_plugins_and_keep_the_builtin(monkeypatch):
+    monkeypatch.delenv(plugins.STRICT_ENV, raising=False)
+    plugins.register_plugin(_plugin(parameterization=_Clash), name="clashing-plugin")
+    with pytest.warns(RuntimeWarning, match=r"'epsilon' is registered twice: by plugin 'unisde\.parameterizations' "
+                                            r"\(unisde\) and by plugin 'clashing-plugin' \(\(runtime\)\)"):
+        names = unisde.list_parameterizations()
+    assert "epsilon" in names
+    assert not isinstance(unisde.get_parameterization("epsilon"), _Clash)  # the built-in is kept
+    [conflict] = plugins.plugin_conflicts()
+    assert (conflict.kept_plugin, conflict.ignored_plugin) == ("unisde.parameterizations", "clashing-plugin")
+
+
+def test_duplicate_names_raise_in_strict_mode(monkeypatch):
+    monkeypatch.setenv(plugins.STRICT_ENV, "1")
+    plugins.register_plugin(_plugin(parameterization=_Clash), name="clashing-plugin")
     with pytest.raises(plugins.PluginError, match=r"'epsilon' is registered twice: by plugin '(unisde\.parameterizations|clashing-plugin)'.*and by plugin '(clashing-plugin|unisde\.parameterizations)'") as info:
         unisde.list_parameterizations()
     assert "unisde.parameterizations" in str(info.value) and "clashing-plugin" in str(info.value)
     assert isinstance(info.value, ValueError)
 
 
-def test_duplicate_alias_is_an_error_too():
+def test_duplicate_alias_warns_and_keeps_the_rest_of_the_registration(monkeypatch):
     class AliasClash(_HalfEps):
         name = "other"
-        aliases = ("eps",)
+        aliases = ("eps", "oth")
 
+    monkeypatch.delenv(plugins.STRICT_ENV, raising=False)
+    plugins.register_plugin(_plugin(parameterization=AliasClash), name="alias-plugin")
+    with pytest.warns(RuntimeWarning, match=r"'eps' is registered twice.*alias-plugin"):
+        assert unisde.get_parameterization("eps").name == "epsilon"
+    assert isinstance(unisde.get_parameterization("oth"), AliasClash)
+    monkeypatch.setenv(plugins.STRICT_ENV, "1")
+    plugins.reset()
     plugins.register_plugin(_plugin(parameterization=AliasClash), name="alias-plugin")
     with pytest.raises(plugins.PluginError, match=r"'eps' is registered twice.*alias-plugin"):
         unisde.get_parameterization("epsilon")

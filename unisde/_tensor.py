@@ -107,6 +107,10 @@ class MonotoneCubic:
         y0, y1, m0, m1 = y[i], y[i + 1], m[i] * h, m[i + 1] * h
         u2, u3 = u * u, u * u * u
         value = (2 * u3 - 3 * u2 + 1) * y0 + (u3 - 2 * u2 + u) * m0 + (-2 * u3 + 3 * u2) * y1 + (u3 - u2) * m1
+        # Every piece is monotone, so in exact arithmetic its values lie between its end values; rounding can
+        # step past them by a few ulps of the largest term, which near a zero end value (ᾱ → 0) would flip the
+        # sign. Clamping to the piece's range is exact in exact arithmetic and keeps positive data positive.
+        value = torch.minimum(torch.maximum(value, torch.minimum(y0, y1)), torch.maximum(y0, y1))
         if not derivative:
             return value
         dvalue = ((6 * u2 - 6 * u) * y0 + (3 * u2 - 4 * u + 1) * m0 + (-6 * u2 + 6 * u) * y1 + (3 * u2 - 2 * u) * m1) / h

@@ -9,8 +9,12 @@ the ``unisde`` entry-point group::
 Each hook hands the plugin a ``register`` callback; the package's own samplers and parameterisations are
 registered through exactly these hooks (and the same entry-point group), so built-ins have no privileges.
 
-A plugin that fails to import is reported with a warning naming it and everything else keeps working; set the
-environment variable ``UNISDE_STRICT_PLUGINS=1`` to make it raise instead (useful while writing a plugin).
+A misbehaving plugin never breaks the others. A plugin that fails to import or to register, a hook that
+raises, and a name registered twice are each reported with a ``RuntimeWarning`` naming the plugins and their
+distributions; the offending plugin (or hook, or second registration) is skipped and everything else keeps
+working. On a duplicate name the built-in registration wins, and between two external plugins the one
+registered first. ``unisde plugins`` lists what was skipped (:func:`plugin_conflicts`, :func:`plugin_failures`).
+Set the environment variable ``UNISDE_STRICT_PLUGINS=1`` to raise instead (useful while writing a plugin).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ STRICT_ENV = "UNISDE_STRICT_PLUGINS"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-BUILTIN_MODULES = ("unisde.parameterizations", "unisde.samplers", "unisde.grids.builtin", "unisde.diffusers.converters")
+BUILTIN_MODULES = ("unisde.parameterizations", "unisde.samplers", "unisde.core.schedule", "unisde.grids.builtin",
+                   "unisde.grids.lcm", "unisde.diffusers.converters")
 
 
 class HookSpecs:
@@ -75,11 +80,42 @@ class Entry:
     aliases: tuple = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A name registered twice: the registration kept and the one ignored (plugin and distribution of each)."""
+
+    kind: str
+    name: str
+    kept_plugin: str
+    kept_distribution: str
+    ignored_plugin: str
+    ignored_distribution: str
+
+    def message(self) -> str:
+        return (f"{self.kind} name {self.name!r} is registered twice: by plugin {self.kept_plugin!r} "
+                f"({self.kept_distribution}) and by plugin {self.ignored_plugin!r} ({self.ignored_distribution})")
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin skipped because loading it, or one of its registration hooks, raised."""
+
+    plugin: str
+    distribution: str
+    stage: str  # "load" or "register <kind>s"
+    error: str
+
+    def message(self) -> str:
+        return f"plugin {self.plugin!r} ({self.distribution}) failed at {self.stage} and is skipped: {self.error}"
+
+
+# kind -> the hook that registers it. A new kind is one line here plus its hookspec; its hook calls
+# ``register(obj)`` with an object that has a ``name`` (and optional ``aliases``) or ``register(name, obj)``.
 KINDS = {"sampler": "unisde_register_samplers", "parameterization": "unisde_register_parameterizations",
          "schedule": "unisde_register_schedules",
          "grid": "unisde_register_grids", "converter": "unisde_register_converters"}
 
-_state: dict = {"pm": None, "registry": None, "origins": {}}
+_state: dict = {"pm": None, "registry": None, "origins": {}, "load_failures": [], "conflicts": [], "hook_failures": []}
 
 
 def _strict() -> bool:
@@ -99,28 +135,34 @@ def get_plugin_manager() -> pluggy.PluginManager:
         pm = pluggy.PluginManager(PROJECT)
         pm.add_hookspecs(HookSpecs)
         origins: dict[str, tuple[str, str]] = {}
+        failures: list[PluginFailure] = []
+
+        def add(load, name, label, dist_name, dist_version):
+            try:
+                plugin = load()
+                if pm.is_registered(plugin):
+                    return
+                pm.register(plugin, name=name(plugin))  # pluggy validates the hook implementations here
+            except Exception as exc:  # a broken plugin must not break the others
+                if _strict():
+                    raise
+                failures.append(PluginFailure(label, dist_name, "load", f"{type(exc).__name__}: {exc}"))
+                warnings.warn(f"unisde plugin {label} failed to load and is skipped: {type(exc).__name__}: {exc}. "
+                              f"Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning, stacklevel=4)
+                return
+            origins[pm.get_name(plugin)] = (dist_name, dist_version)
+
         for ep in _entry_points():
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else "?"
             dist_version = dist.version if dist is not None else "?"
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not break the others
-                if _strict():
-                    raise
-                warnings.warn(f"unisde plugin {ep.name!r} ({ep.value}, distribution {dist_name}) failed to load and is "
-                              f"skipped: {type(exc).__name__}: {exc}. Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning, stacklevel=2)
-                continue
-            if pm.is_registered(plugin):
-                continue
-            pm.register(plugin, name=getattr(plugin, "__name__", ep.name))
-            origins[pm.get_name(plugin)] = (dist_name, dist_version)
+            add(ep.load, lambda plugin, ep=ep: getattr(plugin, "__name__", ep.name),
+                f"{ep.name!r} ({ep.value}, distribution {dist_name})", dist_name, dist_version)
         for modname in BUILTIN_MODULES:  # running from a source tree without installed entry points
-            module = importlib.import_module(modname)
-            if not pm.is_registered(module):
-                pm.register(module, name=modname)
-                origins[modname] = ("unisde", _unisde_version())
+            add(lambda modname=modname: importlib.import_module(modname), lambda plugin, modname=modname: modname,
+                f"{modname!r} (built-in, distribution unisde)", "unisde", _unisde_version())
         _state["pm"], _state["origins"], _state["registry"] = pm, origins, None
+        _state["load_failures"] = failures
     return _state["pm"]
 
 
@@ -150,7 +192,29 @@ def unregister_plugin(name: str) -> None:
 
 def reset() -> None:
     """Forget the plugin manager and registry (they are rebuilt on next use)."""
-    _state["pm"], _state["registry"], _state["origins"] = None, None, {}
+    _state.update(pm=None, registry=None, origins={}, load_failures=[], conflicts=[], hook_failures=[])
+
+
+def _is_builtin(plugin_name: str) -> bool:
+    return plugin_name in BUILTIN_MODULES or _state["origins"].get(plugin_name, ("",))[0] == "unisde"
+
+
+def _entry_fields(kind: str, plugin: str, obj, target, aliases) -> tuple[str, Any, tuple]:
+    """(name, object, aliases) of one ``register`` call: ``register(obj)`` with ``obj.name`` (and optional
+    ``obj.aliases``), or ``register(name, obj)`` / ``register((name, obj))``, each with optional ``aliases=``."""
+    if target is None and isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+        obj, target = obj
+    if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
+        raise PluginError(f"plugin {plugin!r} registered a {kind} with aliases that are not a tuple of names: {aliases!r}")
+    if target is not None:
+        if not isinstance(obj, str) or not obj:
+            raise PluginError(f"plugin {plugin!r} registered a {kind} under a name that is not a non-empty string: "
+                              f"{obj!r}")
+        return obj, target, tuple(aliases)
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"plugin {plugin!r} registered a {kind} without a 'name' attribute: {obj!r}")
+    return name, obj, tuple(aliases) + tuple(getattr(obj, "aliases", ()))
 
 
 def _collect() -> dict[str, dict[str, Entry]]:
@@ -159,34 +223,69 @@ def _collect() -> dict[str, dict[str, Entry]]:
     pm = get_plugin_manager()
     registry: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
     aliases: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+    conflicts: list[Conflict] = []
+    failures: list[PluginFailure] = []
+    order = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}  # registration order
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
+        # Registration order, built-ins first: on a duplicate name the built-in (or else the first) one is kept.
+        impls = sorted(hook.get_hookimpls(), key=lambda impl: (not _is_builtin(impl.plugin_name),
+                                                               order.get(impl.plugin_name, len(order))))
+        for impl in impls:
             pname = impl.plugin_name
             dist, version = _state["origins"].get(pname, ("(runtime)", ""))
+            staged: list[tuple[str, Any, tuple]] = []
 
-            def register(obj, factory=None, *, _kind=kind, _pname=pname, _dist=dist, _version=version):
-                if _kind == "schedule":
-                    name, target, names = str(obj), factory, ()
-                else:
-                    name = getattr(obj, "name", None)
-                    if not name:
-                        raise PluginError(f"plugin {_pname!r} registered a {_kind} without a 'name' attribute: {obj!r}")
-                    target, names = obj, tuple(getattr(obj, "aliases", ()))
-                table = registry[_kind]
+            def register(obj, target=None, *, aliases=(), _kind=kind, _pname=pname, _staged=staged):
+                _staged.append(_entry_fields(_kind, _pname, obj, target, aliases))
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a hook that raises registers nothing, and the other plugins keep working
+                if _strict():
+                    raise
+                failure = PluginFailure(pname, dist, f"register {kind}s", f"{type(exc).__name__}: {exc}")
+                failures.append(failure)
+                warnings.warn(f"unisde {failure.message()}. Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning,
+                              stacklevel=3)
+                continue
+            table = registry[kind]
+            for name, target, names in staged:
+                kept = []
                 for key in (name, *names):
-                    owner = table.get(key) or (table.get(aliases[_kind][key]) if key in aliases[_kind] else None)
-                    if owner is not None:
-                        raise PluginError(f"{_kind} name {key!r} is registered twice: by plugin {owner.plugin!r} "
-                                          f"({owner.distribution}) and by plugin {_pname!r} ({_dist})")
-                table[name] = Entry(name, target, _pname, _dist, _version, names)
-                for alias in names:
-                    aliases[_kind][alias] = name
-
-            impl.function(register=register)
+                    owner = table.get(key) or (table.get(aliases[kind][key]) if key in aliases[kind] else None)
+                    if owner is None and key in kept:
+                        owner = Entry(name, target, pname, dist, version)  # the same plugin, twice in one call
+                    if owner is None:
+                        kept.append(key)
+                        continue
+                    conflict = Conflict(kind, key, owner.plugin, owner.distribution, pname, dist)
+                    if _strict():
+                        raise PluginError(conflict.message())
+                    conflicts.append(conflict)
+                    warnings.warn(f"unisde: {conflict.message()}; keeping plugin {owner.plugin!r}'s and ignoring "
+                                  f"plugin {pname!r}'s. Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning,
+                                  stacklevel=3)
+                if name not in kept:
+                    continue  # the name itself is taken: the whole registration is ignored
+                table[name] = Entry(name, target, pname, dist, version, tuple(kept[1:]))
+                for alias in kept[1:]:
+                    aliases[kind][alias] = name
     registry["_aliases"] = aliases  # type: ignore[assignment]
-    _state["registry"] = registry
+    _state["conflicts"], _state["hook_failures"], _state["registry"] = conflicts, failures, registry
     return registry
+
+
+def plugin_conflicts() -> list[Conflict]:
+    """Names registered twice, each with the registration kept and the one ignored."""
+    _collect()
+    return list(_state["conflicts"])
+
+
+def plugin_failures() -> list[PluginFailure]:
+    """Plugins (or registration hooks) skipped because they raised."""
+    _collect()
+    return list(_state["load_failures"]) + list(_state["hook_failures"])
 
 
 def _lookup(kind: str, name: str) -> Entry:
@@ -251,7 +350,7 @@ def list_parameterizations() -> list[str]:
 
 
 def list_schedules() -> list[str]:
-    """Names of schedules registered by plugins (the built-in closed forms live in NoiseSchedule.from_name)."""
+    """Names of every registered schedule (the built-in ones of :mod:`unisde.core.schedule` included), sorted."""
     return sorted(_collect()["schedule"])
 
 

@@ -1,4 +1,5 @@
-"""``unisde plugins``: every registered sampler, parameterisation and schedule, with who registered it."""
+"""``unisde plugins``: every registered sampler, parameterisation, schedule, … with who registered it, then the
+registrations that were ignored (a name registered twice) and the plugins that were skipped (they raised)."""
 
 help = "list registered samplers, parameterisations and schedules with their distribution and version"
 
@@ -8,11 +9,25 @@ def add_arguments(parser):
 
 
 def run(args):
-    from unisde.plugins import plugin_table
+    import warnings
 
-    rows = [(kind, e.name, ", ".join(e.aliases), e.distribution, e.version, e.plugin) for kind, e in plugin_table()]
+    from unisde.plugins import plugin_conflicts, plugin_failures, plugin_table
+
+    with warnings.catch_warnings():  # reported below, one line each, instead of as warnings
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table, conflicts, failures = plugin_table(), plugin_conflicts(), plugin_failures()
+    rows = [(kind, e.name, ", ".join(e.aliases), e.distribution, e.version, e.plugin) for kind, e in table]
     header = ("kind", "name", "aliases", "distribution", "version", "plugin")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    if conflicts:
+        print(f"\nconflicts ({len(conflicts)}): the first registration is kept (a built-in one before any plugin's)")
+        for c in conflicts:
+            print(f"  {c.kind} {c.name!r}: kept plugin {c.kept_plugin!r} ({c.kept_distribution}), ignored plugin "
+                  f"{c.ignored_plugin!r} ({c.ignored_distribution})")
+    if failures:
+        print(f"\nskipped plugins ({len(failures)}):")
+        for f in failures:
+            print(f"  {f.plugin} ({f.distribution}) at {f.stage}: {f.error}")
     return 0

@@ -1,8 +1,10 @@
 """``unisde schedule NAME_OR_CONFIG``: a schedule's continuous-time SDE coefficients at a few times.
 
-NAME_OR_CONFIG is a schedule name (``NoiseSchedule.from_name``: vp-linear, vp-cosine, sub-vp, ve, edm,
-ddpm-linear, ddpm-cosine, scaled-linear), a diffusers scheduler config JSON file, or a pipeline directory
-holding ``scheduler/scheduler_config.json``. The table lists t, s(t), σ(t), f(t), g(t) and the log-SNR λ(t)
+NAME_OR_CONFIG is resolved by :func:`unisde.core.schedule.resolve_schedule_argument`, as ``unisde train
+--schedule`` is: a schedule name (vp-linear, vp-cosine, sub-vp, ve, edm, ddpm-linear, ddpm-cosine, scaled-linear,
+or one a plugin registered), inline JSON (``'{"name": "ve", "sigma_max": 80}'`` or a diffusers scheduler config),
+or an existing file — a ``NoiseSchedule.to_config()`` JSON, a diffusers ``scheduler_config.json`` or a pipeline
+directory holding ``scheduler/scheduler_config.json``. The table lists t, s(t), σ(t), f(t), g(t) and the log-SNR λ(t)
 (Lu et al. 2022, §2.1 [DPMSolver]) at ``--points`` evenly spaced times from 0 to 1.
 """
 
@@ -11,14 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 
-help = "print a schedule's s, σ, f, g and log-SNR at a few times (name, diffusers config JSON or pipeline dir)"
+help = "print a schedule's s, σ, f, g and log-SNR at a few times (name, inline JSON, config file or pipeline dir)"
 
 COLUMNS = ("t", "s", "sigma", "f", "g", "log_snr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("schedule", metavar="NAME_OR_CONFIG",
-                        help="schedule name, diffusers scheduler_config.json, or a pipeline directory")
+                        help="schedule name, inline JSON, a schedule or scheduler_config.json file, "
+                             "or a pipeline directory")
     parser.add_argument("--points", type=int, default=11, metavar="N",
                         help="number of evenly spaced times in [0, 1] (default 11: t = 0, 0.1, …, 1)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw s, σ, f, g and λ against t into this image")
@@ -27,25 +30,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_schedule(spec: str):
-    """The NoiseSchedule named or described by ``spec`` (ValueError naming it and the choices otherwise)."""
-    from unisde.core.schedule import SCHEDULE_NAMES, NoiseSchedule
+    """The NoiseSchedule a command-line argument names (:func:`unisde.core.schedule.resolve_schedule_argument`:
+    a name, inline JSON, or an existing file or pipeline directory); a ValueError naming it otherwise."""
+    from unisde.core.schedule import resolve_schedule_argument
 
-    if os.path.isdir(spec):
-        for candidate in ("scheduler_config.json", os.path.join("scheduler", "scheduler_config.json")):
-            if os.path.isfile(os.path.join(spec, candidate)):
-                return NoiseSchedule.from_diffusers_config(os.path.join(spec, candidate))
-        raise ValueError(f"directory {spec!r} has neither scheduler_config.json nor scheduler/scheduler_config.json")
-    if os.path.isfile(spec):
-        try:
-            return NoiseSchedule.from_diffusers_config(spec)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot read scheduler config {spec!r}: {exc}") from exc
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError; say which file
-            raise ValueError(f"{spec!r} is not a valid scheduler config: {exc}") from exc
-    if spec.endswith(".json"):
-        raise ValueError(f"no such file {spec!r}; expected a schedule name ({', '.join(SCHEDULE_NAMES)}), "
-                         "a scheduler config JSON file or a pipeline directory")
-    return NoiseSchedule.from_name(spec)
+    return resolve_schedule_argument(spec)
+
+
+def check_output_path(path: str, option: str) -> None:
+    """ValueError unless ``path`` (the value of ``option``, e.g. ``--plot``) can be created: its folder exists
+    and is a folder, and ``path`` itself is not a folder. Checked before any work, so a typo costs nothing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path!r}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a folder; give a file name")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path!r}: folder {folder!r} is not writable")
 
 
 def schedule_table(schedule, points: int) -> list[tuple[float, ...]]:
@@ -69,6 +70,8 @@ def format_table(rows) -> str:
 def run(args) -> int:
     if getattr(args, "compare", None) and not getattr(args, "plot", None):
         raise ValueError("--compare only applies to --plot OUT.png")
+    if args.plot:
+        check_output_path(args.plot, "--plot")
     schedule = load_schedule(args.schedule)
     compared = {spec: load_schedule(spec) for spec in getattr(args, "compare", None) or []}
     rows = schedule_table(schedule, args.points)  # validates --points before any output
@@ -82,6 +85,9 @@ def run(args) -> int:
     if args.plot:
         from unisde.plots import plot_schedules
 
-        plot_schedules({args.schedule: schedule, **compared}, args.plot)
+        try:
+            plot_schedules({args.schedule: schedule, **compared}, args.plot)
+        except OSError as exc:
+            raise ValueError(f"--plot {args.plot!r}: cannot write the image: {exc.strerror or exc}") from None
         print(f"# wrote {args.plot}")
     return 0

@@ -17,7 +17,8 @@ def _floats(text: str) -> list[float]:
 def add_arguments(parser):
     parser.add_argument("--plot", metavar="OUT.png", help="write the figure here")
     parser.add_argument("--gif", metavar="OUT.gif", help="write an animation (t from 1 to 0) here")
-    parser.add_argument("--schedule", default="vp-linear", help="schedule name or diffusers config (default vp-linear)")
+    parser.add_argument("--schedule", default="vp-linear",
+                        help="schedule name, inline JSON, or a schedule / scheduler config file (default vp-linear)")
     parser.add_argument("--weights", default="0.4,0.6", help="mixture weights, comma-separated (default 0.4,0.6)")
     parser.add_argument("--means", default="-1.2,1.0", help="component means (default -1.2,1.0)")
     parser.add_argument("--stds", default="0.3,0.35", help="component standard deviations (default 0.3,0.35)")
@@ -30,7 +31,7 @@ def add_arguments(parser):
 
 def run(args):
     from unisde.plots import animate_trajectories, mixture_1d, plot_trajectories, simulate_trajectories
-    from unisde.cli.schedule import load_schedule
+    from unisde.cli.schedule import check_output_path, load_schedule
 
     if not args.plot and not args.gif:
         raise ValueError("nothing to do: give --plot OUT.png and/or --gif OUT.gif")
@@ -38,6 +39,9 @@ def run(args):
         raise ValueError(f"--gif must name a .gif file, got {args.gif!r}")
     if args.frames < 2:
         raise ValueError(f"--frames must be at least 2, got {args.frames}")
+    for option, path in (("--plot", args.plot), ("--gif", args.gif)):
+        if path:
+            check_output_path(path, option)
     mixture = mixture_1d(_floats(args.weights), _floats(args.means), _floats(args.stds))
     schedule = load_schedule(args.schedule)
     data = simulate_trajectories(mixture, schedule, num_paths=args.num_paths, num_steps=args.steps, start=args.start,
