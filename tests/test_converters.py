@@ -74,7 +74,7 @@ def test_every_diffusers_class_converts_at_parity_or_refuses(name):
     ("UniPCMultistepScheduler", {"predict_x0": False}),
     ("UniPCMultistepScheduler", {"use_flow_sigmas": True}),
     ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True}),
-    ("DPMSolverMultistepScheduler", {"euler_at_final": True}),
+    ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1}),
     ("DDPMScheduler", {"prediction_type": "flow_prediction"}),
 ])
 def test_unhonoured_flags_refuse_naming_class_flag_and_value(name, flags):
@@ -87,17 +87,30 @@ def test_unhonoured_flags_refuse_naming_class_flag_and_value(name, flags):
 
 
 def test_sampler_choice_takes_only_schedule_parameterization_and_grid():
-    """A class without a twin converts with sampler=: its β table, prediction type and Karras choice are kept."""
+    """With sampler=, a class's β table, prediction type and Karras choice are kept and its solver replaced."""
     ref = diffusers.KDPM2DiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                            prediction_type="v_prediction", use_karras_sigmas=True)
-    with pytest.raises(ValueError, match="KDPM2DiscreteScheduler cannot be converted"):
-        UnifiedScheduler.from_config(ref.config)
     uni = UnifiedScheduler.from_config(ref.config, sampler="ddim")
     assert uni.config.sampler == "ddim" and uni._grid_kind() == "karras"
     assert uni.config.prediction_type == "v_prediction"
     table = torch.as_tensor(ref.alphas_cumprod, dtype=torch.float64)
     assert torch.allclose(uni.noise_schedule.s(torch.arange(1, 1001, dtype=torch.float64) / 1000) ** 2, table,
                           rtol=1e-6)
+
+
+def test_a_class_without_twin_refuses_but_takes_sampler():
+    from unisde.plugins import get_converter, list_converters
+
+    refusing = [n for n in list_converters() if get_converter(n).sampler is None and get_converter(n).gaussian
+                and hasattr(diffusers, n)]
+    assert refusing, "no refusing Gaussian converter left to test"
+    for name in refusing:
+        ref = getattr(diffusers, name)()
+        with pytest.raises(ValueError, match=f"{name} cannot be converted"):
+            UnifiedScheduler.from_config(ref.config)
+        uni = UnifiedScheduler.from_config(ref.config, sampler="ddim")
+        uni.set_timesteps(4)
+        assert uni.config.sampler == "ddim"
 
 
 def test_a_solver_flag_is_honoured_or_refused_and_ignored_only_when_the_sampler_is_replaced():

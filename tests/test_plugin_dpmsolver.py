@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import importlib
+import io
 import math
 import subprocess
 import sys
@@ -28,9 +28,9 @@ from diffusers import DPMSolverMultistepScheduler
 import unisde
 from unisde import NoiseSchedule, get_parameterization
 from unisde.analytic import Gaussian
-from unisde.plugins import reset
-from unisde.grids import make_grid
 from unisde.diffusers.scheduler import UnifiedScheduler
+from unisde.grids import make_grid
+from unisde.plugins import reset
 from unisde.sampling import run_loop
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "unisde-dpmsolver"

@@ -20,7 +20,7 @@ import torch
 from diffusers import ScoreSdeVeScheduler
 
 import unisde
-from unisde import NoiseSchedule, get_parameterization, get_sampler
+from unisde import NoiseSchedule, get_sampler
 from unisde.analytic import Gaussian
 from unisde.grids import make_grid
 from unisde.samplers.ncsn import technique4_ratio

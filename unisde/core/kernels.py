@@ -7,6 +7,8 @@ References are to docs/references.md.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from unisde.core.schedule import NoiseSchedule
@@ -25,11 +27,13 @@ def schedule_coefficients(schedule: NoiseSchedule, t) -> tuple[torch.Tensor, tor
     return s, sigma
 
 
-def grid_coefficients(schedule: NoiseSchedule, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_coefficients(schedule: NoiseSchedule, grid: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, σ) along a decreasing time grid; an end point at t = 0 is the clean data (s = 1, σ = 0) whatever σ(0)
     is, so that VE/EDM schedules with σ(0) = σ_min > 0 still finish on the denoised sample (the t_N = 0 of
-    Karras et al. 2022, Algorithm 1)."""
-    s, sigma = schedule_coefficients(schedule, grid)
+    Karras et al. 2022, Algorithm 1). ``exact=True`` keeps s(1) = 0 of zero-terminal-SNR and flow schedules
+    (for samplers in data-prediction form, whose coefficients stay finite there); the default caps it at t_end
+    (:func:`schedule_coefficients`) for samplers that divide by s."""
+    s, sigma = (schedule.s(grid), schedule.sigma(grid)) if exact else schedule_coefficients(schedule, grid)
     if float(grid[-1]) == 0.0:
         s, sigma = s.clone(), sigma.clone()
         s[-1], sigma[-1] = 1.0, 0.0
@@ -97,3 +101,25 @@ def exponential_integrator_step(x: torch.Tensor, x_coef: float, denoised: torch.
     """x_coef · x + d_coef · D with the coefficients of :func:`exponential_integrator_coefficients`; a step to
     σ = 0 (x_coef = 0) is d_coef · D exactly, whatever x holds."""
     return denoised * d_coef if x_coef == 0.0 else lincomb(x, x_coef, denoised, d_coef)
+
+
+def exponential_integrator_corrections(h: float) -> tuple[float, float]:
+    r"""(b, c) = (1 + (e^{−h} − 1)/h, (e^{−h} − 1 + h)/h² − 1/2) for a step h ≠ 0 in λ' (h < 0 for the noise-
+    prediction forms, 2h for SDE-DPM-Solver++): with the prefactor s_{t'} of
+    :func:`exponential_integrator_coefficients`, ∫ over the step of e^{λ'} times a polynomial in λ' weighs the
+    first divided difference (≈ h ∂D/∂λ') by s_{t'} b(h) and the second (≈ h² ∂²D/∂λ'²) by −s_{t'} c(h) (Lu et al.
+    2022a, eqs. 3.7 and Appendix B [DPMSolver]; Lu et al. 2022b, §4 [DPMSolver++]). Both vanish like h/2 and −h/6
+    as h → 0, where the closed forms lose digits to cancellation; below |h| = 0.05 their Taylor series
+    b = Σ_{k≥2} (−h)^k/(k! h), c = Σ_{k≥3} (−h)^k/(k! h²) are summed to k = 12 instead (remainder < 1e-18)."""
+    if abs(h) < 0.05:
+        b = c = 0.0
+        term = 1.0  # (−h)^k / k!
+        for k in range(1, 13):
+            term *= -h / k
+            if k >= 2:
+                b += term / h
+            if k >= 3:
+                c += term / (h * h)
+        return b, c
+    em1 = math.expm1(-h)
+    return 1.0 + em1 / h, (em1 + h) / (h * h) - 0.5

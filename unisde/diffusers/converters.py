@@ -152,6 +152,10 @@ class Converter:
     def closest_sampler(self) -> str:
         return self.sampler or "ddim"
 
+    def unsupported_combination(self, cfg: dict) -> str | None:
+        """Why a combination of individually honoured flags has no twin (None: it has one)."""
+        return None
+
     def is_twin(self, cfg: dict, sampler: str | None, sampler_options: dict | None) -> bool:
         """Whether the caller's choice is this class's own algorithm (then the conversion is the full twin)."""
         if sampler is None:
@@ -170,6 +174,9 @@ class Converter:
         unused = self.check_flags(cfg, twin)
         out = self.schedule_keys(cfg)
         if twin:
+            problem = self.unsupported_combination(cfg)
+            if problem:
+                raise ConversionError(f"{self.name} cannot be converted: {problem}")
             if self.sampler not in list_samplers():
                 raise ConversionError(f"{self.name} converts to sampler {self.sampler!r}, which is not installed "
                                       f"(registered samplers: {_fmt(list_samplers())})")
@@ -239,7 +246,10 @@ class DDIMParallelConverter(DDIMConverter):
 class PNDMConverter(BetaTableConverter):
     name = "PNDMScheduler"
     sampler = "pndm"
-    accepts = {**BetaTableConverter.accepts, "set_alpha_to_one": ANY, "skip_prk_steps": (True,)}
+    accepts = {**BetaTableConverter.accepts, "set_alpha_to_one": ANY, "skip_prk_steps": ANY}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "pndm", "sampler_options": {"prk_warmup": not cfg.get("skip_prk_steps", False)}}
 
     def closest_sampler(self):
         return "pndm"
@@ -287,6 +297,79 @@ class LMSConverter(_KarrasFamily):
     sampler = "lms"
 
 
+class KDPM2Converter(_KarrasFamily):
+    """KDPM2DiscreteScheduler → ``dpm_2``: its interleaved timesteps (grid point, midpoint at the geometric mean of
+    σ̃, …), its spacings (linspace fractional, as Euler's) and its init-noise convention. ``use_karras_sigmas`` and
+    ``use_exponential_sigmas`` span σ̃ between the ends of the *spacing's* grid, which are the table's ends only with
+    linspace spacing; other spacings with them are refused. On Karras grids diffusers feeds the model rounded
+    timesteps at the grid points (not at the midpoints); unisde feeds the exact log-σ̃ index there (|Δ| < 0.5)."""
+
+    name = "KDPM2DiscreteScheduler"
+    sampler = "dpm_2"
+    accepts = {**_KarrasFamily.accepts, "use_exponential_sigmas": ANY}
+
+    def schedule_keys(self, cfg):
+        spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing"))
+        flag = "use_karras_sigmas" if cfg.get("use_karras_sigmas") else "use_exponential_sigmas" if cfg.get("use_exponential_sigmas") else None
+        if flag and spacing != "linspace":
+            raise ConversionError(f"{self.name} flag {flag}=True with timestep_spacing={spacing!r} is not supported by "
+                                  "unisde's conversion: diffusers spans σ between the ends of that spacing's grid, which "
+                                  "move with num_inference_steps (supported: timestep_spacing='linspace', the default)")
+        return super().schedule_keys(cfg)
+
+    def sampler_keys(self, cfg):
+        return {"sampler": self.sampler}
+
+
+class KDPM2AncestralConverter(KDPM2Converter):
+    """KDPM2AncestralDiscreteScheduler → ``dpm_2_ancestral`` (η = 1, S_noise = 1: one noise draw per two-stage step,
+    from the step's generator, as diffusers draws it)."""
+
+    name = "KDPM2AncestralDiscreteScheduler"
+    sampler = "dpm_2_ancestral"
+
+
+class DEISConverter(BetaTableConverter):
+    """DEISMultistepScheduler → ``deis`` (log ρ multistep, orders 1–3, ``lower_order_final``): diffusers' multistep
+    spacings (n + 1 points without index 0 for leading/linspace) and its last step to the table's σ_min (index 0),
+    i.e. ``final_sigmas_type="sigma_min"``. diffusers maps algorithm_type dpmsolver/dpmsolver++ and solver_type
+    midpoint/heun/bh1/bh2 to deis/logrho, and so does the conversion."""
+
+    name = "DEISMultistepScheduler"
+    sampler = "deis"
+    spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
+    accepts = {**BetaTableConverter.accepts, **THRESHOLDING, "solver_order": (1, 2, 3), "lower_order_final": ANY,
+               "algorithm_type": ("deis", "dpmsolver", "dpmsolver++"),
+               "solver_type": ("logrho", "midpoint", "heun", "bh1", "bh2"),
+               "use_karras_sigmas": (False,), "use_exponential_sigmas": (False,)}
+    _GRID_REFUSAL = ("diffusers' DEIS ends such a grid with a zero-length step (σ_min → σ_min) that leaves the sample "
+                     "at σ_min instead of denoising it, and feeds the model timesteps rounded (Karras) or truncated "
+                     "(exponential) to integers; unisde cannot reproduce that")
+
+    def check_flags(self, cfg, twin):
+        for flag in ("use_karras_sigmas", "use_exponential_sigmas"):
+            if cfg.get(flag):
+                raise ConversionError(f"{self.name} flag {flag}=True is not supported by unisde's conversion: "
+                                      f"{self._GRID_REFUSAL}. To sample this model with DEIS on that grid, build "
+                                      f"UnifiedScheduler(sampler='deis', time_grid={'karras' if 'karras' in flag else 'uniform_lambda'!r}, ...) directly")
+        return super().check_flags(cfg, twin)
+
+    def schedule_keys(self, cfg):
+        return {**super().schedule_keys(cfg), "final_sigmas_type": "sigma_min"}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "deis"}  # solver_order and lower_order_final reach it by option name
+
+
+_IPNDM_REFUSAL = (
+    "IPNDMScheduler (Dance Diffusion) reads no β table: it assumes a v-prediction model on the offset-free cosine "
+    "schedule s = cos(πτ/2), σ = sin(πτ/2) fed τ ∈ [0, 1] (unisde's cosine schedule needs an offset > 0), visits the "
+    "'crash' grid σ = sin²(πu/2), u = 1, (n−1)/n, …, 1/n (no unisde time grid), and on its first step from τ = 1 "
+    "(α = 0) it rebuilds x̂0 from ε̂ divided by max(α, 1e-8) = 1e-8, which discards the model output there "
+    "(x₁ = σ₁·x, whatever the model says). unisde's 'ipndm' sampler runs the same Adams–Bashforth warm-up on any "
+    "other schedule.")
+
+
 class _MultistepFamily(BetaTableConverter):
     """DPMSolverMultistep and UniPC: leading/linspace over n + 1 points without index 0."""
 
@@ -299,10 +382,20 @@ class _MultistepFamily(BetaTableConverter):
 class DPMSolverMultistepConverter(_MultistepFamily):
     name = "DPMSolverMultistepScheduler"
     sampler = "dpmsolver++"
-    accepts = {**_MultistepFamily.accepts, "algorithm_type": ("dpmsolver++", "sde-dpmsolver++")}
+    accepts = {**_MultistepFamily.accepts, "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", "dpmsolver",
+                                                             "sde-dpmsolver"),
+               "solver_type": ("midpoint", "heun"), "euler_at_final": ANY}
 
     def sampler_keys(self, cfg):
-        return {"sampler": "dpmsolver++"}  # solver_order, algorithm_type, … reach it by option name
+        return {"sampler": "dpmsolver++"}  # solver_order, algorithm_type, solver_type … reach it by option name
+
+    def unsupported_combination(self, cfg):
+        if cfg.get("algorithm_type") == "sde-dpmsolver++" and cfg.get("solver_order", 2) == 3:
+            return ("algorithm_type='sde-dpmsolver++' with solver_order=3: diffusers weighs SDE-3M's second "
+                    "difference differently from the published method unisde implements, so the images would differ; "
+                    "use solver_order=2, or run unisde's SDE-3M on purpose with sampler='dpmsolver++', "
+                    "sampler_options={'algorithm_type': 'sde-dpmsolver++', 'solver_order': 3}")
+        return None
 
     def closest_sampler(self):
         return "dpmsolver++" if "dpmsolver++" in list_samplers() else "unipc"
@@ -357,6 +450,153 @@ class ScoreSdeVeConverter(Converter):
         return False
 
 
+class DPMSolverSinglestepConverter(BetaTableConverter):
+    """Singlestep DPM-Solver(++): the multistep schedulers' linspace over n + 1 points without index 0 (the class has
+    no ``timestep_spacing``), Karras or exponential σ; every algorithm/solver flag reaches the sampler by name."""
+
+    name = "DPMSolverSinglestepScheduler"
+    sampler = "dpmsolver_singlestep"
+    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, **THRESHOLDING, "use_karras_sigmas": ANY,
+               "use_exponential_sigmas": ANY, "final_sigmas_type": ("zero", "sigma_min"), "solver_order": (1, 2, 3),
+               "lower_order_final": ANY, "solver_type": ("midpoint", "heun"),
+               "algorithm_type": ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")}
+
+    def schedule_keys(self, cfg):
+        out = super().schedule_keys(cfg)
+        if out["time_grid"] not in ("karras", "uniform_lambda"):
+            out["time_grid"] = "linspace_multistep"
+        return out
+
+    @staticmethod
+    def _diffusers_slip(cfg) -> bool:
+        return (cfg.get("algorithm_type") == "sde-dpmsolver++" and cfg.get("solver_type") == "heun"
+                and cfg.get("solver_order", 2) == 3)
+
+    def is_twin(self, cfg, sampler, sampler_options):
+        return not (sampler is not None and self._diffusers_slip(cfg)) and super().is_twin(cfg, sampler, sampler_options)
+
+    def sampler_keys(self, cfg):
+        if self._diffusers_slip(cfg):
+            raise ConversionError(
+                "DPMSolverSinglestepScheduler flags algorithm_type='sde-dpmsolver++', solver_type='heun', "
+                "solver_order=3 are not supported together by unisde's conversion: diffusers weighs that step's second "
+                "difference by (1 − e^{−2h} − 2h)/(4h²) − ½ (the ½ with the wrong sign; the exact integral is "
+                "−c(2h)), and unisde does not reproduce the slip. Use solver_type='midpoint', solver_order 1 or 2, "
+                "or pass sampler='dpmsolver_singlestep' to run the exact third-order form")
+        return {"sampler": "dpmsolver_singlestep"}  # solver_order, solver_type, … reach it by option name
+
+    def closest_sampler(self):
+        return "dpmsolver_singlestep"
+
+
+class LCMConverter(BetaTableConverter):
+    """LCM: the ``lcm`` grid (``original_inference_steps``), the ``lcm`` sampler with ``timestep_scaling``. LCM reads
+    neither ``timestep_spacing``, ``steps_offset`` nor ``set_alpha_to_one`` (its last step returns the consistency
+    function's output), so any value of those converts. Its grid is the distillation's: a ``sampler=`` keeps it."""
+
+    name = "LCMScheduler"
+    sampler = "lcm"
+    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, "rescale_betas_zero_snr": ANY, **CLIPPING, **THRESHOLDING,
+               "original_inference_steps": ANY, "timestep_scaling": ANY, "timestep_spacing": ANY, "steps_offset": ANY,
+               "set_alpha_to_one": ANY}
+
+    def schedule_keys(self, cfg):
+        steps = cfg.get("original_inference_steps", self.defaults()["original_inference_steps"])
+        return {"time_grid": "lcm", "time_grid_options": {"original_inference_steps": int(steps)}}
+
+    def explicit_grid(self, cfg):
+        return True
+
+    def sampler_keys(self, cfg):
+        scaling = cfg.get("timestep_scaling", self.defaults()["timestep_scaling"])
+        return {"sampler": "lcm", "sampler_options": {"timestep_scaling": float(scaling)}}
+
+    def closest_sampler(self):
+        return "lcm"
+
+
+class TCDConverter(LCMConverter):
+    """TCD: the ``lcm`` grid and the ``tcd`` sampler (γ = a pipeline's ``eta``, 0.3 by default as in
+    ``TCDScheduler.step``), ending at the first training index as diffusers does. TCDScheduler applies neither
+    clipping, thresholding nor LCM's boundary condition whatever its config says, so the conversion sets
+    ``clip_sample`` and ``thresholding`` off."""
+
+    name = "TCDScheduler"
+    sampler = "tcd"
+
+    def schedule_keys(self, cfg):
+        return {**super().schedule_keys(cfg), "clip_sample": False, "thresholding": False}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "tcd", "sampler_options": {"diffusers_final_step": True}}
+
+    def closest_sampler(self):
+        return "tcd"
+
+
+class DDIMInverseConverter(BetaTableConverter):
+    """DDIM inversion: the leading/trailing grid walked upwards by ``ddim_inverse`` (``set_alpha_to_one``,
+    ``clip_sample`` and ``clip_sample_range`` reach it by name). diffusers converts the output of the model run at
+    the step's target timestep with the coefficients of its source time; for ε-prediction that is ε̂ at the target,
+    which ``ddim_inverse`` reproduces; for v/x0 prediction the conversion mixes the two times (x0-prediction divides
+    by σ = 0 on the first step), so only ``sampler=`` converts those."""
+
+    name = "DDIMInverseScheduler"
+    sampler = "ddim_inverse"
+    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, "timestep_spacing": ("leading", "trailing"),
+               "steps_offset": ANY, "rescale_betas_zero_snr": ANY, "set_alpha_to_one": ANY, **CLIPPING}
+
+    def is_twin(self, cfg, sampler, sampler_options):
+        return not (sampler is not None and cfg.get("prediction_type", "epsilon") != "epsilon") and \
+            super().is_twin(cfg, sampler, sampler_options)
+
+    def sampler_keys(self, cfg):
+        prediction = cfg.get("prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ConversionError(
+                f"DDIMInverseScheduler flag prediction_type={prediction!r} is not supported by unisde's conversion "
+                "(supported: 'epsilon'): diffusers converts the output of the model evaluated at each step's target "
+                "timestep with the coefficients of the step's start, which for this prediction type is not an estimate "
+                "unisde can reproduce; to invert this model with unisde's DDIM inversion pass "
+                "sampler='ddim_inverse' (or sampler='inverse' for any deterministic sampler)")
+        return {"sampler": "ddim_inverse", "sampler_options": {"diffusers_source_index": True}}
+
+    def closest_sampler(self):
+        return "ddim_inverse"
+
+
+class FlowMatchEulerConverter(Converter):
+    """FlowMatch Euler (SD3, Flux, Wan, LTX, CogView4): the rectified flow, flow prediction, the ``flow_match`` grid
+    with the config's shift options, and DDIM with η = 0 — which on the rectified flow is the Euler step
+    x + (t′ − t) u exactly."""
+
+    name = "FlowMatchEulerDiscreteScheduler"
+    sampler = "ddim"
+    accepts = {"num_train_timesteps": ANY, "shift": ANY, "use_dynamic_shifting": ANY, "base_shift": ANY,
+               "max_shift": ANY, "base_image_seq_len": ANY, "max_image_seq_len": ANY, "shift_terminal": ANY,
+               "use_karras_sigmas": ANY, "use_exponential_sigmas": ANY, "use_beta_sigmas": ANY,
+               "time_shift_type": ("exponential", "linear"), "invert_sigmas": (False,), "stochastic_sampling": (False,)}
+    GRID_KEYS = ("num_train_timesteps", "shift", "use_dynamic_shifting", "time_shift_type", "shift_terminal")
+
+    def schedule_keys(self, cfg):
+        defaults = self.defaults()
+        value = {k: cfg.get(k, defaults[k]) for k in self.GRID_KEYS}
+        if value["shift"] is None or not value["shift"] > 0:
+            raise ConversionError(f"{self.name} shift={value['shift']!r} must be > 0")
+        spacing = ("karras" if cfg.get("use_karras_sigmas") else "exponential" if cfg.get("use_exponential_sigmas")
+                   else "beta" if cfg.get("use_beta_sigmas") else "linear")
+        options = {"spacing": spacing} if spacing != "linear" else {}
+        return {"schedule": {"name": "rectified-flow", "num_train_timesteps": int(value["num_train_timesteps"])},
+                "parameterization": "flow_prediction", "time_grid": "flow_match", "time_grid_options": options,
+                "sigmas_convention": "flow", "init_noise": "marginal"}
+
+    def explicit_grid(self, cfg):
+        return True  # the shift is part of how the model is meant to be sampled
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "ddim", "sampler_options": {"eta": 0.0}}
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 def _refusing(class_name: str, reason: str, *, gaussian: bool = False, base: type = Refusing, closest: str = "ddim"):
     """A converter for a class without a twin: schedule/grid from ``base`` (a class whose schedule unisde reads is
@@ -391,18 +631,10 @@ class _EDMRefusing(EDMEulerConverter, Refusing):
 
 
 REFUSING = (
-    _refusing("KDPM2DiscreteScheduler", f"KDPM2 (k-diffusion's dpm_2): {_NO_TWIN_YET}", base=_BetaRefusing, closest="edm"),
-    _refusing("KDPM2AncestralDiscreteScheduler", f"KDPM2 ancestral: {_NO_TWIN_YET}", base=_BetaRefusing, closest="ddim"),
-    _refusing("DPMSolverSinglestepScheduler", f"singlestep DPM-Solver: {_NO_TWIN_YET}", base=_BetaRefusing,
-              closest="unipc"),
     _refusing("DPMSolverSDEScheduler", f"DPM-Solver++ SDE (Brownian tree): {_NO_TWIN_YET}", base=_BetaRefusing,
               closest="sde"),
-    _refusing("DEISMultistepScheduler", f"DEIS: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
-    _refusing("IPNDMScheduler", f"iPNDM: {_NO_TWIN_YET}", closest="pndm"),
+    _refusing("IPNDMScheduler", _IPNDM_REFUSAL, closest="ipndm"),
     _refusing("SASolverScheduler", f"SA-Solver: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
-    _refusing("LCMScheduler", f"LCM (consistency sampling): {_NO_TWIN_YET}", base=_BetaRefusing, closest="ddim"),
-    _refusing("TCDScheduler", f"TCD: {_NO_TWIN_YET}", base=_BetaRefusing, closest="ddim"),
-    _refusing("DDIMInverseScheduler", f"DDIM inversion (data to noise): {_NO_TWIN_YET}", base=_BetaRefusing),
     _refusing("DPMSolverMultistepInverseScheduler", f"DPM-Solver inversion: {_NO_TWIN_YET}", base=_BetaRefusing),
     _refusing("EDMDPMSolverMultistepScheduler", f"DPM-Solver++ on EDM's σ: {_NO_TWIN_YET}", base=_EDMRefusing,
               closest="edm"),
@@ -417,7 +649,6 @@ REFUSING = (
     _refusing("KarrasVeScheduler", f"the stochastic Karras VE sampler: {_NO_TWIN_YET}", closest="edm"),
     _refusing("RePaintScheduler", f"RePaint (inpainting resampling): {_NO_TWIN_YET}", base=_BetaRefusing,
               closest="ddpm"),
-    _refusing("FlowMatchEulerDiscreteScheduler", _FLOW, gaussian=False),
     _refusing("FlowMatchHeunDiscreteScheduler", _FLOW, gaussian=False),
     _refusing("FlowMatchLCMScheduler", _FLOW, gaussian=False),
     _refusing("FlowMapEulerDiscreteScheduler", _FLOW, gaussian=False),
@@ -437,7 +668,10 @@ REFUSING = (
 
 BUILTIN_CONVERTERS = (DDPMConverter, DDPMParallelConverter, DDIMConverter, DDIMParallelConverter, PNDMConverter,
                       EulerConverter, EulerAncestralConverter, HeunConverter, LMSConverter,
-                      DPMSolverMultistepConverter, UniPCConverter, EDMEulerConverter, ScoreSdeVeConverter) + REFUSING
+                      DPMSolverMultistepConverter, UniPCConverter, EDMEulerConverter, ScoreSdeVeConverter,
+                      KDPM2Converter, KDPM2AncestralConverter, DEISConverter,
+                      DPMSolverSinglestepConverter, LCMConverter, TCDConverter, DDIMInverseConverter,
+                      FlowMatchEulerConverter) + REFUSING
 
 
 @hookimpl

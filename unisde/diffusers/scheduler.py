@@ -60,7 +60,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         init_noise: ``"marginal"`` (``init_noise_sigma`` = √(s² + σ²) at the first evaluation) or ``"sigma"`` (σ
             alone: diffusers' Euler-type schedulers with linspace/trailing spacing; set by their converters).
         sigmas_convention: what ``set_timesteps(sigmas=...)`` and ``scheduler.sigmas`` mean: ``"ve"``, the VE-view
-            noise level σ̃ = σ/s of diffusers' Euler/Heun/DPM/EDM pipelines.
+            noise level σ̃ = σ/s of diffusers' Euler/Heun/DPM/EDM pipelines (one per grid point); ``"flow"``, the
+            flow noise level τ = σ/(s + σ) ∈ [0, 1] of FlowMatch pipelines (t itself on the rectified flow; one per
+            model evaluation, aligned with ``timesteps``, plus the end point; ``sigmas`` passed to
+            ``set_timesteps`` are the grid's base levels, shifted as the source scheduler shifts them).
+        shift, base_shift, max_shift, base_image_seq_len, max_image_seq_len, use_dynamic_shifting, time_shift_type,
+            shift_terminal: FlowMatch keys; the ``flow_match`` grid reads the first ones, pipelines read the rest
+            (Flux computes ``mu`` from them).
     """
 
     _compatibles = list(COMPATIBLE_SCHEDULERS)
@@ -105,6 +111,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         lambda_min_clipped: float = -float("inf"),
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
+        shift: float = 1.0,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        invert_sigmas: bool = False,
+        stochastic_sampling: bool = False,
         predict_x0: bool = True,
         disable_corrector: list = (),
         solver_p: Any = None,
@@ -126,15 +139,17 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         init_noise: str = "marginal",
         sigmas_convention: str = "ve",
     ):
-        if use_flow_sigmas or use_beta_sigmas or use_dynamic_shifting:
-            flag = "use_flow_sigmas" if use_flow_sigmas else "use_beta_sigmas" if use_beta_sigmas else "use_dynamic_shifting"
-            raise ValueError(f"{flag}=True is not supported by UnifiedScheduler; supported time grids: {', '.join(list_grids())}")
         if time_grid is not None and time_grid not in list_grids():
             raise unknown_name_error("time_grid", time_grid, list_grids())
+        for flag, value in (("use_flow_sigmas", use_flow_sigmas), ("use_beta_sigmas", use_beta_sigmas),
+                            ("invert_sigmas", invert_sigmas), ("stochastic_sampling", stochastic_sampling)):
+            if value:  # these change the grid or the algorithm; converters translate them into grids and samplers
+                raise ValueError(f"{flag}=True is not supported in a UnifiedScheduler config; choose the time grid "
+                                 f"(time_grid=..., one of {', '.join(list_grids())}) and the sampler instead")
+        if sigmas_convention not in ("ve", "flow"):
+            raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve", "flow"))
         if init_noise not in ("marginal", "sigma"):
             raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma"))
-        if sigmas_convention != "ve":
-            raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve",))
         if time_grid_options is not None and not isinstance(time_grid_options, dict):
             raise ValueError(f"time_grid_options must be a dict, got {type(time_grid_options).__name__}")
         if timestep_spacing not in ("leading", "trailing", "linspace"):
@@ -152,6 +167,11 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self.sampler_options = self._sampler_options(sampler_options)
         # Validate now so a bad option fails at construction, before any work.
         self._sampler = self.sampler_cls(self.noise_schedule, **self.sampler_options)
+        grid = get_grid(self._grid_kind())
+        if use_dynamic_shifting and "use_dynamic_shifting" not in grid.options:
+            raise ValueError(f"use_dynamic_shifting=True needs a flow-matching time grid (time_grid='flow_match'); "
+                             f"the time grid {grid.name!r} has no dynamic shifting")
+        grid.validate(self._grid_options(None))
         # x̂0 post-processing flags, read once here rather than through the config on every step.
         self._threshold = (dynamic_thresholding_ratio, sample_max_value) if thresholding else None
         self._clip = float(clip_sample_range) if clip_sample and not thresholding else None
@@ -216,7 +236,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         unit-variance data) by default; σ alone with ``init_noise="sigma"``, the convention of diffusers' Euler-type
         schedulers with linspace/trailing spacing (they start from σ̃_max · z in the VE view), kept by their twins."""
         t = self._eval_times[0] if self._eval_times is not None else 1.0
-        s, sigma = schedule_coefficients(self.noise_schedule, t)
+        s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)
         if self.config.init_noise == "sigma":
             return float(sigma)
         return float(torch.sqrt(s**2 + sigma**2))
@@ -276,8 +296,18 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             final = 1.0 / sched.num_train_timesteps
         if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
+        options = self._grid_options(mu)
+        if cfg.sigmas_convention == "flow":
+            if timesteps is not None:
+                raise ValueError("this scheduler follows FlowMatch conventions: pass sigmas (flow noise levels in "
+                                 "[0, 1]) or num_inference_steps, not timesteps")
+            if sigmas is not None:  # the grid's base levels, shifted by the grid as the source scheduler does
+                sigmas = sigmas.tolist() if hasattr(sigmas, "tolist") else list(sigmas)
+                if num_inference_steps is not None and num_inference_steps != len(sigmas):
+                    raise ValueError(f"num_inference_steps={num_inference_steps} but {len(sigmas)} sigmas were given")
+                options["sigmas"], num_inference_steps, sigmas = [float(v) for v in sigmas], len(sigmas), None
         grid = build_grid(sched, param, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-                          kind=self._grid_kind(), final_time=final, **self._grid_options(mu))
+                          kind=self._grid_kind(), final_time=final, **options)
         eval_t = sampler.prepare(grid)
         a, b = param.coefficients(sched, eval_t)
         c_in = param.input_scale(sched, eval_t)
@@ -289,9 +319,16 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._t_list = [float(v) for v in model_t]
         integral = sched.is_discrete and bool(torch.all(model_t == torch.round(model_t)))
         self.timesteps = (model_t.round().to(torch.int64) if integral else model_t.to(torch.float32)).to(device)
-        s_all, sig_all = schedule_coefficients(sched, grid)
-        ve = torch.cat([(sig_all[:-1] / s_all[:-1]), torch.zeros(1, dtype=DTYPE) if float(grid[-1]) == 0 else sig_all[-1:] / s_all[-1:]])
-        self.sigmas = ve.to(torch.float32).to(device)
+        if cfg.sigmas_convention == "flow":  # τ = σ/(s + σ) per evaluation, then the end point
+            points = torch.cat([eval_t, grid[-1:]])
+            s_all, sig_all = sched.s(points), sched.sigma(points)  # exact: τ = 1 at t = 1 on the rectified flow
+            if float(grid[-1]) == 0.0:
+                s_all[-1], sig_all[-1] = 1.0, 0.0
+            self.sigmas = (sig_all / (s_all + sig_all)).to(torch.float32).to(device)
+        else:
+            s_all, sig_all = schedule_coefficients(sched, grid)
+            ve = torch.cat([(sig_all[:-1] / s_all[:-1]), torch.zeros(1, dtype=DTYPE) if float(grid[-1]) == 0 else sig_all[-1:] / s_all[-1:]])
+            self.sigmas = ve.to(torch.float32).to(device)
         self.num_inference_steps = int(grid.numel() - 1)
         self._step_index = None
         self._begin_index = None
@@ -496,7 +533,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ forward process helpers
     def _s_sigma(self, timesteps, like: torch.Tensor):
         t = self._time_of(timesteps).reshape(-1)
-        s, sigma = schedule_coefficients(self.noise_schedule, t)
+        s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)  # the exact marginal (s(1) = 0 included)
         shape = (-1,) + (1,) * (like.ndim - 1)
         return s.to(like.device, like.dtype).reshape(shape), sigma.to(like.device, like.dtype).reshape(shape)
 
@@ -504,6 +541,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         """x_t = s(t) x0 + σ(t) ε at the model timesteps given (any device)."""
         s, sigma = self._s_sigma(timesteps, original_samples)
         return s * original_samples + sigma * noise
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """FlowMatch pipelines' forward noising (img2img/inpaint): x_t = s(t) x0 + σ(t) ε at the given model
+        timestep(s) — (1 − t) x0 + t ε on the rectified flow."""
+        if noise is None:
+            raise ValueError("scale_noise needs the noise tensor")
+        return self.add_noise(sample, noise, timestep)
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """v = (s ε − σ x0)/√(s² + σ²) (diffusers' v for VP schedules), ``sample`` being x0."""

@@ -90,3 +90,39 @@ class EDMParameterization(Parameterization):
 
 BUILTIN_PARAMETERIZATIONS = (EpsilonParameterization, SampleParameterization, VPredictionParameterization,
                              ScoreParameterization, EDMParameterization)
+
+
+def schedule_derivatives(schedule, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s′(t), σ′(t)) in float64: the schedule's closed forms where it has them (``_ds``/``_dsigma``), else from
+    f and g²: s′ = f s and σ′ = (g²/2 + f σ²)/σ, which is g² = 2(σσ′ − fσ²) solved for σ′ (Song et al. 2021,
+    App. B [SDE]; valid where σ > 0)."""
+    t = schedule._time(t)
+    if hasattr(schedule, "_ds") and hasattr(schedule, "_dsigma"):
+        return schedule._ds(t), schedule._dsigma(t)
+    s, sigma = schedule._s(t), schedule._sigma(t)
+    f, g2 = schedule.f(t), schedule.g2(t)
+    return f * s, (0.5 * g2 + f * sigma * sigma) / sigma
+
+
+class FlowParameterization(Parameterization):
+    """Flow prediction (Lipman et al. 2023 [FM]; Liu et al. 2023 [RF]; Esser et al. 2024 [SD3]): the network
+    predicts the conditional velocity u = s′ x0 + σ′ ε = dx_t/dt, which is ε − x0 on the rectified flow
+    s = 1 − t, σ = t. Solving x = s x0 + σ ε and u for x0:
+
+        x̂0 = (σ′ x − σ u) / (σ′ s − σ s′),
+
+    with σ′s − σs′ = −sσ λ′/2 > 0 (λ decreasing). On the rectified flow this is x̂0 = x − t u, finite at t = 1
+    where s = 0 (the coefficients use s and σ exactly, no zero-SNR cap). The training target is u itself."""
+
+    name = "flow_prediction"
+    aliases = ("flow",)
+
+    def coefficients(self, schedule, t):
+        t = schedule._time(t)
+        s, sigma = schedule._s(t), schedule._sigma(t)
+        ds, dsigma = schedule_derivatives(schedule, t)
+        denom = dsigma * s - sigma * ds
+        return dsigma / denom, -sigma / denom
+
+
+BUILTIN_PARAMETERIZATIONS = BUILTIN_PARAMETERIZATIONS + (FlowParameterization,)

@@ -156,9 +156,10 @@ class Sampler(abc.ABC):
         """(s, σ) on a grid, float64, finite also at a zero-terminal-SNR t = 1."""
         return schedule_coefficients(self.schedule, times)
 
-    def grid_coefficients(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(s, σ) along the grid with a t = 0 end point meaning clean data (:func:`unisde.core.kernels.grid_coefficients`)."""
-        return grid_coefficients(self.schedule, grid)
+    def grid_coefficients(self, grid: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, σ) along the grid with a t = 0 end point meaning clean data; ``exact`` keeps s(1) = 0
+        (:func:`unisde.core.kernels.grid_coefficients`)."""
+        return grid_coefficients(self.schedule, grid, exact)
 
     def noise_like(self, sample: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise shaped like ``sample``: from the functional API's ``noise_sampler`` when given,

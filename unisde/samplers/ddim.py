@@ -29,7 +29,7 @@ class DDIMSampler(Sampler):
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
-        s, sigma = self.grid_coefficients(grid)
+        s, sigma = self.grid_coefficients(grid, exact=True)  # data-prediction form: finite at s = 0
         posterior = posterior_coefficients(s[:-1], sigma[:-1], s[1:], sigma[1:])[3]
         self.s_t, self.sigma_t = self.floats(s[:-1]), self.floats(sigma[:-1])
         self.s_n, self.var_n = self.floats(s[1:]), self.floats(sigma[1:] ** 2)

@@ -34,7 +34,7 @@ class DDPMSampler(Sampler):
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
-        s, sigma = self.grid_coefficients(grid)
+        s, sigma = self.grid_coefficients(grid, exact=True)  # data-prediction form: finite at s = 0
         coef_x0, coef_x, transition, posterior = posterior_coefficients(s[:-1], sigma[:-1], s[1:], sigma[1:])
         self.coef_x0, self.coef_x = self.floats(coef_x0), self.floats(coef_x)
         small = posterior.clamp(min=1e-20)

@@ -19,7 +19,6 @@ only use σ̃ > 0, so a step to σ̃ = 0 is an ordinary step (the polynomial is 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from unisde.core.kernels import pf_ode_derivative
 from unisde.samplers.base import Option, Sampler

@@ -4,15 +4,16 @@ noise estimate ε̂ with DDIM's step as the transfer, for any schedule.
 DDIM's deterministic step (:mod:`unisde.samplers.ddim`, η = 0) carries x from t to t' given an ε̂ — the
 transfer part φ of Liu et al. 2022, eq. 9 [PNDM]:
 
-    φ(x, ε̂; t → t') = (s_{t'}/s_t) x + (σ_{t'} − s_{t'} σ_t/s_t) ε̂      (x̂0 = (x − σ_t ε̂)/s_t, then s_{t'} x̂0 + σ_{t'} ε̂).
+    φ(x, ε̂; t → t') = (s_{t'}/s_t) x + (σ_{t'} − s_{t'} σ_t/s_t) ε̂
+                     (x̂0 = (x − σ_t ε̂)/s_t, then s_{t'} x̂0 + σ_{t'} ε̂).
 
 PLMS replaces ε̂ by the Adams–Bashforth combination of the last evaluations, with the constant-step weights
-(1), (3, −1)/2, (23, −16, 5)/12, (55, −59, 37, −9)/24 (Liu et al. 2022, eq. 12 [PNDM]). Its warm-up is diffusers' PNDMScheduler with
-``skip_prk_steps=True`` (the Stable Diffusion setting): the first step is taken twice — a DDIM step from t_0 to
-t_1, a model call there, and the step from t_0 again with the average of the two ε̂ (Heun's method in the DDIM
-transfer) — so t_1 appears twice in ``timesteps`` and n steps cost n + 1 model calls. ε̂ = (x − s D)/σ comes
-from the denoised estimate, so it runs with every parameterisation; ``UnifiedScheduler.from_config`` of a PNDM
-config with ``skip_prk_steps=True`` selects it.
+(1), (3, −1)/2, (23, −16, 5)/12, (55, −59, 37, −9)/24 (Liu et al. 2022, eq. 12 [PNDM]). Its warm-up is diffusers'
+PNDMScheduler with ``skip_prk_steps=True`` (the Stable Diffusion setting): the first step is taken twice — a
+DDIM step from t_0 to t_1, a model call there, and the step from t_0 again with the average of the two ε̂
+(Heun's method in the DDIM transfer) — so t_1 appears twice in ``timesteps`` and n steps cost n + 1 model
+calls. ε̂ = (x − s D)/σ comes from the denoised estimate, so it runs with every parameterisation;
+``UnifiedScheduler.from_config`` of a PNDM config with ``skip_prk_steps=True`` selects it.
 
 The loop keeps the ε̂ history locally. Entered mid-grid (img2img) at a call k > 0, it has neither the first
 sample nor earlier ε̂: it takes DDIM's step from its own evaluation point to the end of call k's step (for k = 1,
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from unisde.core.kernels import lincomb
-from unisde.samplers.base import Sampler
+from unisde.samplers.base import Option, Sampler
 
 # Adams–Bashforth weights on ε̂_k, ε̂_{k−1}, … for constant steps (Liu et al. 2022, eq. 12 [PNDM])
 AB_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -37,7 +38,10 @@ class PNDMSampler(Sampler):
     description = "PLMS: 4th-order Adams–Bashforth on ε̂ in DDIM's transfer, diffusers' PNDM (skip_prk_steps)"
     default_grid = "config"
     final_from_config = True  # honours set_alpha_to_one=False (end at index 0), as diffusers' PNDM does
-    options: dict = {}
+    options = {
+        "prk_warmup": Option(False, (bool,), "diffusers' default warm-up (skip_prk_steps=False): the first three "
+                             "steps are pseudo Runge–Kutta steps of four model calls each"),
+    }
 
     def prepare(self, grid):
         """Per model call: the transfer φ of the step it takes (from grid point a to b), the same transfer from
@@ -47,44 +51,104 @@ class PNDMSampler(Sampler):
         s, sigma = self.grid_coefficients(grid)
         s, sigma = self.floats(s), self.floats(sigma)
         n = grid.numel() - 1
-        steps = [(0, 1)] + ([(0, 1)] + [(j - 1, j) for j in range(2, n + 1)] if n >= 2 else [])
-        evals = [0] + ([1] + list(range(1, n)) if n >= 2 else [])  # grid index of each call's evaluation
+        self.prk_steps = min(3, n - 1) if self.opts["prk_warmup"] else 0
+        mids = self._midpoints(grid, self.prk_steps)  # point n + 1 + i: the midpoint of PRK step i
+        times = torch.cat([grid, mids])
+        if self.prk_steps:  # RK4 step i from t_i: calls at t_i, m_i, m_i, t_{i+1}, each stage stepping from t_i
+            s_mid, sigma_mid = self.scales_and_sigmas(mids)
+            s, sigma = s + self.floats(s_mid), sigma + self.floats(sigma_mid)
+            steps = [(i, b) for i in range(self.prk_steps) for b in (n + 1 + i, n + 1 + i, i + 1, i + 1)]
+            evals = [e for i in range(self.prk_steps) for e in (i, n + 1 + i, n + 1 + i, i + 1)]
+            steps += [(j, j + 1) for j in range(self.prk_steps, n)]  # then PLMS, call j at t_j
+            evals += list(range(self.prk_steps, n))
+        else:
+            steps = [(0, 1)] + ([(0, 1)] + [(j - 1, j) for j in range(2, n + 1)] if n >= 2 else [])
+            evals = [0] + ([1] + list(range(1, n)) if n >= 2 else [])  # grid index of each call's evaluation
         if any(sigma[e] <= 0 for e in evals):
             raise ValueError("sampler 'pndm' needs positive noise levels at every evaluation time")
         self.transfer, self.transfer_here, self.eps_coefs = [], [], []
         for (a, b), e in zip(steps, evals):
-            self.transfer.append((s[b] / s[a], sigma[b] - s[b] * sigma[a] / s[a]))
-            self.transfer_here.append((s[b] / s[e], sigma[b] - s[b] * sigma[e] / s[e]))
+            self.transfer.append((s[b], sigma[b], sigma[b] - s[b] * sigma[a] / s[a]))  # see _transfer
+            self.transfer_here.append((s[b], sigma[b], sigma[b] - s[b] * sigma[e] / s[e]))
             self.eps_coefs.append((1.0 / sigma[e], -s[e] / sigma[e]))
-        return grid[torch.tensor(evals)]
+        return times[torch.tensor(evals)]
 
     def loop(self, x, start=0):
         eps_history = []  # ε̂ of the previous steps, newest first (the Adams–Bashforth history of this loop)
         k = start
-        if start == 0:  # warm-up (diffusers' skip_prk_steps): Heun's method in the DDIM transfer for t_0 → t_1
-            x_first, denoised = yield x
-            eps_first = self._eps(0, x_first, denoised)
-            x = lincomb(x_first, self.transfer[0][0], eps_first, self.transfer[0][1])  # DDIM predictor
+        if self.prk_steps:  # PRK warm-up: RK4 in φ (Liu et al. 2022, eq. 13), calls at t_i, m_i, m_i, t_{i+1}
+            while k < 4 * self.prk_steps:
+                if k % 4:  # entered inside an RK step: DDIM's step from each remaining call's own point
+                    x, denoised = yield x
+                    x = self._transfer(self.transfer_here[k], denoised, self._eps(k, x, denoised))
+                    k += 1
+                    continue
+                x, denoised_a = yield x  # at the step's start t_i; every stage steps from (x_i, ε̂_i)
+                eps_a = self._eps(k, x, denoised_a)
+                eps_history = [eps_a, *eps_history[:2]]
+                x = self._transfer(self.transfer[k], denoised_a, eps_a)
+                total = None  # Σ w_j (ε̂_j − ε̂_i) with weights 1/3, 1/3, 1/6 (ε̂_i's 1/6 makes them sum to 1)
+                for stage, weight in ((1, 1 / 3), (2, 1 / 3), (3, 1 / 6)):
+                    x, denoised = yield x
+                    delta = self._eps(k + stage, x, denoised).sub_(eps_a)
+                    total = delta * weight if total is None else total.add_(delta, alpha=weight)
+                    x = self._transfer(self.transfer[k + stage], denoised_a, eps_a, total if stage == 3 else delta)
+                k += 4
+        elif start == 0:  # warm-up (diffusers' skip_prk_steps): Heun's method in the DDIM transfer for t_0 → t_1
+            x, denoised_first = yield x
+            eps_first = self._eps(0, x, denoised_first)
+            x = self._transfer(self.transfer[0], denoised_first, eps_first)  # DDIM predictor
             if len(self.transfer) == 1:
                 return x
             x, denoised = yield x  # at t_1
-            averaged = (self._eps(1, x, denoised) + eps_first) * 0.5
-            x = lincomb(x_first, self.transfer[1][0], averaged, self.transfer[1][1])  # t_0 → t_1 again
+            delta = (self._eps(1, x, denoised) - eps_first) * 0.5  # ε̂_avg − ε̂_first
+            x = self._transfer(self.transfer[1], denoised_first, eps_first, delta)  # t_0 → t_1 again
             eps_history, k = [eps_first], 2
         elif start < len(self.transfer):  # entered mid-grid: DDIM's step from this call's own point
             x, denoised = yield x
             eps = self._eps(start, x, denoised)
-            x = lincomb(x, self.transfer_here[start][0], eps, self.transfer_here[start][1])
+            x = self._transfer(self.transfer_here[start], denoised, eps)
             eps_history, k = [eps], start + 1
         for k in range(k, len(self.transfer)):  # PLMS: Adams–Bashforth on ε̂ (Liu et al. 2022, eq. 12), then φ
             x, denoised = yield x
             eps_history = [self._eps(k, x, denoised), *eps_history[:3]]
             weights = AB_WEIGHTS[len(eps_history) - 1]
-            combined = eps_history[0] * weights[0]
-            for w, e in zip(weights[1:], eps_history[1:]):
-                combined = combined.add(e, alpha=w)
-            x = lincomb(x, self.transfer[k][0], combined, self.transfer[k][1])
+            delta = None  # ε̂_AB − ε̂_k = (w_0 − 1) ε̂_k + Σ_{j≥1} w_j ε̂_{k−j}  (the weights sum to 1)
+            if len(eps_history) > 1:
+                delta = eps_history[0] * (weights[0] - 1.0)
+                for w, e in zip(weights[1:], eps_history[1:]):
+                    delta.add_(e, alpha=w)
+            x = self._transfer(self.transfer[k], denoised, eps_history[0], delta)
         return x
+
+    def _midpoints(self, grid, count):
+        """Times of the midpoint calls of PRK steps 0 … count−1 (float64). On a table whose step ends t_{i+1} are
+        training indices j (t = (j + 1)/N): index j + (N // n) // 2, diffusers' PNDM rule, so the model gets
+        diffusers' timesteps (the middle of the step on an evenly spaced grid; linspace's steps are N/n ± 1,
+        its midpoints are still diffusers'); where that misses the step, the index (j_i + j_{i+1}) // 2. Elsewhere
+        (closed forms, fractional grids) the mid time (t_i + t_{i+1})/2."""
+        sched, n, out = self.schedule, grid.numel() - 1, []
+        big_n = sched.num_train_timesteps if sched.is_discrete and sched.num_train_timesteps else None
+        for hi, lo in zip(self.grid[:count], self.grid[1:count + 1]):
+            if big_n is not None:
+                j_hi, j_lo = hi * big_n - 1, lo * big_n - 1
+                if j_lo >= 0 and abs(j_hi - round(j_hi)) < 1e-6 and abs(j_lo - round(j_lo)) < 1e-6:
+                    j_hi, j_lo = round(j_hi), round(j_lo)
+                    mid = j_lo + (big_n // n) // 2
+                    out.append(((mid if mid < j_hi else (j_hi + j_lo) // 2) + 1) / big_n)
+                    continue
+            out.append(0.5 * (hi + lo))
+        return torch.tensor(out, dtype=grid.dtype, device=grid.device)
+
+    @staticmethod
+    def _transfer(coefs, denoised, eps, delta=None):
+        """φ in data-prediction form from the step's start point a, where x_a = s_a D + σ_a ε̂_a:
+        φ(x_a, ε̂_a + δ) = s_b D + σ_b ε̂_a + k δ with k = σ_b − s_b σ_a/s_a. Algebraically the ε-form
+        (s_b/s_a) x_a + k (ε̂_a + δ), but without its terms of size (s_b/s_a)·|x| that cancel each other: at a
+        zero-terminal-SNR start (s_a ≈ 2⁻¹², s_b/s_a ≈ 40) they cost float16/bfloat16 all their digits."""
+        s_b, sigma_b, k = coefs
+        x = lincomb(denoised, s_b, eps, sigma_b)
+        return x if delta is None else x.add_(delta, alpha=k)
 
     def _eps(self, k, x, denoised):
         """ε̂ = (x − s D)/σ at call k's evaluation point."""

@@ -45,7 +45,8 @@ def _step_indices(value):
     return None
 
 
-def _weights(h: float, ratios: list[float], order: int, variant: str, corrector: bool) -> tuple[float, float, list[float]]:
+def _weights(h: float, ratios: list[float], order: int, variant: str,
+             corrector: bool) -> tuple[float, float, list[float]]:
     """(e^{−h} − 1, B(h), ρ) for one step: ρ for the predictor (length order − 1) or the corrector (length order)."""
     hh = -h
     phi_1 = math.expm1(hh)
@@ -73,9 +74,12 @@ class UniPCSampler(Sampler):
     description = "UniPC: unified predictor-corrector multistep in data prediction (bh1/bh2), diffusers' UniPC"
     default_grid = "uniform_lambda"
     options = {
-        "solver_order": Option(2, (int,), "multistep order 1, 2 or 3; a diffusers config's solver_order fills it", _order),
-        "variant": Option("bh2", (str,), "B(h) = e^{−h} − 1 (bh2) or −h (bh1); a UniPC config's solver_type", choices=VARIANTS),
-        "lower_order_final": Option(True, (bool,), "lower the order to the number of steps left (diffusers' UniPC rule)"),
+        "solver_order": Option(2, (int,), "multistep order 1, 2 or 3; a diffusers config's solver_order fills it",
+                               _order),
+        "variant": Option("bh2", (str,), "B(h) = e^{−h} − 1 (bh2) or −h (bh1); a UniPC config's solver_type",
+                          choices=VARIANTS),
+        "lower_order_final": Option(True, (bool,), "lower the order to the number of steps left (diffusers' UniPC "
+                                    "rule)"),
         "disable_corrector": Option((), (list, tuple), "step indices whose prediction is not corrected", _step_indices),
     }
 
@@ -91,18 +95,17 @@ class UniPCSampler(Sampler):
         lam = [math.log(float(si)) - math.log(float(gi)) if float(gi) > 0 else math.inf for si, gi in zip(s, sigma)]
         self.orders, self.ratios, self.scale, self.rho_p, self.rho_c = [], [], [], [], []
         for k in range(n):
+            finite = math.isfinite(h[k])  # σ_{k+1} = 0: e^{−h} = 0, x = s_end D exactly; no difference is finite
             order = min(top, n - k) if self.opts["lower_order_final"] else top
-            order = min(order, k + 1)
-            if not math.isfinite(h[k]):  # σ_{k+1} = 0: e^{−h} = 0, x = s_end D exactly; no difference term is finite
-                order = 1
+            order = min(order, k + 1) if finite else 1
             self.orders.append(order)
             self.ratios.append([(lam[k - i] - lam[k]) / h[k] for i in range(1, order)])
-            tables = [_weights(h[k], self.ratios[k][:p - 1], p, variant, False) if math.isfinite(h[k]) else (0.0, 0.0, [])
+            tables = [_weights(h[k], self.ratios[k][:p - 1], p, variant, False) if finite else (0.0, 0.0, [])
                       for p in range(1, order + 1)]
             self.scale.append(-float(s[k + 1]) * tables[0][1])  # −s_{k+1} B(h)
             self.rho_p.append([rho for _, _, rho in tables])
             self.rho_c.append([_weights(h[k], self.ratios[k][:p - 1], p, variant, True)[2] for p in range(1, order + 1)]
-                              if math.isfinite(h[k]) else None)
+                              if finite else None)
         skip = set(self.opts["disable_corrector"])
         self.correct = [k > 0 and (k - 1) not in skip and self.rho_c[k - 1] is not None for k in range(n)]
         return grid[:-1]

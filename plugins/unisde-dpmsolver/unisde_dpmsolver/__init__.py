@@ -60,7 +60,12 @@ from __future__ import annotations
 import math
 
 import unisde
-from unisde.core.kernels import exponential_integrator_coefficients, exponential_integrator_step, lincomb
+from unisde.core.kernels import (
+    exponential_integrator_coefficients,
+    exponential_integrator_corrections,
+    exponential_integrator_step,
+    lincomb,
+)
 from unisde.samplers import Option, Sampler
 
 __version__ = "0.1.0"
@@ -75,26 +80,6 @@ SOLVER_TYPES = ("midpoint", "heun")
 
 def _solver_order(value):
     return None if value in ORDERS else f"must be one of {', '.join(map(str, ORDERS))}"
-
-
-def _phi_corrections(h: float) -> tuple[float, float]:
-    """(b, c) = (1 + (e^{−h} − 1)/h, (e^{−h} − 1 + h)/h² − 1/2) for a step h ≠ 0 in λ' (h < 0 for the
-    noise-prediction forms): with ∫ over the step of e^{λ'} times a quadratic in λ', they weigh its first and
-    second divided differences (see ``_weights``). Both vanish like h/2 and −h/6 as h → 0, where the closed
-    forms lose digits to cancellation; below |h| = 0.05 their Taylor series b = Σ_{k≥2} (−h)^k/(k! h),
-    c = Σ_{k≥3} (−h)^k/(k! h²) are summed to k = 12 instead (remainder < 1e-18)."""
-    if abs(h) < 0.05:
-        b = c = 0.0
-        term = 1.0  # (−h)^k / k!
-        for k in range(1, 13):
-            term *= -h / k
-            if k >= 2:
-                b += term / h
-            if k >= 3:
-                c += term / (h * h)
-        return b, c
-    em1 = math.expm1(-h)
-    return 1.0 + em1 / h, (em1 + h) / (h * h) - 0.5
 
 
 class DPMSolverPlusPlus(Sampler):
@@ -202,11 +187,11 @@ class DPMSolverPlusPlus(Sampler):
         r0 = previous[-1] / h
         if order == 2:
             if heun:
-                slope = prefactor * _phi_corrections(h)[0] / r0
+                slope = prefactor * exponential_integrator_corrections(h)[0] / r0
                 return (first + slope, -slope)
             return (first * (1.0 + 0.5 / r0), -first * 0.5 / r0)
         r1 = previous[-2] / h
-        b, c = _phi_corrections(h)
+        b, c = exponential_integrator_corrections(h)
         b, c = prefactor * b, prefactor * c * (2.0 if exact else 1.0)
         p, q = r0 / (r0 + r1), 1.0 / (r0 + r1)
         u = (b * (1.0 + p) - c * q) / r0  # weight of (v_k − v_{k−1})
@@ -217,7 +202,10 @@ class DPMSolverPlusPlus(Sampler):
         history = []  # v_k, v_{k−1}, … (newest first): D, or ε̂ in noise prediction, of this loop's evaluations
         for k in range(start, len(self.weights)):
             x, denoised = yield x
-            value = denoised if self.eps_coefs is None else lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])
+            if self.eps_coefs is None:
+                value = denoised
+            else:  # ε̂ = (x − s D)/σ
+                value = lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])
             history = [value, *history[:2]]
             weights = self.weights[k][min(len(history), len(self.weights[k])) - 1]
             x_next = exponential_integrator_step(x, self.ratio[k], value, weights[0])  # first order (DDIM)

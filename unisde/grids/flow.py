@@ -1,0 +1,123 @@
+r"""Flow-matching time grids: diffusers' FlowMatch spacing with shift, dynamic shifting by ``mu``,
+``shift_terminal`` and Karras/exponential/beta σ spacings, as one registered grid.
+
+Shifts change *which* times are visited, not the forward process, so they are grid options (Esser et al. 2024,
+§5.3.2 [SD3]: t ↦ shift·t/(1 + (shift − 1) t); its resolution-dependent form is the dynamic shift by μ). The
+grid works in the flow noise level τ = σ/(s + σ) ∈ [0, 1], which is t itself on the rectified flow s = 1 − t,
+σ = t; on any other schedule τ is mapped to t through σ̃ = σ/s = τ/(1 − τ), so the same spacing serves every
+model. The values reproduce diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps`` exactly, its float32
+rounding included (a twin keeps its class's quirks): the training table's shifted σ_min, the linspace between
+the table's ends, the shift, ``shift_terminal``'s stretch, the optional Karras/exponential/beta respacing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from unisde._tensor import DTYPE
+from unisde.core.schedule import NoiseSchedule
+from unisde.grids import Grid
+from unisde.plugins import hookimpl
+from unisde.samplers.base import Option, positive
+
+SPACINGS = ("linear", "karras", "exponential", "beta")
+
+
+def _open_unit(value):
+    return None if value is None or 0.0 < value < 1.0 else "must lie in (0, 1)"
+
+
+def _sigmas_list(value):
+    if value is None:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
+               for v in value):
+        return f"flow sigmas must be numbers in [0, 1], got {list(value)[:8]}"
+    return None
+
+
+def time_shift(t: np.ndarray, shift: float | None = None, mu: float | None = None, kind: str = "exponential"):
+    """The SD3/Flux shifts of flow noise levels: static t ↦ shift·t/(1 + (shift − 1)t); dynamic (μ) exponential
+    t ↦ e^μ/(e^μ + 1/t − 1) or linear t ↦ μ/(μ + 1/t − 1)."""
+    if mu is not None:
+        with np.errstate(divide="ignore"):
+            inv = 1.0 / t - 1.0
+        return math.exp(mu) / (math.exp(mu) + inv) if kind == "exponential" else mu / (mu + inv)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flow_sigmas(n: int, *, num_train_timesteps: int = 1000, shift: float = 1.0, use_dynamic_shifting: bool = False,
+                mu: float | None = None, time_shift_type: str = "exponential", shift_terminal: float | None = None,
+                spacing: str = "linear", sigmas=None) -> torch.Tensor:
+    """Flow noise levels τ (n, decreasing, float32 values as float64), as diffusers' FlowMatch Euler computes them."""
+    if use_dynamic_shifting and mu is None:
+        raise ValueError("this flow grid uses dynamic shifting: set_timesteps needs mu (pipelines compute it from the "
+                         "image sequence length)")
+    if mu is not None and not use_dynamic_shifting:
+        raise ValueError(f"mu={mu} was given but the scheduler config has use_dynamic_shifting=False (diffusers "
+                         "refuses it too); set use_dynamic_shifting=True or drop mu")
+    N = int(num_train_timesteps)
+    train = torch.from_numpy(np.linspace(1, N, N, dtype=np.float32)[::-1].copy()).to(torch.float32) / N
+    if not use_dynamic_shifting:
+        train = shift * train / (1 + (shift - 1) * train)
+    sigma_max, sigma_min = train[0].item(), train[-1].item()
+    if sigmas is None:
+        base = np.linspace(sigma_max * N, sigma_min * N, n) / N
+    else:
+        base = np.array(sigmas).astype(np.float32)
+    out = time_shift(base, mu=mu, kind=time_shift_type) if use_dynamic_shifting else time_shift(base, shift=shift)
+    if shift_terminal:
+        one_minus = 1 - out
+        out = 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))
+    if spacing != "linear":
+        hi, lo = float(out[0]), float(out[-1])
+        m = len(out)
+        if spacing == "karras":
+            ramp = np.linspace(0, 1, m)
+            out = (hi ** (1 / 7.0) + ramp * (lo ** (1 / 7.0) - hi ** (1 / 7.0))) ** 7.0
+        elif spacing == "exponential":
+            out = np.exp(np.linspace(math.log(hi), math.log(lo), m))
+        else:  # beta(0.6, 0.6) quantiles (Lee et al. 2024), as diffusers' use_beta_sigmas
+            import scipy.stats
+
+            ppf = np.array([scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, m)])
+            out = lo + ppf * (hi - lo)
+    return torch.from_numpy(np.asarray(out)).to(torch.float32).to(DTYPE)
+
+
+def t_from_flow_sigma(schedule: NoiseSchedule, tau: torch.Tensor) -> torch.Tensor:
+    """The time t whose flow noise level σ/(s + σ) is τ: t = τ on the rectified flow, else via σ̃ = τ/(1 − τ)."""
+    if getattr(schedule, "name", "") == "rectified-flow":
+        return tau.clone()
+    inner = tau < 1
+    out = torch.ones_like(tau)
+    out[inner] = schedule.t_from_sigma(tau[inner] / (1 - tau[inner]))
+    return out
+
+
+def _flow_match(schedule: NoiseSchedule, n: int, **options) -> torch.Tensor:
+    tau = flow_sigmas(n, **options)
+    if (tau <= 0).any() or (tau > 1).any():
+        raise ValueError(f"flow grid: noise levels must lie in (0, 1], got {tau.tolist()[:8]}")
+    return t_from_flow_sigma(schedule, tau)
+
+
+FLOW_MATCH = Grid("flow_match", _flow_match, {
+    "num_train_timesteps": Option(1000, (int,), "training table length N (σ_min = shifted 1/N)", positive),
+    "shift": Option(1.0, (float,), "static shift t ↦ shift·t/(1 + (shift − 1)t)", positive),
+    "use_dynamic_shifting": Option(False, (bool,), "shift by mu (set_timesteps(mu=...)) instead of shift"),
+    "mu": Option(None, (float, type(None)), "dynamic shift μ (Flux: from the image sequence length)"),
+    "time_shift_type": Option("exponential", (str,), "dynamic shift form", choices=("exponential", "linear")),
+    "shift_terminal": Option(None, (float, type(None)), "stretch so that the last level is this value", _open_unit),
+    "spacing": Option("linear", (str,), "respacing of the shifted levels", choices=SPACINGS),
+    "sigmas": Option(None, (list, tuple, type(None)), "base flow levels (pipelines' sigmas) instead of a linspace",
+                     _sigmas_list),
+}, "diffusers' FlowMatch grid: shift / dynamic shift (mu) / shift_terminal / Karras, exponential, beta σ")
+
+
+@hookimpl
+def unisde_register_grids(register):
+    register(FLOW_MATCH)

@@ -1,0 +1,117 @@
+r"""``dpm_2`` and ``dpm_2_ancestral``: k-diffusion's DPM-2 samplers (diffusers' KDPM2 and KDPM2Ancestral) — a
+midpoint method on the probability-flow ODE in the VE view, for any schedule.
+
+In the VE view x̃ = x/s, σ̃ = σ/s every schedule's PF-ODE is dx̃/dσ̃ = d(x̃, σ̃) = (x̃ − D(x̃; σ̃))/σ̃ (Karras et
+al. 2022, eqs. 1 and 4 [EDM]). One step from σ̃_i to a target σ̃_T takes the midpoint rule with the midpoint at
+the geometric mean σ̃_m = √(σ̃_i σ̃_T) — the middle of the step in log σ̃, i.e. in the log-SNR, as DPM-Solver-2
+places it (Lu et al. 2022a, Algorithm 1 with r = ½ [DPMSolver]) — and Euler moves (k-diffusion's
+``sample_dpm_2``, "inspired by DPM-Solver-2 and Algorithm 2 of Karras et al. 2022"):
+
+    d_i = (x̃_i − D(x̃_i; σ̃_i))/σ̃_i,   x̃_m = x̃_i + (σ̃_m − σ̃_i) d_i,
+    d_m = (x̃_m − D(x̃_m; σ̃_m))/σ̃_m,   x̃_T = x̃_i + (σ̃_T − σ̃_i) d_m.
+
+A step to σ̃_T = 0 is one Euler step, x̃_T = D(x̃_i; σ̃_i). ``dpm_2`` steps to σ̃_T = σ̃_{i+1}. ``dpm_2_ancestral``
+steps to σ̃_down and adds fresh noise of std σ̃_up (k-diffusion's ``get_ancestral_step``):
+
+    σ̃_up = min(σ̃_{i+1}, η √(σ̃_{i+1}² (σ̃_i² − σ̃_{i+1}²)/σ̃_i²)),   σ̃_down = √(σ̃_{i+1}² − σ̃_up²),
+    x̃_{i+1} = x̃_T + S_noise σ̃_up z,
+
+so x̃_{i+1} has σ̃_{i+1}'s noise level again; η = 1 is DDPM's posterior variance seen in the VE view (as for
+EulerAncestral). Samples live in the model's own space, x = s x̃ with s taken at the time of each σ̃ (the
+midpoint's time t_m solves σ̃(t_m) = σ̃_m), so the samplers run with every schedule and parameterisation. Two
+model calls per step (one on a step to σ̃ = 0), listed in order: t_0, t_{m,0}, t_1, t_{m,1}, …, t_{n−1} — the
+interleaved ``timesteps`` of diffusers' KDPM2 schedulers, whose configs convert to these samplers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from unisde.core.kernels import lincomb
+from unisde.samplers.base import Option, Sampler, non_negative, positive
+
+
+def ancestral_step(ve_from: float, ve_to: float, eta: float) -> tuple[float, float]:
+    """(σ̃_down, σ̃_up) of an ancestral step from σ̃ = ``ve_from`` to ``ve_to`` (k-diffusion's get_ancestral_step)."""
+    if not eta or ve_to == 0.0:
+        return ve_to, 0.0
+    up = min(ve_to, eta * math.sqrt(ve_to**2 * (ve_from**2 - ve_to**2) / ve_from**2))
+    return math.sqrt(max(ve_to**2 - up**2, 0.0)), up
+
+
+def _affine(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
+    """cx·x + cy·y, exactly cy·y where cx = 0 (a step to σ̃ = 0 is D itself, whatever x holds)."""
+    return y * cy if cx == 0.0 else lincomb(x, cx, y, cy)
+
+
+class DPM2Sampler(Sampler):
+    name = "dpm_2"
+    aliases = ("kdpm2",)
+    description = "DPM-2 (k-diffusion sample_dpm_2, diffusers KDPM2): midpoint at √(σ̃_i σ̃_{i+1}) on the PF-ODE in σ̃"
+    default_grid = "karras"
+    order = 2  # model calls per step (diffusers' KDPM2 `order`; a step to σ̃ = 0 takes one)
+    options: dict = {}
+
+    def ancestral(self, ve_from: float, ve_to: float) -> tuple[float, float]:
+        """(σ̃ the deterministic part steps to, σ̃ of the fresh noise added after it)."""
+        return ve_to, 0.0
+
+    def prepare(self, grid):
+        """Per step i, in model space: the target σ̃_T and noise σ̃_up, the midpoint's time, and the coefficients
+        x_m = a x_i + b D_i, x_T = c_x x_i + c_m x_m + c_D D_m (or the Euler step x_T = a x_i + b D_i), the noise
+        scale s_{i+1} S_noise σ̃_up."""
+        self.grid = self.floats(grid)
+        s, sigma = self.grid_coefficients(grid)
+        ve, s = self.floats(sigma / s), self.floats(s)
+        n = len(ve) - 1
+        if any(v <= 0 for v in ve[:-1]):
+            raise ValueError(f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}")
+        targets = [self.ancestral(ve[i], ve[i + 1]) for i in range(n)]
+        ve_mid = [math.sqrt(ve[i] * down) for i, (down, _) in enumerate(targets)]
+        t_mid = self.schedule.t_from_sigma(torch.tensor([v if v > 0 else 1.0 for v in ve_mid], dtype=torch.float64))
+        s_mid = self.floats(self.scales_and_sigmas(t_mid)[0])
+        times, self.step_starts, self.stages, self.noise = [], {}, [], []
+        for i, (down, up) in enumerate(targets):
+            self.step_starts[len(times)] = i
+            times.append(self.grid[i])
+            e, r = s[i + 1], ve_mid[i] / ve[i]
+            if down > 0:  # midpoint rule: Euler to σ̃_m, then from σ̃_i to σ̃_T with d_m
+                times.append(float(t_mid[i]))
+                h, sm = down - ve[i], s_mid[i]
+                self.stages.append(((sm * r / s[i], sm * (1 - r)), (e / s[i], e * h / (ve_mid[i] * sm), -e * h / ve_mid[i])))
+            else:  # Euler to σ̃_T = 0: x_T = s_{i+1} D_i
+                self.stages.append(((0.0, e), None))
+            self.noise.append(e * up * self.opts.get("s_noise", 1.0))
+        return torch.tensor(times, dtype=torch.float64)
+
+    def loop(self, x, start=0):
+        for i in range(self.entry_step(start), len(self.stages)):
+            (a, b), second = self.stages[i]
+            x, denoised = yield x  # at σ̃_i
+            if second is None:  # Euler to σ̃ = 0
+                x = _affine(x, a, denoised, b)
+            else:
+                x_i = x
+                x_mid, denoised_mid = yield lincomb(x_i, a, denoised, b)  # at the midpoint σ̃_m = √(σ̃_i σ̃_T)
+                c_x, c_m, c_d = second
+                x = (x_i * c_x).add_(x_mid, alpha=c_m).add_(denoised_mid, alpha=c_d)
+            if self.noise[i] > 0:  # ancestral: back up to σ̃_{i+1} with fresh noise
+                x = x.add_(self.noise_like(x), alpha=self.noise[i])
+        return x
+
+
+class DPM2AncestralSampler(DPM2Sampler):
+    name = "dpm_2_ancestral"
+    aliases = ("kdpm2_ancestral",)
+    description = "DPM-2 ancestral (k-diffusion sample_dpm_2_ancestral, diffusers KDPM2Ancestral): DPM-2 to σ̃_down + noise σ̃_up"
+    stochastic = True
+    options = {
+        "eta": Option(1.0, (float,), "ancestral η ≥ 0 (1: DDPM's posterior variance; 0: dpm_2); a pipeline's eta is not read",
+                      non_negative),
+        "s_noise": Option(1.0, (float,), "noise inflation S_noise", positive),
+    }
+
+    def ancestral(self, ve_from, ve_to):
+        return ancestral_step(ve_from, ve_to, self.opts["eta"])
