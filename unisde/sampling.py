@@ -15,7 +15,6 @@ from typing import Callable
 
 import torch
 
-from unisde.core.kernels import schedule_coefficients
 from unisde.core.schedule import NoiseSchedule
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
@@ -76,7 +75,7 @@ def sample(model: Callable | None, noise: torch.Tensor, *, schedule="vp-linear",
                       kind=kind, **(grid_options or {}))
     eval_t = smp.prepare(grid)
     smp.generator, smp.noise_sampler = generator, noise_sampler
-    s0, sigma0 = schedule_coefficients(sched, eval_t[:1])
+    s0, sigma0 = sched.s(eval_t[:1]), sched.sigma(eval_t[:1])  # exact, also where s(1) = 0
     x = noise * float(torch.sqrt(s0**2 + sigma0**2))
     if denoiser is not None:
         times = [torch.tensor(float(t), dtype=torch.float64) for t in eval_t]

@@ -579,7 +579,7 @@ class FlowMatchEulerConverter(Converter):
     GRID_KEYS = ("num_train_timesteps", "shift", "use_dynamic_shifting", "time_shift_type", "shift_terminal")
 
     def schedule_keys(self, cfg):
-        defaults = self.defaults()
+        defaults = {**FlowMatchEulerConverter.defaults(), **self.defaults()}
         value = {k: cfg.get(k, defaults[k]) for k in self.GRID_KEYS}
         if value["shift"] is None or not value["shift"] > 0:
             raise ConversionError(f"{self.name} shift={value['shift']!r} must be > 0")
@@ -595,6 +595,18 @@ class FlowMatchEulerConverter(Converter):
 
     def sampler_keys(self, cfg):
         return {"sampler": "ddim", "sampler_options": {"eta": 0.0}}
+
+
+class FlowMatchHeunConverter(FlowMatchEulerConverter):
+    """FlowMatch Heun: EDM's Heun (Karras et al. 2022, Alg. 1) in the flow view x/(s + σ) against τ = σ/(s + σ),
+    which on the rectified flow is (x, t) itself; Euler into τ = 0."""
+
+    name = "FlowMatchHeunDiscreteScheduler"
+    sampler = "edm"
+    accepts = {"num_train_timesteps": ANY, "shift": ANY}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "edm", "sampler_options": {"solver": "heun", "view": "flow"}}
 
 
 # ---------------------------------------------------------------------------------------------- refusals
@@ -649,7 +661,6 @@ REFUSING = (
     _refusing("KarrasVeScheduler", f"the stochastic Karras VE sampler: {_NO_TWIN_YET}", closest="edm"),
     _refusing("RePaintScheduler", f"RePaint (inpainting resampling): {_NO_TWIN_YET}", base=_BetaRefusing,
               closest="ddpm"),
-    _refusing("FlowMatchHeunDiscreteScheduler", _FLOW, gaussian=False),
     _refusing("FlowMatchLCMScheduler", _FLOW, gaussian=False),
     _refusing("FlowMapEulerDiscreteScheduler", _FLOW, gaussian=False),
     _refusing("LTXEulerAncestralRFScheduler", _FLOW, gaussian=False),
@@ -671,7 +682,7 @@ BUILTIN_CONVERTERS = (DDPMConverter, DDPMParallelConverter, DDIMConverter, DDIMP
                       DPMSolverMultistepConverter, UniPCConverter, EDMEulerConverter, ScoreSdeVeConverter,
                       KDPM2Converter, KDPM2AncestralConverter, DEISConverter,
                       DPMSolverSinglestepConverter, LCMConverter, TCDConverter, DDIMInverseConverter,
-                      FlowMatchEulerConverter) + REFUSING
+                      FlowMatchEulerConverter, FlowMatchHeunConverter) + REFUSING
 
 
 @hookimpl

@@ -141,7 +141,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
     ):
         if time_grid is not None and time_grid not in list_grids():
             raise unknown_name_error("time_grid", time_grid, list_grids())
-        for flag, value in (("use_flow_sigmas", use_flow_sigmas), ("use_beta_sigmas", use_beta_sigmas),
+        spacing = (time_grid_options or {}).get("spacing")
+        for flag, value in (("use_flow_sigmas", use_flow_sigmas and time_grid != "flow_match"),
+                            ("use_beta_sigmas", use_beta_sigmas and spacing != "beta"),
                             ("invert_sigmas", invert_sigmas), ("stochastic_sampling", stochastic_sampling)):
             if value:  # these change the grid or the algorithm; converters translate them into grids and samplers
                 raise ValueError(f"{flag}=True is not supported in a UnifiedScheduler config; choose the time grid "
@@ -305,7 +307,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 sigmas = sigmas.tolist() if hasattr(sigmas, "tolist") else list(sigmas)
                 if num_inference_steps is not None and num_inference_steps != len(sigmas):
                     raise ValueError(f"num_inference_steps={num_inference_steps} but {len(sigmas)} sigmas were given")
-                options["sigmas"], num_inference_steps, sigmas = [float(v) for v in sigmas], len(sigmas), None
+                options["base_sigmas"], num_inference_steps, sigmas = [float(v) for v in sigmas], len(sigmas), None
         grid = build_grid(sched, param, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
                           kind=self._grid_kind(), final_time=final, **options)
         eval_t = sampler.prepare(grid)

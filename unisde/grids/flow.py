@@ -51,7 +51,7 @@ def time_shift(t: np.ndarray, shift: float | None = None, mu: float | None = Non
 
 def flow_sigmas(n: int, *, num_train_timesteps: int = 1000, shift: float = 1.0, use_dynamic_shifting: bool = False,
                 mu: float | None = None, time_shift_type: str = "exponential", shift_terminal: float | None = None,
-                spacing: str = "linear", sigmas=None) -> torch.Tensor:
+                spacing: str = "linear", base_sigmas=None) -> torch.Tensor:
     """Flow noise levels τ (n, decreasing, float32 values as float64), as diffusers' FlowMatch Euler computes them."""
     if use_dynamic_shifting and mu is None:
         raise ValueError("this flow grid uses dynamic shifting: set_timesteps needs mu (pipelines compute it from the "
@@ -64,12 +64,15 @@ def flow_sigmas(n: int, *, num_train_timesteps: int = 1000, shift: float = 1.0, 
     if not use_dynamic_shifting:
         train = shift * train / (1 + (shift - 1) * train)
     sigma_max, sigma_min = train[0].item(), train[-1].item()
-    if sigmas is None:
+    if base_sigmas is None:
         base = np.linspace(sigma_max * N, sigma_min * N, n) / N
     else:
-        base = np.array(sigmas).astype(np.float32)
+        base = np.array(base_sigmas).astype(np.float32)
     out = time_shift(base, mu=mu, kind=time_shift_type) if use_dynamic_shifting else time_shift(base, shift=shift)
     if shift_terminal:
+        if len(out) < 2 or float(out[-1]) >= 1.0:
+            raise ValueError(f"shift_terminal={shift_terminal} stretches the grid so that its last level is "
+                             f"{shift_terminal}; that needs at least 2 levels below 1 (got {len(out)})")
         one_minus = 1 - out
         out = 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))
     if spacing != "linear":
@@ -113,7 +116,7 @@ FLOW_MATCH = Grid("flow_match", _flow_match, {
     "time_shift_type": Option("exponential", (str,), "dynamic shift form", choices=("exponential", "linear")),
     "shift_terminal": Option(None, (float, type(None)), "stretch so that the last level is this value", _open_unit),
     "spacing": Option("linear", (str,), "respacing of the shifted levels", choices=SPACINGS),
-    "sigmas": Option(None, (list, tuple, type(None)), "base flow levels (pipelines' sigmas) instead of a linspace",
+    "base_sigmas": Option(None, (list, tuple, type(None)), "base flow levels (pipelines' sigmas) instead of a linspace",
                      _sigmas_list),
 }, "diffusers' FlowMatch grid: shift / dynamic shift (mu) / shift_terminal / Karras, exponential, beta σ")
 

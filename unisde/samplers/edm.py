@@ -35,6 +35,8 @@ class EDMSampler(Sampler):
         "s_tmin": Option(0.0, (float,), "churn only where σ̃ ≥ S_tmin", non_negative),
         "s_tmax": Option(float("inf"), (float,), "churn only where σ̃ ≤ S_tmax", non_negative),
         "s_noise": Option(1.0, (float,), "noise inflation S_noise", positive),
+        "view": Option("ve", (str,), "the ODE's variables: ve (x̃ = x/s against σ̃ = σ/s, EDM) or flow (x/(s + σ) "
+                       "against τ = σ/(s + σ): diffusers' FlowMatch Heun; finite at s = 0)", choices=("ve", "flow")),
     }
 
     @property
@@ -50,13 +52,22 @@ class EDMSampler(Sampler):
         churn that lifts the result from σ̃_{i+1} to σ̂_{i+1} (the next step's starting level)."""
         self.grid = self.floats(grid)
         n = grid.numel() - 1
-        s, sigma = self.grid_coefficients(grid)
-        ve = sigma / s
         o = self.opts
+        if o["view"] == "flow":
+            # the same algorithm in y = x/(s + σ), τ = σ/(s + σ), where the PF-ODE is again dy/dτ = (y − D)/τ:
+            # below, s stands for the view's scale s + σ and ve for its level τ
+            if o["s_churn"] > 0:
+                raise ValueError("sampler 'edm': s_churn > 0 is defined for view='ve' only (EDM's σ̃ churn)")
+            s_exact, sigma_exact = self.grid_coefficients(grid, exact=True)
+            s, ve = s_exact + sigma_exact, sigma_exact / (s_exact + sigma_exact)
+            sigma = ve * s
+        else:
+            s, sigma = self.grid_coefficients(grid)
+            ve = sigma / s
         gamma = torch.where((ve >= o["s_tmin"]) & (ve <= o["s_tmax"]),
                             torch.full_like(ve, min(o["s_churn"] / n, math.sqrt(2) - 1)), torch.zeros_like(ve))
         gamma[-1] = 0.0
-        ve_max = float(self.schedule.ve_sigma(1.0))
+        ve_max = float(self.schedule.ve_sigma(1.0)) if o["view"] == "ve" else 1.0
         ve_hat = torch.minimum(ve * (1 + gamma), torch.full_like(ve, max(ve_max, float(ve[0]))))
         t_hat = torch.where(ve_hat > ve, self.schedule.t_from_sigma(ve_hat.clamp(min=1e-300)), grid)
         s_hat = torch.where(ve_hat > ve, self.scales_and_sigmas(t_hat)[0], s)
