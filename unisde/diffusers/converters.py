@@ -310,11 +310,12 @@ class KDPM2Converter(_KarrasFamily):
 
     def schedule_keys(self, cfg):
         spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing"))
-        flag = "use_karras_sigmas" if cfg.get("use_karras_sigmas") else "use_exponential_sigmas" if cfg.get("use_exponential_sigmas") else None
+        flag = next((f for f in ("use_karras_sigmas", "use_exponential_sigmas") if cfg.get(f)), None)
         if flag and spacing != "linspace":
-            raise ConversionError(f"{self.name} flag {flag}=True with timestep_spacing={spacing!r} is not supported by "
-                                  "unisde's conversion: diffusers spans σ between the ends of that spacing's grid, which "
-                                  "move with num_inference_steps (supported: timestep_spacing='linspace', the default)")
+            raise ConversionError(f"{self.name} flag {flag}=True with timestep_spacing={spacing!r} is not supported "
+                                  "by unisde's conversion: diffusers spans σ between the ends of that spacing's grid, "
+                                  "which move with num_inference_steps (supported: timestep_spacing='linspace', the "
+                                  "default)")
         return super().schedule_keys(cfg)
 
     def sampler_keys(self, cfg):
@@ -347,11 +348,11 @@ class DEISConverter(BetaTableConverter):
                      "(exponential) to integers; unisde cannot reproduce that")
 
     def check_flags(self, cfg, twin):
-        for flag in ("use_karras_sigmas", "use_exponential_sigmas"):
+        for flag, grid in (("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "uniform_lambda")):
             if cfg.get(flag):
                 raise ConversionError(f"{self.name} flag {flag}=True is not supported by unisde's conversion: "
                                       f"{self._GRID_REFUSAL}. To sample this model with DEIS on that grid, build "
-                                      f"UnifiedScheduler(sampler='deis', time_grid={'karras' if 'karras' in flag else 'uniform_lambda'!r}, ...) directly")
+                                      f"UnifiedScheduler(sampler='deis', time_grid={grid!r}, ...) directly")
         return super().check_flags(cfg, twin)
 
     def schedule_keys(self, cfg):
@@ -371,16 +372,71 @@ _IPNDM_REFUSAL = (
 
 
 class _MultistepFamily(BetaTableConverter):
-    """DPMSolverMultistep and UniPC: leading/linspace over n + 1 points without index 0."""
+    """DPMSolverMultistep and UniPC: leading/linspace over n + 1 points without index 0.
+
+    With ``use_flow_sigmas=True`` (Wan 2.1 ships UniPC so, with ``flow_shift=3.0``) they run on the rectified flow
+    and ignore the β table: the ``flow_match`` grid with ``levels="unipc"`` / ``"dpmsolver"`` (their own base levels
+    and ``flow_shift``; μ / ``shift_terminal`` where the class takes them), flow prediction, ``scheduler.sigmas`` in
+    flow levels, the model fed ⌊τ N⌋ as int64 (``timestep_rounding="floor"``) and the start from z itself
+    (``init_noise="unit"``), as those classes do."""
 
     spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
     accepts = {**BetaTableConverter.accepts, **THRESHOLDING, "use_karras_sigmas": ANY, "use_lu_lambdas": ANY,
                "use_exponential_sigmas": ANY, "final_sigmas_type": ("zero", "sigma_min"), "solver_order": (1, 2, 3),
-               "lower_order_final": ANY}
+               "lower_order_final": ANY, "prediction_type": PREDICTIONS + ("flow_prediction",),
+               "use_flow_sigmas": ANY, "flow_shift": ANY, "use_dynamic_shifting": ANY,
+               "time_shift_type": ("exponential",), "shift_terminal": ANY}
+    FLOW_LEVELS: ClassVar[dict] = {"UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpmsolver"}
+
+    def _flow_refusal(self, cfg) -> str | None:
+        prediction = cfg.get("prediction_type", "epsilon")
+        if not cfg.get("use_flow_sigmas"):
+            if prediction == "flow_prediction":
+                return ("prediction_type='flow_prediction' needs use_flow_sigmas=True (diffusers would read a velocity "
+                        "against the β table's σ)")
+            if cfg.get("use_dynamic_shifting"):
+                return "use_dynamic_shifting=True applies only with use_flow_sigmas=True"
+            return None
+        if prediction != "flow_prediction":
+            return (f"use_flow_sigmas=True with prediction_type={prediction!r}: diffusers converts that output with "
+                    "α = 1 − σ, which unisde converts only for flow_prediction (supported: 'flow_prediction')")
+        for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"):
+            if cfg.get(flag):
+                return (f"use_flow_sigmas=True with {flag}=True: diffusers spaces the β table's VE σ and then reads them "
+                        "as flow levels; unisde does not reproduce that mix")
+        if cfg.get("final_sigmas_type", "zero") != "zero":
+            return (f"use_flow_sigmas=True with final_sigmas_type={cfg.get('final_sigmas_type')!r}: diffusers' last step "
+                    "then ends at a β-table σ_min read as a flow level (or a zero-length step); supported: 'zero'")
+        if not float(cfg.get("flow_shift", 1.0)) > 0:
+            return f"flow_shift={cfg.get('flow_shift')!r} must be > 0"
+        return None
+
+    def schedule_keys(self, cfg):
+        problem = self._flow_refusal(cfg)
+        if problem:
+            raise ConversionError(f"{self.name} flag {problem}; it changes the schedule or time grid, so no sampler= "
+                                  "can stand in for it")
+        if not cfg.get("use_flow_sigmas"):
+            return super().schedule_keys(cfg)
+        options = {"levels": self.FLOW_LEVELS[self.name], "shift": float(cfg.get("flow_shift", 1.0))}
+        return {"schedule": {"name": "rectified-flow", "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))},
+                "parameterization": "flow_prediction", "time_grid": "flow_match", "time_grid_options": options,
+                "sigmas_convention": "flow", "init_noise": "unit", "timestep_rounding": "floor"}
+
+    def explicit_grid(self, cfg):
+        return bool(cfg.get("use_flow_sigmas")) or super().explicit_grid(cfg)
 
 
 class DPMSolverMultistepConverter(_MultistepFamily):
     name = "DPMSolverMultistepScheduler"
+
+    def schedule_keys(self, cfg):
+        out = super().schedule_keys(cfg)
+        # diffusers rounds the model's timesteps on Karras/λ-uniform σ (not on the cosine table), not the σ's
+        if (cfg.get("use_karras_sigmas") or cfg.get("use_lu_lambdas")) and cfg.get("beta_schedule") != "squaredcos_cap_v2":
+            out["round_model_timesteps"] = True
+        return out
+
     sampler = "dpmsolver++"
     accepts = {**_MultistepFamily.accepts, "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", "dpmsolver",
                                                              "sde-dpmsolver"),
@@ -403,6 +459,13 @@ class DPMSolverMultistepConverter(_MultistepFamily):
 
 class UniPCConverter(_MultistepFamily):
     name = "UniPCMultistepScheduler"
+
+    def schedule_keys(self, cfg):
+        out = super().schedule_keys(cfg)
+        if cfg.get("use_karras_sigmas"):  # diffusers rounds the model's timesteps on Karras σ, not the σ's
+            out["round_model_timesteps"] = True
+        return out
+
     sampler = "unipc"
     accepts = {**_MultistepFamily.accepts, "solver_type": ("bh1", "bh2"), "disable_corrector": ANY}
 
@@ -568,14 +631,16 @@ class DDIMInverseConverter(BetaTableConverter):
 class FlowMatchEulerConverter(Converter):
     """FlowMatch Euler (SD3, Flux, Wan, LTX, CogView4): the rectified flow, flow prediction, the ``flow_match`` grid
     with the config's shift options, and DDIM with η = 0 — which on the rectified flow is the Euler step
-    x + (t′ − t) u exactly."""
+    x + (t′ − t) u exactly. ``stochastic_sampling=True`` re-noises x̂0 to the next level instead,
+    x′ = (1 − σ′) x̂0 + σ′ z: the ``lcm`` sampler without its boundary condition (s′ x̂0 + σ′ z on any schedule),
+    drawing z from the step's generator as diffusers does."""
 
     name = "FlowMatchEulerDiscreteScheduler"
     sampler = "ddim"
     accepts = {"num_train_timesteps": ANY, "shift": ANY, "use_dynamic_shifting": ANY, "base_shift": ANY,
                "max_shift": ANY, "base_image_seq_len": ANY, "max_image_seq_len": ANY, "shift_terminal": ANY,
                "use_karras_sigmas": ANY, "use_exponential_sigmas": ANY, "use_beta_sigmas": ANY,
-               "time_shift_type": ("exponential", "linear"), "invert_sigmas": (False,), "stochastic_sampling": (False,)}
+               "time_shift_type": ("exponential", "linear"), "invert_sigmas": (False,), "stochastic_sampling": ANY}
     GRID_KEYS = ("num_train_timesteps", "shift", "use_dynamic_shifting", "time_shift_type", "shift_terminal")
 
     def schedule_keys(self, cfg):
@@ -588,13 +653,64 @@ class FlowMatchEulerConverter(Converter):
         options = {"spacing": spacing} if spacing != "linear" else {}
         return {"schedule": {"name": "rectified-flow", "num_train_timesteps": int(value["num_train_timesteps"])},
                 "parameterization": "flow_prediction", "time_grid": "flow_match", "time_grid_options": options,
-                "sigmas_convention": "flow", "init_noise": "marginal"}
+                "sigmas_convention": "flow", "init_noise": "marginal",
+                "stochastic_sampling": False}  # translated into the sampler (lcm), not a UnifiedScheduler flag
 
     def explicit_grid(self, cfg):
         return True  # the shift is part of how the model is meant to be sampled
 
     def sampler_keys(self, cfg):
+        if cfg.get("stochastic_sampling"):
+            return {"sampler": "lcm", "sampler_options": {"boundary_condition": False}}
         return {"sampler": "ddim", "sampler_options": {"eta": 0.0}}
+
+    def is_twin(self, cfg, sampler, sampler_options):
+        if sampler is None:
+            return True
+        keys = self.sampler_keys(cfg)
+        return sampler == keys["sampler"] and dict(sampler_options or {}) == dict(keys.get("sampler_options") or {})
+
+
+class FlowMatchLCMConverter(FlowMatchEulerConverter):
+    """FlowMatchLCMScheduler: FlowMatch Euler's grid (shift, μ, ``shift_terminal``, Karras/exponential/beta σ) and
+    the step x′ = (1 − σ′) x̂0 + σ′ z with x̂0 = x − σ u — consistency sampling without a boundary condition, i.e.
+    the ``lcm`` sampler with ``boundary_condition=False`` (its last step returns x̂0, where σ′ = 0). Scale-wise
+    generation (``scale_factors``: x̂0 resized between steps) changes the sample's shape, which no unisde sampler
+    does, so it is refused."""
+
+    name = "FlowMatchLCMScheduler"
+    sampler = "lcm"
+    accepts = {**{k: v for k, v in FlowMatchEulerConverter.accepts.items() if k != "stochastic_sampling"},
+               "scale_factors": (None,), "upscale_mode": ANY}
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "lcm", "sampler_options": {"boundary_condition": False}}
+
+    def closest_sampler(self):
+        return "lcm"
+
+
+class LTXEulerAncestralRFConverter(FlowMatchEulerConverter):
+    """LTXEulerAncestralRFScheduler (ComfyUI's ``sample_euler_ancestral_RF``): with ``num_inference_steps`` it takes
+    FlowMatch Euler's default grid (shift 1; its config has no shift keys), and its step goes down to
+    σ_d = σ′(1 + (σ′/σ − 1) η), then forward-noises to σ′ with ``s_noise`` · z: ``ddim`` with ``ancestral="rf"``.
+    Its ComfyUI path, ``set_timesteps(sigmas=[…, 0])`` (levels used as given, the terminal 0 listed as a timestep),
+    is not converted: a UnifiedScheduler's flow ``sigmas`` are base levels without the end point."""
+
+    name = "LTXEulerAncestralRFScheduler"
+    sampler = "ddim"
+    accepts = {"num_train_timesteps": ANY, "eta": ANY, "s_noise": ANY}
+
+    def unsupported_combination(self, cfg):
+        eta, s_noise = float(cfg.get("eta", 1.0)), float(cfg.get("s_noise", 1.0))
+        if not 0.0 <= eta <= 1.0 or s_noise < 0:
+            return (f"eta={eta}, s_noise={s_noise}: the RF down-step is converted for 0 <= eta <= 1 and s_noise >= 0 "
+                    "(beyond, σ_d leaves [0, σ′])")
+        return None
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "ddim", "sampler_options": {"eta": float(cfg.get("eta", 1.0)), "ancestral": "rf",
+                                                       "s_noise": float(cfg.get("s_noise", 1.0))}}
 
 
 class FlowMatchHeunConverter(FlowMatchEulerConverter):
@@ -661,9 +777,7 @@ REFUSING = (
     _refusing("KarrasVeScheduler", f"the stochastic Karras VE sampler: {_NO_TWIN_YET}", closest="edm"),
     _refusing("RePaintScheduler", f"RePaint (inpainting resampling): {_NO_TWIN_YET}", base=_BetaRefusing,
               closest="ddpm"),
-    _refusing("FlowMatchLCMScheduler", _FLOW, gaussian=False),
     _refusing("FlowMapEulerDiscreteScheduler", _FLOW, gaussian=False),
-    _refusing("LTXEulerAncestralRFScheduler", _FLOW, gaussian=False),
     _refusing("HeliosScheduler", _FLOW, gaussian=False),
     _refusing("HeliosDMDScheduler", _FLOW, gaussian=False),
     _refusing("SCMScheduler", f"sCM (continuous-time consistency, TrigFlow): {_NO_TWIN_YET}", gaussian=False),
@@ -682,7 +796,8 @@ BUILTIN_CONVERTERS = (DDPMConverter, DDPMParallelConverter, DDIMConverter, DDIMP
                       DPMSolverMultistepConverter, UniPCConverter, EDMEulerConverter, ScoreSdeVeConverter,
                       KDPM2Converter, KDPM2AncestralConverter, DEISConverter,
                       DPMSolverSinglestepConverter, LCMConverter, TCDConverter, DDIMInverseConverter,
-                      FlowMatchEulerConverter, FlowMatchHeunConverter) + REFUSING
+                      FlowMatchEulerConverter, FlowMatchHeunConverter, FlowMatchLCMConverter,
+                      LTXEulerAncestralRFConverter) + REFUSING
 
 
 @hookimpl

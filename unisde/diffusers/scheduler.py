@@ -58,12 +58,18 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         t_min, t_max: the time range sampled (defaults: see :func:`unisde.samplers.grids.default_time_range`).
         check_finite: raise a ValueError naming the step when the model output is not finite.
         init_noise: ``"marginal"`` (``init_noise_sigma`` = √(s² + σ²) at the first evaluation) or ``"sigma"`` (σ
-            alone: diffusers' Euler-type schedulers with linspace/trailing spacing; set by their converters).
+            alone: diffusers' Euler-type schedulers with linspace/trailing spacing; set by their converters) or
+            ``"unit"`` (1: UniPC/DPM-Solver multistep with ``use_flow_sigmas``, whose grid starts below t = 1).
+        round_model_timesteps: feed the model rounded timesteps while the solver keeps the exact times (diffusers'
+            DPMSolverMultistep/UniPC with Karras or λ-uniform σ on index tables; set by their converters).
         sigmas_convention: what ``set_timesteps(sigmas=...)`` and ``scheduler.sigmas`` mean: ``"ve"``, the VE-view
             noise level σ̃ = σ/s of diffusers' Euler/Heun/DPM/EDM pipelines (one per grid point); ``"flow"``, the
             flow noise level τ = σ/(s + σ) ∈ [0, 1] of FlowMatch pipelines (t itself on the rectified flow; one per
             model evaluation, aligned with ``timesteps``, plus the end point; ``sigmas`` passed to
             ``set_timesteps`` are the grid's base levels, shifted as the source scheduler shifts them).
+        timestep_rounding: None (the model is fed its exact timestep) or ``"floor"``: the model is fed ⌊timestep⌋
+            as int64 while the step uses the exact time — UniPC/DPM-Solver multistep with ``use_flow_sigmas`` cast
+            τ·N to int64 (set by their converters).
         shift, base_shift, max_shift, base_image_seq_len, max_image_seq_len, use_dynamic_shifting, time_shift_type,
             shift_terminal: FlowMatch keys; the ``flow_match`` grid reads the first ones, pipelines read the rest
             (Flux computes ``mu`` from them).
@@ -108,7 +114,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         use_lu_lambdas: bool = False,
         use_flow_sigmas: bool = False,
         flow_shift: float = 1.0,
-        lambda_min_clipped: float = -float("inf"),
+        lambda_min_clipped: float | None = None,
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
         shift: float = 1.0,
@@ -119,7 +125,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         invert_sigmas: bool = False,
         stochastic_sampling: bool = False,
         predict_x0: bool = True,
-        disable_corrector: list = (),
+        disable_corrector: list | None = None,
         solver_p: Any = None,
         shift_terminal: float | None = None,
         sigma_data: float = 0.5,
@@ -137,7 +143,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         t_max: float | None = None,
         check_finite: bool = True,
         init_noise: str = "marginal",
+        round_model_timesteps: bool = False,
         sigmas_convention: str = "ve",
+        timestep_rounding: str | None = None,
     ):
         if time_grid is not None and time_grid not in list_grids():
             raise unknown_name_error("time_grid", time_grid, list_grids())
@@ -148,10 +156,12 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             if value:  # these change the grid or the algorithm; converters translate them into grids and samplers
                 raise ValueError(f"{flag}=True is not supported in a UnifiedScheduler config; choose the time grid "
                                  f"(time_grid=..., one of {', '.join(list_grids())}) and the sampler instead")
+        if timestep_rounding not in (None, "floor"):
+            raise unknown_name_error("timestep_rounding", timestep_rounding, (None, "floor"))
         if sigmas_convention not in ("ve", "flow"):
             raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve", "flow"))
-        if init_noise not in ("marginal", "sigma"):
-            raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma"))
+        if init_noise not in ("marginal", "sigma", "unit"):
+            raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma", "unit"))
         if time_grid_options is not None and not isinstance(time_grid_options, dict):
             raise ValueError(f"time_grid_options must be a dict, got {type(time_grid_options).__name__}")
         if timestep_spacing not in ("leading", "trailing", "linspace"):
@@ -239,6 +249,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         schedulers with linspace/trailing spacing (they start from σ̃_max · z in the VE view), kept by their twins."""
         t = self._eval_times[0] if self._eval_times is not None else 1.0
         s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)
+        if self.config.init_noise == "unit":  # diffusers' multistep flow classes: z itself, wherever the grid starts
+            return 1.0
         if self.config.init_noise == "sigma":
             return float(sigma)
         return float(torch.sqrt(s**2 + sigma**2))
@@ -299,14 +311,23 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
         options = self._grid_options(mu)
+        given_model_t = None  # FlowMatch's timesteps passed with sigmas: fed to the model as given (CogView4)
         if cfg.sigmas_convention == "flow":
-            if timesteps is not None:
+            if timesteps is not None and sigmas is None:
                 raise ValueError("this scheduler follows FlowMatch conventions: pass sigmas (flow noise levels in "
-                                 "[0, 1]) or num_inference_steps, not timesteps")
+                                 "[0, 1]) or num_inference_steps, not timesteps alone (timesteps are taken only "
+                                 "together with sigmas, as the model's timesteps)")
             if sigmas is not None:  # the grid's base levels, shifted by the grid as the source scheduler does
                 sigmas = sigmas.tolist() if hasattr(sigmas, "tolist") else list(sigmas)
                 if num_inference_steps is not None and num_inference_steps != len(sigmas):
                     raise ValueError(f"num_inference_steps={num_inference_steps} but {len(sigmas)} sigmas were given")
+                if timesteps is not None:
+                    given_model_t = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps,
+                                               dtype=np.float64).astype(np.float32).astype(np.float64)
+                    if given_model_t.shape != (len(sigmas),):
+                        raise ValueError(f"{given_model_t.size} timesteps but {len(sigmas)} sigmas were given; "
+                                         "pass one timestep per sigma")
+                    timesteps = None
                 options["base_sigmas"], num_inference_steps, sigmas = [float(v) for v in sigmas], len(sigmas), None
         grid = build_grid(sched, param, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
                           kind=self._grid_kind(), final_time=final, **options)
@@ -314,12 +335,20 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         a, b = param.coefficients(sched, eval_t)
         c_in = param.input_scale(sched, eval_t)
         model_t = param.model_time(sched, eval_t)
+        if given_model_t is not None:  # per grid point as given; between grid points (midpoints) interpolated
+            knots = np.concatenate([given_model_t, param.model_time(sched, grid[-1:]).numpy()])
+            model_t = torch.from_numpy(np.interp(eval_t.numpy(), grid.numpy()[::-1], knots[::-1])).to(DTYPE)
+        floor = cfg.get("timestep_rounding") == "floor"
+        if floor:  # the model is fed ⌊timestep⌋ while the step uses the exact time (diffusers' int64 cast)
+            model_t = torch.floor(model_t)
+        if cfg.round_model_timesteps:  # the model sees rounded indices while the solver keeps the exact times
+            model_t = model_t.round()
         # Commit only now: a failure above leaves the scheduler as it was.
         self._sampler = sampler
         self._eval_times = eval_t
         self._a, self._b, self._c_in = [float(v) for v in a], [float(v) for v in b], [float(v) for v in c_in]
         self._t_list = [float(v) for v in model_t]
-        integral = sched.is_discrete and bool(torch.all(model_t == torch.round(model_t)))
+        integral = (sched.is_discrete or floor) and bool(torch.all(model_t == torch.round(model_t)))
         self.timesteps = (model_t.round().to(torch.int64) if integral else model_t.to(torch.float32)).to(device)
         if cfg.sigmas_convention == "flow":  # τ = σ/(s + σ) per evaluation, then the end point
             points = torch.cat([eval_t, grid[-1:]])
@@ -534,15 +563,51 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ forward process helpers
     def _s_sigma(self, timesteps, like: torch.Tensor):
-        t = self._time_of(timesteps).reshape(-1)
+        found = self._flow_lookup(timesteps)
+        t = self._time_of(timesteps).reshape(-1) if found is None else found
         s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)  # the exact marginal (s(1) = 0 included)
         shape = (-1,) + (1,) * (like.ndim - 1)
         return s.to(like.device, like.dtype).reshape(shape), sigma.to(like.device, like.dtype).reshape(shape)
+
+    def _flow_lookup(self, timesteps) -> torch.Tensor | None:
+        """FlowMatch convention: timesteps of the current grid map to their evaluation times (as diffusers' flow
+        schedulers look σ up by index), since the model's timestep need not be t·N there (⌊τN⌋, CogView4's
+        unshifted timesteps); None when any value is not on the grid."""
+        if self.config.sigmas_convention != "flow" or self._eval_times is None:
+            return None
+        values = torch.as_tensor(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps,
+                                 dtype=DTYPE).reshape(-1)
+        grid = torch.tensor(self._t_list, dtype=DTYPE)
+        hit = (grid[None, :] - values[:, None]).abs() <= 1e-4 * grid.abs().clamp(min=1.0)[None, :]
+        if not bool(hit.any(dim=1).all()):
+            return None
+        return self._eval_times.to(DTYPE)[hit.to(torch.int8).argmax(dim=1)]
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """x_t = s(t) x0 + σ(t) ε at the model timesteps given (any device)."""
         s, sigma = self._s_sigma(timesteps, original_samples)
         return s * original_samples + sigma * noise
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_i = s(t_i)² at the training indices' times t_i = (i + 1)/N (float32, as diffusers' schedulers hold it;
+        diffusers' ``compute_snr`` and training scripts read it). For a table these are its own entries."""
+        if getattr(self, "_alphas_cumprod", None) is None:
+            n = int(self.noise_schedule.num_train_timesteps or self.config.num_train_timesteps)
+            t = torch.arange(1, n + 1, dtype=DTYPE) / n
+            self._alphas_cumprod = (self.noise_schedule.s(t) ** 2).to(torch.float32)
+        return self._alphas_cumprod
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        """α_i = ᾱ_i / ᾱ_{i−1} (α_0 = ᾱ_0), float32."""
+        abar = self.alphas_cumprod.to(DTYPE)
+        return torch.cat([abar[:1], abar[1:] / abar[:-1]]).to(torch.float32)
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """β_i = 1 − α_i, float32."""
+        return (1.0 - self.alphas.to(DTYPE)).to(torch.float32)
 
     def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor | None = None) -> torch.Tensor:
         """FlowMatch pipelines' forward noising (img2img/inpaint): x_t = s(t) x0 + σ(t) ε at the given model
