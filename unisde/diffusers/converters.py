@@ -706,6 +706,10 @@ class LTXEulerAncestralRFConverter(FlowMatchEulerConverter):
         if not 0.0 <= eta <= 1.0 or s_noise < 0:
             return (f"eta={eta}, s_noise={s_noise}: the RF down-step is converted for 0 <= eta <= 1 and s_noise >= 0 "
                     "(beyond, σ_d leaves [0, σ′])")
+        if eta > 0 and s_noise == 0:
+            return (f"eta={eta} with s_noise=0.0: diffusers then skips the rescaling from σ_d to σ′ along with the "
+                    "noise, leaving each sample at the down-step level σ_d while the next step assumes σ′; unisde's "
+                    "ddim with ancestral='rf', s_noise=0 rescales (pass sampler='ddim' with those options)")
         return None
 
     def sampler_keys(self, cfg):

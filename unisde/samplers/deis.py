@@ -12,10 +12,13 @@ replaces ε̂ by the polynomial in log ρ through the last p estimates ε̂_k, �
 with L_{k,j} the Lagrange basis polynomial of node log ρ_{k−j}. With P(u) = L_{k,j}(u), ∫ P(log ρ) dρ =
 ρ Σ_m (−1)^m P^{(m)}(log ρ) (repeated integration by parts in u = log ρ, dρ = e^u du), which vanishes at ρ = 0,
 so a step to clean data is an ordinary step; order 1 is DDIM (Euler in ρ). The weights are computed once per
-grid, in float64 (:func:`logrho_weights`; diffusers evaluates the same closed forms in float32). The loop keeps ε̂_k, ε̂_{k−1}, … as a local history, so each step runs
-at min(``solver_order``, evaluations so far) — from the start, and again from wherever an img2img pipeline
+grid, in float64 (:func:`logrho_weights`; diffusers evaluates the same closed forms in float32). The loop keeps
+ε̂_k, ε̂_{k−1}, … as a local history, so each step runs at min(``solver_order``, evaluations so far) — from the
+start, and again from wherever an img2img pipeline
 enters the grid — and ``lower_order_final`` lowers the last steps to the number of steps left when the grid has
-fewer than 15 steps (diffusers' rule). One model evaluation per step; x = s x̃ in the model's own space.
+fewer than 15 steps (diffusers' rule). One model evaluation per step; x = s x̃ in the model's own space, the step
+written as x_{k+1} = a x_k + b D_k + s_{k+1} Σ_{j≥1} c_{k,j} ε̂_{k−j} with ε̂ = (x − s D)/σ, so that no x/s is formed
+(float32 keeps its digits where s ≪ 1, e.g. at the start of a cosine table, σ̃ ≈ 2·10⁴).
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from numpy.polynomial import Polynomial
 
-from unisde.core.kernels import pf_ode_derivative
+from unisde.core.kernels import lincomb
 from unisde.samplers.base import Option, Sampler
 
 ORDERS = (1, 2, 3, 4)
@@ -66,34 +68,46 @@ class DEISSampler(Sampler):
     description = "DEIS multistep (log ρ Adams–Bashforth on ε̂ in ρ = σ̃, orders 1–4): diffusers' DEISMultistep"
     default_grid = "uniform_lambda"
     options = {
-        "solver_order": Option(2, (int,), "multistep order 1 … 4 (diffusers: 1–3); a diffusers config's solver_order fills it", _order),
-        "lower_order_final": Option(True, (bool,), "on grids of < 15 steps, lower the last steps' order to the steps left (diffusers' rule)"),
+        "solver_order": Option(2, (int,), "multistep order 1 … 4 (diffusers: 1–3); a diffusers config's solver_order "
+                               "fills it", _order),
+        "lower_order_final": Option(True, (bool,), "on grids of < 15 steps, lower the last steps' order to the steps "
+                                    "left (diffusers' rule)"),
     }
 
     def prepare(self, grid):
-        """Per step k: s_k, s_{k+1}, ρ_k and the weights c_{k,j} for every order 1 … p_k the step may run at."""
+        """Per step k and every order p it may run at: x_{k+1} = a x_k + b D_k + Σ_{j≥1} w_j ε̂_{k−j}, the update
+        x̃_{k+1} = x̃_k + Σ_j c_{k,j} ε̂_{k−j} in model space with ε̂_k's x̃-part folded into a, b (the DDIM form, well
+        conditioned where s_k ≪ 1), and ε̂ = (x − s D)/σ at each evaluation."""
         self.grid = self.floats(grid)
         s, sigma = self.grid_coefficients(grid)
-        ve = self.floats(sigma / s)
+        ve, s, sigma = self.floats(sigma / s), self.floats(s), self.floats(sigma)
         n = grid.numel() - 1
         if any(v <= 0 for v in ve[:-1]):
             raise ValueError(f"sampler 'deis' needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}")
         top, final = self.opts["solver_order"], self.opts["lower_order_final"] and n < 15
-        self.s_t, self.s_n, self.ve = self.floats(s[:-1]), self.floats(s[1:]), ve[:-1]
-        self.weights = []
+        self.eps_coefs = [(1.0 / sigma[k], -s[k] / sigma[k]) for k in range(n)]
+        self.steps = []
         for k in range(n):
             highest = min(top, k + 1, n - k if final else top)
-            self.weights.append([logrho_weights(ve[k - p + 1:k + 1][::-1], ve[k], ve[k + 1]) for p in range(1, highest + 1)])
+            tables = []
+            for p in range(1, highest + 1):
+                c = logrho_weights(ve[k - p + 1:k + 1][::-1], ve[k], ve[k + 1])
+                tables.append((s[k + 1] * (ve[k] + c[0]) / (s[k] * ve[k]), -s[k + 1] * c[0] / ve[k],
+                               [s[k + 1] * cj for cj in c[1:]]))
+            self.steps.append(tables)
         return grid[:-1]
 
     def loop(self, x, start=0):
         history = []  # ε̂_k, ε̂_{k−1}, … (newest first): this loop's multistep history
-        for k in range(start, len(self.weights)):
+        for k in range(start, len(self.steps)):
             x, denoised = yield x
-            x_ve = x * (1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else x
-            history = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *history[:self.opts["solver_order"] - 1]]
-            weights = self.weights[k][min(len(history), len(self.weights[k])) - 1]
-            for c, eps in zip(weights, history):  # x̃_{k+1} = x̃_k + Σ_j c_{k,j} ε̂_{k−j}
-                x_ve = x_ve.add(eps, alpha=c)
-            x = x_ve * self.s_n[k] if self.s_n[k] != 1.0 else x_ve
+            history = [self._eps(k, x, denoised), *history[:self.opts["solver_order"] - 1]]
+            a, b, weights = self.steps[k][min(len(history), len(self.steps[k])) - 1]
+            x = lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + Σ_j c_{k,j} ε̂_{k−j}, written in model space
+            for w, eps in zip(weights, history[1:]):
+                x = x.add_(eps, alpha=w)
         return x
+
+    def _eps(self, k, x, denoised):
+        """ε̂ = (x − s D)/σ at evaluation k: the PF-ODE derivative dx̃/dσ̃ = (x̃ − D)/σ̃, computed without x/s."""
+        return lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])

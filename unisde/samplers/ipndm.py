@@ -24,14 +24,13 @@ sum to 1 on a non-uniform grid, so that version does not converge there, and on 
 One model evaluation per step. The derivatives d_k use only σ̃ > 0; a step to σ̃ = 0 is an ordinary step (the
 Adams–Bashforth extrapolation, as diffusers' IPNDM/PNDM take it) unless ``denoise_to_zero`` makes it return x̂0
 (ComfyUI's ``t_next == 0`` branch). The loop keeps the derivatives as a local history, so entered mid-grid
-(img2img) it warms up again from order 1. Samples live in the model's own space, x = s x̃.
+(img2img) it warms up again from order 1. Samples live in the model's own space, x = s x̃; the step is written
+x_{k+1} = a x_k + b D_k + s_{k+1} h Σ_{j≥1} b_{p,j} d_{k−j} with d = ε̂ = (x − s D)/σ, so no x/s is formed.
 """
 
 from __future__ import annotations
 
-import torch
-
-from unisde.core.kernels import pf_ode_derivative
+from unisde.core.kernels import lincomb
 from unisde.samplers.base import Option, Sampler
 from unisde.samplers.lms import adams_bashforth_weights
 
@@ -57,32 +56,43 @@ class IPNDMSampler(Sampler):
         return AB_WEIGHTS[order - 1]
 
     def prepare(self, grid):
-        """Per step k: s_k, s_{k+1}, σ̃_k and h_k·b_{p,j} for every order p ≤ min(k + 1, ``max_order``)."""
+        """Per step k and every order p ≤ min(k + 1, ``max_order``): x_{k+1} = a x_k + b D_k + Σ_{j≥1} w_j d_{k−j}, the
+        update x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j} in model space with d_k's x̃-part folded into a, b (well
+        conditioned where s_k ≪ 1), and d = ε̂ = (x − s D)/σ at each evaluation."""
         self.grid = self.floats(grid)
         s, sigma = self.grid_coefficients(grid)
-        ve = self.floats(sigma / s)
+        ve, s, sigma = self.floats(sigma / s), self.floats(s), self.floats(sigma)
         n = grid.numel() - 1
         if any(v <= 0 for v in ve[:-1]):
-            raise ValueError(f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}")
-        self.s_t, self.s_n, self.ve = self.floats(s[:-1]), self.floats(s[1:]), ve[:-1]
-        self.weights = [[tuple((ve[k + 1] - ve[k]) * b for b in self.step_weights(ve, k, p))
-                         for p in range(1, min(k + 1, self.opts["max_order"]) + 1)] for k in range(n)]
-        self.to_denoised = [self.opts["denoise_to_zero"] and ve[k + 1] == 0.0 for k in range(n)]
+            raise ValueError(f"sampler {self.name!r} needs positive noise levels at every evaluation time; "
+                             f"grid σ̃ = {ve[:-1]}")
+        self.eps_coefs = [(1.0 / sigma[k], -s[k] / sigma[k]) for k in range(n)]
+        self.steps = []
+        for k in range(n):
+            tables = []
+            for p in range(1, min(k + 1, self.opts["max_order"]) + 1):
+                c = [(ve[k + 1] - ve[k]) * b for b in self.step_weights(ve, k, p)]
+                tables.append((s[k + 1] * (ve[k] + c[0]) / (s[k] * ve[k]), -s[k + 1] * c[0] / ve[k],
+                               [s[k + 1] * cj for cj in c[1:]]))
+            if self.opts["denoise_to_zero"] and ve[k + 1] == 0.0:
+                tables = [(0.0, s[k + 1], [])] * len(tables)  # ComfyUI: a step to σ̃ = 0 returns x̂0
+            self.steps.append(tables)
         return grid[:-1]
 
     def loop(self, x, start=0):
-        derivatives = []  # d_k, d_{k−1}, … (newest first): this loop's Adams–Bashforth history
-        for k in range(start, len(self.weights)):
+        history = []  # d_k, d_{k−1}, … (newest first): this loop's Adams–Bashforth history
+        for k in range(start, len(self.steps)):
             x, denoised = yield x
-            if self.to_denoised[k]:
-                x = denoised * self.s_n[k] if self.s_n[k] != 1.0 else denoised.clone()
-                continue
-            x_ve = x * (1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else x
-            derivatives = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *derivatives[:self.opts["max_order"] - 1]]
-            for w, d in zip(self.weights[k][min(len(derivatives), len(self.weights[k])) - 1], derivatives):
-                x_ve = x_ve.add(d, alpha=w)  # x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j}
-            x = x_ve * self.s_n[k] if self.s_n[k] != 1.0 else x_ve
+            history = [self._eps(k, x, denoised), *history[:self.opts["max_order"] - 1]]
+            a, b, weights = self.steps[k][min(len(history), len(self.steps[k])) - 1]
+            x = denoised * b if a == 0.0 else lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j}
+            for w, d in zip(weights, history[1:]):
+                x = x.add_(d, alpha=w)
         return x
+
+    def _eps(self, k, x, denoised):
+        """d = ε̂ = (x − s D)/σ at evaluation k: the PF-ODE derivative (x̃ − D)/σ̃, computed without x/s."""
+        return lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])
 
 
 class IPNDMVSampler(IPNDMSampler):

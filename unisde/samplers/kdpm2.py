@@ -34,11 +34,15 @@ from unisde.samplers.base import Option, Sampler, non_negative, positive
 
 
 def ancestral_step(ve_from: float, ve_to: float, eta: float) -> tuple[float, float]:
-    """(σ̃_down, σ̃_up) of an ancestral step from σ̃ = ``ve_from`` to ``ve_to`` (k-diffusion's get_ancestral_step)."""
+    """(σ̃_down, σ̃_up) of an ancestral step from σ̃ = ``ve_from`` to ``ve_to`` (k-diffusion's get_ancestral_step),
+    σ̃_down = σ̃_to √(1 − η² (1 − r²)) with r = σ̃_to/σ̃_from: the same value without σ̃_to² − σ̃_up²'s cancellation (which
+    makes diffusers' float32 KDPM2Ancestral return NaN once σ̃_from/σ̃_to ≳ 3·10³, e.g. a cosine table's first step)."""
     if not eta or ve_to == 0.0:
         return ve_to, 0.0
-    up = min(ve_to, eta * math.sqrt(ve_to**2 * (ve_from**2 - ve_to**2) / ve_from**2))
-    return math.sqrt(max(ve_to**2 - up**2, 0.0)), up
+    keep = 1.0 - eta**2 * (1.0 - (ve_to / ve_from) ** 2)  # (σ̃_down/σ̃_to)²
+    if keep <= 0.0:  # σ̃_up capped at σ̃_to
+        return 0.0, ve_to
+    return ve_to * math.sqrt(keep), ve_to * eta * math.sqrt(1.0 - (ve_to / ve_from) ** 2)
 
 
 def _affine(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
@@ -67,7 +71,8 @@ class DPM2Sampler(Sampler):
         ve, s = self.floats(sigma / s), self.floats(s)
         n = len(ve) - 1
         if any(v <= 0 for v in ve[:-1]):
-            raise ValueError(f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}")
+            raise ValueError(f"sampler {self.name!r} needs positive noise levels at every evaluation time; "
+                             f"grid σ̃ = {ve[:-1]}")
         targets = [self.ancestral(ve[i], ve[i + 1]) for i in range(n)]
         ve_mid = [math.sqrt(ve[i] * down) for i, (down, _) in enumerate(targets)]
         t_mid = self.schedule.t_from_sigma(torch.tensor([v if v > 0 else 1.0 for v in ve_mid], dtype=torch.float64))
@@ -80,7 +85,8 @@ class DPM2Sampler(Sampler):
             if down > 0:  # midpoint rule: Euler to σ̃_m, then from σ̃_i to σ̃_T with d_m
                 times.append(float(t_mid[i]))
                 h, sm = down - ve[i], s_mid[i]
-                self.stages.append(((sm * r / s[i], sm * (1 - r)), (e / s[i], e * h / (ve_mid[i] * sm), -e * h / ve_mid[i])))
+                self.stages.append(((sm * r / s[i], sm * (1 - r)),
+                                    (e / s[i], e * h / (ve_mid[i] * sm), -e * h / ve_mid[i])))
             else:  # Euler to σ̃_T = 0: x_T = s_{i+1} D_i
                 self.stages.append(((0.0, e), None))
             self.noise.append(e * up * self.opts.get("s_noise", 1.0))
@@ -105,11 +111,12 @@ class DPM2Sampler(Sampler):
 class DPM2AncestralSampler(DPM2Sampler):
     name = "dpm_2_ancestral"
     aliases = ("kdpm2_ancestral",)
-    description = "DPM-2 ancestral (k-diffusion sample_dpm_2_ancestral, diffusers KDPM2Ancestral): DPM-2 to σ̃_down + noise σ̃_up"
+    description = ("DPM-2 ancestral (k-diffusion sample_dpm_2_ancestral, diffusers KDPM2Ancestral): DPM-2 to σ̃_down, "
+                   "then noise σ̃_up")
     stochastic = True
     options = {
-        "eta": Option(1.0, (float,), "ancestral η ≥ 0 (1: DDPM's posterior variance; 0: dpm_2); a pipeline's eta is not read",
-                      non_negative),
+        "eta": Option(1.0, (float,), "ancestral η ≥ 0 (1: DDPM's posterior variance; 0: dpm_2); a pipeline's eta is "
+                      "not read", non_negative),
         "s_noise": Option(1.0, (float,), "noise inflation S_noise", positive),
     }
 
