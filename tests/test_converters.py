@@ -28,10 +28,11 @@ def model(x, t):
 def run(sched, x, n, seed=0):
     """The loop of diffusers' pipelines: start from z · init_noise_sigma, feed scale_model_input to the model."""
     sched.set_timesteps(n)
-    x = x * sched.init_noise_sigma
+    x = x * getattr(sched, "init_noise_sigma", 1.0)  # FlowMatch schedulers start from unit noise
     extra = {"generator": torch.Generator().manual_seed(seed)} if "generator" in inspect.signature(sched.step).parameters else {}
+    scale_input = getattr(sched, "scale_model_input", lambda x, t: x)
     for t in sched.timesteps:
-        x = sched.step(model(sched.scale_model_input(x, t), t), t, x, **extra).prev_sample
+        x = sched.step(model(scale_input(x, t), t), t, x, **extra).prev_sample
     return x
 
 

@@ -147,7 +147,5 @@ def test_bad_flow_calls_refused_before_work(kwargs, call, message):
 def test_bad_flow_configs_refused():
     with pytest.raises(ValueError, match="shift"):
         UnifiedScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=-1.0).config)
-    with pytest.raises(ValueError, match="stochastic_sampling=True"):
-        UnifiedScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).config)
     with pytest.raises(ValueError, match="use_dynamic_shifting=True needs a flow-matching time grid"):
         UnifiedScheduler(use_dynamic_shifting=True)

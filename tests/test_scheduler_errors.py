@@ -150,7 +150,7 @@ def full_loop(sched):
     (dict(sampler="edn"), r"unknown sampler 'edn'; valid choices: .*Did you mean 'edm'\?"),
     (dict(prediction_type="epsilonn"), r"unknown parameterization 'epsilonn'; valid choices: .*epsilon.*v_prediction.*Did you mean 'epsilon'\?"),
     (dict(prediction_type="v_predicton"), r"Did you mean 'v_prediction'\?"),
-    (dict(sampler="ddim", sampler_options={"etaa": 1.0}), r"unknown option\(s\) \['etaa'\] for sampler 'ddim'; valid options: eta, use_clipped_model_output\. Did you mean 'eta'\?"),
+    (dict(sampler="ddim", sampler_options={"etaa": 1.0}), r"unknown option\(s\) \['etaa'\] for sampler 'ddim'; valid options: ancestral, eta, s_noise, use_clipped_model_output\. Did you mean 'eta'\?"),
     (dict(sampler="edm", sampler_options={"s_chrun": 1.0}), r"valid options: .*s_churn.*Did you mean 's_churn'\?"),
     (dict(sampler="ddim", sampler_options={"eta": "one"}), r"option eta must be float, got 'one' \(str\)"),
     (dict(sampler="ddim", sampler_options={"eta": -0.5}), r"eta=-0.5 is invalid: must be >= 0"),

@@ -1,14 +1,22 @@
-r"""The main job (``unisde demo`` / ``make demo``): one trained checkpoint, every registered sampler.
+r"""The main job (``unisde demo`` / ``make demo``): the bundled checkpoints, every registered sampler.
 
-Loads the bundled digits checkpoint (a diffusers pipeline folder trained by ``unisde train``), samples a batch
-with every registered sampler (plugins included) through a real ``DDPMPipeline`` whose scheduler is a
-:class:`~unisde.UnifiedScheduler`, and reports for each sampler the number of model evaluations (NFE, every
-UNet call counted), the wall time and the Fréchet distance in 64-d pixel space to the real digits
+Loads the two bundled digits checkpoints (diffusers pipeline folders trained by ``unisde train``): ``digits-unet``
+(DDPM β table, ε-prediction) and ``digits-flow`` (the same UNet trained as a rectified flow with flow prediction
+and SD3's logit-normal times). Each is sampled with every registered sampler (plugins included) through a real
+``DDPMPipeline`` whose scheduler is a :class:`~unisde.UnifiedScheduler`, and for each (checkpoint, sampler) the
+demo reports the number of model evaluations (NFE, every UNet call counted), the wall time and the Fréchet
+distance in 64-d pixel space to the 1797 real digits
 
     FD = ‖μ_g − μ_r‖² + Tr(Σ_g + Σ_r − 2 (Σ_g Σ_r)^{1/2}),
 
-beside the real-vs-real floor (the same distance between two disjoint halves of the data). It also writes one
-PNG grid per sampler and a plot of the checkpoint's schedule (s, σ, f, g, λ against t).
+beside the real-vs-real floor at the same sample size (n real digits against the other 1797 − n, n capped at
+half the data): the distance a perfect sampler would get with n samples. Samplers that *encode* (inversion, data
+→ noise) cannot sample from noise; for them the demo encodes n real digits and decodes the latents with DDIM on
+the same grid, and reports the NFE of both passes and the FD of the reconstructions. It also writes one PNG grid
+per (checkpoint, sampler) and a plot of each checkpoint's schedule (s, σ, f, g, λ against t).
+
+The second checkpoint is sampled with fewer images per sampler (``DEFAULT_NUM_SAMPLES_SECOND``) to keep the demo
+at about 2–3 minutes on 2 CPU cores; its floor is computed at that size.
 """
 
 from __future__ import annotations
@@ -22,12 +30,20 @@ import numpy as np
 import torch
 
 BUNDLED_CHECKPOINT = os.path.join(os.path.dirname(__file__), "data", "digits-unet")
+BUNDLED_FLOW_CHECKPOINT = os.path.join(os.path.dirname(__file__), "data", "digits-flow")
+BUNDLED_CHECKPOINTS = (BUNDLED_CHECKPOINT, BUNDLED_FLOW_CHECKPOINT)
 
 # Steps per sampler chosen so every sampler spends a comparable number of UNet calls (~30; Heun-type
 # samplers call the model twice per step, pc once per corrector and predictor, ncsn T times per level + 1).
-DEFAULT_STEPS = {"ddpm": 30, "ddim": 30, "edm": 15, "ode": 15, "sde": 30, "pc": 15, "ncsn": 15, "lms": 30, "unipc": 30, "pndm": 29, "dpmsolver++": 30}
+DEFAULT_STEPS = {"ddpm": 30, "ddim": 30, "edm": 15, "ode": 15, "sde": 30, "pc": 15, "ncsn": 15, "lms": 30, "unipc": 30,
+                 "pndm": 29, "dpmsolver++": 30, "deis": 30, "dpm_2": 15, "dpm_2_ancestral": 15,
+                 "dpmsolver_singlestep": 30, "ipndm": 30, "ipndm_v": 30, "lcm": 30, "tcd": 30, "inverse": 30,
+                 "ddim_inverse": 30}
 DEFAULT_OPTIONS = {"ncsn": {"n_steps_each": 2}}
 DEFAULT_NUM_SAMPLES = 500
+DEFAULT_NUM_SAMPLES_SECOND = 200
+"""Images per sampler for the second (and any further) checkpoint of the default run: fewer, to keep the demo
+at about 2–3 minutes on 2 CPU cores (the floor is computed at the same size)."""
 
 
 @dataclass
@@ -38,6 +54,13 @@ class DemoRow:
     frechet: float
     floor: float
     grid: str
+    checkpoint: str = ""
+    num_samples: int = 0
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.sampler} ({self.note})" if self.note else self.sampler
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -91,11 +114,49 @@ class CountingUNet(torch.nn.Module):
             return getattr(self.unet, name)
 
 
+def real_floor(real: np.ndarray, n: int, seed: int = 0) -> float:
+    """FD between n real digits and the other len(real) − n (n capped at half the data): the distance a perfect
+    sampler would get with n samples against the real set."""
+    n = max(2, min(int(n), len(real) // 2))
+    order = np.random.default_rng(seed).permutation(len(real))
+    return frechet_distance(real[order[:n]], real[order[n:]])
+
+
+def _sample(unet, scheduler, num_samples, n_steps, seed):
+    """n images from noise through a DDPMPipeline; returns (images (n, H, W, C) in [0, 1], NFE)."""
+    from diffusers import DDPMPipeline
+
+    counting = CountingUNet(unet)
+    pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.unet = counting  # count every UNet call the pipeline makes
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        images = pipe(batch_size=num_samples, generator=torch.Generator().manual_seed(seed),
+                      num_inference_steps=n_steps, output_type="np").images
+    return images, counting.nfe
+
+
+def _encode_decode(unet, config, name, real, n_steps, options):
+    """An encoding sampler's round trip: real digits → latents (the sampler) → images (DDIM on the same grid);
+    returns (images (n, H, W, C) in [0, 1], NFE of both passes)."""
+    from unisde.diffusers.scheduler import UnifiedScheduler
+
+    counting = CountingUNet(unet)
+    x = torch.from_numpy(np.ascontiguousarray(real)).float()
+    with torch.no_grad():
+        for scheduler in (UnifiedScheduler.from_config(config, sampler=name, sampler_options=options),
+                          UnifiedScheduler.from_config(config, sampler="ddim", sampler_options={"eta": 0.0})):
+            scheduler.set_timesteps(n_steps)
+            for t in scheduler.timesteps:
+                x = scheduler.step(counting(x, t).sample, t, x).prev_sample
+    images = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return images, counting.nfe
+
+
 def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out", num_samples: int = DEFAULT_NUM_SAMPLES,
              seed: int = 0, samplers: list[str] | None = None, steps: dict | None = None, likelihood: bool = True,
              verbose: bool = True) -> list[DemoRow]:
-    from diffusers import DDPMPipeline
-
+    """One checkpoint, every sampler (module doc): grids, schedule plot, results.{json,md} in ``output_dir``."""
     from unisde.diffusers.pipeline import load_pipeline
     from unisde.plugins import get_sampler, list_samplers
     from unisde.diffusers.scheduler import UnifiedScheduler
@@ -109,45 +170,86 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
     for name in names:
         get_sampler(name)
     torch.manual_seed(seed)
+    label = os.path.basename(os.path.normpath(checkpoint))
     base = load_pipeline(checkpoint)
     unet = base.unet.eval()
     resolution = int(unet.config.sample_size)
     real = real_digits(resolution).numpy()
-    order = np.random.default_rng(seed).permutation(len(real))
-    half = len(real) // 2
-    floor = frechet_distance(real[order[:half]], real[order[half:]])
+    floor = real_floor(real, num_samples, seed)
     os.makedirs(output_dir, exist_ok=True)
     rows: list[DemoRow] = []
     for name in names:
         n_steps = (steps or {}).get(name, DEFAULT_STEPS.get(name, 50))
-        scheduler = UnifiedScheduler.from_config(base.scheduler.config, sampler=name,
-                                                 sampler_options=DEFAULT_OPTIONS.get(name, {}))
-        counting = CountingUNet(unet)
-        pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
-        pipe.unet = counting  # count every UNet call the pipeline makes
-        pipe.set_progress_bar_config(disable=True)
+        options = DEFAULT_OPTIONS.get(name, {})
         start = time.perf_counter()
-        with torch.no_grad():
-            images = pipe(batch_size=num_samples, generator=torch.Generator().manual_seed(seed),
-                          num_inference_steps=n_steps, output_type="np").images
+        if getattr(get_sampler(name), "encodes", False):
+            subset = real[np.random.default_rng(seed).permutation(len(real))[:num_samples]]
+            images, nfe = _encode_decode(unet, base.scheduler.config, name, subset, n_steps, options)
+            note = "encode real digits, decode with ddim"
+        else:
+            scheduler = UnifiedScheduler.from_config(base.scheduler.config, sampler=name, sampler_options=options)
+            images, nfe = _sample(unet, scheduler, num_samples, n_steps, seed)
+            note = ""
         seconds = time.perf_counter() - start
         generated = images.transpose(0, 3, 1, 2) * 2.0 - 1.0  # back to the training range [−1, 1]
+        if not np.isfinite(generated).all():
+            raise ValueError(f"{label}: sampler {name!r} produced non-finite images")
         fd = frechet_distance(generated, real)
         grid = save_grid(images, os.path.join(output_dir, f"samples_{name}.png"))
-        rows.append(DemoRow(name, counting.nfe, seconds, fd, floor, grid))
+        rows.append(DemoRow(name, nfe, seconds, fd, floor, grid, label, len(images), note))
         if verbose:
-            print(f"  {name:<12} NFE {counting.nfe:>4}  {seconds:6.2f} s  FD {fd:8.3f}", flush=True)
+            print(f"  {label:<12} {rows[-1].label:<24} NFE {nfe:>4}  {seconds:6.2f} s  FD {fd:8.3f}  (floor {floor:.3f})",
+                  flush=True)
     _schedule_plot(base.scheduler, output_dir)
     summary = {"checkpoint": checkpoint, "num_samples": num_samples, "floor": floor, "rows": [asdict(r) for r in rows]}
     if likelihood:
         summary["bits_per_dim"] = _bits_per_dim(checkpoint, seed)
         if verbose:
-            print(f"  PF-ODE likelihood of real digits: {summary['bits_per_dim']}", flush=True)
+            print(f"  {label}: PF-ODE likelihood of real digits: {summary['bits_per_dim']}", flush=True)
     with open(os.path.join(output_dir, "results.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     with open(os.path.join(output_dir, "results.md"), "w") as fh:
         fh.write(format_table(rows, num_samples, summary.get("bits_per_dim")))
     return rows
+
+
+def run_demos(checkpoints=BUNDLED_CHECKPOINTS, output_dir: str = "demo_out", num_samples=None, seed: int = 0,
+              samplers: list[str] | None = None, steps: dict | None = None, likelihood: bool = True,
+              verbose: bool = True) -> tuple[list[DemoRow], dict]:
+    """:func:`run_demo` on each checkpoint (outputs in ``output_dir/<checkpoint name>/``), one table for all in
+    ``output_dir/results.md``. ``num_samples``: one number for all, one per checkpoint, or None (500 for the first,
+    ``DEFAULT_NUM_SAMPLES_SECOND`` for the others). Returns (rows, {checkpoint: bits/dim string or None})."""
+    checkpoints = list(checkpoints)
+    if num_samples is None:
+        counts = [DEFAULT_NUM_SAMPLES] + [DEFAULT_NUM_SAMPLES_SECOND] * (len(checkpoints) - 1)
+    elif isinstance(num_samples, int):
+        counts = [num_samples] * len(checkpoints)
+    else:
+        counts = list(num_samples)
+        if len(counts) == 1:
+            counts = counts * len(checkpoints)
+        if len(counts) != len(checkpoints):
+            raise ValueError(f"num_samples: give one number or one per checkpoint ({len(checkpoints)}), got {counts}")
+    for path in checkpoints:
+        if not os.path.isdir(path):
+            raise ValueError(f"checkpoint folder {path!r} does not exist")
+    names = [os.path.basename(os.path.normpath(p)) for p in checkpoints]
+    if len(set(names)) != len(names):
+        raise ValueError(f"checkpoint folders need distinct names (their outputs go to {output_dir}/<name>/), got {names}")
+    rows, bpd = [], {}
+    for path, name, n in zip(checkpoints, names, counts):
+        if verbose:
+            print(f"{name}: {n} images per sampler", flush=True)
+        sub = os.path.join(output_dir, name)
+        rows += run_demo(path, sub, n, seed, samplers, steps, likelihood, verbose)
+        with open(os.path.join(sub, "results.json")) as fh:
+            bpd[name] = json.load(fh).get("bits_per_dim")
+    with open(os.path.join(output_dir, "results.md"), "w") as fh:
+        fh.write(format_table(rows))
+        for name, value in bpd.items():
+            if value:
+                fh.write(f"\nPF-ODE likelihood of real digits under {name}: {value}\n")
+    return rows, bpd
 
 
 def _schedule_plot(scheduler, output_dir):
@@ -175,8 +277,8 @@ CARD_BEGIN, CARD_END = "<!-- unisde-demo:begin -->", "<!-- unisde-demo:end -->"
 
 
 def update_model_card(checkpoint: str, rows: list[DemoRow], bits_per_dim: str | None, grid_sampler: str = "edm") -> str:
-    """Write the demo's quality table, bits/dim and a sample grid into the checkpoint's model card (README.md),
-    replacing the section of a previous run."""
+    """Write the demo's quality table (this checkpoint's rows), bits/dim and a sample grid into the checkpoint's model
+    card (README.md), replacing the section of a previous run."""
     import shutil
 
     card_path = os.path.join(checkpoint, "README.md")
@@ -184,21 +286,26 @@ def update_model_card(checkpoint: str, rows: list[DemoRow], bits_per_dim: str | 
         card = fh.read()
     if CARD_BEGIN in card:
         card = card[: card.index(CARD_BEGIN)].rstrip() + "\n" + card[card.index(CARD_END) + len(CARD_END):]
+    label = os.path.basename(os.path.normpath(checkpoint))
+    rows = [r for r in rows if r.checkpoint in ("", label)]
     row = next((r for r in rows if r.sampler == grid_sampler), rows[0])
     shutil.copyfile(row.grid, os.path.join(checkpoint, "samples.png"))
     section = (f"\n{CARD_BEGIN}\n## Quality (measured by `unisde demo`)\n\n"
                f"![samples from the `{row.sampler}` sampler](samples.png)\n\n"
-               + format_table(rows, len(rows) and DEFAULT_NUM_SAMPLES, bits_per_dim) + f"{CARD_END}\n")
+               + format_table(rows, bpd=bits_per_dim) + f"{CARD_END}\n")
     with open(card_path, "w") as fh:
         fh.write(card.rstrip() + "\n" + section)
     return card_path
 
 
-def format_table(rows: list[DemoRow], num_samples: int, bpd=None) -> str:
-    lines = [f"| sampler | NFE | seconds | Fréchet distance (64-d pixels, {num_samples} samples) | real-vs-real floor |",
-             "|---|---:|---:|---:|---:|"]
+def format_table(rows: list[DemoRow], num_samples: int | None = None, bpd=None) -> str:
+    """The Markdown table: checkpoint, sampler, NFE, seconds, images, Fréchet distance and the floor at that size.
+    ``num_samples`` fills the images column of rows that do not record it."""
+    lines = ["| checkpoint | sampler | NFE | seconds | images | Fréchet distance (64-d pixels) | real-vs-real floor |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.sampler} | {r.nfe} | {r.seconds:.2f} | {r.frechet:.3f} | {r.floor:.3f} |")
+        n = r.num_samples or num_samples or ""
+        lines.append(f"| {r.checkpoint} | {r.label} | {r.nfe} | {r.seconds:.2f} | {n} | {r.frechet:.3f} | {r.floor:.3f} |")
     text = "\n".join(lines) + "\n"
     if bpd is not None:
         text += f"\nPF-ODE likelihood of real digits: {bpd}\n"

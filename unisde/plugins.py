@@ -38,7 +38,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 BUILTIN_MODULES = ("unisde.parameterizations", "unisde.samplers", "unisde.core.schedule", "unisde.grids.builtin",
-                   "unisde.grids.lcm", "unisde.diffusers.converters")
+                   "unisde.grids.lcm", "unisde.grids.optimize", "unisde.diffusers.converters")
 
 
 class HookSpecs:
@@ -362,3 +362,23 @@ def plugin_table() -> list[Entry]:
         for entry in sorted(registry[kind].values(), key=lambda e: e.name):
             out.append((kind, entry))
     return out
+
+
+def describe_origin(kind: str, obj_or_name) -> str:
+    """Who provides a registered plugin object, for error messages: ``"sampler 'pndm' (plugin
+    'unisde.samplers', distribution unisde 0.3)"``. ``obj_or_name`` is a name, a registered class or an instance
+    of one; a class that is not the one registered under its name is described by its import path instead."""
+    if isinstance(obj_or_name, str):
+        name, cls = obj_or_name, None
+    else:
+        cls = obj_or_name if isinstance(obj_or_name, type) else type(obj_or_name)
+        name = getattr(cls, "name", "") or cls.__name__
+    path = f"class {cls.__module__}.{cls.__qualname__}" if cls is not None else ""
+    try:
+        entry = _lookup(kind, name)
+    except ValueError:
+        return f"{kind} {name!r} ({path + ', ' if path else ''}not registered)"
+    if cls is not None and entry.obj is not cls:
+        return f"{kind} {name!r} ({path}, not the registered one)"
+    version = f" {entry.version}" if entry.version else ""
+    return f"{kind} {entry.name!r} (plugin {entry.plugin!r}, distribution {entry.distribution}{version})"

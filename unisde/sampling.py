@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from unisde.core.schedule import NoiseSchedule
+from unisde.parameterizations.base import fed_timesteps
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -86,9 +87,7 @@ def sample(model: Callable | None, noise: torch.Tensor, *, schedule="vp-linear",
         a, b = ([float(u) for u in v] for v in param.coefficients(sched, eval_t))
         c_in = [float(v) for v in param.input_scale(sched, eval_t)]
         model_t = param.model_time(sched, eval_t)
-        # the timestep values UnifiedScheduler feeds: integers on a table's own indices, float32 otherwise
-        integral = sched.is_discrete and bool(torch.all(model_t == torch.round(model_t)))
-        model_t = model_t.round().to(torch.int64) if integral else model_t.to(torch.float32)
+        model_t = fed_timesteps(model_t, sched)  # the values UnifiedScheduler feeds (int64 on a table's indices)
 
         def denoise(x, k):
             out = model(x * c_in[k] if c_in[k] != 1.0 else x, model_t[k].to(x.device))

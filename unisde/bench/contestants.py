@@ -77,7 +77,10 @@ def _ddpm_schedulers() -> list[tuple[str, str, dict]]:
             ("DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2}),
             ("DPM++3M", "DPMSolverMultistepScheduler", {"solver_order": 3}),
             ("SDE-DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
-            ("UniPC", "UniPCMultistepScheduler", {})]
+            ("UniPC", "UniPCMultistepScheduler", {}), ("PNDM", "PNDMScheduler", {}), ("DEIS", "DEISMultistepScheduler", {}),
+            ("DPM++2S", "DPMSolverSinglestepScheduler", {}), ("KDPM2", "KDPM2DiscreteScheduler", {}),
+            ("KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler", {}), ("SA-Solver", "SASolverScheduler", {}),
+            ("DPMSolverSDE", "DPMSolverSDEScheduler", {}), ("LCM", "LCMScheduler", {}), ("TCD", "TCDScheduler", {})]
 
 
 def _edm_schedulers() -> list[tuple[str, str, dict]]:
@@ -93,7 +96,9 @@ def _has_param(cls, name: str) -> bool:
 
 # Diffusers schedulers whose algorithm a unisde sampler reproduces (UnifiedScheduler.from_config picks it).
 _TWIN_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "EDMEulerScheduler")
+                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "EDMEulerScheduler",
+                 "PNDMScheduler", "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler",
+                 "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "TCDScheduler")
 
 
 def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tuple[list[Contestant], list[Contestant]]:
@@ -108,10 +113,12 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
         cls = getattr(diffusers, cls_name)
         variants = [({}, "")]
         if grid_variants and schedule == "ddpm":
-            variants.append(({"timestep_spacing": "trailing"}, "trailing"))
-            if _has_param(cls, "use_karras_sigmas"):
-                variants.append(({"use_karras_sigmas": True}, "karras"))
-        if grid_variants and schedule == "edm" and cls_name == "EDMEulerScheduler":
+            if _has_param(cls, "timestep_spacing"):
+                variants += [({"timestep_spacing": "trailing"}, "trailing"), ({"timestep_spacing": "linspace"}, "linspace")]
+            for option in ("karras", "exponential", "beta"):  # diffusers' σ-spacing options, where the class has them
+                if _has_param(cls, f"use_{option}_sigmas"):
+                    variants.append(({f"use_{option}_sigmas": True}, option))
+        if grid_variants and schedule == "edm" and _has_param(cls, "sigma_schedule"):
             variants.append(({"sigma_schedule": "exponential"}, "exponential"))
         for extra, tag in variants:
             label = short + (f"[{tag}]" if tag else "")
@@ -129,8 +136,11 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
                                                                        (2, "sde-dpmsolver++")))
             if cls_name in _TWIN_CLASSES or dpm2m:
                 def make_twin(make=make):
-                    # from_config picks the same algorithm and grid (multistep spacings included)
-                    return _unified(make().config)
+                    # from_config picks the same algorithm and grid (multistep spacings included). The source class
+                    # is named: a bare config of a scheduler already garbage-collected is detected by its keys,
+                    # which extra keys (clip_sample passed to LMS) can make ambiguous.
+                    source = make()
+                    return _unified({**source.config, "_class_name": type(source).__name__})
 
                 try:  # a config the unisde twin cannot express (an unsupported option value) has no twin
                     make_twin()

@@ -12,38 +12,69 @@ PIPELINE_TARGET = 1.02
 TRAINING_TARGET = 0.97
 
 
+METRIC_NAMES = {"w2": "exact W₂ to the data law", "trajectory": "trajectory RMS error vs converged PF-ODE",
+                "sliced-w2": "sliced W₂ to exact samples"}
+
+
+def _primary(records: list) -> dict:
+    """{(schedule, target): the metric that carries the comparison}: the noise-free one (w2 or trajectory) when any
+    record has it, else sliced-w2."""
+    out: dict = {}
+    for r in records:
+        key, metric = (r["schedule"], r["target"]), r.get("metric", "sliced-w2")
+        if metric != "sliced-w2":
+            out[key] = metric
+        else:
+            out.setdefault(key, metric)
+    return out
+
+
 def best_by_library(records: list) -> dict:
-    """{(schedule, target, nfe, library): best record}."""
+    """{(schedule, target, nfe, library): best record} on each (schedule, target)'s primary metric."""
+    primary = _primary(records)
     best: dict = {}
     for r in records:
+        if r.get("metric", "sliced-w2") != primary[(r["schedule"], r["target"])]:
+            continue
         key = (r["schedule"], r["target"], r["nfe"], r["library"])
         if key not in best or r["distance"] < best[key]["distance"]:
             best[key] = r
     return best
 
 
+TWIN_RTOL = 1e-3
+"""Twins (the same algorithm converted from a diffusers config) agree on an exact metric when their values differ
+by at most this fraction (diffusers keeps σ tables and some arithmetic in float32)."""
+
+
 def agreement_rows(records: list) -> list:
-    """Pairs (unisde twin, diffusers scheduler) on the same schedule, target and NFE."""
-    peers = {(r["schedule"], r["target"], r["nfe"], r["sampler"]): r for r in records if r["library"] == "diffusers"}
+    """Pairs (unisde twin, diffusers scheduler) on the same schedule, target, NFE and metric. They agree when
+    |Δ| ≤ TWIN_RTOL × the larger value (exact metrics) or |Δ| ≤ the noise floor (sampling metric)."""
+    peers = {(r["schedule"], r["target"], r["nfe"], r["sampler"], r.get("metric")): r for r in records if r["library"] == "diffusers"}
     rows = []
     for r in records:
         if r.get("twin_of"):
-            p = peers.get((r["schedule"], r["target"], r["nfe"], r["twin_of"]))
+            p = peers.get((r["schedule"], r["target"], r["nfe"], r["twin_of"], r.get("metric")))
             if p is not None:
                 diff = abs(r["distance"] - p["distance"])
+                exact = r.get("exact", False)
+                tol = TWIN_RTOL * max(r["distance"], p["distance"]) if exact else r["floor"]
                 rows.append({"schedule": r["schedule"], "target": r["target"], "nfe": r["nfe"], "diffusers": p["sampler"],
-                             "unisde": r["distance"], "peer": p["distance"], "diff": diff, "floor": r["floor"],
-                             "agree": diff <= r["floor"]})
+                             "metric": r.get("metric", "sliced-w2"), "unisde": r["distance"], "peer": p["distance"],
+                             "diff": diff, "floor": r["floor"], "tolerance": tol, "agree": diff <= tol})
     return rows
 
 
-def _fmt(x: float) -> str:
-    return "inf" if not math.isfinite(x) else f"{x:.4f}" if x >= 1e-3 else f"{x:.2e}"
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return "inf" if not math.isfinite(x) else "0" if x == 0 else f"{x:.4f}" if x >= 1e-2 else f"{x:.2e}"
 
 
 def plot_accuracy(results: dict, path: str) -> str | None:
-    """Distance vs NFE (log-log) per schedule × target: every contestant faint, each library's best bold, the
-    noise floor dashed. Returns the path written (None without accuracy records)."""
+    """Error vs NFE (log-log) per schedule × target on its primary metric: every contestant faint, each library's
+    best bold (the sampling floor dashed where the metric is sampled). Returns the path written (None without
+    accuracy records)."""
     records = results.get("accuracy") or []
     if not records:
         return None
@@ -52,26 +83,32 @@ def plot_accuracy(results: dict, path: str) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["schedule"], r["target"]) for r in records})
+    primary = _primary(records)
+    panels = sorted(primary)
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
     colors = {"unisde": "tab:blue", "diffusers": "tab:orange", "k-diffusion": "tab:green"}
     best = best_by_library(records)
     for ax, (schedule, target) in zip(axes.flat, panels):
-        mine = [r for r in records if r["schedule"] == schedule and r["target"] == target]
+        metric = primary[(schedule, target)]
+        mine = [r for r in records if r["schedule"] == schedule and r["target"] == target and r.get("metric", "sliced-w2") == metric
+                and math.isfinite(r["distance"]) and r["distance"] > 0]
         for (lib, label) in sorted({(r["library"], r["sampler"]) for r in mine}):
             pts = sorted((r["nfe"], r["distance"]) for r in mine if r["library"] == lib and r["sampler"] == label)
             ax.plot(*zip(*pts), color=colors.get(lib, "gray"), alpha=0.15, lw=0.8)
         for lib in sorted({r["library"] for r in mine}):
-            pts = sorted((k[2], v["distance"]) for k, v in best.items() if k[0] == schedule and k[1] == target and k[3] == lib)
-            ax.plot(*zip(*pts), color=colors.get(lib, "gray"), lw=2.2, marker="o", label=f"best {lib}")
-        ax.axhline(mine[0]["floor"], color="k", ls="--", lw=1, label="noise floor")
+            pts = sorted((k[2], v["distance"]) for k, v in best.items() if k[0] == schedule and k[1] == target and k[3] == lib
+                         and v["distance"] > 0)
+            if pts:
+                ax.plot(*zip(*pts), color=colors.get(lib, "gray"), lw=2.2, marker="o", label=f"best {lib}")
+        if metric == "sliced-w2" and mine:
+            ax.axhline(mine[0]["floor"], color="k", ls="--", lw=1, label="noise floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{target} · {schedule}")
         ax.set_xlabel("NFE (model calls)")
-        ax.set_ylabel("sliced W₂ to exact samples")
+        ax.set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=8)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
@@ -80,6 +117,149 @@ def plot_accuracy(results: dict, path: str) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
+    from unisde.bench.accuracy import AFFINE_TOL, comparisons
+
+    setup = results.get("setup", {})
+    records = results.get("accuracy") or []
+    lines = ["## 1. Accuracy per model evaluation", "",
+             "Every contestant samples the same **exact** model (the analytic denoiser of `unisde.analytic`, as an "
+             "ε-model on diffusers' default DDPM table — `ddpm` — or as the EDM-preconditioned model on "
+             "EDMEulerScheduler's σ range — `edm` — or as the schedule's own model for other schedules), in float64, "
+             "from the same standard normal starts, x̂0 clipping off for all. The error is measured without sampling "
+             "noise wherever the mathematics allows (method: `unisde/bench/exact.py`):", "",
+             "* **w2** (Gaussian targets, deterministic *and* stochastic contestants): the sampler on the exact model of "
+             "Gaussian data is an affine map of its start and noise draws, so its output law is exactly N(b, A Aᵀ); b and "
+             "A are read off one batched float64 run (zero start, d unit starts, one unit vector per noise coordinate "
+             "that reaches the output — the draws are prescribed through unisde's `noise_sampler` hook and, for diffusers "
+             "schedulers, their module's `randn_tensor`), checked at a random (start, noise) to rounding "
+             f"(relative residual ≤ {AFFINE_TOL:g}, else the sampling metric is used and the row says so). Reported: the "
+             "closed-form W₂ to the data law (whole vector, data units) and KL; *prior floor*: the W₂ of an exact "
+             "PF-ODE solve from the same start law (the cost of starting at t < 1 or from N(0, (s²+σ²) I)).",
+             "* **trajectory** (other targets, deterministic contestants): RMS over a fixed batch of ‖x_out − x_ref‖, "
+             "x_ref the same PF-ODE solved from the same start (the sample and time of the contestant's first model "
+             "call) by adaptive float64 Dormand–Prince at rtol = atol = 1e-9; its *floor* is the RMS difference to the "
+             "solve at 1e-7 (the reference converges far below every error reported).",
+             "* **sliced-w2** (stochastic contestants on mixtures; runs that are not affine): sliced W₂ between n "
+             "generated and n exact samples, against the noise floor of two independent exact sets (mean ± sd of three).",
+             "",
+             "NFE counts every model call (the model counts them); each contestant runs the largest `num_inference_steps` "
+             "whose calls fit the budget.", "",
+             f"unisde samplers: {', '.join(setup.get('samplers', []))} (every registered sampler, plugins included"
+             + ("; each also on other time grids" if setup.get("grid_variants") else "") + "). "
+             "`≡X` is the unisde scheduler converted from diffusers scheduler X (`UnifiedScheduler.from_config(X.config)`, "
+             "the same algorithm). diffusers: every scheduler of the target's family"
+             + (" on its own spacings (leading, trailing, linspace) and σ options (Karras, exponential, beta) where "
+                "the class has them." if setup.get("grid_variants") else " on its default spacing."),
+             "",
+             ("k-diffusion: importable, but its samplers are not wired in this benchmark." if setup.get("k_diffusion") else
+              "k-diffusion: not installed (`import k_diffusion` fails), so its samplers are skipped; it is an optional peer."),
+             ""]
+    if plot_relpath:
+        lines += [f"![error vs NFE]({plot_relpath})", ""]
+    floors = results.get("floors", [])
+    if floors:
+        lines += ["| target | kind | metric | NFE budgets | grid variants | details |", "|---|---|---|---|---|---|"]
+        for f in floors:
+            detail = []
+            if f.get("n_trajectory"):
+                detail.append(f"trajectory batch {f['n_trajectory']}, reference rtol {f.get('reference_rtol', 0):g} "
+                              f"(checked at {f.get('reference_check_rtol', 0):g}; {f.get('reference_solves', 0)} solves)")
+            if f.get("floor"):
+                detail.append(f"sampling metric: n = {f['n']}, floor {_fmt(f['floor'])} ± {_fmt(f['floor_sd'])}")
+            lines.append(f"| {f['target']} | {f.get('kind', '?')} | {f.get('metric', 'sliced-w2')} | "
+                         f"{', '.join(map(str, f.get('nfe', [])))} | {'yes' if f.get('grid_variants') else 'no'} | "
+                         f"{'; '.join(detail) or '—'} |")
+        lines.append("")
+    rows = comparisons(records)
+    primary_rows = [r for r in rows if r["primary"]]
+    if primary_rows:
+        met = sum(bool(r["met"]) for r in primary_rows)
+        lines += ["### Best unisde vs best diffusers (the issue's targets)", "",
+                  "Target: best unisde ≤ 0.67 × best diffusers at NFE ≤ 10, ≤ 1.0 × at NFE 20 and 50, on the target's "
+                  "noise-free metric (w2 or trajectory). A target not met is shown as **not met** with the reason.", "",
+                  f"Met in {met} of {len(primary_rows)} cells.", "",
+                  "| schedule | target | metric | NFE | best unisde | best diffusers | ratio | target | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in primary_rows:
+            u, p = r["unisde"], r["diffusers"]
+            verdict = ("met" + (f" ({r['reason']})" if r["reason"] else "")) if r["met"] else f"**not met**: {r['reason']}"
+            ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
+            lines.append(f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | "
+                         f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
+                         f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
+                         f"≤ {r['target_ratio']} | {verdict} |")
+        lines.append("")
+    info_rows = [r for r in rows if not r["primary"]]
+    if info_rows:
+        lines += ["### Stochastic contestants on the sampling metric", "",
+                  "Best unisde vs best diffusers among contestants measured by sliced W₂ (no exact law: stochastic "
+                  "samplers on mixtures, non-affine runs). Differences within twice the floor's sd are sampling noise.", "",
+                  "| schedule | target | NFE | best unisde | best diffusers | ratio | floor (± sd) | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in info_rows:
+            u, p = r["unisde"], r["diffusers"]
+            ref = u or p
+            ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
+            lines.append(f"| {r['schedule']} | {r['target']} | {r['nfe']} | "
+                         f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
+                         f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
+                         f"{_fmt(ref['floor'])} ± {_fmt(ref.get('floor_sd'))} | {r['reason']} |")
+        lines.append("")
+    agree = agreement_rows(records)
+    if agree:
+        n_ok = sum(r["agree"] for r in agree)
+        lines += ["### Same algorithm, same answer", "",
+                  f"A unisde twin and its diffusers scheduler agree when |Δ| ≤ {TWIN_RTOL:g} × the larger value (exact "
+                  "metrics) or ≤ the noise floor (sampling metric).", "",
+                  f"{n_ok} of {len(agree)} pairs agree.", "",
+                  "| schedule | target | metric | NFE | diffusers scheduler | diffusers | unisde twin | abs Δ | tolerance | agree |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(agree, key=lambda r: (r["schedule"], r["target"], r["diffusers"], r["nfe"])):
+            lines.append(f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | {r['diffusers']} | {_fmt(r['peer'])} | "
+                         f"{_fmt(r['unisde'])} | {r['diff']:.1e} | {r['tolerance']:.1e} | {'yes' if r['agree'] else '**no**'} |")
+        lines.append("")
+    lines += ["### Every contestant", ""]
+    nfes = sorted({r["nfe"] for r in records})
+    for schedule, target in sorted({(r["schedule"], r["target"]) for r in records}):
+        mine = [r for r in records if r["schedule"] == schedule and r["target"] == target]
+        lines += [f"**{target} · {schedule}** (value of the row's metric; *italic*: stochastic; — = the sampler's "
+                  "smallest run exceeds the budget; prior floor / reference error in the last column)", "",
+                  "| library | sampler | metric | " + " | ".join(f"NFE {n}" for n in nfes) + " | floor |",
+                  "|---|---|---|" + "---|" * len(nfes) + "---|"]
+        table: dict = {}
+        for r in mine:
+            table.setdefault((r["library"], r["sampler"], r.get("metric", "sliced-w2")), {})[r["nfe"]] = r
+        for (lib, label, metric), row in sorted(table.items(), key=lambda kv: (kv[0][0] != "unisde", kv[0][1], kv[0][2])):
+            cells = []
+            for n in nfes:
+                if n not in row:
+                    cells.append("—")
+                    continue
+                v = _fmt(row[n]["distance"])
+                cells.append(f"*{v}*" if row[n].get("stochastic") else v)
+            floor = min(r["floor"] for r in row.values())
+            lines.append(f"| {lib} | {label} | {metric} | " + " | ".join(cells) + f" | {_fmt(floor)} |")
+        lines.append("")
+    notes = sorted({(r["library"], r["sampler"], r["schedule"], r["note"]) for r in records if r.get("note")})
+    if notes:
+        lines += ["### Contestants measured by the sampling metric on a Gaussian target", "",
+                  "| library | sampler | schedule | why |", "|---|---|---|---|"]
+        lines += [f"| {lib} | {label} | {schedule} | {note} |" for lib, label, schedule, note in notes]
+        lines.append("")
+    errors = results.get("errors") or []
+    if errors:
+        lines += ["### Runs that failed", "", "| library | sampler | schedule | error |", "|---|---|---|---|"]
+        seen = set()
+        for e in errors:
+            key = (e["library"], e["sampler"], e["schedule"], e["error"])
+            if key not in seen:
+                seen.add(key)
+                lines.append(f"| {e['library']} | {e['sampler']} | {e['schedule']} | {e['error'].replace('|', '/')} |")
+        lines.append("")
+    return lines
 
 
 def render_markdown(results: dict, plot_relpath: str | None = None, command: str = "unisde bench") -> str:
@@ -91,91 +271,8 @@ def render_markdown(results: dict, plot_relpath: str | None = None, command: str
              + (" — **quick** preset; run `unisde bench` for the full benchmark." if setup.get("quick") else "."),
              "Regenerate with `unisde bench [--quick] [--json results.json]`; the method is documented in `unisde/bench/__init__.py`.",
              ""]
-    records = results.get("accuracy") or []
-    if records:
-        lines += ["## 1. Accuracy per model evaluation", "",
-                  "Every contestant samples the same **exact** model (the analytic denoiser of `unisde.analytic`, as an "
-                  "ε-model on diffusers' default DDPM table — `ddpm` — or as the EDM-preconditioned model on "
-                  "EDMEulerScheduler's σ range — `edm`), from the same starting noise and the same step generator. "
-                  f"Distance: sliced W₂ with {setup.get('projections')} fixed directions between n generated and n exact "
-                  "samples (n per target below). *Floor*: the same distance between two independent exact sets "
-                  "(mean ± sd of three pairs). NFE counts every model call (the model counts them); each contestant runs "
-                  "the largest `num_inference_steps` whose calls fit the budget.",
-                  "",
-                  f"unisde samplers: {', '.join(setup.get('samplers', []))} (every registered sampler, plugins included"
-                  + ("; each also on other time grids" if setup.get("grid_variants") else "") + "). "
-                  "`≡X` is the unisde scheduler converted from diffusers scheduler X (`UnifiedScheduler.from_config(X.config)`, "
-                  "the same algorithm). diffusers: DDPM, DDIM, Euler, EulerAncestral, Heun, LMS, DPMSolverMultistep "
-                  "(2M, 3M, SDE-2M), UniPC on the DDPM table; EDMEuler and EDMDPMSolverMultistep (2M, 3M, SDE-2M) on EDM"
-                  + (" — each also with trailing spacing and Karras σ where available." if setup.get("grid_variants") else "."),
-                  "",
-                  ("k-diffusion: importable, but its samplers are not wired in this benchmark." if setup.get("k_diffusion") else
-                   "k-diffusion: not installed (`import k_diffusion` fails), so its samplers are skipped; it is an optional peer."),
-                  ""]
-        if plot_relpath:
-            lines += [f"![distance vs NFE]({plot_relpath})", ""]
-        floors = results.get("floors", [])
-        if floors:
-            lines += ["| target | samples n | NFE budgets | grid variants | noise floor (mean ± sd) |", "|---|---|---|---|---|"]
-            lines += [f"| {f['target']} | {f['n']} | {', '.join(map(str, f.get('nfe', [])))} | {'yes' if f.get('grid_variants') else 'no'} | "
-                      f"{_fmt(f['floor'])} ± {_fmt(f['floor_sd'])} |" for f in floors]
-            lines.append("")
-        best = best_by_library(records)
-        lines += ["### Best per library", "",
-                  "Δ = best unisde − best diffusers (negative: unisde closer to the truth). Δ / floor sd compares the gap "
-                  "with the spread of the distance itself between independent exact sets: |Δ / floor sd| ≲ 2 is within "
-                  "sampling noise (and a minimum over many stochastic contestants is biased low by that much).", "",
-                  "| schedule | target | NFE | best unisde | best diffusers | Δ | Δ / floor sd | unisde ≤ diffusers |",
-                  "|---|---|---|---|---|---|---|---|"]
-        wins = total = 0
-        for schedule, target, nfe in sorted({k[:3] for k in best}, key=lambda k: (k[0], k[1], k[2])):
-            u, d = best.get((schedule, target, nfe, "unisde")), best.get((schedule, target, nfe, "diffusers"))
-            if u is None or d is None:
-                continue
-            delta = u["distance"] - d["distance"]
-            ok = delta <= 1e-4 * u["floor_sd"]  # equal to float32 rounding (the same algorithm on both sides) is a tie
-            wins += ok
-            total += 1
-            lines.append(f"| {schedule} | {target} | {nfe} | {_fmt(u['distance'])} ({u['sampler']}) | "
-                         f"{_fmt(d['distance'])} ({d['sampler']}) | {delta:+.2e} | {delta / u['floor_sd']:+.2f} | "
-                         f"{'yes' if ok else '**no**'} |")
-        lines += ["", f"unisde's best is at least as close as diffusers' best in {wins} of {total} cells.", ""]
-        agree = agreement_rows(records)
-        if agree:
-            n_ok = sum(r["agree"] for r in agree)
-            lines += ["### Same algorithm, same answer", "",
-                      "|Δ| ≤ floor: the unisde twin and the diffusers scheduler agree within the noise floor.", "",
-                      f"{n_ok} of {len(agree)} pairs agree.", "",
-                      "| schedule | target | NFE | diffusers scheduler | diffusers | unisde twin | abs Δ | floor | agree |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            for r in sorted(agree, key=lambda r: (r["schedule"], r["target"], r["diffusers"], r["nfe"])):
-                lines.append(f"| {r['schedule']} | {r['target']} | {r['nfe']} | {r['diffusers']} | {_fmt(r['peer'])} | "
-                             f"{_fmt(r['unisde'])} | {r['diff']:.1e} | {_fmt(r['floor'])} | {'yes' if r['agree'] else '**no**'} |")
-            lines.append("")
-        lines += ["### Every contestant", ""]
-        nfes = sorted({r["nfe"] for r in records})
-        for schedule, target in sorted({(r["schedule"], r["target"]) for r in records}):
-            mine = [r for r in records if r["schedule"] == schedule and r["target"] == target]
-            lines += [f"**{target} · {schedule}** (distance; floor {_fmt(mine[0]['floor'])}; — = the sampler's smallest run "
-                      "exceeds the budget)", "",
-                      "| library | sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
-                      "|---|---|" + "---|" * len(nfes)]
-            table: dict = {}
-            for r in mine:
-                table.setdefault((r["library"], r["sampler"]), {})[r["nfe"]] = r["distance"]
-            for (lib, label), row in sorted(table.items(), key=lambda kv: (kv[0][0] != "unisde", kv[0][1])):
-                lines.append(f"| {lib} | {label} | " + " | ".join(_fmt(row[n]) if n in row else "—" for n in nfes) + " |")
-            lines.append("")
-        errors = results.get("errors") or []
-        if errors:
-            lines += ["### Runs that failed", "", "| library | sampler | schedule | error |", "|---|---|---|---|"]
-            seen = set()
-            for e in errors:
-                key = (e["library"], e["sampler"], e["schedule"], e["error"])
-                if key not in seen:
-                    seen.add(key)
-                    lines.append(f"| {e['library']} | {e['sampler']} | {e['schedule']} | {e['error'].replace('|', '/')} |")
-            lines.append("")
+    if results.get("accuracy"):
+        lines += _accuracy_markdown(results, plot_relpath)
     overhead = results.get("overhead") or []
     if overhead:
         lines += ["## 2. Scheduler overhead (`step()` alone)", "",

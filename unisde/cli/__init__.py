@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("schedule", "plugins", "demo", "train", "push", "sample", "bench", "nll", "trajectories")
+COMMANDS = ("schedule", "plugins", "demo", "train", "push", "sample", "bench", "nll", "trajectories", "grid")
 
 
 def _load(name):

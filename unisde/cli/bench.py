@@ -10,10 +10,12 @@ def _csv(text, cast=str):
 
 
 def add_arguments(parser):
-    parser.add_argument("--quick", action="store_true", help="reduced run (NFE 10, 50; 2-D mixture only): < 2 min on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="reduced run (every registered sampler on default grids: "
+                        "Gaussian 64-D at NFE 5, 10, 20 and 2-D mixture at NFE 10; reduced speed sections)")
     parser.add_argument("--preset", choices=("quick", "medium", "full"), default=None,
-                        help="full (default: every target at every NFE, 2000 samples on 64-D), medium (64-D targets: "
-                             "500 samples, NFE <= 100, default grids; 2-D: 5000 samples) or quick (= --quick)")
+                        help="full (default: every target at NFE 4, 5, 6, 8, 10, 20, 50 with grid variants), medium "
+                             "(64-D targets: NFE 5, 10, 20, 50, default grids, 500 samples for the sampling metric; 2-D: "
+                             "5000 samples) or quick (= --quick)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the machine-readable results here")
     parser.add_argument("--output", metavar="PATH", default="BENCHMARKS.md", help="the Markdown report (default: BENCHMARKS.md)")
     parser.add_argument("--plot", metavar="PATH", default=None,
@@ -36,6 +38,7 @@ def run(args):
     if args.nfe:
         try:
             overrides["nfe"] = _csv(args.nfe, int)
+            overrides["nfe_64d"] = None  # the same budgets on every target
         except ValueError:
             raise ValueError(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
     if args.targets:

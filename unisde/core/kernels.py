@@ -107,8 +107,8 @@ def exponential_integrator_corrections(h: float) -> tuple[float, float]:
     r"""(b, c) = (1 + (e^{−h} − 1)/h, (e^{−h} − 1 + h)/h² − 1/2) for a step h ≠ 0 in λ' (h < 0 for the noise-
     prediction forms, 2h for SDE-DPM-Solver++): with the prefactor s_{t'} of
     :func:`exponential_integrator_coefficients`, ∫ over the step of e^{λ'} times a polynomial in λ' weighs the
-    first divided difference (≈ h ∂D/∂λ') by s_{t'} b(h) and the second (≈ h² ∂²D/∂λ'²) by −s_{t'} c(h) (Lu et al.
-    2022a, eqs. 3.7 and Appendix B [DPMSolver]; Lu et al. 2022b, §4 [DPMSolver++]). Both vanish like h/2 and −h/6
+    first divided difference (≈ h ∂D/∂λ') by s_{t'} b(h) and the second (≈ h² ∂²D/∂λ'²) by −s_{t'} c(h) (the
+    φ-functions of Lu et al. 2022a [DPMSolver] and 2022b [DPMSolver++]). Both vanish like h/2 and −h/6
     as h → 0, where the closed forms lose digits to cancellation; below |h| = 0.05 their Taylor series
     b = Σ_{k≥2} (−h)^k/(k! h), c = Σ_{k≥3} (−h)^k/(k! h²) are summed to k = 12 instead (remainder < 1e-18)."""
     if abs(h) < 0.05:

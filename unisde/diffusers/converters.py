@@ -402,11 +402,11 @@ class _MultistepFamily(BetaTableConverter):
                     "α = 1 − σ, which unisde converts only for flow_prediction (supported: 'flow_prediction')")
         for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"):
             if cfg.get(flag):
-                return (f"use_flow_sigmas=True with {flag}=True: diffusers spaces the β table's VE σ and then reads them "
-                        "as flow levels; unisde does not reproduce that mix")
+                return (f"use_flow_sigmas=True with {flag}=True: diffusers spaces the β table's VE σ and then reads "
+                        "them as flow levels; unisde does not reproduce that mix")
         if cfg.get("final_sigmas_type", "zero") != "zero":
-            return (f"use_flow_sigmas=True with final_sigmas_type={cfg.get('final_sigmas_type')!r}: diffusers' last step "
-                    "then ends at a β-table σ_min read as a flow level (or a zero-length step); supported: 'zero'")
+            return (f"use_flow_sigmas=True with final_sigmas_type={cfg.get('final_sigmas_type')!r}: diffusers' last "
+                    "step then ends at a β-table σ_min read as a flow level (or a zero-length step); supported: 'zero'")
         if not float(cfg.get("flow_shift", 1.0)) > 0:
             return f"flow_shift={cfg.get('flow_shift')!r} must be > 0"
         return None
@@ -419,9 +419,10 @@ class _MultistepFamily(BetaTableConverter):
         if not cfg.get("use_flow_sigmas"):
             return super().schedule_keys(cfg)
         options = {"levels": self.FLOW_LEVELS[self.name], "shift": float(cfg.get("flow_shift", 1.0))}
-        return {"schedule": {"name": "rectified-flow", "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))},
-                "parameterization": "flow_prediction", "time_grid": "flow_match", "time_grid_options": options,
-                "sigmas_convention": "flow", "init_noise": "unit", "timestep_rounding": "floor"}
+        schedule = {"name": "rectified-flow", "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
+        return {"schedule": schedule, "parameterization": "flow_prediction", "time_grid": "flow_match",
+                "time_grid_options": options, "sigmas_convention": "flow", "init_noise": "unit",
+                "timestep_rounding": "floor"}
 
     def explicit_grid(self, cfg):
         return bool(cfg.get("use_flow_sigmas")) or super().explicit_grid(cfg)
@@ -434,7 +435,7 @@ class DPMSolverMultistepConverter(_MultistepFamily):
         out = super().schedule_keys(cfg)
         # diffusers rounds the model's timesteps on Karras/λ-uniform σ (not on the cosine table), not the σ's
         if (cfg.get("use_karras_sigmas") or cfg.get("use_lu_lambdas")) and cfg.get("beta_schedule") != "squaredcos_cap_v2":
-            out["round_model_timesteps"] = True
+            out["timestep_rounding"] = "round"
         return out
 
     sampler = "dpmsolver++"
@@ -463,7 +464,7 @@ class UniPCConverter(_MultistepFamily):
     def schedule_keys(self, cfg):
         out = super().schedule_keys(cfg)
         if cfg.get("use_karras_sigmas"):  # diffusers rounds the model's timesteps on Karras σ, not the σ's
-            out["round_model_timesteps"] = True
+            out["timestep_rounding"] = "round"
         return out
 
     sampler = "unipc"

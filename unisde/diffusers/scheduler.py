@@ -22,6 +22,7 @@ from diffusers.utils import BaseOutput
 
 from unisde._tensor import DTYPE, unknown_name_error
 from unisde.parameterizations import schedule_coefficients
+from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, fed_timesteps
 from unisde.plugins import get_parameterization, get_sampler, list_samplers
 from unisde.grids import build_grid, get_grid, list_grids
 from unisde.core.schedule import NoiseSchedule
@@ -60,16 +61,15 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         init_noise: ``"marginal"`` (``init_noise_sigma`` = √(s² + σ²) at the first evaluation) or ``"sigma"`` (σ
             alone: diffusers' Euler-type schedulers with linspace/trailing spacing; set by their converters) or
             ``"unit"`` (1: UniPC/DPM-Solver multistep with ``use_flow_sigmas``, whose grid starts below t = 1).
-        round_model_timesteps: feed the model rounded timesteps while the solver keeps the exact times (diffusers'
-            DPMSolverMultistep/UniPC with Karras or λ-uniform σ on index tables; set by their converters).
+        original_inference_steps, timestep_scaling: LCM/TCD keys (the ``lcm`` grid and sampler read them by name).
         sigmas_convention: what ``set_timesteps(sigmas=...)`` and ``scheduler.sigmas`` mean: ``"ve"``, the VE-view
             noise level σ̃ = σ/s of diffusers' Euler/Heun/DPM/EDM pipelines (one per grid point); ``"flow"``, the
             flow noise level τ = σ/(s + σ) ∈ [0, 1] of FlowMatch pipelines (t itself on the rectified flow; one per
             model evaluation, aligned with ``timesteps``, plus the end point; ``sigmas`` passed to
             ``set_timesteps`` are the grid's base levels, shifted as the source scheduler shifts them).
-        timestep_rounding: None (the model is fed its exact timestep) or ``"floor"``: the model is fed ⌊timestep⌋
-            as int64 while the step uses the exact time — UniPC/DPM-Solver multistep with ``use_flow_sigmas`` cast
-            τ·N to int64 (set by their converters).
+        timestep_rounding: None (the model is fed its exact timestep), ``"round"`` or ``"floor"``: the model is fed
+            the rounded/floored timestep while the step uses the exact time — diffusers' DPM-Solver/UniPC multistep
+            round on Karras/λ-uniform σ tables and cast flow τ·N to int64 (set by their converters).
         shift, base_shift, max_shift, base_image_seq_len, max_image_seq_len, use_dynamic_shifting, time_shift_type,
             shift_terminal: FlowMatch keys; the ``flow_match`` grid reads the first ones, pipelines read the rest
             (Flux computes ``mu`` from them).
@@ -143,7 +143,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         t_max: float | None = None,
         check_finite: bool = True,
         init_noise: str = "marginal",
-        round_model_timesteps: bool = False,
+        original_inference_steps: int = 50,
+        timestep_scaling: float = 10.0,
         sigmas_convention: str = "ve",
         timestep_rounding: str | None = None,
     ):
@@ -156,8 +157,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             if value:  # these change the grid or the algorithm; converters translate them into grids and samplers
                 raise ValueError(f"{flag}=True is not supported in a UnifiedScheduler config; choose the time grid "
                                  f"(time_grid=..., one of {', '.join(list_grids())}) and the sampler instead")
-        if timestep_rounding not in (None, "floor"):
-            raise unknown_name_error("timestep_rounding", timestep_rounding, (None, "floor"))
+        if timestep_rounding not in TIMESTEP_ROUNDINGS:
+            raise unknown_name_error("timestep_rounding", timestep_rounding, TIMESTEP_ROUNDINGS)
         if sigmas_convention not in ("ve", "flow"):
             raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve", "flow"))
         if init_noise not in ("marginal", "sigma", "unit"):
@@ -281,9 +282,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             return "uniform_lambda"
         return cfg.timestep_spacing
 
-    def _grid_options(self, mu: float | None) -> dict:
-        """The time grid's options: the config keys it shares a name with (t_min, t_max, rho, steps_offset), then
-        ``time_grid_options``, then ``set_timesteps(mu=...)`` (an option of dynamically shifted grids only)."""
+    def _grid_options(self, mu: float | None, **call) -> dict:
+        """The time grid's options: the config keys it shares a name with (t_min, t_max, rho, steps_offset, shift,
+        original_inference_steps …), then ``time_grid_options``, then what ``set_timesteps`` was given for the grid
+        (``mu`` of dynamically shifted grids; LCM's ``original_inference_steps`` and img2img ``strength``)."""
         grid = get_grid(self._grid_kind())
         cfg = self.config
         options = {k: cfg[k] for k in grid.options if k in cfg and cfg[k] is not None}
@@ -293,10 +295,17 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"set_timesteps(mu={mu}): the time grid {grid.name!r} has no dynamic shifting "
                                  "(mu applies to flow-matching grids with use_dynamic_shifting)")
             options["mu"] = mu
+        for name, value in call.items():
+            if value is None or (name == "strength" and value == 1.0 and name not in grid.options):
+                continue
+            if name not in grid.options:
+                raise ValueError(f"set_timesteps({name}={value}): the time grid {grid.name!r} has no option {name!r}")
+            options[name] = value
         return options
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      timesteps: list | None = None, sigmas: list | None = None, mu: float | None = None):
+                      timesteps: list | None = None, sigmas: list | None = None, mu: float | None = None,
+                      original_inference_steps: int | None = None, strength: float | None = None):
         """Choose the time grid and precompute every coefficient (float64, cast once to the sample's dtype).
 
         Exactly one of ``num_inference_steps``, ``timesteps`` (on the model's timestep scale, descending) and
@@ -305,12 +314,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         cfg = self.config
         sched, param = self.noise_schedule, self.parameterization
         sampler = self.sampler_cls(sched, **self.sampler_options)
-        final = 0.0
+        final, keep_final = 0.0, False
         if getattr(sampler, "final_from_config", False) and not cfg.set_alpha_to_one and sched.is_discrete:
-            final = 1.0 / sched.num_train_timesteps
+            # diffusers' DDIM/PNDM end at ᾱ_0 (index 0), a zero-length step when the grid already evaluates there
+            final, keep_final = 1.0 / sched.num_train_timesteps, not getattr(sampler, "encodes", False)
         if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
-        options = self._grid_options(mu)
+        options = self._grid_options(mu, original_inference_steps=original_inference_steps, strength=strength)
         given_model_t = None  # FlowMatch's timesteps passed with sigmas: fed to the model as given (CogView4)
         if cfg.sigmas_convention == "flow":
             if timesteps is not None and sigmas is None:
@@ -329,6 +339,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                                          "pass one timestep per sigma")
                     timesteps = None
                 options["base_sigmas"], num_inference_steps, sigmas = [float(v) for v in sigmas], len(sigmas), None
+        if keep_final:
+            options["keep_final"] = True
         grid = build_grid(sched, param, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
                           kind=self._grid_kind(), final_time=final, **options)
         eval_t = sampler.prepare(grid)
@@ -338,18 +350,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         if given_model_t is not None:  # per grid point as given; between grid points (midpoints) interpolated
             knots = np.concatenate([given_model_t, param.model_time(sched, grid[-1:]).numpy()])
             model_t = torch.from_numpy(np.interp(eval_t.numpy(), grid.numpy()[::-1], knots[::-1])).to(DTYPE)
-        floor = cfg.get("timestep_rounding") == "floor"
-        if floor:  # the model is fed ⌊timestep⌋ while the step uses the exact time (diffusers' int64 cast)
-            model_t = torch.floor(model_t)
-        if cfg.round_model_timesteps:  # the model sees rounded indices while the solver keeps the exact times
-            model_t = model_t.round()
+        fed = fed_timesteps(model_t, sched, cfg.timestep_rounding)  # the solver keeps the exact times
         # Commit only now: a failure above leaves the scheduler as it was.
         self._sampler = sampler
         self._eval_times = eval_t
         self._a, self._b, self._c_in = [float(v) for v in a], [float(v) for v in b], [float(v) for v in c_in]
-        self._t_list = [float(v) for v in model_t]
-        integral = (sched.is_discrete or floor) and bool(torch.all(model_t == torch.round(model_t)))
-        self.timesteps = (model_t.round().to(torch.int64) if integral else model_t.to(torch.float32)).to(device)
+        self._t_list = [float(v) for v in fed]
+        self.timesteps = fed.to(device)
         if cfg.sigmas_convention == "flow":  # τ = σ/(s + σ) per evaluation, then the end point
             points = torch.cat([eval_t, grid[-1:]])
             s_all, sig_all = sched.s(points), sched.sigma(points)  # exact: τ = 1 at t = 1 on the rectified flow
@@ -428,6 +435,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             self._sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
         prev = self._advance(k, sample, denoised, raw, extra, generator, eta)
         self._step_index = k + 1
+        shown = getattr(self._sampler, "output_denoised", None)  # LCM: x̂0 after its boundary condition
+        if shown is not None:
+            denoised = shown
         if self._step_index == len(self._t_list):
             self._finish(prev)
         if not return_dict:

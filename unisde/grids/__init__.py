@@ -69,14 +69,18 @@ def list_grids() -> list[str]:
     return names()
 
 
-def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, final_time: float = 0.0, **options) -> torch.Tensor:
+def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, final_time: float = 0.0, keep_final: bool = False,
+              **options) -> torch.Tensor:
     """n evaluation times of the grid ``kind`` (with its ``options``) plus ``final_time``: a strictly decreasing
-    float64 tensor (n + 1,). A ``final_time`` at or above the last evaluation time becomes 0 (clean data)."""
+    float64 tensor (n + 1,). A ``final_time`` at or above the last evaluation time becomes 0 (clean data), or, with
+    ``keep_final``, the last evaluation time itself (a zero-length last step, as diffusers' DDIM/PNDM take)."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {n!r}")
     grid = get_grid(kind)
     times = grid.times(schedule, int(n), **grid.validate(options))
     if final_time > 0 and float(times[-1]) <= final_time:
+        if keep_final:  # the source scheduler's zero-length last step (DDIM/PNDM with set_alpha_to_one=False)
+            return append_final(times, float(times[-1]), schedule, zero_length_end=True)
         final_time = 0.0  # the grid already evaluates there (e.g. index 0): end on clean data instead
     return append_final(times, final_time, schedule)
 
@@ -127,14 +131,18 @@ def discrete_indices(num_train: int, n: int, spacing: str, steps_offset: int = 0
     return idx
 
 
-def append_final(times: torch.Tensor, final_time: float = 0.0, schedule: NoiseSchedule | None = None) -> torch.Tensor:
+def append_final(times: torch.Tensor, final_time: float = 0.0, schedule: NoiseSchedule | None = None,
+                 zero_length_end: bool = False) -> torch.Tensor:
     """Append the end point and check the grid is strictly decreasing (ValueError naming the position).
 
     On a schedule with σ(0) > 0 (VE, EDM) the last evaluation may sit at t = 0 (σ = σ_min) and the end point
-    t = 0 then means the clean data (see ``grid_coefficients``), so that one repeated 0 is allowed.
+    t = 0 then means the clean data (see ``grid_coefficients``), so that one repeated 0 is allowed; so is a
+    repeated last time with ``zero_length_end`` (see :func:`make_grid`).
     """
     times = torch.cat([times.to(DTYPE), torch.tensor([float(final_time)], dtype=DTYPE)])
     diff = times[1:] - times[:-1]
+    if zero_length_end and times.numel() > 1:
+        diff[-1] = -1.0
     if (schedule is not None and times.numel() > 1 and float(times[-1]) == 0.0 and float(times[-2]) == 0.0
             and float(schedule.sigma(0.0)) > 0):
         diff[-1] = -1.0

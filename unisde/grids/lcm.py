@@ -1,5 +1,5 @@
 r"""The ``lcm`` time grid: the timestep selection of diffusers' LCMScheduler and TCDScheduler (Luo et al. 2023
-[LCM], §4.2 "skipping-step"), registered through the ``unisde_register_grids`` hook like every other grid.
+[LCM], the "skipping-step" schedule), registered through the ``unisde_register_grids`` hook like every other grid.
 
 A latent consistency model is distilled on ``original_inference_steps`` (50) evenly spaced training indices
 τ_j = j·k − 1, j = 1 … ⌊original_inference_steps · strength⌋, k = ⌊N / original_inference_steps⌋ (N training

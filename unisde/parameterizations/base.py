@@ -119,3 +119,21 @@ def as_time(t) -> torch.Tensor:
 
 
 __all__ = ["Parameterization", "schedule_coefficients", "eps_from_denoised", "score_from_denoised", "DTYPE"]
+
+
+TIMESTEP_ROUNDINGS = (None, "round", "floor")
+
+
+def fed_timesteps(model_t: torch.Tensor, schedule: NoiseSchedule, rounding: str | None = None) -> torch.Tensor:
+    """The timestep values a network is fed, from the float64 ``model_time`` values: rounded (``"round"``: diffusers'
+    DPM-Solver/UniPC on Karras σ) or floored (``"floor"``: their int64 cast of flow timesteps) when a twin needs it
+    while its solver keeps the exact times; int64 when every value is a training index, float32 otherwise (the
+    dtypes diffusers' schedulers hand to pipelines)."""
+    if rounding not in TIMESTEP_ROUNDINGS:
+        raise ValueError(f"timestep rounding must be one of {TIMESTEP_ROUNDINGS}, got {rounding!r}")
+    if rounding == "floor":
+        model_t = torch.floor(model_t)
+    elif rounding == "round":
+        model_t = model_t.round()
+    integral = (schedule.is_discrete or rounding is not None) and bool(torch.all(model_t == torch.round(model_t)))
+    return model_t.round().to(torch.int64) if integral else model_t.to(torch.float32)

@@ -1,5 +1,6 @@
-r"""Consistency-model sampling: ``lcm`` (Luo et al. 2023 [LCM], Algorithm 3 — the multistep consistency sampling
-of Song et al. 2023, Algorithm 1 [CM]) and ``tcd`` (Zheng et al. 2024 [TCD], strategic stochastic sampling),
+r"""Consistency-model sampling: ``lcm`` (Luo et al. 2023 [LCM], multistep latent consistency sampling — the
+multistep consistency sampling of Song et al. 2023, Algorithm 1 [CM]) and ``tcd`` (Zheng et al. 2024 [TCD],
+strategic stochastic sampling),
 written against s(t), σ(t) and x̂0, as diffusers' LCMScheduler and TCDScheduler run them.
 
 ``lcm``: per evaluation, the consistency function f = c_skip x + c_out x̂0 (the *boundary condition*, below) is
@@ -23,8 +24,10 @@ that order; (2) they are a convention of LCM's sampling (a function of the model
 constant, ``timestep_scaling``), which unisde's parameterisations do not carry; (3) they are the identity to
 within c_skip ≤ 1e-5 for τ ≥ 16 at the default scaling, so an LCM model run by another sampler loses nothing
 measurable without them. One consequence for the diffusers ``step()`` API: ``pred_original_sample`` is x̂0
-before the scalings; the loop exposes f as :attr:`LCMSampler.output_denoised` (LatentConsistencyModelPipeline
-decodes that value; see the note for the driver in ``output_denoised``).
+before the scalings; the loop exposes f as ``output_denoised`` after each evaluation (the value
+LatentConsistencyModelPipeline decodes after its last step; a driver returning it as ``pred_original_sample``
+makes that decode exact — today they differ by c_skip (x − x̂0) + (c_out − 1) x̂0 at the last timestep,
+≤ 1e-5 relative for ≥ 16 at the default scaling).
 
 ``tcd``: TCD's step with γ (diffusers calls it ``eta``; a pipeline's ``eta`` fills it unless set here):
 with t' the next time, the intermediate time s = (1 − γ) t' (on a table: the training index ⌊(1 − γ) τ'⌋),
@@ -141,6 +144,8 @@ class TCDSampler(Sampler):
         for k in range(start, n):
             x, denoised = yield x
             gamma = self.eta_value()
+            if not 0.0 <= gamma <= 1.0:
+                raise ValueError(f"sampler 'tcd': γ (eta) must lie in [0, 1], got {gamma!r} (from the pipeline's eta)")
             s_s, sigma_s = self.intermediate(k, gamma)
             # x_s = s_s x̂0 + σ_s ε̂ with ε̂ = (x − s_t x̂0)/σ_t: the DDIM step to the intermediate time
             direction = sigma_s / self.sigma_t[k]

@@ -6,6 +6,15 @@ with ε̂ = (x_t − s_t x̂0)/σ_t and σ²_{t|t'} as in :mod:`unisde.samplers.
 Euler on the probability-flow ODE in the VE view exactly (Song, Meng & Ermon 2021, §4.3,
 eqs. 13–14 [DDIM]; in t it is Euler up to O(Δt²));
 η = 1 draws from the DDPM posterior with the fixed_small variance.
+
+``ancestral="rf"`` chooses c as ComfyUI's ``sample_euler_ancestral_RF`` (diffusers' LTXEulerAncestralRFScheduler)
+does, in flow noise levels τ = σ/(s + σ) (t itself on the rectified flow): the step goes down to
+τ_d = τ'(1 + (τ'/τ − 1) η) and forward-noises from there to τ', which in the form above is
+
+    √(σ_{t'}² − c²) = s_{t'} σ̃_d,   σ̃_d = τ_d/(1 − τ_d),
+
+so η = 0 is the same deterministic step and η = 1 goes down to τ'²/τ. ``s_noise`` scales the drawn noise only
+(k-diffusion's S_noise), leaving the deterministic part as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ class DDIMSampler(Sampler):
     options = {
         "eta": Option(0.0, (float,), "stochasticity η ≥ 0 (0: deterministic, 1: DDPM posterior variance)", non_negative),
         "use_clipped_model_output": Option(False, (bool,), "recompute ε̂ from the clipped x̂0"),
+        "ancestral": Option("ddim", (str,), "how η sets the noise: DDIM's posterior rule (ddim) or the flow "
+                            "down-step of ComfyUI's euler_ancestral_RF (rf, needs η ≤ 1)", choices=("ddim", "rf")),
+        "s_noise": Option(1.0, (float,), "scale of the drawn noise (the deterministic part is unchanged)",
+                          non_negative),
     }
 
     def prepare(self, grid):
@@ -34,13 +47,26 @@ class DDIMSampler(Sampler):
         self.s_t, self.sigma_t = self.floats(s[:-1]), self.floats(sigma[:-1])
         self.s_n, self.var_n = self.floats(s[1:]), self.floats(sigma[1:] ** 2)
         self.posterior = self.floats(posterior)
+        self.tau = self.floats(sigma / (s + sigma))  # flow levels (rf ancestral); 0 at the clean end point
         return grid[:-1]
+
+    def rf_std(self, i: int, eta: float) -> float:
+        """c of ComfyUI's euler_ancestral_RF step i: down to τ_d = τ'(1 + (τ'/τ − 1)η), forward noise to τ'."""
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"sampler 'ddim' with ancestral='rf': eta={eta} must lie in [0, 1]")
+        tau, tau_n = self.tau[i], self.tau[i + 1]
+        tau_d = tau_n * (1.0 + (tau_n / tau - 1.0) * eta)
+        keep = self.s_n[i] * tau_d / (1.0 - tau_d)  # s' σ̃_d, the ε̂ coefficient
+        return math.sqrt(max(self.var_n[i] - keep * keep, 0.0))
 
     def loop(self, x, start=0):
         for i in range(start, len(self.s_t)):
             x, denoised = yield x
             eta = self.eta_value()
-            std = eta * math.sqrt(self.posterior[i]) if eta > 0 else 0.0
+            if eta > 0 and self.opts["ancestral"] == "rf":
+                std = self.rf_std(i, eta)
+            else:
+                std = eta * math.sqrt(self.posterior[i]) if eta > 0 else 0.0
             # x' = s' x̂0 + √(σ'² − std²) ε̂ + std z with ε̂ = (x − s x̂0)/σ
             direction = math.sqrt(max(self.var_n[i] - std * std, 0.0)) / self.sigma_t[i]
             x0_for_eps = denoised if self.opts["use_clipped_model_output"] or self.raw_denoised is None else self.raw_denoised
@@ -49,7 +75,9 @@ class DDIMSampler(Sampler):
             else:  # ε̂ from the unclipped x̂0, the clipped one for the data term (diffusers' default)
                 x_next = lincomb(x, direction, x0_for_eps, -direction * self.s_t[i])
                 x_next.add_(denoised, alpha=self.s_n[i])
-            if eta > 0:
-                x_next.add_(self.noise_like(x), alpha=std)
+            if eta > 0 and self.opts["ancestral"] == "ddim":
+                x_next.add_(self.noise_like(x), alpha=std * self.opts["s_noise"])
+            elif eta > 0 and self.tau[i + 1] > 0 and self.opts["s_noise"] > 0:  # rf: no draw into the clean end
+                x_next.add_(self.noise_like(x), alpha=std * self.opts["s_noise"])
             x = x_next
         return x

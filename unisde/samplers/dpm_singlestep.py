@@ -1,5 +1,5 @@
-r"""``dpmsolver_singlestep``: singlestep DPM-Solver++ and DPM-Solver, orders 1–3 (Lu et al. 2022a, Algorithms 1–2
-[DPMSolver]; Lu et al. 2022b, §4 and Algorithm 1 [DPMSolver++]), as diffusers' DPMSolverSinglestepScheduler runs
+r"""``dpmsolver_singlestep``: singlestep DPM-Solver++ and DPM-Solver, orders 1–3 (DPM-Solver-1/2/3, Lu et al.
+2022a [DPMSolver]; DPM-Solver++(2S), Lu et al. 2022b [DPMSolver++]), as diffusers' DPMSolverSinglestepScheduler runs
 them, written against s(t), σ(t) and the denoised estimate D only, so it runs on every schedule and
 parameterisation.
 
@@ -33,7 +33,7 @@ per grid point (diffusers' ``order`` = 1): n steps of ``num_inference_steps`` ar
 * ``dpmsolver++`` (default): data prediction, as above.
 * ``dpmsolver``: DPM-Solver proper, noise prediction ε̂ = (x − s D)/σ: every formula with s and σ exchanged and
   H → −H, e.g. x_{k+1} = (s_{k+1}/s_b) x_b − σ_{k+1} (e^{H} − 1) ε̂_b.
-* ``sde-dpmsolver++``: SDE-DPM-Solver++ (Lu et al. 2022b, §5 and Appendix; Gonzalez et al. 2023): the reverse
+* ``sde-dpmsolver++``: SDE-DPM-Solver++ (Lu et al. 2022b [DPMSolver++], as diffusers implements it): the reverse
   SDE with its linear part solved exactly — the data-prediction formulas with σ replaced by σ²/s (so H → 2H),
   the x weight (σ_{k+1}/σ_b) e^{−H} and fresh noise σ_{k+1} √(1 − e^{−2H}) z at *every* evaluation, as diffusers
   draws it (so intermediate samples are stochastic too). The third-order ``heun`` form weighs D″ by −c(2H),
@@ -47,8 +47,12 @@ import math
 
 import torch
 
-from unisde.core.kernels import (exponential_integrator_coefficients, exponential_integrator_corrections,
-                                 exponential_integrator_step, lincomb)
+from unisde.core.kernels import (
+    exponential_integrator_coefficients,
+    exponential_integrator_corrections,
+    exponential_integrator_step,
+    lincomb,
+)
 from unisde.samplers.base import Option, Sampler
 
 ALGORITHMS = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")

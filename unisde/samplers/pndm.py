@@ -15,10 +15,31 @@ DDIM step from t_0 to t_1, a model call there, and the step from t_0 again with 
 calls. ε̂ = (x − s D)/σ comes from the denoised estimate, so it runs with every parameterisation;
 ``UnifiedScheduler.from_config`` of a PNDM config with ``skip_prk_steps=True`` selects it.
 
+``prk_warmup=True`` is diffusers' default warm-up (``skip_prk_steps=False``; F-PNDM, Liu et al. 2022, eq. 13
+[PNDM]), selected by ``from_config`` of such a config: the first three steps are pseudo Runge–Kutta steps, RK4's
+stages in the transfer — from (x_i, ε̂_i) at t_i, call 2 at the midpoint m_i on φ(x_i, ε̂_i; t_i → m_i), call 3
+at m_i on φ(x_i, ε̂_2; t_i → m_i), call 4 at t_{i+1} on φ(x_i, ε̂_3; t_i → t_{i+1}), and the step
+x_{i+1} = φ(x_i, (ε̂_i + 2 ε̂_2 + 2 ε̂_3 + ε̂_4)/6; t_i → t_{i+1}); the ε̂_i at the three step starts are PLMS's
+history, so PLMS starts at fourth order at t_3: n steps cost n + 9 calls. On a table whose grid points are
+training indices j the midpoint is diffusers' index j_{i+1} + (N//n)//2 (the middle of an evenly spaced step),
+else the mid time (t_i + t_{i+1})/2. diffusers needs n ≥ 4 (its set_timesteps fails below); here the warm-up
+covers min(3, n − 1) steps, so the last step is always PLMS and no call falls below the last grid time.
+
+diffusers computes where a step lands from the timestep it is fed: t − N//n (PLMS, as DDIM) and t − (N//n)//2
+(the first RK stage). That is the next call's timestep on evenly spaced grids (leading, trailing with n | N)
+with an even N//n, where the two agree to float32 rounding; with linspace spacing or an odd N//n (n = 8: 125)
+diffusers moves the sample to one timestep and evaluates the model at another, while this loop steps between
+its own evaluation points (the timesteps still agree). Its v_prediction combines the raw v outputs and
+converts them with the step's start sample; this loop combines ε̂ (the method's variable), as for PLMS.
+
 The loop keeps the ε̂ history locally. Entered mid-grid (img2img) at a call k > 0, it has neither the first
 sample nor earlier ε̂: it takes DDIM's step from its own evaluation point to the end of call k's step (for k = 1,
 which evaluates at t_1 and would redo t_0 → t_1, that leaves x where it is), and Adams–Bashforth builds up again
-from there.
+from there. With the PRK warm-up the same holds for each call of an RK step entered inside it (the midpoint
+calls step to m_i and t_{i+1}, the call at t_{i+1} to t_{i+1}: x stays); entered at a step start t_i it takes the
+remaining RK steps, then PLMS with the ε̂ they gave (lower order first). diffusers' PNDM has no
+``set_begin_index`` and its RK counter restarts from timesteps[0] whatever the pipeline feeds, so its img2img
+with RK steps has no well-defined result to match.
 """
 
 from __future__ import annotations
@@ -35,7 +56,7 @@ AB_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 
 class PNDMSampler(Sampler):
     name = "pndm"
     aliases = ("plms",)
-    description = "PLMS: 4th-order Adams–Bashforth on ε̂ in DDIM's transfer, diffusers' PNDM (skip_prk_steps)"
+    description = "PLMS: 4th-order Adams–Bashforth on ε̂ in DDIM's transfer, diffusers' PNDM (RK warm-up optional)"
     default_grid = "config"
     final_from_config = True  # honours set_alpha_to_one=False (end at index 0), as diffusers' PNDM does
     options = {
@@ -46,7 +67,8 @@ class PNDMSampler(Sampler):
     def prepare(self, grid):
         """Per model call: the transfer φ of the step it takes (from grid point a to b), the same transfer from
         the call's own evaluation point (for a loop entered there), and ε̂ = (x − s D)/σ at that point. Calls 0
-        and 1 are the warm-up (both step t_0 → t_1), call j ≥ 2 steps t_{j−1} → t_j."""
+        and 1 are the warm-up (both step t_0 → t_1), call j ≥ 2 steps t_{j−1} → t_j. With the PRK warm-up calls
+        4i … 4i + 3 are RK step i (all from t_i), then call 4P + j' steps t_{P+j'} → t_{P+j'+1} (P RK steps)."""
         self.grid = self.floats(grid)
         s, sigma = self.grid_coefficients(grid)
         s, sigma = self.floats(s), self.floats(sigma)

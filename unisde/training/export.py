@@ -18,17 +18,42 @@ DEFAULT_SAMPLER = "ddim"
 """Sampler recorded in the exported scheduler config unless one is chosen (``--default_sampler``)."""
 
 
+def is_flow_export(schedule, parameterization) -> bool:
+    """Whether a run exports a FlowMatch-compatible scheduler: the rectified flow with flow prediction and FlowMatch's
+    model timesteps t·N."""
+    return (getattr(schedule, "name", "") == "rectified-flow" and parameterization.name == "flow_prediction"
+            and getattr(schedule, "timestep_convention", "t") == "t"
+            and float(getattr(schedule, "timestep_scale", 0.0)) == float(schedule.num_train_timesteps or -1))
+
+
 def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, sampler_options: dict | None = None,
-                   clip_sample: bool = True):
+                   clip_sample: bool = True, shift: float = 1.0):
     """A UnifiedScheduler carrying the training schedule and parameterisation.
 
     β-table schedules that came from a diffusers config keep their DDPM keys (num_train_timesteps, beta_*), so
     the config stays readable by stock diffusers schedulers; every other schedule travels as its
     ``NoiseSchedule.to_config()`` dict in the ``schedule`` key. EDM's σ_data goes in ``sigma_data``.
     ``clip_sample`` (x̂0 clipped to [−1, 1], diffusers' DDPMScheduler default) matches the training data range.
+
+    A rectified flow trained with flow prediction (:func:`is_flow_export`) is exported as the conversion of
+    ``FlowMatchEulerDiscreteScheduler(num_train_timesteps=N, shift=shift)``: the config carries FlowMatch's keys
+    (shift, dynamic-shifting keys, …) beside unisde's (rectified-flow schedule, flow_prediction, the flow_match grid,
+    the flow sigmas convention), so ``FlowMatchEulerDiscreteScheduler.from_config(config)`` gives the native
+    scheduler and ``UnifiedScheduler.from_config`` of that gives this one back. ``clip_sample`` is off there
+    (FlowMatch does not clip; clipping would make the round trip lossy). ``shift`` ≠ 1 needs such a run.
     """
     from unisde.diffusers.scheduler import UnifiedScheduler
 
+    if is_flow_export(schedule, parameterization):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        source = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(schedule.num_train_timesteps), shift=float(shift))
+        kwargs = {} if sampler == "ddim" and not sampler_options else \
+            {"sampler": sampler, "sampler_options": dict(sampler_options or {})}
+        return UnifiedScheduler.from_config(source.config, **kwargs)
+    if shift != 1.0:
+        raise ValueError(f"shift={shift} is a FlowMatch export option: it needs the rectified-flow schedule with "
+                         f"flow_prediction, got {schedule!r} / {parameterization.name!r}")
     spec = schedule.to_config()
     kwargs: dict = {}
     if spec.get("name") == "diffusers":
@@ -140,4 +165,4 @@ def export_pipeline(unet, scheduler, output_dir: str, card: dict | None = None) 
     return output_dir
 
 
-__all__ = ["make_scheduler", "model_card", "write_model_card", "export_pipeline", "DEFAULT_SAMPLER"]
+__all__ = ["is_flow_export", "make_scheduler", "model_card", "write_model_card", "export_pipeline", "DEFAULT_SAMPLER"]

@@ -31,8 +31,10 @@ from unisde.training.checkpoint import (RUN_FILE, check_output_dir, clear_run, c
                                         recover_interrupted_saves, remove_stale_temporaries, resolve_resume,
                                         save_checkpoint, write_json_atomic)
 from unisde.training.config import resolve_parameterization, resolve_schedule
-from unisde.training.export import DEFAULT_SAMPLER, export_pipeline, make_scheduler
-from unisde.training.objectives import DenoisingScoreMatching, canonical_loss_weighting, canonical_noise_distribution
+from unisde.training.export import DEFAULT_SAMPLER, export_pipeline, is_flow_export, make_scheduler
+from unisde.training.objectives import (FLOW_NOISE_DISTRIBUTIONS, WEIGHTING_SCHEMES, DenoisingScoreMatching,
+                                        canonical_loss_weighting, canonical_noise_distribution,
+                                        check_flow_density_options)
 
 logger = logging.getLogger("unisde.train")
 
@@ -71,11 +73,23 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     o.add_argument("--schedule", default="ddpm-linear", help="schedule name, JSON config, or a diffusers scheduler config path")
     o.add_argument("--prediction_type", default="epsilon", help="parameterisation: epsilon, sample, v_prediction, score, edm, …")
     o.add_argument("--sigma_data", type=float, default=None, help="σ_data for the edm parameterisation / weighting (0.5)")
-    o.add_argument("--loss_weighting", default="default", help="default, epsilon, x0, v, score, edm, likelihood")
-    o.add_argument("--noise_distribution", default=None, help="uniform_t, uniform_index, lognormal (default: uniform_index "
-                   "for β tables, lognormal for --prediction_type edm, else uniform_t)")
+    o.add_argument("--loss_weighting", default="default", help="default, epsilon, x0, v, score, edm, likelihood, flow, "
+                   "cosmap, sigma_sqrt")
+    o.add_argument("--noise_distribution", default=None, help="uniform_t, uniform_index, lognormal, uniform_tau, "
+                   "logit_normal, mode (default: uniform_index for β tables, lognormal for --prediction_type edm, "
+                   "else uniform_t)")
     o.add_argument("--p_mean", type=float, default=-1.2, help="lognormal: mean of ln σ̃")
     o.add_argument("--p_std", type=float, default=1.2, help="lognormal: std of ln σ̃")
+    o.add_argument("--weighting_scheme", default=None, choices=tuple(WEIGHTING_SCHEMES),
+                   help="SD3's time density and loss weight (Esser et al. 2024, §3.1), as diffusers' flag: logit_normal "
+                   "and mode set that density of the flow noise level τ = σ/(s + σ) (t on the rectified flow) with "
+                   "the plain flow-matching loss; cosmap and sigma_sqrt weight the flow-matching loss with τ uniform; "
+                   "none is uniform τ, plain loss. Replaces --noise_distribution and --loss_weighting")
+    o.add_argument("--logit_mean", type=float, default=0.0, help="logit_normal: mean m of logit τ (> 0 favours noise)")
+    o.add_argument("--logit_std", type=float, default=1.0, help="logit_normal: std of logit τ")
+    o.add_argument("--mode_scale", type=float, default=1.29, help="mode: scale c in [−1, 2/(π − 2)]")
+    o.add_argument("--shift", type=float, default=1.0, help="SD3 shift τ ↦ shift·τ/(1 + (shift − 1)τ) of the training "
+                   "noise levels (flow distributions only), recorded as the exported FlowMatch scheduler's shift")
     o.add_argument("--t_min", type=float, default=1e-5, help="smallest time drawn (uniform_t, lognormal)")
 
     t = parser.add_argument_group("optimisation")
@@ -203,13 +217,36 @@ def validate_args(args) -> Plan:
     schedule = resolve_schedule(args.schedule)
     options = {} if args.sigma_data is None else {"sigma_data": args.sigma_data}
     param = resolve_parameterization(args.prediction_type, **options)
-    weighting = canonical_loss_weighting(args.loss_weighting)
-    dist = args.noise_distribution
-    if dist is None:
-        dist = "uniform_index" if schedule.is_discrete else ("lognormal" if param.name == "edm" else "uniform_t")
-    dist = canonical_noise_distribution(dist)
+    scheme = getattr(args, "weighting_scheme", None)
+    if scheme is not None:
+        if scheme not in WEIGHTING_SCHEMES:
+            raise ValueError(f"--weighting_scheme {scheme!r}; valid choices: {', '.join(WEIGHTING_SCHEMES)}")
+        if args.noise_distribution is not None or args.loss_weighting != "default":
+            raise ValueError(f"--weighting_scheme {scheme} sets both the noise distribution and the loss weighting "
+                             f"({' and '.join(WEIGHTING_SCHEMES[scheme])}); drop --noise_distribution "
+                             f"{args.noise_distribution!r} / --loss_weighting {args.loss_weighting!r}, or drop "
+                             "--weighting_scheme and give those two instead")
+        dist, weighting = WEIGHTING_SCHEMES[scheme]
+    else:
+        weighting = canonical_loss_weighting(args.loss_weighting)
+        dist = args.noise_distribution
+        if dist is None:
+            dist = "uniform_index" if schedule.is_discrete else ("lognormal" if param.name == "edm" else "uniform_t")
+        dist = canonical_noise_distribution(dist)
     if dist == "uniform_index" and not schedule.num_train_timesteps:
         raise ValueError(f"--noise_distribution uniform_index needs a schedule with num_train_timesteps; {args.schedule!r} has none")
+    try:
+        check_flow_density_options(args.logit_std, args.mode_scale, args.shift, args.logit_mean)
+    except ValueError as exc:
+        raise ValueError(f"--logit_mean/--logit_std/--mode_scale/--shift: {exc}") from None
+    if args.shift != 1.0:
+        if dist not in FLOW_NOISE_DISTRIBUTIONS:
+            raise ValueError(f"--shift {args.shift} shifts the flow noise levels of --weighting_scheme or --noise_distribution "
+                             f"{'/'.join(FLOW_NOISE_DISTRIBUTIONS)}; the noise distribution here is {dist!r}")
+        if not is_flow_export(schedule, param):
+            raise ValueError(f"--shift {args.shift} is recorded as the exported FlowMatch scheduler's shift, which needs "
+                             "--schedule rectified_flow --prediction_type flow_prediction; "
+                             f"got {args.schedule!r} / {args.prediction_type!r}")
     sampler = args.default_sampler or DEFAULT_SAMPLER
     if args.default_sampler:
         from unisde.plugins import get_sampler
@@ -221,10 +258,27 @@ def validate_args(args) -> Plan:
 def fingerprint(args, plan: Plan, unet_config: dict) -> dict:
     """What makes two runs the same run (compared when reusing an output directory)."""
     data = args.dataset_name or args.train_data_dir or args.train_files or "digits"
-    return {"schedule": plan.schedule.to_config(), "prediction_type": plan.parameterization.name,
-            "parameterization_options": dict(plan.parameterization.config), "loss_weighting": plan.loss_weighting,
-            "noise_distribution": plan.noise_distribution, "dataset": data, "image_column": args.image_column,
-            "unet": {k: v for k, v in unet_config.items() if not k.startswith("_")}}
+    fp = {"schedule": plan.schedule.to_config(), "prediction_type": plan.parameterization.name,
+          "parameterization_options": dict(plan.parameterization.config), "loss_weighting": plan.loss_weighting,
+          "noise_distribution": plan.noise_distribution, "dataset": data, "image_column": args.image_column,
+          "unet": {k: v for k, v in unet_config.items() if not k.startswith("_")}}
+    if plan.noise_distribution in FLOW_NOISE_DISTRIBUTIONS:  # only then: older runs keep their fingerprint
+        fp["noise_distribution_options"] = {"logit_mean": args.logit_mean, "logit_std": args.logit_std,
+                                            "mode_scale": args.mode_scale, "shift": args.shift}
+    return fp
+
+
+def distribution_label(args, plan: Plan) -> str:
+    """The noise-level distribution with its parameters, for the model card."""
+    dist = plan.noise_distribution
+    params = {"lognormal": f"P_mean={args.p_mean}, P_std={args.p_std}",
+              "logit_normal": f"logit_mean={args.logit_mean}, logit_std={args.logit_std}",
+              "mode": f"mode_scale={args.mode_scale}"}.get(dist, "")
+    if dist in FLOW_NOISE_DISTRIBUTIONS:
+        params = ", ".join(p for p in (params, f"shift={args.shift}") if p) + "; in τ = σ/(s + σ)"
+    label = f"{dist} ({params})" if params else dist
+    scheme = getattr(args, "weighting_scheme", None)
+    return f"{label}; SD3 weighting_scheme {scheme}" if scheme else label
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -438,7 +492,8 @@ def train(args, *, before_commit=None) -> TrainResult:
     if ema is not None:
         ema.to(accelerator.device)
     objective = DenoisingScoreMatching(plan.schedule, plan.parameterization, plan.loss_weighting, plan.noise_distribution,
-                                       t_min=args.t_min, p_mean=args.p_mean, p_std=args.p_std)
+                                       t_min=args.t_min, p_mean=args.p_mean, p_std=args.p_std, logit_mean=args.logit_mean,
+                                       logit_std=args.logit_std, mode_scale=args.mode_scale, shift=args.shift)
 
     # Per-rank noise: each rank draws different t and ε from the global RNG, seeded by (seed, rank); its state is
     # saved per rank in every checkpoint and restored below.
@@ -463,7 +518,7 @@ def train(args, *, before_commit=None) -> TrainResult:
     def card(num_steps):
         dataset_name = args.dataset_name or args.train_data_dir or (" ".join(args.train_files) if args.train_files else "digits")
         return dict(schedule=plan.schedule, parameterization=plan.parameterization, loss_weighting=plan.loss_weighting,
-                    noise_distribution=plan.noise_distribution, dataset=dataset_name, training_command=training_command(args),
+                    noise_distribution=distribution_label(args, plan), dataset=dataset_name, training_command=training_command(args),
                     num_steps=num_steps, resolution=resolution, channels=channels, sampler=plan.sampler,
                     repo_id=args.hub_model_id, schedule_name=schedule_label)
 
@@ -475,7 +530,8 @@ def train(args, *, before_commit=None) -> TrainResult:
             ema.store(unet.parameters())
             ema.copy_to(unet.parameters())
         try:
-            export_pipeline(unet, make_scheduler(plan.schedule, plan.parameterization, plan.sampler), output_dir, card(num_steps))
+            export_pipeline(unet, make_scheduler(plan.schedule, plan.parameterization, plan.sampler, shift=args.shift),
+                            output_dir, card(num_steps))
         finally:
             if ema is not None:
                 ema.restore(unet.parameters())
@@ -558,4 +614,4 @@ def train(args, *, before_commit=None) -> TrainResult:
 
 
 __all__ = ["add_training_arguments", "default_args", "validate_args", "train", "TrainResult", "unet_config_from_args",
-           "training_command"]
+           "training_command", "distribution_label"]

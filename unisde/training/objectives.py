@@ -46,6 +46,41 @@ Noise-level distributions
                    timesteps diffusers' DDPM training draws for tabulated schedules.
 ``lognormal``      ln σ̃ ~ N(P_mean, P_std²) (EDM: P_mean = −1.2, P_std = 1.2), mapped to t = schedule.t_from_sigma(σ̃)
                    and clamped to [t_min, 1] (noise levels beyond the schedule's range land on its ends).
+
+Flow-matching densities and weightings (SD3)
+--------------------------------------------
+Esser et al. 2024, §3.1 [SD3] state their time densities and loss weights for the rectified flow s = 1 − t, σ = t.
+unisde writes them once, against any schedule, in the *flow noise level*
+
+    τ(t) = σ/(s + σ) ∈ [0, 1],
+
+which is t itself on the rectified flow (so there the formulas are the paper's, in t) and on any other schedule
+the time whose rescaled sample x/(s + σ) = (1 − τ) x0 + τ ε is the rectified flow's x_τ. τ is a function of the
+SNR alone (logit τ = −λ/2 = ln σ̃), so a density in τ means the same distribution of noise levels on every
+schedule: logit-normal(m, s) in τ *is* EDM's log-normal ln σ̃ ~ N(m, s²). A τ drawn below is shifted by SD3's
+resolution shift τ ↦ shift·τ/(1 + (shift − 1) τ) (§5.3.2; ``shift = 1`` leaves it alone), mapped to t by
+:func:`unisde.grids.flow.t_from_flow_sigma` (the flow_match grid's own map; clamped to the schedule's range as
+``lognormal`` is) and clamped to [t_min, 1].
+
+``uniform_tau``    τ ~ U[0, 1] (= uniform_t on the rectified flow).
+``logit_normal``   logit τ ~ N(m, s²) (SD3's rf/lognorm(m, s); ``logit_mean``, ``logit_std``; best: m = 0, s = 1).
+                   Positive m favours noise, as in the paper (t = 1 is noise). diffusers' example scripts index
+                   their descending timestep table with the drawn value, which flips the sign of m there.
+``mode``           τ = f(u) = 1 − u − c (cos²(πu/2) − 1 + u), u ~ U[0, 1] (SD3's mode sampling, heavy tails; the
+                   scale c = ``mode_scale`` must lie in [−1, 2/(π − 2)] so that f is monotone).
+
+The SD3 weights w(τ) multiply the rectified flow's velocity loss ‖û − u‖², u = ε − x0; in the flow view
+x̂0 = x − τ u, so ‖û − u‖² = ‖x̂0 − x0‖²/τ² and, in x0 space,
+
+``flow``        λ = 1/τ² = (1 + √SNR)² — plain flow-matching MSE (SD3's ``none``); with
+                ``flow_prediction`` on the rectified flow this is the ``default`` weighting exactly.
+``cosmap``      λ = w_cos(τ)/τ², w_cos = 2/(π (1 − 2τ + 2τ²)) (SD3's CosMap density π_CosMap, applied as a weight
+                with τ uniform, as diffusers' ``compute_loss_weighting_for_sd3`` does).
+``sigma_sqrt``  λ = τ⁻²/τ² = τ⁻⁴ (diffusers' ``sigma_sqrt``: w = σ⁻²).
+
+``WEIGHTING_SCHEMES`` bundles them as diffusers' ``--weighting_scheme`` does: ``logit_normal`` and ``mode`` (that
+density, ``flow`` weight), ``cosmap`` and ``sigma_sqrt`` (uniform τ, that weight), ``none`` (uniform τ, ``flow``).
+Unlike diffusers' scripts, which draw an index into the 1000-entry training table, t is continuous here.
 """
 
 from __future__ import annotations
@@ -61,12 +96,20 @@ from unisde.parameterizations.base import Parameterization, schedule_coefficient
 from unisde.plugins import get_parameterization
 from unisde.core.schedule import NoiseSchedule
 
-LOSS_WEIGHTINGS = ("default", "epsilon", "x0", "v", "score", "edm", "likelihood")
-NOISE_DISTRIBUTIONS = ("uniform_t", "uniform_index", "lognormal")
+LOSS_WEIGHTINGS = ("default", "epsilon", "x0", "v", "score", "edm", "likelihood", "flow", "cosmap", "sigma_sqrt")
+FLOW_NOISE_DISTRIBUTIONS = ("uniform_tau", "logit_normal", "mode")
+NOISE_DISTRIBUTIONS = ("uniform_t", "uniform_index", "lognormal") + FLOW_NOISE_DISTRIBUTIONS
+WEIGHTING_SCHEMES = {"logit_normal": ("logit_normal", "flow"), "mode": ("mode", "flow"),
+                     "cosmap": ("uniform_tau", "cosmap"), "sigma_sqrt": ("uniform_tau", "sigma_sqrt"),
+                     "none": ("uniform_tau", "flow")}
+"""SD3 / diffusers ``--weighting_scheme`` → (noise distribution, loss weighting) (module doc)."""
+MODE_SCALE_RANGE = (-1.0, 2.0 / (math.pi - 2.0))
 
 _WEIGHT_ALIASES = {"eps": "epsilon", "sample": "x0", "v_prediction": "v", "g2": "likelihood", "mse": "default"}
+_WEIGHT_ALIASES.update({"flow_matching": "flow", "flow_prediction": "flow", "cosine_map": "cosmap"})
 _DIST_ALIASES = {"uniform": "uniform_t", "index": "uniform_index", "log_normal": "lognormal", "log-normal": "lognormal",
-                 "uniform-t": "uniform_t", "uniform-index": "uniform_index"}
+                 "uniform-t": "uniform_t", "uniform-index": "uniform_index", "logit-normal": "logit_normal",
+                 "logitnormal": "logit_normal", "uniform-tau": "uniform_tau"}
 
 
 def _canonical(kind: str, name: str, choices, aliases) -> str:
@@ -85,6 +128,72 @@ def canonical_loss_weighting(name: str) -> str:
 def canonical_noise_distribution(name: str) -> str:
     """The canonical name of a noise-level distribution (aliases: uniform, index, log_normal)."""
     return _canonical("noise distribution", name, NOISE_DISTRIBUTIONS, _DIST_ALIASES)
+
+
+def canonical_weighting_scheme(name: str) -> str:
+    """The canonical name of an SD3 weighting scheme (``WEIGHTING_SCHEMES``; aliases: logit-normal, cosine_map)."""
+    return _canonical("weighting scheme", name, tuple(WEIGHTING_SCHEMES),
+                      {"logit-normal": "logit_normal", "cosine_map": "cosmap", "uniform": "none"})
+
+
+def flow_noise_level(schedule: NoiseSchedule, t) -> torch.Tensor:
+    """τ(t) = σ/(s + σ) ∈ [0, 1] in float64 (module doc); t itself, exactly, on the rectified flow."""
+    t = schedule._time(t)
+    if getattr(schedule, "name", "") == "rectified-flow":
+        return t.clone()
+    s, sigma = schedule.s(t), schedule.sigma(t)
+    return sigma / (s + sigma)
+
+
+def check_flow_density_options(logit_std: float = 1.0, mode_scale: float = 1.29, shift: float = 1.0,
+                               logit_mean: float = 0.0) -> None:
+    """ValueError unless the SD3 density parameters are usable (finite; logit_std > 0; mode_scale in
+    ``MODE_SCALE_RANGE``, where the mode map is monotone; shift > 0)."""
+    if not (math.isfinite(logit_mean) and math.isfinite(logit_std) and logit_std > 0):
+        raise ValueError(f"logit_normal needs a finite logit_mean and logit_std > 0, got logit_mean={logit_mean}, "
+                         f"logit_std={logit_std}")
+    lo, hi = MODE_SCALE_RANGE
+    if not (math.isfinite(mode_scale) and lo <= mode_scale <= hi):
+        raise ValueError(f"mode_scale must lie in [{lo:g}, 2/(π − 2) = {hi:.4f}] (Esser et al. 2024, §3.1: outside it "
+                         f"the mode map is not monotone and is no density), got {mode_scale}")
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be a finite number > 0, got {shift}")
+
+
+def sample_flow_noise_level(distribution: str, batch_size: int, generator: torch.Generator | None = None, *,
+                            logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
+                            shift: float = 1.0) -> torch.Tensor:
+    """Draw flow noise levels τ ∈ [0, 1] (float64, shape (batch_size,)) from ``uniform_tau``, ``logit_normal`` or
+    ``mode`` (Esser et al. 2024, §3.1 [SD3]; module doc), then shift them (§5.3.2)."""
+    from unisde.grids.flow import time_shift
+
+    distribution = canonical_noise_distribution(distribution)
+    if distribution not in FLOW_NOISE_DISTRIBUTIONS:
+        raise unknown_name_error("flow noise distribution", distribution, FLOW_NOISE_DISTRIBUTIONS)
+    check_flow_density_options(logit_std, mode_scale, shift, logit_mean)
+    device = generator.device if generator is not None else torch.device("cpu")
+    if distribution == "logit_normal":
+        z = torch.randn(batch_size, generator=generator, device=device, dtype=DTYPE)
+        tau = torch.sigmoid(logit_mean + logit_std * z)
+    else:
+        u = torch.rand(batch_size, generator=generator, device=device, dtype=DTYPE)
+        tau = u if distribution == "uniform_tau" else \
+            1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+        tau = tau.clamp(0.0, 1.0)  # rounding only: f maps [0, 1] onto [0, 1]
+    return tau if shift == 1.0 else time_shift(tau, shift=shift)
+
+
+def sd3_loss_weight(weighting: str, tau: torch.Tensor) -> torch.Tensor:
+    """SD3's weight w(τ) on the flow-matching MSE (diffusers' ``compute_loss_weighting_for_sd3`` with σ = τ), float64:
+    ``flow`` 1, ``cosmap`` 2/(π(1 − 2τ + 2τ²)), ``sigma_sqrt`` τ⁻²."""
+    weighting = canonical_loss_weighting(weighting)
+    if weighting == "cosmap":
+        return 2.0 / (math.pi * (1 - 2 * tau + 2 * tau * tau))
+    if weighting == "sigma_sqrt":
+        return tau ** -2.0
+    if weighting == "flow":
+        return torch.ones_like(tau)
+    raise unknown_name_error("SD3 loss weighting", weighting, ("flow", "cosmap", "sigma_sqrt"))
 
 
 def x0_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Parameterization, t,
@@ -106,6 +215,9 @@ def x0_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Pa
         return get_parameterization("v_prediction").default_loss_weight(schedule, t)
     if weighting == "edm":
         return get_parameterization("edm", sigma_data=sigma_data).loss_weight_edm(schedule, t)
+    if weighting in ("flow", "cosmap", "sigma_sqrt"):  # w(τ) on ‖û − u‖² = ‖x̂0 − x0‖²/τ² (module doc)
+        tau = flow_noise_level(schedule, t)
+        return sd3_loss_weight(weighting, tau) / (tau * tau)
     # likelihood: g² ‖ŝ − ∇log p(x_t|x0)‖² with ŝ − ∇log p = s (x̂0 − x0)/σ² (Karras et al. 2022, eq. 3 [EDM])
     s, sigma = schedule_coefficients(schedule, t)
     return schedule.g2(t) * s * s / sigma**4
@@ -121,11 +233,20 @@ def output_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization
 
 
 def sample_time(distribution: str, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator | None = None,
-                *, t_min: float = 1e-5, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
+                *, t_min: float = 1e-5, p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
+                logit_std: float = 1.0, mode_scale: float = 1.29, shift: float = 1.0) -> torch.Tensor:
     """Draw ``batch_size`` times t ∈ (0, 1] (float64, on the generator's device or CPU) from a noise-level
-    distribution (see the module doc). Random numbers come from ``generator`` (the global RNG if None)."""
+    distribution (see the module doc). Random numbers come from ``generator`` (the global RNG if None).
+    ``logit_mean``, ``logit_std``, ``mode_scale`` and ``shift`` apply to the flow distributions (uniform_tau,
+    logit_normal, mode) only."""
     distribution = canonical_noise_distribution(distribution)
     device = generator.device if generator is not None else torch.device("cpu")
+    if distribution in FLOW_NOISE_DISTRIBUTIONS:
+        from unisde.grids.flow import t_from_flow_sigma
+
+        tau = sample_flow_noise_level(distribution, batch_size, generator, logit_mean=logit_mean, logit_std=logit_std,
+                                      mode_scale=mode_scale, shift=shift)
+        return t_from_flow_sigma(schedule, tau.cpu()).to(device).clamp(t_min, 1.0)
     if distribution == "uniform_index":
         n = schedule.num_train_timesteps
         if not n or n <= 0:
@@ -159,6 +280,10 @@ class DenoisingScoreMatching:
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float | None = None
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    shift: float = 1.0
     _weighting: str = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -170,13 +295,18 @@ class DenoisingScoreMatching:
             raise ValueError(f"t_min must lie in [0, 1), got {self.t_min}")
         if not (self.p_std > 0 and math.isfinite(self.p_mean)):
             raise ValueError(f"lognormal needs a finite P_mean and P_std > 0, got P_mean={self.p_mean}, P_std={self.p_std}")
+        check_flow_density_options(self.logit_std, self.mode_scale, self.shift, self.logit_mean)
+        if self.shift != 1.0 and self.noise_distribution not in FLOW_NOISE_DISTRIBUTIONS:
+            raise ValueError(f"shift={self.shift} applies to the flow noise distributions "
+                             f"({', '.join(FLOW_NOISE_DISTRIBUTIONS)}), not to {self.noise_distribution!r}")
         if self.sigma_data is None:
             self.sigma_data = float(self.parameterization.config.get("sigma_data", 0.5))
 
     def sample_time(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Times t (float64, shape (batch_size,)) from the configured noise-level distribution."""
         return sample_time(self.noise_distribution, self.schedule, batch_size, generator,
-                           t_min=self.t_min, p_mean=self.p_mean, p_std=self.p_std)
+                           t_min=self.t_min, p_mean=self.p_mean, p_std=self.p_std, logit_mean=self.logit_mean,
+                           logit_std=self.logit_std, mode_scale=self.mode_scale, shift=self.shift)
 
     def weight(self, t) -> torch.Tensor:
         """Output-space weight w(t) = λ(t) b(t)² (float64)."""
@@ -254,5 +384,7 @@ def make_train_step(model: torch.nn.Module, schedule, parameterization, loss_wei
     return step
 
 
-__all__ = ["LOSS_WEIGHTINGS", "NOISE_DISTRIBUTIONS", "DenoisingScoreMatching", "x0_loss_weight", "output_loss_weight",
-           "sample_time", "make_objective", "make_train_step", "canonical_loss_weighting", "canonical_noise_distribution"]
+__all__ = ["LOSS_WEIGHTINGS", "NOISE_DISTRIBUTIONS", "FLOW_NOISE_DISTRIBUTIONS", "WEIGHTING_SCHEMES",
+           "DenoisingScoreMatching", "x0_loss_weight", "output_loss_weight", "sample_time", "make_objective",
+           "make_train_step", "canonical_loss_weighting", "canonical_noise_distribution", "canonical_weighting_scheme",
+           "flow_noise_level", "sample_flow_noise_level", "sd3_loss_weight", "check_flow_density_options"]

@@ -1,0 +1,863 @@
+r"""Optimised time grids: the evaluation times that minimise a sampler's error at a given NFE (issue 12).
+
+Given a model (a pipeline folder or object, a raw network with its schedule and parameterisation, or an exact
+denoiser), a deterministic sampler and an NFE budget, :func:`optimize_grid` finds the n evaluation times
+t_0 = t_max > t_1 > … > t_{n−1} (the end point is the sampler's usual one, t = 0 unless the scheduler config ends
+elsewhere) that minimise the error of the sampler's final sample against a reference solution of the same
+probability-flow ODE from the same starting noise, on a small calibration batch; a second batch that the grid
+never saw scores it (held-out error).
+
+Method (GITS: Chen et al. 2024, "On the trajectory regularity of ODE-based diffusion sampling", §4 [GITS]):
+
+1. **Reference.** The PF-ODE dx̃/dσ̃ = (x̃ − D)/σ̃ is solved by the ``ode`` sampler with classical RK4 on a fine
+   grid through every candidate time (``candidates`` times uniform in log-SNR λ between t_max and the schedule's
+   smallest time, snapped to the training indices on a table; ``reference_substeps`` RK4 steps between two
+   candidates), from x_{t_max} = z √(s² + σ²). The same solve with every other grid point (twice the step)
+   must agree with it: the RMS difference of the end points, relative to their RMS, must be below
+   ``reference_rtol`` (default 10⁻³; RK4's own error is then ≈ 1/16 of that), otherwise a ValueError says that
+   the reference does not converge.
+2. **Dynamic programming.** The cost of a step from candidate i to candidate j > i is the error of *one step of
+   the sampler itself* (its own ``prepare`` and ``loop`` on the two-point grid [t_i, t_j]) started from the
+   reference x_ref(t_i), measured against x_ref(t_j): the mean over the calibration batch of the per-sample RMS.
+   A single-evaluation sampler's first evaluation at (x_ref(t_i), t_i) is the reference's own first RK4 stage,
+   so its costs need no model call; a sampler with several evaluations per step (Heun, RK) evaluates its inner
+   stages, batched over all j. The cheapest path of exactly n steps from t_max to the end point is found by DP
+   over the (candidates + 1)² costs. A multistep sampler (DEIS, DPM-Solver++, UniPC, iPNDM, LMS, PNDM) started
+   on a two-point grid takes its first-order warm-up step, so the DP optimises its *first-order base*; step 3
+   then optimises its full error.
+3. **Coordinate descent** (``refine=True``, the default) on the full sampler's error: each interior time moves
+   by ±δ in normalised λ (δ halving from 4/candidates to 1/(4·candidates), snapped to training indices on a
+   table), all 2(n − 1) trial grids evaluated together, the improving moves kept (all of them when their
+   combination still improves, else the best one). The local costs of step 2 ignore how an early error is
+   amplified or damped later, and a multistep method's history; this step sees both.
+
+The NFE is counted by preparing the sampler on a real grid: n is the largest number of grid times whose
+evaluations (``len(sampler.prepare(grid))``: Heun's last step to t = 0 is Euler, RK4 takes 4 per step) fit in the
+budget; the minimum NFE is that of the smallest grid with a free time (n = 2): 2 for DDIM, 3 for EDM's Heun, 5 for
+RK4. The comparison ("before") is the sampler's default grid at the same n — the pipeline's configured grid for
+a pipeline — run from its own first time with the same noise z scaled as a pipeline scales it (so a grid that
+starts late, like diffusers' ``leading`` spacing, pays for its start too).
+
+Why DP + coordinate descent rather than gradient descent through a differentiable sampler (DMN-style): every
+registered sampler runs unchanged through its own loop (unisde's samplers precompute their coefficients as Python
+floats, so they are not differentiable in the times), the DP's global optimum over the candidate lattice needs no
+initialisation or learning rate, and on the exact Gaussian, where a hand-written differentiable DDIM can be
+optimised by Adam, DP + coordinate descent reaches the same error (the measurements are in ``docs/grids.md``).
+
+The result (:class:`OptimizedGrid`) is stored as the registered grid ``optimized`` with option ``times``:
+``UnifiedScheduler(time_grid="optimized", time_grid_options={"times": [...]})``, so ``save_pretrained`` carries it
+and ``from_pretrained`` reuses it; :meth:`OptimizedGrid.save` writes it into a pipeline folder (scheduler config,
+model index and a model-card section, each file replaced atomically). ``unisde grid optimize`` is the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from unisde.parameterizations.base import fed_timesteps
+
+from unisde._tensor import DTYPE
+from unisde.core.schedule import NoiseSchedule
+from unisde.grids import Grid, default_time_range
+from unisde.plugins import hookimpl
+from unisde.samplers.base import Option
+
+GRID_NAME = "optimized"
+CARD_BEGIN = "<!-- unisde-grid:begin -->"
+CARD_END = "<!-- unisde-grid:end -->"
+
+
+# ---------------------------------------------------------------------------------------------- the grid plugin
+def _check_times(value) -> str | None:
+    if value is None:
+        return None
+    values = list(value)
+    if not values:
+        return "must be a non-empty list of evaluation times"
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"every time must be a finite number, got {v!r}"
+        if not 0.0 < v <= 1.0:
+            return f"every time must lie in (0, 1], got {v!r}"
+    for i in range(len(values) - 1):
+        if not values[i] > values[i + 1]:
+            return f"times must be strictly decreasing; entry {i} ({values[i]!r}) is followed by {values[i + 1]!r}"
+    return None
+
+
+def _optimized_times(schedule: NoiseSchedule, n: int, times=None) -> torch.Tensor:
+    """The stored evaluation times (n of them; n must equal their number)."""
+    if times is None:
+        raise ValueError("time grid 'optimized' needs its option times (the list of evaluation times, decreasing in "
+                         "(0, 1]); `unisde grid optimize` writes it")
+    if n != len(times):
+        raise ValueError(f"time grid 'optimized' stores {len(times)} evaluation times, but {n} inference steps were "
+                         f"asked for; call set_timesteps({len(times)}) (or optimise a grid for {n} steps)")
+    return torch.tensor([float(v) for v in times], dtype=DTYPE)
+
+
+OPTIMIZED = Grid(GRID_NAME, _optimized_times, {
+    "times": Option(None, (list, tuple, type(None)), "the evaluation times, strictly decreasing in (0, 1] "
+                    "(written by unisde grid optimize)", _check_times),
+}, "stored evaluation times, e.g. optimised for a sampler and NFE (unisde grid optimize; GITS, Chen et al. 2024)")
+
+
+@hookimpl
+def unisde_register_grids(register):
+    register(OPTIMIZED)
+
+
+# ---------------------------------------------------------------------------------------------- the target
+class _DrawsNoise(Exception):
+    pass
+
+
+def _forbid_noise(x):
+    raise _DrawsNoise
+
+
+@dataclass
+class _Target:
+    """What the optimiser evaluates: ``denoise(x, t) -> (x̂0, raw x̂0)`` with t a (B,) float64 tensor of times."""
+
+    denoise: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    schedule: NoiseSchedule
+    shape: tuple
+    dtype: torch.dtype
+    device: Any
+    baseline_kind: str
+    baseline_options: dict
+    final_time: float
+    init_noise: str = "marginal"
+    parameterization: Any = None
+    pipeline: Any = None
+    scheduler_config: dict | None = None
+    label: str = ""
+    max_batch: int = 512
+
+    def start_scale(self, t: float) -> float:
+        s, sigma = float(self.schedule.s(t)), float(self.schedule.sigma(t))
+        if self.init_noise == "unit":
+            return 1.0
+        if self.init_noise == "sigma":
+            return sigma
+        return math.sqrt(s * s + sigma * sigma)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor):
+        if x.shape[0] <= self.max_batch:
+            return self.denoise(x, t)
+        parts = [self.denoise(xc, tc) for xc, tc in zip(x.split(self.max_batch), t.split(self.max_batch))]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.dtype).to(x.device).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _model_denoiser(model, schedule, param, postprocess=None, rounding=None):
+    """x̂0 of a raw network ``model(c_in x, timestep)`` at per-sample times (as ``unisde.sample`` feeds it)."""
+
+    def denoise(x, t):
+        a, b = param.coefficients(schedule, t)
+        c_in = param.input_scale(schedule, t)
+        model_t = param.model_time(schedule, t)
+        model_t = fed_timesteps(model_t, schedule, rounding)
+        with torch.no_grad():
+            out = model(x * _per_sample(c_in, x), model_t.to(x.device))
+        out = getattr(out, "sample", out)
+        if isinstance(out, tuple):
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"the model returned {type(out).__name__}, not a tensor")
+        if out.shape != x.shape and out.ndim == x.ndim and out.shape[0] == x.shape[0] and \
+                out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
+            out = out[:, : x.shape[1]]  # a learned variance in the extra channels
+        if out.shape != x.shape:
+            raise ValueError(f"the model's output has shape {tuple(out.shape)} but the sample has shape "
+                             f"{tuple(x.shape)}; the model does not fit this sample shape")
+        raw = x * _per_sample(a, x) + out.to(x.dtype) * _per_sample(b, x)
+        return (raw if postprocess is None else postprocess(raw)), raw
+
+    return denoise
+
+
+def _function_denoiser(fn):
+    def denoise(x, t):
+        with torch.no_grad():
+            out = fn(x, t)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the denoiser's output has shape {shape} but the sample has shape {tuple(x.shape)}")
+        out = out.to(x.dtype)
+        return out, out
+
+    return denoise
+
+
+def _unified(pipe_scheduler_config: dict, sampler: str, sampler_options: dict | None, **overrides):
+    from unisde.diffusers.scheduler import UnifiedScheduler
+
+    cfg = dict(pipe_scheduler_config)
+    own = cfg.get("_class_name") == "UnifiedScheduler" or "sampler" in cfg
+    if sampler_options is None:
+        sampler_options = dict(cfg.get("sampler_options") or {}) if own and cfg.get("sampler") == sampler else {}
+    return UnifiedScheduler.from_config(cfg, sampler=sampler, sampler_options=sampler_options, **overrides)
+
+
+def _scheduler_final_time(scheduler) -> float:
+    """The end point UnifiedScheduler.set_timesteps appends (its rule, read from the config)."""
+    cfg, sched = scheduler.config, scheduler.noise_schedule
+    final = 0.0
+    if getattr(scheduler._sampler, "final_from_config", False) and not cfg.set_alpha_to_one and sched.is_discrete:
+        final = 1.0 / sched.num_train_timesteps
+    if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
+        final = 1.0 / sched.num_train_timesteps
+    return final
+
+
+def _pipeline_target(pipe, sampler, sampler_options, device):
+    """Target of a diffusers pipeline with a UNet (any scheduler: converted to UnifiedScheduler)."""
+    unet = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if unet is None or getattr(pipe, "scheduler", None) is None:
+        raise ValueError(f"{type(pipe).__name__} has no unet and scheduler; grid optimisation needs an "
+                         "unconditional pipeline (UNet + scheduler) or a model with schedule and parameterization")
+    cfg = dict(pipe.scheduler.config)
+    overrides = {}
+    if cfg.get("time_grid") == GRID_NAME:  # re-optimising: compare against the config's own spacing
+        overrides = {"time_grid": None, "time_grid_options": None}
+    scheduler = _unified(cfg, sampler, sampler_options, **overrides)
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (int(unet.config.in_channels),) + size
+    dtype = next(unet.parameters()).dtype if any(True for _ in unet.parameters()) else torch.float32
+    if device is not None:
+        unet = unet.to(device)
+    post = scheduler._postprocess if (scheduler._clip is not None or scheduler._threshold is not None) else None
+    denoise = _model_denoiser(unet, scheduler.noise_schedule, scheduler.parameterization, post,
+                              scheduler.config.get("timestep_rounding"))
+    return _Target(denoise, scheduler.noise_schedule, shape, dtype, device or unet.device, scheduler._grid_kind(),
+                   scheduler._grid_options(None), _scheduler_final_time(scheduler), scheduler.config.init_noise,
+                   scheduler.parameterization, pipe, dict(pipe.scheduler.config), type(pipe).__name__)
+
+
+def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler, sampler_options, device,
+                 baseline_grid, baseline_options):
+    from unisde.analytic import _Analytic
+    from unisde.plugins import get_parameterization, get_sampler
+
+    if isinstance(model, (str, os.PathLike)):
+        from unisde.diffusers.pipeline import load_pipeline
+
+        path = os.fspath(model)
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise ValueError(f"{path!r} is not a pipeline folder: it has no model_index.json")
+        model = load_pipeline(path)
+    if model is not None and hasattr(model, "scheduler") and hasattr(model, "components"):
+        target = _pipeline_target(model, sampler, sampler_options, device)
+    else:
+        if (model is None) == (denoiser is None):
+            raise ValueError("pass exactly one of model (a pipeline folder or object, a network, or an exact "
+                             "distribution from unisde.analytic) and denoiser")
+        if schedule is None:
+            raise ValueError("a model or denoiser needs its schedule (a name, a dict or a NoiseSchedule)")
+        sched = schedule if isinstance(schedule, NoiseSchedule) else NoiseSchedule.from_config(schedule)
+        param = None
+        if isinstance(model, _Analytic):
+            dist = model
+            denoise = _function_denoiser(lambda x, t: dist.denoise(x, t, sched))
+            shape = tuple(shape or dist.event_shape)
+            if tuple(shape) != tuple(dist.event_shape):
+                raise ValueError(f"shape {tuple(shape)} does not match the distribution's event shape "
+                                 f"{tuple(dist.event_shape)}")
+            dtype = DTYPE
+        elif denoiser is not None:
+            if shape is None:
+                raise ValueError("a denoiser needs the sample shape (shape=(C, H, W) or (d,))")
+            denoise, dtype = _function_denoiser(denoiser), DTYPE
+        else:
+            if parameterization is None or shape is None:
+                raise ValueError("a network needs its parameterization and the sample shape (shape=...)")
+            param = get_parameterization(parameterization)
+            denoise = _model_denoiser(model, sched, param)
+            params = list(model.parameters()) if hasattr(model, "parameters") else []
+            dtype = params[0].dtype if params else torch.float32
+        smp = get_sampler(sampler)(sched, **(sampler_options or {}))
+        kind = smp.default_grid if smp.default_grid != "config" else "leading"
+        target = _Target(denoise, sched, tuple(int(v) for v in shape), dtype, device or "cpu", kind, {}, 0.0,
+                         parameterization=param, label=type(model).__name__ if model is not None else "denoiser")
+    if baseline_grid is not None:
+        from unisde.plugins import get_grid
+
+        get_grid(baseline_grid)
+        target.baseline_kind, target.baseline_options = baseline_grid, dict(baseline_options or {})
+    elif baseline_options:
+        target.baseline_options = {**target.baseline_options, **baseline_options}
+    if target.baseline_kind == GRID_NAME:
+        raise ValueError("the baseline grid must be a spacing rule, not the stored 'optimized' grid; pass "
+                         "baseline_grid=... (e.g. 'leading', 'karras')")
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- driving loops
+def _drive(loops, target: _Target, first=None, record=None, counter=None):
+    """Run several sampler loops to completion together, batching every round of model evaluations into one call.
+
+    ``loops``: list of (sampler, x, eval_times); ``first`` = (x, D, raw) known at every loop's evaluation 0 (no
+    model call there when the loop asks for exactly that x); ``record(loop, k, x, D)`` after each evaluation.
+    Returns the final samples. A loop that draws noise raises ValueError (the optimiser needs a deterministic one).
+    """
+    gens, xs, ks, finals = [], [], [], [None] * len(loops)
+    for smp, x, _ in loops:
+        smp.noise_sampler, smp.generator = _forbid_noise, None
+        g = smp.loop(x, 0)
+        gens.append(g)
+        xs.append(next(g))
+        ks.append(0)
+    active = list(range(len(loops)))
+    try:
+        while active:
+            need, cached = [], {}
+            for m in active:
+                if first is not None and ks[m] == 0 and abs(float(loops[m][2][0]) - float(first[3])) < 1e-12 \
+                        and (xs[m] is first[0] or torch.equal(xs[m], first[0])):
+                    cached[m] = (first[1], first[2])
+                else:
+                    need.append(m)
+            if need:
+                x_all = torch.cat([xs[m] for m in need])
+                t_all = torch.cat([torch.full((xs[m].shape[0],), float(loops[m][2][ks[m]]), dtype=DTYPE) for m in need])
+                d_all, r_all = target(x_all, t_all)
+                if counter is not None:
+                    counter[0] += x_all.shape[0]
+                off = 0
+                for m in need:
+                    b = xs[m].shape[0]
+                    cached[m] = (d_all[off:off + b], r_all[off:off + b])
+                    off += b
+            still = []
+            for m in active:
+                d, r = cached[m]
+                if record is not None:
+                    record(m, ks[m], xs[m], d, r)
+                smp = loops[m][0]
+                smp.raw_denoised = r
+                try:
+                    xs[m] = gens[m].send((xs[m], d))
+                    ks[m] += 1
+                    still.append(m)
+                except StopIteration as done:
+                    finals[m] = done.value
+            active = still
+    except _DrawsNoise:
+        raise ValueError(f"sampler {loops[0][0].name!r} draws noise with these options; grid optimisation needs a "
+                         "deterministic sampler (an ODE solver, or e.g. ddim with eta=0)") from None
+    return finals
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample root-mean-square difference, float64 (B,)."""
+    d = (a.to(DTYPE) - b.to(DTYPE)).reshape(a.shape[0], -1)
+    return d.pow(2).mean(1).sqrt()
+
+
+# ---------------------------------------------------------------------------------------------- the optimiser
+@dataclass
+class OptimizedGrid:
+    """An optimised grid and how well it does. Errors are the mean over a batch of the per-sample RMS difference
+    between the sampler's final sample and the reference solution (in data units)."""
+
+    times: list
+    sampler: str
+    sampler_options: dict
+    nfe: int
+    calibration_error: float
+    holdout_error: float
+    baseline_grid: str
+    baseline_times: list
+    baseline_calibration_error: float
+    baseline_holdout_error: float
+    dp_calibration_error: float
+    dp_holdout_error: float
+    calibration: int
+    holdout: int
+    seed: int
+    candidates: int
+    reference: dict
+    model_timesteps: list = field(default_factory=list)
+    final_time: float = 0.0
+    model_evaluations: int = 0
+    method: str = "dp+cd"
+
+    @property
+    def steps(self) -> int:
+        return len(self.times)
+
+    def scheduler_kwargs(self) -> dict:
+        """The UnifiedScheduler config keys that select this grid (and its sampler)."""
+        return {"sampler": self.sampler, "sampler_options": dict(self.sampler_options), "time_grid": GRID_NAME,
+                "time_grid_options": {"times": [float(t) for t in self.times]}}
+
+    def scheduler(self, config: dict):
+        """A UnifiedScheduler from another scheduler's ``config`` with this grid (and sampler) set."""
+        from unisde.diffusers.scheduler import UnifiedScheduler
+
+        return UnifiedScheduler.from_config(dict(config), **self.scheduler_kwargs())
+
+    def apply(self, pipe):
+        """Give ``pipe`` a UnifiedScheduler that samples on this grid (``pipe(num_inference_steps=self.steps)``);
+        returns the pipeline. ``pipe.save_pretrained`` then carries the grid."""
+        pipe.scheduler = self.scheduler(pipe.scheduler.config)
+        return pipe
+
+    def summary(self) -> str:
+        """Plain-text report: the grid and the errors before and after."""
+        gain = lambda before, after: f"{before / after:.2f}×" if after > 0 else "∞"  # noqa: E731
+        ts = ", ".join(f"{t:.4f}" for t in self.times)
+        lines = [f"optimised grid for sampler {self.sampler!r} at NFE {self.nfe} ({self.steps} grid times, "
+                 f"end point t = {self.final_time:g}):",
+                 f"  times           [{ts}]"]
+        if self.model_timesteps:
+            lines.append(f"  model timesteps [{', '.join(_fmt_step(v) for v in self.model_timesteps)}]")
+        lines += [f"  default grid {self.baseline_grid!r}: [{', '.join(f'{t:.4f}' for t in self.baseline_times)}]",
+                  f"  error vs reference (mean per-sample RMS)   calibration ({self.calibration})   "
+                  f"held-out ({self.holdout})",
+                  f"    default grid                             {self.baseline_calibration_error:<18.5g}   "
+                  f"{self.baseline_holdout_error:.5g}",
+                  f"    dynamic programming                      {self.dp_calibration_error:<18.5g}   "
+                  f"{self.dp_holdout_error:.5g}",
+                  f"    optimised ({self.method})                 {self.calibration_error:<18.5g}   "
+                  f"{self.holdout_error:.5g}",
+                  f"  held-out improvement over the default grid: "
+                  f"{gain(self.baseline_holdout_error, self.holdout_error)}",
+                  f"  reference: {self.reference['solver']} with {self.reference['steps']} steps; halving the step "
+                  f"changes it by {self.reference['halving_change']:.2g} (relative, tolerance "
+                  f"{self.reference['rtol']:.0e})"]
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """The model-card section (between the ``unisde-grid`` markers)."""
+        ts = ", ".join(f"{t:.6g}" for t in self.times)
+        rows = [("default (`%s`)" % self.baseline_grid, self.baseline_calibration_error, self.baseline_holdout_error),
+                ("dynamic programming only", self.dp_calibration_error, self.dp_holdout_error),
+                (f"**optimised** ({self.method})", self.calibration_error, self.holdout_error)]
+        table = "\n".join(f"| {name} | {cal:.5g} | {hold:.5g} |" for name, cal, hold in rows)
+        opts = json.dumps(self.sampler_options) if self.sampler_options else "{}"
+        steps = ", ".join(_fmt_step(v) for v in self.model_timesteps)
+        return (f"{CARD_BEGIN}\n## Optimised time grid (measured by `unisde grid optimize`)\n\n"
+                f"The scheduler samples with `{self.sampler}` (options `{opts}`) on the stored grid `optimized` at "
+                f"**NFE {self.nfe}** ({self.steps} grid times): call the pipeline with "
+                f"`num_inference_steps={self.steps}`.\n\n"
+                f"- times t: `[{ts}]` (then the end point t = {self.final_time:g})\n"
+                + (f"- model timesteps: `[{steps}]`\n" if steps else "")
+                + f"- found by dynamic programming over {self.candidates} candidate times (GITS) then coordinate "
+                f"descent on the sampler's full error, on {self.calibration} calibration starts (seed {self.seed}); "
+                f"scored on {self.holdout} held-out starts\n"
+                f"- reference: the PF-ODE solved by {self.reference['solver']} in {self.reference['steps']} steps "
+                f"(halving the step changes it by {self.reference['halving_change']:.2g}, relative)\n\n"
+                "Error against the reference (mean per-sample RMS, data units):\n\n"
+                f"| grid at NFE {self.nfe} | calibration | held-out |\n|---|---:|---:|\n{table}\n{CARD_END}\n")
+
+    def save(self, folder: str) -> None:
+        """Store the grid in a pipeline folder: ``scheduler/scheduler_config.json`` (a UnifiedScheduler config with
+        this sampler and grid), ``model_index.json`` (its scheduler entry) and a ``README.md`` section. Everything
+        is prepared and checked first, then each file replaced atomically (temporary file + ``os.replace``)."""
+        save_grid(self, folder)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _fmt_step(v: float) -> str:
+    return str(int(round(v))) if abs(v - round(v)) < 1e-9 else f"{v:.4g}"
+
+
+def _steps_for_nfe(target: _Target, sampler_cls, sampler_options, nfe: int):
+    """(n, evaluations(n), baseline grid at n, minimum NFE): the most grid times whose evaluations fit in ``nfe``."""
+    from unisde.grids import make_grid
+
+    def count(n):
+        grid = make_grid(target.schedule, n, target.baseline_kind, final_time=target.final_time,
+                         **target.baseline_options)
+        smp = sampler_cls(target.schedule, **sampler_options)
+        return len(smp.prepare(grid)), grid
+
+    minimum = count(2)[0]
+    if nfe < minimum:
+        smp = sampler_cls(target.schedule, **sampler_options)
+        raise ValueError(f"nfe={nfe} is below the minimum {minimum} for sampler {smp.name!r} with options "
+                         f"{sampler_options or {}}: its smallest grid with a time to place (2 grid times) takes "
+                         f"{minimum} model evaluations (order {getattr(smp, 'order', 1)} per step)")
+    n, best = 2, None
+    while True:
+        try:
+            evals, grid = count(n)
+        except ValueError:
+            break
+        if evals > nfe:
+            break
+        best = (n, evals, grid)
+        n += 1
+        if n > 10000:
+            break
+    return best + (minimum,)
+
+
+def _candidates(target: _Target, count: int, t_max: float, t_min: float) -> torch.Tensor:
+    """``count`` times uniform in λ from t_max to t_min (ends exact), snapped to training indices on a table."""
+    sched = target.schedule
+    lam_hi, lam_lo = float(sched.log_snr(t_max)), float(sched.log_snr(t_min))
+    if not (math.isfinite(lam_hi) and math.isfinite(lam_lo)) or lam_lo <= lam_hi:
+        times = torch.linspace(t_max, t_min, count, dtype=DTYPE)
+    else:
+        times = sched.t_from_log_snr(torch.linspace(lam_hi, lam_lo, count, dtype=DTYPE))
+        times[0], times[-1] = t_max, t_min
+    if sched.is_discrete:
+        N = sched.num_train_timesteps
+        idx = torch.unique(torch.round(times * N - 1).clamp(round(t_min * N - 1), round(t_max * N - 1)))
+        times = ((idx + 1) / N).flip(0).to(DTYPE)
+    return times
+
+
+def _lattice(target: _Target, t_max: float, t_min: float):
+    """(to_u, from_u): normalised λ coordinate u ∈ [0, 1] (0 at t_max) and back (snapped on a table)."""
+    sched = target.schedule
+    lam_hi, lam_lo = float(sched.log_snr(t_max)), float(sched.log_snr(t_min))
+    use_lam = math.isfinite(lam_hi) and math.isfinite(lam_lo) and lam_lo > lam_hi
+
+    def to_u(t: float) -> float:
+        if use_lam:
+            return (float(sched.log_snr(t)) - lam_hi) / (lam_lo - lam_hi)
+        return (t_max - t) / (t_max - t_min)
+
+    def from_u(u: float) -> float:
+        u = min(max(u, 0.0), 1.0)
+        t = float(sched.t_from_log_snr(torch.tensor(lam_hi + u * (lam_lo - lam_hi), dtype=DTYPE))) if use_lam \
+            else t_max - u * (t_max - t_min)
+        if sched.is_discrete:
+            N = sched.num_train_timesteps
+            t = (round(t * N - 1) + 1) / N
+        return min(max(t, t_min), t_max)
+
+    return to_u, from_u
+
+
+def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_options: dict | None = None,
+                  denoiser: Callable | None = None, schedule=None, parameterization=None, shape=None,
+                  calibration: int = 16, holdout: int = 16, seed: int = 0, candidates: int = 100,
+                  refine: bool = True, reference_substeps: int = 1, reference_rtol: float = 1e-3,
+                  t_max: float | None = None, t_min: float | None = None, baseline_grid: str | None = None,
+                  baseline_options: dict | None = None, device=None, progress: bool = False,
+                  max_sweeps: int = 6) -> OptimizedGrid:
+    """Find the evaluation times that minimise ``sampler``'s error at ``nfe`` model evaluations (module doc).
+
+    model: a pipeline folder, a diffusers pipeline (UNet + any scheduler, converted to UnifiedScheduler with
+        ``sampler``), an exact distribution (:class:`unisde.analytic.Gaussian`, ``GaussianMixture``, ``Empirical``)
+        with ``schedule``, or a network ``model(c_in x, timestep)`` with ``schedule``, ``parameterization`` and
+        ``shape``; or pass ``denoiser(x, t) -> x̂0`` (t a (B,) tensor of times in [0, 1]) with ``schedule`` and
+        ``shape`` instead.
+    nfe: the model-evaluation budget (the grid takes the most grid times whose evaluations fit).
+    calibration / holdout: batch sizes of the starts the grid is fitted on / scored on (noise from ``seed``).
+    candidates: size of the DP's candidate lattice; refine: coordinate descent on the full error afterwards.
+    reference_substeps / reference_rtol: RK4 steps per candidate interval of the reference, and the halving test's
+        relative tolerance.
+    t_max / t_min: the first evaluation time (default 1, the prior) and the smallest candidate (default: the
+        schedule's smallest sampling time). baseline_grid / baseline_options: the grid to compare with (default:
+        the pipeline's configured grid, else the sampler's default).
+    Raises ValueError before any long work for a bad NFE, batch size, sampler, or a model whose output does not
+    match the sample; after the reference solve when it does not converge.
+    """
+    from tqdm.auto import tqdm
+
+    from unisde.grids import make_grid
+    from unisde.plugins import get_sampler
+
+    for name, value, low in (("calibration", calibration, 1), ("holdout", holdout, 1), ("candidates", candidates, 4),
+                             ("reference_substeps", reference_substeps, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}"
+                             + (" (the calibration batch is what the grid is fitted on)" if name == "calibration" else ""))
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    if not 0.0 < float(reference_rtol) < 1.0:
+        raise ValueError(f"reference_rtol must lie in (0, 1), got {reference_rtol!r}")
+    sampler_cls = get_sampler(sampler)
+    if sampler_options is not None and not isinstance(sampler_options, dict):
+        raise ValueError(f"sampler_options must be a dict, got {type(sampler_options).__name__}")
+    sampler_options = dict(sampler_options or {})
+    sampler_cls.validate_options(sampler_options)
+    target = _make_target(model, denoiser=denoiser, schedule=schedule, parameterization=parameterization, shape=shape,
+                          sampler=sampler, sampler_options=sampler_options, device=device,
+                          baseline_grid=baseline_grid, baseline_options=baseline_options)
+    sched = target.schedule
+    n, nfe_used, base_grid, _ = _steps_for_nfe(target, sampler_cls, sampler_options, nfe)
+    lo, hi = default_time_range(sched)
+    t_max = hi if t_max is None else float(t_max)
+    t_min = lo if t_min is None else float(t_min)
+    final = target.final_time
+    if sched.is_discrete and final > 0:
+        t_min = max(t_min, final + 1.0 / sched.num_train_timesteps)
+    if not final < t_min < t_max <= 1.0:
+        raise ValueError(f"need end point {final:g} < t_min < t_max <= 1, got t_min={t_min:g}, t_max={t_max:g}")
+    cand = _candidates(target, candidates, t_max, t_min)
+    M = cand.numel()
+    if M < n:
+        raise ValueError(f"only {M} distinct candidate times between t_max={t_max:g} and t_min={t_min:g}, fewer than "
+                         f"the {n} grid times of NFE {nfe}; raise candidates or lower nfe")
+
+    # The starts: calibration first, then the held-out ones.
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn((calibration + holdout,) + target.shape, generator=gen, dtype=torch.float64)
+    z = z.to(target.dtype).to(target.device)
+    K = calibration
+
+    # Cheap checks first: the model's output shape (one call on one start) and a deterministic sampler.
+    x_probe = z[:1] * target.start_scale(t_max)
+    d_probe, _ = target(x_probe, torch.full((1,), t_max, dtype=DTYPE))
+    if not bool(torch.isfinite(d_probe).all()):
+        raise ValueError(f"the model's output at t={t_max:g} is not finite")
+    probe = sampler_cls(sched, **sampler_options)
+    probe.prepare(base_grid)
+    _drive([(probe, x_probe, probe.prepare(base_grid))],
+           _Target(lambda x, t: (torch.zeros_like(x), torch.zeros_like(x)), sched, target.shape, target.dtype,
+                   target.device, "", {}, final))
+
+    counter = [0]
+    # 1. Reference: RK4 through every candidate, and the same with twice the step (halving test).
+    fine = _refine(sched, cand, reference_substeps, final)
+    keep = list(range(0, fine.numel() - 2, 2)) + [fine.numel() - 2, fine.numel() - 1]
+    coarse = fine[sorted(set(keep))]
+    ode_f = get_sampler("ode")(sched, solver="rk4")
+    ode_c = get_sampler("ode")(sched, solver="rk4")
+    eval_f, eval_c = ode_f.prepare(fine), ode_c.prepare(coarse)
+    x0 = z * target.start_scale(t_max)
+    where = {float(t): i for i, t in enumerate(cand)}
+    cand_steps = {s: where[float(fine[s])] for s in range(fine.numel() - 1) if float(fine[s]) in where}
+    starts = {k: step for k, step in ode_f.step_starts.items()}
+    x_ref = [None] * (M + 1)
+    d_ref = [None] * M
+    r_ref = [None] * M
+    bar = tqdm(total=len(eval_f), desc="reference (RK4)", unit="eval", disable=not progress, leave=False)
+
+    def record(loop, k, x, d, r):
+        if loop == 0:
+            bar.update(1)
+            step = starts.get(k)
+            if step is not None and step in cand_steps:
+                i = cand_steps[step]
+                x_ref[i], d_ref[i], r_ref[i] = x, d, r
+    end_f, end_c = _drive([(ode_f, x0, eval_f), (ode_c, x0, eval_c)], target, record=record, counter=counter)
+    bar.close()
+    x_ref[M] = end_f
+    if not bool(torch.isfinite(end_f).all()):
+        raise ValueError("the reference solve produced NaN or inf; the model is not usable on this schedule")
+    scale = float(end_f.to(DTYPE).pow(2).mean().sqrt())
+    change = float(_rms(end_f, end_c).pow(2).mean().sqrt()) / max(scale, 1e-12)
+    reference = {"solver": "ode rk4", "steps": int(fine.numel() - 1), "evaluations": int(len(eval_f)),
+                 "halving_change": change, "rtol": float(reference_rtol)}
+    if not change <= reference_rtol:
+        raise ValueError(f"the reference solve does not converge: halving its step ({len(coarse) - 1} → "
+                         f"{len(fine) - 1} RK4 steps) changed the solution by {change:.3g} (relative RMS), more than "
+                         f"reference_rtol={reference_rtol:g}; raise candidates or reference_substeps, or check the "
+                         "model (a denoiser that is not smooth in x and t has no accurate ODE solution)")
+
+    cal = slice(0, K)
+    hold = slice(K, K + holdout)
+
+    def full_error(times_list, part, grids=None):
+        """Mean per-sample RMS error of full runs on each grid (lists of times), on batch ``part``."""
+        loops = []
+        for times in times_list:
+            grid = make_grid(sched, len(times), GRID_NAME, final_time=final, times=[float(t) for t in times]) \
+                if grids is None else grids[len(loops)]
+            smp = sampler_cls(sched, **sampler_options)
+            eval_t = smp.prepare(grid)
+            loops.append((smp, z[part] * target.start_scale(float(eval_t[0])), eval_t))
+        ends = _drive(loops, target, counter=counter)
+        return [float(_rms(e, x_ref[M][part]).mean()) for e in ends]
+
+    # 2. DP over the candidates with the sampler's own one-step errors as costs.
+    cost = torch.full((M + 1, M + 1), math.inf, dtype=DTYPE)
+    nodes = torch.cat([cand, torch.tensor([final], dtype=DTYPE)])
+    for i in tqdm(range(M), desc="step costs", unit="node", disable=not progress, leave=False):
+        loops = []
+        xi = x_ref[i][cal]
+        for j in range(i + 1, M + 1):
+            smp = sampler_cls(sched, **sampler_options)
+            eval_t = smp.prepare(nodes[[i, j]].clone())
+            loops.append((smp, xi.clone(), eval_t))
+        ends = _drive(loops, target, first=(xi, d_ref[i][cal], r_ref[i][cal], float(cand[i])), counter=counter)
+        for j, e in zip(range(i + 1, M + 1), ends):
+            cost[i, j] = _rms(e, x_ref[j][cal]).mean()
+    path = _shortest_path(cost, n)
+    dp_times = [float(nodes[p]) for p in path[:-1]]
+
+    base_times = [float(t) for t in base_grid[:-1]]
+    (base_cal,) = full_error([base_times], cal, grids=[base_grid])
+    (dp_cal,) = full_error([dp_times], cal)
+    times, best = list(dp_times), dp_cal
+
+    # 3. Coordinate descent on the full error of the calibration batch.
+    if refine and n > 1:
+        to_u, from_u = _lattice(target, t_max, t_min)
+        u = [to_u(t) for t in times]
+        deltas = [4.0 / M, 2.0 / M, 1.0 / M, 0.5 / M, 0.25 / M]
+        bar = tqdm(total=len(deltas) * max_sweeps, desc="coordinate descent", unit="sweep", disable=not progress,
+                   leave=False)
+        for delta in deltas:
+            for _ in range(max_sweeps):
+                bar.update(1)
+                trials, moves = [], []
+                for k in range(1, n):
+                    for sign in (-1.0, 1.0):
+                        t_new = from_u(u[k] + sign * delta)
+                        upper = times[k - 1]
+                        lower = times[k + 1] if k + 1 < n else final
+                        if lower < t_new < upper and t_new != times[k]:
+                            trial = list(times)
+                            trial[k] = t_new
+                            trials.append(trial)
+                            moves.append((k, t_new))
+                if not trials:
+                    break
+                errs = full_error(trials, cal)
+                improving = {}
+                for (k, t_new), e in zip(moves, errs):
+                    if e < best * (1 - 1e-9) and (k not in improving or e < improving[k][1]):
+                        improving[k] = (t_new, e)
+                if not improving:
+                    break
+                combined = list(times)
+                for k, (t_new, _) in improving.items():
+                    combined[k] = t_new
+                ok = all(combined[i] > combined[i + 1] for i in range(n - 1))
+                e_comb = full_error([combined], cal)[0] if ok and len(improving) > 1 else math.inf
+                k_best = min(improving, key=lambda k: improving[k][1])
+                if e_comb < improving[k_best][1]:
+                    times, best = combined, e_comb
+                else:
+                    times[k_best], best = improving[k_best]
+                u = [to_u(t) for t in times]
+            else:
+                continue
+        bar.close()
+
+    (base_hold,) = full_error([base_times], hold, grids=[base_grid])
+    dp_hold, opt_hold = full_error([dp_times, times], hold)
+    model_steps = []
+    if target.parameterization is not None:
+        model_steps = [float(v) for v in target.parameterization.model_time(sched, torch.tensor(times, dtype=DTYPE))]
+    return OptimizedGrid(times=[float(t) for t in times], sampler=sampler, sampler_options=dict(sampler_options),
+                         nfe=int(nfe_used), calibration_error=best, holdout_error=opt_hold,
+                         baseline_grid=target.baseline_kind, baseline_times=base_times,
+                         baseline_calibration_error=base_cal, baseline_holdout_error=base_hold,
+                         dp_calibration_error=dp_cal, dp_holdout_error=dp_hold, calibration=K, holdout=holdout,
+                         seed=int(seed), candidates=M, reference=reference, model_timesteps=model_steps,
+                         final_time=float(final), model_evaluations=int(counter[0]),
+                         method="dp+cd" if refine else "dp")
+
+
+def _refine(schedule: NoiseSchedule, cand: torch.Tensor, substeps: int, final: float) -> torch.Tensor:
+    """Candidates with ``substeps`` steps per interval (uniform in log σ̃ between candidates), plus the end point."""
+    if substeps == 1:
+        return torch.cat([cand, torch.tensor([final], dtype=DTYPE)])
+    ve = schedule.ve_sigma(cand)
+    out = []
+    for i in range(cand.numel() - 1):
+        a, b = float(ve[i]), float(ve[i + 1])
+        out.append(float(cand[i]))
+        if a > 0 and b > 0 and math.isfinite(a):
+            inner = torch.exp(torch.linspace(math.log(a), math.log(b), substeps + 1, dtype=DTYPE))[1:-1]
+            ts = schedule.t_from_sigma(inner)
+        else:
+            ts = torch.linspace(float(cand[i]), float(cand[i + 1]), substeps + 1, dtype=DTYPE)[1:-1]
+        out.extend(float(t) for t in ts if float(cand[i + 1]) < float(t) < float(cand[i]))
+    out.append(float(cand[-1]))
+    out.append(final)
+    return torch.tensor(out, dtype=DTYPE)
+
+
+def _shortest_path(cost: torch.Tensor, n: int) -> list[int]:
+    """Node indices 0 = p_0 < … < p_n = last of the cheapest path of exactly n steps (DP, O(n · nodes²))."""
+    nodes = cost.shape[0]
+    best = torch.full((n + 1, nodes), math.inf, dtype=DTYPE)
+    back = torch.zeros((n + 1, nodes), dtype=torch.long)
+    best[0, 0] = 0.0
+    for k in range(1, n + 1):
+        total = best[k - 1][:, None] + cost  # [i, j]: arrive at j from i
+        best[k], back[k] = total.min(0)
+    if not math.isfinite(float(best[n, nodes - 1])):
+        raise ValueError(f"no path of {n} steps through the candidates")
+    path = [nodes - 1]
+    for k in range(n, 0, -1):
+        path.append(int(back[k, path[-1]]))
+    return path[::-1]
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def _atomic_texts(files: dict) -> None:
+    """Write every {path: text} through temporary files in the same folders, then ``os.replace`` them all; on a
+    failure before the replacements no file is touched and the temporaries are removed."""
+    temps = {}
+    try:
+        for path, text in files.items():
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".unisde-", suffix=".tmp")
+            temps[path] = tmp
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def card_with_section(card: str, section: str) -> str:
+    """``card`` with its ``unisde-grid`` section replaced by ``section`` (appended when it has none)."""
+    if CARD_BEGIN in card and CARD_END in card:
+        head, rest = card.split(CARD_BEGIN, 1)
+        tail = rest.split(CARD_END, 1)[1].lstrip("\n")
+        return head + section + (("\n" + tail) if tail else "")
+    sep = "" if not card or card.endswith("\n\n") else ("\n" if card.endswith("\n") else "\n\n")
+    return card + sep + section
+
+
+def save_grid(result: OptimizedGrid, folder: str) -> None:
+    """See :meth:`OptimizedGrid.save`."""
+    from unisde.diffusers.scheduler import UnifiedScheduler
+
+    index_path = os.path.join(folder, "model_index.json")
+    cfg_path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(index_path) or not os.path.isfile(cfg_path):
+        raise ValueError(f"{folder!r} is not a pipeline folder: expected model_index.json and "
+                         "scheduler/scheduler_config.json")
+    with open(index_path, encoding="utf-8") as fh:
+        index = json.load(fh)
+    with open(cfg_path, encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    scheduler = result.scheduler(cfg)
+    scheduler.set_timesteps(result.steps)  # the stored grid must load and run before anything is written
+    if len(scheduler.timesteps) != result.nfe:
+        raise ValueError(f"the stored grid gives {len(scheduler.timesteps)} model evaluations, not NFE {result.nfe}")
+    check = UnifiedScheduler.from_config(json.loads(scheduler.to_json_string()))
+    check.set_timesteps(result.steps)
+    index["scheduler"] = ["unisde.scheduler", "UnifiedScheduler"]
+    card_path = os.path.join(folder, "README.md")
+    card = open(card_path, encoding="utf-8").read() if os.path.isfile(card_path) else ""
+    _atomic_texts({cfg_path: scheduler.to_json_string(),
+                   index_path: json.dumps(index, indent=2, sort_keys=True) + "\n",
+                   card_path: card_with_section(card, result.markdown())})
+
+
+__all__ = ["OPTIMIZED", "OptimizedGrid", "optimize_grid", "save_grid", "card_with_section"]
