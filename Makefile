@@ -28,6 +28,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/unisde demo
 
 test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 -q tests
 
 clean:
