@@ -30,8 +30,11 @@ def add_arguments(parser):
     p.add_argument("--holdout", type=int, default=16, help="other starts the grid is scored on (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--candidates", type=int, default=100, help="candidate times of the DP lattice (default 100)")
-    p.add_argument("--reference_substeps", type=int, default=1,
-                   help="RK4 steps of the reference per candidate interval (default 1)")
+    p.add_argument("--reference_substeps", default="auto",
+                   help="RK4 steps of the reference per candidate interval: an integer, or auto (1, 2, 4, 8 until "
+                        "halving the step changes the solution by less than --reference_rtol; default)")
+    p.add_argument("--reference_rtol", type=float, default=1e-2,
+                   help="halving test tolerance (relative RMS change of the reference end points; default 0.01)")
     p.add_argument("--no_refine", action="store_true", help="dynamic programming only (no coordinate descent)")
     p.add_argument("--save", action="store_true", help="store the grid in PIPELINE (scheduler config + model card)")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
@@ -49,6 +52,16 @@ def _validate(args) -> dict:
         if not isinstance(options, dict):
             raise ValueError(f"--sampler_options must be a JSON object, got {type(options).__name__}")
     get_sampler(args.sampler).validate_options(options)
+    if args.reference_substeps != "auto":
+        try:
+            args.reference_substeps = int(args.reference_substeps)
+        except ValueError:
+            raise ValueError(f"--reference_substeps must be an integer or auto, got "
+                             f"{args.reference_substeps!r}") from None
+        if args.reference_substeps < 1:
+            raise ValueError(f"--reference_substeps must be >= 1, got {args.reference_substeps}")
+    if not 0.0 < args.reference_rtol < 1.0:
+        raise ValueError(f"--reference_rtol must lie in (0, 1), got {args.reference_rtol}")
     if args.nfe < 1:
         raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
     if args.calibration < 1:
@@ -71,6 +84,7 @@ def run(args):
     result = optimize_grid(args.pipeline, sampler=args.sampler, sampler_options=options, nfe=args.nfe,
                            calibration=args.calibration, holdout=args.holdout, seed=args.seed,
                            candidates=args.candidates, reference_substeps=args.reference_substeps,
+                           reference_rtol=args.reference_rtol,
                            refine=not args.no_refine, progress=True)
     print(result.summary())
     if args.nfe != result.nfe:

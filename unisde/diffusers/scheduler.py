@@ -10,7 +10,9 @@ The sample passed in and out always lives in the model's own space x = s x0 + σ
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -26,6 +28,7 @@ from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, fed_timesteps
 from unisde.plugins import get_parameterization, get_sampler, list_samplers
 from unisde.grids import build_grid, get_grid, list_grids
 from unisde.core.schedule import NoiseSchedule
+from unisde.sampling import check_sampler_output, finite_probe, non_finite_origin
 
 COMPATIBLE_SCHEDULERS = [
     "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -33,6 +36,58 @@ COMPATIBLE_SCHEDULERS = [
     "EDMEulerScheduler", "ScoreSdeVeScheduler",
 ]
 
+
+
+class _LoopState:
+    """Everything one sampling loop reads and writes: the sampler and the per-evaluation tables of
+    ``set_timesteps``, the step counter, the running sampler loop, the deferred finiteness flags, the ScoreSdeVe
+    counters, and the thread that owns the loop.
+
+    ``set_timesteps`` builds a new state and swaps it in whole, owned by the calling thread. A step already running
+    in another thread finishes on the state it started with, so its writes never reach the new loop, and that
+    thread's next call finds a state it does not own and raises (:meth:`UnifiedScheduler._owned_state`): a
+    scheduler shared by two threads gives each either its own single-thread result or that error, never a mixed
+    sample. A copy (``copy.deepcopy``, pickle) is unowned, claimed by the first thread that steps it, and cannot
+    continue a loop that was running when it was made."""
+
+    sampler = eval_times = a = b = c_in = t_list = None
+    step_index = begin_index = loop = loop_next = runs = None
+    run_index = run_calls = 0
+    copied_mid_loop = False
+
+    def __init__(self, owner: int | None = None, owner_name: str = ""):
+        self.finite_flags = []  # ("model" | "sample", step, 0-dim bool tensor) on devices other than the CPU
+        if owner is not None:
+            self.owner, self.owner_name = owner, owner_name
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("owner", None)
+        state.pop("owner_name", None)
+        if state.pop("loop", None) is not None:
+            state["copied_mid_loop"] = True
+        state["finite_flags"] = []
+        return state
+
+
+# set_timesteps and set_sigmas replace a scheduler's loop state and its public timesteps / sigmas together; this
+# lock makes that one step, so two threads' calls cannot leave one's timesteps next to the other's state.
+_COMMIT_LOCK = threading.RLock()
+
+
+def _serialised(method):
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with _COMMIT_LOCK:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def _state_field(name: str, doc: str = ""):
+    """``self._<name>`` of UnifiedScheduler, stored in the current :class:`_LoopState`."""
+    return property(lambda self: getattr(self._state, name), lambda self, value: setattr(self._state, name, value),
+                    doc=doc or f"The current loop state's {name}.")
 
 
 class UnifiedScheduler(SchedulerMixin, ConfigMixin):
@@ -76,6 +131,22 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
     """
 
     _compatibles = list(COMPATIBLE_SCHEDULERS)
+
+    # The state of the current sampling loop lives in one _LoopState (see there); these names read and write it.
+    _sampler = _state_field("sampler")
+    _eval_times = _state_field("eval_times")
+    _a = _state_field("a")
+    _b = _state_field("b")
+    _c_in = _state_field("c_in")
+    _t_list = _state_field("t_list")
+    _step_index = _state_field("step_index")
+    _begin_index = _state_field("begin_index")
+    _loop = _state_field("loop")
+    _loop_next = _state_field("loop_next")
+    _finite_flags = _state_field("finite_flags")
+    _runs = _state_field("runs")
+    _run_index = _state_field("run_index")
+    _run_calls = _state_field("run_calls")
 
     @register_to_config
     def __init__(
@@ -150,6 +221,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
     ):
         if time_grid is not None and time_grid not in list_grids():
             raise unknown_name_error("time_grid", time_grid, list_grids())
+        if time_grid_options is not None and not isinstance(time_grid_options, dict):
+            raise ValueError(f"time_grid_options must be a dict, got {type(time_grid_options).__name__}")
         spacing = (time_grid_options or {}).get("spacing")
         for flag, value in (("use_flow_sigmas", use_flow_sigmas and time_grid != "flow_match"),
                             ("use_beta_sigmas", use_beta_sigmas and spacing != "beta"),
@@ -163,8 +236,6 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve", "flow"))
         if init_noise not in ("marginal", "sigma", "unit"):
             raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma", "unit"))
-        if time_grid_options is not None and not isinstance(time_grid_options, dict):
-            raise ValueError(f"time_grid_options must be a dict, got {type(time_grid_options).__name__}")
         if timestep_spacing not in ("leading", "trailing", "linspace"):
             raise unknown_name_error("timestep_spacing", timestep_spacing, ("leading", "trailing", "linspace"))
         if schedule is not None:
@@ -179,6 +250,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self.sampler_cls = get_sampler(sampler)
         self.sampler_options = self._sampler_options(sampler_options)
         # Validate now so a bad option fails at construction, before any work.
+        self._state = _LoopState()
         self._sampler = self.sampler_cls(self.noise_schedule, **self.sampler_options)
         grid = get_grid(self._grid_kind())
         if use_dynamic_shifting and "use_dynamic_shifting" not in grid.options:
@@ -265,7 +337,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0):
-        self._begin_index = int(begin_index)
+        self._owned_state("set_begin_index()").begin_index = int(begin_index)
 
     def __len__(self):
         return self.config.num_train_timesteps
@@ -303,6 +375,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             options[name] = value
         return options
 
+    @_serialised
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       timesteps: list | None = None, sigmas: list | None = None, mu: float | None = None,
                       original_inference_steps: int | None = None, strength: float | None = None):
@@ -311,6 +384,14 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         Exactly one of ``num_inference_steps``, ``timesteps`` (on the model's timestep scale, descending) and
         ``sigmas`` (VE-view noise levels σ̃, descending) must be given.
         """
+        if device is not None:
+            try:
+                kind = torch.device(device).type
+            except (RuntimeError, TypeError, ValueError):
+                raise ValueError(f"set_timesteps(device={device!r}): not a torch device") from None
+            if kind == "meta":
+                raise ValueError("set_timesteps(device='meta'): the meta device holds no data; pass the device the "
+                                 "model and the sample are on")
         cfg = self.config
         sched, param = self.noise_schedule, self.parameterization
         sampler = self.sampler_cls(sched, **self.sampler_options)
@@ -351,7 +432,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             knots = np.concatenate([given_model_t, param.model_time(sched, grid[-1:]).numpy()])
             model_t = torch.from_numpy(np.interp(eval_t.numpy(), grid.numpy()[::-1], knots[::-1])).to(DTYPE)
         fed = fed_timesteps(model_t, sched, cfg.timestep_rounding)  # the solver keeps the exact times
-        # Commit only now: a failure above leaves the scheduler as it was.
+        # Commit only now: a failure above leaves the scheduler as it was. The new loop's state replaces the old one
+        # whole, owned by this thread (see _LoopState); the assignments below go into it.
+        self._state = _LoopState(threading.get_ident(), threading.current_thread().name)
         self._sampler = sampler
         self._eval_times = eval_t
         self._a, self._b, self._c_in = [float(v) for v in a], [float(v) for v in b], [float(v) for v in c_in]
@@ -375,16 +458,17 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._loop = None
         self._loop_next = None
 
-    def _init_step_index(self, timestep):
-        if self._begin_index is not None:
-            self._step_index = self._begin_index
+    def _init_step_index(self, timestep, state=None):
+        st = self._state if state is None else state
+        if st.begin_index is not None:
+            st.step_index = st.begin_index
             return
         value = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
-        for k, t in enumerate(self._t_list):
+        for k, t in enumerate(st.t_list):
             if abs(t - value) <= 1e-4 * max(1.0, abs(t)):
-                self._step_index = k
+                st.step_index = k
                 return
-        shown = ", ".join(f"{t:.6g}" for t in self._t_list[:6]) + (" …" if len(self._t_list) > 6 else "")
+        shown = ", ".join(f"{t:.6g}" for t in st.t_list[:6]) + (" …" if len(st.t_list) > 6 else "")
         raise ValueError(f"timestep {value!r} is not on the current grid ({shown}); call set_timesteps again or pass one of scheduler.timesteps")
 
     def _time_of(self, timestep) -> torch.Tensor:
@@ -393,30 +477,50 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The model's input c_in · x (x itself for ε/x0/v/score models); valid before ``set_timesteps`` too."""
-        if self.timesteps is None or timestep is None and self._step_index is None:
+        if self.timesteps is None or timestep is None and self._state.step_index is None:
             if timestep is None:
                 return sample
             c = self.parameterization.input_scale(self.noise_schedule, self._time_of(timestep))
             return sample * c.to(sample.dtype).to(sample.device).reshape(c.shape + (1,) * (sample.ndim - c.ndim)) if c.ndim else sample * float(c)
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        c = self._c_in[min(self._step_index, len(self._c_in) - 1)]
+        st = self._owned_state("scale_model_input()")
+        if st.step_index is None:
+            self._init_step_index(timestep, st)
+        c = st.c_in[min(st.step_index, len(st.c_in) - 1)]
         return sample if c == 1.0 else sample * c
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float | None = None,
              use_clipped_model_output: bool | None = None, generator: torch.Generator | None = None,
              variance_noise: torch.Tensor | None = None, return_dict: bool = True, **kwargs):
         """Advance one model evaluation. ``eta`` (DDIM pipelines) applies to samplers with an ``eta`` option
-        unless the user fixed it in ``sampler_options``; ``generator`` drives every noise draw."""
+        unless the user fixed it in ``sampler_options``; ``generator`` drives every noise draw.
+
+        Checked here, for a few µs per step: the inputs (floating-point tensors on one real device, matching
+        shapes), what the sampler hands back (a tensor of the sample's shape, dtype and device: else a ValueError
+        naming the sampler and its distribution) and, with ``check_finite``, NaN/inf in the model output and in the
+        new sample (:func:`unisde.sampling.finite_probe`: at once on the CPU, at the last step elsewhere). One
+        scheduler runs one loop at a time, in the thread that called ``set_timesteps`` (:class:`_LoopState`)."""
         if self.timesteps is None:
             raise ValueError("step() called before set_timesteps(); call scheduler.set_timesteps(num_inference_steps) first")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        k = self._step_index
-        if k >= len(self._t_list):
-            raise ValueError(f"all {len(self._t_list)} steps of the current grid are done; call set_timesteps again")
+        st = self._owned_state("step()")
+        if st.copied_mid_loop:
+            raise ValueError("this scheduler was copied (copy.deepcopy or pickle) in the middle of a sampling loop, which "
+                             "a copy cannot continue; call set_timesteps on the copy first")
         if not isinstance(model_output, torch.Tensor) or not model_output.is_floating_point():
             raise ValueError(f"model_output must be a floating-point tensor, got {getattr(model_output, 'dtype', type(model_output).__name__)}")
+        if not isinstance(sample, torch.Tensor) or not sample.is_floating_point():
+            raise ValueError(f"sample must be a floating-point tensor, got {getattr(sample, 'dtype', type(sample).__name__)}")
+        if sample.is_meta or model_output.is_meta:
+            raise ValueError("the sample or model output is on the meta device (a tensor without data, as a model "
+                             "initialised with init_empty_weights / device='meta' returns): load real weights and move "
+                             "the model and the sample to a real device before sampling")
+        if model_output.device != sample.device:
+            raise ValueError(f"model_output is on {model_output.device} but the sample is on {sample.device}; "
+                             "move both to one device")
+        if st.step_index is None:
+            self._init_step_index(timestep, st)
+        k = st.step_index
+        if k >= len(st.t_list):
+            raise ValueError(f"all {len(st.t_list)} steps of the current grid are done; call set_timesteps again")
         extra = None
         if model_output.shape != sample.shape:
             if model_output.ndim == sample.ndim and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:] and model_output.shape[0] == sample.shape[0]:
@@ -427,74 +531,117 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         if model_output.dtype != sample.dtype:
             model_output = model_output.to(sample.dtype)
         if self._check:
-            self._check_finite(model_output, k)
-        a, b = self._a[k], self._b[k]
-        raw = (model_output if b == 1.0 else model_output * b) if a == 0.0 else torch.add(sample * a, model_output, alpha=b)
+            self._check_finite(model_output, k, st)
+        a, b = st.a[k], st.b[k]
+        if a == 0.0:
+            raw = model_output if b == 1.0 else model_output * b
+        elif abs(a) > 256.0 and sample.dtype == torch.float16:
+            # x̂0 = a (x + (b/a) F): a·x alone overflows float16 (a = 1/s = 4096 at a zero-terminal-SNR start
+            # turns |x| > 16 into inf) while x + (b/a) F ≈ s x̂0 is small
+            raw = torch.add(sample, model_output, alpha=b / a).mul_(a)
+        else:
+            raw = torch.add(sample * a, model_output, alpha=b)
         denoised = raw if self._clip is None and self._threshold is None else self._postprocess(raw)
-        if use_clipped_model_output is not None and "use_clipped_model_output" in self._sampler.opts:
-            self._sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
-        prev = self._advance(k, sample, denoised, raw, extra, generator, eta)
-        self._step_index = k + 1
-        shown = getattr(self._sampler, "output_denoised", None)  # LCM: x̂0 after its boundary condition
+        sampler = st.sampler
+        if use_clipped_model_output is not None and "use_clipped_model_output" in sampler.opts:
+            sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
+        prev = self._advance(k, sample, denoised, raw, extra, generator, eta, st)
+        if self._check:
+            ok = finite_probe(prev)
+            if ok is False:
+                st.step_index, st.loop = None, None
+                raise ValueError("sampling stopped: " + non_finite_origin(
+                    f"step {k} (timestep {st.t_list[k]:.6g})", sample, model_output, "model output", raw, sampler))
+            if ok is not True:
+                st.finite_flags.append(("sample", k, ok))
+        st.step_index = k + 1
+        shown = getattr(sampler, "output_denoised", None)  # LCM: x̂0 after its boundary condition
         if shown is not None:
             denoised = shown
-        if self._step_index == len(self._t_list):
-            self._finish(prev)
+        if st.step_index == len(st.t_list):
+            self._finish(prev, st)
         if not return_dict:
             return prev, denoised
         return UnifiedSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
 
-    def _advance(self, k, sample, denoised, raw, extra, generator, eta):
+    def _owned_state(self, what: str = "step()") -> _LoopState:
+        """The current loop state, claimed by the calling thread when nobody owns it yet (a copy); a ValueError
+        when another thread owns it: one scheduler holds one loop's state, and two threads stepping it would
+        silently mix their samples."""
+        st = self._state
+        me = threading.get_ident()
+        owner = st.__dict__.setdefault("owner", me)  # atomic: two threads claiming at once cannot both win
+        if owner == me:
+            return st
+        names = {t.ident: t.name for t in threading.enumerate()}
+        owner_name = st.__dict__.get("owner_name") or names.get(owner, f"ident {owner}")
+        raise ValueError(f"UnifiedScheduler used by two threads at once: thread {threading.current_thread().name!r} "
+                         f"called {what} while the current sampling loop belongs to thread {owner_name!r} (set_timesteps "
+                         "was called there). A scheduler holds the state of one loop, so sharing one would silently mix "
+                         "the threads' samples. Give each thread its own scheduler: copy.deepcopy(scheduler) (cheap), or "
+                         "call set_timesteps in the thread that steps.")
+
+    def _advance(self, k, sample, denoised, raw, extra, generator, eta, state=None):
         """Send evaluation k's (sample, x̂0) into the sampler's loop and return the sample it asks for next (or its
-        final sample). A loop is (re)started when evaluation k is not the one the running loop waits for: the
-        first call, or a pipeline entering the grid mid-way (img2img)."""
-        sampler = self._sampler
+        final sample), checked to be a tensor like the sample. A loop is (re)started when evaluation k is not the
+        one the running loop waits for: the first call, or a pipeline entering the grid mid-way (img2img). An
+        exception raised inside the loop gets a note naming the sampler and its distribution."""
+        st = self._state if state is None else state
+        sampler = st.sampler
         sampler.generator, sampler.pipeline_eta, sampler.raw_denoised, sampler.extra = generator, eta, raw, extra
-        if self._loop is None or k != self._loop_next:
-            self._loop = sampler.loop(sample, k)
-            next(self._loop)
         try:
-            prev = self._loop.send((sample, denoised))
-        except StopIteration as done:
-            self._loop = None
-            return done.value
-        self._loop_next = k + 1
+            if st.loop is None or k != st.loop_next:
+                st.loop = sampler.loop(sample, k)
+                next(st.loop)
+            try:
+                prev = st.loop.send((sample, denoised))
+            except StopIteration as done:
+                st.loop, prev = None, done.value
+            else:
+                st.loop_next = k + 1
+            check_sampler_output(sampler, prev, sample, k)
+        except Exception as exc:
+            st.loop, st.step_index = None, None
+            if not isinstance(exc, ValueError) and hasattr(exc, "add_note"):
+                from unisde.plugins import describe_origin
+
+                exc.add_note(f"raised inside the loop of {describe_origin('sampler', sampler)} at model evaluation {k}")
+            raise
         return prev
 
-    _FINITE_PROBE = 1024
+    def _check_finite(self, model_output, k, state=None):
+        """The model output's finiteness probe (:func:`unisde.sampling.finite_probe`): on the CPU a ValueError
+        naming the step at once; elsewhere a flag read at the last step (:meth:`_finish`). The final sample gets a
+        full check there, and a NaN anywhere in any output propagates into it, so none escapes silently."""
+        st = self._state if state is None else state
+        ok = finite_probe(model_output)
+        if ok is False:
+            st.step_index = None
+            raise ValueError(f"the model output at step {k} (timestep {st.t_list[k]:.6g}) contains NaN or inf; "
+                             "sampling stopped before it reached the sample")
+        if ok is not True:
+            st.finite_flags.append(("model", k, ok))
 
-    def _check_finite(self, model_output, k):
-        """Per step, a strided probe of ~1k elements of the output (a few µs, names the step in the usual case
-        of a NaN/inf spreading through the output); the final sample gets a full check in :meth:`_finish`, and a
-        NaN anywhere in any output propagates element-wise into it, so none escapes silently."""
-        n = model_output.numel()
-        if n > 2 * self._FINITE_PROBE and model_output.is_contiguous():
-            probe = model_output.as_strided((self._FINITE_PROBE,), (n // self._FINITE_PROBE,))
-        else:
-            probe = model_output
-        if model_output.device.type == "cpu":
-            if not math.isfinite(probe.sum().item()):
-                self._step_index = None
-                raise ValueError(f"the model output at step {k} (timestep {self._t_list[k]:.6g}) contains NaN or inf; "
-                                 "sampling stopped before it reached the sample")
-        else:  # deferred: no device synchronisation until the last step
-            self._finite_flags.append(torch.isfinite(probe.sum()))
-
-    def _finish(self, prev: torch.Tensor):
-        flags = self._finite_flags
-        self._finite_flags = []
+    def _finish(self, prev: torch.Tensor, state=None):
+        st = self._state if state is None else state
+        flags, st.finite_flags = st.finite_flags, []
         if not self._check:
             return
-        if flags:
-            bad = (~torch.stack(flags)).nonzero()
+        if flags:  # one device synchronisation for the whole loop
+            bad = (~torch.stack([flag for _, _, flag in flags])).nonzero()
             if bad.numel():
-                k = int(bad[0])
-                self._step_index = None
-                raise ValueError(f"the model output at step {k} (timestep {self._t_list[k]:.6g}) contained NaN or inf")
+                kind, k, _ = flags[int(bad[0])]
+                st.step_index = None
+                if kind == "model":
+                    raise ValueError(f"the model output at step {k} (timestep {st.t_list[k]:.6g}) contained NaN or inf")
+                from unisde.plugins import describe_origin
+
+                raise ValueError(f"the sample returned by {describe_origin('sampler', st.sampler)} at step {k} (timestep "
+                                 f"{st.t_list[k]:.6g}) contained NaN or inf although the model output's probe was finite")
         if not bool(torch.isfinite(prev).all()):
-            self._step_index = None
-            raise ValueError(f"the final sample contains NaN or inf: a model output at or before the last step "
-                             f"(step {len(self._t_list) - 1}, timestep {self._t_list[-1]:.6g}) was not finite")
+            st.step_index = None
+            raise ValueError(f"the final sample contains NaN or inf: a model output, or the sampler's arithmetic, at or "
+                             f"before the last step (step {len(st.t_list) - 1}, timestep {st.t_list[-1]:.6g}) was not finite")
 
     def _postprocess(self, x0: torch.Tensor) -> torch.Tensor:
         if self._threshold is not None:
@@ -504,6 +651,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         return x0
 
     # ------------------------------------------------------------------ ScoreSdeVePipeline interface
+    @_serialised
     def set_sigmas(self, num_inference_steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
                    sampling_eps: float | None = None):
         """ScoreSdeVePipeline's loop: per pipeline step i it feeds the model ``sigmas[i]``, calls ``step_correct``
@@ -519,6 +667,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                                  "the noise range is fixed by the config")
         if self._eval_times is None or self.num_inference_steps != num_inference_steps or getattr(self, "_runs", None):
             self.set_timesteps(num_inference_steps)
+        self._owned_state("set_sigmas()")
         per_call = int(self.config.correct_steps) + 1
         runs, starts = [], []
         for k, t in enumerate(self._t_list):
@@ -538,20 +687,21 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = 0
 
     def _run_call(self, model_output, sample, generator, final: bool):
-        runs = getattr(self, "_runs", None)
+        st = self._owned_state("step_correct()/step_pred()")
+        runs = st.runs
         if not runs:
             raise ValueError("step_correct/step_pred need set_sigmas(num_inference_steps) first (ScoreSdeVePipeline calls it)")
-        i = self._run_index
+        i = st.run_index
         if i >= len(runs):
             raise ValueError(f"all {len(runs)} steps of the current grid are done; call set_sigmas again")
         per_call = int(self.config.correct_steps) + 1
-        call = self._run_calls
+        call = st.run_calls
         if final and call != per_call - 1 or not final and call >= per_call - 1:
             raise ValueError(f"ScoreSdeVe loop out of order at step {i}: expected {per_call - 1} step_correct calls before step_pred")
-        self._run_calls = call + 1
+        st.run_calls = call + 1
         if call < per_call - runs[i]:  # this run has fewer evaluations than the pipeline makes calls
             return sample
-        return self.step(model_output, self._t_list[self._step_index], sample, generator=generator).prev_sample
+        return self.step(model_output, st.t_list[st.step_index], sample, generator=generator).prev_sample
 
     def step_correct(self, model_output: torch.Tensor, sample: torch.Tensor, generator: torch.Generator | None = None,
                      return_dict: bool = True):
@@ -564,9 +714,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         """The predictor call of ScoreSdeVePipeline (see :meth:`set_sigmas`). ``prev_sample_mean`` equals
         ``prev_sample``: the pipeline reads it after the last step only, where samplers return the noise-free
         mean (``pc``'s final predictor step adds no noise)."""
+        st = self._state
         prev = self._run_call(model_output, sample, generator, final=True)
-        self._run_index += 1
-        self._run_calls = 0
+        st.run_index += 1
+        st.run_calls = 0
         if not return_dict:
             return prev, prev
         return SdeVeCompatibleOutput(prev_sample=prev, prev_sample_mean=prev)

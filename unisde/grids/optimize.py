@@ -13,9 +13,11 @@ Method (GITS: Chen et al. 2024, "On the trajectory regularity of ODE-based diffu
    grid through every candidate time (``candidates`` times uniform in log-SNR λ between t_max and the schedule's
    smallest time, snapped to the training indices on a table; ``reference_substeps`` RK4 steps between two
    candidates), from x_{t_max} = z √(s² + σ²). The same solve with every other grid point (twice the step)
-   must agree with it: the RMS difference of the end points, relative to their RMS, must be below
-   ``reference_rtol`` (default 10⁻³; RK4's own error is then ≈ 1/16 of that), otherwise a ValueError says that
-   the reference does not converge.
+   must agree with it: the RMS difference of the end points, relative to their RMS, must be at most
+   ``reference_rtol`` (default 10⁻²; for a smooth denoiser RK4's own error is then ≈ 1/16 of that). With
+   ``reference_substeps="auto"`` (the default) the steps per interval double, 1, 2, 4, 8, until the test passes
+   (each finer solve's halved twin is the previous one); when it never does, a ValueError says that the
+   reference does not converge.
 2. **Dynamic programming.** The cost of a step from candidate i to candidate j > i is the error of *one step of
    the sampler itself* (its own ``prepare`` and ``loop`` on the two-point grid [t_i, t_j]) started from the
    reference x_ref(t_i), measured against x_ref(t_j): the mean over the calibration batch of the per-sample RMS.
@@ -27,9 +29,11 @@ Method (GITS: Chen et al. 2024, "On the trajectory regularity of ODE-based diffu
    then optimises its full error.
 3. **Coordinate descent** (``refine=True``, the default) on the full sampler's error: each interior time moves
    by ±δ in normalised λ (δ halving from 4/candidates to 1/(4·candidates), snapped to training indices on a
-   table), all 2(n − 1) trial grids evaluated together, the improving moves kept (all of them when their
-   combination still improves, else the best one). The local costs of step 2 ignore how an early error is
-   amplified or damped later, and a multistep method's history; this step sees both.
+   table), all 2(n − 1) trial grids evaluated together; a move counts as improving only when it lowers the mean
+   error of the calibration batch *and of each of its halves* (a guard against fitting a few starts), and the
+   improving moves are kept (all of them when their combination still improves, else the best one). The local
+   costs of step 2 ignore how an early error is amplified or damped later, and a multistep method's history;
+   this step sees both.
 
 The NFE is counted by preparing the sampler on a real grid: n is the largest number of grid times whose
 evaluations (``len(sampler.prepare(grid))``: Heun's last step to t = 0 is Euler, RK4 takes 4 per step) fit in the
@@ -61,11 +65,10 @@ from typing import Any, Callable
 
 import torch
 
-from unisde.parameterizations.base import fed_timesteps
-
 from unisde._tensor import DTYPE
 from unisde.core.schedule import NoiseSchedule
 from unisde.grids import Grid, default_time_range
+from unisde.parameterizations.base import fed_timesteps
 from unisde.plugins import hookimpl
 from unisde.samplers.base import Option
 
@@ -134,13 +137,23 @@ class _Target:
     device: Any
     baseline_kind: str
     baseline_options: dict
-    final_time: float
     init_noise: str = "marginal"
     parameterization: Any = None
     pipeline: Any = None
     scheduler_config: dict | None = None
     label: str = ""
     max_batch: int = 512
+    scheduler: Any = None  # a pipeline's UnifiedScheduler (with the sampler): the baseline grids come from it
+
+    def baseline(self, n: int) -> tuple[torch.Tensor, int | None]:
+        """The baseline grid with n grid times (end point included) and, for a pipeline, its evaluation count —
+        from the pipeline's own ``set_timesteps``, so the end point and its rules are the scheduler's."""
+        if self.scheduler is not None:
+            self.scheduler.set_timesteps(n)
+            return torch.tensor(self.scheduler._sampler.grid, dtype=DTYPE), len(self.scheduler.timesteps)
+        from unisde.grids import make_grid
+
+        return make_grid(self.schedule, n, self.baseline_kind, **self.baseline_options), None
 
     def start_scale(self, t: float) -> float:
         s, sigma = float(self.schedule.s(t)), float(self.schedule.sigma(t))
@@ -211,18 +224,7 @@ def _unified(pipe_scheduler_config: dict, sampler: str, sampler_options: dict | 
     return UnifiedScheduler.from_config(cfg, sampler=sampler, sampler_options=sampler_options, **overrides)
 
 
-def _scheduler_final_time(scheduler) -> float:
-    """The end point UnifiedScheduler.set_timesteps appends (its rule, read from the config)."""
-    cfg, sched = scheduler.config, scheduler.noise_schedule
-    final = 0.0
-    if getattr(scheduler._sampler, "final_from_config", False) and not cfg.set_alpha_to_one and sched.is_discrete:
-        final = 1.0 / sched.num_train_timesteps
-    if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
-        final = 1.0 / sched.num_train_timesteps
-    return final
-
-
-def _pipeline_target(pipe, sampler, sampler_options, device):
+def _pipeline_target(pipe, sampler, sampler_options, device, baseline_grid, baseline_options):
     """Target of a diffusers pipeline with a UNet (any scheduler: converted to UnifiedScheduler)."""
     unet = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     if unet is None or getattr(pipe, "scheduler", None) is None:
@@ -232,6 +234,10 @@ def _pipeline_target(pipe, sampler, sampler_options, device):
     overrides = {}
     if cfg.get("time_grid") == GRID_NAME:  # re-optimising: compare against the config's own spacing
         overrides = {"time_grid": None, "time_grid_options": None}
+    if baseline_grid is not None:
+        overrides = {"time_grid": baseline_grid, "time_grid_options": dict(baseline_options or {})}
+    elif baseline_options:
+        overrides["time_grid_options"] = {**(cfg.get("time_grid_options") or {}), **baseline_options}
     scheduler = _unified(cfg, sampler, sampler_options, **overrides)
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -243,8 +249,8 @@ def _pipeline_target(pipe, sampler, sampler_options, device):
     denoise = _model_denoiser(unet, scheduler.noise_schedule, scheduler.parameterization, post,
                               scheduler.config.get("timestep_rounding"))
     return _Target(denoise, scheduler.noise_schedule, shape, dtype, device or unet.device, scheduler._grid_kind(),
-                   scheduler._grid_options(None), _scheduler_final_time(scheduler), scheduler.config.init_noise,
-                   scheduler.parameterization, pipe, dict(pipe.scheduler.config), type(pipe).__name__)
+                   {}, scheduler.config.init_noise, scheduler.parameterization, pipe, dict(pipe.scheduler.config),
+                   type(pipe).__name__, scheduler=scheduler)
 
 
 def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler, sampler_options, device,
@@ -260,7 +266,7 @@ def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler,
             raise ValueError(f"{path!r} is not a pipeline folder: it has no model_index.json")
         model = load_pipeline(path)
     if model is not None and hasattr(model, "scheduler") and hasattr(model, "components"):
-        target = _pipeline_target(model, sampler, sampler_options, device)
+        target = _pipeline_target(model, sampler, sampler_options, device, baseline_grid, baseline_options)
     else:
         if (model is None) == (denoiser is None):
             raise ValueError("pass exactly one of model (a pipeline folder or object, a network, or an exact "
@@ -290,15 +296,15 @@ def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler,
             dtype = params[0].dtype if params else torch.float32
         smp = get_sampler(sampler)(sched, **(sampler_options or {}))
         kind = smp.default_grid if smp.default_grid != "config" else "leading"
-        target = _Target(denoise, sched, tuple(int(v) for v in shape), dtype, device or "cpu", kind, {}, 0.0,
+        target = _Target(denoise, sched, tuple(int(v) for v in shape), dtype, device or "cpu", kind, {},
                          parameterization=param, label=type(model).__name__ if model is not None else "denoiser")
-    if baseline_grid is not None:
-        from unisde.plugins import get_grid
+        if baseline_grid is not None:
+            from unisde.plugins import get_grid
 
-        get_grid(baseline_grid)
-        target.baseline_kind, target.baseline_options = baseline_grid, dict(baseline_options or {})
-    elif baseline_options:
-        target.baseline_options = {**target.baseline_options, **baseline_options}
+            get_grid(baseline_grid)
+            target.baseline_kind, target.baseline_options = baseline_grid, dict(baseline_options or {})
+        elif baseline_options:
+            target.baseline_options = {**target.baseline_options, **baseline_options}
     if target.baseline_kind == GRID_NAME:
         raise ValueError("the baseline grid must be a spacing rule, not the stored 'optimized' grid; pass "
                          "baseline_grid=... (e.g. 'leading', 'karras')")
@@ -425,15 +431,15 @@ class OptimizedGrid:
                  f"  times           [{ts}]"]
         if self.model_timesteps:
             lines.append(f"  model timesteps [{', '.join(_fmt_step(v) for v in self.model_timesteps)}]")
+        head = f"calibration ({self.calibration})"
+        rows = [("default grid", self.baseline_calibration_error, self.baseline_holdout_error),
+                ("dynamic programming", self.dp_calibration_error, self.dp_holdout_error),
+                (f"optimised ({self.method})", self.calibration_error, self.holdout_error)]
         lines += [f"  default grid {self.baseline_grid!r}: [{', '.join(f'{t:.4f}' for t in self.baseline_times)}]",
-                  f"  error vs reference (mean per-sample RMS)   calibration ({self.calibration})   "
-                  f"held-out ({self.holdout})",
-                  f"    default grid                             {self.baseline_calibration_error:<18.5g}   "
-                  f"{self.baseline_holdout_error:.5g}",
-                  f"    dynamic programming                      {self.dp_calibration_error:<18.5g}   "
-                  f"{self.dp_holdout_error:.5g}",
-                  f"    optimised ({self.method})                 {self.calibration_error:<18.5g}   "
-                  f"{self.holdout_error:.5g}",
+                  f"  error vs reference (mean per-sample RMS)  {head:>18}  held-out ({self.holdout})"]
+        lines += [f"    {name:<38}  {cal:>18.5g}  {hold:>{len(f'held-out ({self.holdout})')}.5g}"
+                  for name, cal, hold in rows]
+        lines += [
                   f"  held-out improvement over the default grid: "
                   f"{gain(self.baseline_holdout_error, self.holdout_error)}",
                   f"  reference: {self.reference['solver']} with {self.reference['steps']} steps; halving the step "
@@ -456,9 +462,10 @@ class OptimizedGrid:
                 f"`num_inference_steps={self.steps}`.\n\n"
                 f"- times t: `[{ts}]` (then the end point t = {self.final_time:g})\n"
                 + (f"- model timesteps: `[{steps}]`\n" if steps else "")
-                + f"- found by dynamic programming over {self.candidates} candidate times (GITS) then coordinate "
-                f"descent on the sampler's full error, on {self.calibration} calibration starts (seed {self.seed}); "
-                f"scored on {self.holdout} held-out starts\n"
+                + f"- found by dynamic programming over {self.candidates} candidate times (GITS)"
+                + (" then coordinate descent on the sampler's full error" if self.method == "dp+cd" else "")
+                + f", on {self.calibration} calibration starts (seed {self.seed}); scored on {self.holdout} "
+                f"held-out starts\n"
                 f"- reference: the PF-ODE solved by {self.reference['solver']} in {self.reference['steps']} steps "
                 f"(halving the step changes it by {self.reference['halving_change']:.2g}, relative)\n\n"
                 "Error against the reference (mean per-sample RMS, data units):\n\n"
@@ -480,19 +487,43 @@ def _fmt_step(v: float) -> str:
     return str(int(round(v))) if abs(v - round(v)) < 1e-9 else f"{v:.4g}"
 
 
-def _steps_for_nfe(target: _Target, sampler_cls, sampler_options, nfe: int):
-    """(n, evaluations(n), baseline grid at n, minimum NFE): the most grid times whose evaluations fit in ``nfe``."""
-    from unisde.grids import make_grid
+def _fast_schedule(schedule: NoiseSchedule) -> NoiseSchedule:
+    """A shallow copy of ``schedule`` whose ``t_from_log_snr`` (and so ``t_from_sigma``) remembers its values.
 
+    Samplers invert σ̃ → t in ``prepare`` (EDM's churn level, RK stages); the optimiser prepares thousands of
+    two-point grids over the same few candidates, and a schedule without a closed-form inverse bisects each time.
+    The values are the schedule's own (the bisection is element-wise, so batching does not change them)."""
+    import copy
+
+    fast = copy.copy(schedule)
+    original = schedule.t_from_log_snr
+    cache: dict = {}
+
+    def t_from_log_snr(lam):
+        lam = torch.as_tensor(lam, dtype=DTYPE)
+        if not bool(torch.isfinite(lam).all()):
+            return original(lam)
+        keys = [float(v) for v in lam.reshape(-1)]
+        missing = sorted(set(k for k in keys if k not in cache))
+        if missing:
+            cache.update(zip(missing, (float(v) for v in original(torch.tensor(missing, dtype=DTYPE)))))
+        return torch.tensor([cache[k] for k in keys], dtype=DTYPE).reshape(lam.shape)
+
+    fast.t_from_log_snr = t_from_log_snr
+    return fast
+
+
+def _steps_for_nfe(target: _Target, schedule: NoiseSchedule, sampler_cls, sampler_options, nfe: int):
+    """(n, evaluations(n), baseline grid at n, minimum NFE): the most grid times whose evaluations fit in ``nfe``."""
     def count(n):
-        grid = make_grid(target.schedule, n, target.baseline_kind, final_time=target.final_time,
-                         **target.baseline_options)
-        smp = sampler_cls(target.schedule, **sampler_options)
-        return len(smp.prepare(grid)), grid
+        grid, evals = target.baseline(n)
+        if evals is None:
+            evals = len(sampler_cls(schedule, **sampler_options).prepare(grid))
+        return evals, grid
 
     minimum = count(2)[0]
     if nfe < minimum:
-        smp = sampler_cls(target.schedule, **sampler_options)
+        smp = sampler_cls(schedule, **sampler_options)
         raise ValueError(f"nfe={nfe} is below the minimum {minimum} for sampler {smp.name!r} with options "
                          f"{sampler_options or {}}: its smallest grid with a time to place (2 grid times) takes "
                          f"{minimum} model evaluations (order {getattr(smp, 'order', 1)} per step)")
@@ -527,21 +558,29 @@ def _candidates(target: _Target, count: int, t_max: float, t_min: float) -> torc
     return times
 
 
-def _lattice(target: _Target, t_max: float, t_min: float):
-    """(to_u, from_u): normalised λ coordinate u ∈ [0, 1] (0 at t_max) and back (snapped on a table)."""
+def _lattice(target: _Target, t_max: float, t_min: float, resolution: int = 4096):
+    """(to_u, from_u): normalised λ coordinate u ∈ [0, 1] (0 at t_max, 1 at t_min) and back — piecewise linear
+    between ``resolution`` exact points, snapped to training indices on a table."""
     sched = target.schedule
     lam_hi, lam_lo = float(sched.log_snr(t_max)), float(sched.log_snr(t_min))
-    use_lam = math.isfinite(lam_hi) and math.isfinite(lam_lo) and lam_lo > lam_hi
+    us = torch.linspace(0.0, 1.0, resolution, dtype=DTYPE)
+    if math.isfinite(lam_hi) and math.isfinite(lam_lo) and lam_lo > lam_hi:
+        ts = sched.t_from_log_snr(lam_hi + us * (lam_lo - lam_hi))
+        ts[0], ts[-1] = t_max, t_min
+    else:
+        ts = t_max - us * (t_max - t_min)
+    ts_up = ts.flip(0)  # increasing t
 
     def to_u(t: float) -> float:
-        if use_lam:
-            return (float(sched.log_snr(t)) - lam_hi) / (lam_lo - lam_hi)
-        return (t_max - t) / (t_max - t_min)
+        j = int(torch.searchsorted(ts_up, torch.tensor([t], dtype=DTYPE)).clamp(1, resolution - 1))
+        a, b = float(ts_up[j - 1]), float(ts_up[j])
+        w = 0.0 if b == a else (t - a) / (b - a)
+        return (resolution - j - w) / (resolution - 1)  # ts_up[j - 1] is ts[resolution - j]
 
     def from_u(u: float) -> float:
-        u = min(max(u, 0.0), 1.0)
-        t = float(sched.t_from_log_snr(torch.tensor(lam_hi + u * (lam_lo - lam_hi), dtype=DTYPE))) if use_lam \
-            else t_max - u * (t_max - t_min)
+        u = min(max(u, 0.0), 1.0) * (resolution - 1)
+        j = min(int(u), resolution - 2)
+        t = float(ts[j]) + (u - j) * float(ts[j + 1] - ts[j])
         if sched.is_discrete:
             N = sched.num_train_timesteps
             t = (round(t * N - 1) + 1) / N
@@ -553,10 +592,10 @@ def _lattice(target: _Target, t_max: float, t_min: float):
 def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_options: dict | None = None,
                   denoiser: Callable | None = None, schedule=None, parameterization=None, shape=None,
                   calibration: int = 16, holdout: int = 16, seed: int = 0, candidates: int = 100,
-                  refine: bool = True, reference_substeps: int = 1, reference_rtol: float = 1e-3,
+                  refine: bool = True, reference_substeps="auto", reference_rtol: float = 1e-2,
                   t_max: float | None = None, t_min: float | None = None, baseline_grid: str | None = None,
                   baseline_options: dict | None = None, device=None, progress: bool = False,
-                  max_sweeps: int = 6) -> OptimizedGrid:
+                  max_sweeps: int = 6, cd_rule: str = "halves") -> OptimizedGrid:
     """Find the evaluation times that minimise ``sampler``'s error at ``nfe`` model evaluations (module doc).
 
     model: a pipeline folder, a diffusers pipeline (UNet + any scheduler, converted to UnifiedScheduler with
@@ -566,7 +605,9 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
         ``shape`` instead.
     nfe: the model-evaluation budget (the grid takes the most grid times whose evaluations fit).
     calibration / holdout: batch sizes of the starts the grid is fitted on / scored on (noise from ``seed``).
-    candidates: size of the DP's candidate lattice; refine: coordinate descent on the full error afterwards.
+    candidates: size of the DP's candidate lattice; refine: coordinate descent on the full error afterwards
+        (at most ``max_sweeps`` sweeps per step size; ``cd_rule="halves"`` accepts a move only when it lowers the
+        error of both halves of the calibration batch, ``"mean"`` when it lowers their mean).
     reference_substeps / reference_rtol: RK4 steps per candidate interval of the reference, and the halving test's
         relative tolerance.
     t_max / t_min: the first evaluation time (default 1, the prior) and the smallest candidate (default: the
@@ -581,14 +622,16 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
     from unisde.plugins import get_sampler
 
     for name, value, low in (("calibration", calibration, 1), ("holdout", holdout, 1), ("candidates", candidates, 4),
-                             ("reference_substeps", reference_substeps, 1)):
+                             ("reference_substeps", 1 if reference_substeps == "auto" else reference_substeps, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}"
-                             + (" (the calibration batch is what the grid is fitted on)" if name == "calibration" else ""))
+            why = " (the calibration batch is what the grid is fitted on)" if name == "calibration" else ""
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}{why}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
     if not 0.0 < float(reference_rtol) < 1.0:
         raise ValueError(f"reference_rtol must lie in (0, 1), got {reference_rtol!r}")
+    if cd_rule not in ("halves", "mean"):
+        raise ValueError(f"cd_rule must be 'halves' or 'mean', got {cd_rule!r}")
     sampler_cls = get_sampler(sampler)
     if sampler_options is not None and not isinstance(sampler_options, dict):
         raise ValueError(f"sampler_options must be a dict, got {type(sampler_options).__name__}")
@@ -598,11 +641,12 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
                           sampler=sampler, sampler_options=sampler_options, device=device,
                           baseline_grid=baseline_grid, baseline_options=baseline_options)
     sched = target.schedule
-    n, nfe_used, base_grid, _ = _steps_for_nfe(target, sampler_cls, sampler_options, nfe)
+    fast = _fast_schedule(sched)
+    n, nfe_used, base_grid, _ = _steps_for_nfe(target, fast, sampler_cls, sampler_options, nfe)
     lo, hi = default_time_range(sched)
     t_max = hi if t_max is None else float(t_max)
     t_min = lo if t_min is None else float(t_min)
-    final = target.final_time
+    final = float(base_grid[-1])  # the baseline's end point: the scheduler's rule for a pipeline
     if sched.is_discrete and final > 0:
         t_min = max(t_min, final + 1.0 / sched.num_train_timesteps)
     if not final < t_min < t_max <= 1.0:
@@ -624,50 +668,19 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
     d_probe, _ = target(x_probe, torch.full((1,), t_max, dtype=DTYPE))
     if not bool(torch.isfinite(d_probe).all()):
         raise ValueError(f"the model's output at t={t_max:g} is not finite")
-    probe = sampler_cls(sched, **sampler_options)
-    probe.prepare(base_grid)
-    _drive([(probe, x_probe, probe.prepare(base_grid))],
+    probe = sampler_cls(fast, **sampler_options)
+    probe_t = probe.prepare(base_grid)
+    if bool((probe_t[1:] > probe_t[:-1]).any()):
+        raise ValueError(f"sampler {sampler!r} evaluates at increasing times (it runs from data to noise); grid "
+                         "optimisation needs a sampler that solves the PF-ODE towards the data")
+    _drive([(probe, x_probe, probe_t)],
            _Target(lambda x, t: (torch.zeros_like(x), torch.zeros_like(x)), sched, target.shape, target.dtype,
-                   target.device, "", {}, final))
+                   target.device, "", {}))
 
     counter = [0]
-    # 1. Reference: RK4 through every candidate, and the same with twice the step (halving test).
-    fine = _refine(sched, cand, reference_substeps, final)
-    keep = list(range(0, fine.numel() - 2, 2)) + [fine.numel() - 2, fine.numel() - 1]
-    coarse = fine[sorted(set(keep))]
-    ode_f = get_sampler("ode")(sched, solver="rk4")
-    ode_c = get_sampler("ode")(sched, solver="rk4")
-    eval_f, eval_c = ode_f.prepare(fine), ode_c.prepare(coarse)
-    x0 = z * target.start_scale(t_max)
-    where = {float(t): i for i, t in enumerate(cand)}
-    cand_steps = {s: where[float(fine[s])] for s in range(fine.numel() - 1) if float(fine[s]) in where}
-    starts = {k: step for k, step in ode_f.step_starts.items()}
-    x_ref = [None] * (M + 1)
-    d_ref = [None] * M
-    r_ref = [None] * M
-    bar = tqdm(total=len(eval_f), desc="reference (RK4)", unit="eval", disable=not progress, leave=False)
-
-    def record(loop, k, x, d, r):
-        if loop == 0:
-            bar.update(1)
-            step = starts.get(k)
-            if step is not None and step in cand_steps:
-                i = cand_steps[step]
-                x_ref[i], d_ref[i], r_ref[i] = x, d, r
-    end_f, end_c = _drive([(ode_f, x0, eval_f), (ode_c, x0, eval_c)], target, record=record, counter=counter)
-    bar.close()
-    x_ref[M] = end_f
-    if not bool(torch.isfinite(end_f).all()):
-        raise ValueError("the reference solve produced NaN or inf; the model is not usable on this schedule")
-    scale = float(end_f.to(DTYPE).pow(2).mean().sqrt())
-    change = float(_rms(end_f, end_c).pow(2).mean().sqrt()) / max(scale, 1e-12)
-    reference = {"solver": "ode rk4", "steps": int(fine.numel() - 1), "evaluations": int(len(eval_f)),
-                 "halving_change": change, "rtol": float(reference_rtol)}
-    if not change <= reference_rtol:
-        raise ValueError(f"the reference solve does not converge: halving its step ({len(coarse) - 1} → "
-                         f"{len(fine) - 1} RK4 steps) changed the solution by {change:.3g} (relative RMS), more than "
-                         f"reference_rtol={reference_rtol:g}; raise candidates or reference_substeps, or check the "
-                         "model (a denoiser that is not smooth in x and t has no accurate ODE solution)")
+    # 1. Reference: RK4 through every candidate, checked by halving its step.
+    x_ref, d_ref, r_ref, reference = _reference(target, fast, cand, final, z * target.start_scale(t_max),
+                                                reference_substeps, float(reference_rtol), counter, progress)
 
     cal = slice(0, K)
     hold = slice(K, K + holdout)
@@ -678,11 +691,11 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
         for times in times_list:
             grid = make_grid(sched, len(times), GRID_NAME, final_time=final, times=[float(t) for t in times]) \
                 if grids is None else grids[len(loops)]
-            smp = sampler_cls(sched, **sampler_options)
+            smp = sampler_cls(fast, **sampler_options)
             eval_t = smp.prepare(grid)
             loops.append((smp, z[part] * target.start_scale(float(eval_t[0])), eval_t))
         ends = _drive(loops, target, counter=counter)
-        return [float(_rms(e, x_ref[M][part]).mean()) for e in ends]
+        return [_rms(e, x_ref[M][part]) for e in ends]
 
     # 2. DP over the candidates with the sampler's own one-step errors as costs.
     cost = torch.full((M + 1, M + 1), math.inf, dtype=DTYPE)
@@ -691,7 +704,7 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
         loops = []
         xi = x_ref[i][cal]
         for j in range(i + 1, M + 1):
-            smp = sampler_cls(sched, **sampler_options)
+            smp = sampler_cls(fast, **sampler_options)
             eval_t = smp.prepare(nodes[[i, j]].clone())
             loops.append((smp, xi.clone(), eval_t))
         ends = _drive(loops, target, first=(xi, d_ref[i][cal], r_ref[i][cal], float(cand[i])), counter=counter)
@@ -704,6 +717,13 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
     (base_cal,) = full_error([base_times], cal, grids=[base_grid])
     (dp_cal,) = full_error([dp_times], cal)
     times, best = list(dp_times), dp_cal
+    halves = (slice(0, (K + 1) // 2), slice((K + 1) // 2, K)) if K >= 2 and cd_rule == "halves" else (slice(0, K),)
+
+    def better(new, old):
+        """A move must lower the mean error of the calibration batch and of each of its halves (a guard against
+        fitting a few starts)."""
+        return all(float(new[h].mean()) < float(old[h].mean()) * (1 - 1e-9) for h in halves) and \
+            float(new.mean()) < float(old.mean()) * (1 - 1e-9)
 
     # 3. Coordinate descent on the full error of the calibration batch.
     if refine and n > 1:
@@ -731,7 +751,7 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
                 errs = full_error(trials, cal)
                 improving = {}
                 for (k, t_new), e in zip(moves, errs):
-                    if e < best * (1 - 1e-9) and (k not in improving or e < improving[k][1]):
+                    if better(e, best) and (k not in improving or float(e.mean()) < float(improving[k][1].mean())):
                         improving[k] = (t_new, e)
                 if not improving:
                     break
@@ -739,9 +759,9 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
                 for k, (t_new, _) in improving.items():
                     combined[k] = t_new
                 ok = all(combined[i] > combined[i + 1] for i in range(n - 1))
-                e_comb = full_error([combined], cal)[0] if ok and len(improving) > 1 else math.inf
-                k_best = min(improving, key=lambda k: improving[k][1])
-                if e_comb < improving[k_best][1]:
+                e_comb = full_error([combined], cal)[0] if ok and len(improving) > 1 else None
+                k_best = min(improving, key=lambda k: float(improving[k][1].mean()))
+                if e_comb is not None and better(e_comb, improving[k_best][1]):
                     times, best = combined, e_comb
                 else:
                     times[k_best], best = improving[k_best]
@@ -752,6 +772,17 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
 
     (base_hold,) = full_error([base_times], hold, grids=[base_grid])
     dp_hold, opt_hold = full_error([dp_times, times], hold)
+    base_cal, dp_cal, best, base_hold, dp_hold, opt_hold = (float(v.mean()) for v in
+                                                           (base_cal, dp_cal, best, base_hold, dp_hold, opt_hold))
+    if target.scheduler is not None:  # what was measured is what the pipeline will run
+        check = _unified(target.scheduler_config, sampler, sampler_options, time_grid=GRID_NAME,
+                         time_grid_options={"times": [float(t) for t in times]})
+        check.set_timesteps(n)
+        measured = make_grid(sched, n, GRID_NAME, final_time=final, times=[float(t) for t in times])
+        if len(check.timesteps) != nfe_used or check._sampler.grid != [float(v) for v in measured]:
+            raise ValueError(f"the pipeline's scheduler builds the grid {check._sampler.grid} with "
+                             f"{len(check.timesteps)} evaluations from these times, not the measured "
+                             f"{[float(v) for v in measured]} with {nfe_used}")
     model_steps = []
     if target.parameterization is not None:
         model_steps = [float(v) for v in target.parameterization.model_time(sched, torch.tensor(times, dtype=DTYPE))]
@@ -763,6 +794,66 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
                          seed=int(seed), candidates=M, reference=reference, model_timesteps=model_steps,
                          final_time=float(final), model_evaluations=int(counter[0]),
                          method="dp+cd" if refine else "dp")
+
+
+def _reference(target: _Target, sched: NoiseSchedule, cand: torch.Tensor, final: float, x0: torch.Tensor,
+               substeps, rtol: float, counter: list, progress: bool):
+    """The PF-ODE solved by RK4 through every candidate (``substeps`` steps per interval) from ``x0``, with the
+    halving test: the same solve with every other grid point must agree to ``rtol`` (relative RMS of the end
+    points). ``substeps="auto"`` doubles 1, 2, 4, 8 until it does (each finer solve's halved twin is the previous
+    one). Returns (x at each candidate and the end, D and raw D at each candidate, info)."""
+    from tqdm.auto import tqdm
+
+    from unisde.plugins import get_sampler
+
+    M = cand.numel()
+    levels = [1, 2, 4, 8] if substeps == "auto" else [int(substeps)]
+    where = {float(t): i for i, t in enumerate(cand)}
+    halved = None  # (end point, steps) of the solve with twice the step
+    change, fine = math.inf, None
+    for level in levels:
+        fine = _refine(sched, cand, level, final)
+        ode_f = get_sampler("ode")(sched, solver="rk4")
+        eval_f = ode_f.prepare(fine)
+        loops = [(ode_f, x0, eval_f)]
+        if halved is None:  # the halved twin: every other grid point, keeping the last evaluation time
+            keep = sorted(set(range(0, fine.numel() - 2, 2)) | {fine.numel() - 2, fine.numel() - 1})
+            ode_c = get_sampler("ode")(sched, solver="rk4")
+            loops.append((ode_c, x0, ode_c.prepare(fine[keep])))
+        cand_steps = {k: where[float(fine[s])] for k, s in ode_f.step_starts.items() if float(fine[s]) in where}
+        x_ref, d_ref, r_ref = [None] * (M + 1), [None] * M, [None] * M
+        bar = tqdm(total=len(eval_f), desc=f"reference (RK4, {fine.numel() - 1} steps)", unit="eval",
+                   disable=not progress, leave=False)
+
+        def record(loop, k, x, d, r, cand_steps=cand_steps, bar=bar, x_ref=x_ref, d_ref=d_ref, r_ref=r_ref):
+            if loop == 0:
+                bar.update(1)
+                i = cand_steps.get(k)
+                if i is not None:
+                    x_ref[i], d_ref[i], r_ref[i] = x, d, r
+
+        ends = _drive(loops, target, record=record, counter=counter)
+        bar.close()
+        end_f = ends[0]
+        if not bool(torch.isfinite(end_f).all()):
+            raise ValueError("the reference solve produced NaN or inf: the model is not usable on this schedule")
+        if halved is None:
+            halved = (ends[1], len(keep) - 1)
+        scale = float(end_f.to(DTYPE).pow(2).mean().sqrt())
+        change = float(_rms(end_f, halved[0]).pow(2).mean().sqrt()) / max(scale, 1e-12)
+        if change <= rtol:
+            break
+        halved_steps = halved[1]
+        halved = (end_f, fine.numel() - 1)  # the next level's halved twin is this solve
+    if not change <= rtol:
+        raise ValueError(f"the reference solve does not converge: halving its step ({halved_steps} → "
+                         f"{fine.numel() - 1} RK4 steps) changed the solution by {change:.3g} (relative RMS), more "
+                         f"than reference_rtol={rtol:g}; raise candidates or reference_substeps, or check the model "
+                         "(a denoiser that is not smooth in x and t has no accurate ODE solution)")
+    x_ref[M] = end_f
+    info = {"solver": "ode rk4", "steps": int(fine.numel() - 1), "evaluations": int(len(eval_f)),
+            "halving_change": change, "rtol": rtol}
+    return x_ref, d_ref, r_ref, info
 
 
 def _refine(schedule: NoiseSchedule, cand: torch.Tensor, substeps: int, final: float) -> torch.Tensor:
@@ -811,6 +902,12 @@ def _atomic_texts(files: dict) -> None:
         for path, text in files.items():
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".unisde-", suffix=".tmp")
             temps[path] = tmp
+            if os.path.exists(path):  # keep the replaced file's permissions (mkstemp creates 0600)
+                os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
