@@ -34,13 +34,13 @@ def test_quick_writes_schema(quick_run):
         assert rec["library"] in ("unisde", "diffusers")
         assert isinstance(rec["nfe"], int) and 1 <= rec["model_calls"] <= rec["nfe"]  # honest NFE
         assert isinstance(rec["distance"], float) and rec["floor"] > 0
-    assert {r["sampler"] for r in data["overhead"]} == {"ddpm", "ddim", "edm-euler", "edm-heun"}
+    assert {r["sampler"] for r in data["overhead"]} == {"ddpm", "ddim", "edm-euler", "edm-heun", "flow-euler"}
     for rec in data["overhead"]:
         assert rec["unisde_s"] > 0 and rec["diffusers_s"] > 0
         assert math.isclose(rec["ratio"], rec["unisde_s"] / rec["diffusers_s"], rel_tol=1e-9)
     assert data["pipeline"]["sampler"] == "ddpm" and data["pipeline"]["ratio"] > 0
     assert data["training"]["ratio"] > 0
-    assert 0 < data["seconds"] < 120
+    assert data["seconds"] > 0  # the run's duration is reported, never asserted (speed lives in the benchmark)
     report = (out / "BENCHMARKS.md").read_text()
     for heading in ("Accuracy per model evaluation", "Scheduler overhead", "Pipeline", "Training throughput"):
         assert heading in report
@@ -50,13 +50,14 @@ def test_quick_writes_schema(quick_run):
 def test_quick_covers_every_registered_sampler(quick_run):
     _, out = quick_run
     data = json.loads((out / "bench.json").read_text())
-    for schedule in ("ddpm", "edm"):
+    for schedule in ("ddpm", "edm", "flow", "flow-shift3"):
         ran = {r["sampler"].split("[")[0] for r in data["accuracy"] if r["library"] == "unisde" and r["schedule"] == schedule}
         missing = set(unisde.list_samplers()) - ran
         assert not missing, f"samplers without a result on {schedule}: {missing} (errors: {data.get('errors')})"
     peers = {r["sampler"] for r in data["accuracy"] if r["library"] == "diffusers"}
     assert {"DDPM", "DDIM", "Euler", "EulerAncestral", "Heun", "LMS", "DPM++2M", "DPM++3M", "SDE-DPM++2M", "UniPC",
-            "EDMEuler"} <= peers
+            "EDMEuler", "FlowMatchEuler", "FlowMatchEulerStochastic", "FlowMatchHeun", "UniPC-flow",
+            "DPM++2M-flow"} <= peers
 
 
 def test_sliced_w2_of_a_shift():

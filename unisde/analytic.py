@@ -13,8 +13,7 @@ denoiser D(x, t) = E[x0 | x_t = x] and the marginal p_t are known in closed form
   denoiser of Karras et al. 2022, App. B.3 [EDM].
 
 The score follows from the denoiser, ∇log p_t(x) = (s D − x) / σ²
-(Tweedie's formula; Karras et al. 2022, eq. 3 [EDM]), via
-:func:`unisde.parameterizations.score_from_denoised`, so ``score`` and the autograd gradient of
+(Tweedie's formula; Karras et al. 2022, eq. 3 [EDM]), so ``score`` and the autograd gradient of
 ``marginal_log_prob`` are two independent routes to one quantity (the tests compare them).
 
 Conventions
@@ -23,9 +22,10 @@ Conventions
   float or a (B,) tensor in [0, 1]; any :class:`~unisde.NoiseSchedule` works. Everything is computed in
   float64 and cast once to ``x.dtype`` at the end; log densities are returned in float64 (as
   ``NoiseSchedule.prior_logp``), in nats, summed over the event dimensions.
-* (s, σ) come from :func:`~unisde.parameterizations.schedule_coefficients`, the same place the
-  parameterisations get them, so at a zero-terminal-SNR end (s(1) = 0) the values at ``schedule.t_end`` are
-  used consistently by the denoiser, the score and the marginal density.
+* (s, σ) are the schedule's exact values, also at a zero-terminal-SNR or rectified-flow end s(1) = 0 (no
+  cap at ``schedule.t_end``: nothing here divides by s where σ > 0), so at t = 1 the denoiser is exactly the
+  data mean E[x0], the score −x/σ² and p_1 = N(0, σ(1)² I) — the exact prior a flow model's PF-ODE starts
+  from (N(0, I) on the rectified flow). Denoiser, score and marginal density use the same values.
 * At σ(t) = 0 (t = 0) the sample is noise-free, x = s x0, and the denoiser is exactly x / s for every data
   distribution; there the score is undefined and ``score`` raises.
 * Mixture sums are streamed over components with a running log-sum-exp, so a large dataset never needs a
@@ -40,7 +40,6 @@ from typing import Sequence
 import torch
 
 from unisde._tensor import DTYPE, as_float64
-from unisde.parameterizations.base import schedule_coefficients, score_from_denoised
 from unisde.core.schedule import NoiseSchedule, _expand_like
 
 __all__ = ["Gaussian", "GaussianMixture", "Empirical", "AnalyticModel", "AnalyticUNet"]
@@ -167,7 +166,7 @@ class _Analytic:
     def _coefficients(self, t, schedule: NoiseSchedule, batch: int, device):
         if not isinstance(schedule, NoiseSchedule):
             raise ValueError(f"schedule must be a unisde.NoiseSchedule, got {type(schedule).__name__}")
-        s, sigma = schedule_coefficients(schedule, t)
+        s, sigma = schedule.s(t), schedule.sigma(t)  # exact, also where s(1) = 0 (module doc)
         return self._per_sample(s, batch, device), self._per_sample(sigma, batch, device)
 
     # ------------------------------------------------------------------ the one computation
@@ -236,9 +235,10 @@ class _Analytic:
     def _denoise64(self, xf: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
         s, sigma = self._coefficients(t, schedule, xf.shape[0], xf.device)
         clean = sigma == 0
-        # At σ = 0 the answer is x / s for any data; σ is replaced there only to keep the other branch finite.
+        # At σ = 0 the answer is x / s for any data; σ (and s in the unused quotient, which is 0 at s(1) = 0) is
+        # replaced there only to keep the other branch finite — also its gradient, or autograd gives 0 · ∞ = NaN.
         _, x0 = self._posterior(xf, s, torch.where(clean, torch.ones_like(sigma), sigma))
-        return torch.where(clean[:, None], xf / s[:, None], x0)
+        return torch.where(clean[:, None], xf / torch.where(clean, s, torch.ones_like(s))[:, None], x0)
 
     def denoise(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
         """The exact denoiser E[x0 | x_t = x] at time t (Karras et al. 2022, App. B.3 [EDM] for :class:`Empirical`).
@@ -252,11 +252,11 @@ class _Analytic:
     def score(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
         """∇_x log p_t(x) = (s D(x) − x) / σ² (Karras et al. 2022, eq. 3 [EDM]), x's shape and dtype. Needs σ(t) > 0."""
         xf = self._flat(x)
-        _, sigma = self._coefficients(t, schedule, xf.shape[0], xf.device)
+        s, sigma = self._coefficients(t, schedule, xf.shape[0], xf.device)
         if (sigma == 0).any():
             raise ValueError("score is undefined where σ(t) = 0 (t = 0: noise-free data); evaluate it at t > 0")
         x0 = self._denoise64(xf, t, schedule)
-        return score_from_denoised(x0, xf, t, schedule).reshape(x.shape).to(x.dtype)
+        return ((s[:, None] * x0 - xf) / (sigma * sigma)[:, None]).reshape(x.shape).to(x.dtype)
 
     def marginal_log_prob(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
         """log p_t(x) of x_t = s x0 + σ ε in the model's own space: Σ_k w_k N(x; s μ_k, s² Σ_k + σ² I).

@@ -7,7 +7,7 @@ the forward process (Kingma et al. 2021, eq. 1 [VDM]) for every t, so by the ins
 
     d/dt log p_t(x(t)) = −∇·v(x(t), t)      along any solution x(t),
 
-and integrating from t_min to t_max (= 1, or the capped end of a zero-terminal-SNR schedule):
+and integrating from t_min to t_max (= 1, or the capped end of a zero-terminal-SNR table):
 
     log p_{t_min}(x) = log p_{t_max}(x(t_max)) + ∫_{t_min}^{t_max} ∇·v(x(t), t) dt.                    (★)
 
@@ -27,6 +27,12 @@ Conventions (docs/likelihood.md has the full discussion):
   t_min → 0. VE and EDM schedules have σ(0) = σ_min > 0, so even t → 0 gives the data convolved with
   N(0, σ_min²): for those, the quantity is the density of that smoothed data, which is what their samplers
   produce. t = 0 itself is excluded because the score of a data distribution with atoms is singular there.
+* **Flow models and t = 1.** Where the schedule has closed-form s′ and σ′ (the rectified flow s = 1 − t,
+  σ = t) the drift is taken in velocity form, v = s′ x̂0 + σ′ (x − s x̂0)/σ (:func:`velocity_drift`; = the
+  flow network's output u = (x − x̂0)/t on the rectified flow), which stays exact where s(1) = 0, and the ODE
+  runs to t_max = 1, where the prior is exactly N(0, I) (σ(1) = 1, s(1) = 0): the default prior is then the
+  true marginal p_1, not an approximation of it. Other zero-terminal-SNR schedules (tables) stop at their cap
+  ``schedule.t_end``, where f and g² are still finite.
 * **Prior.** The density of x(t_max) is taken as the Gaussian N(s m, s² σ_d² + σ²) per dimension (s, σ at
   t_max). The defaults m = 0, σ_d = 1 give exactly ``schedule.prior_logp`` — the distribution the samplers
   draw their first sample from — so the number is then the exact log-density of the model's own
@@ -174,12 +180,12 @@ def _check_moment(value, name, sample_shape, positive):
 
 def gaussian_prior_log_prob(x_end: torch.Tensor, schedule: NoiseSchedule, t_max: float | None = None,
                             data_mean=0.0, data_std=1.0) -> torch.Tensor:
-    """log N(x_end; s m, s² σ_d² + σ²) per sample in nats, (s, σ) at t_max (default ``schedule.t_end``).
+    """log N(x_end; s m, s² σ_d² + σ²) per sample in nats, (s, σ) at t_max (default :func:`default_t_max`).
 
     The prior term of (★) in the module doc; with m = 0, σ_d = 1, t_max = 1 it equals ``schedule.prior_logp``.
     ``x_end``: (B, ...) — e.g. ``LikelihoodResult.x_end`` to swap priors without re-solving the ODE.
     """
-    t_max = float(schedule.t_end if t_max is None else t_max)
+    t_max = default_t_max(schedule) if t_max is None else float(t_max)
     _check_moment(data_mean, "data_mean", x_end.shape[1:], positive=False)
     _check_moment(data_std, "data_std", x_end.shape[1:], positive=True)
     return _gaussian_prior_logp(x_end.reshape(x_end.shape[0], -1).to(DTYPE), schedule, t_max, data_mean, data_std, x_end.shape)[0]
@@ -221,15 +227,14 @@ def _raw_output(out):
     raise ValueError(f"model returned {type(out).__name__}; expected a tensor, a diffusers output with .sample, or a tuple")
 
 
-def make_score_fn(model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape) -> Callable:
-    """score(x, t) = (s x̂0 − x)/σ² from a raw network ``model(model_input, timestep)``
-    (Karras et al. 2022, eq. 3 [EDM]).
+def make_denoiser_fn(model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape) -> Callable:
+    """x̂0(x, t) from a raw network ``model(model_input, timestep)`` through ``parameterization.to_denoised``.
 
     ``x`` is in model space, t a per-sample (B,) float64 tensor; raises ValueError if the model's output shape
     differs from its input's (e.g. a learned-variance UNet with twice the channels).
     """
 
-    def score(x, t):
+    def denoise(x, t):
         t = torch.as_tensor(t, dtype=DTYPE)
         # All samples share one t during an ODE solve: compute coefficients once, broadcast over the batch.
         tc = t[0] if t.ndim == 1 and bool((t == t[0]).all()) else t
@@ -241,10 +246,52 @@ def make_score_fn(model: Callable, schedule: NoiseSchedule, parameterization: Pa
             raise ValueError(f"model output has shape {tuple(out.shape)} but its input has shape {tuple(x.shape)} "
                              f"(expected sample shape {tuple(sample_shape)}); the likelihood needs one raw prediction per "
                              f"input value (a learned-variance model must be split to its mean channels first)")
-        x0_hat = parameterization.to_denoised(out.to(x.dtype), x, tc, schedule)
-        return score_from_denoised(x0_hat, x, tc, schedule)
+        return parameterization.to_denoised(out.to(x.dtype), x, tc, schedule)
+
+    return denoise
+
+
+def make_score_fn(model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape) -> Callable:
+    """score(x, t) = (s x̂0 − x)/σ² from a raw network ``model(model_input, timestep)``
+    (Karras et al. 2022, eq. 3 [EDM]), x̂0 from :func:`make_denoiser_fn`."""
+    denoise = make_denoiser_fn(model, schedule, parameterization, sample_shape)
+
+    def score(x, t):
+        t = torch.as_tensor(t, dtype=DTYPE)
+        tc = t[0] if t.ndim == 1 and bool((t == t[0]).all()) else t
+        return score_from_denoised(denoise(x, t), x, tc, schedule)
 
     return score
+
+
+def has_exact_velocity(schedule: NoiseSchedule) -> bool:
+    """True when the schedule has closed-form s′ and σ′ (the rectified flow): then the PF-ODE drift is taken in
+    velocity form (:func:`velocity_drift`), exact up to t = 1 even where s(1) = 0, and t_max defaults to 1."""
+    return hasattr(schedule, "_ds") and hasattr(schedule, "_dsigma")
+
+
+def default_t_max(schedule: NoiseSchedule) -> float:
+    """1 where the drift is exact at t = 1 (:func:`has_exact_velocity`; σ(1) > 0 there), else ``schedule.t_end``
+    (1, or the cap of a zero-terminal-SNR table whose f and g² diverge at t = 1)."""
+    return 1.0 if has_exact_velocity(schedule) and float(schedule.sigma(1.0)) > 0 else float(schedule.t_end)
+
+
+def velocity_drift(denoise: Callable, schedule: NoiseSchedule) -> Callable:
+    """The PF-ODE drift in velocity form, v = s′ x̂0 + σ′ ε̂ with ε̂ = (x − s x̂0)/σ — algebraically
+    f x − ½ g² ∇log p_t (substitute f = s′/s, g² = 2σσ′ − 2fσ², ∇log p_t = (s x̂0 − x)/σ²; Lipman et al. 2023
+    [FM]: the marginal velocity is E[s′ x0 + σ′ ε | x_t]), but with s, σ, s′, σ′ exact, so it stays finite at
+    s(1) = 0: on the rectified flow v = (x − x̂0)/t, which is the flow model's own output u, and at t = 1
+    v = x − E[x0]. Needs σ(t) > 0 (t > 0)."""
+    from unisde.parameterizations.builtin import schedule_derivatives
+
+    def drift(x: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.tensor(float(t), dtype=DTYPE)
+        s, sigma = float(schedule.s(tt)), float(schedule.sigma(tt))
+        ds, dsigma = (float(v) for v in schedule_derivatives(schedule, tt))
+        x0_hat = denoise(x, tt.expand(x.shape[0]))
+        return ds * x0_hat + (dsigma / sigma) * (x - s * x0_hat)
+
+    return drift
 
 
 def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, parameterization, *,
@@ -261,8 +308,9 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
         ``.sample``), fed ``parameterization.model_input`` and ``parameterization.model_time``.
     x: data, shape (B, ...) in model space (images: [−1, 1]); its dtype is the model's compute dtype.
     schedule, parameterization: the model's :class:`NoiseSchedule` and parameterisation (instance or name).
-    t_min: start time in (0, 1) (module doc); t_max: end time (default ``schedule.t_end``: 1, or the cap of a
-        zero-terminal-SNR schedule).
+    t_min: start time in (0, 1) (module doc); t_max: end time (default :func:`default_t_max`: 1 — also on the
+        rectified flow, whose prior at t = 1 is exactly N(0, I) — or the cap ``schedule.t_end`` of a
+        zero-terminal-SNR table).
     rtol, atol: tolerances of the Dormand–Prince 5(4) solver on (x, ∫∇·v), in float64.
     trace: "exact" (D backward passes, batched), "hutchinson" (one probe per sample fixed per solve, one
         backward pass) or "auto" (exact up to ``EXACT_TRACE_MAX_DIM`` dimensions). probe: "rademacher" or
@@ -289,7 +337,7 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
     t_min = float(t_min)
     if not 0.0 < t_min < 1.0:
         raise ValueError(f"t_min must lie in the open interval (0, 1), got {t_min} (0 = data, 1 = prior)")
-    t_max = float(schedule.t_end if t_max is None else t_max)
+    t_max = default_t_max(schedule) if t_max is None else float(t_max)
     if not t_min < t_max <= 1.0:
         raise ValueError(f"t_max must lie in (t_min, 1] = ({t_min}, 1], got {t_max}")
     if trace not in TRACE_METHODS:
@@ -313,7 +361,10 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
     shape, dtype, device = x.shape, x.dtype, x.device
     batch, dims = shape[0], x[0].numel()
     method = ("exact" if dims <= EXACT_TRACE_MAX_DIM else "hutchinson") if trace == "auto" else trace
-    pf_ode = ForwardSDE(schedule).probability_flow(make_score_fn(model, schedule, param, shape[1:]))
+    if has_exact_velocity(schedule):
+        drift = velocity_drift(make_denoiser_fn(model, schedule, param, shape[1:]), schedule)
+    else:
+        drift = ForwardSDE(schedule).probability_flow(make_score_fn(model, schedule, param, shape[1:])).drift
 
     eps = None
     if method == "hutchinson":
@@ -327,7 +378,7 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
         """d/dt of (x, ∫∇·v): state (B, D + 1) float64 → (v, ∇·v)."""
         with torch.enable_grad():
             xr = state[:, :dims].reshape(shape).to(dtype).detach().requires_grad_(True)
-            v = pf_ode.drift(xr, t).reshape(batch, dims)
+            v = drift(xr, t).reshape(batch, dims)
             if method == "hutchinson":
                 (vjp,) = torch.autograd.grad(v, xr, grad_outputs=eps.reshape(batch, dims))
                 div = (vjp.reshape(batch, dims) * eps).sum(1)

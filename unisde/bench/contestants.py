@@ -12,15 +12,20 @@ import torch
 
 from unisde._tensor import unknown_name_error
 
-SCHEDULES = ("ddpm", "edm")
+SCHEDULES = ("ddpm", "edm", "flow", "flow-shift3")
+FLOW_SHIFTS = {"flow": 1.0, "flow-shift3": 3.0}
+"""The rectified-flow models (FlowMatchEulerDiscreteScheduler's config, flow prediction) and their grids' shift."""
 
 _SEED_STEPS = 4321        # the generator passed to step() (shared by every contestant)
 
 
 def base_config(schedule: str) -> dict:
-    """The diffusers scheduler config defining the forward process and model: DDPMScheduler() or EDMEulerScheduler()."""
+    """The diffusers scheduler config defining the forward process and model: DDPMScheduler(), EDMEulerScheduler() or,
+    for the rectified flow (s = 1 − t, σ = t, flow prediction), FlowMatchEulerDiscreteScheduler(shift=1 or 3)."""
     import diffusers
 
+    if schedule in FLOW_SHIFTS:
+        return dict(diffusers.FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFTS[schedule]).config)
     if schedule == "ddpm":
         return dict(diffusers.DDPMScheduler().config)
     if schedule == "edm":
@@ -50,7 +55,8 @@ SAMPLER_VARIANTS = {"edm": ({}, {"solver": "euler"}),
                     "sde": ({}, {"method": "exponential"}),
                     "dpmsolver++": ({}, {"solver_order": 3}, {"solver_order": 3, "exact_quadratic": True},
                                     {"algorithm_type": "sde-dpmsolver++"})}
-UNISDE_GRIDS = {"ddpm": (None, "trailing", "karras", "uniform_lambda"), "edm": (None, "uniform_lambda")}
+UNISDE_GRIDS = {"ddpm": (None, "trailing", "karras", "uniform_lambda"), "edm": (None, "uniform_lambda"),
+                "flow": (None, "uniform_lambda", "karras"), "flow-shift3": (None, "uniform_lambda", "karras")}
 
 
 def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Contestant]:
@@ -90,6 +96,37 @@ def _edm_schedulers() -> list[tuple[str, str, dict]]:
             ("EDM-SDE-DPM++2M", "EDMDPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"})]
 
 
+def _flow_schedulers(shift: float) -> list[tuple[str, str, dict]]:
+    """FlowMatch Euler (deterministic and ``stochastic_sampling``) and Heun, and the multistep solvers diffusers runs
+    on flow models through ``use_flow_sigmas`` (the grid σ = shift·τ/(1 + (shift − 1)τ), flow prediction)."""
+    flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": shift}
+    return [("FlowMatchEuler", "FlowMatchEulerDiscreteScheduler", {}),
+            ("FlowMatchEulerStochastic", "FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
+            ("FlowMatchHeun", "FlowMatchHeunDiscreteScheduler", {}),
+            ("UniPC-flow", "UniPCMultistepScheduler", flow),
+            ("DPM++2M-flow", "DPMSolverMultistepScheduler", {**flow, "solver_order": 2}),
+            ("DPM++3M-flow", "DPMSolverMultistepScheduler", {**flow, "solver_order": 3}),
+            ("SDE-DPM++2M-flow", "DPMSolverMultistepScheduler",
+             {**flow, "solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
+            ("DPM++2S-flow", "DPMSolverSinglestepScheduler", flow), ("DEIS-flow", "DEISMultistepScheduler", flow)]
+
+
+def _unscaled(sample, timestep=None):
+    return sample
+
+
+def _with_flow_pipeline_conventions(scheduler):
+    """FlowMatch schedulers have neither ``init_noise_sigma`` nor ``scale_model_input``: their pipelines start from
+    z itself and feed x unscaled. Give the instance those two (1 and the identity) so the generic loop runs it as
+    its pipelines do; other schedulers are returned unchanged."""
+    cls = type(scheduler)
+    if not hasattr(cls, "scale_model_input"):
+        scheduler.scale_model_input = _unscaled
+    if not hasattr(cls, "init_noise_sigma") and "init_noise_sigma" not in vars(scheduler):
+        scheduler.init_noise_sigma = 1.0
+    return scheduler
+
+
 def _has_param(cls, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
@@ -98,7 +135,8 @@ def _has_param(cls, name: str) -> bool:
 _TWIN_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                  "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "EDMEulerScheduler",
                  "PNDMScheduler", "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler",
-                 "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "TCDScheduler")
+                 "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "TCDScheduler", "FlowMatchEulerDiscreteScheduler",
+                 "FlowMatchHeunDiscreteScheduler")
 
 
 def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tuple[list[Contestant], list[Contestant]]:
@@ -107,11 +145,20 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
 
     from unisde.plugins import list_samplers
 
-    rows = _ddpm_schedulers() if schedule == "ddpm" else _edm_schedulers()
+    flow = schedule in FLOW_SHIFTS
+    rows = (_ddpm_schedulers() if schedule == "ddpm" else _flow_schedulers(FLOW_SHIFTS[schedule]) if flow
+            else _edm_schedulers())
     peers, twins = [], []
     for short, cls_name, options in rows:
         cls = getattr(diffusers, cls_name)
+        # A multistep solver on a flow model takes its schedule from use_flow_sigmas, not from FlowMatch's config keys.
+        flow_match = cls_name.startswith("FlowMatch")
+        source = cfg if not flow or flow_match else {"num_train_timesteps": cfg["num_train_timesteps"]}
         variants = [({}, "")]
+        if grid_variants and flow and flow_match and not options.get("stochastic_sampling"):
+            for option in ("karras", "exponential", "beta"):
+                if _has_param(cls, f"use_{option}_sigmas"):
+                    variants.append(({f"use_{option}_sigmas": True}, option))
         if grid_variants and schedule == "ddpm":
             if _has_param(cls, "timestep_spacing"):
                 variants += [({"timestep_spacing": "trailing"}, "trailing"), ({"timestep_spacing": "linspace"}, "linspace")]
@@ -123,8 +170,8 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
         for extra, tag in variants:
             label = short + (f"[{tag}]" if tag else "")
 
-            def make(cls=cls, kw={**options, **extra}):
-                return cls.from_config(cfg, **kw)
+            def make(cls=cls, kw={**options, **extra}, source=source):
+                return _with_flow_pipeline_conventions(cls.from_config(source, **kw))
 
             peers.append(Contestant("diffusers", label, make))
             # DPM-Solver++(2M/3M) and SDE-DPM-Solver++(2M) have a twin when the dpmsolver++ plugin is installed

@@ -18,20 +18,22 @@ if TYPE_CHECKING:
 
 OVERHEAD_PAIRS = (("ddpm", "DDPMScheduler", {}), ("ddim", "DDIMScheduler", {}),
                   ("edm-euler", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
-                  ("edm-heun", "HeunDiscreteScheduler", {"use_karras_sigmas": True}))
+                  ("edm-heun", "HeunDiscreteScheduler", {"use_karras_sigmas": True}),
+                  ("flow-euler", "FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, "flow"))
+"""(label, diffusers class, its options[, the schedule whose config it starts from: ``ddpm`` unless given]); the
+unisde side is ``UnifiedScheduler.from_config`` of the diffusers scheduler's config (its twin)."""
 
 
 def _overhead(cfg: BenchConfig, log) -> list:
     import diffusers
 
     out = []
-    base = base_config("ddpm")
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(cfg.overhead_shape, generator=g)
     model_output = torch.randn(cfg.overhead_shape, generator=g)
     n = 50
-    for label, cls_name, extra in OVERHEAD_PAIRS:
-        peer = getattr(diffusers, cls_name).from_config(base, **extra)
+    for label, cls_name, extra, *schedule in OVERHEAD_PAIRS:
+        peer = getattr(diffusers, cls_name).from_config(base_config(schedule[0] if schedule else "ddpm"), **extra)
         mine = _unified(peer.config)
         kinds = [(peer, []), (mine, [])]
         gens = {id(s): torch.Generator().manual_seed(1) for s, _ in kinds}
@@ -46,7 +48,8 @@ def _overhead(cfg: BenchConfig, log) -> list:
                 flip = not flip
                 for s, times in order:
                     t = s.timesteps[i]
-                    x = s.scale_model_input(sample, t)
+                    # FlowMatch pipelines call no scale_model_input (the class has none): the model sees x as is
+                    x = s.scale_model_input(sample, t) if hasattr(type(s), "scale_model_input") else sample
                     t0 = time.perf_counter()
                     s.step(model_output, t, x, **kw[id(s)])
                     times.append(time.perf_counter() - t0)
