@@ -234,7 +234,8 @@ def test_train_rectified_flow_exports_a_flowmatch_compatible_pipeline(tmp_path):
     def images(scheduler):
         p = DDPMPipeline(unet=unet, scheduler=scheduler)
         p.set_progress_bar_config(disable=True)
-        return p(batch_size=4, num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="np").images
+        return p(batch_size=4, num_inference_steps=6, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
 
     exported = images(pipe.scheduler)
     assert np.isfinite(exported).all()
@@ -247,7 +248,8 @@ def test_train_rectified_flow_exports_a_flowmatch_compatible_pipeline(tmp_path):
             continue
         p = unisde.load_pipeline(str(out), sampler=sampler)
         p.set_progress_bar_config(disable=True)
-        img = p(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+        img = p(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                output_type="np").images
         assert np.isfinite(img).all(), sampler
 
 
@@ -266,7 +268,8 @@ def test_train_flow_without_scheme_and_other_schedules(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(weighting_scheme="logit_normal", noise_distribution="uniform_t"), "--weighting_scheme logit_normal sets both"),
+    (dict(weighting_scheme="logit_normal", noise_distribution="uniform_t"),
+     "--weighting_scheme logit_normal sets both"),
     (dict(weighting_scheme="cosmap", loss_weighting="x0"), "drop --noise_distribution"),
     (dict(weighting_scheme="sd3"), "--weighting_scheme 'sd3'; valid choices: logit_normal, mode"),
     (dict(weighting_scheme="mode", mode_scale=2.0), r"mode_scale must lie in \[-1, 2/\(π − 2\)"),
@@ -329,3 +332,29 @@ def test_two_gloo_processes_train_a_rectified_flow(tmp_path):
 
 if __name__ == "__main__":
     _worker(sys.argv[1])
+
+
+# ---------------------------------------------------------------------------------------------- the demo
+def test_demo_samples_both_bundled_checkpoints(tmp_path):
+    """``unisde demo``'s runner on the two bundled checkpoints (a few images, three samplers): one table with a row
+    per (checkpoint, sampler), finite distances, the inversion sampler measured by its round trip, and the flow
+    checkpoint's scheduler the FlowMatch export."""
+    from unisde.demo import BUNDLED_CHECKPOINTS, format_table, run_demos
+
+    rows, bpd = run_demos(BUNDLED_CHECKPOINTS, str(tmp_path), num_samples=[8, 6], samplers=["ddim", "edm", "inverse"],
+                          likelihood=False, verbose=False)
+    inv = "inverse (encode real digits, decode with ddim)"
+    assert [(r.checkpoint, r.label) for r in rows] == [
+        ("digits-unet", "ddim"), ("digits-unet", "edm"), ("digits-unet", inv),
+        ("digits-flow", "ddim"), ("digits-flow", "edm"), ("digits-flow", inv), ("digits-flow", "edm (view=flow)")]
+    assert all(np.isfinite(r.frechet) and np.isfinite(r.floor) for r in rows)
+    assert [r.num_samples for r in rows] == [8] * 3 + [6] * 4
+    inverse = [r for r in rows if r.sampler == "inverse"]
+    assert all(r.note and r.nfe == 2 * 30 for r in inverse)
+    table = (tmp_path / "results.md").read_text()
+    assert table == format_table(rows) and "| digits-flow | edm |" in table
+    cfg = json.loads((tmp_path / "digits-flow" / "results.json").read_text())
+    assert cfg["num_samples"] == 6 and len(cfg["rows"]) == 4
+    flow_cfg = json.loads(open(os.path.join(BUNDLED_CHECKPOINTS[1], "scheduler", "scheduler_config.json")).read())
+    assert flow_cfg["schedule"]["name"] == "rectified-flow" and flow_cfg["time_grid"] == "flow_match"
+    assert flow_cfg["parameterization"] == "flow_prediction" and flow_cfg["shift"] == 1.0

@@ -12,8 +12,14 @@ distance in 64-d pixel space to the 1797 real digits
 beside the real-vs-real floor at the same sample size (n real digits against the other 1797 − n, n capped at
 half the data): the distance a perfect sampler would get with n samples. Samplers that *encode* (inversion, data
 → noise) cannot sample from noise; for them the demo encodes n real digits and decodes the latents with DDIM on
-the same grid, and reports the NFE of both passes and the FD of the reconstructions. It also writes one PNG grid
-per (checkpoint, sampler) and a plot of each checkpoint's schedule (s, σ, f, g, λ against t).
+the same grid, and reports the NFE of both passes and the FD of the reconstructions against the *other* real
+digits (so a perfect round trip scores the floor exactly). It also writes one PNG grid per (checkpoint, sampler)
+and a plot of each checkpoint's schedule (s, σ, f, g, λ against t).
+
+On the flow checkpoint, samplers that work in the VE view x̃ = x/s start at the rectified flow's capped t_end
+(σ̃ = 4096, where s = 2⁻¹²) instead of t = 1; they run and give finite images, and the table shows what that
+costs (EDM's Heun, for one, takes its first trapezoid step from σ̃ = 4096 to σ̃(t₁) ≈ 13 with 15 steps).
+``FLOW_EXTRA_RUNS`` adds EDM in the flow view (diffusers' FlowMatch Heun) for comparison.
 
 The second checkpoint is sampled with fewer images per sampler (``DEFAULT_NUM_SAMPLES_SECOND``) to keep the demo
 at about 2–3 minutes on 2 CPU cores; its floor is computed at that size.
@@ -42,6 +48,9 @@ DEFAULT_STEPS = {"ddpm": 30, "ddim": 30, "edm": 15, "ode": 15, "sde": 30, "pc": 
 DEFAULT_OPTIONS = {"ncsn": {"n_steps_each": 2}}
 DEFAULT_NUM_SAMPLES = 500
 DEFAULT_NUM_SAMPLES_SECOND = 200
+FLOW_EXTRA_RUNS = [("edm", {"view": "flow"}, "view=flow")]
+"""Extra rows for flow checkpoints (FlowMatch configs): EDM's Heun in the flow view x/(s + σ) against τ (diffusers'
+FlowMatch Heun), beside the default VE-view run, whose first step starts at σ̃ = 4096 (the capped t_end)."""
 """Images per sampler for the second (and any further) checkpoint of the default run: fewer, to keep the demo
 at about 2–3 minutes on 2 CPU cores (the floor is computed at the same size)."""
 
@@ -157,9 +166,12 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
              seed: int = 0, samplers: list[str] | None = None, steps: dict | None = None, likelihood: bool = True,
              verbose: bool = True) -> list[DemoRow]:
     """One checkpoint, every sampler (module doc): grids, schedule plot, results.{json,md} in ``output_dir``."""
+    import diffusers  # noqa: F401  (imported before unisde.diffusers.scheduler: a first diffusers import from inside
+
+    # it runs torch.distributed's inspect.getmodule, which executes the lazy unisde.scheduler re-entrantly)
     from unisde.diffusers.pipeline import load_pipeline
-    from unisde.plugins import get_sampler, list_samplers
     from unisde.diffusers.scheduler import UnifiedScheduler
+    from unisde.plugins import get_sampler, list_samplers
     from unisde.training.data import real_digits
 
     if not os.path.isdir(checkpoint):
@@ -177,29 +189,35 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
     real = real_digits(resolution).numpy()
     floor = real_floor(real, num_samples, seed)
     os.makedirs(output_dir, exist_ok=True)
+    runs = [(name, DEFAULT_OPTIONS.get(name, {}), "") for name in names]
+    if base.scheduler.config.get("sigmas_convention") == "flow":
+        runs += [(name, options, note) for name, options, note in FLOW_EXTRA_RUNS if name in names]
     rows: list[DemoRow] = []
-    for name in names:
+    for name, options, note in runs:
         n_steps = (steps or {}).get(name, DEFAULT_STEPS.get(name, 50))
-        options = DEFAULT_OPTIONS.get(name, {})
         start = time.perf_counter()
+        reference = real
         if getattr(get_sampler(name), "encodes", False):
-            subset = real[np.random.default_rng(seed).permutation(len(real))[:num_samples]]
-            images, nfe = _encode_decode(unet, base.scheduler.config, name, subset, n_steps, options)
+            # the round trip of n real digits, compared with the *other* digits: a perfect inversion scores the floor
+            order = np.random.default_rng(seed).permutation(len(real))
+            n = max(2, min(num_samples, len(real) // 2))
+            reference = real[order[n:]]
+            images, nfe = _encode_decode(unet, base.scheduler.config, name, real[order[:n]], n_steps, options)
             note = "encode real digits, decode with ddim"
         else:
             scheduler = UnifiedScheduler.from_config(base.scheduler.config, sampler=name, sampler_options=options)
             images, nfe = _sample(unet, scheduler, num_samples, n_steps, seed)
-            note = ""
         seconds = time.perf_counter() - start
         generated = images.transpose(0, 3, 1, 2) * 2.0 - 1.0  # back to the training range [−1, 1]
         if not np.isfinite(generated).all():
             raise ValueError(f"{label}: sampler {name!r} produced non-finite images")
-        fd = frechet_distance(generated, real)
-        grid = save_grid(images, os.path.join(output_dir, f"samples_{name}.png"))
+        fd = frechet_distance(generated, reference)
+        suffix = "".join(f"_{k}-{v}" for k, v in options.items()) if note and options else ""
+        grid = save_grid(images, os.path.join(output_dir, f"samples_{name}{suffix}.png"))
         rows.append(DemoRow(name, nfe, seconds, fd, floor, grid, label, len(images), note))
         if verbose:
-            print(f"  {label:<12} {rows[-1].label:<24} NFE {nfe:>4}  {seconds:6.2f} s  FD {fd:8.3f}  (floor {floor:.3f})",
-                  flush=True)
+            print(f"  {label:<12} {rows[-1].label:<24} NFE {nfe:>4}  {seconds:6.2f} s  FD {fd:8.3f}  "
+                  f"(floor {floor:.3f})", flush=True)
     _schedule_plot(base.scheduler, output_dir)
     summary = {"checkpoint": checkpoint, "num_samples": num_samples, "floor": floor, "rows": [asdict(r) for r in rows]}
     if likelihood:
@@ -235,7 +253,8 @@ def run_demos(checkpoints=BUNDLED_CHECKPOINTS, output_dir: str = "demo_out", num
             raise ValueError(f"checkpoint folder {path!r} does not exist")
     names = [os.path.basename(os.path.normpath(p)) for p in checkpoints]
     if len(set(names)) != len(names):
-        raise ValueError(f"checkpoint folders need distinct names (their outputs go to {output_dir}/<name>/), got {names}")
+        raise ValueError(f"checkpoint folders need distinct names (their outputs go to {output_dir}/<name>/), "
+                         f"got {names}")
     rows, bpd = [], {}
     for path, name, n in zip(checkpoints, names, counts):
         if verbose:
@@ -263,8 +282,8 @@ def _schedule_plot(scheduler, output_dir):
 def _bits_per_dim(checkpoint, seed, n: int = 32):
     """Bits/dim of n real digits under the checkpoint (PF-ODE likelihood, Hutchinson trace, uniform
     dequantisation over the digits' 17 levels), as a printable string."""
-    from unisde.likelihood_data import load_pipeline_model, load_quantized_dataset
     from unisde.likelihood import dataset_bits_per_dim
+    from unisde.likelihood_data import load_pipeline_model, load_quantized_dataset
 
     data, num_bins = load_quantized_dataset("digits")
     unet, schedule, param = load_pipeline_model(checkpoint)
@@ -288,10 +307,11 @@ def update_model_card(checkpoint: str, rows: list[DemoRow], bits_per_dim: str | 
         card = card[: card.index(CARD_BEGIN)].rstrip() + "\n" + card[card.index(CARD_END) + len(CARD_END):]
     label = os.path.basename(os.path.normpath(checkpoint))
     rows = [r for r in rows if r.checkpoint in ("", label)]
-    row = next((r for r in rows if r.sampler == grid_sampler), rows[0])
+    # the grid of grid_sampler's best run (on a flow checkpoint: EDM in the flow view rather than the VE view)
+    row = min((r for r in rows if r.sampler == grid_sampler), key=lambda r: r.frechet, default=rows[0])
     shutil.copyfile(row.grid, os.path.join(checkpoint, "samples.png"))
     section = (f"\n{CARD_BEGIN}\n## Quality (measured by `unisde demo`)\n\n"
-               f"![samples from the `{row.sampler}` sampler](samples.png)\n\n"
+               f"![samples from the `{row.label}` sampler](samples.png)\n\n"
                + format_table(rows, bpd=bits_per_dim) + f"{CARD_END}\n")
     with open(card_path, "w") as fh:
         fh.write(card.rstrip() + "\n" + section)
@@ -305,7 +325,8 @@ def format_table(rows: list[DemoRow], num_samples: int | None = None, bpd=None) 
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = r.num_samples or num_samples or ""
-        lines.append(f"| {r.checkpoint} | {r.label} | {r.nfe} | {r.seconds:.2f} | {n} | {r.frechet:.3f} | {r.floor:.3f} |")
+        lines.append(f"| {r.checkpoint} | {r.label} | {r.nfe} | {r.seconds:.2f} | {n} | {r.frechet:.3f} "
+                     f"| {r.floor:.3f} |")
     text = "\n".join(lines) + "\n"
     if bpd is not None:
         text += f"\nPF-ODE likelihood of real digits: {bpd}\n"

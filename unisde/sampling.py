@@ -11,6 +11,7 @@ evaluation.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -20,23 +21,117 @@ from unisde.parameterizations.base import fed_timesteps
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
+FINITE_PROBE = 1024  # elements read per finiteness check of a large tensor
+
+
+def finite_probe(x: torch.Tensor):
+    """Whether ``x`` is free of NaN/inf, judged on a strided probe of ~1k elements for large contiguous tensors (a
+    few µs; a NaN or inf spreading through an output is caught at the step it appears, and the loop's final sample
+    is checked in full). On the CPU: a bool, now. On other devices: a 0-dim bool tensor to be read later, so that
+    checking costs no device synchronisation per step.
+
+    The fast CPU test is that the probe's sum is finite (a finite sum means no element is NaN or ±inf); only when
+    it is not — a real NaN/inf, or finite float16 values whose sum overflows (1024 × 100 > 65504) — are the elements
+    themselves tested, so finite outputs of any magnitude pass."""
+    n = x.numel()
+    probe = x.as_strided((FINITE_PROBE,), (n // FINITE_PROBE,)) if n > 2 * FINITE_PROBE and x.is_contiguous() else x
+    if x.is_cpu:
+        return math.isfinite(probe.sum().item()) or bool(torch.isfinite(probe).all())
+    return torch.isfinite(probe).all()
+
+
+def check_sampler_output(sampler, out, like: torch.Tensor, k: int) -> None:
+    """A ValueError naming the sampler and the distribution that provides it unless what its loop yielded or
+    returned after model evaluation ``k`` is a tensor of the sample's shape, dtype and device."""
+    if (isinstance(out, torch.Tensor) and out.shape == like.shape and out.dtype == like.dtype
+            and out.device == like.device):
+        return
+    from unisde.plugins import describe_origin
+
+    if isinstance(out, torch.Tensor):
+        got = f"a tensor of shape {tuple(out.shape)}, {out.dtype} on {out.device}"
+    else:
+        got = "None" if out is None else f"a {type(out).__name__}"
+    raise ValueError(f"{describe_origin('sampler', sampler)} returned {got} after model evaluation {k}; expected a "
+                     f"tensor like the sample: shape {tuple(like.shape)}, {like.dtype} on {like.device}. This is a bug "
+                     "in the sampler's loop: report it to the distribution named here")
+
+
+def non_finite_origin(where: str, sample: torch.Tensor, output: torch.Tensor | None, output_name: str,
+                      denoised: torch.Tensor | None, sampler) -> str:
+    """Which input made the sampler's new sample non-finite at ``where`` (e.g. "step 3 (timestep 499)"). Called
+    only once the new sample's probe failed, so these full checks cost nothing in a normal run: the sample passed
+    in, the model output, x̂0 computed from it (an overflow of a low-precision dtype), or else the sampler."""
+    if not bool(torch.isfinite(sample).all()):
+        return f"the sample passed in at {where} contains NaN or inf"
+    if output is not None and not bool(torch.isfinite(output).all()):
+        return f"the {output_name} at {where} contains NaN or inf"
+    if denoised is not None and not bool(torch.isfinite(denoised).all()):
+        return (f"x̂0 computed from the {output_name} at {where} contains inf although the output is finite: it "
+                f"overflows {sample.dtype} (sample in float32 or bfloat16)")
+    from unisde.plugins import describe_origin
+
+    return (f"the sample returned by {describe_origin('sampler', sampler)} after {where} contains NaN or inf although "
+            "its inputs are finite: a bug or a numerical limit of the sampler (report it to the distribution named "
+            "here)")
+
 
 def run_loop(sampler, x: torch.Tensor, denoise: Denoiser, start: int = 0,
-             callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+             callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+             check_finite: bool = True) -> torch.Tensor:
     """Drive ``sampler.loop`` from evaluation ``start``: ``denoise(x, k)`` returns x̂0 at evaluation k (the k-th of
-    the times ``sampler.prepare`` returned); returns the loop's final sample. ``sampler.prepare`` must have run."""
+    the times ``sampler.prepare`` returned); returns the loop's final sample. ``sampler.prepare`` must have run.
+
+    Every sample the loop hands back must be a tensor of x's shape, dtype and device (else a ValueError naming the
+    sampler and its distribution). With ``check_finite`` x̂0 and each new sample are probed for NaN/inf as
+    :class:`unisde.UnifiedScheduler` does (:func:`finite_probe`: at once on the CPU, at the end elsewhere), and the
+    ValueError says at which evaluation, and in what, it first appeared."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"the sample must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.device.type == "meta":
+        raise ValueError("the sample is on the meta device (a tensor without data): move it to a real device first")
+    like = x
+    deferred = []  # (evaluation, what, flag) on devices other than the CPU
     loop = sampler.loop(x, start)
     x = next(loop)
+    check_sampler_output(sampler, x, like, start)
     k = start
     while True:
         denoised = denoise(x, k)
+        if not isinstance(denoised, torch.Tensor) or denoised.shape != x.shape:
+            got = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
+            raise ValueError(f"the denoiser returned {got} at evaluation {k}; expected x̂0 of the sample's shape "
+                             f"{tuple(x.shape)}")
+        if check_finite:
+            ok = finite_probe(denoised)
+            if ok is False:
+                raise ValueError(f"the denoised estimate (model output) at evaluation {k} contains NaN or inf; "
+                                 "sampling stopped before it reached the sample")
+            if ok is not True:
+                deferred.append((k, "the denoised estimate (model output)", ok))
         if callback is not None:
             callback(k, x, denoised)
         try:
-            x = loop.send((x, denoised))
-        except StopIteration as done:
-            return done.value
-        k += 1
+            new, done = loop.send((x, denoised)), False
+        except StopIteration as stop:
+            new, done = stop.value, True
+        check_sampler_output(sampler, new, like, k)
+        if check_finite:
+            ok = finite_probe(new)
+            if ok is False:
+                raise ValueError(non_finite_origin(f"evaluation {k}", x, None, "denoised estimate", denoised, sampler))
+            if ok is not True:
+                deferred.append((k, "the sample returned by the sampler", ok))
+        if done:
+            if deferred:  # one synchronisation for the whole loop
+                bad = (~torch.stack([flag for _, _, flag in deferred])).nonzero()
+                if bad.numel():
+                    j, what, _ = deferred[int(bad[0])]
+                    raise ValueError(f"{what} at evaluation {j} contained NaN or inf")
+            if check_finite and not bool(torch.isfinite(new).all()):
+                raise ValueError("the final sample contains NaN or inf")
+            return new
+        x, k = new, k + 1
 
 
 def sample(model: Callable | None, noise: torch.Tensor, *, schedule="vp-linear", parameterization="epsilon",

@@ -6,16 +6,19 @@ Accuracy
 Every contestant samples the same exact model — the analytic denoiser of :mod:`unisde.analytic` wrapped as
 the raw output of an ε-model (diffusers' default DDPM table: linear β, 1000 steps) or of the EDM-preconditioned
 model (EDMEulerScheduler's σ ∈ [0.002, 80], Karras et al. 2022, eqs. 7–8, Table 1 [EDM])
-— so the only error left is the sampler's.
-All contestants start from the same noise z and draw their noise from the same seeded generator. The distance to
-the truth is the sliced Wasserstein-2 distance
+— so the only error left is the sampler's. It is measured without sampling noise wherever possible
+(:mod:`unisde.bench.exact`): on Gaussian targets the exact W₂ (and KL) of the sampler's exact output law
+N(b, A Aᵀ) — the sampler is affine in its start and noise draws, which are prescribed — for deterministic and
+stochastic contestants alike; on other targets the trajectory error of deterministic contestants against the
+converged probability-flow ODE from the same starts. Stochastic contestants on mixtures (and runs that are not
+affine) keep the sliced Wasserstein-2 distance
 
-    SW₂(X, Y)² = E_θ W₂²(θᵀX, θᵀY)   (θ uniform on the unit sphere; a fixed set of ``projections`` directions),
+    SW₂(X, Y)² = E_θ W₂²(θᵀX, θᵀY)   (θ uniform on the unit sphere; a fixed set of ``projections`` directions)
 
-where each 1-D W₂ between two equal-size empirical sets is the RMS difference of their sorted projections.
-Y is one fixed set of exact samples; the *noise floor* is the same distance between two independent exact
-sets of the same size (mean and standard deviation over three pairs): a sampler at the floor is
-indistinguishable from the truth at this sample size.
+to one fixed set of exact samples, against its *noise floor* (the same distance between two independent exact
+sets of the same size; mean and standard deviation over three pairs). The report prints, per NFE, the best
+unisde vs the best diffusers result on the noise-free metric against the targets ≤ 0.67× at NFE ≤ 10 and
+≤ 1.0× at NFE 20 and 50 (:func:`unisde.bench.accuracy.comparisons`).
 
 NFE is counted honestly: every call of the model is counted by the model itself (``ExactModel.nfe``), and a
 contestant's ``num_inference_steps`` is the largest one whose counted calls do not exceed the NFE budget (so
@@ -44,9 +47,11 @@ Modules
 -------
 * :mod:`unisde.bench.targets`: the exact data distributions and :class:`ExactModel`, the perfect network.
 * :mod:`unisde.bench.metrics`: sliced W₂ and its fixed projection directions.
+* :mod:`unisde.bench.exact`: exact output laws on Gaussian targets, closed-form W₂ / KL, the converged PF-ODE
+  reference of the trajectory metric, and the run harness that prescribes every noise draw.
 * :mod:`unisde.bench.contestants`: what is raced (unisde samplers, diffusers schedulers and their unisde twins)
   and the sampling loop that runs a contestant within an NFE budget.
-* :mod:`unisde.bench.accuracy`: the accuracy section (distances and noise floors).
+* :mod:`unisde.bench.accuracy`: the accuracy section (metric per target and contestant, best-vs-best ratios).
 * :mod:`unisde.bench.speed`: the overhead, pipeline and training sections.
 * :mod:`unisde.bench.run`: :class:`BenchConfig` and :func:`run_benchmarks`.
 * :mod:`unisde.bench.report`: ``BENCHMARKS.md`` and its figure.

@@ -87,13 +87,14 @@ class _SamplingMetric:
             b = dist.sample(n, torch.Generator().manual_seed(_SEED_FLOOR + 2 * r + 1), dtype=torch.float64)
             pair.append(sliced_w2(a, b, self.directions))
         self.floor, self.floor_sd = statistics.fmean(pair), statistics.stdev(pair)
-        self.z = torch.randn(n, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_NOISE), dtype=torch.float64)
+        self.z = torch.randn(n, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_NOISE),
+                             dtype=torch.float64)
         self._ready = True
 
-    def measure(self, scheduler, model, n_steps: int) -> dict:
+    def measure(self, prepared: exact.Prepared, model) -> dict:
         self._prepare()
         model.nfe = 0
-        x, _, _ = exact.run_scheduler(scheduler, model, self.z, n_steps)
+        x, _, _ = exact.run_scheduler(prepared, model, self.z)
         return {"metric": "sliced-w2", "distance": sliced_w2(x, self.reference, self.directions), "floor": self.floor,
                 "floor_sd": self.floor_sd, "exact": False, "model_calls": model.nfe}
 
@@ -103,37 +104,73 @@ class _SamplingMetric:
 
 
 def _fit_budget(scheduler, budget: int, attempt):
-    """Largest steps whose counted calls fit ``budget``: ``attempt(n)`` runs and returns (result, calls)."""
-    n = steps_for_nfe(scheduler, budget)
+    """Largest steps n whose counted calls fit ``budget``: ``attempt(prepared)`` runs a :class:`exact.Prepared`
+    copy of the scheduler set for n and returns (result, calls). Returns (prepared, result) or (None, None)."""
+    n = steps_for_nfe(scheduler, budget)  # leaves the scheduler set for n
+    first = True
     while n is not None:
-        result, calls = attempt(n)
+        prepared = exact.Prepared(scheduler, n, already_set=first)
+        first = False
+        result, calls = attempt(prepared)
         if calls <= budget:
-            return n, result
+            return prepared, result
         n = n - 1 if n > 1 else None
     return None, None
+
+
+def _sampled(scheduler, model, budget: int, sampling: _SamplingMetric, note: str) -> dict | None:
+    """The sampling metric at the budget, for a contestant whose noise cannot be prescribed (a Brownian tree)."""
+    def attempt(prepared):
+        rec = sampling.measure(prepared, model)
+        return rec, rec["model_calls"]
+
+    prepared, rec = _fit_budget(scheduler, budget, attempt)
+    if prepared is None:
+        return None
+    return {"num_inference_steps": prepared.num_inference_steps, "stochastic": True, **rec, "note": note}
 
 
 def measure_gaussian(scheduler, model, dist, budget: int, sampling: _SamplingMetric) -> dict | None:
     """One record's metric fields on a Gaussian target: the exact law when the run is affine to rounding, else
     (and for a scheduler whose noise cannot be prescribed) the sampling metric."""
     if not exact.feeds_noise(scheduler):
-        n, rec = _fit_budget(scheduler, budget, lambda n: (lambda r: (r, r["model_calls"]))(sampling.measure(scheduler, model, n)))
-        return None if n is None else {"num_inference_steps": n, **rec, "note": "noise not prescribable: sampling metric"}
-    n, law = _fit_budget(scheduler, budget, lambda n: (lambda law: (law, law.nfe))(exact.affine_law(scheduler, model, dist.event_shape, n)))
-    if n is None:
+        return _sampled(scheduler, model, budget, sampling, "noise not prescribable (Brownian tree): sampling metric")
+
+    def attempt(prepared):
+        law = exact.affine_law(prepared, model, dist.event_shape)
+        return law, law.nfe
+
+    prepared, law = _fit_budget(scheduler, budget, attempt)
+    if prepared is None:
         return None
-    base = {"num_inference_steps": n, "model_calls": law.nfe, "draws": law.draws, "stochastic": not law.deterministic,
-            "affine_residual": law.residual, "start_sigma": math.tan(law.tau0) if law.tau0 < math.pi / 2 else math.inf}
+    base = {"num_inference_steps": prepared.num_inference_steps, "model_calls": law.nfe, "draws": law.draws,
+            "stochastic": not law.deterministic, "affine_residual": law.residual,
+            "start_sigma": math.tan(law.tau0) if law.tau0 < math.pi / 2 else math.inf}
     if law.residual > AFFINE_TOL:
-        return {**base, **sampling.measure(scheduler, model, n),
+        return {**base, **sampling.measure(prepared, model),
                 "note": f"not affine (check residual {law.residual:.1e}): sampling metric"}
     m = exact.law_metrics(law, dist.mean, dist.cov)
     floor = m["prior_floor"] if m["prior_floor"] > 0 else max(1e-15, law.residual)
     rec = {**base, "metric": "w2", "distance": m["w2"], "kl": m["kl"], "prior_floor": m["prior_floor"],
-           "floor": floor, "floor_sd": 0.0, "exact": True}
+           "w2_solver": m["w2_solver"], "floor": floor, "floor_sd": 0.0, "exact": True}
     if "trajectory" in m:
         rec["trajectory"] = m["trajectory"]
     return rec
+
+
+class _LastRowFeeder(exact.NoiseFeeder):
+    """Every draw zero except in the batch's last row (random): a run whose last two rows (both started at z = 0)
+    differ is stochastic."""
+
+    def __init__(self, rows: int, d: int):
+        super().__init__()
+        self.rows, self.d, self.gen = rows, d, torch.Generator().manual_seed(99)
+
+    def __call__(self, shape, dtype, device):
+        self.count += 1
+        w = torch.zeros(self.rows, self.d, dtype=torch.float64)
+        w[-1] = torch.randn(self.d, generator=self.gen, dtype=torch.float64)
+        return w.reshape(shape).to(dtype=dtype, device=device)
 
 
 def measure_mixture(scheduler, model, dist, budget: int, z_traj: torch.Tensor, refs: exact.ReferenceCache,
@@ -141,36 +178,28 @@ def measure_mixture(scheduler, model, dist, budget: int, z_traj: torch.Tensor, r
     """One record's metric fields on a non-Gaussian target: trajectory error for a deterministic contestant
     (two extra rows, z = 0 with and without random draws, tell whether the draws reach the output), else the
     sampling metric."""
+    if not exact.feeds_noise(scheduler):
+        return _sampled(scheduler, model, budget, sampling, "noise not prescribable (Brownian tree): sampling metric")
     event, d = dist.event_shape, dist.dim
     rows = z_traj.shape[0] + 2
     z = torch.cat([z_traj.reshape(-1, d), torch.zeros(2, d, dtype=torch.float64)]).reshape(rows, *event)
 
-    def attempt(n):
-        gen = torch.Generator().manual_seed(99)
-
-        class Probe(exact.NoiseFeeder):
-            def __call__(self, shape, dtype, device):
-                self.count += 1
-                w = torch.zeros(rows, d, dtype=torch.float64)
-                w[-1] = torch.randn(d, generator=gen, dtype=torch.float64)
-                return w.reshape(shape).to(dtype=dtype, device=device)
-
-        feeder = Probe()
+    def attempt(prepared):
+        feeder = _LastRowFeeder(rows, d)
         model.nfe = 0
-        x, tau0, y0 = exact.run_scheduler(scheduler, model, z, n, feeder)
-        return (x, tau0, y0, feeder.count), model.nfe
+        x, tau0, y0 = exact.run_scheduler(prepared, model, z, feeder=feeder)
+        return (x, tau0, y0, feeder.count, model.nfe), model.nfe
 
-    n, result = _fit_budget(scheduler, budget, attempt)
-    if n is None:
+    prepared, result = _fit_budget(scheduler, budget, attempt)
+    if prepared is None:
         return None
-    x, tau0, y0, draws = result
-    calls = model.nfe
+    x, tau0, y0, draws, calls = result
     scale = max(1.0, float(x[-2].abs().max()))
     stochastic = float((x[-1] - x[-2]).abs().max()) > 1e-12 * scale
-    base = {"num_inference_steps": n, "draws": draws, "stochastic": stochastic,
+    base = {"num_inference_steps": prepared.num_inference_steps, "draws": draws, "stochastic": stochastic,
             "start_sigma": math.tan(tau0) if tau0 < math.pi / 2 else math.inf}
     if stochastic:
-        return {**base, **sampling.measure(scheduler, model, n)}
+        return {**base, **sampling.measure(prepared, model)}
     ref = refs.get(tau0, y0[:-2])
     return {**base, "model_calls": calls, "metric": "trajectory", "distance": exact.trajectory_error(x[:-2], ref.x),
             "floor": max(ref.error, 1e-15), "floor_sd": 0.0, "reference_error": ref.error, "exact": True}
@@ -179,29 +208,45 @@ def measure_mixture(scheduler, model, dist, budget: int, z_traj: torch.Tensor, r
 def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
     """(records, floors, errors) of the accuracy section."""
     records, floors, errors = [], [], []
+    built: dict = {}   # schedule -> (config, [(contestant, scheduler or exception)], timestep cache), shared by targets
+
+    def contestants_of(schedule: str, variants: bool):
+        key = (schedule, variants)
+        if key not in built:
+            base = accuracy_config(schedule)
+            peers, twins = diffusers_contestants(schedule, base, variants)
+            entries = []
+            for c in unisde_contestants(schedule, base, variants) + twins + peers:
+                try:
+                    entries.append((c, c.make()))
+                except Exception as exc:  # a peer that cannot be built on this schedule is reported, not fatal
+                    entries.append((c, exc))
+            built[key] = (base, entries, {})
+        return built[key]
+
     for target_name in cfg.targets:
         dist = make_target(target_name)
         kind = target_kind(dist)
         n_samples, budgets, variants = cfg.for_target(target_name)
-        n_traj = int(getattr(cfg, "n_trajectory", 0) or (1024 if dist.dim <= 2 else 256))
+        n_traj = int(getattr(cfg, "n_trajectory", None) or (1024 if dist.dim <= 2 else 256))
         sampling = _SamplingMetric(dist, n_samples, cfg.projections)
-        refs = exact.ReferenceCache(dist) if kind == "mixture" else None
+        refs = None
+        if kind == "mixture":
+            refs = exact.ReferenceCache(dist, *((1e-8, 1e-6) if cfg.quick else (1e-9, 1e-7)))
         z_traj = torch.randn(n_traj, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_TRAJECTORY),
                              dtype=torch.float64)
         target_started = time.perf_counter()
         for schedule in cfg.schedules:
-            base = accuracy_config(schedule)
+            base, entries, times = contestants_of(schedule, variants)
             ref_sched = _unified(base)
             model = ExactModel(dist, ref_sched.parameterization, ref_sched.noise_schedule)
-            peers, twins = diffusers_contestants(schedule, base, variants)
-            contestants = unisde_contestants(schedule, base, variants) + twins + peers
+            if isinstance(getattr(model, "_times", None), dict):
+                model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
             started = time.perf_counter()
-            for c in contestants:
-                try:
-                    scheduler = c.make()
-                except Exception as exc:  # a peer that cannot be built on this schedule is reported, not fatal
-                    errors.append({"library": c.library, "sampler": c.label, "schedule": schedule, "target": target_name,
-                                   "error": f"{type(exc).__name__}: {exc}"[:300]})
+            for c, scheduler in entries:
+                if isinstance(scheduler, Exception):
+                    errors.append({"library": c.library, "sampler": c.label, "schedule": schedule,
+                                   "target": target_name, "error": f"{type(scheduler).__name__}: {scheduler}"[:300]})
                     continue
                 for budget in budgets:
                     try:
@@ -210,20 +255,23 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
                         else:
                             rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling)
                     except Exception as exc:
-                        errors.append({"library": c.library, "sampler": c.label, "schedule": schedule, "target": target_name,
-                                       "nfe": budget, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                        errors.append({"library": c.library, "sampler": c.label, "schedule": schedule,
+                                       "target": target_name, "nfe": budget,
+                                       "error": f"{type(exc).__name__}: {exc}"[:300]})
                         continue
                     if rec is None:
                         continue  # the sampler's smallest run needs more calls than the budget
-                    records.append({"library": c.library, "sampler": c.label, "target": target_name, "schedule": schedule,
-                                    "nfe": budget, **rec, **({"twin_of": c.twin_of} if c.twin_of else {})})
-            log(f"accuracy: {target_name} / {schedule}: {len(contestants)} contestants in {time.perf_counter() - started:.1f} s")
+                    records.append({"library": c.library, "sampler": c.label, "target": target_name,
+                                    "schedule": schedule, "nfe": budget, **rec,
+                                    **({"twin_of": c.twin_of} if c.twin_of else {})})
+            log(f"accuracy: {target_name} / {schedule}: {len(entries)} contestants in "
+                f"{time.perf_counter() - started:.1f} s")
         floor = {"target": target_name, "kind": kind, "metric": PRIMARY_METRIC[kind], "nfe": list(budgets),
                  "grid_variants": variants, "n": n_samples, "seconds": time.perf_counter() - target_started}
-        if kind == "mixture":
+        if refs is not None:
             floor.update(n_trajectory=n_traj, reference_rtol=refs.rtol, reference_check_rtol=refs.check_rtol,
                          reference_solves=refs.solves)
-        if sampling._ready or kind == "mixture":
+        if sampling._ready:
             sf = sampling.describe()
             floor.update(floor=sf["floor"], floor_sd=sf["floor_sd"])
         else:
@@ -252,6 +300,28 @@ def ratio_target(nfe: int) -> float:
 def best(records: list, library: str, metric: str) -> dict | None:
     mine = [r for r in records if r["library"] == library and r["metric"] == metric and math.isfinite(r["distance"])]
     return min(mine, key=lambda r: r["distance"]) if mine else None
+
+
+def best_by(records: list, library: str, key: str) -> dict | None:
+    """The record of ``library`` with the smallest finite ``key`` (None if there is none)."""
+    mine = [r for r in records if r["library"] == library and key in r and math.isfinite(r[key])]
+    return min(mine, key=lambda r: r[key]) if mine else None
+
+
+def _solver_comparison(records: list) -> dict | None:
+    """Best unisde vs best diffusers on the discretisation error alone (``w2_solver``: W₂ to the exact PF-ODE solve
+    from the contestant's own start law), among the contestants that start where the least mismatched one does
+    (prior floor within 5 % of the smallest): a late start makes its own exact solve a poor target that is easy to
+    match, so it does not compete here."""
+    exact_ones = [r for r in records if "w2_solver" in r and math.isfinite(r["w2_solver"])]
+    if not exact_ones:
+        return None
+    cut = 1.05 * min(r["prior_floor"] for r in exact_ones)
+    eligible = [r for r in exact_ones if r["prior_floor"] <= cut]
+    us, ps = best_by(eligible, "unisde", "w2_solver"), best_by(eligible, "diffusers", "w2_solver")
+    if us is None or ps is None or ps["w2_solver"] <= 0:
+        return None
+    return {"unisde": us, "diffusers": ps, "ratio": us["w2_solver"] / ps["w2_solver"], "prior_floor": cut / 1.05}
 
 
 def comparisons(records: list) -> list[dict]:
@@ -287,10 +357,13 @@ def comparisons(records: list) -> list[dict]:
                     row["reason"] = "" if ratio <= row["target_ratio"] else (
                         f"tie: ratio {ratio:.6f}, within {TIE_RTOL:g} of the target (the same algorithm on both sides)")
                 elif u.get("twin_of") == p["sampler"]:
-                    row["reason"] = (f"ratio {ratio:.4f} > {row['target_ratio']}: the best unisde is the twin of the best "
-                                     "peer (same algorithm) and no other unisde sampler beats it")
+                    row["reason"] = (f"ratio {ratio:.4f} > {row['target_ratio']}: the best unisde is the twin of the "
+                                     "best peer (same algorithm) and no other unisde sampler beats it")
                 else:
                     row["reason"] = f"ratio {ratio:.3f} > {row['target_ratio']}"
+            solver = _solver_comparison(mine)
+            if solver is not None:
+                row["solver"] = solver
         out.append(row)
     return out
 
@@ -305,9 +378,18 @@ def summary_lines(records: list) -> list[str]:
     for row in comparisons(records):
         if not row["primary"]:
             continue
-        verdict = ("met" + (f" ({row['reason']})" if row["reason"] else "")) if row["met"] else f"NOT MET ({row['reason']})"
+        if row["met"]:
+            verdict = "met" + (f" ({row['reason']})" if row["reason"] else "")
+        else:
+            verdict = f"NOT MET ({row['reason']})"
         ratio = "—" if row["ratio"] is None else f"{row['ratio']:.3f}"
+        sv = row.get("solver")
+        extra = ""
+        if sv:
+            extra = (f"; discretisation error alone: unisde {sv['unisde']['w2_solver']:.3e} ({sv['unisde']['sampler']})"
+                     f" vs diffusers {sv['diffusers']['w2_solver']:.3e} ({sv['diffusers']['sampler']}), "
+                     f"ratio {sv['ratio']:.3f}")
         lines.append(f"accuracy {row['schedule']}/{row['target']} NFE {row['nfe']} [{row['metric']}]: unisde "
                      f"{_label(row['unisde'])} vs diffusers {_label(row['diffusers'])}: ratio {ratio} "
-                     f"(target ≤ {row['target_ratio']}) {verdict}")
+                     f"(target ≤ {row['target_ratio']}) {verdict}{extra}")
     return lines

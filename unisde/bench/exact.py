@@ -21,7 +21,7 @@ construction: its output must equal b + A (z, w) to rounding (``residual``). A s
 is not affine (a batch-dependent step size, clipping, float32 arithmetic inside) and is measured by the sampling
 metric instead.
 
-The distances to the data law are then closed forms (Gelbrich / Dowson–Landau; Givens & Shortt 1984 [W2G]):
+The distances to the data law are then closed forms (Dowson & Landau 1982; Givens & Shortt 1984, Prop. 7):
 
     W₂²(N(b, C), N(μ, Σ)) = ‖b − μ‖² + tr(C + Σ − 2 (Σ^{1/2} C Σ^{1/2})^{1/2})
     KL(N(b, C) ‖ N(μ, Σ)) = ½ [tr(Σ⁻¹C) + (μ − b)ᵀ Σ⁻¹ (μ − b) − d + ln det Σ − ln det C].
@@ -36,7 +36,7 @@ Any target: trajectory error against the converged probability-flow ODE
 For non-Gaussian data the output law has no closed form, but a deterministic sampler is a discretisation of
 the probability-flow ODE, and its error is measurable sample by sample: the reference is the same ODE solved
 from the same start — the sample the sampler hands to its first model call, at that call's time — by an
-adaptive float64 Dormand–Prince solver (:func:`unisde.ode.solve_ivp`) at a tight tolerance, shown converged by
+adaptive float64 Dormand–Prince solver ([DoPri], :func:`unisde.ode.solve_ivp`) at a tight tolerance, shown converged by
 solving again at a 100× tighter one. The error is the RMS over a fixed batch of starts of ‖x_out − x_ref‖
 (the whole vector, in data units — the same units as W₂, which it bounds: the pair (x_out, x_ref) is a coupling).
 
@@ -53,10 +53,15 @@ path averaged over the posterior is the probability-flow velocity; Liu et al. 20
 an exact PF-ODE solve from a start law N(0, S Sᵀ) at τ₀ ends at N(μ − cos τ₀ G μ, G S Sᵀ G) with
 G = U diag(√(λ / (λ cos²τ₀ + sin²τ₀))) Uᵀ. Its W₂ to the data law is the *prior floor* of a contestant: what
 an exact solver starting where (and from what) the contestant starts would score — the price of starting at a
-t < 1 or from N(0, (s² + σ²) I) instead of the true p_t.
+t < 1 or from N(0, (s² + σ²) I) instead of the true p_t. The contestant's W₂ to this exact-solve law
+(``w2_solver``) is its discretisation error alone: on diffusers' DDPM table (σ̃_max ≈ 157) the prior floor of a
+64-D Gaussian is ~0.015, so at NFE ≳ 50 the W₂ to the data law mostly measures the start, and a solver can land
+below the floor by cancelling errors against it.
 
-Stochastic samplers on non-Gaussian targets have no per-sample reference; they keep the sampling metric
-(sliced W₂ against exact samples, with its noise floor), reported as such.
+The same reference serves a trained checkpoint: :func:`model_denoiser` turns any raw model (its
+parameterisation and schedule) into D(y; τ), so the reference is that model's own PF-ODE and the trajectory
+error is the sampler's alone. Stochastic samplers on non-Gaussian targets have no per-sample reference; they
+keep the sampling metric (sliced W₂ against exact samples, with its noise floor), reported as such.
 """
 
 from __future__ import annotations
@@ -172,20 +177,51 @@ def _trig() -> _TrigSchedule:
     return _TRIG
 
 
-def pf_ode_reference(distribution, tau0: float, y0: torch.Tensor, rtol: float = 1e-10) -> torch.Tensor:
-    """Clean samples (B, d) from the exact probability-flow ODE started at y₀ = x / √(s² + σ²) (B, d), angle τ₀,
-    solved in float64 by :func:`unisde.ode.solve_ivp` at ``rtol`` = ``atol``."""
+def analytic_denoiser(distribution):
+    """The trig-view denoiser D(y; τ) = E[x0 | cos τ · x0 + sin τ · ε = y] of an analytic distribution
+    (:mod:`unisde.analytic`): ``denoise(y (B, d), tau) -> x̂0 (B, d)``."""
+    trig, shape = _trig(), distribution.event_shape
+
+    def denoise(y, tau):
+        return distribution.denoise(y.reshape(y.shape[0], *shape), 2 * tau / math.pi, trig).reshape(y.shape)
+
+    return denoise
+
+
+def model_denoiser(model, parameterization, schedule, event_shape):
+    """The trig-view denoiser of any model (a trained checkpoint: ``model(model_input, timestep) -> raw output``
+    under ``parameterization`` and ``schedule``): at angle τ it is evaluated at the time t with VE noise level
+    σ̃(t) = tan τ, on x = y · √(s² + σ²), and its output converted to x̂0 — so :func:`pf_ode_reference` solves that
+    model's own probability-flow ODE."""
+    from unisde.plugins import get_parameterization
+
+    param = get_parameterization(parameterization)
+
+    def denoise(y, tau):
+        t = schedule.t_from_sigma(torch.tensor(math.tan(tau), dtype=DTYPE)).reshape(())
+        scale = math.hypot(float(schedule.s(t)), float(schedule.sigma(t)))
+        a, b = (float(v) for v in param.coefficients(schedule, t))
+        x = y.reshape(y.shape[0], *event_shape) * scale
+        out = model(x * float(param.input_scale(schedule, t)), param.model_time(schedule, t))
+        out = getattr(out, "sample", out)
+        return (a * x + b * out.to(DTYPE)).reshape(y.shape)
+
+    return denoise
+
+
+def pf_ode_reference(target, tau0: float, y0: torch.Tensor, rtol: float = 1e-10) -> torch.Tensor:
+    """Clean samples (B, d) from the probability-flow ODE started at y₀ = x / √(s² + σ²) (B, d), angle τ₀,
+    solved in float64 by :func:`unisde.ode.solve_ivp` at ``rtol`` = ``atol``. ``target``: an analytic distribution
+    or a trig-view denoiser ``denoise(y, tau) -> x̂0`` (:func:`model_denoiser` for a trained model)."""
     from unisde.ode import solve_ivp
 
-    trig = _trig()
-    shape = distribution.event_shape
+    denoise = analytic_denoiser(target) if hasattr(target, "event_shape") and hasattr(target, "denoise") else target
 
     def velocity(tau, y):
         sin = math.sin(tau)
         if sin <= 0.0:
             return torch.zeros_like(y)
-        d = distribution.denoise(y.reshape(y.shape[0], *shape), 2 * tau / math.pi, trig).reshape(y.shape)
-        return (math.cos(tau) * y - d) / sin
+        return (math.cos(tau) * y - denoise(y, tau)) / sin
 
     sol = solve_ivp(velocity, float(tau0), 0.0, y0.to(DTYPE), rtol=rtol, atol=rtol, max_steps=200_000)
     return sol.y[-1]
@@ -203,11 +239,12 @@ class Reference:
 
 
 class ReferenceCache:
-    """Reference solutions of one target's PF-ODE, cached by start: contestants share a few start angles τ₀ and
-    (up to rounding) the same y₀ = z. A start within 1e-12 (relative) of a cached one reuses its solution."""
+    """Reference solutions of one target's PF-ODE (``target`` as for :func:`pf_ode_reference`), cached by start:
+    contestants share a few start angles τ₀ and (up to rounding) the same y₀ = z. A start within 1e-12 (relative)
+    of a cached one reuses its solution."""
 
-    def __init__(self, distribution, rtol: float = 1e-9, check_rtol: float = 1e-7):
-        self.distribution, self.rtol, self.check_rtol = distribution, rtol, check_rtol
+    def __init__(self, target, rtol: float = 1e-9, check_rtol: float = 1e-7):
+        self.target, self.rtol, self.check_rtol = target, rtol, check_rtol
         self._cache: dict = {}
         self.solves = 0
 
@@ -215,10 +252,11 @@ class ReferenceCache:
         y0 = y0.to(DTYPE)
         entries = self._cache.setdefault(float(tau0), [])
         for start, ref in entries:
-            if start.shape == y0.shape and float((start - y0).abs().max()) <= 1e-12 * max(1.0, float(start.abs().max())):
+            close = float((start - y0).abs().max()) <= 1e-12 * max(1.0, float(start.abs().max()))
+            if start.shape == y0.shape and close:
                 return ref
-        x = pf_ode_reference(self.distribution, tau0, y0, self.rtol)
-        loose = pf_ode_reference(self.distribution, tau0, y0, self.check_rtol)
+        x = pf_ode_reference(self.target, tau0, y0, self.rtol)
+        loose = pf_ode_reference(self.target, tau0, y0, self.check_rtol)
         self.solves += 2
         ref = Reference(x, float(((x - loose) ** 2).sum(1).mean().sqrt()), self.rtol, self.check_rtol)
         entries.append((y0, ref))
@@ -252,6 +290,8 @@ def feeds_noise(scheduler) -> bool:
     their ``noise_sampler`` hook, diffusers schedulers through their module's ``randn_tensor`` (a module without
     one draws no noise that way; any other draw shows up in :func:`affine_law`'s check row). DPMSolverSDE's
     Brownian tree cannot be prescribed."""
+    if isinstance(scheduler, Prepared):
+        scheduler = scheduler.snapshot
     if hasattr(scheduler, "_sampler"):
         return True
     module = sys.modules.get(type(scheduler).__module__)
@@ -316,21 +356,49 @@ class StartRecorder:
         return self.model(model_input, timestep, *args, **kwargs)
 
 
-def _accepts_generator(fn) -> bool:
+_ACCEPTS_GENERATOR: dict = {}
+
+
+def _accepts_generator(scheduler) -> bool:
     import inspect
 
-    params = inspect.signature(fn).parameters
-    return "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    cls = type(scheduler)
+    if cls not in _ACCEPTS_GENERATOR:
+        params = inspect.signature(scheduler.step).parameters
+        _ACCEPTS_GENERATOR[cls] = "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return _ACCEPTS_GENERATOR[cls]
 
 
-def run_scheduler(scheduler, model, z: torch.Tensor, num_inference_steps: int, feeder: NoiseFeeder | None = None,
-                  seed: int = 4321) -> tuple[torch.Tensor, float, torch.Tensor]:
+class Prepared:
+    """A scheduler right after ``set_timesteps(num_inference_steps)``, handed out as a fresh deep copy for every
+    run: on a DDPM table a unisde grid with λ-uniform or Karras spacing inverts λ(t) by bisection, and a copy costs
+    a few percent of that."""
+
+    def __init__(self, scheduler, num_inference_steps: int, already_set: bool = False):
+        if not already_set:
+            scheduler.set_timesteps(num_inference_steps)
+        import copy
+
+        self._copy = copy.deepcopy
+        self.snapshot = self._copy(scheduler)
+        self.num_inference_steps = num_inference_steps
+
+    def fresh(self):
+        return self._copy(self.snapshot)
+
+
+def run_scheduler(scheduler, model, z: torch.Tensor, num_inference_steps: int | None = None,
+                  feeder: NoiseFeeder | None = None, seed: int = 4321) -> tuple[torch.Tensor, float, torch.Tensor]:
     """The generic diffusers loop (x = z · init_noise_sigma; x = step(model(scale_model_input(x, t), t), t, x))
-    with every noise draw taken from ``feeder`` when given (else the seeded generator). Returns the final sample
-    (B, d) in float64 and the start (τ₀, y₀ (B, d)) of the first model call."""
-    scheduler.set_timesteps(num_inference_steps)
+    with every noise draw taken from ``feeder`` when given (else the seeded generator). ``scheduler`` may be a
+    :class:`Prepared` one (then ``num_inference_steps`` is its own). Returns the final sample (B, d) in float64
+    and the start (τ₀, y₀ (B, d)) of the first model call."""
+    if isinstance(scheduler, Prepared):
+        scheduler = scheduler.fresh()
+    else:
+        scheduler.set_timesteps(num_inference_steps)
     recorder = StartRecorder(model)
-    extra = {"generator": torch.Generator().manual_seed(seed)} if _accepts_generator(scheduler.step) else {}
+    extra = {"generator": torch.Generator().manual_seed(seed)} if _accepts_generator(scheduler) else {}
     x = z * scheduler.init_noise_sigma
     with _noise_source(scheduler, feeder):
         for t in scheduler.timesteps:
@@ -349,8 +417,8 @@ class AffineLaw:
 
     ``factor``: d × (d + d·k) — the start's columns, then k blocks of d for the k noise draws that enter the
     output (``draws`` counts every draw the run makes); y₀ = ``start_mean`` + ``start`` z is the first model
-    call's sample (y = x / √(s² + σ²)) at angle ``tau0``; ``residual``: max |x − (b + A (z, w))| / max(1, max |x|) at a random (z, w), the check that
-    the run is affine to rounding."""
+    call's sample (y = x / √(s² + σ²)) at angle ``tau0``; ``residual``: max |x − (b + A (z, w))| / max(1, max |x|)
+    at a random (z, w), the check that the run is affine to rounding."""
 
     mean: torch.Tensor
     factor: torch.Tensor
@@ -378,7 +446,8 @@ class _ProbeFeeder(NoiseFeeder):
 
     def __init__(self, rows: int, d: int, probe_row: int, probes: int, check_row: int, generator: torch.Generator):
         super().__init__()
-        self.rows, self.d, self.probe_row, self.probes, self.check_row, self.gen = rows, d, probe_row, probes, check_row, generator
+        self.rows, self.d, self.probe_row, self.probes = rows, d, probe_row, probes
+        self.check_row, self.gen = check_row, generator
         self.check_draws: list[torch.Tensor] = []
 
     def __call__(self, shape, dtype, device):
@@ -395,12 +464,13 @@ class _ProbeFeeder(NoiseFeeder):
         return w.reshape(shape).to(dtype=dtype, device=device)
 
 
-def affine_law(scheduler, model, event_shape, num_inference_steps: int, probes: int = 8, seed: int = 0,
+def affine_law(scheduler, model, event_shape, num_inference_steps: int | None = None, probes: int = 8, seed: int = 0,
                relevance_tol: float = 1e-12) -> AffineLaw:
     """The exact output law of ``scheduler`` run with ``num_inference_steps`` on the exact model of a Gaussian
-    target (module doc), from batched float64 runs: (1) the zero start, the d unit starts, a check row (random
-    start and draws) and one probe row per noise draw (``probes`` rows are reserved; a run that draws more is
-    repeated with enough); (2) when some draws reach the output, one row per unit vector of each of them.
+    target (module doc; ``scheduler`` may be :class:`Prepared`), from batched float64 runs: (1) the zero start,
+    the d unit starts, a check row (random start and draws) and one probe row per noise draw (``probes`` rows are
+    reserved; a run that draws more is repeated with enough); (2) when some draws reach the output, one row per
+    unit vector of each of them.
     ``nfe`` of the result is the model calls of one run."""
     d = math.prod(event_shape)
     while True:
@@ -440,20 +510,24 @@ def affine_law(scheduler, model, event_shape, num_inference_steps: int, probes: 
     for block, j in enumerate(relevant):
         predicted = predicted + cols[1 + block] @ feeder.check_draws[j]
     residual = float((out[check_row] - predicted).abs().max()) / max(1.0, float(out[check_row].abs().max()))
-    start_residual = float((y0[check_row] - y0[0] - start @ z_check).abs().max()) / max(1.0, float(y0[check_row].abs().max()))
+    start_residual = (float((y0[check_row] - y0[0] - start @ z_check).abs().max())
+                      / max(1.0, float(y0[check_row].abs().max())))
     return AffineLaw(b, factor, start, y0[0], tau0, draws, len(relevant), max(residual, start_residual), nfe)
 
 
 def law_metrics(law: AffineLaw, data_mean: torch.Tensor, data_cov: torch.Tensor) -> dict:
-    """W₂ and KL of an exact law to N(μ, Σ), its prior floor (an exact PF-ODE solve from the same start law) and,
-    for a deterministic sampler, its exact trajectory RMS error against that solve from the same starts:
+    """W₂ and KL of an exact law to N(μ, Σ); its prior floor (the W₂ of an exact PF-ODE solve from the same start
+    law); ``w2_solver``, its W₂ to that exact solve's law (the discretisation error alone, without the start's
+    mismatch, which at high NFE dominates W₂ to the data and lets errors cancel against it); and, for a
+    deterministic sampler, its exact trajectory RMS error against that solve from the same starts:
     √(‖b − b_ref‖² + ‖A_z − G S‖_F²)."""
     w2 = gaussian_w2(law.mean, None, data_mean, data_cov, factor=law.factor)
     kl = gaussian_kl(law.mean, law.cov, data_mean, data_cov)
     offset, g = gaussian_flow(data_mean, data_cov, law.tau0)
     ideal_mean, ideal_factor = offset + g @ law.start_mean, g @ law.start
     floor = gaussian_w2(ideal_mean, None, data_mean, data_cov, factor=ideal_factor)
-    out = {"w2": w2, "kl": kl, "prior_floor": floor}
+    solver = gaussian_w2(law.mean, None, ideal_mean, ideal_factor @ ideal_factor.T, factor=law.factor)
+    out = {"w2": w2, "kl": kl, "prior_floor": floor, "w2_solver": solver}
     if law.deterministic:
         d = law.start.shape[0]
         out["trajectory"] = math.sqrt(float(((law.mean - ideal_mean) ** 2).sum())

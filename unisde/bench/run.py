@@ -59,8 +59,8 @@ class BenchConfig:
 
     @classmethod
     def quick_preset(cls, **overrides) -> "BenchConfig":
-        base = dict(nfe=QUICK_NFE, nfe_64d=(5, 10, 20), targets=("gaussian-8x8", "mixture-2d"), n_samples=500,
-                    n_samples_2d=4000, n_trajectory=256, projections=64, grid_variants=False,
+        base = dict(nfe=QUICK_NFE, nfe_64d=(10, 20), targets=("gaussian-8x8", "mixture-2d"), n_samples=500,
+                    n_samples_2d=2000, n_trajectory=256, projections=64, grid_variants=False,
                     overhead_steps=40, pipeline_steps=10, pipeline_batch=8, pipeline_reps=3, training_batch=32,
                     training_steps=6, quick=True)
         base.update(overrides)

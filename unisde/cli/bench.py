@@ -11,7 +11,7 @@ def _csv(text, cast=str):
 
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="reduced run (every registered sampler on default grids: "
-                        "Gaussian 64-D at NFE 5, 10, 20 and 2-D mixture at NFE 10; reduced speed sections)")
+                        "Gaussian 64-D at NFE 10, 20 and 2-D mixture at NFE 10; reduced speed sections)")
     parser.add_argument("--preset", choices=("quick", "medium", "full"), default=None,
                         help="full (default: every target at NFE 4, 5, 6, 8, 10, 20, 50 with grid variants), medium "
                              "(64-D targets: NFE 5, 10, 20, 50, default grids, 500 samples for the sampling metric; 2-D: "

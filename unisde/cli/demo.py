@@ -1,6 +1,7 @@
 """``unisde demo``: the bundled digits checkpoints sampled with every registered sampler (the README's main job)."""
 
-help = "sample the bundled digits checkpoints (DDPM and rectified flow) with every sampler; write grids, schedule plots and one quality table"
+help = ("sample the bundled digits checkpoints (DDPM and rectified flow) with every sampler; write grids, schedule "
+        "plots and one quality table")
 
 
 def add_arguments(parser):
@@ -12,8 +13,8 @@ def add_arguments(parser):
                         "results.{md,json} go, and the combined results.md")
     parser.add_argument("--num_samples", type=int, nargs="+", default=None,
                         help=f"images per sampler: one number for all checkpoints or one per checkpoint (default: "
-                        f"{DEFAULT_NUM_SAMPLES} for the first, {DEFAULT_NUM_SAMPLES_SECOND} for the others, to keep the "
-                        "demo at about 2-3 minutes on 2 CPU cores)")
+                        f"{DEFAULT_NUM_SAMPLES} for the first, {DEFAULT_NUM_SAMPLES_SECOND} for the others, to keep "
+                        "the demo at about 2-3 minutes on 2 CPU cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samplers", nargs="*", default=None, help="subset of samplers (default: all registered)")
     parser.add_argument("--no_likelihood", action="store_true", help="skip the PF-ODE bits/dim")

@@ -66,7 +66,10 @@ def run(args):
         print(f"unisde nll: the ODE solver failed: {exc}")
         return 1
     n = min(args.num_samples, data.shape[0])
-    print(f"bits/dim: {mean:.4f} ± {se:.4f} (standard error over {n} samples)")
+    if n < 2:  # one value has no standard error (its formula gives nan)
+        print(f"bits/dim: {mean:.4f} (one sample: no standard error; pass --num_samples 2 or more for one)")
+    else:
+        print(f"bits/dim: {mean:.4f} ± {se:.4f} (standard error over {n} samples)")
     print(f"NFE per batch: mean {sum(nfes) / len(nfes):.1f}, total {sum(nfes)} "
           f"(solver {result.solver}, rtol={args.rtol:g}, atol={args.atol:g}, trace={result.trace})")
     print(f"conventions: t_min={args.t_min:g}, uniform dequantisation over {num_bins} levels in [-1, 1] "

@@ -34,6 +34,7 @@ Life cycle:
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generator
 
@@ -70,6 +71,9 @@ class Option:
                 value = float(value)
             else:
                 raise ValueError(f"{owner}: option {name} must be {_type_names(self.types)}, got {value!r} ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value) and value != self.default:
+            # NaN never; ±inf only where it is the default (edm's s_tmax = inf: "no upper bound")
+            raise ValueError(f"{owner}: option {name}={value!r} is invalid: must be a finite number")
         if self.check is not None:
             problem = self.check(value)
             if problem:

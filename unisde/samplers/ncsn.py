@@ -92,6 +92,12 @@ class NCSNSampler(Sampler):
         n_each = int(self.opts["n_steps_each"])
         if self.opts["step_lr"] is not None:
             eps = float(self.opts["step_lr"])
+            if eps >= 2.0 * ve_min**2:
+                # x̃ ← (1 − a) x̃ + … with a = α_i/σ̃_i² = ε/σ̃_L² wherever σ̃_i dwarfs the data: |1 − a| ≥ 1 diverges
+                raise ValueError(f"sampler 'ncsn': step_lr={eps:g} diverges on this grid: the Langevin step "
+                                 f"α_i = ε σ̃_i²/σ̃_L² contracts only for ε < 2 σ̃_L² = {2.0 * ve_min**2:.4g} (σ̃_L = "
+                                 f"{ve_min:.4g}, the grid's smallest VE noise level); NCSNv2's rule (step_lr=None) "
+                                 "picks about 0.06 σ̃_L²")
         else:
             gamma = (float(ve[0]) / ve_min) ** (1.0 / (levels - 1)) if levels > 1 else 1.0
             eps = technique4_ratio(gamma, n_each) * ve_min**2

@@ -50,6 +50,8 @@ come from its config (diffusers' defaults 0.15 and 1) unless given in ``sampler_
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from unisde.core.kernels import reverse_sde_increments
@@ -71,7 +73,8 @@ class PCSampler(Sampler):
         "snr": Option(0.16, (float,), "corrector signal-to-noise ratio r: ε = 2 (r ‖z‖/‖∇log p‖)²", non_negative),
         "correct_steps": Option(1, (int,), "Langevin corrector steps before each predictor step", _count),
         "discretization": Option("auto", (str,), "predictor levels: score_sde (score-SDE/diffusers), grid, or auto "
-                                 "(score_sde where it matches the grid, else grid)", choices=("auto", "score_sde", "grid")),
+                                 "(score_sde where it matches the grid, else grid)",
+                                 choices=("auto", "score_sde", "grid")),
     }
 
     @property
@@ -124,8 +127,9 @@ class PCSampler(Sampler):
 
     @staticmethod
     def _norm(v: torch.Tensor) -> torch.Tensor:
-        """Batch mean of the per-sample Euclidean norms (score-SDE's LangevinCorrector)."""
-        return v.reshape(v.shape[0], -1).norm(dim=-1).mean()
+        """Batch mean of the per-sample Euclidean norms (score-SDE's LangevinCorrector). An empty batch gives NaN,
+        which multiplies nothing: the result of a batch of 0 is empty, as with every sampler."""
+        return v.reshape(v.shape[0], math.prod(v.shape[1:])).norm(dim=-1).mean()
 
     def loop(self, x, start=0):
         snr, last = self.opts["snr"], len(self.pred) - 1

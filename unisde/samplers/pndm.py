@@ -7,6 +7,11 @@ transfer part φ of Liu et al. 2022, eq. 9 [PNDM]:
     φ(x, ε̂; t → t') = (s_{t'}/s_t) x + (σ_{t'} − s_{t'} σ_t/s_t) ε̂
                      (x̂0 = (x − σ_t ε̂)/s_t, then s_{t'} x̂0 + σ_{t'} ε̂).
 
+It is evaluated in data-prediction form from the step's start point, s_{t'} D + σ_{t'} ε̂_t + k (ε̂ − ε̂_t) with
+ε̂_t = (x − s_t D)/σ_t and k = σ_{t'} − s_{t'} σ_t/s_t (the same value): the ε-form's terms of size
+(s_{t'}/s_t)·|x| cancel, and from a zero-terminal-SNR start (s_t ≈ 2⁻¹², s_{t'}/s_t ≈ 40 at 10 steps) that cost
+float16 / bfloat16 all their digits (output std 2.6 / 14.8 where float32 gives 0.49; now 1 % / 5 % off float32).
+
 PLMS replaces ε̂ by the Adams–Bashforth combination of the last evaluations, with the constant-step weights
 (1), (3, −1)/2, (23, −16, 5)/12, (55, −59, 37, −9)/24 (Liu et al. 2022, eq. 12 [PNDM]). Its warm-up is diffusers'
 PNDMScheduler with ``skip_prk_steps=True`` (the Stable Diffusion setting): the first step is taken twice — a

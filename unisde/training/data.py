@@ -75,7 +75,8 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
     if train_data_dir:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a directory")
-        if os.path.exists(os.path.join(train_data_dir, "dataset_info.json")) or os.path.exists(os.path.join(train_data_dir, "state.json")):
+        if os.path.exists(os.path.join(train_data_dir, "dataset_info.json")) or \
+                os.path.exists(os.path.join(train_data_dir, "state.json")):
             ds = datasets.load_from_disk(train_data_dir)
             return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         return datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
@@ -86,8 +87,10 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
             raise ValueError(f"--train_files: no such file(s): {', '.join(missing)}")
         exts = {os.path.splitext(f)[1].lower() for f in files}
         if len(exts) != 1 or next(iter(exts)) not in _FILE_BUILDERS:
-            raise ValueError(f"--train_files must share one of the extensions {sorted(_FILE_BUILDERS)}; got {sorted(exts)}")
-        return datasets.load_dataset(_FILE_BUILDERS[exts.pop()], data_files={split: files}, split=split, cache_dir=cache_dir)
+            raise ValueError(f"--train_files must share one of the extensions {sorted(_FILE_BUILDERS)}; "
+                             f"got {sorted(exts)}")
+        return datasets.load_dataset(_FILE_BUILDERS[exts.pop()], data_files={split: files}, split=split,
+                                     cache_dir=cache_dir)
     return datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
 
 
@@ -99,7 +102,8 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     columns = list(dataset.column_names)
     if image_column is not None:
         if image_column not in columns:
-            raise ValueError(f"--image_column {image_column!r} is not a column of the dataset; columns found: {columns}")
+            raise ValueError(f"--image_column {image_column!r} is not a column of the dataset; "
+                             f"columns found: {columns}")
         return image_column
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Image):
@@ -107,7 +111,8 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     for name in IMAGE_COLUMN_GUESSES:
         if name in columns:
             return name
-    raise ValueError(f"the dataset has no image column (looked for an Image feature or one of {list(IMAGE_COLUMN_GUESSES)}); "
+    raise ValueError("the dataset has no image column (looked for an Image feature or one of "
+                     f"{list(IMAGE_COLUMN_GUESSES)}); "
                      f"columns found: {columns}. Name it with --image_column.")
 
 
@@ -190,7 +195,8 @@ def preprocess_image(value, resolution: int, channels: int, center_crop: bool = 
     return x.clamp(-1.0, 1.0).contiguous()
 
 
-def make_transform(image_column: str, resolution: int, channels: int, center_crop: bool = True, random_flip: bool = False):
+def make_transform(image_column: str, resolution: int, channels: int, center_crop: bool = True,
+                   random_flip: bool = False):
     """A ``Dataset.with_transform`` function producing ``{"pixel_values": [tensor (C, R, R)], …}`` (random crops
     and flips, if asked for, from the global RNG; training uses :class:`ImageDataset`, which does not)."""
 
@@ -239,7 +245,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate(examples) -> dict:
-    return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]).to(memory_format=torch.contiguous_format)}
+    pixels = torch.stack([e["pixel_values"] for e in examples])
+    return {"pixel_values": pixels.to(memory_format=torch.contiguous_format)}
 
 
 class EpochSampler(torch.utils.data.Sampler):

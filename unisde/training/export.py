@@ -47,7 +47,8 @@ def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, s
     if is_flow_export(schedule, parameterization):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        source = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(schedule.num_train_timesteps), shift=float(shift))
+        source = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(schedule.num_train_timesteps),
+                                                 shift=float(shift))
         kwargs = {} if sampler == "ddim" and not sampler_options else \
             {"sampler": sampler, "sampler_options": dict(sampler_options or {})}
         return UnifiedScheduler.from_config(source.config, **kwargs)
@@ -68,7 +69,8 @@ def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, s
     if options:
         raise ValueError(f"UnifiedScheduler cannot record the options {options} of parameterization "
                          f"{parameterization.name!r} (it stores only sigma_data)")
-    return UnifiedScheduler(sampler=sampler, sampler_options=dict(sampler_options or {}), prediction_type=parameterization.name,
+    return UnifiedScheduler(sampler=sampler, sampler_options=dict(sampler_options or {}),
+                            prediction_type=parameterization.name,
                             clip_sample=clip_sample, **kwargs)
 
 
@@ -93,7 +95,8 @@ def model_card(*, schedule, parameterization, loss_weighting: str, noise_distrib
     load_id = repo_id or "PATH_OR_REPO_ID"
     lines = ["---", data.to_yaml(), "---", "",
              f"# {repo_id.split('/')[-1] if repo_id else 'unisde diffusion model'}", "",
-             f"An unconditional {resolution}×{resolution}, {channels}-channel diffusion model (diffusers `UNet2DModel`) "
+             f"An unconditional {resolution}×{resolution}, {channels}-channel diffusion model "
+             "(diffusers `UNet2DModel`) "
              f"trained with [unisde](https://github.com/) under the **{sched_name}** schedule with "
              f"**{parameterization.name}** parameterisation.", "",
              "| | |", "|---|---|",
@@ -117,7 +120,8 @@ def model_card(*, schedule, parameterization, loss_weighting: str, noise_distrib
     if quality:
         lines += ["## Quality", "", quality.strip(), ""]
     if training_command:
-        lines += ["## Training command", "", "This checkpoint was produced by:", "", "```bash", training_command, "```", ""]
+        lines += ["## Training command", "", "This checkpoint was produced by:", "", "```bash", training_command,
+                  "```", ""]
     if extra:
         lines += [extra.strip(), ""]
     return "\n".join(lines)

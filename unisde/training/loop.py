@@ -27,14 +27,28 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unisde.training.checkpoint import (RUN_FILE, check_output_dir, clear_run, compare_fingerprint, load_checkpoint,
-                                        recover_interrupted_saves, remove_stale_temporaries, resolve_resume,
-                                        save_checkpoint, write_json_atomic)
+from unisde.training.checkpoint import (
+    RUN_FILE,
+    check_output_dir,
+    clear_run,
+    compare_fingerprint,
+    load_checkpoint,
+    recover_interrupted_saves,
+    remove_stale_temporaries,
+    resolve_resume,
+    save_checkpoint,
+    write_json_atomic,
+)
 from unisde.training.config import resolve_parameterization, resolve_schedule
 from unisde.training.export import DEFAULT_SAMPLER, export_pipeline, is_flow_export, make_scheduler
-from unisde.training.objectives import (FLOW_NOISE_DISTRIBUTIONS, WEIGHTING_SCHEMES, DenoisingScoreMatching,
-                                        canonical_loss_weighting, canonical_noise_distribution,
-                                        check_flow_density_options)
+from unisde.training.objectives import (
+    FLOW_NOISE_DISTRIBUTIONS,
+    WEIGHTING_SCHEMES,
+    DenoisingScoreMatching,
+    canonical_loss_weighting,
+    canonical_noise_distribution,
+    check_flow_density_options,
+)
 
 logger = logging.getLogger("unisde.train")
 
@@ -54,7 +68,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     d.add_argument("--train_files", nargs="+", default=None, help="parquet/arrow/csv/json files with an image column")
     d.add_argument("--image_column", default=None, help="name of the image column (default: the Image-typed column)")
     d.add_argument("--cache_dir", default=None)
-    d.add_argument("--resolution", type=int, default=None, help="training resolution (default 8 for digits, else the UNet "
+    d.add_argument("--resolution", type=int, default=None,
+                   help="training resolution (default 8 for digits, else the UNet "
                    "config's sample_size or 64)")
     d.add_argument("--channels", type=int, default=None, choices=(1, 3, 4), help="convert images to this many channels "
                    "(default: the dataset's)")
@@ -63,16 +78,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     d.add_argument("--dataloader_num_workers", type=int, default=0)
 
     m = parser.add_argument_group("model")
-    m.add_argument("--unet_config", default=None, help="UNet2DModel config: a config.json, a folder holding one, or a JSON string")
+    m.add_argument("--unet_config", default=None,
+                   help="UNet2DModel config: a config.json, a folder holding one, or a JSON string")
     m.add_argument("--block_out_channels", default="32,64", help="comma-separated channels per level")
     m.add_argument("--layers_per_block", type=int, default=1)
-    m.add_argument("--attention_levels", default="last", help="levels with self-attention: 'last', 'none' or indices '1,2'")
+    m.add_argument("--attention_levels", default="last",
+                   help="levels with self-attention: 'last', 'none' or indices '1,2'")
     m.add_argument("--norm_num_groups", type=int, default=8)
 
     o = parser.add_argument_group("objective")
-    o.add_argument("--schedule", default="ddpm-linear", help="schedule name, JSON config, or a diffusers scheduler config path")
-    o.add_argument("--prediction_type", default="epsilon", help="parameterisation: epsilon, sample, v_prediction, score, edm, …")
-    o.add_argument("--sigma_data", type=float, default=None, help="σ_data for the edm parameterisation / weighting (0.5)")
+    o.add_argument("--schedule", default="ddpm-linear",
+                   help="schedule name (rectified_flow …), JSON config, or a diffusers scheduler config path")
+    o.add_argument("--prediction_type", default="epsilon",
+                   help="parameterisation: epsilon, sample, v_prediction, score, edm, flow_prediction, …")
+    o.add_argument("--sigma_data", type=float, default=None,
+                   help="σ_data for the edm parameterisation / weighting (0.5)")
     o.add_argument("--loss_weighting", default="default", help="default, epsilon, x0, v, score, edm, likelihood, flow, "
                    "cosmap, sigma_sqrt")
     o.add_argument("--noise_distribution", default=None, help="uniform_t, uniform_index, lognormal, uniform_tau, "
@@ -81,7 +101,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     o.add_argument("--p_mean", type=float, default=-1.2, help="lognormal: mean of ln σ̃")
     o.add_argument("--p_std", type=float, default=1.2, help="lognormal: std of ln σ̃")
     o.add_argument("--weighting_scheme", default=None, choices=tuple(WEIGHTING_SCHEMES),
-                   help="SD3's time density and loss weight (Esser et al. 2024, §3.1), as diffusers' flag: logit_normal "
+                   help="SD3's time density and loss weight (Esser et al. 2024, §3.1), as diffusers' flag: "
+                   "logit_normal "
                    "and mode set that density of the flow noise level τ = σ/(s + σ) (t on the rectified flow) with "
                    "the plain flow-matching loss; cosmap and sigma_sqrt weight the flow-matching loss with τ uniform; "
                    "none is uniform τ, plain loss. Replaces --noise_distribution and --loss_weighting")
@@ -234,17 +255,20 @@ def validate_args(args) -> Plan:
             dist = "uniform_index" if schedule.is_discrete else ("lognormal" if param.name == "edm" else "uniform_t")
         dist = canonical_noise_distribution(dist)
     if dist == "uniform_index" and not schedule.num_train_timesteps:
-        raise ValueError(f"--noise_distribution uniform_index needs a schedule with num_train_timesteps; {args.schedule!r} has none")
+        raise ValueError(f"--noise_distribution uniform_index needs a schedule with num_train_timesteps; "
+                         f"{args.schedule!r} has none")
     try:
         check_flow_density_options(args.logit_std, args.mode_scale, args.shift, args.logit_mean)
     except ValueError as exc:
         raise ValueError(f"--logit_mean/--logit_std/--mode_scale/--shift: {exc}") from None
     if args.shift != 1.0:
         if dist not in FLOW_NOISE_DISTRIBUTIONS:
-            raise ValueError(f"--shift {args.shift} shifts the flow noise levels of --weighting_scheme or --noise_distribution "
+            raise ValueError(f"--shift {args.shift} shifts the flow noise levels of --weighting_scheme or "
+                             "--noise_distribution "
                              f"{'/'.join(FLOW_NOISE_DISTRIBUTIONS)}; the noise distribution here is {dist!r}")
         if not is_flow_export(schedule, param):
-            raise ValueError(f"--shift {args.shift} is recorded as the exported FlowMatch scheduler's shift, which needs "
+            raise ValueError(f"--shift {args.shift} is recorded as the exported FlowMatch scheduler's shift, "
+                             "which needs "
                              "--schedule rectified_flow --prediction_type flow_prediction; "
                              f"got {args.schedule!r} / {args.prediction_type!r}")
     sampler = args.default_sampler or DEFAULT_SAMPLER
@@ -291,7 +315,8 @@ def _load_unet_config(spec: str) -> dict:
             raise ValueError(f"--unet_config looks like JSON but does not parse: {exc}") from None
     path = os.path.join(text, "config.json") if os.path.isdir(text) else text
     if not os.path.isfile(path):
-        raise ValueError(f"--unet_config {spec!r}: no such file (expected a config.json, a folder holding one, or JSON)")
+        raise ValueError(f"--unet_config {spec!r}: no such file (expected a config.json, a folder holding one, "
+                         "or JSON)")
     with open(path) as fh:
         return json.load(fh)
 
@@ -307,12 +332,14 @@ def unet_config_from_args(args, resolution: int, channels: int) -> dict:
         in_ch, out_ch = cfg.get("in_channels", 3), cfg.get("out_channels", 3)
         if in_ch != channels or out_ch != channels:
             raise ValueError(f"channel mismatch: the images have {channels} channel(s) but the UNet config has "
-                             f"in_channels={in_ch}, out_channels={out_ch}; pass --channels {in_ch} to convert the images "
+                             f"in_channels={in_ch}, out_channels={out_ch}; pass --channels {in_ch} to convert the "
+                             "images "
                              "or fix the config")
         size = cfg["sample_size"]
         size = size if isinstance(size, int) else tuple(size)
         if size != resolution and size != (resolution, resolution):
-            raise ValueError(f"resolution mismatch: --resolution {resolution} but the UNet config has sample_size={size}")
+            raise ValueError(f"resolution mismatch: --resolution {resolution} but the UNet config has "
+                             f"sample_size={size}")
     else:
         blocks = _int_list(args.block_out_channels, "block_out_channels")
         levels = str(args.attention_levels).strip().lower()
@@ -324,12 +351,14 @@ def unet_config_from_args(args, resolution: int, channels: int) -> dict:
             try:
                 attn = {int(v) for v in levels.split(",") if v}
             except ValueError:
-                raise ValueError(f"--attention_levels must be 'last', 'none' or indices, got {args.attention_levels!r}") from None
+                raise ValueError(f"--attention_levels must be 'last', 'none' or indices, "
+                                 f"got {args.attention_levels!r}") from None
             if any(i < 0 or i >= len(blocks) for i in attn):
                 raise ValueError(f"--attention_levels {args.attention_levels!r} outside levels 0 … {len(blocks) - 1}")
         for c in blocks:
             if c % args.norm_num_groups:
-                raise ValueError(f"--block_out_channels {c} is not divisible by --norm_num_groups {args.norm_num_groups}")
+                raise ValueError(f"--block_out_channels {c} is not divisible by --norm_num_groups "
+                                 f"{args.norm_num_groups}")
         down = ["AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(len(blocks))]
         up = ["AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(len(blocks)))]
         cfg = {"sample_size": resolution, "in_channels": channels, "out_channels": channels,
@@ -338,7 +367,8 @@ def unet_config_from_args(args, resolution: int, channels: int) -> dict:
     n_down = len(cfg.get("down_block_types", UNet2DModel().config.down_block_types))
     factor = 2 ** (n_down - 1)
     if resolution % factor:
-        raise ValueError(f"--resolution {resolution} is not divisible by {factor}, which a UNet with {n_down} levels needs")
+        raise ValueError(f"--resolution {resolution} is not divisible by {factor}, which a UNet with {n_down} "
+                         "levels needs")
     return cfg
 
 
@@ -397,7 +427,8 @@ def _tracker(args) -> list:
             import tensorboard  # noqa: F401
         except ImportError:
             if args.logger == "tensorboard":
-                raise ValueError("--logger tensorboard but tensorboard is not installed (pip install tensorboard)") from None
+                raise ValueError("--logger tensorboard but tensorboard is not installed "
+                                 "(pip install tensorboard)") from None
             return []
         return ["tensorboard"]
     return [args.logger]
@@ -450,10 +481,9 @@ def train(args, *, before_commit=None) -> TrainResult:
 
     grad_accum = GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False)
     trackers = _tracker(args)
+    project = ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, args.logging_dir))
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=trackers or None,
-                              gradient_accumulation_plugin=grad_accum,
-                              project_config=ProjectConfiguration(project_dir=output_dir,
-                                                                  logging_dir=os.path.join(output_dir, args.logging_dir)))
+                              gradient_accumulation_plugin=grad_accum, project_config=project)
     if len(dataset) < args.train_batch_size * accelerator.num_processes:
         raise ValueError(f"the dataset has {len(dataset)} images, fewer than one global batch "
                          f"({args.train_batch_size} × {accelerator.num_processes} processes)")
@@ -491,9 +521,10 @@ def train(args, *, before_commit=None) -> TrainResult:
     batches_per_epoch = len(loader)
     if ema is not None:
         ema.to(accelerator.device)
-    objective = DenoisingScoreMatching(plan.schedule, plan.parameterization, plan.loss_weighting, plan.noise_distribution,
-                                       t_min=args.t_min, p_mean=args.p_mean, p_std=args.p_std, logit_mean=args.logit_mean,
-                                       logit_std=args.logit_std, mode_scale=args.mode_scale, shift=args.shift)
+    objective = DenoisingScoreMatching(plan.schedule, plan.parameterization, plan.loss_weighting,
+                                       plan.noise_distribution, t_min=args.t_min, p_mean=args.p_mean, p_std=args.p_std,
+                                       logit_mean=args.logit_mean, logit_std=args.logit_std,
+                                       mode_scale=args.mode_scale, shift=args.shift)
 
     # Per-rank noise: each rank draws different t and ε from the global RNG, seeded by (seed, rank); its state is
     # saved per rank in every checkpoint and restored below.
@@ -516,9 +547,11 @@ def train(args, *, before_commit=None) -> TrainResult:
         and not os.path.exists(args.schedule) else None
 
     def card(num_steps):
-        dataset_name = args.dataset_name or args.train_data_dir or (" ".join(args.train_files) if args.train_files else "digits")
+        files = " ".join(args.train_files) if args.train_files else None
+        dataset_name = args.dataset_name or args.train_data_dir or files or "digits"
         return dict(schedule=plan.schedule, parameterization=plan.parameterization, loss_weighting=plan.loss_weighting,
-                    noise_distribution=distribution_label(args, plan), dataset=dataset_name, training_command=training_command(args),
+                    noise_distribution=distribution_label(args, plan), dataset=dataset_name,
+                    training_command=training_command(args),
                     num_steps=num_steps, resolution=resolution, channels=channels, sampler=plan.sampler,
                     repo_id=args.hub_model_id, schedule_name=schedule_label)
 
@@ -586,7 +619,8 @@ def train(args, *, before_commit=None) -> TrainResult:
             step_loss = losses[-1]
             rate = (global_step - start_step) * global_batch / max(time.perf_counter() - start, 1e-9)
             if progress is not None:
-                progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{rate:.1f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{rate:.1f}",
+                                     lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
             if trackers:
                 logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_second": rate}
                 if ema is not None:

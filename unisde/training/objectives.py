@@ -92,9 +92,9 @@ from typing import Callable
 import torch
 
 from unisde._tensor import DTYPE, unknown_name_error
+from unisde.core.schedule import NoiseSchedule
 from unisde.parameterizations.base import Parameterization, schedule_coefficients
 from unisde.plugins import get_parameterization
-from unisde.core.schedule import NoiseSchedule
 
 LOSS_WEIGHTINGS = ("default", "epsilon", "x0", "v", "score", "edm", "likelihood", "flow", "cosmap", "sigma_sqrt")
 FLOW_NOISE_DISTRIBUTIONS = ("uniform_tau", "logit_normal", "mode")
@@ -294,7 +294,8 @@ class DenoisingScoreMatching:
         if not (0.0 <= self.t_min < 1.0):
             raise ValueError(f"t_min must lie in [0, 1), got {self.t_min}")
         if not (self.p_std > 0 and math.isfinite(self.p_mean)):
-            raise ValueError(f"lognormal needs a finite P_mean and P_std > 0, got P_mean={self.p_mean}, P_std={self.p_std}")
+            raise ValueError(f"lognormal needs a finite P_mean and P_std > 0, got P_mean={self.p_mean}, "
+                             f"P_std={self.p_std}")
         check_flow_density_options(self.logit_std, self.mode_scale, self.shift, self.logit_mean)
         if self.shift != 1.0 and self.noise_distribution not in FLOW_NOISE_DISTRIBUTIONS:
             raise ValueError(f"shift={self.shift} applies to the flow noise distributions "

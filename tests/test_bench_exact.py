@@ -1,0 +1,206 @@
+"""The noise-free accuracy metric of ``unisde bench`` (unisde/bench/exact.py): exact output laws of samplers on
+Gaussian targets checked against Monte Carlo, the closed forms against independent routes, a true zero, the
+convergence order of samplers measured through it, and the converged PF-ODE reference of the trajectory metric."""
+
+import math
+
+import diffusers
+import pytest
+import torch
+
+from unisde.analytic import Gaussian, GaussianMixture
+from unisde.bench import exact
+from unisde.bench.accuracy import AFFINE_TOL, accuracy_config, comparisons
+from unisde.bench.targets import ExactModel
+from unisde.diffusers.scheduler import UnifiedScheduler
+
+F64 = torch.float64
+
+
+def _gaussian(d: int) -> Gaussian:
+    a = torch.tensor([[0.6, 0.2, -0.1], [0.0, 0.5, 0.3], [0.1, 0.0, 0.4]], dtype=F64)[:d, :d]
+    return Gaussian(torch.tensor([0.4, -0.3, 0.2], dtype=F64)[:d], a @ a.T + 0.05 * torch.eye(d, dtype=F64))
+
+
+def _setup(dist, cfg: dict, **kwargs):
+    scheduler = UnifiedScheduler.from_config(cfg, **kwargs)
+    return scheduler, ExactModel(dist, scheduler.parameterization, scheduler.noise_schedule)
+
+
+def _moments_agree(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, z_max: float = 5.0):
+    """Sample mean and covariance of x (n, d) against (mean, cov), every entry within z_max standard errors."""
+    n = x.shape[0]
+    m = x.mean(0)
+    se_mean = (torch.diagonal(cov) / n).sqrt()
+    assert ((m - mean).abs() / se_mean).max() < z_max, ((m - mean) / se_mean)
+    s = torch.cov(x.T)
+    var = torch.diagonal(cov)
+    se_cov = ((var[:, None] * var[None, :] + cov**2) / n).sqrt()
+    assert ((s - cov).abs() / se_cov).max() < z_max, ((s - cov) / se_cov)
+
+
+def test_gaussian_w2_and_kl_closed_forms():
+    gen = torch.Generator().manual_seed(0)
+    d = 4
+    a, b = torch.randn(d, d, generator=gen, dtype=F64), torch.randn(d, 7, generator=gen, dtype=F64)
+    sigma, factor = a @ a.T + 0.1 * torch.eye(d, dtype=F64), 0.5 * b
+    cov = factor @ factor.T
+    mu, m = torch.randn(d, generator=gen, dtype=F64), torch.randn(d, generator=gen, dtype=F64)
+    # the trace form, evaluated directly
+    root = exact.psd_sqrt(sigma)
+    trace = float(((m - mu) ** 2).sum() + torch.trace(cov + sigma - 2 * exact.psd_sqrt(root @ cov @ root)))
+    w2 = exact.gaussian_w2(m, cov, mu, sigma)
+    assert math.isclose(w2, math.sqrt(trace), rel_tol=1e-10)
+    assert math.isclose(exact.gaussian_w2(m, None, mu, sigma, factor=factor), w2, rel_tol=1e-10)
+    # commuting covariances: W₂² = ‖m − μ‖² + ‖C^½ − Σ^½‖_F²
+    diag = torch.diag(torch.tensor([0.3, 1.2, 0.7, 2.0], dtype=F64))
+    half = 0.5 * torch.eye(d, dtype=F64)  # (0.25 I)^½
+    expected = math.sqrt(float(((m - mu) ** 2).sum() + ((exact.psd_sqrt(diag) - half) ** 2).sum()))
+    assert math.isclose(exact.gaussian_w2(m, diag, mu, 0.25 * torch.eye(d, dtype=F64)), expected, rel_tol=1e-12)
+    # the sum-of-squares form keeps resolving a distance far below the rounding of tr Σ
+    assert exact.gaussian_w2(mu, sigma, mu, sigma) < 1e-12
+    near = exact.gaussian_w2(mu + 1e-9, sigma, mu, sigma)
+    assert math.isclose(near, 1e-9 * math.sqrt(d), rel_tol=1e-4)
+    # KL against torch.distributions
+    kl = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(m, cov),
+                                           torch.distributions.MultivariateNormal(mu, sigma))
+    assert math.isclose(exact.gaussian_kl(m, cov, mu, sigma), float(kl), rel_tol=1e-9)
+    assert exact.gaussian_kl(m, cov[:1, :1].expand(d, d).clone(), mu, sigma) == math.inf  # rank one: no density
+
+
+def test_deterministic_exact_law_matches_monte_carlo():
+    """DPM-Solver++(2M) at 5 steps on a 3-D Gaussian, DDPM table: every one of 20k runs lands on b + A z to
+    rounding, the sample moments match (b, A Aᵀ), and the W₂ of the fitted Gaussian matches the exact W₂."""
+    dist = _gaussian(3)
+    scheduler, model = _setup(dist, accuracy_config("ddpm"), sampler="dpmsolver++")
+    law = exact.affine_law(scheduler, model, dist.event_shape, 5)
+    assert law.deterministic and law.draws == 0 and law.residual < 1e-12 and law.nfe == 5
+    n = 20_000
+    z = torch.randn(n, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x, tau0, y0 = exact.run_scheduler(scheduler, model, z, 5)
+    assert tau0 == law.tau0
+    assert (x - (law.mean + z @ law.factor.T)).abs().max() < 1e-12
+    assert (y0 - (law.start_mean + z @ law.start.T)).abs().max() < 1e-12
+    _moments_agree(x, law.mean, law.cov)
+    w2 = exact.law_metrics(law, dist.mean, dist.cov)["w2"]
+    assert w2 > 0.05  # a real error at 5 steps, not a vacuous comparison
+    chunks = [exact.gaussian_w2(c.mean(0), torch.cov(c.T), dist.mean, dist.cov) for c in x.chunk(10)]
+    se = torch.tensor(chunks).std().item() / math.sqrt(10)
+    estimate = exact.gaussian_w2(x.mean(0), torch.cov(x.T), dist.mean, dist.cov)
+    assert abs(estimate - w2) < 4 * se + 3 * 3 / n, (estimate, w2, se)
+
+
+@pytest.mark.parametrize("library", ["unisde", "diffusers"])
+def test_stochastic_exact_law_matches_monte_carlo(library):
+    """DDPM (ancestral) on a 2-D Gaussian: the law read off prescribed draws (unisde's noise_sampler hook, or
+    diffusers' randn_tensor swapped) matches 20k runs drawing their own noise; both libraries give one law."""
+    dist = _gaussian(2)
+    cfg = accuracy_config("ddpm")
+    twin, model = _setup(dist, cfg, sampler="ddpm")
+    scheduler = twin if library == "unisde" else diffusers.DDPMScheduler.from_config(cfg)
+    law = exact.affine_law(scheduler, model, dist.event_shape, 6)
+    assert law.draws == 5 and law.relevant_draws == 5 and law.residual < 1e-12  # no noise after the last step
+    assert law.factor.shape == (2, 2 + 2 * 5)
+    if library == "diffusers":
+        ref = exact.affine_law(twin, model, dist.event_shape, 6)
+        assert torch.allclose(law.cov, ref.cov, rtol=1e-5, atol=1e-9) and torch.allclose(law.mean, ref.mean, atol=1e-9)
+    z = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x, _, _ = exact.run_scheduler(scheduler, model, z, 6, seed=3)
+    _moments_agree(x, law.mean, law.cov)
+
+
+def test_true_zero_and_convergence_order():
+    """On a rectified flow the start N(0, I) at t = 1 is the exact prior, so an exact PF-ODE solve reproduces the
+    data law: its W₂ (the prior floor) is 0 to rounding, and samplers converge to it at their order."""
+    dist = _gaussian(2)
+    cfg = dict(diffusers.FlowMatchEulerDiscreteScheduler().config)
+    orders = {}
+    for sampler, order in (("ddim", 1), ("dpmsolver++", 2)):
+        scheduler, model = _setup(dist, cfg, sampler=sampler)
+        w = []
+        for n in (8, 16, 32, 64):
+            law = exact.affine_law(scheduler, model, dist.event_shape, n)
+            m = exact.law_metrics(law, dist.mean, dist.cov)
+            assert law.tau0 == pytest.approx(math.pi / 2) and m["prior_floor"] < 1e-12
+            assert m["trajectory"] >= m["w2"] - 1e-12  # the coupling (x_out, x_ref) bounds W₂ from above
+            w.append(m["w2"])
+        rates = [math.log2(w[i] / w[i + 1]) for i in range(3)]
+        orders[sampler] = rates
+        assert abs(rates[-1] - order) < 0.35, (sampler, w, rates)
+    assert w[-1] < 1e-2
+
+
+def test_prior_floor_and_discretisation_error():
+    """On diffusers' DDPM table the start N(0, I) at σ̃ ≈ 157 is not the exact p_t: W₂ to the data law levels off
+    at the prior floor (an exact solve from that start), while W₂ to the exact solve keeps falling at order 2
+    and, for a deterministic sampler, equals at most the trajectory error of the same coupling."""
+    dist = _gaussian(2)
+    scheduler, model = _setup(dist, accuracy_config("ddpm"), sampler="dpmsolver++")
+    m = {n: exact.law_metrics(exact.affine_law(scheduler, model, dist.event_shape, n), dist.mean, dist.cov)
+         for n in (20, 40, 80)}
+    floor = m[80]["prior_floor"]
+    assert 1e-3 < floor < 3e-3 and all(r["prior_floor"] == floor for r in m.values())
+    assert abs(m[80]["w2"] - floor) < 0.1 * floor and m[80]["w2_solver"] < 0.5 * floor
+    assert 1.6 < math.log2(m[40]["w2_solver"] / m[80]["w2_solver"]) < 2.6
+    for r in m.values():
+        assert r["w2_solver"] <= r["trajectory"] + 1e-12 and abs(r["w2"] - r["w2_solver"]) <= floor + 1e-12
+
+
+def test_non_affine_run_is_detected():
+    """pc's Langevin step size is a batch average of score norms: the check row sees the map is not affine."""
+    dist = _gaussian(2)
+    scheduler, model = _setup(dist, accuracy_config("ddpm"), sampler="pc")
+    law = exact.affine_law(scheduler, model, dist.event_shape, 4)
+    assert law.residual > AFFINE_TOL
+
+
+def test_reference_ode_matches_the_closed_form_flow():
+    """The trajectory metric's reference solve against the exact Gaussian flow, from a start inside (DDPM table,
+    leading spacing) and at t = 1 of a flow (s = 0); and the cache reuses a solve for the same start."""
+    dist = _gaussian(2)
+    y0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    for tau0 in (math.atan(60.0), math.pi / 2):
+        offset, g = exact.gaussian_flow(dist.mean, dist.cov, tau0)
+        x = exact.pf_ode_reference(dist, tau0, y0, rtol=1e-10)
+        assert (x - (offset + y0 @ g.T)).abs().max() < 1e-8
+    # a trained checkpoint's own PF-ODE: the reference through a raw model (here the exact EDM-preconditioned
+    # model, evaluated at t(σ̃ = tan τ)) is the same ODE
+    scheduler, model = _setup(dist, accuracy_config("edm"))
+    via_model = exact.model_denoiser(model, scheduler.parameterization, scheduler.noise_schedule, dist.event_shape)
+    x = exact.pf_ode_reference(via_model, math.atan(60.0), y0[:16], rtol=1e-9)
+    assert (x - exact.pf_ode_reference(dist, math.atan(60.0), y0[:16], rtol=1e-9)).abs().max() < 1e-7
+    mixture = GaussianMixture([0.7, 0.3], torch.tensor([[-1.0, 0.0], [1.0, 0.5]], dtype=F64),
+                              torch.tensor([0.05, 0.1], dtype=F64))
+    cache = exact.ReferenceCache(mixture, rtol=1e-8, check_rtol=1e-6)
+    ref = cache.get(math.atan(80.0), y0)
+    assert cache.get(math.atan(80.0), y0 * (1 + 1e-15)) is ref and cache.solves == 2
+    assert 0 < ref.error < 1e-5
+
+
+def test_comparison_verdicts():
+    """Targets: ≤ 0.67 at NFE ≤ 10, ≤ 1.0 above; a miss is reported with its reason, a tie within 1e-4 as a tie."""
+    def rec(lib, name, nfe, value, twin_of=None):
+        return {"library": lib, "sampler": name, "schedule": "ddpm", "target": "g", "nfe": nfe, "metric": "w2",
+                "distance": value, "floor": 1e-3, "exact": True, **({"twin_of": twin_of} if twin_of else {})}
+
+    rows = {r["nfe"]: r for r in comparisons([
+        rec("unisde", "a", 10, 0.5), rec("diffusers", "P", 10, 1.0),
+        rec("unisde", "a", 5, 0.8), rec("diffusers", "P", 5, 1.0),
+        rec("unisde", "≡P", 20, 1.000001, twin_of="P"), rec("diffusers", "P", 20, 1.0),
+        rec("unisde", "a", 50, 0.3)])}
+    assert rows[10]["met"] and rows[10]["ratio"] == 0.5
+    assert not rows[5]["met"] and "0.800 > 0.67" in rows[5]["reason"]
+    assert rows[20]["met"] and "tie" in rows[20]["reason"]
+    assert not rows[50]["met"] and "no diffusers peer" in rows[50]["reason"]
+
+
+def test_twins_convert_the_named_class():
+    """Each twin is UnifiedScheduler.from_config of its own diffusers class (the config alone, once the source
+    object is gone, was detected by its keys: LMS and KDPM2 configs carrying clip_sample became Heun)."""
+    from unisde.bench.contestants import diffusers_contestants
+
+    _, twins = diffusers_contestants("ddpm", accuracy_config("ddpm"), False)
+    samplers = {c.label: c.make().config["sampler"] for c in twins}
+    assert samplers["≡LMS"] == "lms" and samplers["≡KDPM2"] == "dpm_2"
+    assert samplers["≡KDPM2Ancestral"] == "dpm_2_ancestral"
+    assert samplers["≡Heun"] == "edm" and samplers["≡DDPM"] == "ddpm"
