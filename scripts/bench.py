@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Thin entry point over ``unisde bench`` (benchmarks against diffusers; writes BENCHMARKS.md):
 
-    python scripts/bench.py --quick --json bench.json
+python scripts/bench.py --quick --json bench.json
 """
 
 import sys

@@ -19,8 +19,9 @@ torch.set_num_threads(1)
 SCHEDULES = {
     "ddpm-linear": lambda: NoiseSchedule.from_diffusers_config({"beta_schedule": "linear"}),
     "ddpm-cosine": lambda: NoiseSchedule.from_diffusers_config({"beta_schedule": "squaredcos_cap_v2"}),
-    "zero-snr": lambda: NoiseSchedule.from_diffusers_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                                            "beta_end": 0.012, "rescale_betas_zero_snr": True}),
+    "zero-snr": lambda: NoiseSchedule.from_diffusers_config(
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}
+    ),
     "ncsn-table": lambda: NoiseSchedule.from_sigmas(torch.exp(torch.linspace(math.log(0.01), math.log(50.0), 200))),
     "vp-linear": NoiseSchedule.vp_linear,
     "vp-cosine": NoiseSchedule.vp_cosine,

@@ -61,13 +61,22 @@ def test_gaussian_denoise_is_gaussian_conditioning(name):
     x = _noisy(dist.sample(4, gen, dtype=F64), schedule, t, gen)
     s, sigma = _st(schedule, t)
     # E[x0|x] = μ + Cov(x0, x) Var(x)⁻¹ (x − s μ) with Cov(x0, x) = s Σ, Var(x) = s² Σ + σ² I.
-    ref = torch.stack([mu + s[i] * cov @ torch.linalg.solve(s[i] ** 2 * cov + sigma[i] ** 2 * torch.eye(d, dtype=F64),
-                                                           x[i].flatten() - s[i] * mu) for i in range(4)])
+    ref = torch.stack(
+        [
+            mu
+            + s[i]
+            * cov
+            @ torch.linalg.solve(s[i] ** 2 * cov + sigma[i] ** 2 * torch.eye(d, dtype=F64), x[i].flatten() - s[i] * mu)
+            for i in range(4)
+        ]
+    )
     got = dist.denoise(x, t, schedule)
     assert got.shape == x.shape and got.dtype == F64
     torch.testing.assert_close(got.reshape(4, d), ref, rtol=1e-10, atol=1e-10)
     # A scalar t gives the same as a constant per-sample t.
-    torch.testing.assert_close(dist.denoise(x, 0.3, schedule), dist.denoise(x, torch.full((4,), 0.3, dtype=F64), schedule), rtol=0, atol=0)
+    torch.testing.assert_close(
+        dist.denoise(x, 0.3, schedule), dist.denoise(x, torch.full((4,), 0.3, dtype=F64), schedule), rtol=0, atol=0
+    )
 
 
 def test_gaussian_isotropic_and_diagonal_covariances_agree_with_full():
@@ -78,7 +87,9 @@ def test_gaussian_isotropic_and_diagonal_covariances_agree_with_full():
     for cov, full in ((0.7, 0.7 * torch.eye(5, dtype=F64)), (diag, torch.diag(diag))):
         a, b = Gaussian(mu, cov), Gaussian(mu, full)
         torch.testing.assert_close(a.denoise(x, t, schedule), b.denoise(x, t, schedule), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(a.marginal_log_prob(x, t, schedule), b.marginal_log_prob(x, t, schedule), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            a.marginal_log_prob(x, t, schedule), b.marginal_log_prob(x, t, schedule), rtol=1e-12, atol=1e-12
+        )
         torch.testing.assert_close(a.cov, full, rtol=0, atol=1e-15)
 
 
@@ -110,8 +121,12 @@ def test_log_prob_matches_torch_distributions():
     means = torch.randn(3, 4, generator=gen, dtype=F64)
     covs = torch.stack([_random_cov(4, gen) for _ in range(3)])
     w = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
-    mix_ref = torch.logsumexp(torch.stack([w[k].log() + torch.distributions.MultivariateNormal(means[k], covs[k]).log_prob(x)
-                                           for k in range(3)]), 0)
+    mix_ref = torch.logsumexp(
+        torch.stack(
+            [w[k].log() + torch.distributions.MultivariateNormal(means[k], covs[k]).log_prob(x) for k in range(3)]
+        ),
+        0,
+    )
     torch.testing.assert_close(GaussianMixture(w, means, covs).log_prob(x), mix_ref, rtol=1e-12, atol=1e-12)
 
 
@@ -122,7 +137,9 @@ def test_mixture_denoise_and_marginal_by_1d_quadrature(name):
     w, mu, var = [0.3, 0.5, 0.2], [-2.0, 0.5, 3.0], [0.25, 1.0, 0.04]
     dist = GaussianMixture(w, torch.tensor(mu)[:, None], torch.tensor(var))
     grid = torch.linspace(-14, 14, 40001, dtype=F64)
-    prior = sum(wk * torch.exp(-((grid - m) ** 2) / (2 * v)) / math.sqrt(2 * math.pi * v) for wk, m, v in zip(w, mu, var))
+    prior = sum(
+        wk * torch.exp(-((grid - m) ** 2) / (2 * v)) / math.sqrt(2 * math.pi * v) for wk, m, v in zip(w, mu, var)
+    )
     for t in (0.1, 0.35, 0.7):
         s, sigma = float(schedule.s(t)), float(schedule.sigma(t))
         x = s * torch.tensor([-2.5, -0.3, 0.4, 2.9, 5.0], dtype=F64)
@@ -178,7 +195,9 @@ def test_empirical_is_the_softmax_of_eq_197(chunk, monkeypatch):
         torch.testing.assert_close(dist.denoise(x, t, schedule).flatten(1), ref, rtol=1e-10, atol=1e-10)
         # p_t = (1/n) Σ N(x; s y_i, σ² I), summed directly.
         d = y.shape[1]
-        comp = -((x.flatten(1)[:, None] - s[:, :, None] * y[None]) ** 2).sum(-1) / (2 * sigma**2) - 0.5 * d * torch.log(2 * math.pi * sigma**2)
+        comp = -((x.flatten(1)[:, None] - s[:, :, None] * y[None]) ** 2).sum(-1) / (2 * sigma**2) - 0.5 * d * torch.log(
+            2 * math.pi * sigma**2
+        )
         ref_lp = torch.logsumexp(comp, 1) - math.log(len(y))
         torch.testing.assert_close(dist.marginal_log_prob(x, t, schedule), ref_lp, rtol=1e-10, atol=1e-10)
 
@@ -211,9 +230,14 @@ def _distributions():
     d, shape = 4, (1, 2, 2)
     return {
         "gaussian": Gaussian(torch.randn(d, generator=gen, dtype=F64), _random_cov(d, gen), event_shape=shape),
-        "mixture-full": GaussianMixture([0.5, 0.3, 0.2], torch.randn(3, *shape, generator=gen, dtype=F64),
-                                        torch.stack([_random_cov(d, gen) for _ in range(3)])),
-        "mixture-iso": GaussianMixture([1.0, 3.0], torch.randn(2, *shape, generator=gen, dtype=F64), torch.tensor([0.1, 0.4])),
+        "mixture-full": GaussianMixture(
+            [0.5, 0.3, 0.2],
+            torch.randn(3, *shape, generator=gen, dtype=F64),
+            torch.stack([_random_cov(d, gen) for _ in range(3)]),
+        ),
+        "mixture-iso": GaussianMixture(
+            [1.0, 3.0], torch.randn(2, *shape, generator=gen, dtype=F64), torch.tensor([0.1, 0.4])
+        ),
         "empirical": Empirical(torch.randn(25, *shape, generator=gen, dtype=F64)),
     }
 
@@ -246,10 +270,14 @@ def test_as_model_round_trip(pname, sched):
     t = torch.tensor([0.03, 0.3, 0.6, 0.95], dtype=F64)
     x = _noisy(dist.sample(4, gen, dtype=F64), schedule, t, gen)
     out = model(param.model_input(x, t, schedule), param.model_time(schedule, t))
-    torch.testing.assert_close(param.to_denoised(out, x, t, schedule), dist.denoise(x, t, schedule), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        param.to_denoised(out, x, t, schedule), dist.denoise(x, t, schedule), rtol=1e-10, atol=1e-10
+    )
     # A scalar timestep shared by the batch.
     out = model(param.model_input(x, 0.4, schedule), param.model_time(schedule, torch.tensor(0.4, dtype=F64)))
-    torch.testing.assert_close(param.to_denoised(out, x, 0.4, schedule), dist.denoise(x, 0.4, schedule), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        param.to_denoised(out, x, 0.4, schedule), dist.denoise(x, 0.4, schedule), rtol=1e-10, atol=1e-10
+    )
     assert model.nfe == 2
 
 
@@ -282,8 +310,9 @@ def test_as_unet_drives_real_diffusers_pipelines():
     scheduler = DDPMScheduler(num_train_timesteps=1000)  # unisde-free: plain diffusers
     unet = dist.as_unet("epsilon", NoiseSchedule.from_diffusers_config(scheduler.config), sample_size=8, in_channels=1)
     assert isinstance(unet, AnalyticUNet) and unet.config.out_channels is None and unet.dtype == torch.float32
-    images = DDPMPipeline(unet=unet, scheduler=scheduler)(batch_size=4, num_inference_steps=5, output_type="np",
-                                                          generator=torch.Generator().manual_seed(0)).images
+    images = DDPMPipeline(unet=unet, scheduler=scheduler)(
+        batch_size=4, num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all()
     assert unet.nfe == 5
     # Ancestral steps with the exact x̂0 preserve the mean of a Gaussian; 256 pixels of std 0.05 → s.e. 0.003.
@@ -292,9 +321,13 @@ def test_as_unet_drives_real_diffusers_pipelines():
     # v-prediction through diffusers' DDIM (η = 0) against DDIM written out here with the closed-form Gaussian
     # posterior mean μ + v/(v + σ̃²)(x̃ − μ) on the scheduler's own ᾱ table: identical images (float32).
     scheduler = DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
-    unet = dist.as_unet("v_prediction", NoiseSchedule.from_diffusers_config(scheduler.config), sample_size=8, in_channels=1)
+    unet = dist.as_unet(
+        "v_prediction", NoiseSchedule.from_diffusers_config(scheduler.config), sample_size=8, in_channels=1
+    )
     pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
-    images = pipe(batch_size=8, num_inference_steps=20, output_type="np", generator=torch.Generator().manual_seed(1)).images
+    images = pipe(
+        batch_size=8, num_inference_steps=20, output_type="np", generator=torch.Generator().manual_seed(1)
+    ).images
     scheduler = pipe.scheduler  # the pipeline re-creates its scheduler; read the time grid it actually used
     x = torch.randn((8, 1, 8, 8), generator=torch.Generator().manual_seed(1)).to(F64)
     abar, steps = scheduler.alphas_cumprod.to(F64), scheduler.timesteps.tolist()
@@ -350,21 +383,30 @@ def test_unnormalised_weights_are_normalised():
     torch.testing.assert_close(a.denoise(x, 0.3, SCHEDULES["ve"]), b.denoise(x, 0.3, SCHEDULES["ve"]), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: Gaussian(torch.zeros(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]])), r"cov\[0\] is not positive semi-definite.*-1"),
-    (lambda: Gaussian(torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]])), r"cov\[0\] is not symmetric"),
-    (lambda: Gaussian(torch.zeros(2), -1.0), r"cov\[0\] = -1.0 is a negative variance"),
-    (lambda: Gaussian(torch.zeros(3), torch.eye(2)), r"cov has shape \(1, 2, 2\).*\(1, 3, 3\)"),
-    (lambda: Gaussian(torch.zeros(4), 1.0, event_shape=(1, 3, 3)), r"event_shape \(1, 3, 3\) has 9 elements.*dimension 4"),
-    (lambda: Gaussian([0.0, float("nan")], 1.0), r"mean contains a non-finite value"),
-    (lambda: GaussianMixture([0.5, -0.5, 1.0], torch.zeros(3, 2), 1.0), r"weights\[1\] = -0.5"),
-    (lambda: GaussianMixture([0.0, 0.0], torch.zeros(2, 2), 1.0), r"weights must not all be zero"),
-    (lambda: GaussianMixture([0.5, 0.5], torch.zeros(3, 2), 1.0), r"means has shape \(3, 2\).*for 2 weights"),
-    (lambda: GaussianMixture([0.5, 0.5], torch.zeros(2, 2), torch.ones(3)), r"covs has shape \(3,\)"),
-    (lambda: GaussianMixture([0.5, 0.5], torch.zeros(2, 2), torch.ones(2, 3)), r"covs has shape \(2, 3\)"),
-    (lambda: Empirical(torch.zeros(0, 3)), r"data must have shape .* got \(0, 3\)"),
-    (lambda: Empirical(torch.zeros(5)), r"data must have shape .* got \(5,\)"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (
+            lambda: Gaussian(torch.zeros(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]])),
+            r"cov\[0\] is not positive semi-definite.*-1",
+        ),
+        (lambda: Gaussian(torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]])), r"cov\[0\] is not symmetric"),
+        (lambda: Gaussian(torch.zeros(2), -1.0), r"cov\[0\] = -1.0 is a negative variance"),
+        (lambda: Gaussian(torch.zeros(3), torch.eye(2)), r"cov has shape \(1, 2, 2\).*\(1, 3, 3\)"),
+        (
+            lambda: Gaussian(torch.zeros(4), 1.0, event_shape=(1, 3, 3)),
+            r"event_shape \(1, 3, 3\) has 9 elements.*dimension 4",
+        ),
+        (lambda: Gaussian([0.0, float("nan")], 1.0), r"mean contains a non-finite value"),
+        (lambda: GaussianMixture([0.5, -0.5, 1.0], torch.zeros(3, 2), 1.0), r"weights\[1\] = -0.5"),
+        (lambda: GaussianMixture([0.0, 0.0], torch.zeros(2, 2), 1.0), r"weights must not all be zero"),
+        (lambda: GaussianMixture([0.5, 0.5], torch.zeros(3, 2), 1.0), r"means has shape \(3, 2\).*for 2 weights"),
+        (lambda: GaussianMixture([0.5, 0.5], torch.zeros(2, 2), torch.ones(3)), r"covs has shape \(3,\)"),
+        (lambda: GaussianMixture([0.5, 0.5], torch.zeros(2, 2), torch.ones(2, 3)), r"covs has shape \(2, 3\)"),
+        (lambda: Empirical(torch.zeros(0, 3)), r"data must have shape .* got \(0, 3\)"),
+        (lambda: Empirical(torch.zeros(5)), r"data must have shape .* got \(5,\)"),
+    ],
+)
 def test_bad_construction_is_rejected(build, match):
     with pytest.raises(ValueError, match=match):
         build()

@@ -57,7 +57,7 @@ def test_no_relative_imports_and_no_import_cycles():
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack)
         stack.pop()
@@ -72,6 +72,9 @@ def test_no_relative_imports_and_no_import_cycles():
 
 
 def test_library_modules_do_not_import_the_cli():
-    offenders = [name for name, deps in graph().items()
-                 if not name.startswith("unisde.cli") and any(d.startswith("unisde.cli") for d in deps)]
+    offenders = [
+        name
+        for name, deps in graph().items()
+        if not name.startswith("unisde.cli") and any(d.startswith("unisde.cli") for d in deps)
+    ]
     assert not offenders, offenders

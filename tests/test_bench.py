@@ -51,13 +51,32 @@ def test_quick_covers_every_registered_sampler(quick_run):
     _, out = quick_run
     data = json.loads((out / "bench.json").read_text())
     for schedule in ("ddpm", "edm", "flow", "flow-shift3"):
-        ran = {r["sampler"].split("[")[0] for r in data["accuracy"] if r["library"] == "unisde" and r["schedule"] == schedule}
+        ran = {
+            r["sampler"].split("[")[0]
+            for r in data["accuracy"]
+            if r["library"] == "unisde" and r["schedule"] == schedule
+        }
         missing = set(unisde.list_samplers()) - ran
         assert not missing, f"samplers without a result on {schedule}: {missing} (errors: {data.get('errors')})"
     peers = {r["sampler"] for r in data["accuracy"] if r["library"] == "diffusers"}
-    assert {"DDPM", "DDIM", "Euler", "EulerAncestral", "Heun", "LMS", "DPM++2M", "DPM++3M", "SDE-DPM++2M", "UniPC",
-            "EDMEuler", "FlowMatchEuler", "FlowMatchEulerStochastic", "FlowMatchHeun", "UniPC-flow",
-            "DPM++2M-flow"} <= peers
+    assert {
+        "DDPM",
+        "DDIM",
+        "Euler",
+        "EulerAncestral",
+        "Heun",
+        "LMS",
+        "DPM++2M",
+        "DPM++3M",
+        "SDE-DPM++2M",
+        "UniPC",
+        "EDMEuler",
+        "FlowMatchEuler",
+        "FlowMatchEulerStochastic",
+        "FlowMatchHeun",
+        "UniPC-flow",
+        "DPM++2M-flow",
+    } <= peers
 
 
 def test_sliced_w2_of_a_shift():

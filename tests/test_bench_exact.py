@@ -32,11 +32,11 @@ def _moments_agree(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, z_max
     n = x.shape[0]
     m = x.mean(0)
     se_mean = (torch.diagonal(cov) / n).sqrt()
-    assert ((m - mean).abs() / se_mean).max() < z_max, ((m - mean) / se_mean)
+    assert ((m - mean).abs() / se_mean).max() < z_max, (m - mean) / se_mean
     s = torch.cov(x.T)
     var = torch.diagonal(cov)
     se_cov = ((var[:, None] * var[None, :] + cov**2) / n).sqrt()
-    assert ((s - cov).abs() / se_cov).max() < z_max, ((s - cov) / se_cov)
+    assert ((s - cov).abs() / se_cov).max() < z_max, (s - cov) / se_cov
 
 
 def test_gaussian_w2_and_kl_closed_forms():
@@ -62,8 +62,9 @@ def test_gaussian_w2_and_kl_closed_forms():
     near = exact.gaussian_w2(mu + 1e-9, sigma, mu, sigma)
     assert math.isclose(near, 1e-9 * math.sqrt(d), rel_tol=1e-4)
     # KL against torch.distributions
-    kl = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(m, cov),
-                                           torch.distributions.MultivariateNormal(mu, sigma))
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(m, cov), torch.distributions.MultivariateNormal(mu, sigma)
+    )
     assert math.isclose(exact.gaussian_kl(m, cov, mu, sigma), float(kl), rel_tol=1e-9)
     assert exact.gaussian_kl(m, cov[:1, :1].expand(d, d).clone(), mu, sigma) == math.inf  # rank one: no density
 
@@ -136,8 +137,10 @@ def test_prior_floor_and_discretisation_error():
     and, for a deterministic sampler, equals at most the trajectory error of the same coupling."""
     dist = _gaussian(2)
     scheduler, model = _setup(dist, accuracy_config("ddpm"), sampler="dpmsolver++")
-    m = {n: exact.law_metrics(exact.affine_law(scheduler, model, dist.event_shape, n), dist.mean, dist.cov)
-         for n in (20, 40, 80)}
+    m = {
+        n: exact.law_metrics(exact.affine_law(scheduler, model, dist.event_shape, n), dist.mean, dist.cov)
+        for n in (20, 40, 80)
+    }
     floor = m[80]["prior_floor"]
     assert 1e-3 < floor < 3e-3 and all(r["prior_floor"] == floor for r in m.values())
     assert abs(m[80]["w2"] - floor) < 0.1 * floor and m[80]["w2_solver"] < 0.5 * floor
@@ -169,8 +172,9 @@ def test_reference_ode_matches_the_closed_form_flow():
     via_model = exact.model_denoiser(model, scheduler.parameterization, scheduler.noise_schedule, dist.event_shape)
     x = exact.pf_ode_reference(via_model, math.atan(60.0), y0[:16], rtol=1e-9)
     assert (x - exact.pf_ode_reference(dist, math.atan(60.0), y0[:16], rtol=1e-9)).abs().max() < 1e-7
-    mixture = GaussianMixture([0.7, 0.3], torch.tensor([[-1.0, 0.0], [1.0, 0.5]], dtype=F64),
-                              torch.tensor([0.05, 0.1], dtype=F64))
+    mixture = GaussianMixture(
+        [0.7, 0.3], torch.tensor([[-1.0, 0.0], [1.0, 0.5]], dtype=F64), torch.tensor([0.05, 0.1], dtype=F64)
+    )
     cache = exact.ReferenceCache(mixture, rtol=1e-8, check_rtol=1e-6)
     ref = cache.get(math.atan(80.0), y0)
     assert cache.get(math.atan(80.0), y0 * (1 + 1e-15)) is ref and cache.solves == 2
@@ -179,15 +183,35 @@ def test_reference_ode_matches_the_closed_form_flow():
 
 def test_comparison_verdicts():
     """Targets: ≤ 0.67 at NFE ≤ 10, ≤ 1.0 above; a miss is reported with its reason, a tie within 1e-4 as a tie."""
-    def rec(lib, name, nfe, value, twin_of=None):
-        return {"library": lib, "sampler": name, "schedule": "ddpm", "target": "g", "nfe": nfe, "metric": "w2",
-                "distance": value, "floor": 1e-3, "exact": True, **({"twin_of": twin_of} if twin_of else {})}
 
-    rows = {r["nfe"]: r for r in comparisons([
-        rec("unisde", "a", 10, 0.5), rec("diffusers", "P", 10, 1.0),
-        rec("unisde", "a", 5, 0.8), rec("diffusers", "P", 5, 1.0),
-        rec("unisde", "≡P", 20, 1.000001, twin_of="P"), rec("diffusers", "P", 20, 1.0),
-        rec("unisde", "a", 50, 0.3)])}
+    def rec(lib, name, nfe, value, twin_of=None):
+        return {
+            "library": lib,
+            "sampler": name,
+            "schedule": "ddpm",
+            "target": "g",
+            "nfe": nfe,
+            "metric": "w2",
+            "distance": value,
+            "floor": 1e-3,
+            "exact": True,
+            **({"twin_of": twin_of} if twin_of else {}),
+        }
+
+    rows = {
+        r["nfe"]: r
+        for r in comparisons(
+            [
+                rec("unisde", "a", 10, 0.5),
+                rec("diffusers", "P", 10, 1.0),
+                rec("unisde", "a", 5, 0.8),
+                rec("diffusers", "P", 5, 1.0),
+                rec("unisde", "≡P", 20, 1.000001, twin_of="P"),
+                rec("diffusers", "P", 20, 1.0),
+                rec("unisde", "a", 50, 0.3),
+            ]
+        )
+    }
     assert rows[10]["met"] and rows[10]["ratio"] == 0.5
     assert not rows[5]["met"] and "0.800 > 0.67" in rows[5]["reason"]
     assert rows[20]["met"] and "tie" in rows[20]["reason"]

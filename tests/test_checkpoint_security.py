@@ -28,10 +28,24 @@ def _one_thread():
 
 
 def _args(out, **kw):
-    base = dict(output_dir=str(out), train_batch_size=4, max_train_steps=4, checkpointing_steps=2,
-                block_out_channels="8,16", norm_num_groups=4, attention_levels="none", lr_warmup_steps=1, logger="none", no_progress=True,
-                learning_rate=1e-3, use_ema=True, gradient_accumulation_steps=2, schedule="vp-linear",
-                prediction_type="epsilon", noise_distribution="uniform_t")
+    base = dict(
+        output_dir=str(out),
+        train_batch_size=4,
+        max_train_steps=4,
+        checkpointing_steps=2,
+        block_out_channels="8,16",
+        norm_num_groups=4,
+        attention_levels="none",
+        lr_warmup_steps=1,
+        logger="none",
+        no_progress=True,
+        learning_rate=1e-3,
+        use_ema=True,
+        gradient_accumulation_steps=2,
+        schedule="vp-linear",
+        prediction_type="epsilon",
+        noise_distribution="uniform_t",
+    )
     base.update(kw)
     return default_args(**base)
 
@@ -44,11 +58,12 @@ def _die_at(step):
     def hook(tmp):
         if tmp.endswith(f".checkpoint-{step}.tmp"):
             raise Killed("simulated crash while saving")
+
     return hook
 
 
 def _assert_same_run(a, b):
-    torch.testing.assert_close(b.losses, a.losses[-len(b.losses):], rtol=0, atol=0)
+    torch.testing.assert_close(b.losses, a.losses[-len(b.losses) :], rtol=0, atol=0)
     ma, mb = a.accelerator.unwrap_model(a.model).state_dict(), b.accelerator.unwrap_model(b.model).state_dict()
     for k in ma:
         torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=0, msg=k)
@@ -154,8 +169,18 @@ def test_layout_1_checkpoint_resumes_exactly_through_weights_only(runs, tmp_path
     _assert_same_run(straight, resumed)
 
 
-@pytest.mark.parametrize("case", ["unlisted custom", "listed custom", "layout 1 ema", "layout 1 ema, no scan",
-                                  "optimizer", "optimizer, no scan", "raw pickle rng"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unlisted custom",
+        "listed custom",
+        "layout 1 ema",
+        "layout 1 ema, no scan",
+        "optimizer",
+        "optimizer, no scan",
+        "raw pickle rng",
+    ],
+)
 def test_hostile_pickle_is_refused_and_never_runs(runs, tmp_path, monkeypatch, case):
     _, killed = runs
     out = _copy_run(killed, tmp_path / "run")
@@ -167,8 +192,11 @@ def test_hostile_pickle_is_refused_and_never_runs(runs, tmp_path, monkeypatch, c
     torch.load(probe, weights_only=False)
     assert (tmp_path / "probe-marker").exists()
 
-    rel = {"optimizer": "optimizer.bin", "optimizer, no scan": "optimizer.bin",
-           "raw pickle rng": "random_states_0.pkl"}.get(case, C.LEGACY_EMA_FILE)
+    rel = {
+        "optimizer": "optimizer.bin",
+        "optimizer, no scan": "optimizer.bin",
+        "raw pickle rng": "random_states_0.pkl",
+    }.get(case, C.LEGACY_EMA_FILE)
     if case == "raw pickle rng":
         (ckpt / rel).write_bytes(pickle.dumps(_Evil(marker)))
     else:
@@ -194,16 +222,20 @@ def test_checkpoint_of_another_run_is_refused_unless_allowed(runs, tmp_path):
     _, killed = runs
     ckpt = str(killed / "checkpoint-2")
     new = tmp_path / "new"
-    with pytest.raises(CheckpointError, match=r"different run: prediction_type: checkpoint 'epsilon', "
-                                              r"this run 'v_prediction'.*--allow_fingerprint_mismatch"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"different run: prediction_type: checkpoint 'epsilon', "
+        r"this run 'v_prediction'.*--allow_fingerprint_mismatch",
+    ):
         train(_args(new, resume_from_checkpoint=ckpt, prediction_type="v_prediction"))
     with pytest.raises(CheckpointError, match=r"schedule\.name: checkpoint 'vp-linear', this run 'vp-cosine'"):
         train(_args(new, resume_from_checkpoint=ckpt, schedule="vp-cosine"))
     with pytest.raises(CheckpointError, match=r"unet\.block_out_channels: checkpoint \[8, 16\], this run \[8, 24\]"):
         train(_args(new, resume_from_checkpoint=ckpt, block_out_channels="8,24"))
     assert not new.exists()
-    result = train(_args(new, resume_from_checkpoint=ckpt, prediction_type="v_prediction",
-                         allow_fingerprint_mismatch=True))
+    result = train(
+        _args(new, resume_from_checkpoint=ckpt, prediction_type="v_prediction", allow_fingerprint_mismatch=True)
+    )
     assert result.resumed_from == ckpt and result.global_step == 4 and len(result.losses) == 2
     # the same run resumes from a checkpoint elsewhere without the flag
     same = train(_args(tmp_path / "same", resume_from_checkpoint=ckpt))

@@ -29,7 +29,11 @@ def run(sched, x, n, seed=0):
     """The loop of diffusers' pipelines: start from z · init_noise_sigma, feed scale_model_input to the model."""
     sched.set_timesteps(n)
     x = x * getattr(sched, "init_noise_sigma", 1.0)  # FlowMatch schedulers start from unit noise
-    extra = {"generator": torch.Generator().manual_seed(seed)} if "generator" in inspect.signature(sched.step).parameters else {}
+    extra = (
+        {"generator": torch.Generator().manual_seed(seed)}
+        if "generator" in inspect.signature(sched.step).parameters
+        else {}
+    )
     scale_input = getattr(sched, "scale_model_input", lambda x, t: x)
     for t in sched.timesteps:
         x = sched.step(model(scale_input(x, t), t), t, x, **extra).prev_sample
@@ -67,17 +71,20 @@ def test_every_diffusers_class_converts_at_parity_or_refuses(name):
     assert (got - expected).abs().max() <= 1e-5 * scale, (name, float((got - expected).abs().max() / scale))
 
 
-@pytest.mark.parametrize("name, flags", [
-    ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}),
-    ("EulerDiscreteScheduler", {"use_exponential_sigmas": True}),
-    ("EulerDiscreteScheduler", {"use_beta_sigmas": True}),
-    ("EulerDiscreteScheduler", {"timestep_type": "continuous"}),
-    ("UniPCMultistepScheduler", {"predict_x0": False}),
-    ("UniPCMultistepScheduler", {"use_flow_sigmas": True}),
-    ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True}),
-    ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1}),
-    ("DDPMScheduler", {"prediction_type": "flow_prediction"}),
-])
+@pytest.mark.parametrize(
+    "name, flags",
+    [
+        ("EulerDiscreteScheduler", {"interpolation_type": "log_linear"}),
+        ("EulerDiscreteScheduler", {"use_exponential_sigmas": True}),
+        ("EulerDiscreteScheduler", {"use_beta_sigmas": True}),
+        ("EulerDiscreteScheduler", {"timestep_type": "continuous"}),
+        ("UniPCMultistepScheduler", {"predict_x0": False}),
+        ("UniPCMultistepScheduler", {"use_flow_sigmas": True}),
+        ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True}),
+        ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1}),
+        ("DDPMScheduler", {"prediction_type": "flow_prediction"}),
+    ],
+)
 def test_unhonoured_flags_refuse_naming_class_flag_and_value(name, flags):
     ref = getattr(diffusers, name)(**flags)
     key, value = next(iter(flags.items()))
@@ -89,21 +96,30 @@ def test_unhonoured_flags_refuse_naming_class_flag_and_value(name, flags):
 
 def test_sampler_choice_takes_only_schedule_parameterization_and_grid():
     """With sampler=, a class's β table, prediction type and Karras choice are kept and its solver replaced."""
-    ref = diffusers.KDPM2DiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                           prediction_type="v_prediction", use_karras_sigmas=True)
+    ref = diffusers.KDPM2DiscreteScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="v_prediction",
+        use_karras_sigmas=True,
+    )
     uni = UnifiedScheduler.from_config(ref.config, sampler="ddim")
     assert uni.config.sampler == "ddim" and uni._grid_kind() == "karras"
     assert uni.config.prediction_type == "v_prediction"
     table = torch.as_tensor(ref.alphas_cumprod, dtype=torch.float64)
-    assert torch.allclose(uni.noise_schedule.s(torch.arange(1, 1001, dtype=torch.float64) / 1000) ** 2, table,
-                          rtol=1e-6)
+    assert torch.allclose(
+        uni.noise_schedule.s(torch.arange(1, 1001, dtype=torch.float64) / 1000) ** 2, table, rtol=1e-6
+    )
 
 
 def test_a_class_without_twin_refuses_but_takes_sampler():
     from unisde.plugins import get_converter, list_converters
 
-    refusing = [n for n in list_converters() if get_converter(n).sampler is None and get_converter(n).gaussian
-                and hasattr(diffusers, n)]
+    refusing = [
+        n
+        for n in list_converters()
+        if get_converter(n).sampler is None and get_converter(n).gaussian and hasattr(diffusers, n)
+    ]
     assert refusing, "no refusing Gaussian converter left to test"
     for name in refusing:
         ref = getattr(diffusers, name)()
@@ -115,7 +131,9 @@ def test_a_class_without_twin_refuses_but_takes_sampler():
 
 
 def test_a_solver_flag_is_honoured_or_refused_and_ignored_only_when_the_sampler_is_replaced():
-    ref = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver", solver_type="heun", final_sigmas_type="sigma_min")
+    ref = diffusers.DPMSolverMultistepScheduler(
+        algorithm_type="dpmsolver", solver_type="heun", final_sigmas_type="sigma_min"
+    )
     try:
         uni = UnifiedScheduler.from_config(ref.config)
     except ValueError as exc:
@@ -134,8 +152,9 @@ def test_detection_uses_the_owner_of_a_live_config_not_list_order():
         assert source_class(cls().config) == cls.__name__
     # a plain dict with their keys is ambiguous between different algorithms: a clear error, never a guess
     cfg = dict(diffusers.LMSDiscreteScheduler().config)
-    with pytest.raises(ConversionError, match="KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, "
-                                              "LMSDiscreteScheduler equally"):
+    with pytest.raises(
+        ConversionError, match="KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, LMSDiscreteScheduler equally"
+    ):
         source_class(cfg)
     assert UnifiedScheduler.from_config({**cfg, "_class_name": "LMSDiscreteScheduler"}).config.sampler == "lms"
     # the scheduler object itself works too

@@ -11,8 +11,13 @@ from unisde import list_samplers  # noqa: E402
 from unisde.analytic import Gaussian  # noqa: E402
 from unisde.diffusers.scheduler import UnifiedScheduler  # noqa: E402
 
-CONFIGS = [{}, {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"},
-           {"solver_order": 3}, {"timestep_spacing": "leading", "solver_order": 3, "prediction_type": "v_prediction"}]
+CONFIGS = [
+    {},
+    {"timestep_spacing": "leading", "steps_offset": 1},
+    {"timestep_spacing": "trailing"},
+    {"solver_order": 3},
+    {"timestep_spacing": "leading", "solver_order": 3, "prediction_type": "v_prediction"},
+]
 
 
 def _run(scheduler, model, x_start, n):
@@ -23,7 +28,9 @@ def _run(scheduler, model, x_start, n):
     return x
 
 
-@pytest.mark.skipif("dpmsolver++" not in list_samplers(), reason="the unisde-dpmsolver plugin is installed by `make test`")
+@pytest.mark.skipif(
+    "dpmsolver++" not in list_samplers(), reason="the unisde-dpmsolver plugin is installed by `make test`"
+)
 @pytest.mark.parametrize("kwargs", CONFIGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
 @pytest.mark.parametrize("n", [5, 12, 25])
 def test_dpmsolver_config_converts_to_the_same_grid_and_samples(kwargs, n):

@@ -87,6 +87,7 @@ def algorithm2(denoise, n, x0, draw, s_churn, s_tmin, s_tmax, s_noise):
 
 def preconditioned_network(denoise, calls):
     """F(c_in x; c_noise) such that c_skip x + c_out F = D(x; σ) (seed 001 eqs. 203, 209–212)."""
+
     def network(model_input, c_noise):
         sigma = math.exp(4 * float(c_noise))
         calls.append(sigma)
@@ -94,23 +95,38 @@ def preconditioned_network(denoise, calls):
         c_skip = SIGMA_DATA**2 / (sigma**2 + SIGMA_DATA**2)
         c_out = sigma * SIGMA_DATA / math.sqrt(sigma**2 + SIGMA_DATA**2)
         return (denoise(x.to(torch.float64), sigma).to(x.dtype) - c_skip * x) / c_out
+
     return network
 
 
 def unified_edm(n, **options):
-    sched = UnifiedScheduler(schedule={"name": "edm", "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO,
-                                       "timestep_convention": "edm"},
-                             prediction_type="edm", sigma_data=SIGMA_DATA, sampler="edm", sampler_options=options)
+    sched = UnifiedScheduler(
+        schedule={
+            "name": "edm",
+            "sigma_min": SIGMA_MIN,
+            "sigma_max": SIGMA_MAX,
+            "rho": RHO,
+            "timestep_convention": "edm",
+        },
+        prediction_type="edm",
+        sigma_data=SIGMA_DATA,
+        sampler="edm",
+        sampler_options=options,
+    )
     sched.set_timesteps(n)
     return sched
 
 
 @pytest.mark.parametrize("denoiser", sorted(DENOISERS))
-@pytest.mark.parametrize("churn", [
-    dict(s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0),
-    dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003),
-    dict(s_churn=5.0, s_tmin=0.3, s_tmax=10.0, s_noise=1.0),
-], ids=["deterministic", "churn-imagenet", "churn-partial"])
+@pytest.mark.parametrize(
+    "churn",
+    [
+        dict(s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0),
+        dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003),
+        dict(s_churn=5.0, s_tmin=0.3, s_tmax=10.0, s_noise=1.0),
+    ],
+    ids=["deterministic", "churn-imagenet", "churn-partial"],
+)
 def test_edm_heun_matches_algorithm2(denoiser, churn):
     n = 18
     denoise = DENOISERS[denoiser]
@@ -129,7 +145,9 @@ def test_edm_heun_matches_algorithm2(denoiser, churn):
         x = sched.step(out, t, x, generator=gen).prev_sample
     assert len(calls) == len(sig_ref) == 2 * n - 1
     # the timesteps pipelines see are float32 (c_noise), so σ recovered from them is exact to float32 rounding
-    torch.testing.assert_close(torch.tensor(calls, dtype=torch.float64), torch.tensor(sig_ref, dtype=torch.float64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(calls, dtype=torch.float64), torch.tensor(sig_ref, dtype=torch.float64), rtol=1e-6, atol=0
+    )
     err = float((x - x_ref).abs().max())
     assert err <= 1e-6, f"edm vs Algorithm 2: max|diff| = {err:.3g}"
     # The churn really drew noise: a different generator seed moves the answer (and no noise → same answer).
@@ -170,7 +188,9 @@ def test_edm_heun_float32_close_to_float64_reference():
     assert x.dtype == torch.float32
     # A float32 pipeline draws float32 normals; the reference uses the same draws promoted to float64.
     g = torch.Generator().manual_seed(11)
-    x_ref, _ = algorithm2(nonlinear_denoiser, n, x_start, lambda shape: torch.randn(shape, generator=g, dtype=torch.float32), **churn)
+    x_ref, _ = algorithm2(
+        nonlinear_denoiser, n, x_start, lambda shape: torch.randn(shape, generator=g, dtype=torch.float32), **churn
+    )
     scale = float(x_start.abs().max())
     err = float((x.double() - x_ref).abs().max())
     assert err <= 1e-5 * scale, (err, scale)

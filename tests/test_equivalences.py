@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from unisde import NoiseSchedule
@@ -151,7 +150,9 @@ def test_score_sde_ve_predictor_converges_to_euler_maruyama():
         ve.set_sigmas(intervals + 1, sampling_eps=1e-5)
         # step_pred finds i = floor(timestep · intervals); nudge up so rounding cannot land on i − 1.
         timestep = torch.tensor(t + 1e-9, dtype=F64)
-        mean, std, _, _ = _kernel(lambda xx, gen: ve.step_pred(model_output, timestep, xx, generator=gen).prev_sample, x)
+        mean, std, _, _ = _kernel(
+            lambda xx, gen: ve.step_pred(model_output, timestep, xx, generator=gen).prev_sample, x
+        )
         h = 1.0 / intervals
         em_mean = x - reverse.drift(x, t) * h
         em_var = float(schedule.g2(t)) * h

@@ -27,10 +27,16 @@ def run(sched, x, **kw):
     return x
 
 
-CONFIGS = [({}, {}), ({"shift": 3.0}, {}), ({"use_dynamic_shifting": True}, {"mu": 0.8}),
-           ({"shift": 3.0, "shift_terminal": 0.1}, {}), ({"use_karras_sigmas": True, "shift": 3.0}, {}),
-           ({"use_exponential_sigmas": True}, {}), ({"use_beta_sigmas": True, "shift": 2.0}, {}),
-           ({"use_dynamic_shifting": True, "time_shift_type": "linear"}, {"mu": 1.5})]
+CONFIGS = [
+    ({}, {}),
+    ({"shift": 3.0}, {}),
+    ({"use_dynamic_shifting": True}, {"mu": 0.8}),
+    ({"shift": 3.0, "shift_terminal": 0.1}, {}),
+    ({"use_karras_sigmas": True, "shift": 3.0}, {}),
+    ({"use_exponential_sigmas": True}, {}),
+    ({"use_beta_sigmas": True, "shift": 2.0}, {}),
+    ({"use_dynamic_shifting": True, "time_shift_type": "linear"}, {"mu": 1.5}),
+]
 
 
 @pytest.mark.parametrize("config, call", CONFIGS)
@@ -95,8 +101,14 @@ def test_ddim_on_the_rectified_flow_is_flowmatch_euler_to_1e12():
     x = noise.clone()
     for t, t_next in zip(ts[:-1], ts[1:]):
         x = x + (t_next - t) * velocity(x, t * 1000)
-    out = unisde.sample(velocity, noise, schedule=schedule, parameterization="flow_prediction", sampler="ddim",
-                        timesteps=(ts[:-1] * 1000).tolist())
+    out = unisde.sample(
+        velocity,
+        noise,
+        schedule=schedule,
+        parameterization="flow_prediction",
+        sampler="ddim",
+        timesteps=(ts[:-1] * 1000).tolist(),
+    )
     assert (out - x).abs().max() <= 1e-12
 
 
@@ -131,12 +143,15 @@ def test_scale_noise_is_the_flow_marginal():
     torch.testing.assert_close(uni.scale_noise(x0, t, noise), ref.scale_noise(x0, t, noise), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, call, message", [
-    ({}, {"mu": 0.5}, "use_dynamic_shifting=False"),
-    ({"use_dynamic_shifting": True}, {}, "needs mu"),
-    ({}, {"sigmas": [1.2, 0.5]}, r"\[0, 1\]"),
-    ({}, {"timesteps": [900.0, 500.0]}, "pass sigmas"),
-])
+@pytest.mark.parametrize(
+    "kwargs, call, message",
+    [
+        ({}, {"mu": 0.5}, "use_dynamic_shifting=False"),
+        ({"use_dynamic_shifting": True}, {}, "needs mu"),
+        ({}, {"sigmas": [1.2, 0.5]}, r"\[0, 1\]"),
+        ({}, {"timesteps": [900.0, 500.0]}, "pass sigmas"),
+    ],
+)
 def test_bad_flow_calls_refused_before_work(kwargs, call, message):
     uni = UnifiedScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(**kwargs).config)
     n = {} if "sigmas" in call or "timesteps" in call else {"num_inference_steps": 4}

@@ -19,12 +19,32 @@ from unisde.scheduler import UnifiedScheduler
 SHAPE = (2, 3, 4, 4)
 
 # Wan 2.1's scheduler config (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, scheduler/scheduler_config.json), written out here.
-WAN_UNIPC = dict(beta_end=0.02, beta_schedule="linear", beta_start=0.0001, disable_corrector=[],
-                 dynamic_thresholding_ratio=0.995, final_sigmas_type="zero", flow_shift=3.0, lower_order_final=True,
-                 num_train_timesteps=1000, predict_x0=True, prediction_type="flow_prediction",
-                 rescale_betas_zero_snr=False, sample_max_value=1.0, solver_order=2, solver_p=None, solver_type="bh2",
-                 steps_offset=0, thresholding=False, timestep_spacing="linspace", trained_betas=None,
-                 use_beta_sigmas=False, use_exponential_sigmas=False, use_flow_sigmas=True, use_karras_sigmas=False)
+WAN_UNIPC = dict(
+    beta_end=0.02,
+    beta_schedule="linear",
+    beta_start=0.0001,
+    disable_corrector=[],
+    dynamic_thresholding_ratio=0.995,
+    final_sigmas_type="zero",
+    flow_shift=3.0,
+    lower_order_final=True,
+    num_train_timesteps=1000,
+    predict_x0=True,
+    prediction_type="flow_prediction",
+    rescale_betas_zero_snr=False,
+    sample_max_value=1.0,
+    solver_order=2,
+    solver_p=None,
+    solver_type="bh2",
+    steps_offset=0,
+    thresholding=False,
+    timestep_spacing="linspace",
+    trained_betas=None,
+    use_beta_sigmas=False,
+    use_exponential_sigmas=False,
+    use_flow_sigmas=True,
+    use_karras_sigmas=False,
+)
 
 
 def model(x, t):
@@ -57,8 +77,15 @@ def assert_parity(ref, uni, n, **call):
 
 
 # ---------------------------------------------------------------------------------------------- FlowMatch Euler
-@pytest.mark.parametrize("config, call", [({}, {}), ({"shift": 3.0}, {}), ({"use_dynamic_shifting": True}, {"mu": 0.8}),
-                                          ({"shift": 3.0, "shift_terminal": 0.1}, {})])
+@pytest.mark.parametrize(
+    "config, call",
+    [
+        ({}, {}),
+        ({"shift": 3.0}, {}),
+        ({"use_dynamic_shifting": True}, {"mu": 0.8}),
+        ({"shift": 3.0, "shift_terminal": 0.1}, {}),
+    ],
+)
 @pytest.mark.parametrize("n", [1, 4, 12])
 def test_flowmatch_euler_stochastic_sampling_parity(config, call, n):
     """x′ = (1 − σ′) x̂0 + σ′ z with the step's generator: lcm without its boundary condition."""
@@ -81,9 +108,15 @@ def test_stochastic_sampling_draws_noise_and_converts_back():
 
 
 # ---------------------------------------------------------------------------------------------- FlowMatchLCM
-@pytest.mark.parametrize("config, call", [({}, {}), ({"shift": 3.0}, {}),
-                                          ({"use_dynamic_shifting": True, "shift_terminal": 0.1}, {"mu": 0.7}),
-                                          ({"use_karras_sigmas": True, "shift": 2.0}, {})])
+@pytest.mark.parametrize(
+    "config, call",
+    [
+        ({}, {}),
+        ({"shift": 3.0}, {}),
+        ({"use_dynamic_shifting": True, "shift_terminal": 0.1}, {"mu": 0.7}),
+        ({"use_karras_sigmas": True, "shift": 2.0}, {}),
+    ],
+)
 @pytest.mark.parametrize("n", [1, 4, 8])
 def test_flowmatch_lcm_parity(config, call, n):
     if n == 1 and config.get("shift_terminal"):
@@ -101,8 +134,9 @@ def test_flowmatch_lcm_scale_factors_refused():
 
 
 # ---------------------------------------------------------------------------------------------- LTX Euler ancestral RF
-@pytest.mark.parametrize("config", [{}, {"eta": 0.5}, {"eta": 0.5, "s_noise": 0.8}, {"eta": 0.0},
-                                    {"eta": 0.0, "s_noise": 0.0}])
+@pytest.mark.parametrize(
+    "config", [{}, {"eta": 0.5}, {"eta": 0.5, "s_noise": 0.8}, {"eta": 0.0}, {"eta": 0.0, "s_noise": 0.0}]
+)
 @pytest.mark.parametrize("n", [1, 4, 12])
 def test_ltx_euler_ancestral_rf_parity(config, n):
     ref = diffusers.LTXEulerAncestralRFScheduler(**config)
@@ -125,28 +159,51 @@ def test_rf_ancestral_option_of_ddim():
     """η = 0 is plain DDIM; s_noise = 0 keeps the down-step and drops the noise; on a VP model it stays finite."""
     schedule = unisde.NoiseSchedule.from_name("rectified-flow")
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    common = dict(schedule=schedule, parameterization="flow_prediction", num_inference_steps=5,
-                  time_grid="flow_match", generator=torch.Generator().manual_seed(0))
+    common = dict(
+        schedule=schedule,
+        parameterization="flow_prediction",
+        num_inference_steps=5,
+        time_grid="flow_match",
+        generator=torch.Generator().manual_seed(0),
+    )
     plain = unisde.sample(model, x, sampler="ddim", **common)
     rf0 = unisde.sample(model, x, sampler="ddim", sampler_options={"ancestral": "rf", "eta": 0.0}, **common)
     assert (plain - rf0).abs().max() <= 1e-12
-    quiet = [unisde.sample(model, x, sampler="ddim", sampler_options={"ancestral": "rf", "eta": 1.0, "s_noise": 0.0},
-                           **{**common, "generator": torch.Generator().manual_seed(seed)}) for seed in (0, 1)]
+    quiet = [
+        unisde.sample(
+            model,
+            x,
+            sampler="ddim",
+            sampler_options={"ancestral": "rf", "eta": 1.0, "s_noise": 0.0},
+            **{**common, "generator": torch.Generator().manual_seed(seed)},
+        )
+        for seed in (0, 1)
+    ]
     assert torch.equal(quiet[0], quiet[1]) and (quiet[0] - plain).abs().max() > 1e-3
-    vp = unisde.sample(model, x, schedule="vp-linear", parameterization="epsilon", num_inference_steps=5,
-                       sampler="ddim", sampler_options={"ancestral": "rf", "eta": 1.0})
+    vp = unisde.sample(
+        model,
+        x,
+        schedule="vp-linear",
+        parameterization="epsilon",
+        num_inference_steps=5,
+        sampler="ddim",
+        sampler_options={"ancestral": "rf", "eta": 1.0},
+    )
     assert torch.isfinite(vp).all()
     with pytest.raises(ValueError, match="ancestral"):
         unisde.sample(model, x, sampler="ddim", sampler_options={"ancestral": "nope"}, **common)
 
 
 # ---------------------------------------------------------------------------------------------- UniPC / DPM flow sigmas
-@pytest.mark.parametrize("config, call", [
-    ({}, {}),  # Wan 2.1
-    ({"flow_shift": 1.0, "solver_order": 3}, {}),
-    ({"flow_shift": 5.0, "lower_order_final": False}, {}),
-    ({"use_dynamic_shifting": True, "shift_terminal": 0.05}, {"mu": 1.1}),
-])
+@pytest.mark.parametrize(
+    "config, call",
+    [
+        ({}, {}),  # Wan 2.1
+        ({"flow_shift": 1.0, "solver_order": 3}, {}),
+        ({"flow_shift": 5.0, "lower_order_final": False}, {}),
+        ({"use_dynamic_shifting": True, "shift_terminal": 0.05}, {"mu": 1.1}),
+    ],
+)
 @pytest.mark.parametrize("n", [1, 4, 10])
 def test_unipc_flow_sigmas_parity(config, call, n):
     if n == 1 and config.get("shift_terminal"):
@@ -170,13 +227,16 @@ def test_unipc_flow_custom_sigmas_parity():
     torch.testing.assert_close(uni.sigmas, ref.sigmas, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("config, call", [
-    ({"flow_shift": 3.0}, {}),
-    ({"flow_shift": 5.0, "algorithm_type": "sde-dpmsolver++"}, {}),
-    ({"solver_order": 3}, {}),
-    ({"solver_type": "heun", "flow_shift": 2.0}, {}),
-    ({"use_dynamic_shifting": True}, {"mu": 0.9}),
-])
+@pytest.mark.parametrize(
+    "config, call",
+    [
+        ({"flow_shift": 3.0}, {}),
+        ({"flow_shift": 5.0, "algorithm_type": "sde-dpmsolver++"}, {}),
+        ({"solver_order": 3}, {}),
+        ({"solver_type": "heun", "flow_shift": 2.0}, {}),
+        ({"use_dynamic_shifting": True}, {"mu": 0.9}),
+    ],
+)
 @pytest.mark.parametrize("n", [1, 4, 16])
 def test_dpmsolver_flow_sigmas_parity(config, call, n):
     ref = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", **config)
@@ -192,17 +252,33 @@ def test_flow_sigmas_configs_take_any_sampler():
     assert torch.isfinite(run(uni, x, 4)).all()
 
 
-@pytest.mark.parametrize("cls, flags, match", [
-    ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "epsilon"}, "prediction_type='epsilon'"),
-    ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
-                                 "use_karras_sigmas": True}, "use_karras_sigmas=True"),
-    ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
-                                 "final_sigmas_type": "sigma_min"}, "final_sigmas_type='sigma_min'"),
-    ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
-                                     "use_exponential_sigmas": True}, "use_exponential_sigmas=True"),
-    ("DPMSolverMultistepScheduler", {"prediction_type": "flow_prediction"}, "needs use_flow_sigmas=True"),
-    ("UniPCMultistepScheduler", {"use_dynamic_shifting": True}, "only with use_flow_sigmas"),
-])
+@pytest.mark.parametrize(
+    "cls, flags, match",
+    [
+        (
+            "UniPCMultistepScheduler",
+            {"use_flow_sigmas": True, "prediction_type": "epsilon"},
+            "prediction_type='epsilon'",
+        ),
+        (
+            "UniPCMultistepScheduler",
+            {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "use_karras_sigmas": True},
+            "use_karras_sigmas=True",
+        ),
+        (
+            "UniPCMultistepScheduler",
+            {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "final_sigmas_type": "sigma_min"},
+            "final_sigmas_type='sigma_min'",
+        ),
+        (
+            "DPMSolverMultistepScheduler",
+            {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "use_exponential_sigmas": True},
+            "use_exponential_sigmas=True",
+        ),
+        ("DPMSolverMultistepScheduler", {"prediction_type": "flow_prediction"}, "needs use_flow_sigmas=True"),
+        ("UniPCMultistepScheduler", {"use_dynamic_shifting": True}, "only with use_flow_sigmas"),
+    ],
+)
 def test_flow_sigmas_combinations_refused(cls, flags, match):
     ref = getattr(diffusers, cls)(**flags)
     with pytest.raises(ConversionError, match=match):
@@ -212,8 +288,9 @@ def test_flow_sigmas_combinations_refused(cls, flags, match):
 
 
 def test_flow_levels_grid_refusals():
-    uni = UnifiedScheduler.from_config(diffusers.DPMSolverMultistepScheduler(
-        use_flow_sigmas=True, prediction_type="flow_prediction").config)
+    uni = UnifiedScheduler.from_config(
+        diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction").config
+    )
     with pytest.raises(ValueError, match="use_dynamic_shifting=False"):
         uni.set_timesteps(4, mu=0.5)
     with pytest.raises(ValueError, match="custom sigmas"):
@@ -226,8 +303,9 @@ def test_flow_levels_grid_refusals():
 def test_cogview4_timesteps_with_sigmas_parity():
     """FlowMatch Euler with timesteps and sigmas (CogView4): the model gets the timesteps as given, the steps the
     shifted sigmas; scale_noise looks σ up by timestep, as diffusers does."""
-    config = dict(base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True,
-                  time_shift_type="linear")
+    config = dict(
+        base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True, time_shift_type="linear"
+    )
     ref = diffusers.FlowMatchEulerDiscreteScheduler(**config)
     uni = UnifiedScheduler.from_config(ref)
     timesteps = np.linspace(1000, 1.0, 5).astype(np.int64).astype(np.float32)
@@ -237,5 +315,9 @@ def test_cogview4_timesteps_with_sigmas_parity():
     for sched in (ref, uni):
         sched.set_timesteps(timesteps=timesteps, sigmas=timesteps / 1000, mu=0.6)
         sched.set_begin_index(2)
-    torch.testing.assert_close(uni.scale_noise(x0, uni.timesteps[2:3], noise),
-                               ref.scale_noise(x0, ref.timesteps[2:3], noise), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        uni.scale_noise(x0, uni.timesteps[2:3], noise),
+        ref.scale_noise(x0, ref.timesteps[2:3], noise),
+        rtol=0,
+        atol=1e-6,
+    )

@@ -52,8 +52,9 @@ def _gaussian(d: int = 3, seed: int = 0) -> Gaussian:
 
 
 GAUSS = _gaussian()
-MIXTURE = GaussianMixture([0.3, 0.7], torch.tensor([[-1.5, 0.5], [1.0, -0.5]], dtype=F64),
-                          torch.tensor([0.2, 0.3], dtype=F64))
+MIXTURE = GaussianMixture(
+    [0.3, 0.7], torch.tensor([[-1.5, 0.5], [1.0, -0.5]], dtype=F64), torch.tensor([0.2, 0.3], dtype=F64)
+)
 
 
 def _msqrt(c: torch.Tensor, power: float = 0.5) -> torch.Tensor:
@@ -69,9 +70,18 @@ def _w2(mean, cov, dist) -> float:
 
 
 def _sample(sampler, options, n, shift, z, dist=GAUSS, **kw):
-    return unisde.sample(None, z, denoiser=lambda x, t: dist.denoise(x, t, RF), schedule=RF, sampler=sampler,
-                         sampler_options=options, num_inference_steps=n, time_grid="flow_match",
-                         grid_options={"shift": shift}, **kw)
+    return unisde.sample(
+        None,
+        z,
+        denoiser=lambda x, t: dist.denoise(x, t, RF),
+        schedule=RF,
+        sampler=sampler,
+        sampler_options=options,
+        num_inference_steps=n,
+        time_grid="flow_match",
+        grid_options={"shift": shift},
+        **kw,
+    )
 
 
 def _capped_flow(z: torch.Tensor, dist=GAUSS) -> torch.Tensor:
@@ -153,14 +163,14 @@ def _exact_law(sampler, options, n, shift, dist=GAUSS):
     rows = 2 + d + d * m
     gen = torch.Generator().manual_seed(5)
     z = torch.zeros(rows, d, dtype=F64)
-    z[1:1 + d] = torch.eye(d, dtype=F64)
+    z[1 : 1 + d] = torch.eye(d, dtype=F64)
     z[-1] = torch.randn(d, generator=gen, dtype=F64)
     checks = []
 
     def feed(x):
         j = len(checks)
         w = torch.zeros_like(x)
-        w[1 + d + j * d:1 + d + (j + 1) * d] = torch.eye(d, dtype=x.dtype)
+        w[1 + d + j * d : 1 + d + (j + 1) * d] = torch.eye(d, dtype=x.dtype)
         checks.append(torch.randn(d, generator=gen, dtype=F64))
         w[-1] = checks[-1]
         return w
@@ -186,10 +196,20 @@ STOCHASTIC = [
     ("sde", "sde", {}, (100.0, 3.5), (0.005, 0.025)),
     ("sde[exponential]", "sde", {"method": "exponential"}, (2.5, 2.3), (0.07, 0.12)),
     ("sde-dpmsolver++", "dpmsolver++", {"algorithm_type": "sde-dpmsolver++"}, (6.0, 4.0), (0.05, 0.12)),
-    ("sde-dpmsolver++[1]", "dpmsolver++", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1}, (2.5, 2.3),
-     (0.07, 0.12)),
-    ("sde-dpmsolver_singlestep", "dpmsolver_singlestep", {"algorithm_type": "sde-dpmsolver++"}, (2.2, 1.9),
-     (0.12, 0.17)),
+    (
+        "sde-dpmsolver++[1]",
+        "dpmsolver++",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 1},
+        (2.5, 2.3),
+        (0.07, 0.12),
+    ),
+    (
+        "sde-dpmsolver_singlestep",
+        "dpmsolver_singlestep",
+        {"algorithm_type": "sde-dpmsolver++"},
+        (2.2, 1.9),
+        (0.12, 0.17),
+    ),
     ("dpm_2_ancestral", "dpm_2_ancestral", {}, (8.0, 6.0), (0.01, 0.03)),
     ("edm[s_churn=40]", "edm", {"s_churn": 40.0}, (3.5, 3.5), (0.02, 0.04)),
     ("ncsn", "ncsn", {}, (1.8, 1.8), (0.11, 0.2)),
@@ -198,8 +218,9 @@ STOCHASTIC = [
 
 @pytest.mark.parametrize("shift_index, shift", [(0, 1.0), (1, 3.0)])
 @pytest.mark.parametrize("label, sampler, options, ratio, largest", STOCHASTIC, ids=[c[0] for c in STOCHASTIC])
-def test_stochastic_samplers_exact_law_converges_to_the_data(label, sampler, options, ratio, largest, shift_index,
-                                                             shift):
+def test_stochastic_samplers_exact_law_converges_to_the_data(
+    label, sampler, options, ratio, largest, shift_index, shift
+):
     laws = [_exact_law(sampler, options, n, shift) for n in (16, 64)]
     assert max(law[2] for law in laws) < 1e-10  # the run is affine: the law is exact
     w16, w64 = (_w2(mean, cov, GAUSS) for mean, cov, _ in laws)
@@ -228,14 +249,14 @@ def _diffusers_stochastic_law(n: int, shift: float, monkeypatch, dist=GAUSS):
     d = dist.dim
     rows = 1 + d + d * n
     x = torch.zeros(rows, d, dtype=F64)
-    x[1:1 + d] = torch.eye(d, dtype=F64)
+    x[1 : 1 + d] = torch.eye(d, dtype=F64)
     draws = [0]
 
     def prescribed(shape, generator=None, device=None, dtype=None, layout=None):
         j = draws[0]
         draws[0] += 1
         w = torch.zeros(rows, d, dtype=F64)
-        w[1 + d + j * d:1 + d + (j + 1) * d] = torch.eye(d, dtype=F64)
+        w[1 + d + j * d : 1 + d + (j + 1) * d] = torch.eye(d, dtype=F64)
         return w.to(dtype or F64)
 
     monkeypatch.setattr(sys.modules[type(sched).__module__], "randn_tensor", prescribed)
@@ -258,7 +279,7 @@ def test_diffusers_stochastic_sampling_is_biased_and_ddpm_is_not(shift, monkeypa
     w2 = {}
     for n in (8, 32, 128):
         mean, cov, sigmas = _diffusers_stochastic_law(n, shift, monkeypatch)
-        torch.testing.assert_close(mean, GAUSS.mean, rtol=0, atol=1e-6)          # unbiased mean …
+        torch.testing.assert_close(mean, GAUSS.mean, rtol=0, atol=1e-6)  # unbiased mean …
         torch.testing.assert_close(cov, _chain_cov(sigmas), rtol=0, atol=1e-6)  # … the covariance of the recursion
         w2[n] = _w2(mean, cov, GAUSS)
         if n == 32:  # unisde's twin (the converted config: lcm without boundary condition) has the same law
@@ -288,10 +309,14 @@ def test_posterior_mean_renoising_samplers_stay_biased(sampler, options):
 
 
 # ================================================================================ stochastic: Monte Carlo, mixture
-MC_SAMPLERS = [("ddpm", "ddpm", {}, 256), ("sde", "sde", {}, 128),
-               ("sde-dpmsolver++", "dpmsolver++", {"algorithm_type": "sde-dpmsolver++"}, 128),
-               ("dpm_2_ancestral", "dpm_2_ancestral", {}, 64), ("edm[s_churn=40]", "edm", {"s_churn": 40.0}, 64),
-               ("pc", "pc", {}, 128)]
+MC_SAMPLERS = [
+    ("ddpm", "ddpm", {}, 256),
+    ("sde", "sde", {}, 128),
+    ("sde-dpmsolver++", "dpmsolver++", {"algorithm_type": "sde-dpmsolver++"}, 128),
+    ("dpm_2_ancestral", "dpm_2_ancestral", {}, 64),
+    ("edm[s_churn=40]", "edm", {"s_churn": 40.0}, 64),
+    ("pc", "pc", {}, 128),
+]
 MC_N = 4000
 
 
@@ -353,8 +378,9 @@ def test_flow_velocity_is_the_pf_ode_drift():
     torch.testing.assert_close(GAUSS.denoise(x, 1.0, RF), GAUSS.mean.expand(5, 3), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dist, d", [(GAUSS, 3), (_gaussian(16, seed=2), 16), (MIXTURE, 2)],
-                         ids=["gauss3", "gauss16", "mixture"])
+@pytest.mark.parametrize(
+    "dist, d", [(GAUSS, 3), (_gaussian(16, seed=2), 16), (MIXTURE, 2)], ids=["gauss3", "gauss16", "mixture"]
+)
 def test_flow_likelihood_matches_closed_form_to_t_equal_one(dist, d):
     """log p_{t_min}(x) of an exact flow model through its PF-ODE dx/dt = u, integrated to t = 1 where the prior is
     exactly N(0, I): within 0.01 bits/dim of the closed form (measured 2e-6 … 1.2e-5 — the solver's tolerance; the
@@ -383,16 +409,24 @@ def test_nll_command_on_a_flow_pipeline(tmp_path, capsys):
     from unisde.training.data import real_digits
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
     with torch.no_grad():
         unet.conv_out.weight.zero_()
         unet.conv_out.bias.zero_()
     unet.save_pretrained(str(tmp_path / "unet"))
     diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(str(tmp_path / "scheduler"))
-    rc = main(["nll", str(tmp_path), "--num_samples", "4", "--batch_size", "4", "--trace", "hutchinson",
-               "--no_progress"])
+    rc = main(
+        ["nll", str(tmp_path), "--num_samples", "4", "--batch_size", "4", "--trace", "hutchinson", "--no_progress"]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     value = float(next(line for line in out.splitlines() if line.startswith("bits/dim:")).split()[1])

@@ -30,18 +30,52 @@ import unisde
 from unisde.scheduler import UnifiedScheduler
 
 DIM = 16  # text embedding width of every tiny model here
-WAN_UNIPC = dict(beta_end=0.02, beta_schedule="linear", beta_start=0.0001, disable_corrector=[],
-                 dynamic_thresholding_ratio=0.995, final_sigmas_type="zero", flow_shift=3.0, lower_order_final=True,
-                 num_train_timesteps=1000, predict_x0=True, prediction_type="flow_prediction",
-                 rescale_betas_zero_snr=False, sample_max_value=1.0, solver_order=2, solver_p=None, solver_type="bh2",
-                 steps_offset=0, thresholding=False, timestep_spacing="linspace", trained_betas=None,
-                 use_beta_sigmas=False, use_exponential_sigmas=False, use_flow_sigmas=True, use_karras_sigmas=False)
-FLUX = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0,
-            use_dynamic_shifting=True)  # FLUX.1-dev's scheduler config
-LTX = dict(base_image_seq_len=1024, base_shift=0.95, max_image_seq_len=4096, max_shift=2.05, shift=1.0,
-           shift_terminal=0.1, use_dynamic_shifting=True)  # LTX-Video 0.9.1's
-COGVIEW4 = dict(base_image_seq_len=256, base_shift=0.25, max_shift=0.75, shift_terminal=None,
-                use_dynamic_shifting=True, time_shift_type="linear")  # CogView4-6B's
+WAN_UNIPC = dict(
+    beta_end=0.02,
+    beta_schedule="linear",
+    beta_start=0.0001,
+    disable_corrector=[],
+    dynamic_thresholding_ratio=0.995,
+    final_sigmas_type="zero",
+    flow_shift=3.0,
+    lower_order_final=True,
+    num_train_timesteps=1000,
+    predict_x0=True,
+    prediction_type="flow_prediction",
+    rescale_betas_zero_snr=False,
+    sample_max_value=1.0,
+    solver_order=2,
+    solver_p=None,
+    solver_type="bh2",
+    steps_offset=0,
+    thresholding=False,
+    timestep_spacing="linspace",
+    trained_betas=None,
+    use_beta_sigmas=False,
+    use_exponential_sigmas=False,
+    use_flow_sigmas=True,
+    use_karras_sigmas=False,
+)
+FLUX = dict(
+    base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15, shift=3.0, use_dynamic_shifting=True
+)  # FLUX.1-dev's scheduler config
+LTX = dict(
+    base_image_seq_len=1024,
+    base_shift=0.95,
+    max_image_seq_len=4096,
+    max_shift=2.05,
+    shift=1.0,
+    shift_terminal=0.1,
+    use_dynamic_shifting=True,
+)  # LTX-Video 0.9.1's
+COGVIEW4 = dict(
+    base_image_seq_len=256,
+    base_shift=0.25,
+    max_shift=0.75,
+    shift_terminal=None,
+    use_dynamic_shifting=True,
+    time_shift_type="linear",
+)  # CogView4-6B's
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,24 +95,46 @@ def embeds():
 
 def tiny_vae():
     torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3,
-                         down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                         latent_channels=4, norm_num_groups=1, sample_size=8, shift_factor=0.0609,
-                         scaling_factor=1.5035).eval()
+    return AutoencoderKL(
+        block_out_channels=(4,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=1,
+        sample_size=8,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    ).eval()
 
 
-NO_TEXT_SD3 = dict(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
-                   tokenizer_3=None)
+NO_TEXT_SD3 = dict(
+    text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None
+)
 
 
 @pytest.fixture(scope="module")
 def sd3():
     torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
-                                        num_attention_heads=2, caption_projection_dim=DIM, joint_attention_dim=DIM,
-                                        pooled_projection_dim=DIM, out_channels=4).eval()
-    pipe = StableDiffusion3Pipeline(transformer=transformer, vae=tiny_vae(),
-                                    scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), **NO_TEXT_SD3)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        caption_projection_dim=DIM,
+        joint_attention_dim=DIM,
+        pooled_projection_dim=DIM,
+        out_channels=4,
+    ).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        vae=tiny_vae(),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        **NO_TEXT_SD3,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -86,11 +142,26 @@ def sd3():
 @pytest.fixture(scope="module")
 def flux():
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=DIM,
-                                         pooled_projection_dim=DIM, axes_dims_rope=[2, 2, 4]).eval()
-    pipe = FluxPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**FLUX), vae=tiny_vae(), text_encoder=None,
-                        tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=DIM,
+        pooled_projection_dim=DIM,
+        axes_dims_rope=[2, 2, 4],
+    ).eval()
+    pipe = FluxPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**FLUX),
+        vae=tiny_vae(),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -129,25 +200,45 @@ SD3_SCHEDULERS = [
 ]
 
 
-@pytest.mark.parametrize("name, config, sampler", SD3_SCHEDULERS,
-                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(SD3_SCHEDULERS)])
+@pytest.mark.parametrize(
+    "name, config, sampler", SD3_SCHEDULERS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(SD3_SCHEDULERS)]
+)
 def test_sd3_pipeline_parity(sd3, embeds, name, config, sampler):
     emb, pooled, _ = embeds
     sd3.scheduler = getattr(diffusers, name)(**config)
-    converted = assert_converted_parity(sd3, prompt_embeds=emb, pooled_prompt_embeds=pooled,
-                                        negative_prompt_embeds=0.5 * emb, negative_pooled_prompt_embeds=0.5 * pooled,
-                                        guidance_scale=2.0, height=8, width=8, num_inference_steps=3,
-                                        output_type="np" if sampler == "ddim" else "latent")
+    converted = assert_converted_parity(
+        sd3,
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=0.5 * emb,
+        negative_pooled_prompt_embeds=0.5 * pooled,
+        guidance_scale=2.0,
+        height=8,
+        width=8,
+        num_inference_steps=3,
+        output_type="np" if sampler == "ddim" else "latent",
+    )
     assert converted.config.sampler == sampler
 
 
 def test_sd3_img2img_pipeline_parity(sd3, embeds):
     emb, pooled, image = embeds
-    pipe = StableDiffusion3Img2ImgPipeline(**{**sd3.components,
-                                              "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)})
+    pipe = StableDiffusion3Img2ImgPipeline(
+        **{**sd3.components, "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)}
+    )
     pipe.set_progress_bar_config(disable=True)
-    assert_converted_parity(pipe, image=image, strength=0.6, prompt_embeds=emb, pooled_prompt_embeds=pooled,
-                            guidance_scale=1.0, height=8, width=8, num_inference_steps=5, output_type="latent")
+    assert_converted_parity(
+        pipe,
+        image=image,
+        strength=0.6,
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        guidance_scale=1.0,
+        height=8,
+        width=8,
+        num_inference_steps=5,
+        output_type="latent",
+    )
 
 
 SAMPLERS = unisde.list_samplers()
@@ -163,8 +254,16 @@ def test_every_sampler_runs_in_the_sd3_pipeline(sd3, embeds, sampler):
     calls = []
     hook = sd3.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
-        out = output(sd3, prompt_embeds=emb, pooled_prompt_embeds=pooled, guidance_scale=1.0, height=8, width=8,
-                     num_inference_steps=2, output_type="latent")
+        out = output(
+            sd3,
+            prompt_embeds=emb,
+            pooled_prompt_embeds=pooled,
+            guidance_scale=1.0,
+            height=8,
+            width=8,
+            num_inference_steps=2,
+            output_type="latent",
+        )
     finally:
         hook.remove()
         sd3.scheduler = native
@@ -177,35 +276,74 @@ def test_every_sampler_runs_in_the_sd3_pipeline(sd3, embeds, sampler):
 def test_flux_pipeline_parity(flux, embeds):
     """Flux passes its own base sigmas and mu (dynamic shifting from the image sequence length)."""
     emb, pooled, _ = embeds
-    assert_converted_parity(flux, prompt_embeds=emb, pooled_prompt_embeds=pooled, height=8, width=8,
-                            num_inference_steps=3, output_type="latent")
+    assert_converted_parity(
+        flux,
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        height=8,
+        width=8,
+        num_inference_steps=3,
+        output_type="latent",
+    )
 
 
 def test_flux_img2img_pipeline_parity(flux, embeds):
     emb, pooled, image = embeds
     pipe = FluxImg2ImgPipeline(**flux.components)
     pipe.set_progress_bar_config(disable=True)
-    assert_converted_parity(pipe, image=image, strength=0.7, prompt_embeds=emb, pooled_prompt_embeds=pooled,
-                            height=8, width=8, num_inference_steps=4, output_type="latent")
+    assert_converted_parity(
+        pipe,
+        image=image,
+        strength=0.7,
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        height=8,
+        width=8,
+        num_inference_steps=4,
+        output_type="latent",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Wan
-@pytest.mark.parametrize("scheduler", [
-    diffusers.UniPCMultistepScheduler(**WAN_UNIPC),  # Wan 2.1's own
-    diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
-    diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0),
-], ids=["unipc-flow", "dpmsolver-flow", "flowmatch"])
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        diffusers.UniPCMultistepScheduler(**WAN_UNIPC),  # Wan 2.1's own
+        diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
+        diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0),
+    ],
+    ids=["unipc-flow", "dpmsolver-flow", "flowmatch"],
+)
 def test_wan_pipeline_parity(embeds, scheduler):
     emb, _, _ = embeds
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
-                                        in_channels=4, out_channels=4, text_dim=DIM, freq_dim=16, ffn_dim=16,
-                                        num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                        rope_max_seq_len=32).eval()
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=DIM,
+        freq_dim=16,
+        ffn_dim=16,
+        num_layers=1,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
-    converted = assert_converted_parity(pipe, prompt_embeds=emb, negative_prompt_embeds=0.5 * emb, guidance_scale=2.0,
-                                        height=16, width=16, num_frames=5, num_inference_steps=4, output_type="latent")
+    converted = assert_converted_parity(
+        pipe,
+        prompt_embeds=emb,
+        negative_prompt_embeds=0.5 * emb,
+        guidance_scale=2.0,
+        height=16,
+        width=16,
+        num_frames=5,
+        num_inference_steps=4,
+        output_type="latent",
+    )
     if not isinstance(scheduler, diffusers.FlowMatchEulerDiscreteScheduler):
         assert converted.timesteps.dtype == torch.int64  # the model is fed ⌊τ N⌋, as by diffusers
 
@@ -214,17 +352,39 @@ def test_wan_pipeline_parity(embeds, scheduler):
 def test_ltx_pipeline_parity(embeds):
     emb, _, _ = embeds
     torch.manual_seed(0)
-    transformer = LTXVideoTransformer3DModel(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
-                                             num_attention_heads=2, attention_head_dim=8, cross_attention_dim=DIM,
-                                             num_layers=1, caption_channels=DIM).eval()
-    pipe = LTXPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**LTX), vae=None, text_encoder=None,
-                       tokenizer=None, transformer=transformer)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=DIM,
+        num_layers=1,
+        caption_channels=DIM,
+    ).eval()
+    pipe = LTXPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**LTX),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer,
+    )
     pipe.set_progress_bar_config(disable=True)
     mask = torch.ones(1, emb.shape[1])
-    converted = assert_converted_parity(pipe, prompt_embeds=emb, prompt_attention_mask=mask,
-                                        negative_prompt_embeds=0.5 * emb, negative_prompt_attention_mask=mask,
-                                        guidance_scale=2.0, height=32, width=32, num_frames=9, num_inference_steps=4,
-                                        output_type="latent")
+    converted = assert_converted_parity(
+        pipe,
+        prompt_embeds=emb,
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=0.5 * emb,
+        negative_prompt_attention_mask=mask,
+        guidance_scale=2.0,
+        height=32,
+        width=32,
+        num_frames=9,
+        num_inference_steps=4,
+        output_type="latent",
+    )
     assert abs(float(converted.sigmas[-2]) - 0.1) < 1e-6  # stretched to shift_terminal
 
 
@@ -233,13 +393,34 @@ def test_cogview4_pipeline_parity(embeds):
     """CogView4 passes unshifted integer timesteps together with sigmas that the linear time shift moves."""
     emb, _, _ = embeds
     torch.manual_seed(0)
-    transformer = CogView4Transformer2DModel(patch_size=2, in_channels=4, num_layers=1, attention_head_dim=4,
-                                             num_attention_heads=2, out_channels=4, text_embed_dim=DIM,
-                                             time_embed_dim=8, condition_dim=4).eval()
-    pipe = CogView4Pipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
-                            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**COGVIEW4))
+    transformer = CogView4Transformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=4,
+        num_attention_heads=2,
+        out_channels=4,
+        text_embed_dim=DIM,
+        time_embed_dim=8,
+        condition_dim=4,
+    ).eval()
+    pipe = CogView4Pipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        transformer=transformer,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**COGVIEW4),
+    )
     pipe.set_progress_bar_config(disable=True)
-    converted = assert_converted_parity(pipe, prompt_embeds=emb, negative_prompt_embeds=0.5 * emb, guidance_scale=2.0,
-                                        height=32, width=32, num_inference_steps=4, output_type="latent")
+    converted = assert_converted_parity(
+        pipe,
+        prompt_embeds=emb,
+        negative_prompt_embeds=0.5 * emb,
+        guidance_scale=2.0,
+        height=32,
+        width=32,
+        num_inference_steps=4,
+        output_type="latent",
+    )
     assert converted.timesteps.tolist() == [1000.0, 667.0, 334.0, 1.0]  # fed to the model unshifted
     assert float(converted.sigmas[1]) < 0.667 - 0.1  # the steps use the shifted levels (μ < 1 here)

@@ -57,13 +57,25 @@ def exact_cdf(distribution, tau, *, logit_mean=0.0, logit_std=1.0, mode_scale=1.
     # mode: τ = f(u) with f decreasing from 1 to 0, so P(f(U) ≤ x) = P(U ≥ f⁻¹(x)) = 1 − f⁻¹(x)
     out = np.empty_like(x)
     for i, xi in enumerate(x.flat):
-        out.flat[i] = 1.0 - (1.0 if xi <= 0 else 0.0 if xi >= 1 else
-                             optimize.brentq(lambda u: _mode_map(u, mode_scale) - xi, 0.0, 1.0, xtol=1e-14))
+        out.flat[i] = 1.0 - (
+            1.0
+            if xi <= 0
+            else 0.0
+            if xi >= 1
+            else optimize.brentq(lambda u: _mode_map(u, mode_scale) - xi, 0.0, 1.0, xtol=1e-14)
+        )
     return out
 
 
-CASES = [("uniform_tau", {}), ("logit_normal", {}), ("logit_normal", dict(logit_mean=0.7, logit_std=0.6)),
-         ("mode", {}), ("mode", dict(mode_scale=-0.8)), ("logit_normal", dict(shift=3.0)), ("mode", dict(shift=0.5))]
+CASES = [
+    ("uniform_tau", {}),
+    ("logit_normal", {}),
+    ("logit_normal", dict(logit_mean=0.7, logit_std=0.6)),
+    ("mode", {}),
+    ("mode", dict(mode_scale=-0.8)),
+    ("logit_normal", dict(shift=3.0)),
+    ("mode", dict(shift=0.5)),
+]
 
 
 def _ks(sample, cdf):
@@ -100,8 +112,9 @@ def test_logit_normal_in_tau_is_edm_lognormal():
     from scipy import stats
 
     schedule = resolve_schedule("edm")
-    a = sample_time("logit_normal", schedule, N_KS, torch.Generator().manual_seed(1), t_min=0.0, logit_mean=-1.2,
-                    logit_std=1.2)
+    a = sample_time(
+        "logit_normal", schedule, N_KS, torch.Generator().manual_seed(1), t_min=0.0, logit_mean=-1.2, logit_std=1.2
+    )
     b = sample_time("lognormal", schedule, N_KS, torch.Generator().manual_seed(2), t_min=0.0)
     assert stats.ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3
 
@@ -112,11 +125,21 @@ def test_densities_match_diffusers_sampling():
     from diffusers.training_utils import compute_density_for_timestep_sampling
     from scipy import stats
 
-    for scheme, kwargs in [("logit_normal", dict(logit_mean=0.0, logit_std=1.0)), ("mode", dict(mode_scale=1.29)),
-                           ("none", {})]:
-        ref = compute_density_for_timestep_sampling(scheme, N_KS, generator=torch.Generator().manual_seed(4),
-                                                    **{"logit_mean": None, "logit_std": None, "mode_scale": None,
-                                                       **kwargs}).double().numpy()
+    for scheme, kwargs in [
+        ("logit_normal", dict(logit_mean=0.0, logit_std=1.0)),
+        ("mode", dict(mode_scale=1.29)),
+        ("none", {}),
+    ]:
+        ref = (
+            compute_density_for_timestep_sampling(
+                scheme,
+                N_KS,
+                generator=torch.Generator().manual_seed(4),
+                **{"logit_mean": None, "logit_std": None, "mode_scale": None, **kwargs},
+            )
+            .double()
+            .numpy()
+        )
         dist = WEIGHTING_SCHEMES[scheme][0]
         ours = sample_flow_noise_level(dist, N_KS, torch.Generator().manual_seed(5), **kwargs).numpy()
         assert stats.ks_2samp(ours, ref).pvalue > 1e-3, scheme
@@ -149,8 +172,10 @@ def test_weights_and_loss_match_diffusers_sd3():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=scheme)
 
 
-@pytest.mark.parametrize("name,param", [("rectified_flow", "flow_prediction"), ("rectified_flow", "epsilon"),
-                                        ("vp-linear", "flow_prediction")])
+@pytest.mark.parametrize(
+    "name,param",
+    [("rectified_flow", "flow_prediction"), ("rectified_flow", "epsilon"), ("vp-linear", "flow_prediction")],
+)
 def test_exact_denoiser_minimises_the_flow_weightings(name, param):
     """E[dL/dδ] = 0 at the exact Gaussian denoiser (within 5 standard errors) under every SD3 scheme; a denoiser
     off by 0.3 is detected, so the test can fail."""
@@ -172,6 +197,7 @@ def test_exact_denoiser_minimises_the_flow_weightings(name, param):
             def model(delta):
                 out = p.from_denoised(exact + shift + delta * k, x_t, t, schedule)
                 return lambda model_input, timestep: out
+
             plus = obj.loss(model(1.0), x0, t=t, noise=noise, reduction="none")
             minus = obj.loss(model(-1.0), x0, t=t, noise=noise, reduction="none")
             return (plus - minus) / 2
@@ -185,9 +211,21 @@ def test_exact_denoiser_minimises_the_flow_weightings(name, param):
 def _args(out, **kw):
     from unisde.training.loop import default_args
 
-    base = dict(output_dir=str(out), train_batch_size=8, max_train_steps=3, checkpointing_steps=3,
-                block_out_channels="8,16", norm_num_groups=4, attention_levels="none", lr_warmup_steps=0, logger="none",
-                no_progress=True, learning_rate=1e-3, schedule="rectified_flow", prediction_type="flow_prediction")
+    base = dict(
+        output_dir=str(out),
+        train_batch_size=8,
+        max_train_steps=3,
+        checkpointing_steps=3,
+        block_out_channels="8,16",
+        norm_num_groups=4,
+        attention_levels="none",
+        lr_warmup_steps=0,
+        logger="none",
+        no_progress=True,
+        learning_rate=1e-3,
+        schedule="rectified_flow",
+        prediction_type="flow_prediction",
+    )
     base.update(kw)
     return default_args(**base)
 
@@ -218,8 +256,9 @@ def test_train_rectified_flow_exports_a_flowmatch_compatible_pipeline(tmp_path):
 
     native = FlowMatchEulerDiscreteScheduler(shift=3.0)
     back = FlowMatchEulerDiscreteScheduler.from_config(cfg)
-    assert {k: back.config[k] for k in native.config if not k.startswith("_")} == \
-        {k: v for k, v in native.config.items() if not k.startswith("_")}
+    assert {k: back.config[k] for k in native.config if not k.startswith("_")} == {
+        k: v for k, v in native.config.items() if not k.startswith("_")
+    }
     for n in (4, 10, 28):
         native.set_timesteps(n)
         back.set_timesteps(n)
@@ -234,8 +273,9 @@ def test_train_rectified_flow_exports_a_flowmatch_compatible_pipeline(tmp_path):
     def images(scheduler):
         p = DDPMPipeline(unet=unet, scheduler=scheduler)
         p.set_progress_bar_config(disable=True)
-        return p(batch_size=4, num_inference_steps=6, generator=torch.Generator().manual_seed(0),
-                 output_type="np").images
+        return p(
+            batch_size=4, num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="np"
+        ).images
 
     exported = images(pipe.scheduler)
     assert np.isfinite(exported).all()
@@ -248,8 +288,9 @@ def test_train_rectified_flow_exports_a_flowmatch_compatible_pipeline(tmp_path):
             continue
         p = unisde.load_pipeline(str(out), sampler=sampler)
         p.set_progress_bar_config(disable=True)
-        img = p(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-                output_type="np").images
+        img = p(
+            batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np"
+        ).images
         assert np.isfinite(img).all(), sampler
 
 
@@ -260,26 +301,41 @@ def test_train_flow_without_scheme_and_other_schedules(tmp_path):
 
     r = train(_args(tmp_path / "plain", max_train_steps=2, checkpointing_steps=2, schedule="rectified-flow"))
     assert r.global_step == 2 and all(np.isfinite(r.losses))
-    r = train(_args(tmp_path / "vp", max_train_steps=2, checkpointing_steps=2, schedule="vp-linear",
-                    prediction_type="epsilon", weighting_scheme="cosmap"))
+    r = train(
+        _args(
+            tmp_path / "vp",
+            max_train_steps=2,
+            checkpointing_steps=2,
+            schedule="vp-linear",
+            prediction_type="epsilon",
+            weighting_scheme="cosmap",
+        )
+    )
     assert r.global_step == 2 and all(np.isfinite(r.losses))
     cfg = json.loads((tmp_path / "vp" / "scheduler" / "scheduler_config.json").read_text())
     assert cfg["schedule"]["name"] == "vp-linear" and cfg["time_grid"] is None
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(weighting_scheme="logit_normal", noise_distribution="uniform_t"),
-     "--weighting_scheme logit_normal sets both"),
-    (dict(weighting_scheme="cosmap", loss_weighting="x0"), "drop --noise_distribution"),
-    (dict(weighting_scheme="sd3"), "--weighting_scheme 'sd3'; valid choices: logit_normal, mode"),
-    (dict(weighting_scheme="mode", mode_scale=2.0), r"mode_scale must lie in \[-1, 2/\(π − 2\)"),
-    (dict(weighting_scheme="logit_normal", logit_std=0.0), "logit_std > 0"),
-    (dict(weighting_scheme="logit_normal", shift=-1.0), "shift must be a finite number > 0"),
-    (dict(noise_distribution="uniform_t", shift=3.0), "--shift 3.0 shifts the flow noise levels"),
-    (dict(schedule="vp-linear", prediction_type="epsilon", weighting_scheme="none", shift=3.0),
-     "needs --schedule rectified_flow --prediction_type flow_prediction"),
-    (dict(noise_distribution="logit-normall"), "unknown noise distribution 'logit-normall'"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            dict(weighting_scheme="logit_normal", noise_distribution="uniform_t"),
+            "--weighting_scheme logit_normal sets both",
+        ),
+        (dict(weighting_scheme="cosmap", loss_weighting="x0"), "drop --noise_distribution"),
+        (dict(weighting_scheme="sd3"), "--weighting_scheme 'sd3'; valid choices: logit_normal, mode"),
+        (dict(weighting_scheme="mode", mode_scale=2.0), r"mode_scale must lie in \[-1, 2/\(π − 2\)"),
+        (dict(weighting_scheme="logit_normal", logit_std=0.0), "logit_std > 0"),
+        (dict(weighting_scheme="logit_normal", shift=-1.0), "shift must be a finite number > 0"),
+        (dict(noise_distribution="uniform_t", shift=3.0), "--shift 3.0 shifts the flow noise levels"),
+        (
+            dict(schedule="vp-linear", prediction_type="epsilon", weighting_scheme="none", shift=3.0),
+            "needs --schedule rectified_flow --prediction_type flow_prediction",
+        ),
+        (dict(noise_distribution="logit-normall"), "unknown noise distribution 'logit-normall'"),
+    ],
+)
 def test_bad_flow_options_are_refused_before_training(tmp_path, overrides, message):
     from unisde.training.loop import validate_args
 
@@ -303,17 +359,25 @@ def _worker(out: str) -> None:
     faulthandler.dump_traceback_later(WORKER_DEADLINE_S, exit=True)
     from unisde.training.loop import train
 
-    result = train(_args(out, train_batch_size=4, max_train_steps=2, checkpointing_steps=2, cpu=True,
-                         weighting_scheme="mode"))
+    result = train(
+        _args(out, train_batch_size=4, max_train_steps=2, checkpointing_steps=2, cpu=True, weighting_scheme="mode")
+    )
     acc = result.accelerator
     flat = torch.cat([p.detach().flatten() for p in acc.unwrap_model(result.model).parameters()])
     gathered = acc.gather(flat[None]).reshape(acc.num_processes, -1)
     times = acc.gather(torch.rand(1, 3))  # per-rank RNG streams (the training times are drawn from them)
     if acc.is_main_process:
         with open(os.path.join(out, "report.json"), "w") as fh:
-            json.dump({"num_processes": acc.num_processes, "global_step": result.global_step,
-                       "ranks_identical": bool((gathered == gathered[0]).all()),
-                       "rng_differs": bool(not torch.equal(times[0], times[1])), "losses": result.losses}, fh)
+            json.dump(
+                {
+                    "num_processes": acc.num_processes,
+                    "global_step": result.global_step,
+                    "ranks_identical": bool((gathered == gathered[0]).all()),
+                    "rng_differs": bool(not torch.equal(times[0], times[1])),
+                    "losses": result.losses,
+                },
+                fh,
+            )
     result.finish()
 
 
@@ -341,12 +405,24 @@ def test_demo_samples_both_bundled_checkpoints(tmp_path):
     checkpoint's scheduler the FlowMatch export."""
     from unisde.demo import BUNDLED_CHECKPOINTS, format_table, run_demos
 
-    rows, bpd = run_demos(BUNDLED_CHECKPOINTS, str(tmp_path), num_samples=[8, 6], samplers=["ddim", "edm", "inverse"],
-                          likelihood=False, verbose=False)
+    rows, bpd = run_demos(
+        BUNDLED_CHECKPOINTS,
+        str(tmp_path),
+        num_samples=[8, 6],
+        samplers=["ddim", "edm", "inverse"],
+        likelihood=False,
+        verbose=False,
+    )
     inv = "inverse (encode real digits, decode with ddim)"
     assert [(r.checkpoint, r.label) for r in rows] == [
-        ("digits-unet", "ddim"), ("digits-unet", "edm"), ("digits-unet", inv),
-        ("digits-flow", "ddim"), ("digits-flow", "edm"), ("digits-flow", inv), ("digits-flow", "edm (view=flow)")]
+        ("digits-unet", "ddim"),
+        ("digits-unet", "edm"),
+        ("digits-unet", inv),
+        ("digits-flow", "ddim"),
+        ("digits-flow", "edm"),
+        ("digits-flow", inv),
+        ("digits-flow", "edm (view=flow)"),
+    ]
     assert all(np.isfinite(r.frechet) and np.isfinite(r.floor) for r in rows)
     assert [r.num_samples for r in rows] == [8] * 3 + [6] * 4
     inverse = [r for r in rows if r.sampler == "inverse"]

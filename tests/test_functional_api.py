@@ -45,9 +45,17 @@ def test_functional_equals_scheduler(sampler, param_name):
     uni.set_timesteps(8)
     ref = _scheduler_run(uni, model, noise, torch.Generator().manual_seed(1))
     # the scheduler's effective options (config keys that share an option's name, e.g. pc's snr, reach the sampler)
-    out = unisde.sample(model, noise, schedule=uni.noise_schedule, parameterization=param_name, sampler=sampler,
-                        sampler_options=uni.sampler_options, num_inference_steps=8, time_grid=uni._grid_kind(),
-                        generator=torch.Generator().manual_seed(1))
+    out = unisde.sample(
+        model,
+        noise,
+        schedule=uni.noise_schedule,
+        parameterization=param_name,
+        sampler=sampler,
+        sampler_options=uni.sampler_options,
+        num_inference_steps=8,
+        time_grid=uni._grid_kind(),
+        generator=torch.Generator().manual_seed(1),
+    )
     assert out.dtype == F64 and torch.isfinite(out).all()
     assert torch.allclose(out, ref, rtol=0, atol=1e-12), (out - ref).abs().max()
 
@@ -74,8 +82,12 @@ def test_noise_sampler_replaces_every_draw():
         draws.append(1)
         return torch.zeros_like(x)
 
-    common = dict(schedule=schedule, denoiser=lambda x, t: data.denoise(x, t, schedule), num_inference_steps=6,
-                  time_grid="uniform_t")
+    common = dict(
+        schedule=schedule,
+        denoiser=lambda x, t: data.denoise(x, t, schedule),
+        num_inference_steps=6,
+        time_grid="uniform_t",
+    )
     stochastic = unisde.sample(None, noise, sampler="ddim", sampler_options={"eta": 1.0}, noise_sampler=zeros, **common)
     assert len(draws) >= 5
     # with every draw zero, DDIM at η = 1 is deterministic: the same answer twice

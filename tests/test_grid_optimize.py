@@ -27,8 +27,14 @@ def test_optimized_grid_is_registered_and_validates_its_times():
     assert "optimized" in list_grids()
     grid = make_grid(_vp(), 3, "optimized", times=[1.0, 0.5, 0.1])
     assert grid.tolist() == [1.0, 0.5, 0.1, 0.0]
-    for bad, word in (([0.5, 0.7], "decreasing"), ([1.5, 0.5], "(0, 1]"), ([0.5, 0.0], "(0, 1]"),
-                      ([1.0, float("nan")], "finite"), ([], "non-empty"), (["a"], "number")):
+    for bad, word in (
+        ([0.5, 0.7], "decreasing"),
+        ([1.5, 0.5], "(0, 1]"),
+        ([0.5, 0.0], "(0, 1]"),
+        ([1.0, float("nan")], "finite"),
+        ([], "non-empty"),
+        (["a"], "number"),
+    ):
         with pytest.raises(ValueError, match="times") as info:
             get_grid("optimized").validate({"times": bad})
         assert word in str(info.value)
@@ -45,8 +51,11 @@ def _vp():
 
 
 @pytest.mark.parametrize("dist", [GAUSS, MIX], ids=["gauss64", "mixture2d"])
-@pytest.mark.parametrize("sampler,options,nfe", [("ddim", {}, 4), ("ddim", {}, 10), ("edm", {"solver": "euler"}, 6)],
-                         ids=["ddim-4", "ddim-10", "euler-6"])
+@pytest.mark.parametrize(
+    "sampler,options,nfe",
+    [("ddim", {}, 4), ("ddim", {}, 10), ("edm", {"solver": "euler"}, 6)],
+    ids=["ddim-4", "ddim-10", "euler-6"],
+)
 def test_optimised_grid_beats_the_default_grid_on_held_out_starts(dist, sampler, options, nfe):
     result = optimize_grid(dist, schedule="vp-linear", sampler=sampler, sampler_options=options, nfe=nfe, **SMALL)
     assert result.nfe == nfe and result.steps == nfe and len(result.times) == nfe
@@ -59,8 +68,9 @@ def test_optimised_grid_beats_the_default_grid_on_held_out_starts(dist, sampler,
 
 def test_multistage_sampler_counts_every_evaluation_and_refuses_a_too_small_nfe():
     # EDM's Heun: 2 evaluations per step, the last step (to t = 0) Euler: n grid times cost 2n - 1
-    result = optimize_grid(GAUSS, schedule="vp-linear", sampler="edm", nfe=6, calibration=8, holdout=32,
-                           candidates=16, refine=False)
+    result = optimize_grid(
+        GAUSS, schedule="vp-linear", sampler="edm", nfe=6, calibration=8, holdout=32, candidates=16, refine=False
+    )
     assert (result.steps, result.nfe) == (3, 5)
     assert result.holdout_error < result.baseline_holdout_error
     with pytest.raises(ValueError, match=r"nfe=2 is below the minimum 3 for sampler 'edm'"):
@@ -89,8 +99,11 @@ def test_bad_inputs_fail_before_any_long_work():
         optimize_grid(denoiser=wrong, schedule="vp-linear", shape=(64,), nfe=4)
     assert wrong.calls == 1  # one probe call, no reference solve
     net = _Counting(lambda x, t: torch.cat([x, x, x], 1))  # 3 channels out for 1 in
-    with pytest.raises(ValueError, match=r"model's output has shape \(1, 3, 4, 4\) but the sample has shape "
-                                         r"\(1, 1, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model's output has shape \(1, 3, 4, 4\) but the sample has shape "
+        r"\(1, 1, 4, 4\)",
+    ):
         optimize_grid(net, schedule="vp-linear", parameterization="epsilon", shape=(1, 4, 4), nfe=4)
     assert net.calls == 1
     with pytest.raises(ValueError, match="sampler 'ddpm' draws noise"):
@@ -107,8 +120,16 @@ def test_a_reference_that_does_not_converge_is_refused():
         return x * (0.5 + 0.4 * torch.sin(3000.0 * t)).to(x.dtype)[:, None]
 
     with pytest.raises(ValueError, match="reference solve does not converge: halving its step"):
-        optimize_grid(denoiser=rough, schedule="vp-linear", shape=(2,), nfe=4, candidates=16,
-                      reference_substeps=1, calibration=4, holdout=4)
+        optimize_grid(
+            denoiser=rough,
+            schedule="vp-linear",
+            shape=(2,),
+            nfe=4,
+            candidates=16,
+            reference_substeps=1,
+            calibration=4,
+            holdout=4,
+        )
 
 
 def _tiny_pipeline():
@@ -117,9 +138,16 @@ def _tiny_pipeline():
     from unisde import UnifiedScheduler
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
     return DDPMPipeline(unet=unet, scheduler=UnifiedScheduler(sampler="ddim"))
 
 
@@ -130,8 +158,9 @@ def test_the_grid_round_trips_through_save_pretrained_and_the_model_card(tmp_pat
 
     pipe = _tiny_pipeline()
     gauss = Gaussian(torch.zeros(1, 8, 8, dtype=torch.float64), 0.5)
-    result = optimize_grid(gauss, schedule=pipe.scheduler.noise_schedule, sampler="ddim", nfe=4, calibration=4,
-                           holdout=8, candidates=24)
+    result = optimize_grid(
+        gauss, schedule=pipe.scheduler.noise_schedule, sampler="ddim", nfe=4, calibration=4, holdout=8, candidates=24
+    )
     assert result.holdout_error < result.baseline_holdout_error
     result.apply(pipe)
     pipe.scheduler.set_timesteps(result.steps)
@@ -172,8 +201,9 @@ def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     pipe = _tiny_pipeline()
     pipe.save_pretrained(tmp_path)
     before = {p: (tmp_path / p).read_bytes() for p in ("model_index.json", "scheduler/scheduler_config.json")}
-    result = optimize_grid(GAUSS, schedule="vp-linear", sampler="ddim", nfe=4, calibration=4, holdout=4,
-                           candidates=16, refine=False)
+    result = optimize_grid(
+        GAUSS, schedule="vp-linear", sampler="ddim", nfe=4, calibration=4, holdout=4, candidates=16, refine=False
+    )
     calls = []
 
     def failing_fsync(fd):
@@ -219,8 +249,26 @@ def test_cli_optimises_the_bundled_checkpoint(tmp_path, capsys):
     assert "nfe=2 is below the minimum 3 for sampler 'edm'" in capsys.readouterr().err
     assert (folder / "scheduler" / "scheduler_config.json").read_text() == config_before
 
-    code = main(["grid", "optimize", str(folder), "--sampler", "ddim", "--nfe", "4", "--calibration", "4",
-                 "--holdout", "4", "--candidates", "24", "--save", "--json", str(tmp_path / "grid.json")])
+    code = main(
+        [
+            "grid",
+            "optimize",
+            str(folder),
+            "--sampler",
+            "ddim",
+            "--nfe",
+            "4",
+            "--calibration",
+            "4",
+            "--holdout",
+            "4",
+            "--candidates",
+            "24",
+            "--save",
+            "--json",
+            str(tmp_path / "grid.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     record = json.loads((tmp_path / "grid.json").read_text())

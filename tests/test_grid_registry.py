@@ -22,9 +22,16 @@ def quadratic(schedule, n, t_min=None, t_max=None, power=2.0, mu=None):
     return times if mu is None else times ** float(mu)
 
 
-QUADRATIC = Grid("quadratic", quadratic, {
-    "t_min": Option(None, (float, type(None)), "smallest time"), "t_max": Option(None, (float, type(None)), "largest"),
-    "power": Option(2.0, (float,), "spacing exponent"), "mu": Option(None, (float, type(None)), "a toy shift")})
+QUADRATIC = Grid(
+    "quadratic",
+    quadratic,
+    {
+        "t_min": Option(None, (float, type(None)), "smallest time"),
+        "t_max": Option(None, (float, type(None)), "largest"),
+        "power": Option(2.0, (float,), "spacing exponent"),
+        "mu": Option(None, (float, type(None)), "a toy shift"),
+    },
+)
 
 
 @pytest.fixture
@@ -51,8 +58,14 @@ def test_a_plugin_grid_through_every_front_door(quadratic_grid):
     uni.set_timesteps(6, mu=2.0)
     assert torch.allclose(uni._eval_times, make_grid(uni.noise_schedule, 6, "quadratic", power=3.0, mu=2.0)[:-1])
     noise = torch.randn(2, 3, dtype=torch.float64)
-    out = unisde.sample(lambda x, t: torch.zeros_like(x), noise, sampler="ddim", num_inference_steps=6,
-                        time_grid="quadratic", grid_options={"power": 3.0})
+    out = unisde.sample(
+        lambda x, t: torch.zeros_like(x),
+        noise,
+        sampler="ddim",
+        num_inference_steps=6,
+        time_grid="quadratic",
+        grid_options={"power": 3.0},
+    )
     assert torch.isfinite(out).all()
 
 

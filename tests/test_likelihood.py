@@ -25,6 +25,8 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 SCHEDULES = {
     # (schedule factory, parameterisation the model is trained in)
     "vp-table": (lambda: NoiseSchedule.from_diffusers_config({}), "epsilon"),
@@ -71,18 +73,31 @@ def test_gaussian_exact_trace_matches_closed_form(name, d):
 def test_every_parameterization_gives_the_same_likelihood(param_name):
     schedule, dist = NoiseSchedule.vp_linear(), rotated_gaussian(3, seed=2)
     x = dist.sample(4, torch.Generator().manual_seed(3), dtype=torch.float64)
-    res = log_likelihood(dist.as_model(param_name, schedule), x, schedule, param_name, trace="exact",
-                         prior=lambda x1: dist.marginal_log_prob(x1, 1.0, schedule))
+    res = log_likelihood(
+        dist.as_model(param_name, schedule),
+        x,
+        schedule,
+        param_name,
+        trace="exact",
+        prior=lambda x1: dist.marginal_log_prob(x1, 1.0, schedule),
+    )
     assert bits_error(res, dist.marginal_log_prob(x, 1e-5, schedule)) < 0.01
 
 
 def test_zero_terminal_snr_integrates_to_the_capped_end():
-    schedule = NoiseSchedule.from_diffusers_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                                    "beta_end": 0.012, "rescale_betas_zero_snr": True})
+    schedule = NoiseSchedule.from_diffusers_config(
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}
+    )
     dist = rotated_gaussian(2, seed=4)
     x = dist.sample(4, torch.Generator().manual_seed(5), dtype=torch.float64)
-    res = log_likelihood(dist.as_model("v_prediction", schedule), x, schedule, "v_prediction", trace="exact",
-                         prior=lambda x1: dist.marginal_log_prob(x1, schedule.t_end, schedule))
+    res = log_likelihood(
+        dist.as_model("v_prediction", schedule),
+        x,
+        schedule,
+        "v_prediction",
+        trace="exact",
+        prior=lambda x1: dist.marginal_log_prob(x1, schedule.t_end, schedule),
+    )
     assert res.t_max == schedule.t_end < 1.0
     assert bits_error(res, dist.marginal_log_prob(x, 1e-5, schedule)) < 0.01
 
@@ -94,7 +109,9 @@ def test_diffusers_unet_output_and_float32():
     dist = Gaussian(base.mean, base.cov, event_shape=(1, 4, 4))
     unet = dist.as_unet("epsilon", schedule, sample_size=4, in_channels=1)
     x = dist.sample(4, torch.Generator().manual_seed(7), dtype=torch.float32)
-    res = log_likelihood(unet, x, schedule, "epsilon", trace="auto", prior=lambda x1: dist.marginal_log_prob(x1, 1.0, schedule))
+    res = log_likelihood(
+        unet, x, schedule, "epsilon", trace="auto", prior=lambda x1: dist.marginal_log_prob(x1, 1.0, schedule)
+    )
     assert res.trace == "exact" and res.num_dims == 16
     assert bits_error(res, dist.marginal_log_prob(x.double(), 1e-5, schedule)) < 0.01
 
@@ -108,8 +125,17 @@ def test_hutchinson_is_unbiased_within_its_standard_error(probe):
     x = dist.sample(1, torch.Generator().manual_seed(9), dtype=torch.float64)
     exact = log_likelihood(model, x, schedule, "epsilon", trace="exact", rtol=1e-4, atol=1e-4)
     n = 200
-    est = log_likelihood(model, x.expand(n, -1).clone(), schedule, "epsilon", trace="hutchinson", probe=probe,
-                         generator=torch.Generator().manual_seed(10), rtol=1e-4, atol=1e-4)
+    est = log_likelihood(
+        model,
+        x.expand(n, -1).clone(),
+        schedule,
+        "epsilon",
+        trace="hutchinson",
+        probe=probe,
+        generator=torch.Generator().manual_seed(10),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     assert est.trace == "hutchinson" and est.probe == probe
     mean, se = est.log_prob.mean().item(), est.log_prob.std().item() / math.sqrt(n)
     assert se > 1e-3, "the probes must actually vary the estimate (non-diagonal Jacobian)"
@@ -121,11 +147,22 @@ def test_hutchinson_is_unbiased_within_its_standard_error(probe):
 @pytest.mark.parametrize("schedule_name", ["vp-linear", "edm"])
 def test_gaussian_mixture_matches_true_data_density(schedule_name):
     schedule = NoiseSchedule.from_name(schedule_name)
-    dist = GaussianMixture([0.3, 0.5, 0.2], [[-1.0, 0.5], [0.8, 0.2], [0.1, -1.0]],
-                           [[[0.05, 0.02], [0.02, 0.08]], [[0.1, -0.03], [-0.03, 0.04]], [[0.06, 0.0], [0.0, 0.06]]])
+    dist = GaussianMixture(
+        [0.3, 0.5, 0.2],
+        [[-1.0, 0.5], [0.8, 0.2], [0.1, -1.0]],
+        [[[0.05, 0.02], [0.02, 0.08]], [[0.1, -0.03], [-0.03, 0.04]], [[0.06, 0.0], [0.0, 0.06]]],
+    )
     x = dist.sample(6, torch.Generator().manual_seed(11), dtype=torch.float64)
-    res = log_likelihood(dist.as_model("epsilon", schedule), x, schedule, "epsilon", t_min=1e-5, trace="exact",
-                         data_mean=dist.mean, data_std=dist.cov.diagonal().sqrt())
+    res = log_likelihood(
+        dist.as_model("epsilon", schedule),
+        x,
+        schedule,
+        "epsilon",
+        t_min=1e-5,
+        trace="exact",
+        data_mean=dist.mean,
+        data_std=dist.cov.diagonal().sqrt(),
+    )
     err = bits_error(res, dist.log_prob(x))  # the true data density p_0, not p_{t_min}
     assert err < 0.05, f"{schedule_name}: {err:.3e} bits/dim"
 
@@ -140,9 +177,17 @@ def test_discrete_offset_against_exact_bin_probabilities():
     k = torch.tensor([[150.0, 90.0]], dtype=torch.float64)
     x = k / 127.5 - 1.0
     n = 48
-    res = log_likelihood(dist.as_model("epsilon", schedule), x.expand(n, -1).clone(), schedule, "epsilon",
-                         trace="exact", dequantize="uniform", generator=torch.Generator().manual_seed(12),
-                         data_mean=mean, data_std=std)
+    res = log_likelihood(
+        dist.as_model("epsilon", schedule),
+        x.expand(n, -1).clone(),
+        schedule,
+        "epsilon",
+        trace="exact",
+        dequantize="uniform",
+        generator=torch.Generator().manual_seed(12),
+        data_mean=mean,
+        data_std=std,
+    )
     assert res.num_bins == 256 and res.discrete_offset == pytest.approx(2 * math.log(127.5))
     normal = torch.distributions.Normal(mean, std)
     half = 0.5 / 127.5
@@ -156,7 +201,12 @@ def test_discrete_offset_against_exact_bin_probabilities():
 
 def _model_and_data():
     schedule, dist = NoiseSchedule.vp_linear(), rotated_gaussian(2)
-    return schedule, dist, dist.as_model("epsilon", schedule), dist.sample(3, torch.Generator().manual_seed(0), dtype=torch.float64)
+    return (
+        schedule,
+        dist,
+        dist.as_model("epsilon", schedule),
+        dist.sample(3, torch.Generator().manual_seed(0), dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("t_min", [0.0, 1.0, -0.1, 1.5])
@@ -205,7 +255,9 @@ def test_model_output_shape_mismatch():
 
 def test_solver_failure_names_the_time_reached():
     schedule, _, model, x = _model_and_data()
-    with pytest.raises(ODESolverError, match=r"stopped at t = [0-9.e-]+ before reaching t = 1 after 3 accepted steps") as info:
+    with pytest.raises(
+        ODESolverError, match=r"stopped at t = [0-9.e-]+ before reaching t = 1 after 3 accepted steps"
+    ) as info:
         log_likelihood(model, x, schedule, "epsilon", max_steps=3)
     assert 1e-5 < info.value.t < 1.0 and info.value.steps == 3
 
@@ -224,7 +276,9 @@ def test_ode_solver_accuracy_and_order():
         assert errors[-1] < 20 * tol
     assert errors[0] > errors[1] > errors[2]
     assert 1.5 < nfes[2] / nfes[1] < 4.0
-    sol = solve_ivp(lambda t, y: math.cos(t) * torch.ones_like(y), 1.0, 0.0, y0, t_eval=[1.0, 0.5, 0.0], rtol=1e-8, atol=1e-8)
+    sol = solve_ivp(
+        lambda t, y: math.cos(t) * torch.ones_like(y), 1.0, 0.0, y0, t_eval=[1.0, 0.5, 0.0], rtol=1e-8, atol=1e-8
+    )
     assert sol.t.tolist() == [1.0, 0.5, 0.0]
     torch.testing.assert_close(sol.y[:, 0, 0], 1.0 + torch.sin(sol.t) - math.sin(1.0), rtol=0, atol=1e-7)
 
@@ -235,9 +289,16 @@ def _save_tiny_pipeline(path):
     from unisde.diffusers.scheduler import UnifiedScheduler
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
     # Scale the output down so the random network's ε̂ is small and the ODE is smooth (a fast test).
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.01)
@@ -251,11 +312,28 @@ def test_nll_command_on_a_saved_pipeline(tmp_path, capsys):
     from unisde.diffusers.scheduler import UnifiedScheduler
 
     _save_tiny_pipeline(tmp_path)
-    rc = main(["nll", str(tmp_path), "--num_samples", "4", "--batch_size", "4", "--trace", "hutchinson",
-               "--rtol", "1e-3", "--atol", "1e-3", "--t_min", "1e-3", "--no_progress"])
+    rc = main(
+        [
+            "nll",
+            str(tmp_path),
+            "--num_samples",
+            "4",
+            "--batch_size",
+            "4",
+            "--trace",
+            "hutchinson",
+            "--rtol",
+            "1e-3",
+            "--atol",
+            "1e-3",
+            "--t_min",
+            "1e-3",
+            "--no_progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
-    line = next(l for l in out.splitlines() if l.startswith("bits/dim:"))
+    line = next(row for row in out.splitlines() if row.startswith("bits/dim:"))
     value, se = float(line.split()[1]), float(line.split()[3])
     # With ε̂ ≈ 0 the score vanishes and the PF-ODE is dx/dt = f x: x(1) = x s(1)/s(t_min) ≈ 0 and ∫∇·v = D log s(1)
     # (s(t_min) ≈ 1), so bits/dim ≈ ½ log2(2π) − log2 s(1) + log2 8 (17-level digits in [−1, 1], Δ = 1/8).
@@ -305,8 +383,10 @@ def test_nll_dataset_sources_read_8bit_images_exactly(tmp_path):
     key = lambda x: sorted(map(tuple, x.flatten(1).tolist()))  # noqa: E731
     assert key(from_folder) == key(expected)
 
-    ds = datasets.Dataset.from_dict({"picture": [Image.open(tmp_path / "pngs" / f"{i}.png") for i in range(6)]},
-                                    features=datasets.Features({"picture": datasets.Image()}))
+    ds = datasets.Dataset.from_dict(
+        {"picture": [Image.open(tmp_path / "pngs" / f"{i}.png") for i in range(6)]},
+        features=datasets.Features({"picture": datasets.Image()}),
+    )
     ds.save_to_disk(str(tmp_path / "saved"))
     ds.to_parquet(str(tmp_path / "digits.parquet"))
     for source in (tmp_path / "saved", tmp_path / "digits.parquet"):
@@ -326,11 +406,32 @@ def test_nll_command_on_an_image_folder(tmp_path, capsys):
 
     _save_tiny_pipeline(tmp_path / "pipe")
     _digit_pngs(tmp_path / "pngs", n=4)
-    rc = main(["nll", str(tmp_path / "pipe"), "--dataset", str(tmp_path / "pngs"), "--num_samples", "4", "--batch_size", "4",
-               "--trace", "hutchinson", "--rtol", "1e-3", "--atol", "1e-3", "--t_min", "1e-3", "--no_progress"])
+    rc = main(
+        [
+            "nll",
+            str(tmp_path / "pipe"),
+            "--dataset",
+            str(tmp_path / "pngs"),
+            "--num_samples",
+            "4",
+            "--batch_size",
+            "4",
+            "--trace",
+            "hutchinson",
+            "--rtol",
+            "1e-3",
+            "--atol",
+            "1e-3",
+            "--t_min",
+            "1e-3",
+            "--no_progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "over 256 levels" in out and math.isfinite(float(next(l for l in out.splitlines() if l.startswith("bits/dim:")).split()[1]))
+    assert "over 256 levels" in out and math.isfinite(
+        float(next(row for row in out.splitlines() if row.startswith("bits/dim:")).split()[1])
+    )
 
 
 def test_nll_dataset_bad_sources(tmp_path):

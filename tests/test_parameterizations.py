@@ -70,8 +70,10 @@ def test_training_targets_are_eps_x0_v(sched_name, make_schedule):
         assert torch.allclose(got, target, rtol=0, atol=1e-10 * float(1 + (sigma / s).max())), name
 
 
-@pytest.mark.parametrize("config", [{}, {"beta_schedule": "squaredcos_cap_v2"},
-                                    {"beta_schedule": "scaled_linear", "rescale_betas_zero_snr": True}])
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"beta_schedule": "squaredcos_cap_v2"}, {"beta_schedule": "scaled_linear", "rescale_betas_zero_snr": True}],
+)
 def test_v_target_matches_diffusers_get_velocity(config):
     """Live parity: v from training_target equals DDPMScheduler.get_velocity (float64 inputs, so both use the
     same float32-built table exactly). Exception, as documented in unisde.schedule: at a zero-terminal-SNR
@@ -163,7 +165,9 @@ def test_score_noise_denoised_are_one_quantity(make_schedule):
     score = score_from_denoised(x0_hat, x, t, schedule)
     eps = eps_from_denoised(x0_hat, x, t, schedule)
     assert torch.allclose(score, -eps / sigma.reshape(-1, 1, 1), rtol=1e-12, atol=1e-12)
-    assert torch.allclose(unisde.get_parameterization("score").to_denoised(score, x, t, schedule), x0_hat, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(
+        unisde.get_parameterization("score").to_denoised(score, x, t, schedule), x0_hat, rtol=1e-10, atol=1e-10
+    )
     assert torch.allclose(s.reshape(-1, 1, 1) * x0_hat + sigma.reshape(-1, 1, 1) * eps, x, rtol=1e-12, atol=1e-12)
 
 
@@ -187,4 +191,6 @@ def test_output_weight_converts_x0_space_loss():
         lhs = param.output_weight(schedule, t) * ((out - target) ** 2).sum(1)
         rhs = ((param.to_denoised(out, x_t, t, schedule) - x0) ** 2).sum(1)
         assert torch.allclose(lhs, rhs, rtol=1e-9, atol=0), name
-        assert math.isclose(float(param.default_loss_weight(schedule, t)[2] * param.output_weight(schedule, t)[2]), 1.0, rel_tol=1e-14)
+        assert math.isclose(
+            float(param.default_loss_weight(schedule, t)[2] * param.output_weight(schedule, t)[2]), 1.0, rel_tol=1e-14
+        )

@@ -18,9 +18,20 @@ import sys
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKL, DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline,
-                       ScoreSdeVePipeline, ScoreSdeVeScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline,
-                       UNet2DConditionModel, UNet2DModel)
+from diffusers import (
+    AutoencoderKL,
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DiffusionPipeline,
+    ScoreSdeVePipeline,
+    ScoreSdeVeScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -46,9 +57,16 @@ def one_thread():
 
 def tiny_unet(channels=3) -> UNet2DModel:
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=SIZE, in_channels=channels, out_channels=channels, layers_per_block=1,
-                       block_out_channels=(8, 16), norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    return UNet2DModel(
+        sample_size=SIZE,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
 
 
 def options_for(sampler: str) -> dict:
@@ -66,28 +84,72 @@ def sd_components(tmp_path_factory):
     """Tiny Stable Diffusion: UNet2DConditionModel, AutoencoderKL (scale factor 1), CLIP text encoder and a CLIP
     tokenizer built from a vocabulary written here (unknown words map to <|endoftext|>)."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=SIZE, in_channels=4, out_channels=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                                norm_num_groups=4, attention_head_dim=2).eval()
-    vae = AutoencoderKL(block_out_channels=(8,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=SIZE).eval()
-    words = ["a</w>", "cat</w>", "photo</w>", "of</w>"] + [c for c in "abcdefghijklmnopqrstuvwxyz"] + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz"]
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    ).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=SIZE,
+    ).eval()
+    words = (
+        ["a</w>", "cat</w>", "photo</w>", "of</w>"]
+        + [c for c in "abcdefghijklmnopqrstuvwxyz"]
+        + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz"]
+    )
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{w: i + 2 for i, w in enumerate(words)}}
     folder = tmp_path_factory.mktemp("tokenizer")
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_attention_heads=2,
-                                                num_hidden_layers=1, max_position_embeddings=16, projection_dim=8,
-                                                bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=8,
+            intermediate_size=16,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            max_position_embeddings=16,
+            projection_dim=8,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    ).eval()
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def sd_scheduler(sampler: str) -> UnifiedScheduler:
-    ref = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                        set_alpha_to_one=False, steps_offset=1)
+    ref = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     return UnifiedScheduler.from_config(ref.config, sampler=sampler, sampler_options=options_for(sampler))
 
 
@@ -101,8 +163,12 @@ def check_images(images, batch, size=SIZE):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_ddpm_pipeline_every_sampler(sampler):
     """DDPMPipeline ignores init_noise_sigma and scale_model_input: works because samples live in model space."""
-    pipe = DDPMPipeline(unet=tiny_unet(), scheduler=UnifiedScheduler(sampler=sampler, sampler_options=options_for(sampler)))
-    images = pipe(batch_size=2, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    pipe = DDPMPipeline(
+        unet=tiny_unet(), scheduler=UnifiedScheduler(sampler=sampler, sampler_options=options_for(sampler))
+    )
+    images = pipe(
+        batch_size=2, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     check_images(images, 2)
 
 
@@ -111,18 +177,24 @@ def test_ddim_pipeline_every_sampler(sampler):
     """DDIMPipeline's constructor converts any scheduler to DDIM; the UnifiedScheduler is assigned afterwards.
     The pipeline passes eta (and use_clipped_model_output) to step."""
     pipe = DDIMPipeline(unet=tiny_unet(), scheduler=DDIMScheduler())
-    pipe.scheduler = UnifiedScheduler.from_config(pipe.scheduler.config, sampler=sampler, sampler_options=options_for(sampler))
-    images = pipe(batch_size=1, num_inference_steps=STEPS, eta=0.5, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    pipe.scheduler = UnifiedScheduler.from_config(
+        pipe.scheduler.config, sampler=sampler, sampler_options=options_for(sampler)
+    )
+    images = pipe(
+        batch_size=1, num_inference_steps=STEPS, eta=0.5, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     check_images(images, 1)
 
 
 def test_ddpm_pipeline_matches_ddpm_scheduler():
     """The same pipeline, the same seed: UnifiedScheduler(ddpm) and DDPMScheduler give the same images."""
     unet = tiny_unet()
-    ref = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())(batch_size=1, num_inference_steps=STEPS, output_type="np",
-                                                              generator=torch.Generator().manual_seed(3)).images
+    ref = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())(
+        batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(3)
+    ).images
     uni = DDPMPipeline(unet=unet, scheduler=UnifiedScheduler.from_config(DDPMScheduler().config))(
-        batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(3)).images
+        batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(3)
+    ).images
     assert np.abs(ref - uni).max() <= 1e-5
 
 
@@ -130,8 +202,15 @@ def test_ddpm_pipeline_matches_ddpm_scheduler():
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_stable_diffusion_text_to_image(sd_components, sampler):
     pipe = StableDiffusionPipeline(**sd_components, scheduler=sd_scheduler(sampler))
-    out = pipe("a photo of a cat", num_inference_steps=STEPS, guidance_scale=3.0, height=SIZE, width=SIZE,
-               output_type="np", generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a photo of a cat",
+        num_inference_steps=STEPS,
+        guidance_scale=3.0,
+        height=SIZE,
+        width=SIZE,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     check_images(out.images, 1)
 
 
@@ -140,19 +219,35 @@ def test_stable_diffusion_img2img(sd_components, sampler):
     """img2img: strength picks timesteps[t_start·order:], set_begin_index, add_noise at the first of them."""
     pipe = StableDiffusionImg2ImgPipeline(**sd_components, scheduler=sd_scheduler(sampler))
     image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    out = pipe("a cat", image=image, strength=0.75, num_inference_steps=4, guidance_scale=2.0, output_type="np",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a cat",
+        image=image,
+        strength=0.75,
+        num_inference_steps=4,
+        guidance_scale=2.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     check_images(out.images, 1)
 
 
 def test_stable_diffusion_matches_ddim_scheduler(sd_components):
     """Same pipeline and seed: UnifiedScheduler converted from DDIMScheduler gives DDIM's images."""
-    ref_sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+    ref_sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     kwargs = dict(num_inference_steps=STEPS, guidance_scale=3.0, height=SIZE, width=SIZE, output_type="np")
-    ref = StableDiffusionPipeline(**sd_components, scheduler=ref_sched)("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    ref = StableDiffusionPipeline(**sd_components, scheduler=ref_sched)(
+        "a cat", generator=torch.Generator().manual_seed(0), **kwargs
+    ).images
     uni = StableDiffusionPipeline(**sd_components, scheduler=UnifiedScheduler.from_config(ref_sched.config))(
-        "a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+        "a cat", generator=torch.Generator().manual_seed(0), **kwargs
+    ).images
     assert np.abs(ref - uni).max() <= 1e-5
 
 
@@ -169,11 +264,13 @@ def test_score_sde_ve_pipeline_pc_matches_diffusers():
         pytest.skip(f"sampler 'pc' is not registered (unisde.list_samplers() = {SAMPLERS})")
     unet = tiny_unet()
     ref = ScoreSdeVePipeline(unet=unet, scheduler=ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=50.0, snr=0.16))(
-        batch_size=1, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
+        batch_size=1, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     sched = score_sde_scheduler()
     assert sched.config.sampler == "pc"
-    uni = ScoreSdeVePipeline(unet=unet, scheduler=sched)(batch_size=1, num_inference_steps=4, output_type="np",
-                                                         generator=torch.Generator().manual_seed(0)).images
+    uni = ScoreSdeVePipeline(unet=unet, scheduler=sched)(
+        batch_size=1, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     check_images(uni, 1)
     # starting noise: diffusers scales z by σ_max, unisde by √(1 + σ_max²) (relative 2e-4 at σ_max = 50)
     assert np.abs(ref - uni).max() <= 1e-3
@@ -190,15 +287,20 @@ def test_score_sde_ve_pipeline_every_sampler(sampler):
         with pytest.raises(ValueError, match="correct_steps"):
             sched.set_sigmas(3)
         return
-    images = ScoreSdeVePipeline(unet=tiny_unet(), scheduler=sched)(batch_size=1, num_inference_steps=3, output_type="np",
-                                                                    generator=torch.Generator().manual_seed(0)).images
+    images = ScoreSdeVePipeline(unet=tiny_unet(), scheduler=sched)(
+        batch_size=1, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     check_images(images, 1)
 
 
 # ---------------------------------------------------------------------------------------------- save / reload
 def test_pipeline_save_and_reload_with_unified_scheduler(tmp_path):
-    sched = UnifiedScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config, sampler="edm",
-                                         sampler_options={"s_churn": 1.5, "solver": "euler"}, time_grid="uniform_lambda")
+    sched = UnifiedScheduler.from_config(
+        DDPMScheduler(beta_schedule="squaredcos_cap_v2").config,
+        sampler="edm",
+        sampler_options={"s_churn": 1.5, "solver": "euler"},
+        time_grid="uniform_lambda",
+    )
     pipe = DDPMPipeline(unet=tiny_unet(), scheduler=sched)
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
@@ -209,9 +311,16 @@ def test_pipeline_save_and_reload_with_unified_scheduler(tmp_path):
     assert type(back.scheduler) is UnifiedScheduler
     assert back.scheduler.config.sampler == "edm"
     assert back.scheduler.sampler_options == {"s_churn": 1.5, "solver": "euler"}
-    assert back.scheduler.config.time_grid == "uniform_lambda" and back.scheduler.config.beta_schedule == "squaredcos_cap_v2"
-    a = pipe(batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)).images
-    b = back(batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert (
+        back.scheduler.config.time_grid == "uniform_lambda"
+        and back.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    )
+    a = pipe(
+        batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
+    b = back(
+        batch_size=1, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert np.abs(a - b).max() <= 1e-5  # same algorithm; reloaded weights may round differently at 1 ulp
 
 
@@ -219,12 +328,19 @@ def test_pipeline_reloads_in_a_fresh_process_after_import_unisde(tmp_path):
     """The user's situation: a new interpreter, `import unisde`, DiffusionPipeline.from_pretrained(path)."""
     sched = UnifiedScheduler(sampler="ddim", sampler_options={"eta": 0.3}, time_grid="trailing")
     DDPMPipeline(unet=tiny_unet(), scheduler=sched).save_pretrained(tmp_path)
-    code = ("import json, sys, unisde\n"
-            "from diffusers import DiffusionPipeline\n"
-            f"pipe = DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
-            "s = pipe.scheduler\n"
-            "print(json.dumps([type(s).__name__, s.config.sampler, s.sampler_options, s.config.time_grid]))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import json, sys, unisde\n"
+        "from diffusers import DiffusionPipeline\n"
+        f"pipe = DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
+        "s = pipe.scheduler\n"
+        "print(json.dumps([type(s).__name__, s.config.sampler, s.sampler_options, s.config.time_grid]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == ["UnifiedScheduler", "ddim", {"eta": 0.3}, "trailing"]

@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from unisde import NoiseSchedule
-from unisde.plots import (animate_trajectories, mixture_1d, mixture_quantiles, plot_schedules, plot_trajectories,
-                          simulate_trajectories)
+from unisde.plots import (
+    animate_trajectories,
+    mixture_1d,
+    mixture_quantiles,
+    plot_schedules,
+    plot_trajectories,
+    simulate_trajectories,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -58,7 +64,9 @@ def test_schedule_command_plot(tmp_path, capsys):
     from unisde.cli import main
 
     out = tmp_path / "s.png"
-    assert main(["schedule", "vp-linear", "--points", "3", "--plot", str(out), "--compare", "ve", "--compare", "edm"]) == 0
+    assert (
+        main(["schedule", "vp-linear", "--points", "3", "--plot", str(out), "--compare", "ve", "--compare", "edm"]) == 0
+    )
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert main(["schedule", "vp-linear", "--compare", "ve"]) == 2
     assert "--compare only applies to --plot" in capsys.readouterr().err

@@ -26,11 +26,13 @@ def _module(**hooks):
     or raise the given exception."""
     module = types.SimpleNamespace()
     for hook_name, calls in hooks.items():
+
         def hook(register, _calls=calls):
             if isinstance(_calls, Exception):
                 raise _calls
             for args in _calls:
                 register(*args)
+
         setattr(module, hook_name, unisde.hookimpl(specname=hook_name)(hook))
     return module
 
@@ -48,12 +50,17 @@ class _Second:
 
 
 def test_two_external_plugins_first_registration_is_kept():
-    plugins.register_plugin(_module(unisde_register_samplers=[(_First,)]), name="first-plugin", distribution="dist-a",
-                            version="1.0")
-    plugins.register_plugin(_module(unisde_register_samplers=[(_Second,)]), name="second-plugin", distribution="dist-b",
-                            version="2.0")
-    with pytest.warns(RuntimeWarning, match=r"sampler name 'twice' is registered twice: by plugin 'first-plugin' "
-                                            r"\(dist-a\) and by plugin 'second-plugin' \(dist-b\)"):
+    plugins.register_plugin(
+        _module(unisde_register_samplers=[(_First,)]), name="first-plugin", distribution="dist-a", version="1.0"
+    )
+    plugins.register_plugin(
+        _module(unisde_register_samplers=[(_Second,)]), name="second-plugin", distribution="dist-b", version="2.0"
+    )
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"sampler name 'twice' is registered twice: by plugin 'first-plugin' "
+        r"\(dist-a\) and by plugin 'second-plugin' \(dist-b\)",
+    ):
         assert unisde.get_sampler("twice") is _First
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # reported once, when the registry is built
@@ -84,10 +91,14 @@ def test_strict_mode_raises_on_a_duplicate(monkeypatch):
 
 
 def test_a_hook_that_raises_is_skipped_with_a_warning_naming_the_plugin():
-    plugins.register_plugin(_module(unisde_register_samplers=RuntimeError("boom")), name="exploding-plugin",
-                            distribution="exploding-dist")
-    with pytest.warns(RuntimeWarning, match=r"plugin 'exploding-plugin' \(exploding-dist\) failed at register samplers "
-                                            r"and is skipped: RuntimeError: boom"):
+    plugins.register_plugin(
+        _module(unisde_register_samplers=RuntimeError("boom")), name="exploding-plugin", distribution="exploding-dist"
+    )
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"plugin 'exploding-plugin' \(exploding-dist\) failed at register samplers "
+        r"and is skipped: RuntimeError: boom",
+    ):
         names = unisde.list_samplers()
     assert "edm" in names and "ddpm" in names
     [failure] = plugins.plugin_failures()
@@ -126,6 +137,7 @@ def test_registration_without_a_name_is_a_skipped_hook():
 
 def test_name_object_pairs_register_any_kind():
     """``register(name, obj)`` and ``register((name, obj))`` work for every kind, not only schedules."""
+
     class Sampler:
         pass
 
@@ -140,11 +152,17 @@ def test_plugin_schedule_resolves_and_a_builtin_schedule_name_is_kept():
     def wide_ve(sigma_max=500.0):
         return NoiseSchedule.ve(0.01, sigma_max)
 
-    plugins.register_plugin(_module(unisde_register_schedules=[("wide-ve", wide_ve), ("ve", wide_ve)]),
-                            name="schedule-plugin", distribution="sched-dist")
-    with pytest.warns(RuntimeWarning, match=r"schedule name 've' is registered twice: by plugin "
-                                            r"'unisde\.core\.schedule' \(unisde\) and by plugin 'schedule-plugin' "
-                                            r"\(sched-dist\)"):
+    plugins.register_plugin(
+        _module(unisde_register_schedules=[("wide-ve", wide_ve), ("ve", wide_ve)]),
+        name="schedule-plugin",
+        distribution="sched-dist",
+    )
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"schedule name 've' is registered twice: by plugin "
+        r"'unisde\.core\.schedule' \(unisde\) and by plugin 'schedule-plugin' "
+        r"\(sched-dist\)",
+    ):
         assert resolve_schedule("wide-ve").sigma_max == 500.0
     assert resolve_schedule({"name": "wide-ve", "sigma_max": 80.0}).sigma_max == 80.0
     assert resolve_schedule("ve").sigma_max == 50.0  # the built-in, not the plugin's
@@ -189,8 +207,10 @@ def test_plugins_command_lists_conflicts_and_skipped_plugins(capsys):
         warnings.simplefilter("error")  # the command reports them as lines, not warnings
         assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "conflicts (1)" in out and "sampler 'edm': kept plugin 'unisde.samplers' (unisde), ignored plugin " \
-                                     "'impostor' (bad-dist)" in out
+    assert (
+        "conflicts (1)" in out
+        and "sampler 'edm': kept plugin 'unisde.samplers' (unisde), ignored plugin 'impostor' (bad-dist)" in out
+    )
     assert "skipped plugins (1)" in out
     assert "exploding-plugin ((runtime)) at register parameterizations: ValueError: no" in out
     assert "v_prediction" in out  # the table itself is complete

@@ -52,8 +52,20 @@ def plugin_installed():
             fcntl.flock(lock, fcntl.LOCK_EX)
             importlib.invalidate_caches()
             if not _installed():
-                subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
-                                str(PLUGIN_DIR)], check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        "--no-deps",
+                        "--no-build-isolation",
+                        "-e",
+                        str(PLUGIN_DIR),
+                    ],
+                    check=True,
+                )
         importlib.invalidate_caches()
         # An editable install's import hook is read at interpreter start; this process needs the path itself.
         if str(PLUGIN_DIR) not in sys.path:
@@ -87,11 +99,15 @@ def _model(x, t):
     return x * (0.8 + 1e-4 * tau) + 0.05 * torch.sin(3 * x)
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"prediction_type": "sample", "beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"},
-], ids=["eps-linear", "v-scaled", "x0-cosine-trailing"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"prediction_type": "sample", "beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"},
+    ],
+    ids=["eps-linear", "v-scaled", "x0-cosine-trailing"],
+)
 @pytest.mark.parametrize("n", [5, 20])
 def test_parity_with_diffusers_dpmsolver_multistep(config, n):
     """Same timesteps (diffusers' own), same start, float32: max|diff| ≤ 1e-5 × the trajectory's max |x|."""
@@ -114,11 +130,15 @@ def test_parity_with_diffusers_dpmsolver_multistep(config, n):
     assert err <= 1e-5 * scale, f"max|diff| {err:.3g} > 1e-5 × {scale:.3g}"
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"prediction_type": "sample", "beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"},
-], ids=["eps-linear", "v-scaled", "x0-cosine-trailing"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"prediction_type": "sample", "beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"},
+    ],
+    ids=["eps-linear", "v-scaled", "x0-cosine-trailing"],
+)
 @pytest.mark.parametrize("order, n", [(2, 5), (2, 20), (1, 10)])
 def test_parity_with_diffusers_sde_dpmsolver(config, order, n):
     """SDE-DPM-Solver++ (1 and 2M): the plain conversion of a diffusers ``algorithm_type="sde-dpmsolver++"`` config,
@@ -159,11 +179,16 @@ def test_sde_dpmsolver_first_order_is_ddpm_and_samples_the_gaussian():
         def denoise(x, k):
             s, sig = float(sched.s(times[k])), float(sched.sigma(times[k]))
             return MU + s * V0 / (s * s * V0 + sig * sig) * (x - s * MU)
+
         return run_loop(smp, x, denoise)
 
     x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(run("dpmsolver++", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1}, x, 1),
-                               run("ddpm", {}, x, 1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        run("dpmsolver++", {"algorithm_type": "sde-dpmsolver++", "solver_order": 1}, x, 1),
+        run("ddpm", {}, x, 1),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     t0 = float(grid[0])
     n = 20000
     start = torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -204,11 +229,15 @@ def test_second_order_on_any_schedule():
         assert 1.7 < order < 2.4, (sched.name, errs, order)
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"prediction_type": "sample", "beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"},
-], ids=["eps-linear", "v-scaled", "x0-cosine-trailing"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"prediction_type": "sample", "beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"},
+    ],
+    ids=["eps-linear", "v-scaled", "x0-cosine-trailing"],
+)
 @pytest.mark.parametrize("n", [5, 14, 15, 25])
 def test_parity_with_diffusers_dpmsolver_3m(config, n):
     """DPM-Solver++(3M): the config's solver_order = 3 reaches the plugin by itself; on diffusers' own timesteps,
@@ -259,8 +288,11 @@ def test_third_order_on_any_schedule():
                 grid = sched.t_from_log_snr(torch.linspace(lam_start, 1.0, n + 1, dtype=torch.float64))
                 smp = cls(sched, solver_order=3, exact_quadratic=exact)
                 times = smp.prepare(grid).tolist()
-                x = run_loop(smp, x_start.clone(), lambda x, k: eps.to_denoised(
-                    model(x, eps.model_time(sched, times[k])), x, times[k], sched))
+                x = run_loop(
+                    smp,
+                    x_start.clone(),
+                    lambda x, k: eps.to_denoised(model(x, eps.model_time(sched, times[k])), x, times[k], sched),
+                )
                 errs.append(float((x - _exact_flow(sched, float(grid[0]), float(grid[-1]), x_start)).abs().max()))
             ratios[exact] = errs[0] / errs[1]
         assert 5 < ratios[True] < 12 and ratios[False] < 5, (sched.name, ratios)
@@ -270,10 +302,18 @@ def _diffusers_twin(ref):
     """A UnifiedScheduler running the plugin with ``ref``'s algorithm, constructed directly (the shared option
     names algorithm_type / solver_type / solver_order reach the sampler from the config) on ``ref``'s own grid."""
     c = ref.config
-    return UnifiedScheduler(sampler="dpmsolver++", algorithm_type=c.algorithm_type, solver_type=c.solver_type,
-                            solver_order=c.solver_order, final_sigmas_type=c.final_sigmas_type,
-                            prediction_type=c.prediction_type, beta_schedule=c.beta_schedule, beta_start=c.beta_start,
-                            beta_end=c.beta_end, time_grid="linspace_multistep")
+    return UnifiedScheduler(
+        sampler="dpmsolver++",
+        algorithm_type=c.algorithm_type,
+        solver_type=c.solver_type,
+        solver_order=c.solver_order,
+        final_sigmas_type=c.final_sigmas_type,
+        prediction_type=c.prediction_type,
+        beta_schedule=c.beta_schedule,
+        beta_start=c.beta_start,
+        beta_end=c.beta_end,
+        time_grid="linspace_multistep",
+    )
 
 
 def _trajectories(schedulers, x_start, seed, begin=0):
@@ -292,12 +332,29 @@ def _trajectories(schedulers, x_start, seed, begin=0):
     return outs, scale
 
 
-@pytest.mark.parametrize("config", [{}, {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear",
-                                         "beta_start": 0.00085, "beta_end": 0.012}], ids=["eps-linear", "v-scaled"])
-@pytest.mark.parametrize("algorithm, solver_type, order", [
-    ("dpmsolver", "midpoint", 2), ("dpmsolver", "heun", 2), ("dpmsolver", "midpoint", 3), ("dpmsolver", "heun", 3),
-    ("sde-dpmsolver", "midpoint", 1), ("sde-dpmsolver", "midpoint", 2), ("sde-dpmsolver", "heun", 2),
-    ("dpmsolver++", "heun", 2), ("dpmsolver++", "heun", 3), ("sde-dpmsolver++", "heun", 2)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    ],
+    ids=["eps-linear", "v-scaled"],
+)
+@pytest.mark.parametrize(
+    "algorithm, solver_type, order",
+    [
+        ("dpmsolver", "midpoint", 2),
+        ("dpmsolver", "heun", 2),
+        ("dpmsolver", "midpoint", 3),
+        ("dpmsolver", "heun", 3),
+        ("sde-dpmsolver", "midpoint", 1),
+        ("sde-dpmsolver", "midpoint", 2),
+        ("sde-dpmsolver", "heun", 2),
+        ("dpmsolver++", "heun", 2),
+        ("dpmsolver++", "heun", 3),
+        ("sde-dpmsolver++", "heun", 2),
+    ],
+)
 @pytest.mark.parametrize("n", [5, 20])
 def test_parity_with_diffusers_noise_prediction_and_heun(config, algorithm, solver_type, order, n):
     """Noise-prediction DPM-Solver (``dpmsolver``, ``sde-dpmsolver``) and the ``heun`` second-order form against
@@ -306,8 +363,9 @@ def test_parity_with_diffusers_noise_prediction_and_heun(config, algorithm, solv
     the start and entered mid-grid (img2img's set_begin_index: the history builds up again from there). The
     result differs measurably from the data-prediction / midpoint variant, so the option is not ignored."""
     final = "zero" if algorithm.endswith("++") else "sigma_min"
-    ref = DPMSolverMultistepScheduler(algorithm_type=algorithm, solver_type=solver_type, solver_order=order,
-                                      final_sigmas_type=final, **config)
+    ref = DPMSolverMultistepScheduler(
+        algorithm_type=algorithm, solver_type=solver_type, solver_order=order, final_sigmas_type=final, **config
+    )
     uni = _diffusers_twin(ref)
     assert uni._sampler.opts["algorithm_type"] == algorithm and uni._sampler.opts["solver_type"] == solver_type
     x_start = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -319,8 +377,11 @@ def test_parity_with_diffusers_noise_prediction_and_heun(config, algorithm, solv
         err = float((y - x).abs().max())
         assert err <= 1e-5 * scale, f"begin={begin}: max|diff| {err:.3g} > 1e-5 × {scale:.3g}"
     if order == 2:  # the variant this one would silently be if the option were dropped (3M: heun is its warm-up only)
-        other = ({"solver_type": "midpoint"} if solver_type == "heun" else
-                 {"algorithm_type": algorithm.replace("dpmsolver", "dpmsolver++")})
+        other = (
+            {"solver_type": "midpoint"}
+            if solver_type == "heun"
+            else {"algorithm_type": algorithm.replace("dpmsolver", "dpmsolver++")}
+        )
         alt = UnifiedScheduler.from_config(uni.config, **other)
         alt.set_timesteps(n)
         uni.set_timesteps(n)
@@ -360,8 +421,12 @@ def test_noise_prediction_refusals_and_clean_data_end():
     smp = unisde.get_sampler("dpmsolver++")(sched, algorithm_type="dpmsolver", solver_order=3)
     times = smp.prepare(grid).tolist()
     last = []
-    x = run_loop(smp, torch.linspace(-2, 2, 5, dtype=torch.float64).reshape(5, 1),
-                 lambda x, k: dist.denoise(x, times[k], sched), callback=lambda k, x, d: last.append(d))
+    x = run_loop(
+        smp,
+        torch.linspace(-2, 2, 5, dtype=torch.float64).reshape(5, 1),
+        lambda x, k: dist.denoise(x, times[k], sched),
+        callback=lambda k, x, d: last.append(d),
+    )
     torch.testing.assert_close(x, last[-1], rtol=1e-12, atol=1e-12)
 
 
@@ -372,7 +437,9 @@ def test_bad_solver_order_is_a_value_error(bad):
         UnifiedScheduler(sampler="dpmsolver++", sampler_options={"solver_order": bad})
     assert repr(bad) in str(info.value)
     with pytest.raises(ValueError, match="solver_order"):
-        UnifiedScheduler.from_config(DPMSolverMultistepScheduler(solver_order=3).config, sampler_options={"solver_order": bad})
+        UnifiedScheduler.from_config(
+            DPMSolverMultistepScheduler(solver_order=3).config, sampler_options={"solver_order": bad}
+        )
 
 
 def test_no_worse_than_diffusers_lu_lambdas_at_equal_nfe():
@@ -417,7 +484,9 @@ def test_docs_example_plugin_works_and_equals_deterministic_ddim():
         for sampler in ("plain-ddim", "ddim"):
             uni = UnifiedScheduler(sampler=sampler, time_grid="uniform_lambda")
             uni.set_timesteps(8)
-            model = Gaussian(torch.full((4,), MU), torch.tensor(V0), event_shape=(1, 2, 2)).as_model("epsilon", uni.noise_schedule)
+            model = Gaussian(torch.full((4,), MU), torch.tensor(V0), event_shape=(1, 2, 2)).as_model(
+                "epsilon", uni.noise_schedule
+            )
             x = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
             for t in uni.timesteps:
                 x = uni.step(model(x, t), t, x).prev_sample

@@ -22,7 +22,10 @@ def fresh_registry():
 
 
 def test_unknown_names_list_valid_names_and_closest_match():
-    with pytest.raises(ValueError, match=r"unknown parameterization 'epsilonn'; valid choices: .*edm.*eps.*v_prediction.*Did you mean 'epsilon'\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown parameterization 'epsilonn'; valid choices: .*edm.*eps.*v_prediction.*Did you mean 'epsilon'\?",
+    ):
         unisde.get_parameterization("epsilonn")
     with pytest.raises(ValueError, match=r"unknown sampler 'no-such-sampler'; valid choices:"):
         unisde.get_sampler("no-such-sampler")
@@ -59,14 +62,18 @@ class _ToySampler:
 def _plugin(*, sampler=None, parameterization=None):
     module = types.SimpleNamespace()
     if sampler is not None:
+
         @unisde.hookimpl
         def unisde_register_samplers(register):
             register(sampler)
+
         module.unisde_register_samplers = unisde_register_samplers
     if parameterization is not None:
+
         @unisde.hookimpl
         def unisde_register_parameterizations(register):
             register(parameterization)
+
         module.unisde_register_parameterizations = unisde_register_parameterizations
     return module
 
@@ -96,8 +103,11 @@ class _Clash(_HalfEps):
 def test_duplicate_names_warn_naming_both_plugins_and_keep_the_builtin(monkeypatch):
     monkeypatch.delenv(plugins.STRICT_ENV, raising=False)
     plugins.register_plugin(_plugin(parameterization=_Clash), name="clashing-plugin")
-    with pytest.warns(RuntimeWarning, match=r"'epsilon' is registered twice: by plugin 'unisde\.parameterizations' "
-                                            r"\(unisde\) and by plugin 'clashing-plugin' \(\(runtime\)\)"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"'epsilon' is registered twice: by plugin 'unisde\.parameterizations' "
+        r"\(unisde\) and by plugin 'clashing-plugin' \(\(runtime\)\)",
+    ):
         names = unisde.list_parameterizations()
     assert "epsilon" in names
     assert not isinstance(unisde.get_parameterization("epsilon"), _Clash)  # the built-in is kept
@@ -108,7 +118,11 @@ def test_duplicate_names_warn_naming_both_plugins_and_keep_the_builtin(monkeypat
 def test_duplicate_names_raise_in_strict_mode(monkeypatch):
     monkeypatch.setenv(plugins.STRICT_ENV, "1")
     plugins.register_plugin(_plugin(parameterization=_Clash), name="clashing-plugin")
-    with pytest.raises(plugins.PluginError, match=r"'epsilon' is registered twice: by plugin '(unisde\.parameterizations|clashing-plugin)'.*and by plugin '(clashing-plugin|unisde\.parameterizations)'") as info:
+    with pytest.raises(
+        plugins.PluginError,
+        match=r"'epsilon' is registered twice: by plugin '(unisde\.parameterizations|clashing-plugin)'.*"
+        r"and by plugin '(clashing-plugin|unisde\.parameterizations)'",
+    ) as info:
         unisde.list_parameterizations()
     assert "unisde.parameterizations" in str(info.value) and "clashing-plugin" in str(info.value)
     assert isinstance(info.value, ValueError)
@@ -143,7 +157,11 @@ class _BrokenEntryPoint:
 def test_broken_plugin_warns_and_builtins_keep_working(monkeypatch):
     monkeypatch.delenv(plugins.STRICT_ENV, raising=False)
     monkeypatch.setattr(plugins, "_entry_points", lambda: [_BrokenEntryPoint()])
-    with pytest.warns(RuntimeWarning, match=r"plugin 'broken_sampler' \(broken_pkg\.samplers, distribution broken-pkg\) failed to load.*ImportError.*UNISDE_STRICT_PLUGINS=1"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"plugin 'broken_sampler' \(broken_pkg\.samplers, distribution broken-pkg\) failed to load.*"
+        r"ImportError.*UNISDE_STRICT_PLUGINS=1",
+    ):
         names = unisde.list_parameterizations()
     assert "epsilon" in names
     with warnings.catch_warnings():

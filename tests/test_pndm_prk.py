@@ -71,9 +71,17 @@ def convert(**config):
 
 
 # ---------------------------------------------------------------------------------------------- timesteps
-@pytest.mark.parametrize("config", [{}, {"steps_offset": 1}, {"timestep_spacing": "trailing"},
-                                    {"timestep_spacing": "linspace"}, {"num_train_timesteps": 500}],
-                         ids=["leading", "leading-offset", "trailing", "linspace", "N=500"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"steps_offset": 1},
+        {"timestep_spacing": "trailing"},
+        {"timestep_spacing": "linspace"},
+        {"num_train_timesteps": 500},
+    ],
+    ids=["leading", "leading-offset", "trailing", "linspace", "N=500"],
+)
 @pytest.mark.parametrize("n", [4, 5, 7, 8, 10, 25, 50, 333])
 def test_timesteps_are_diffusers(config, n):
     """Every spacing and step count: the n + 9 timesteps (RK calls t_i, m_i, m_i, t_{i+1} for three steps, then
@@ -101,8 +109,10 @@ def test_fewer_than_four_steps():
     sched = NoiseSchedule.from_diffusers_config({})
     grid = make_grid(sched, 1, "leading")
     x = start_noise().double()
-    outs = [_loop_states(get_sampler(name)(sched, **opts), x, 0, lambda sample, k: 0.3 * sample, grid)[-1]
-            for name, opts in (("pndm", {"prk_warmup": True}), ("ddim", {}))]
+    outs = [
+        _loop_states(get_sampler(name)(sched, **opts), x, 0, lambda sample, k: 0.3 * sample, grid)[-1]
+        for name, opts in (("pndm", {"prk_warmup": True}), ("ddim", {}))
+    ]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
 
 
@@ -161,8 +171,11 @@ def test_other_parameterisations_run_the_same_method_on_eps(prediction_type, n):
     def as_eps(x, t):
         a = abar[int(t)]
         out = other_model(x.double(), t)
-        eps = a.sqrt() * out + (1 - a).sqrt() * x.double() if prediction_type == "v_prediction" \
+        eps = (
+            a.sqrt() * out + (1 - a).sqrt() * x.double()
+            if prediction_type == "v_prediction"
             else (x.double() - a.sqrt() * out) / (1 - a).sqrt()
+        )
         return eps.float()
 
     errors = per_step_errors(ref, uni, n, model_ref=as_eps, model_uni=other_model)
@@ -205,10 +218,16 @@ class _TinyDenoisingUNet(UNet2DModel):
 
 def _tiny_unet():
     torch.manual_seed(0)
-    return _TinyDenoisingUNet(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
-                              block_out_channels=(8, 16), norm_num_groups=4,
-                              down_block_types=("DownBlock2D", "DownBlock2D"),
-                              up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    return _TinyDenoisingUNet(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
 
 
 def _pipeline_run(scheduler, n):
@@ -220,8 +239,9 @@ def _pipeline_run(scheduler, n):
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            images = pipe(batch_size=1, num_inference_steps=n, output_type="pt",
-                          generator=torch.Generator().manual_seed(0)).images
+            images = pipe(
+                batch_size=1, num_inference_steps=n, output_type="pt", generator=torch.Generator().manual_seed(0)
+            ).images
     finally:
         torch.set_num_threads(before)
     return images, seen
@@ -280,7 +300,7 @@ def test_entered_at_an_rk_step_start_runs_the_remaining_rk_steps():
     for i in (1, 2):
         part = _loop_states(smp, full[4 * i - 1], 4 * i, denoiser)
         assert len(part) == len(times) - 4 * i
-        for a, b in zip(part[:4 * (3 - i)], full[4 * i:]):
+        for a, b in zip(part[: 4 * (3 - i)], full[4 * i :]):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
         assert torch.isfinite(part[-1]).all()
 
@@ -305,14 +325,19 @@ def test_entered_inside_an_rk_step_takes_ddim_steps_from_where_it_is():
         for j in range(k, 8):
             sample = x if j == k else states[j - k - 1]
             if j == 6:  # m_1 → t_2
-                expected = _loop_states(ddim, sample, 0, lambda s, _: denoiser(s, j),
-                                        torch.tensor([float(times[6]), float(times[7])], dtype=torch.float64))[-1]
+                expected = _loop_states(
+                    ddim,
+                    sample,
+                    0,
+                    lambda s, _: denoiser(s, j),
+                    torch.tensor([float(times[6]), float(times[7])], dtype=torch.float64),
+                )[-1]
             else:  # m_1 → m_1, t_2 → t_2
                 expected = sample
             torch.testing.assert_close(states[j - k], expected, rtol=1e-12, atol=1e-12)
         tail = _loop_states(smp, states[7 - k], 8, denoiser)  # step 2 from t_2: as a loop entered there
         assert len(states) - (8 - k) == len(tail)
-        for c, d in zip(states[8 - k:], tail):
+        for c, d in zip(states[8 - k :], tail):
             torch.testing.assert_close(c, d, rtol=1e-12, atol=1e-12)
 
 
@@ -345,9 +370,12 @@ def test_img2img_through_the_scheduler():
 def test_midpoints_off_the_index_grids():
     """Closed-form schedules, and fractional (Karras, uniform-λ) grids on a table: the midpoint calls sit at
     (t_i + t_{i+1})/2; the sampler runs on such grids through the scheduler."""
-    for sched, grid_kind in ((NoiseSchedule.from_diffusers_config({}), "karras"),
-                             (NoiseSchedule.from_diffusers_config({}), "uniform_lambda"),
-                             (NoiseSchedule.vp_cosine(), "leading"), (NoiseSchedule.edm(), "karras")):
+    for sched, grid_kind in (
+        (NoiseSchedule.from_diffusers_config({}), "karras"),
+        (NoiseSchedule.from_diffusers_config({}), "uniform_lambda"),
+        (NoiseSchedule.vp_cosine(), "leading"),
+        (NoiseSchedule.edm(), "karras"),
+    ):
         grid = make_grid(sched, 6, grid_kind)
         times = get_sampler("pndm")(sched, prk_warmup=True).prepare(grid)
         assert len(times) == 6 + 9

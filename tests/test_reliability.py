@@ -63,8 +63,14 @@ class FaultySampler(DDIMSampler):
             except StopIteration as stop:
                 x, done = stop.value, True
             if k == 1 or done:
-                x = {"nan": lambda: x * float("nan"), "none": lambda: None, "shape": lambda: x[:1],
-                     "dtype": lambda: x.double(), "raise": lambda: 1 / 0, "ok": lambda: x}[self.fault]()
+                x = {
+                    "nan": lambda: x * float("nan"),
+                    "none": lambda: None,
+                    "shape": lambda: x[:1],
+                    "dtype": lambda: x.double(),
+                    "raise": lambda: 1 / 0,
+                    "ok": lambda: x,
+                }[self.fault]()
             if done:
                 return x
             k += 1
@@ -88,12 +94,15 @@ def faulty():
 ORIGIN = r"sampler 'faulty' \(plugin 'faulty-plugin', distribution faulty-dist 9\.9\)"
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("nan", ORIGIN + r" after step 1 .*contains NaN or inf although its inputs are finite"),
-    ("none", ORIGIN + r" returned None after model evaluation 1"),
-    ("shape", ORIGIN + r" returned a tensor of shape \(1, 2, 4, 4\).* after model evaluation 1"),
-    ("dtype", ORIGIN + r" returned a tensor of shape \(2, 2, 4, 4\), torch.float64 .*expected .*torch.float32"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("nan", ORIGIN + r" after step 1 .*contains NaN or inf although its inputs are finite"),
+        ("none", ORIGIN + r" returned None after model evaluation 1"),
+        ("shape", ORIGIN + r" returned a tensor of shape \(1, 2, 4, 4\).* after model evaluation 1"),
+        ("dtype", ORIGIN + r" returned a tensor of shape \(2, 2, 4, 4\), torch.float64 .*expected .*torch.float32"),
+    ],
+)
 def test_a_sampler_returning_garbage_is_named_with_its_distribution(faulty, fault, message):
     """What a plugin's loop hands back is checked at the step it appears, and the error names the sampler and the
     distribution that ships it — not the model, and not a crash inside the UNet at the next call."""
@@ -337,8 +346,11 @@ def test_set_timesteps_from_another_thread_mid_loop():
     th.join()
     assert torch.equal(result["b"], ref_b)
     t = sched.timesteps[0]
-    with pytest.raises(ValueError, match=r"thread 'MainThread' called step\(\) while the current sampling loop "
-                                         r"belongs to thread 'other-thread'"):
+    with pytest.raises(
+        ValueError,
+        match=r"thread 'MainThread' called step\(\) while the current sampling loop "
+        r"belongs to thread 'other-thread'",
+    ):
         sched.step(toy_model(x, t), t, x)
     # this thread starts its own loop again: fine
     sched.set_timesteps(6)
@@ -405,6 +417,7 @@ def test_pndm_zero_terminal_snr_in_low_precision(dtype, n):
     """``pndm`` from a zero-terminal-SNR start (s = 2⁻¹²): its ε-form transfer (s'/s) x + (σ' − s'σ/s) ε̂ had
     terms of size 40·|x| cancelling to ~1, so float16 / bfloat16 gave std 2.6 / 14.8 at 10 steps against 0.49 in
     float32. In data-prediction form the low-precision std matches float32's to within rounding."""
+
     def make():
         return UnifiedScheduler(sampler="pndm", rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
@@ -423,6 +436,7 @@ def test_pc_zero_terminal_snr_converges_on_karras_and_lambda_grids():
     Bound at 200 steps: 4 Monte-Carlo standard errors of the std (0.5/√(2·32000) = 0.002), plus the Langevin
     corrector's documented stationary bias (variance × 1/(1 − snr²), snr = 0.15: +0.0057 on the std) and the
     predictor's first-order error (measured +0.002 at 200 steps)."""
+
     def make(grid):
         return UnifiedScheduler(sampler="pc", rescale_betas_zero_snr=True, timestep_spacing="trailing", time_grid=grid)
 
@@ -458,16 +472,40 @@ def test_nll_with_one_sample_prints_no_nan_error_bar(tmp_path, capsys):
     from unisde.cli import main
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
     with torch.no_grad():
         unet.conv_out.weight.mul_(0.01)
         unet.conv_out.bias.zero_()
     unet.save_pretrained(str(tmp_path / "unet"))
     UnifiedScheduler(prediction_type="epsilon").save_pretrained(str(tmp_path / "scheduler"))
-    rc = main(["nll", str(tmp_path), "--num_samples", "1", "--batch_size", "1", "--trace", "hutchinson",
-               "--rtol", "1e-2", "--atol", "1e-2", "--t_min", "1e-2", "--no_progress"])
+    rc = main(
+        [
+            "nll",
+            str(tmp_path),
+            "--num_samples",
+            "1",
+            "--batch_size",
+            "1",
+            "--trace",
+            "hutchinson",
+            "--rtol",
+            "1e-2",
+            "--atol",
+            "1e-2",
+            "--t_min",
+            "1e-2",
+            "--no_progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     line = next(line for line in out.splitlines() if line.startswith("bits/dim:"))
@@ -506,8 +544,13 @@ def sampler_and_options(draw):
     return name, {key: draw(option_values(specs[key])) for key in keys}
 
 
-SCHEDULE_PARAMS = {"sigma_min": (0.002, 0.01, 0.5, 0.0, -1.0), "sigma_max": (1.0, 50.0, 80.0, 0.001),
-                   "beta_min": (0.1, 1.0, -1.0), "beta_max": (20.0, 5.0, 0.05), "rho": (7.0, 1.0, 0.5, -2.0)}
+SCHEDULE_PARAMS = {
+    "sigma_min": (0.002, 0.01, 0.5, 0.0, -1.0),
+    "sigma_max": (1.0, 50.0, 80.0, 0.001),
+    "beta_min": (0.1, 1.0, -1.0),
+    "beta_max": (20.0, 5.0, 0.05),
+    "rho": (7.0, 1.0, 0.5, -2.0),
+}
 
 
 @st.composite
@@ -527,7 +570,9 @@ def schedule_specs(draw):
 def scheduler_cases(draw):
     sampler, options = draw(sampler_and_options())
     kwargs = dict(
-        sampler=sampler, sampler_options=options, schedule=draw(schedule_specs()),
+        sampler=sampler,
+        sampler_options=options,
+        schedule=draw(schedule_specs()),
         time_grid=draw(st.sampled_from([None] + unisde.grids.list_grids())),
         beta_schedule=draw(st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"])),
         rescale_betas_zero_snr=draw(st.booleans()),
@@ -545,14 +590,24 @@ def scheduler_cases(draw):
 
 def _same_schedule(a: NoiseSchedule, b: NoiseSchedule) -> bool:
     t = torch.linspace(0.01, 0.99, 7, dtype=torch.float64)
-    return (torch.allclose(a.s(t), b.s(t), rtol=1e-12, atol=0)
-            and torch.allclose(a.sigma(t), b.sigma(t), rtol=1e-12, atol=0))
+    return torch.allclose(a.s(t), b.s(t), rtol=1e-12, atol=0) and torch.allclose(
+        a.sigma(t), b.sigma(t), rtol=1e-12, atol=0
+    )
 
 
 def _case(sampler, options, schedule=None, dtype=torch.float32, steps=6, **keys):
-    kwargs = dict(sampler=sampler, sampler_options=options, schedule=schedule, time_grid=None, beta_schedule="linear",
-                  rescale_betas_zero_snr=False, num_train_timesteps=1000, prediction_type="epsilon",
-                  timestep_spacing="leading", clip_sample=False)
+    kwargs = dict(
+        sampler=sampler,
+        sampler_options=options,
+        schedule=schedule,
+        time_grid=None,
+        beta_schedule="linear",
+        rescale_betas_zero_snr=False,
+        num_train_timesteps=1000,
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        clip_sample=False,
+    )
     return {**kwargs, **keys}, dtype, steps
 
 
@@ -561,8 +616,7 @@ def _case(sampler, options, schedule=None, dtype=torch.float32, steps=6, **keys)
 @example(_case("lcm", {"timestep_scaling": float("inf")}, schedule="ve", dtype=torch.bfloat16, steps=10))
 @example(_case("dpm_2_ancestral", {"s_noise": float("inf")}, schedule="ve", prediction_type="v_prediction"))
 @example(_case("ncsn", {"step_lr": 0.3}, schedule="flow", prediction_type="sample", steps=5))
-@settings(max_examples=57, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=57, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scheduler_cases())
 def test_any_configuration_is_a_clear_error_or_a_finite_result(case):
     """Random schedule specs (names, small dicts with wrong values), diffusers β keys, grids, samplers with one or

@@ -22,10 +22,10 @@ from diffusers import ScoreSdeVeScheduler
 import unisde
 from unisde import NoiseSchedule, get_sampler
 from unisde.analytic import Gaussian
+from unisde.diffusers.scheduler import UnifiedScheduler
 from unisde.grids import make_grid
 from unisde.samplers.ncsn import technique4_ratio
 from unisde.sampling import run_loop
-from unisde.diffusers.scheduler import UnifiedScheduler
 
 MU, V0 = 0.5, 0.25
 BUILTIN = ("ddpm", "ddim", "ncsn", "pc", "edm", "sde", "ode", "lms", "unipc", "pndm")
@@ -106,11 +106,19 @@ def test_every_sampler_runs_every_parameterization_on_every_schedule(name, param
 
 @pytest.mark.parametrize("name", ["ncsn", "pc", "sde", "ode"])
 def test_zero_terminal_snr_table_stays_finite(name):
-    cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True,
-           "timestep_spacing": "trailing", "prediction_type": "v_prediction"}
+    cfg = {
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "rescale_betas_zero_snr": True,
+        "timestep_spacing": "trailing",
+        "prediction_type": "v_prediction",
+    }
     uni = UnifiedScheduler(sampler=name, time_grid="trailing", **cfg)
     uni.set_timesteps(4)
-    model = Gaussian(torch.full((4,), MU), torch.tensor(V0), event_shape=(1, 2, 2)).as_model("v_prediction", uni.noise_schedule)
+    model = Gaussian(torch.full((4,), MU), torch.tensor(V0), event_shape=(1, 2, 2)).as_model(
+        "v_prediction", uni.noise_schedule
+    )
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 1, 2, 2, generator=gen) * uni.init_noise_sigma
     for t in uni.timesteps:
@@ -118,14 +126,29 @@ def test_zero_terminal_snr_table_stays_finite(name):
     assert torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("name, options, bad", [
-    ("ncsn", {"n_steps_each": 0}, "n_steps_each"), ("ncsn", {"n_steps_each": "5"}, "n_steps_each"),
-    ("ncsn", {"step_lr": -1.0}, "step_lr"), ("ncsn", {"denoise": 1}, "denoise"), ("ncsn", {"steps": 3}, "steps"),
-    ("pc", {"predictor": "heun"}, "predictor"), ("pc", {"snr": "0.1"}, "snr"), ("pc", {"correct_steps": -1}, "correct_steps"),
-    ("pc", {"discretization": "uniform"}, "discretization"), ("sde", {"eta": -0.5}, "eta"), ("sde", {"eta": None}, "eta"), ("sde", {"method": "heun"}, "method"), ("lms", {"lms_order": 5}, "lms_order"), ("unipc", {"variant": "bh3"}, "variant"),
-    ("unipc", {"disable_corrector": [-1]}, "disable_corrector"),
-    ("ode", {"solver": "rk5"}, "solver"), ("ode", {"solver": 4}, "solver"), ("ode", {"tol": 1e-3}, "tol"),
-])
+@pytest.mark.parametrize(
+    "name, options, bad",
+    [
+        ("ncsn", {"n_steps_each": 0}, "n_steps_each"),
+        ("ncsn", {"n_steps_each": "5"}, "n_steps_each"),
+        ("ncsn", {"step_lr": -1.0}, "step_lr"),
+        ("ncsn", {"denoise": 1}, "denoise"),
+        ("ncsn", {"steps": 3}, "steps"),
+        ("pc", {"predictor": "heun"}, "predictor"),
+        ("pc", {"snr": "0.1"}, "snr"),
+        ("pc", {"correct_steps": -1}, "correct_steps"),
+        ("pc", {"discretization": "uniform"}, "discretization"),
+        ("sde", {"eta": -0.5}, "eta"),
+        ("sde", {"eta": None}, "eta"),
+        ("sde", {"method": "heun"}, "method"),
+        ("lms", {"lms_order": 5}, "lms_order"),
+        ("unipc", {"variant": "bh3"}, "variant"),
+        ("unipc", {"disable_corrector": [-1]}, "disable_corrector"),
+        ("ode", {"solver": "rk5"}, "solver"),
+        ("ode", {"solver": 4}, "solver"),
+        ("ode", {"tol": 1e-3}, "tol"),
+    ],
+)
 def test_bad_options_are_value_errors_naming_the_option(name, options, bad):
     with pytest.raises(ValueError, match=bad):
         UnifiedScheduler(sampler=name, sampler_options=options)
@@ -156,7 +179,8 @@ def test_ncsn_default_step_reproduces_ncsnv2_cifar10():
 
 
 def test_ncsn_final_denoise_is_tweedie():
-    """With denoise=True the output is D(x̃; σ̃_L) of the last Langevin sample (Tweedie's formula; Karras et al. 2022, eq. 3)."""
+    """With denoise=True the output is D(x̃; σ̃_L) of the last Langevin sample (Tweedie's formula;
+    Karras et al. 2022, eq. 3)."""
     sched = NoiseSchedule.ve()
     grid = make_grid(sched, 3, "uniform_lambda")
     smp = get_sampler("ncsn")(sched, n_steps_each=2)
@@ -164,14 +188,21 @@ def test_ncsn_final_denoise_is_tweedie():
     x = torch.randn(4, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
     smp.generator = torch.Generator().manual_seed(1)
     last = []  # D at the final evaluation
-    x = run_loop(smp, x, lambda x, k: exact_denoiser(x, float(times[k]), sched),
-                 callback=lambda k, x, d: last.append(d) if k == len(times) - 1 else None)
+    x = run_loop(
+        smp,
+        x,
+        lambda x, k: exact_denoiser(x, float(times[k]), sched),
+        callback=lambda k, x, d: last.append(d) if k == len(times) - 1 else None,
+    )
     expected = last[0]
     assert torch.equal(x, expected)
 
 
-@pytest.mark.parametrize("sched", [NoiseSchedule.ve(), NoiseSchedule.from_diffusers_config({}), NoiseSchedule.edm()],
-                         ids=["ve", "ddpm-table", "edm"])
+@pytest.mark.parametrize(
+    "sched",
+    [NoiseSchedule.ve(), NoiseSchedule.from_diffusers_config({}), NoiseSchedule.edm()],
+    ids=["ve", "ddpm-table", "edm"],
+)
 def test_ncsn_moments_approach_the_target_as_levels_and_steps_grow(sched):
     """Annealed Langevin is biased at any finite setting (unadjusted steps, finite mixing per level); its exact
     output moments approach N(μ, v0) as levels L and steps T grow. Mean: exact by symmetry of the VE view."""
@@ -188,8 +219,12 @@ def test_ncsn_moments_approach_the_target_as_levels_and_steps_grow(sched):
 def test_ncsn_monte_carlo_through_scheduler_matches_exact_moments():
     """Real noise draws through UnifiedScheduler (score model on VE): sample mean/variance within 5 standard
     errors of the exact output moments of the same configuration."""
-    uni = UnifiedScheduler(schedule={"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}, prediction_type="score",
-                           sampler="ncsn", sampler_options={"n_steps_each": 4})
+    uni = UnifiedScheduler(
+        schedule={"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0},
+        prediction_type="score",
+        sampler="ncsn",
+        sampler_options={"n_steps_each": 4},
+    )
     n_levels, batch, dim = 20, 500, 8
     uni.set_timesteps(n_levels)
     sched = uni.noise_schedule
@@ -198,7 +233,9 @@ def test_ncsn_monte_carlo_through_scheduler_matches_exact_moments():
     model = Gaussian(torch.full((dim,), MU), torch.tensor(V0)).as_model("score", sched)
     gen = torch.Generator().manual_seed(3)
     # start from the exact marginal at t_0 (the exact-moment computation does the same)
-    x = MU + math.sqrt(V0 + float(sched.sigma(grid[0])) ** 2) * torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    x = MU + math.sqrt(V0 + float(sched.sigma(grid[0])) ** 2) * torch.randn(
+        batch, dim, generator=gen, dtype=torch.float64
+    )
     for t in uni.timesteps:
         x = uni.step(model(x, t), t, x, generator=gen).prev_sample
     n = batch * dim
@@ -278,9 +315,16 @@ def test_pc_predictor_alone_converges_at_first_order():
 
 
 # ============================================================================ sde
-@pytest.mark.parametrize("sched, kind", [(NoiseSchedule.vp_linear(), "uniform_t"), (NoiseSchedule.from_diffusers_config({}), "uniform_t"),
-                                         (NoiseSchedule.ve(), "uniform_t"), (NoiseSchedule.edm(), "karras")],
-                         ids=["vp-linear", "ddpm-table", "ve", "edm"])
+@pytest.mark.parametrize(
+    "sched, kind",
+    [
+        (NoiseSchedule.vp_linear(), "uniform_t"),
+        (NoiseSchedule.from_diffusers_config({}), "uniform_t"),
+        (NoiseSchedule.ve(), "uniform_t"),
+        (NoiseSchedule.edm(), "karras"),
+    ],
+    ids=["vp-linear", "ddpm-table", "ve", "edm"],
+)
 def test_sde_weak_error_is_first_order(sched, kind):
     """Exact output mean/variance of Euler–Maruyama vs the exact law of its last step's target, D(x_{t_last})
     with x_{t_last} ~ p_{t_last} (mean μ, variance s² v0²/(s² v0 + σ²)): errors halve (or better) per doubling."""
@@ -300,10 +344,13 @@ def test_sde_weak_error_is_first_order(sched, kind):
 
 def test_sde_eta_comes_from_the_pipeline_unless_fixed():
     """DDIM pipelines pass eta: η = 0 makes `sde` deterministic (the PF-ODE); a user-fixed η wins."""
+
     def run(uni, seed, eta):
         uni.set_timesteps(5)
         x = torch.ones(1, 1, 2, 2)
-        model = Gaussian(torch.full((4,), MU), torch.tensor(V0), event_shape=(1, 2, 2)).as_model("epsilon", uni.noise_schedule)
+        model = Gaussian(torch.full((4,), MU), torch.tensor(V0), event_shape=(1, 2, 2)).as_model(
+            "epsilon", uni.noise_schedule
+        )
         gen = torch.Generator().manual_seed(seed)
         for t in uni.timesteps:
             x = uni.step(model(x, t), t, x, eta=eta, generator=gen).prev_sample
@@ -323,16 +370,26 @@ def test_sde_exponential_is_ddpm_at_eta_one_and_ddim_at_eta_zero(eta, twin, twin
     sched = NoiseSchedule.from_diffusers_config({})
     grid = make_grid(sched, 10, "uniform_t")
     x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    ours, _ = run_sampler("sde", sched, grid, x, {"method": "exponential", "eta": eta}, torch.Generator().manual_seed(1))
+    ours, _ = run_sampler(
+        "sde", sched, grid, x, {"method": "exponential", "eta": eta}, torch.Generator().manual_seed(1)
+    )
     ref, _ = run_sampler(twin, sched, grid, x, twin_opts, torch.Generator().manual_seed(1))
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("sched, kind", [(NoiseSchedule.from_diffusers_config({}), "uniform_t"), (NoiseSchedule.ve(), "uniform_t"),
-                                         (NoiseSchedule.edm(), "karras")], ids=["ddpm-table", "ve", "edm"])
+@pytest.mark.parametrize(
+    "sched, kind",
+    [
+        (NoiseSchedule.from_diffusers_config({}), "uniform_t"),
+        (NoiseSchedule.ve(), "uniform_t"),
+        (NoiseSchedule.edm(), "karras"),
+    ],
+    ids=["ddpm-table", "ve", "edm"],
+)
 def test_sde_exponential_is_stable_at_few_steps_and_first_order(sched, kind):
     """Exact output moments (as in the Euler–Maruyama test): at 4 steps Euler–Maruyama's error explodes (≥ 10 here)
     while the exponential step stays below 0.25; both are first order as the steps grow."""
+
     def error(n, method):
         grid = make_grid(sched, n, kind)
         t_last = float(grid[-2])
@@ -347,8 +404,15 @@ def test_sde_exponential_is_stable_at_few_steps_and_first_order(sched, kind):
 
 
 # ============================================================================ lms
-@pytest.mark.parametrize("sched, kind", [(NoiseSchedule.from_diffusers_config({}), "karras"), (NoiseSchedule.edm(), "karras"),
-                                         (NoiseSchedule.vp_linear(), "uniform_lambda")], ids=["ddpm-table", "edm", "vp-linear"])
+@pytest.mark.parametrize(
+    "sched, kind",
+    [
+        (NoiseSchedule.from_diffusers_config({}), "karras"),
+        (NoiseSchedule.edm(), "karras"),
+        (NoiseSchedule.vp_linear(), "uniform_lambda"),
+    ],
+    ids=["ddpm-table", "edm", "vp-linear"],
+)
 def test_lms_convergence_order(sched, kind):
     """Adams–Bashforth of order p on the PF-ODE with the exact Gaussian denoiser, against the exact flow
     x̃(0) = μ + (x̃_0 − μ) √(v0/(v0 + σ̃_0²)): the error falls like n^−p (measured ≈ p − 0.3 at 64 → 128 steps)."""
@@ -357,8 +421,13 @@ def test_lms_convergence_order(sched, kind):
         for n in (32, 64, 128):
             grid = make_grid(sched, n, kind)
             t0 = float(grid[0])
-            out, _ = run_sampler("lms", sched, grid, torch.tensor([[1.3 * float(sched.s(t0))]], dtype=torch.float64),
-                                 {"lms_order": order})
+            out, _ = run_sampler(
+                "lms",
+                sched,
+                grid,
+                torch.tensor([[1.3 * float(sched.s(t0))]], dtype=torch.float64),
+                {"lms_order": order},
+            )
             exact = MU + (1.3 - MU) * math.sqrt(V0 / (V0 + float(sched.ve_sigma(t0)) ** 2))
             errs.append(abs(float(out) - exact))
         measured = math.log2(errs[-2] / errs[-1])
@@ -390,8 +459,13 @@ def test_unipc_corrector_raises_the_order_by_one():
         errs = []
         for n in (32, 64, 128):
             grid = make_grid(sched, n, "uniform_lambda")
-            out, _ = run_sampler("unipc", sched, grid, torch.tensor([[1.3]], dtype=torch.float64),
-                                 {"solver_order": order, "lower_order_final": False})
+            out, _ = run_sampler(
+                "unipc",
+                sched,
+                grid,
+                torch.tensor([[1.3]], dtype=torch.float64),
+                {"solver_order": order, "lower_order_final": False},
+            )
             exact = MU + (1.3 - MU) * math.sqrt(V0 / (V0 + float(sched.ve_sigma(grid[0])) ** 2))
             errs.append(abs(float(out) - exact))
         measured = math.log2(errs[-2] / errs[-1])
@@ -432,12 +506,18 @@ def _pf_ode_reference(sched, grid, x_start):
     return exact_denoiser(x_ve * float(sched.s(tl)), tl, sched)
 
 
-@pytest.mark.parametrize("sched", [NoiseSchedule.vp_linear(), NoiseSchedule.ve(), NoiseSchedule.edm()], ids=["vp-linear", "ve", "edm"])
-@pytest.mark.parametrize("solver, order, steps", [("euler", 1, (16, 32, 64)), ("heun", 2, (16, 32, 64)),
-                                                  ("rk3", 3, (32, 64, 128)), ("rk4", 4, (8, 16, 32))])
+@pytest.mark.parametrize(
+    "sched", [NoiseSchedule.vp_linear(), NoiseSchedule.ve(), NoiseSchedule.edm()], ids=["vp-linear", "ve", "edm"]
+)
+@pytest.mark.parametrize(
+    "solver, order, steps",
+    [("euler", 1, (16, 32, 64)), ("heun", 2, (16, 32, 64)), ("rk3", 3, (32, 64, 128)), ("rk4", 4, (8, 16, 32))],
+)
 def test_ode_convergence_order(sched, solver, order, steps):
     """Karras grids with n, 2n, 4n steps: the global error at the end drops by ≈ 2^p (p = the solver's order)."""
-    x_start = torch.linspace(-3, 3, 9, dtype=torch.float64).reshape(9, 1) * float(sched.sigma(1.0)) + MU * float(sched.s(1.0))
+    x_start = torch.linspace(-3, 3, 9, dtype=torch.float64).reshape(9, 1) * float(sched.sigma(1.0)) + MU * float(
+        sched.s(1.0)
+    )
     errs = []
     for n in steps:
         grid = make_grid(sched, n, "karras")

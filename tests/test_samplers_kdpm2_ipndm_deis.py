@@ -48,8 +48,9 @@ def start_noise(seed: int = 0, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def lockstep(ref, uni, n: int, x_start: torch.Tensor, *, ve_view: bool, seed: int = 1, begin: int = 0,
-             model=fake_model) -> tuple[float, float]:
+def lockstep(
+    ref, uni, n: int, x_start: torch.Tensor, *, ve_view: bool, seed: int = 1, begin: int = 0, model=fake_model
+) -> tuple[float, float]:
     """Run the diffusers pipeline loop on both schedulers side by side (from evaluation ``begin``, as img2img
     pipelines enter with ``set_begin_index``) and return (max state difference over all calls, reference scale).
     ``x_start`` is the reference's start; with ``ve_view`` unisde starts from s(t) · x_start."""
@@ -78,9 +79,14 @@ def lockstep(ref, uni, n: int, x_start: torch.Tensor, *, ve_view: bool, seed: in
 
 
 # ============================================================================ conversions
-@pytest.mark.parametrize("cls, sampler", [(KDPM2DiscreteScheduler, "dpm_2"),
-                                          (KDPM2AncestralDiscreteScheduler, "dpm_2_ancestral"),
-                                          (DEISMultistepScheduler, "deis")])
+@pytest.mark.parametrize(
+    "cls, sampler",
+    [
+        (KDPM2DiscreteScheduler, "dpm_2"),
+        (KDPM2AncestralDiscreteScheduler, "dpm_2_ancestral"),
+        (DEISMultistepScheduler, "deis"),
+    ],
+)
 def test_from_config_picks_the_twin(cls, sampler):
     ref = cls()  # alive: a live config is traced to its owner (KDPM2, KDPM2Ancestral and LMS share their keys)
     uni = UnifiedScheduler.from_config(ref.config)
@@ -103,22 +109,37 @@ def test_conversion_keys():
     assert deis.config.final_sigmas_type == "sigma_min" and deis.config.time_grid == "linspace_multistep"
     assert deis._sampler.opts == {"solver_order": 3, "lower_order_final": False}
     # another sampler on a KDPM2 model: schedule and grid from the config, the algorithm replaced
-    other = UnifiedScheduler.from_config({**KDPM2DiscreteScheduler().config, "_class_name": "KDPM2DiscreteScheduler"},
-                                         sampler="deis")
+    other = UnifiedScheduler.from_config(
+        {**KDPM2DiscreteScheduler().config, "_class_name": "KDPM2DiscreteScheduler"}, sampler="deis"
+    )
     assert other.config.sampler == "deis"
 
 
-@pytest.mark.parametrize("cls, kwargs, match", [
-    (DEISMultistepScheduler, {"use_karras_sigmas": True}, "zero-length step"),
-    (DEISMultistepScheduler, {"use_exponential_sigmas": True}, "zero-length step"),
-    (DEISMultistepScheduler, {"use_flow_sigmas": True}, "use_flow_sigmas"),
-    (DEISMultistepScheduler, {"prediction_type": "flow_prediction"}, "prediction_type"),
-    (KDPM2DiscreteScheduler, {"use_karras_sigmas": True, "timestep_spacing": "leading"},
-     "move with num_inference_steps"),
-    (KDPM2AncestralDiscreteScheduler, {"use_exponential_sigmas": True, "timestep_spacing": "trailing"}, "linspace"),
-    (KDPM2DiscreteScheduler, {"use_beta_sigmas": True}, "use_beta_sigmas"),
-], ids=["deis-karras", "deis-exponential", "deis-flow", "deis-flow-prediction", "kdpm2-karras-leading",
-        "kdpm2a-exp-trailing", "kdpm2-beta"])
+@pytest.mark.parametrize(
+    "cls, kwargs, match",
+    [
+        (DEISMultistepScheduler, {"use_karras_sigmas": True}, "zero-length step"),
+        (DEISMultistepScheduler, {"use_exponential_sigmas": True}, "zero-length step"),
+        (DEISMultistepScheduler, {"use_flow_sigmas": True}, "use_flow_sigmas"),
+        (DEISMultistepScheduler, {"prediction_type": "flow_prediction"}, "prediction_type"),
+        (
+            KDPM2DiscreteScheduler,
+            {"use_karras_sigmas": True, "timestep_spacing": "leading"},
+            "move with num_inference_steps",
+        ),
+        (KDPM2AncestralDiscreteScheduler, {"use_exponential_sigmas": True, "timestep_spacing": "trailing"}, "linspace"),
+        (KDPM2DiscreteScheduler, {"use_beta_sigmas": True}, "use_beta_sigmas"),
+    ],
+    ids=[
+        "deis-karras",
+        "deis-exponential",
+        "deis-flow",
+        "deis-flow-prediction",
+        "kdpm2-karras-leading",
+        "kdpm2a-exp-trailing",
+        "kdpm2-beta",
+    ],
+)
 def test_unreproduced_flags_are_refused(cls, kwargs, match):
     config = {**cls().config, **kwargs, "_class_name": cls.__name__}
     with pytest.raises(ConversionError, match=match):
@@ -152,8 +173,10 @@ def test_kdpm2_per_step_parity(cls, config, n):
     UnifiedScheduler. Timesteps agree to float32 rounding of fractional indices, except on Karras grids, where
     diffusers rounds the grid points' timesteps (not the midpoints') and unisde feeds the exact index (|Δ| < 0.5)."""
     if cls is KDPM2AncestralDiscreteScheduler and config.get("beta_schedule") == "squaredcos_cap_v2":
-        pytest.skip("diffusers' float32 KDPM2Ancestral returns NaN on this table: σ_down = (σ_next² − σ_up²)^½ cancels "
-                    "at σ̃_max/σ̃_next ≈ 7·10³ (unisde computes σ̃_down without the subtraction; see the next test)")
+        pytest.skip(
+            "diffusers' float32 KDPM2Ancestral returns NaN on this table: σ_down = (σ_next² − σ_up²)^½ cancels "
+            "at σ̃_max/σ̃_next ≈ 7·10³ (unisde computes σ̃_down without the subtraction; see the next test)"
+        )
     ref = cls(**config)
     uni = UnifiedScheduler.from_config(ref.config)
     ref.set_timesteps(n)
@@ -212,8 +235,12 @@ def test_kdpm2_ancestral_noise_follows_the_generator():
 def test_deis_per_step_parity(order, prediction_type, spacing, n):
     """diffusers' DEISMultistepScheduler (log ρ multistep, lower_order_final, last step to the table's σ_min) and the
     converted UnifiedScheduler: same integer timesteps, same state after every step (model space, float32)."""
-    ref = DEISMultistepScheduler(solver_order=order, prediction_type=prediction_type, timestep_spacing=spacing,
-                                 steps_offset=1 if spacing == "leading" else 0)
+    ref = DEISMultistepScheduler(
+        solver_order=order,
+        prediction_type=prediction_type,
+        timestep_spacing=spacing,
+        steps_offset=1 if spacing == "leading" else 0,
+    )
     uni = UnifiedScheduler.from_config(ref.config)
     ref.set_timesteps(n)
     uni.set_timesteps(n)
@@ -223,13 +250,22 @@ def test_deis_per_step_parity(order, prediction_type, spacing, n):
     assert worst <= REL_TOL * scale, f"{what}: {worst:.3g} > 1e-5 × {scale:.3g}"
 
 
-@pytest.mark.parametrize("config", [
-    {"solver_order": 3, "lower_order_final": False},
-    {"solver_order": 2, "lower_order_final": False, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-     "beta_end": 0.012},
-    {"solver_order": 2, "thresholding": True, "prediction_type": "sample", "sample_max_value": 1.5},
-    {"algorithm_type": "dpmsolver++", "solver_type": "midpoint"},  # diffusers maps these to deis / logrho
-], ids=["no-lower-final", "scaled-linear", "thresholding", "mapped-algorithm"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"solver_order": 3, "lower_order_final": False},
+        {
+            "solver_order": 2,
+            "lower_order_final": False,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+        },
+        {"solver_order": 2, "thresholding": True, "prediction_type": "sample", "sample_max_value": 1.5},
+        {"algorithm_type": "dpmsolver++", "solver_type": "midpoint"},  # diffusers maps these to deis / logrho
+    ],
+    ids=["no-lower-final", "scaled-linear", "thresholding", "mapped-algorithm"],
+)
 @pytest.mark.parametrize("n", [8, 16])
 def test_deis_flag_parity(config, n):
     ref = DEISMultistepScheduler(**config)
@@ -256,14 +292,21 @@ def test_deis_float64_parity_is_exact(order, n):
     assert float((x_ref - x_uni).abs().max()) <= 1e-11 * float(x_ref.abs().max())
 
 
-@pytest.mark.parametrize("config, n", [
-    ({"solver_order": 3, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}, 8),
-    ({"solver_order": 3, "prediction_type": "v_prediction"}, 20), ({"solver_order": 3}, 40), ({"solver_order": 2}, 60),
-], ids=["cosine-v-8", "v-20", "eps-40", "order2-60"])
+@pytest.mark.parametrize(
+    "config, n",
+    [
+        ({"solver_order": 3, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}, 8),
+        ({"solver_order": 3, "prediction_type": "v_prediction"}, 20),
+        ({"solver_order": 3}, 40),
+        ({"solver_order": 2}, 60),
+    ],
+    ids=["cosine-v-8", "v-20", "eps-40", "order2-60"],
+)
 def test_deis_float32_is_closer_to_the_float64_run_than_diffusers(config, n):
     """Where float32 parity is not asserted: on fine grids diffusers' float32 log ρ coefficients (and on the cosine
     table its x/α at α ≈ 5·10⁻⁵) lose digits. Against the float64 run (the same algorithm, test above) unisde's
     float32 sample is the closer one."""
+
     def run(dtype, cast64):
         ref = DEISMultistepScheduler(**config)
         uni = UnifiedScheduler.from_config(ref.config)
@@ -360,8 +403,12 @@ def comfyui_sample_ipndm(model, x, sigmas, max_order=4, variable=False):
         elif order == 3:
             x_next = x_cur + (t_next - t_cur) * (23 * d_cur - 16 * buffer_model[-1] + 5 * buffer_model[-2]) / 12
         elif order == 4:
-            x_next = x_cur + (t_next - t_cur) * (55 * d_cur - 59 * buffer_model[-1] + 37 * buffer_model[-2]
-                                                 - 9 * buffer_model[-3]) / 24
+            x_next = (
+                x_cur
+                + (t_next - t_cur)
+                * (55 * d_cur - 59 * buffer_model[-1] + 37 * buffer_model[-2] - 9 * buffer_model[-3])
+                / 24
+            )
         if len(buffer_model) == max_order - 1:
             for k in range(max_order - 2):
                 buffer_model[k] = buffer_model[k + 1]
@@ -378,12 +425,19 @@ def ve_denoiser(x, sigma):
 
 def karras_sigmas(smax, smin, n, rho=7.0):
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    return torch.cat([(smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho,
-                      torch.zeros(1, dtype=torch.float64)])
+    return torch.cat(
+        [
+            (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho,
+            torch.zeros(1, dtype=torch.float64),
+        ]
+    )
 
 
-REFERENCE_SCHEDULES = {"edm": lambda: NoiseSchedule.edm(), "vp-table": lambda: NoiseSchedule.from_diffusers_config({}),
-                       "vp-linear": lambda: NoiseSchedule.vp_linear()}
+REFERENCE_SCHEDULES = {
+    "edm": lambda: NoiseSchedule.edm(),
+    "vp-table": lambda: NoiseSchedule.from_diffusers_config({}),
+    "vp-linear": lambda: NoiseSchedule.vp_linear(),
+}
 
 
 def run_unisde(name, sched, sigmas, x_ve, options=None, noise=None):
@@ -443,17 +497,21 @@ def test_ipndm_v_is_lms_and_ipndm_on_a_uniform_grid():
     sched = NoiseSchedule.from_diffusers_config({})
     x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 8.0
     graded = karras_sigmas(8.0, 0.05, 12)
-    torch.testing.assert_close(run_unisde("ipndm_v", sched, graded, x), run_unisde("lms", sched, graded, x),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        run_unisde("ipndm_v", sched, graded, x), run_unisde("lms", sched, graded, x), rtol=1e-12, atol=1e-12
+    )
     uniform = torch.linspace(8.0, 0.0, 13, dtype=torch.float64)  # equal steps, the last one to σ̃ = 0 included
-    torch.testing.assert_close(run_unisde("ipndm_v", sched, uniform, x), run_unisde("ipndm", sched, uniform, x),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        run_unisde("ipndm_v", sched, uniform, x), run_unisde("ipndm", sched, uniform, x), rtol=1e-12, atol=1e-12
+    )
 
 
 # ============================================================================ convergence orders
-ORDER_CASES = {"vp-table/karras": (lambda: NoiseSchedule.from_diffusers_config({}), "karras"),
-               "edm/karras": (lambda: NoiseSchedule.edm(), "karras"),
-               "vp-linear/uniform_lambda": (lambda: NoiseSchedule.vp_linear(), "uniform_lambda")}
+ORDER_CASES = {
+    "vp-table/karras": (lambda: NoiseSchedule.from_diffusers_config({}), "karras"),
+    "edm/karras": (lambda: NoiseSchedule.edm(), "karras"),
+    "vp-linear/uniform_lambda": (lambda: NoiseSchedule.vp_linear(), "uniform_lambda"),
+}
 
 
 def flow_error(name, sched, grid, options=None) -> float:
@@ -535,8 +593,15 @@ def test_functional_api_lands_on_the_exact_flow(name):
     sched = NoiseSchedule.from_diffusers_config({})
     dist = Gaussian(torch.full((2,), MU), torch.tensor(V0))
     noise = torch.tensor([[1.3, -0.4]], dtype=torch.float64)
-    out = unisde.sample(None, noise, schedule=sched, sampler=name, num_inference_steps=40, time_grid="karras",
-                        denoiser=lambda x, t: dist.denoise(x, t, sched))
+    out = unisde.sample(
+        None,
+        noise,
+        schedule=sched,
+        sampler=name,
+        num_inference_steps=40,
+        time_grid="karras",
+        denoiser=lambda x, t: dist.denoise(x, t, sched),
+    )
     t0 = float(make_grid(sched, 40, "karras")[0])
     ve0, s0, sig0 = float(sched.ve_sigma(t0)), float(sched.s(t0)), float(sched.sigma(t0))
     x_ve = noise * math.sqrt(s0**2 + sig0**2) / s0
@@ -602,8 +667,9 @@ def test_dpm_2_ancestral_samples_the_gaussian_through_the_scheduler():
 
 
 # ============================================================================ every schedule and parameterisation
-@pytest.mark.parametrize("schedule", [None, {"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}, "edm"],
-                         ids=["vp-table", "ve", "edm"])
+@pytest.mark.parametrize(
+    "schedule", [None, {"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}, "edm"], ids=["vp-table", "ve", "edm"]
+)
 @pytest.mark.parametrize("name", ["dpm_2", "deis", "ipndm", "ipndm_v"])
 def test_deterministic_samplers_run_every_model_alike(name, schedule):
     """Through UnifiedScheduler (float64) with a perfect model of each parameterisation (ε, x0, v): the same output
@@ -634,8 +700,12 @@ def test_sampler_options_are_validated(name):
     smp = get_sampler(name)
     with pytest.raises(ValueError, match="unknown option"):
         smp(NoiseSchedule.vp_linear(), nope=1)
-    bad = {"deis": {"solver_order": 5}, "ipndm": {"max_order": 0}, "ipndm_v": {"max_order": 5},
-           "dpm_2_ancestral": {"eta": -1.0}}.get(name)
+    bad = {
+        "deis": {"solver_order": 5},
+        "ipndm": {"max_order": 0},
+        "ipndm_v": {"max_order": 5},
+        "dpm_2_ancestral": {"eta": -1.0},
+    }.get(name)
     if bad:
         with pytest.raises(ValueError, match=next(iter(bad))):
             smp(NoiseSchedule.vp_linear(), **bad)

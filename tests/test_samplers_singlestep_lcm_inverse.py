@@ -68,7 +68,7 @@ def parity(ref, uni, n, *, net=model, seed=5, start=None, step_kwargs=None, comp
     g_ref, g_uni = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     extra = dict(step_kwargs or {})
     worst, scale = 0.0, float(x.abs().max())
-    for t_ref, t_uni in list(zip(ref.timesteps, uni.timesteps))[start or 0:]:
+    for t_ref, t_uni in list(zip(ref.timesteps, uni.timesteps))[start or 0 :]:
         kw_ref = {**extra, **({"generator": g_ref} if takes_generator else {})}
         kw_uni = {**extra, **({"generator": g_uni} if takes_generator else {})}
         x = ref.step(net(x, t_ref), t_ref, x, **kw_ref).prev_sample
@@ -79,10 +79,14 @@ def parity(ref, uni, n, *, net=model, seed=5, start=None, step_kwargs=None, comp
 
 
 # ---------------------------------------------------------------------------------------------- singlestep
-SINGLESTEP_CASES = [(order, solver_type, algorithm) for order in (1, 2, 3) for solver_type in ("midpoint", "heun")
-                    for algorithm in ("dpmsolver++", "sde-dpmsolver++", "dpmsolver")
-                    if not (algorithm == "sde-dpmsolver++" and solver_type == "heun" and order == 3)
-                    and not (order == 1 and solver_type == "heun")]  # order 1 has a single form
+SINGLESTEP_CASES = [
+    (order, solver_type, algorithm)
+    for order in (1, 2, 3)
+    for solver_type in ("midpoint", "heun")
+    for algorithm in ("dpmsolver++", "sde-dpmsolver++", "dpmsolver")
+    if not (algorithm == "sde-dpmsolver++" and solver_type == "heun" and order == 3)
+    and not (order == 1 and solver_type == "heun")
+]  # order 1 has a single form
 
 
 @pytest.mark.parametrize("order, solver_type, algorithm", SINGLESTEP_CASES)
@@ -95,8 +99,13 @@ def test_singlestep_live_parity_over_orders_predictions_and_steps(order, solver_
     variant is compared in float64 (samples and diffusers' σ's), where the two agree to ≈ 3e-7."""
     for prediction in PREDICTIONS:
         for n, lower_order_final in ((6, False), (7, False), (10, True), (12, False)):
-            kw = dict(solver_order=order, solver_type=solver_type, algorithm_type=algorithm, prediction_type=prediction,
-                      lower_order_final=lower_order_final)
+            kw = dict(
+                solver_order=order,
+                solver_type=solver_type,
+                algorithm_type=algorithm,
+                prediction_type=prediction,
+                lower_order_final=lower_order_final,
+            )
             if algorithm == "dpmsolver":
                 kw["final_sigmas_type"] = "sigma_min"  # diffusers refuses dpmsolver with a final σ = 0
             ref = diffusers.DPMSolverSinglestepScheduler(**kw)
@@ -106,11 +115,15 @@ def test_singlestep_live_parity_over_orders_predictions_and_steps(order, solver_
             assert err <= TOL, (kw, n, err)
 
 
-@pytest.mark.parametrize("config", [
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction"},
-    {"beta_schedule": "squaredcos_cap_v2", "final_sigmas_type": "sigma_min", "solver_order": 3},
-    {"thresholding": True, "solver_order": 3, "solver_type": "heun", "prediction_type": "sample"},
-], ids=["scaled-v", "cosine-sigma_min", "thresholding"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction"},
+        {"beta_schedule": "squaredcos_cap_v2", "final_sigmas_type": "sigma_min", "solver_order": 3},
+        {"thresholding": True, "solver_order": 3, "solver_type": "heun", "prediction_type": "sample"},
+    ],
+    ids=["scaled-v", "cosine-sigma_min", "thresholding"],
+)
 def test_singlestep_parity_on_other_tables_and_flags(config):
     ref = diffusers.DPMSolverSinglestepScheduler(**config)
     uni = UnifiedScheduler.from_config(ref)
@@ -176,10 +189,16 @@ def test_singlestep_convergence_order_on_the_exact_gaussian_pf_ode(order, solver
     noise = torch.linspace(-2, 2, 9, dtype=torch.float64).reshape(9, 1)
     steps, errors = (12, 24, 48, 96), []
     for n in steps:
-        out = unisde.sample(None, noise.clone(), schedule=sched, sampler="dpmsolver_singlestep", num_inference_steps=n,
-                            time_grid="uniform_lambda", denoiser=lambda x, t: dist.denoise(x, t, sched),
-                            sampler_options={"solver_order": order, "solver_type": solver_type,
-                                             "algorithm_type": algorithm})
+        out = unisde.sample(
+            None,
+            noise.clone(),
+            schedule=sched,
+            sampler="dpmsolver_singlestep",
+            num_inference_steps=n,
+            time_grid="uniform_lambda",
+            denoiser=lambda x, t: dist.denoise(x, t, sched),
+            sampler_options={"solver_order": order, "solver_type": solver_type, "algorithm_type": algorithm},
+        )
         t_last = float(make_grid(sched, n, "uniform_lambda")[-2])
         reference = dist.denoise(_exact_flow(sched, 1.0, t_last, noise), t_last, sched)
         errors.append(float((out - reference).abs().max()))
@@ -188,8 +207,19 @@ def test_singlestep_convergence_order_on_the_exact_gaussian_pf_ode(order, solver
 
 
 # ---------------------------------------------------------------------------------------------- LCM / TCD
-@pytest.mark.parametrize("n, original_inference_steps, strength", [
-    (1, 50, 1.0), (4, 50, 1.0), (8, 50, 1.0), (50, 50, 1.0), (7, 40, 1.0), (3, 50, 0.5), (4, 1000, 1.0), (13, 30, 0.7)])
+@pytest.mark.parametrize(
+    "n, original_inference_steps, strength",
+    [
+        (1, 50, 1.0),
+        (4, 50, 1.0),
+        (8, 50, 1.0),
+        (50, 50, 1.0),
+        (7, 40, 1.0),
+        (3, 50, 0.5),
+        (4, 1000, 1.0),
+        (13, 30, 0.7),
+    ],
+)
 def test_lcm_grid_is_diffusers_timestep_selection(n, original_inference_steps, strength):
     ref = diffusers.LCMScheduler(original_inference_steps=original_inference_steps)
     ref.set_timesteps(n, strength=strength)
@@ -214,8 +244,13 @@ def test_lcm_grid_errors_name_the_problem():
     assert "lcm" in unisde.grids.list_grids()
 
 
-LCM_CONFIGS = [{}, {"timestep_scaling": 3.0, "original_inference_steps": 40}, {"clip_sample": True},
-               {"thresholding": True}, {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}]
+LCM_CONFIGS = [
+    {},
+    {"timestep_scaling": 3.0, "original_inference_steps": 40},
+    {"clip_sample": True},
+    {"thresholding": True},
+    {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02},
+]
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
@@ -253,9 +288,12 @@ def test_tcd_live_parity(prediction, eta):
 
 
 def test_lcm_and_tcd_convert_from_their_default_configs():
-    for cls, name in ((diffusers.LCMScheduler, "lcm"), (diffusers.TCDScheduler, "tcd"),
-                      (diffusers.DPMSolverSinglestepScheduler, "dpmsolver_singlestep"),
-                      (diffusers.DDIMInverseScheduler, "ddim_inverse")):
+    for cls, name in (
+        (diffusers.LCMScheduler, "lcm"),
+        (diffusers.TCDScheduler, "tcd"),
+        (diffusers.DPMSolverSinglestepScheduler, "dpmsolver_singlestep"),
+        (diffusers.DDIMInverseScheduler, "ddim_inverse"),
+    ):
         ref = cls()  # alive: LCM and TCD share every config key, so a live config is traced to its owner
         assert UnifiedScheduler.from_config(ref.config).config.sampler == name
         assert UnifiedScheduler.from_config(ref).config.sampler == name
@@ -266,13 +304,21 @@ def test_lcm_runs_any_model_and_tcd_gamma_zero_is_ddim():
     """Samplers see only x̂0: LCM (without its boundary condition) on a Gaussian's exact denoiser is a linear
     Gaussian chain x_{k+1} = s_{k+1} D(x_k) + σ_{k+1} z whose final law is known exactly (mean and variance by
     recursion): Monte-Carlo mean and variance within 5 standard errors. TCD with γ = 0 is deterministic DDIM."""
-    sched = NoiseSchedule.from_diffusers_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                                 "beta_end": 0.012})
+    sched = NoiseSchedule.from_diffusers_config(
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    )
     dist = Gaussian(torch.full((2,), MU), torch.tensor(V0))
     noise = torch.randn(4000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    out = unisde.sample(None, noise, schedule=sched, sampler="lcm", num_inference_steps=4,
-                        generator=torch.Generator().manual_seed(1),
-                        sampler_options={"boundary_condition": False}, denoiser=lambda x, t: dist.denoise(x, t, sched))
+    out = unisde.sample(
+        None,
+        noise,
+        schedule=sched,
+        sampler="lcm",
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(1),
+        sampler_options={"boundary_condition": False},
+        denoiser=lambda x, t: dist.denoise(x, t, sched),
+    )
     times = make_grid(sched, 4, "lcm")
     mean, var = 0.0, 1.0  # the start: noise · √(s² + σ²) = noise on a VP table
     for k in range(4):
@@ -285,17 +331,30 @@ def test_lcm_runs_any_model_and_tcd_gamma_zero_is_ddim():
     count = out.numel()
     assert abs(float(out.mean()) - mean) < 5 * math.sqrt(var / count)
     assert abs(float(out.var()) - var) < 5 * var * math.sqrt(2 / count)
-    kwargs = dict(schedule=sched, num_inference_steps=6, time_grid="lcm",
-                  denoiser=lambda x, t: dist.denoise(x, t, sched))
+    kwargs = dict(
+        schedule=sched, num_inference_steps=6, time_grid="lcm", denoiser=lambda x, t: dist.denoise(x, t, sched)
+    )
     tcd = unisde.sample(None, noise[:8], sampler="tcd", sampler_options={"eta": 0.0}, **kwargs)
     ddim = unisde.sample(None, noise[:8], sampler="ddim", **kwargs)
     torch.testing.assert_close(tcd, ddim, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- inversion
-INVERSE_CONFIGS = [{}, {"clip_sample": False}, {"set_alpha_to_one": False}, {"timestep_spacing": "trailing"},
-                   {"steps_offset": 1}, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-                                         "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}]
+INVERSE_CONFIGS = [
+    {},
+    {"clip_sample": False},
+    {"set_alpha_to_one": False},
+    {"timestep_spacing": "trailing"},
+    {"steps_offset": 1},
+    {
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    },
+]
 
 
 @pytest.mark.parametrize("config", INVERSE_CONFIGS, ids=["default", "noclip", "alpha0", "trailing", "offset", "sd"])
@@ -316,8 +375,13 @@ def test_ddim_inverse_refuses_what_it_cannot_reproduce_and_sampler_takes_over():
     uni = UnifiedScheduler.from_config(ref.config, sampler="ddim_inverse")
     assert uni.config.sampler == "ddim_inverse" and uni.config.prediction_type == "v_prediction"
     with pytest.raises(ValueError, match="timestep_spacing"):
-        UnifiedScheduler.from_config({**diffusers.DDIMInverseScheduler().config, "timestep_spacing": "linspace",
-                                      "_class_name": "DDIMInverseScheduler"})
+        UnifiedScheduler.from_config(
+            {
+                **diffusers.DDIMInverseScheduler().config,
+                "timestep_spacing": "linspace",
+                "_class_name": "DDIMInverseScheduler",
+            }
+        )
 
 
 def _drive(smp, grid, x, dist, sched):
@@ -325,9 +389,15 @@ def _drive(smp, grid, x, dist, sched):
     return run_loop(smp, x, lambda x, k: dist.denoise(x, times[k], sched))
 
 
-@pytest.mark.parametrize("name, options, min_ratio", [
-    ("ddim", {}, 1.7), ("dpmsolver_singlestep", {"solver_order": 2}, 3.5),
-    ("dpmsolver_singlestep", {"solver_order": 3, "solver_type": "heun"}, 3.5), ("edm", {}, 3.5)])
+@pytest.mark.parametrize(
+    "name, options, min_ratio",
+    [
+        ("ddim", {}, 1.7),
+        ("dpmsolver_singlestep", {"solver_order": 2}, 3.5),
+        ("dpmsolver_singlestep", {"solver_order": 3, "solver_type": "heun"}, 3.5),
+        ("edm", {}, 3.5),
+    ],
+)
 def test_encode_then_decode_round_trip_error_falls_with_steps(name, options, min_ratio):
     """PF-ODE encoding with ``inverse`` (the sampler run upwards on the reversed grid), then decoding with the same
     sampler on the same grid, returns the input within the solver's error: it falls by ≥ min_ratio per doubling."""
@@ -338,15 +408,17 @@ def test_encode_then_decode_round_trip_error_falls_with_steps(name, options, min
     for n in (12, 24, 48):
         times = make_grid(sched, n + 1, "uniform_lambda")[:-1]
         grid = append_final(times[:-1], float(times[-1]))  # n steps from t = 1 down to t_min > 0
-        latent = _drive(unisde.get_sampler("inverse")(sched, invert=name, invert_options=options), grid, data.clone(),
-                        dist, sched)
+        latent = _drive(
+            unisde.get_sampler("inverse")(sched, invert=name, invert_options=options), grid, data.clone(), dist, sched
+        )
         back = _drive(unisde.get_sampler(name)(sched, **options), grid, latent, dist, sched)
         errors.append(float((back - data).abs().max()))
     assert errors[-1] < 0.1 and all(a >= min_ratio * b for a, b in zip(errors, errors[1:])), errors
 
 
-@pytest.mark.parametrize("name, options, min_ratio", [("ddim", {}, 1.7),
-                                                      ("dpmsolver_singlestep", {"solver_order": 2}, 3.5)])
+@pytest.mark.parametrize(
+    "name, options, min_ratio", [("ddim", {}, 1.7), ("dpmsolver_singlestep", {"solver_order": 2}, 3.5)]
+)
 def test_round_trip_from_the_data_itself(name, options, min_ratio):
     """On a grid ending at t = 0 the encoding starts on the data: its first step is the DDIM-inversion step (model
     evaluated at t_{n−1}), then the sampler itself; n evaluations, like the forward pass. Through UnifiedScheduler
@@ -363,16 +435,26 @@ def test_round_trip_from_the_data_itself(name, options, min_ratio):
         back = _drive(unisde.get_sampler(name)(sched, **options), grid, latent, dist, sched)
         errors.append(float((back - data).abs().max()))
     assert errors[-1] < 0.1 and all(a >= min_ratio * b for a, b in zip(errors, errors[1:])), errors
-    uni = UnifiedScheduler(sampler="inverse", sampler_options={"invert": name, "invert_options": options},
-                           schedule="vp-linear", prediction_type="v_prediction", time_grid="uniform_lambda")
+    uni = UnifiedScheduler(
+        sampler="inverse",
+        sampler_options={"invert": name, "invert_options": options},
+        schedule="vp-linear",
+        prediction_type="v_prediction",
+        time_grid="uniform_lambda",
+    )
     uni.set_timesteps(12)
     assert len(uni.timesteps) == 12 and torch.all(uni.timesteps[1:] >= uni.timesteps[:-1])
     v_model = dist.as_model("v_prediction", uni.noise_schedule)
     x = data.clone()
     for t in uni.timesteps:
         x = uni.step(v_model(x, t), t, x).prev_sample
-    direct = _drive(unisde.get_sampler("inverse")(sched, invert=name, invert_options=options),
-                    make_grid(sched, 12, "uniform_lambda"), data.clone(), dist, sched)
+    direct = _drive(
+        unisde.get_sampler("inverse")(sched, invert=name, invert_options=options),
+        make_grid(sched, 12, "uniform_lambda"),
+        data.clone(),
+        dist,
+        sched,
+    )
     torch.testing.assert_close(x, direct, rtol=1e-7, atol=1e-7)
 
 
@@ -395,8 +477,9 @@ def test_ddim_inverse_then_ddim_round_trip_and_driver():
     x = data.to(torch.float64)
     for t in uni.timesteps:
         x = uni.step(eps_model(x, t), t, x).prev_sample
-    direct = _drive(unisde.get_sampler("ddim_inverse")(sched), make_grid(sched, 10, "leading"), data.clone(), dist,
-                    sched)
+    direct = _drive(
+        unisde.get_sampler("ddim_inverse")(sched), make_grid(sched, 10, "leading"), data.clone(), dist, sched
+    )
     torch.testing.assert_close(x, direct, rtol=1e-9, atol=1e-9)
 
 

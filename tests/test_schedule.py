@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 from unisde import NoiseSchedule
 from unisde.core.schedule import LOG_SNR_MAX, ZERO_SNR_LOG_SNR
 
-from conftest import SCHEDULES
-
 F64 = torch.float64
 
 
@@ -241,11 +239,18 @@ def test_inverses(schedule):
 
 
 # ---------------------------------------------------------------------------------------------- diffusers parity
-@pytest.mark.parametrize("config", [{"beta_schedule": "linear"}, {"beta_schedule": "scaled_linear"},
-                                    {"beta_schedule": "squaredcos_cap_v2"}, {"beta_schedule": "sigmoid"},
-                                    {"beta_schedule": "laplace", "num_train_timesteps": 200},
-                                    {"beta_schedule": "linear", "rescale_betas_zero_snr": True},
-                                    {"trained_betas": [0.01, 0.02, 0.05, 0.1, 0.3]}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "linear"},
+        {"beta_schedule": "scaled_linear"},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "sigmoid"},
+        {"beta_schedule": "laplace", "num_train_timesteps": 200},
+        {"beta_schedule": "linear", "rescale_betas_zero_snr": True},
+        {"trained_betas": [0.01, 0.02, 0.05, 0.1, 0.3]},
+    ],
+)
 def test_index_convention_matches_diffusers_add_noise(config):
     """Training index i ↔ t_i = (i + 1)/N: add_noise at t_i equals DDPMScheduler.add_noise at timestep i, and
     the model timestep at t_i is i."""
@@ -281,23 +286,31 @@ def test_sigma_configs_of_edm_and_score_sde_ve():
 
 
 # ---------------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("build, pattern", [
-    (lambda: NoiseSchedule.from_sigmas([0.1, 0.5, 0.4, 1.0]), r"sigmas.*\[1\] = 0\.5.*\[2\] = 0\.4"),
-    (lambda: NoiseSchedule.from_alphas_cumprod([0.9, 0.8, 0.85, 0.1]), r"alphas_cumprod\[1\] = 0\.8.*\[2\] = 0\.85"),
-    (lambda: NoiseSchedule.from_betas([0.1, 1.5, 0.2]), r"betas\[1\] = 1\.5"),
-    (lambda: NoiseSchedule.from_betas([0.1, 0.0, 0.2]), r"betas\[1\] = 0\.0"),
-    (lambda: NoiseSchedule.from_betas([0.1, -0.2]), r"betas\[1\] = -0\.2"),
-    (lambda: NoiseSchedule.from_betas([0.1, float("nan")]), r"betas.*non-finite.*nan.*\(1,\)"),
-    (lambda: NoiseSchedule.from_sigmas([0.1, float("inf")]), r"sigmas.*non-finite.*inf.*\(1,\)"),
-    (lambda: NoiseSchedule.from_betas([]), r"betas must be a non-empty"),
-    (lambda: NoiseSchedule.from_alphas_cumprod([]), r"alphas_cumprod must be a non-empty"),
-    (lambda: NoiseSchedule.from_diffusers_config({"beta_schedule": "cosine"}),
-     r"unknown beta_schedule 'cosine'.*laplace.*squaredcos_cap_v2.*Did you mean"),
-    (lambda: NoiseSchedule.from_name("vp-linaer"), r"unknown schedule 'vp-linaer'.*edm.*Did you mean 'vp-linear'"),
-    (lambda: NoiseSchedule.vp_linear().sigma(torch.tensor([0.5, 1.2])), r"t must lie in \[0, 1\].*1\.2.*\(1,\)"),
-    (lambda: NoiseSchedule.ve().g2(-0.1), r"t must lie in \[0, 1\].*-0\.1"),
-    (lambda: NoiseSchedule.edm().s(float("nan")), r"t contains a non-finite value \(nan\)"),
-])
+@pytest.mark.parametrize(
+    "build, pattern",
+    [
+        (lambda: NoiseSchedule.from_sigmas([0.1, 0.5, 0.4, 1.0]), r"sigmas.*\[1\] = 0\.5.*\[2\] = 0\.4"),
+        (
+            lambda: NoiseSchedule.from_alphas_cumprod([0.9, 0.8, 0.85, 0.1]),
+            r"alphas_cumprod\[1\] = 0\.8.*\[2\] = 0\.85",
+        ),
+        (lambda: NoiseSchedule.from_betas([0.1, 1.5, 0.2]), r"betas\[1\] = 1\.5"),
+        (lambda: NoiseSchedule.from_betas([0.1, 0.0, 0.2]), r"betas\[1\] = 0\.0"),
+        (lambda: NoiseSchedule.from_betas([0.1, -0.2]), r"betas\[1\] = -0\.2"),
+        (lambda: NoiseSchedule.from_betas([0.1, float("nan")]), r"betas.*non-finite.*nan.*\(1,\)"),
+        (lambda: NoiseSchedule.from_sigmas([0.1, float("inf")]), r"sigmas.*non-finite.*inf.*\(1,\)"),
+        (lambda: NoiseSchedule.from_betas([]), r"betas must be a non-empty"),
+        (lambda: NoiseSchedule.from_alphas_cumprod([]), r"alphas_cumprod must be a non-empty"),
+        (
+            lambda: NoiseSchedule.from_diffusers_config({"beta_schedule": "cosine"}),
+            r"unknown beta_schedule 'cosine'.*laplace.*squaredcos_cap_v2.*Did you mean",
+        ),
+        (lambda: NoiseSchedule.from_name("vp-linaer"), r"unknown schedule 'vp-linaer'.*edm.*Did you mean 'vp-linear'"),
+        (lambda: NoiseSchedule.vp_linear().sigma(torch.tensor([0.5, 1.2])), r"t must lie in \[0, 1\].*1\.2.*\(1,\)"),
+        (lambda: NoiseSchedule.ve().g2(-0.1), r"t must lie in \[0, 1\].*-0\.1"),
+        (lambda: NoiseSchedule.edm().s(float("nan")), r"t contains a non-finite value \(nan\)"),
+    ],
+)
 def test_bad_input_names_the_problem(build, pattern):
     with pytest.raises(ValueError, match=pattern):
         build()
@@ -342,11 +355,14 @@ def test_cli_schedule_from_config_file_and_pipeline_dir(tmp_path, capsys):
         _check_table(_parse_table(out), expected, 6)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["schedule", "vp-linaer"], "unknown schedule 'vp-linaer'; valid choices: .* Did you mean 'vp-linear'"),
-    (["schedule", "missing.json"], "no such file 'missing.json'"),
-    (["schedule", "ve", "--points", "1"], r"--points must be at least 2.*got 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["schedule", "vp-linaer"], "unknown schedule 'vp-linaer'; valid choices: .* Did you mean 'vp-linear'"),
+        (["schedule", "missing.json"], "no such file 'missing.json'"),
+        (["schedule", "ve", "--points", "1"], r"--points must be at least 2.*got 1"),
+    ],
+)
 def test_cli_schedule_errors_exit_2(args, message, capsys):
     import re
 

@@ -13,12 +13,16 @@ import re
 
 import pytest
 import torch
+from conftest import SCHEDULES
 
 from unisde import NoiseSchedule
-from unisde.core.schedule import (MAX_SCHEDULE_FILE_BYTES, TabulatedSchedule, load_schedule_file, read_schedule_config,
-                                  resolve_schedule)
-
-from conftest import SCHEDULES
+from unisde.core.schedule import (
+    MAX_SCHEDULE_FILE_BYTES,
+    TabulatedSchedule,
+    load_schedule_file,
+    read_schedule_config,
+    resolve_schedule,
+)
 
 F64 = torch.float64
 VE_CONFIG = {"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}
@@ -35,6 +39,7 @@ def _same_schedule(a: NoiseSchedule, b: NoiseSchedule, rtol: float = 1e-12) -> N
 @pytest.fixture
 def no_file_access(monkeypatch):
     """Fail the test if anything opens a file (the resolver must not, for strings)."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"a file was opened: {args[:1]}")
 
@@ -78,21 +83,30 @@ def test_diffusers_configs_dicts_and_objects():
     _same_schedule(resolve_schedule(expected.to_config()), expected)
 
 
-@pytest.mark.parametrize("spec, pattern", [
-    ({"sigma_mn": 0.01, "foo": 1}, r"schedule config with keys \['foo', 'sigma_mn'\] is neither a unisde schedule "
-                                   r"config .* nor a diffusers scheduler config"),
-    ({}, r"schedule config is empty"),
-    ({"name": "ve", "sigma_mx": 3.0}, r"schedule 've' has no parameter\(s\) \['sigma_mx'\]; its parameters: sigma_min, "
-                                      r"sigma_max"),
-    ({"name": "diffusers", "beta_shedule": "linear"}, r"'diffusers': unknown keys \['beta_shedule'\]"),
-    ({"name": "no-such"}, r"unknown schedule 'no-such'; valid choices: .*vp-linear"),
-    ({"name": 3}, r"'name' must be a string, got 3"),
-    ("vp-linaer", r"unknown schedule 'vp-linaer'; valid choices: .* Did you mean 'vp-linear'"),
-    ("{not json", r"looks like inline JSON but does not parse"),
-    ("[1, 2]", r"unknown schedule '\[1, 2\]'"),
-    ('{"name": "ve", "sigma_max": Infinity}', r"ve: sigma_max must be finite, got sigma_max=inf"),
-    (3.5, r"a schedule is a NoiseSchedule, a name .* got float 3\.5"),
-])
+@pytest.mark.parametrize(
+    "spec, pattern",
+    [
+        (
+            {"sigma_mn": 0.01, "foo": 1},
+            r"schedule config with keys \['foo', 'sigma_mn'\] is neither a unisde schedule "
+            r"config .* nor a diffusers scheduler config",
+        ),
+        ({}, r"schedule config is empty"),
+        (
+            {"name": "ve", "sigma_mx": 3.0},
+            r"schedule 've' has no parameter\(s\) \['sigma_mx'\]; its parameters: sigma_min, "
+            r"sigma_max",
+        ),
+        ({"name": "diffusers", "beta_shedule": "linear"}, r"'diffusers': unknown keys \['beta_shedule'\]"),
+        ({"name": "no-such"}, r"unknown schedule 'no-such'; valid choices: .*vp-linear"),
+        ({"name": 3}, r"'name' must be a string, got 3"),
+        ("vp-linaer", r"unknown schedule 'vp-linaer'; valid choices: .* Did you mean 'vp-linear'"),
+        ("{not json", r"looks like inline JSON but does not parse"),
+        ("[1, 2]", r"unknown schedule '\[1, 2\]'"),
+        ('{"name": "ve", "sigma_max": Infinity}', r"ve: sigma_max must be finite, got sigma_max=inf"),
+        (3.5, r"a schedule is a NoiseSchedule, a name .* got float 3\.5"),
+    ],
+)
 def test_bad_specs_name_the_problem(spec, pattern):
     with pytest.raises(ValueError, match=pattern):
         resolve_schedule(spec)
@@ -107,9 +121,14 @@ def test_to_config_file_is_the_ve_schedule_everywhere(tmp_path, capsys):
     path = tmp_path / "ve.json"
     path.write_text(json.dumps(VE_CONFIG))
     ve = NoiseSchedule.ve(0.01, 50.0)
-    for sched in (NoiseSchedule.from_config(path), resolve_schedule(path), load_schedule_file(path),
-                  load_schedule_file(str(path)), NoiseSchedule.from_diffusers_config(str(path)),
-                  training_resolve(str(path))):
+    for sched in (
+        NoiseSchedule.from_config(path),
+        resolve_schedule(path),
+        load_schedule_file(path),
+        load_schedule_file(str(path)),
+        NoiseSchedule.from_diffusers_config(str(path)),
+        training_resolve(str(path)),
+    ):
         assert sched.name == "ve"
         _same_schedule(sched, ve)
     assert main(["schedule", str(path), "--points", "3"]) == 0
@@ -163,9 +182,12 @@ def crafted(tmp_path) -> str:
 def test_a_string_naming_a_path_is_never_opened(text, crafted, no_file_access):
     """A config value such as schedule="/dev/zero" is an unknown name, decided without opening anything."""
     text = crafted if text == "crafted" else text
-    for build in (lambda: resolve_schedule(text), lambda: NoiseSchedule.from_config(text),
-                  lambda: NoiseSchedule.from_diffusers_config({"schedule": text}),
-                  lambda: resolve_schedule({"schedule": text})):
+    for build in (
+        lambda: resolve_schedule(text),
+        lambda: NoiseSchedule.from_config(text),
+        lambda: NoiseSchedule.from_diffusers_config({"schedule": text}),
+        lambda: resolve_schedule({"schedule": text}),
+    ):
         with pytest.raises(ValueError, match=r"unknown schedule '.*'; valid choices: .*never opened as a file"):
             build()
 
@@ -179,28 +201,34 @@ def test_scheduler_config_string_is_never_opened(no_file_access):
 
 
 # ---------------------------------------------------------------------------------------------- item 2: table configs
-@pytest.mark.parametrize("rho, pattern", [
-    ([0.1, 0.05, 0.5], r"rho must be non-decreasing .*rho\[1\] = 0\.05 < rho\[0\] = 0\.1"),
-    ([0.1, 1.5], r"rho\[1\] = 1\.5 is outside \(0, 1\)"),
-    ([-0.1, 0.5], r"rho\[0\] = -0\.1 is outside \(0, 1\)"),
-    ([0.2, 1.0, 1.0], r"rho\[1\] = 1\.0 is outside \(0, 1\)"),
-    ([0.1, float("nan")], r"rho must be a list of finite numbers.*nan"),
-    ([], r"rho must be a non-empty 1-D table"),
-    ("0.1, 0.2", r"rho must be a list of numbers, got str"),
-])
+@pytest.mark.parametrize(
+    "rho, pattern",
+    [
+        ([0.1, 0.05, 0.5], r"rho must be non-decreasing .*rho\[1\] = 0\.05 < rho\[0\] = 0\.1"),
+        ([0.1, 1.5], r"rho\[1\] = 1\.5 is outside \(0, 1\)"),
+        ([-0.1, 0.5], r"rho\[0\] = -0\.1 is outside \(0, 1\)"),
+        ([0.2, 1.0, 1.0], r"rho\[1\] = 1\.0 is outside \(0, 1\)"),
+        ([0.1, float("nan")], r"rho must be a list of finite numbers.*nan"),
+        ([], r"rho must be a non-empty 1-D table"),
+        ("0.1, 0.2", r"rho must be a list of numbers, got str"),
+    ],
+)
 def test_table_config_entries_are_validated(rho, pattern):
     with pytest.raises(ValueError, match=r"schedule config 'table': " + pattern):
         resolve_schedule({"name": "table", "rho": rho})
 
 
-@pytest.mark.parametrize("extra, pattern", [
-    ({"scales": [1.0, -2.0]}, r"scales\[1\] = -2\.0 must be > 0"),
-    ({"scales": [1.0]}, r"scales has 1 entries, expected 2"),
-    ({"rho_complement": [0.9, 0.1]}, r"rho_complement\[1\] = 0\.1 is not 1 − rho\[1\]"),
-    ({"t_knots": [0.0, 0.7, 0.5]}, r"t_knots must increase strictly from 0 to 1"),
-    ({"rho0": 0.3}, r"rho\[0\] = 0\.1 < rho0 = 0\.3"),
-    ({"sigma": [1]}, r"unknown keys \['sigma'\]; valid keys: rho, rho_complement"),
-])
+@pytest.mark.parametrize(
+    "extra, pattern",
+    [
+        ({"scales": [1.0, -2.0]}, r"scales\[1\] = -2\.0 must be > 0"),
+        ({"scales": [1.0]}, r"scales has 1 entries, expected 2"),
+        ({"rho_complement": [0.9, 0.1]}, r"rho_complement\[1\] = 0\.1 is not 1 − rho\[1\]"),
+        ({"t_knots": [0.0, 0.7, 0.5]}, r"t_knots must increase strictly from 0 to 1"),
+        ({"rho0": 0.3}, r"rho\[0\] = 0\.1 < rho0 = 0\.3"),
+        ({"sigma": [1]}, r"unknown keys \['sigma'\]; valid keys: rho, rho_complement"),
+    ],
+)
 def test_table_config_other_keys_are_validated(extra, pattern):
     with pytest.raises(ValueError, match=pattern):
         resolve_schedule({"name": "table", "rho": [0.1, 0.6], **extra})
@@ -213,50 +241,86 @@ def test_table_with_scales_cannot_end_at_rho_one():
 
 
 # ------------------------------------------------------------------------------ item 6: finite parameters
-@pytest.mark.parametrize("build, pattern", [
-    (lambda: NoiseSchedule.vp_linear(0.1, math.inf), r"vp-linear: beta_max must be finite, got beta_max=inf"),
-    (lambda: NoiseSchedule.vp_linear(math.nan, 20.0), r"vp-linear: beta_min must be finite, got beta_min=nan"),
-    (lambda: NoiseSchedule.vp_linear(0.0, 20.0), r"vp-linear: beta_min must be > 0, got beta_min=0\.0"),
-    (lambda: NoiseSchedule.vp_linear(5.0, 1.0), r"need 0 < beta_min <= beta_max, got beta_min=5\.0, beta_max=1\.0"),
-    (lambda: NoiseSchedule.vp_linear(0.1, 3000.0),
-     r"VPLinearSchedule\(beta_min=0\.1, beta_max=3000\.0\): .* not a finite"),
-    (lambda: NoiseSchedule.sub_vp(0.1, math.inf), r"sub-vp: beta_max must be finite"),
-    (lambda: NoiseSchedule.ve(0.01, math.inf), r"ve: sigma_max must be finite, got sigma_max=inf"),
-    (lambda: NoiseSchedule.ve(0.01, 1e200), r"ve: sigma_max=1e\+200 is too large: σ² overflows float64"),
-    (lambda: NoiseSchedule.ve(-1.0, 5.0), r"ve: sigma_min must be > 0, got sigma_min=-1\.0"),
-    (lambda: NoiseSchedule.ve(5.0, 1.0), r"need 0 < sigma_min < sigma_max, got sigma_min=5\.0, sigma_max=1\.0"),
-    (lambda: NoiseSchedule.edm(0.002, 80.0, math.inf), r"edm: rho must be finite, got rho=inf"),
-    (lambda: NoiseSchedule.edm(0.002, 1e160), r"edm: sigma_max=1e\+160 is too large"),
-    (lambda: NoiseSchedule.vp_cosine(math.inf), r"vp-cosine: s \(cosine offset\) must be finite"),
-    (lambda: NoiseSchedule.vp_cosine(-0.1), r"vp-cosine: s \(cosine offset\) must be > 0"),
-    (lambda: NoiseSchedule.ve(0.01, "50"), r"ve: sigma_max must be a real number, got '50'"),
-    (lambda: NoiseSchedule.ve(timestep_scale=math.inf), r"timestep_scale must be finite"),
-    (lambda: NoiseSchedule.from_sigmas([0.1, 1e200]), r"sigmas\[1\] = 1e\+200 is too large: σ² overflows float64"),
-    (lambda: NoiseSchedule.from_sigmas([0.1, 1.0], scales=[1.0, 1e-160]),
-     r"sigmas\[1\] / scales\[1\] = 1e\+160 is too large"),
-    (lambda: NoiseSchedule.from_diffusers_config({"_class_name": "EDMEulerScheduler", "sigma_max": math.inf}),
-     r"diffusers config of EDMEulerScheduler: sigma_max must be finite"),
-    (lambda: NoiseSchedule.from_diffusers_config({"num_train_timesteps": 10**9}), r"num_train_timesteps must lie in"),
-    (lambda: NoiseSchedule.from_diffusers_config({"num_train_timesteps": 2.5}),
-     r"num_train_timesteps must be a positive"),
-    (lambda: NoiseSchedule.from_diffusers_config({"beta_end": 7.0}),
-     r"beta_end must lie in \[0, 1\], got beta_end=7\.0"),
-    (lambda: NoiseSchedule.from_diffusers_config({"beta_start": 0.5, "beta_end": 0.9, "num_train_timesteps": 200}),
-     r"diffusers config \(num_train_timesteps=200, beta_start=0\.5, beta_end=0\.9\) gives an invalid table: "
-     r"alphas_cumprod must lie in \(0, 1\)"),
-    (lambda: NoiseSchedule.from_sde(lambda t: -0.5, lambda t: torch.ones_like(t)),
-     r"from_sde: f\(t\) must return one value per time, a tensor of shape \(16384,\).*got shape \(\)"),
-    (lambda: NoiseSchedule.from_sde(lambda t: torch.zeros_like(t), lambda t: torch.ones(3)),
-     r"from_sde: g2\(t\) must return one value per time.*got shape \(3,\)"),
-    (lambda: NoiseSchedule.from_sde(lambda t: torch.zeros_like(t), lambda t: torch.where(t > 0.5, math.inf, 1.0)),
-     r"from_sde: g2\(t\) is not finite at t = 0\.50\d*: inf"),
-    (lambda: NoiseSchedule.from_sde(lambda t: torch.zeros_like(t), lambda t: t - 0.5),
-     r"from_sde: g2\(t\) must be >= 0 on \[0, 1\]; g2\([\d.e+-]+\) = -0\.\d+"),
-    (lambda: NoiseSchedule.from_sde(lambda t: -1e4 * torch.ones_like(t), lambda t: torch.ones_like(t)),
-     r"from_sde: s\(t\) = exp ∫f = .* at t = .* leave the float64 range"),
-    (lambda: NoiseSchedule.from_sde(lambda t: torch.zeros_like(t), lambda t: torch.ones_like(t), sigma0=math.inf),
-     r"from_sde: sigma0 must be finite"),
-])
+@pytest.mark.parametrize(
+    "build, pattern",
+    [
+        (lambda: NoiseSchedule.vp_linear(0.1, math.inf), r"vp-linear: beta_max must be finite, got beta_max=inf"),
+        (lambda: NoiseSchedule.vp_linear(math.nan, 20.0), r"vp-linear: beta_min must be finite, got beta_min=nan"),
+        (lambda: NoiseSchedule.vp_linear(0.0, 20.0), r"vp-linear: beta_min must be > 0, got beta_min=0\.0"),
+        (lambda: NoiseSchedule.vp_linear(5.0, 1.0), r"need 0 < beta_min <= beta_max, got beta_min=5\.0, beta_max=1\.0"),
+        (
+            lambda: NoiseSchedule.vp_linear(0.1, 3000.0),
+            r"VPLinearSchedule\(beta_min=0\.1, beta_max=3000\.0\): .* not a finite",
+        ),
+        (lambda: NoiseSchedule.sub_vp(0.1, math.inf), r"sub-vp: beta_max must be finite"),
+        (lambda: NoiseSchedule.ve(0.01, math.inf), r"ve: sigma_max must be finite, got sigma_max=inf"),
+        (lambda: NoiseSchedule.ve(0.01, 1e200), r"ve: sigma_max=1e\+200 is too large: σ² overflows float64"),
+        (lambda: NoiseSchedule.ve(-1.0, 5.0), r"ve: sigma_min must be > 0, got sigma_min=-1\.0"),
+        (lambda: NoiseSchedule.ve(5.0, 1.0), r"need 0 < sigma_min < sigma_max, got sigma_min=5\.0, sigma_max=1\.0"),
+        (lambda: NoiseSchedule.edm(0.002, 80.0, math.inf), r"edm: rho must be finite, got rho=inf"),
+        (lambda: NoiseSchedule.edm(0.002, 1e160), r"edm: sigma_max=1e\+160 is too large"),
+        (lambda: NoiseSchedule.vp_cosine(math.inf), r"vp-cosine: s \(cosine offset\) must be finite"),
+        (lambda: NoiseSchedule.vp_cosine(-0.1), r"vp-cosine: s \(cosine offset\) must be > 0"),
+        (lambda: NoiseSchedule.ve(0.01, "50"), r"ve: sigma_max must be a real number, got '50'"),
+        (lambda: NoiseSchedule.ve(timestep_scale=math.inf), r"timestep_scale must be finite"),
+        (lambda: NoiseSchedule.from_sigmas([0.1, 1e200]), r"sigmas\[1\] = 1e\+200 is too large: σ² overflows float64"),
+        (
+            lambda: NoiseSchedule.from_sigmas([0.1, 1.0], scales=[1.0, 1e-160]),
+            r"sigmas\[1\] / scales\[1\] = 1e\+160 is too large",
+        ),
+        (
+            lambda: NoiseSchedule.from_diffusers_config({"_class_name": "EDMEulerScheduler", "sigma_max": math.inf}),
+            r"diffusers config of EDMEulerScheduler: sigma_max must be finite",
+        ),
+        (
+            lambda: NoiseSchedule.from_diffusers_config({"num_train_timesteps": 10**9}),
+            r"num_train_timesteps must lie in",
+        ),
+        (
+            lambda: NoiseSchedule.from_diffusers_config({"num_train_timesteps": 2.5}),
+            r"num_train_timesteps must be a positive",
+        ),
+        (
+            lambda: NoiseSchedule.from_diffusers_config({"beta_end": 7.0}),
+            r"beta_end must lie in \[0, 1\], got beta_end=7\.0",
+        ),
+        (
+            lambda: NoiseSchedule.from_diffusers_config(
+                {"beta_start": 0.5, "beta_end": 0.9, "num_train_timesteps": 200}
+            ),
+            r"diffusers config \(num_train_timesteps=200, beta_start=0\.5, beta_end=0\.9\) gives an invalid table: "
+            r"alphas_cumprod must lie in \(0, 1\)",
+        ),
+        (
+            lambda: NoiseSchedule.from_sde(lambda t: -0.5, lambda t: torch.ones_like(t)),
+            r"from_sde: f\(t\) must return one value per time, a tensor of shape \(16384,\).*got shape \(\)",
+        ),
+        (
+            lambda: NoiseSchedule.from_sde(lambda t: torch.zeros_like(t), lambda t: torch.ones(3)),
+            r"from_sde: g2\(t\) must return one value per time.*got shape \(3,\)",
+        ),
+        (
+            lambda: NoiseSchedule.from_sde(
+                lambda t: torch.zeros_like(t), lambda t: torch.where(t > 0.5, math.inf, 1.0)
+            ),
+            r"from_sde: g2\(t\) is not finite at t = 0\.50\d*: inf",
+        ),
+        (
+            lambda: NoiseSchedule.from_sde(lambda t: torch.zeros_like(t), lambda t: t - 0.5),
+            r"from_sde: g2\(t\) must be >= 0 on \[0, 1\]; g2\([\d.e+-]+\) = -0\.\d+",
+        ),
+        (
+            lambda: NoiseSchedule.from_sde(lambda t: -1e4 * torch.ones_like(t), lambda t: torch.ones_like(t)),
+            r"from_sde: s\(t\) = exp ∫f = .* at t = .* leave the float64 range",
+        ),
+        (
+            lambda: NoiseSchedule.from_sde(
+                lambda t: torch.zeros_like(t), lambda t: torch.ones_like(t), sigma0=math.inf
+            ),
+            r"from_sde: sigma0 must be finite",
+        ),
+    ],
+)
 def test_closed_forms_and_tables_need_finite_representable_parameters(build, pattern):
     with pytest.raises(ValueError, match=pattern):
         build()
@@ -333,14 +397,20 @@ def test_cli_schedule_accepts_inline_json(capsys):
     assert "VESchedule(sigma_min=0.01, sigma_max=80.0" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["schedule", "ve", "--plot", "/nonexistent/dir/x.png"], r"--plot '/nonexistent/dir/x\.png': folder "
-                                                            r"'/nonexistent/dir' does not exist"),
-    (["schedule", "/dev/zero"], r"schedule file '/dev/zero' is a character device"),
-    (["schedule", '{"name": "table", "rho": [0.5, 0.2]}'], r"rho\[1\] = 0\.2 < rho\[0\] = 0\.5"),
-    (["schedule", "nowhere/ve"], r"no such file 'nowhere/ve'"),
-    (["trajectories", "--plot", "/nonexistent/dir/x.png"], r"--plot '/nonexistent/dir/x\.png': folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["schedule", "ve", "--plot", "/nonexistent/dir/x.png"],
+            r"--plot '/nonexistent/dir/x\.png': folder "
+            r"'/nonexistent/dir' does not exist",
+        ),
+        (["schedule", "/dev/zero"], r"schedule file '/dev/zero' is a character device"),
+        (["schedule", '{"name": "table", "rho": [0.5, 0.2]}'], r"rho\[1\] = 0\.2 < rho\[0\] = 0\.5"),
+        (["schedule", "nowhere/ve"], r"no such file 'nowhere/ve'"),
+        (["trajectories", "--plot", "/nonexistent/dir/x.png"], r"--plot '/nonexistent/dir/x\.png': folder"),
+    ],
+)
 def test_cli_errors_are_one_line(args, message, capsys):
     from unisde.cli import main
 

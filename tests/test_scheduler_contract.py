@@ -15,12 +15,21 @@ from diffusers import DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerDisc
 
 import unisde
 from unisde.analytic import Gaussian
-from unisde.grids import GRIDS
 from unisde.diffusers.scheduler import COMPATIBLE_SCHEDULERS, UnifiedScheduler, UnifiedSchedulerOutput
+from unisde.grids import GRIDS
 
 SHAPE = (1, 2, 4, 4)
 # The keys only unisde defines: diffusers' own classes do not know them, so converting *back* drops them.
-UNISDE_KEYS = {"sampler", "sampler_options", "schedule", "time_grid", "t_min", "t_max", "check_finite", "prediction_type"}
+UNISDE_KEYS = {
+    "sampler",
+    "sampler_options",
+    "schedule",
+    "time_grid",
+    "t_min",
+    "t_max",
+    "check_finite",
+    "prediction_type",
+}
 
 
 def fake_model(x, timestep):
@@ -147,7 +156,9 @@ def test_init_noise_sigma():
     edm = UnifiedScheduler.from_config(EDMEulerScheduler().config)
     edm.set_timesteps(10)
     assert edm.init_noise_sigma == pytest.approx(math.sqrt(1 + 80.0**2), rel=1e-9)  # s = 1, σ = σ_max
-    ve = UnifiedScheduler(schedule={"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}, prediction_type="score", sampler="edm")
+    ve = UnifiedScheduler(
+        schedule={"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}, prediction_type="score", sampler="edm"
+    )
     ve.set_timesteps(4)
     assert ve.init_noise_sigma == pytest.approx(math.sqrt(1 + 50.0**2), rel=1e-9)
 
@@ -160,8 +171,12 @@ def test_scale_model_input_before_set_timesteps():
     uni = UnifiedScheduler.from_config(ref.config)
     sigma = 3.7
     c_noise = float(ref.precondition_noise(torch.tensor(sigma)))
-    torch.testing.assert_close(uni.scale_model_input(x, c_noise), ref.precondition_inputs(x, sigma), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(uni.scale_model_input(x, torch.tensor([c_noise])), ref.precondition_inputs(x, sigma), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        uni.scale_model_input(x, c_noise), ref.precondition_inputs(x, sigma), rtol=1e-5, atol=1e-7
+    )
+    torch.testing.assert_close(
+        uni.scale_model_input(x, torch.tensor([c_noise])), ref.precondition_inputs(x, sigma), rtol=1e-5, atol=1e-7
+    )
 
 
 # ---------------------------------------------------------------------------------------------- step output
@@ -203,9 +218,16 @@ def test_add_noise_and_get_velocity_match_ddpm(beta_schedule):
     expected = ref.add_noise(x0, eps, torch.tensor(idx))
     for ts in (torch.tensor(idx), torch.tensor(idx, dtype=torch.int32), torch.tensor(idx, dtype=torch.float64), idx):
         torch.testing.assert_close(uni.add_noise(x0, eps, ts), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(uni.get_velocity(x0, eps, torch.tensor(idx)), ref.get_velocity(x0, eps, torch.tensor(idx)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        uni.get_velocity(x0, eps, torch.tensor(idx)), ref.get_velocity(x0, eps, torch.tensor(idx)), rtol=1e-5, atol=1e-6
+    )
     # one timestep for the whole batch (img2img's latent_timestep is repeated, a scalar works too)
-    torch.testing.assert_close(uni.add_noise(x0, eps, torch.tensor([500])), ref.add_noise(x0, eps, torch.tensor([500] * 4)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        uni.add_noise(x0, eps, torch.tensor([500])),
+        ref.add_noise(x0, eps, torch.tensor([500] * 4)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     half = uni.add_noise(x0.half(), eps.half(), torch.tensor(idx))
     assert half.dtype == torch.float16
 
@@ -252,8 +274,12 @@ def test_len_is_num_train_timesteps():
 
 # ---------------------------------------------------------------------------------------------- persistence
 def test_save_and_reload_keeps_sampler_and_options(tmp_path):
-    uni = UnifiedScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").config,
-                                       sampler="edm", sampler_options={"s_churn": 2.5, "s_noise": 1.01}, time_grid="uniform_lambda")
+    uni = UnifiedScheduler.from_config(
+        DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").config,
+        sampler="edm",
+        sampler_options={"s_churn": 2.5, "s_noise": 1.01},
+        time_grid="uniform_lambda",
+    )
     uni.save_pretrained(tmp_path / "scheduler")
     back = UnifiedScheduler.from_pretrained(tmp_path, subfolder="scheduler")
     assert back.config.sampler == "edm" and back.sampler_options == {"s_churn": 2.5, "s_noise": 1.01}
@@ -269,19 +295,35 @@ def test_save_and_reload_keeps_sampler_and_options(tmp_path):
 def test_compatibles_and_convert_back():
     assert sorted(UnifiedScheduler._compatibles) == sorted(COMPATIBLE_SCHEDULERS) and len(COMPATIBLE_SCHEDULERS) == 11
     assert {cls.__name__ for cls in UnifiedScheduler().compatibles} == set(COMPATIBLE_SCHEDULERS)
-    ref = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing",
-                        prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False)
+    ref = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        timestep_spacing="trailing",
+        prediction_type="v_prediction",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
     uni = UnifiedScheduler.from_config(ref.config, sampler="edm")
     with DiffusersWarnings() as caught:
         back = DDIMScheduler.from_config(uni.config)
-    for key in ("beta_schedule", "beta_start", "beta_end", "timestep_spacing", "prediction_type", "clip_sample", "set_alpha_to_one"):
+    for key in (
+        "beta_schedule",
+        "beta_start",
+        "beta_end",
+        "timestep_spacing",
+        "prediction_type",
+        "clip_sample",
+        "set_alpha_to_one",
+    ):
         assert back.config[key] == ref.config[key], key
     # the only keys diffusers complains about are unisde's own
     for message in caught.records:
         assert "were passed to DDIMScheduler" in message
-        listed = message[message.index("{"):message.index("}") + 1]
+        listed = message[message.index("{") : message.index("}") + 1]
         assert all(f"'{k}'" in listed for k in ("sampler",)) and not any(
-            f"'{k}'" in listed for k in ("beta_schedule", "timestep_spacing", "clip_sample", "num_train_timesteps"))
+            f"'{k}'" in listed for k in ("beta_schedule", "timestep_spacing", "clip_sample", "num_train_timesteps")
+        )
     back.set_timesteps(10)
     ref.set_timesteps(10)
     assert torch.equal(back.timesteps, ref.timesteps)
@@ -317,7 +359,9 @@ def test_every_grid_works_for_every_sampler(sampler, grid, schedule):
     with a finite sample of the right shape. (Accuracy per sampler is tested with its sampler; with 4 steps the
     stochastic ones — Euler–Maruyama, Langevin — overshoot by design, so no accuracy bound is asserted here.)"""
     if schedule == "edm":
-        uni = UnifiedScheduler.from_config(EDMEulerScheduler().config, sampler=sampler, time_grid=grid, sampler_options={})
+        uni = UnifiedScheduler.from_config(
+            EDMEulerScheduler().config, sampler=sampler, time_grid=grid, sampler_options={}
+        )
         lo, hi = 0.25 * math.log(0.002) - 1e-6, 0.25 * math.log(80.0) + 1e-6
     else:
         uni = UnifiedScheduler(sampler=sampler, time_grid=grid)
@@ -327,10 +371,16 @@ def test_every_grid_works_for_every_sampler(sampler, grid, schedule):
     # steps start at non-increasing times (inversion samplers walk the grid upwards); inner evaluations may sit
     # anywhere inside their step (dpm_2_ancestral's midpoint lies below the next step's start)
     starts = times[sorted(getattr(uni._sampler, "step_starts", None) or range(len(times)))]
-    assert bool((starts[1:] >= starts[:-1]).all() if getattr(uni._sampler, "encodes", False) else (starts[1:] <= starts[:-1]).all())
+    assert bool(
+        (starts[1:] >= starts[:-1]).all()
+        if getattr(uni._sampler, "encodes", False)
+        else (starts[1:] <= starts[:-1]).all()
+    )
     assert len(uni.timesteps) >= 4
     assert float(uni.timesteps.min()) >= lo and float(uni.timesteps.max()) <= hi
-    model = Gaussian(torch.full((32,), 0.3), 0.25, event_shape=SHAPE[1:]).as_model(uni.config.prediction_type, uni.noise_schedule)
+    model = Gaussian(torch.full((32,), 0.3), 0.25, event_shape=SHAPE[1:]).as_model(
+        uni.config.prediction_type, uni.noise_schedule
+    )
     gen = torch.Generator().manual_seed(5)
     x = noise() * uni.init_noise_sigma
     for t in uni.timesteps:
@@ -338,9 +388,16 @@ def test_every_grid_works_for_every_sampler(sampler, grid, schedule):
     assert x.shape == SHAPE and torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("name, grid", [("EulerDiscreteScheduler", "karras"), ("EulerAncestralDiscreteScheduler", "karras"),
-                                        ("LMSDiscreteScheduler", "karras"), ("HeunDiscreteScheduler", "linspace_fractional"),
-                                        ("PNDMScheduler", "karras")])
+@pytest.mark.parametrize(
+    "name, grid",
+    [
+        ("EulerDiscreteScheduler", "karras"),
+        ("EulerAncestralDiscreteScheduler", "karras"),
+        ("LMSDiscreteScheduler", "karras"),
+        ("HeunDiscreteScheduler", "linspace_fractional"),
+        ("PNDMScheduler", "karras"),
+    ],
+)
 def test_asking_for_edm_uses_its_karras_grid_unless_the_config_is_heun(name, grid):
     """`from_config(cfg, sampler="edm")` (the README's one-liner) runs Algorithm 2 on its ρ-grid; a Heun config
     already is that algorithm on its own grid, which it keeps; with the config's own sampler the grid stays."""

@@ -43,13 +43,16 @@ def test_step_before_set_timesteps():
     assert torch.equal(first_step(sched), reference_first_step())
 
 
-@pytest.mark.parametrize("bad, message", [
-    (1001, "1001 is larger than the schedule's 1000 training timesteps"),
-    (0, "positive integer, got 0"),
-    (-3, "positive integer, got -3"),
-    (2.5, "positive integer, got 2.5"),
-    (True, "positive integer, got True"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (1001, "1001 is larger than the schedule's 1000 training timesteps"),
+        (0, "positive integer, got 0"),
+        (-3, "positive integer, got -3"),
+        (2.5, "positive integer, got 2.5"),
+        (True, "positive integer, got True"),
+    ],
+)
 def test_bad_num_inference_steps_keeps_the_current_grid(bad, message):
     sched = UnifiedScheduler(sampler="ddim")
     sched.set_timesteps(5)
@@ -96,14 +99,17 @@ def test_stepping_past_the_end():
 
 
 # ---------------------------------------------------------------------------------------------- model output
-@pytest.mark.parametrize("bad, message", [
-    (torch.zeros(1, 2, 4, 5), r"model_output has shape \(1, 2, 4, 5\) but the sample has \(1, 2, 4, 4\)"),
-    (torch.zeros(2, 2, 4, 4), r"model_output has shape \(2, 2, 4, 4\)"),
-    (torch.zeros(1, 3, 4, 4), r"model_output has shape \(1, 3, 4, 4\)"),
-    (torch.zeros(SHAPE, dtype=torch.int64), "floating-point tensor, got torch.int64"),
-    (torch.zeros(SHAPE, dtype=torch.bool), "floating-point tensor, got torch.bool"),
-    ([[0.0]], "floating-point tensor, got list"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.zeros(1, 2, 4, 5), r"model_output has shape \(1, 2, 4, 5\) but the sample has \(1, 2, 4, 4\)"),
+        (torch.zeros(2, 2, 4, 4), r"model_output has shape \(2, 2, 4, 4\)"),
+        (torch.zeros(1, 3, 4, 4), r"model_output has shape \(1, 3, 4, 4\)"),
+        (torch.zeros(SHAPE, dtype=torch.int64), "floating-point tensor, got torch.int64"),
+        (torch.zeros(SHAPE, dtype=torch.bool), "floating-point tensor, got torch.bool"),
+        ([[0.0]], "floating-point tensor, got list"),
+    ],
+)
 def test_bad_model_output(bad, message):
     sched = UnifiedScheduler(sampler="ddim")
     sched.set_timesteps(5)
@@ -145,23 +151,39 @@ def full_loop(sched):
 
 
 # ---------------------------------------------------------------------------------------------- construction
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(sampler="ddmi"), r"unknown sampler 'ddmi'; valid choices: .*ddim.*ddpm.*edm.*Did you mean 'dd(im|pm)'\?"),
-    (dict(sampler="edn"), r"unknown sampler 'edn'; valid choices: .*Did you mean 'edm'\?"),
-    (dict(prediction_type="epsilonn"), r"unknown parameterization 'epsilonn'; valid choices: .*epsilon.*v_prediction.*Did you mean 'epsilon'\?"),
-    (dict(prediction_type="v_predicton"), r"Did you mean 'v_prediction'\?"),
-    (dict(sampler="ddim", sampler_options={"etaa": 1.0}), r"unknown option\(s\) \['etaa'\] for sampler 'ddim'; valid options: ancestral, eta, s_noise, use_clipped_model_output\. Did you mean 'eta'\?"),
-    (dict(sampler="edm", sampler_options={"s_chrun": 1.0}), r"valid options: .*s_churn.*Did you mean 's_churn'\?"),
-    (dict(sampler="ddim", sampler_options={"eta": "one"}), r"option eta must be float, got 'one' \(str\)"),
-    (dict(sampler="ddim", sampler_options={"eta": -0.5}), r"eta=-0.5 is invalid: must be >= 0"),
-    (dict(sampler="ddim", sampler_options={"use_clipped_model_output": 1}), r"use_clipped_model_output must be bool"),
-    (dict(sampler="edm", sampler_options={"s_churn": True}), r"s_churn must be float, got True \(bool\)"),
-    (dict(sampler="edm", sampler_options={"solver": "heum"}), r"solver='heum' is not one of \['heun', 'euler'\]\. Did you mean 'heun'\?"),
-    (dict(sampler="ddpm", sampler_options={"variance_type": "fixed_smal"}), r"Did you mean 'fixed_small'\?"),
-    (dict(sampler="ddim", sampler_options=[("eta", 1.0)]), "sampler_options must be a dict, got list"),
-    (dict(time_grid="karas"), r"unknown time_grid 'karas'; valid choices: .*Did you mean 'karras'\?"),
-    (dict(timestep_spacing="leadin"), r"unknown timestep_spacing 'leadin'.*Did you mean 'leading'\?"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sampler="ddmi"), r"unknown sampler 'ddmi'; valid choices: .*ddim.*ddpm.*edm.*Did you mean 'dd(im|pm)'\?"),
+        (dict(sampler="edn"), r"unknown sampler 'edn'; valid choices: .*Did you mean 'edm'\?"),
+        (
+            dict(prediction_type="epsilonn"),
+            r"unknown parameterization 'epsilonn'; valid choices: .*epsilon.*v_prediction.*Did you mean 'epsilon'\?",
+        ),
+        (dict(prediction_type="v_predicton"), r"Did you mean 'v_prediction'\?"),
+        (
+            dict(sampler="ddim", sampler_options={"etaa": 1.0}),
+            r"unknown option\(s\) \['etaa'\] for sampler 'ddim'; valid options: ancestral, eta, s_noise, "
+            r"use_clipped_model_output\. Did you mean 'eta'\?",
+        ),
+        (dict(sampler="edm", sampler_options={"s_chrun": 1.0}), r"valid options: .*s_churn.*Did you mean 's_churn'\?"),
+        (dict(sampler="ddim", sampler_options={"eta": "one"}), r"option eta must be float, got 'one' \(str\)"),
+        (dict(sampler="ddim", sampler_options={"eta": -0.5}), r"eta=-0.5 is invalid: must be >= 0"),
+        (
+            dict(sampler="ddim", sampler_options={"use_clipped_model_output": 1}),
+            r"use_clipped_model_output must be bool",
+        ),
+        (dict(sampler="edm", sampler_options={"s_churn": True}), r"s_churn must be float, got True \(bool\)"),
+        (
+            dict(sampler="edm", sampler_options={"solver": "heum"}),
+            r"solver='heum' is not one of \['heun', 'euler'\]\. Did you mean 'heun'\?",
+        ),
+        (dict(sampler="ddpm", sampler_options={"variance_type": "fixed_smal"}), r"Did you mean 'fixed_small'\?"),
+        (dict(sampler="ddim", sampler_options=[("eta", 1.0)]), "sampler_options must be a dict, got list"),
+        (dict(time_grid="karas"), r"unknown time_grid 'karas'; valid choices: .*Did you mean 'karras'\?"),
+        (dict(timestep_spacing="leadin"), r"unknown timestep_spacing 'leadin'.*Did you mean 'leading'\?"),
+    ],
+)
 def test_bad_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         UnifiedScheduler(**kwargs)
@@ -199,7 +221,9 @@ def test_score_sde_interface_misuse():
     x = sample()
     with pytest.raises(ValueError, match="set_sigmas"):
         sched.step_pred(x, 0, x)
-    with pytest.raises(ValueError, match=r"set_sigmas\(sigma_max=80.0\) differs from the scheduler config's sigma_max=50.0"):
+    with pytest.raises(
+        ValueError, match=r"set_sigmas\(sigma_max=80.0\) differs from the scheduler config's sigma_max=50.0"
+    ):
         sched.set_sigmas(3, sigma_max=80.0)
     sched.set_timesteps(3)
     sched.set_sigmas(3)

@@ -19,9 +19,19 @@ import inspect
 
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, ScoreSdeVeScheduler,
-                       DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistepScheduler)
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    ScoreSdeVeScheduler,
+    UniPCMultistepScheduler,
+)
 
 import unisde
 from unisde.diffusers.scheduler import UnifiedScheduler
@@ -97,8 +107,13 @@ def parity_ve_view(ref, uni, n, seed=1, model=fake_model, timestep_atol=1e-4, **
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_ddpm_parity(prediction_type, beta_schedule, spacing, variance_type, clip_sample):
-    ref = DDPMScheduler(beta_schedule=beta_schedule, timestep_spacing=spacing, variance_type=variance_type,
-                        clip_sample=clip_sample, prediction_type=prediction_type)
+    ref = DDPMScheduler(
+        beta_schedule=beta_schedule,
+        timestep_spacing=spacing,
+        variance_type=variance_type,
+        clip_sample=clip_sample,
+        prediction_type=prediction_type,
+    )
     uni = UnifiedScheduler.from_config(ref.config)
     assert uni.config.sampler == "ddpm"
     x_uni, x_ref, scale = parity_in_model_space(ref, uni, 10)
@@ -125,9 +140,16 @@ def test_ddpm_parity_nontrivial_noise_draws():
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_ddim_parity(eta, spacing, set_alpha_to_one, prediction_type):
-    ref = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing=spacing,
-                        set_alpha_to_one=set_alpha_to_one, steps_offset=1 if spacing == "leading" else 0,
-                        prediction_type=prediction_type, clip_sample=False)
+    ref = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        timestep_spacing=spacing,
+        set_alpha_to_one=set_alpha_to_one,
+        steps_offset=1 if spacing == "leading" else 0,
+        prediction_type=prediction_type,
+        clip_sample=False,
+    )
     uni = UnifiedScheduler.from_config(ref.config)
     assert uni.config.sampler == "ddim"
     x_uni, x_ref, scale = parity_in_model_space(ref, uni, 10, eta=eta)
@@ -145,8 +167,15 @@ def test_ddim_parity_clipped_model_output():
 def test_ddim_zero_terminal_snr_parity(eta):
     """Zero terminal SNR (Lin et al. 2024), v-prediction, trailing spacing: DDIM's coefficients use s(1) = 0
     exactly (data-prediction form stays finite there), as diffusers' DDIM keeps ᾱ_T = 0, so the loops agree."""
-    ref = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
-                        prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False)
+    ref = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        rescale_betas_zero_snr=True,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        clip_sample=False,
+    )
     assert float(ref.alphas_cumprod[-1]) == 0.0
     uni = UnifiedScheduler.from_config(ref.config)
     x_uni, x_ref, scale = parity_in_model_space(ref, uni, 10, eta=eta)
@@ -156,8 +185,13 @@ def test_ddim_zero_terminal_snr_parity(eta):
 # ---------------------------------------------------------------------------------------------- Euler / Heun
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_euler_karras_parity(prediction_type):
-    ref = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                 use_karras_sigmas=True, prediction_type=prediction_type)
+    ref = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        use_karras_sigmas=True,
+        prediction_type=prediction_type,
+    )
     uni = UnifiedScheduler.from_config(ref.config)
     assert uni.config.sampler == "edm" and uni.sampler_options["solver"] == "euler"
     x_uni, x_ref, scale = parity_ve_view(ref, uni, 10)
@@ -186,13 +220,17 @@ def test_fractional_linspace_parity(cls, n):
     assert_parity(x_uni, x_ref, scale, f"{cls.__name__} linspace n={n}")
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"prediction_type": "sample", "timestep_spacing": "trailing"},
-    {"timestep_spacing": "leading", "steps_offset": 1},
-    {"use_karras_sigmas": True, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-], ids=["eps-linspace", "v-scaled", "x0-trailing", "leading", "karras"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"prediction_type": "sample", "timestep_spacing": "trailing"},
+        {"timestep_spacing": "leading", "steps_offset": 1},
+        {"use_karras_sigmas": True, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    ],
+    ids=["eps-linspace", "v-scaled", "x0-trailing", "leading", "karras"],
+)
 @pytest.mark.parametrize("n", [4, 10, 23])
 def test_lms_parity(config, n):
     """LMSDiscreteScheduler (4th-order Adams–Bashforth in σ̃, warm-up at orders 1–3) converts to ``lms``."""
@@ -203,13 +241,29 @@ def test_lms_parity(config, n):
     assert_parity(x_uni, x_ref, scale, f"LMS {config} n={n}")
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"prediction_type": "sample", "timestep_spacing": "trailing"},
-    {"solver_order": 1}, {"solver_order": 3}, {"disable_corrector": [0, 2]},
-    {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, {"final_sigmas_type": "sigma_min", "solver_order": 3},
-], ids=["default", "v-scaled", "x0-trailing", "order1", "order3", "disable-corrector", "bh1-sigma-min", "sigma-min-order3"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"prediction_type": "v_prediction", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"prediction_type": "sample", "timestep_spacing": "trailing"},
+        {"solver_order": 1},
+        {"solver_order": 3},
+        {"disable_corrector": [0, 2]},
+        {"solver_type": "bh1", "final_sigmas_type": "sigma_min"},
+        {"final_sigmas_type": "sigma_min", "solver_order": 3},
+    ],
+    ids=[
+        "default",
+        "v-scaled",
+        "x0-trailing",
+        "order1",
+        "order3",
+        "disable-corrector",
+        "bh1-sigma-min",
+        "sigma-min-order3",
+    ],
+)
 @pytest.mark.parametrize("n", [5, 12])
 def test_unipc_parity(config, n):
     """UniPCMultistepScheduler (UniP + UniC, data prediction) converts to ``unipc`` on diffusers' own grid.
@@ -231,17 +285,28 @@ def test_dpmsolver_final_sigma_min_parity(config):
     assert_parity(x_uni, x_ref, scale, f"DPM++ sigma_min {config}")
 
 
-@pytest.mark.parametrize("config", [
-    {"timestep_spacing": "leading", "steps_offset": 1},
-    {"timestep_spacing": "leading", "steps_offset": 1, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-     "beta_end": 0.012, "set_alpha_to_one": False},
-    {"timestep_spacing": "trailing", "set_alpha_to_one": True},
-], ids=["leading", "sd-scaled-linear", "trailing"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"timestep_spacing": "leading", "steps_offset": 1},
+        {
+            "timestep_spacing": "leading",
+            "steps_offset": 1,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "set_alpha_to_one": False,
+        },
+        {"timestep_spacing": "trailing", "set_alpha_to_one": True},
+    ],
+    ids=["leading", "sd-scaled-linear", "trailing"],
+)
 @pytest.mark.parametrize("n", [2, 5, 10])
 def test_pndm_plms_parity(config, n):
     """PNDMScheduler with skip_prk_steps=True (Stable Diffusion's setting) converts to ``pndm``: the same n + 1
     timesteps (t_1 twice) and samples. (diffusers steps from t to t − N//n, on the grid only when n divides N for
-    trailing spacing — as DDIM, see above — so n divides 1000 here.) ε-models only: for v-models diffusers applies Adams–Bashforth to the raw v
+    trailing spacing — as DDIM, see above — so n divides 1000 here.) ε-models only: for v-models diffusers applies
+    Adams–Bashforth to the raw v
     outputs, unisde to ε̂ (the method's variable), which differ at O(h²)."""
     ref = PNDMScheduler(skip_prk_steps=True, **config)
     uni = UnifiedScheduler.from_config(ref.config)
@@ -274,11 +339,15 @@ def test_heun_karras_parity(prediction_type):
 def test_euler_ancestral_is_ddim_eta_one():
     """EulerAncestral's σ_up/σ_down step is exactly DDIM with η = 1 seen in the VE view (the posterior mean and
     variance of DDPM rewritten in σ̃): same noise stream, same sample to float32 rounding."""
-    ref = EulerAncestralDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                          timestep_spacing="trailing")
+    ref = EulerAncestralDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing"
+    )
     uni = UnifiedScheduler.from_config(ref.config)
-    assert uni.config.sampler == "ddim" and uni.sampler_options == {"eta": 1.0, "use_clipped_model_output": False} \
+    assert (
+        uni.config.sampler == "ddim"
+        and uni.sampler_options == {"eta": 1.0, "use_clipped_model_output": False}
         or uni.sampler_options.get("eta") == 1.0
+    )
     x_uni, x_ref, scale = parity_ve_view(ref, uni, 10, seed=3)
     assert_parity(x_uni, x_ref, scale, "EulerAncestral as ddim(eta=1)")
 
@@ -296,6 +365,7 @@ def test_edm_euler_parity():
         def model(x, t):
             seen[key].append(float(t))
             return fake_model(x, t)
+
         return model
 
     ref.set_timesteps(12)

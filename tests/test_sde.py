@@ -89,4 +89,3 @@ def test_probability_flow_is_eta_zero_and_step_is_deterministic(make_schedule):
 def test_eta_outside_unit_interval_is_rejected(eta, make_schedule):
     with pytest.raises(ValueError, match=rf"eta must lie in \[0, 1\].*got {eta}"):
         ForwardSDE(make_schedule("ve")).reverse(_linear_score, eta=eta)
-

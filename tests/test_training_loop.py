@@ -26,9 +26,19 @@ def _one_thread():
 
 
 def _args(out, **kw):
-    base = dict(output_dir=str(out), train_batch_size=8, max_train_steps=4, checkpointing_steps=2, block_out_channels="8,16",
-                norm_num_groups=4, attention_levels="none", lr_warmup_steps=0, logger="none", no_progress=True,
-                learning_rate=1e-3)
+    base = dict(
+        output_dir=str(out),
+        train_batch_size=8,
+        max_train_steps=4,
+        checkpointing_steps=2,
+        block_out_channels="8,16",
+        norm_num_groups=4,
+        attention_levels="none",
+        lr_warmup_steps=0,
+        logger="none",
+        no_progress=True,
+        learning_rate=1e-3,
+    )
     base.update(kw)
     return default_args(**base)
 
@@ -39,8 +49,17 @@ def _state(model):
 
 def test_train_exports_a_pipeline_that_loads_and_samples_with_every_sampler(tmp_path):
     out = tmp_path / "run"
-    result = train(_args(out, schedule="edm", prediction_type="edm", loss_weighting="edm", use_ema=True,
-                         checkpoints_total_limit=1, logger="tensorboard"))
+    result = train(
+        _args(
+            out,
+            schedule="edm",
+            prediction_type="edm",
+            loss_weighting="edm",
+            use_ema=True,
+            checkpoints_total_limit=1,
+            logger="tensorboard",
+        )
+    )
     assert result.global_step == 4 and len(result.losses) == 4 and all(np.isfinite(result.losses))
     names = set(os.listdir(out))
     assert {"model_index.json", "unet", "scheduler", "README.md", "unisde_run.json", "checkpoint-4", "logs"} <= names
@@ -64,10 +83,18 @@ def test_train_exports_a_pipeline_that_loads_and_samples_with_every_sampler(tmp_
         torch.testing.assert_close(p, q.cpu(), rtol=0, atol=0)
 
     # plain diffusers in a fresh process, after nothing but `import unisde`
-    code = ("import unisde, sys; from diffusers import DiffusionPipeline; p = DiffusionPipeline.from_pretrained(sys.argv[1]); "
-            "print(type(p).__name__, type(p.scheduler).__name__, p.scheduler.config.sampler)")
-    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import unisde, sys; from diffusers import DiffusionPipeline; p = "
+        "DiffusionPipeline.from_pretrained(sys.argv[1]); "
+        "print(type(p).__name__, type(p.scheduler).__name__, p.scheduler.config.sampler)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-3:] == ["DDPMPipeline", "UnifiedScheduler", "ddim"]
     assert index["scheduler"] == ["unisde.scheduler", "UnifiedScheduler"]
@@ -77,7 +104,9 @@ def test_train_exports_a_pipeline_that_loads_and_samples_with_every_sampler(tmp_
         pipe = unisde.load_pipeline(str(out), sampler=sampler)
         assert pipe.scheduler.config.sampler == sampler
         assert pipe.scheduler.noise_schedule.to_config() == unisde.NoiseSchedule.edm().to_config()
-        images = pipe(batch_size=2, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)).images
+        images = pipe(
+            batch_size=2, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)
+        ).images
         assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all(), sampler
 
 
@@ -85,8 +114,17 @@ def test_resume_after_a_failed_save_is_exact(tmp_path):
     """Run A trains 6 steps straight. Run B is killed while committing checkpoint-6 (after checkpoint-3 was
     written): checkpoint-3 stays intact and loadable, and resuming it reproduces A's weights, optimizer and EMA
     bit for bit (model, optimizer, LR schedule, EMA, data position and RNG all restored)."""
-    common = dict(max_train_steps=6, checkpointing_steps=3, use_ema=True, lr_warmup_steps=2, gradient_accumulation_steps=2,
-                  schedule="vp-cosine", prediction_type="v_prediction", noise_distribution="lognormal", train_batch_size=4)
+    common = dict(
+        max_train_steps=6,
+        checkpointing_steps=3,
+        use_ema=True,
+        lr_warmup_steps=2,
+        gradient_accumulation_steps=2,
+        schedule="vp-cosine",
+        prediction_type="v_prediction",
+        noise_distribution="lognormal",
+        train_batch_size=4,
+    )
     a = train(_args(tmp_path / "a", **common))
 
     class Killed(RuntimeError):
@@ -120,8 +158,10 @@ def _digits_parquet(path, image_column="image", n=40):
     from PIL import Image
 
     arr = ((D.digits_array()[:n] + 1) * 127.5).round().astype(np.uint8)
-    ds = datasets.Dataset.from_dict({image_column: [Image.fromarray(a) for a in arr], "label": list(range(n))},
-                                    features=datasets.Features({image_column: datasets.Image(), "label": datasets.Value("int64")}))
+    ds = datasets.Dataset.from_dict(
+        {image_column: [Image.fromarray(a) for a in arr], "label": list(range(n))},
+        features=datasets.Features({image_column: datasets.Image(), "label": datasets.Value("int64")}),
+    )
     ds.to_parquet(str(path))
     return path
 
@@ -147,7 +187,9 @@ def test_data_sources(tmp_path):
     assert col == "image" and D.image_channels(ds, col) == 3
     x = D.make_transform(col, 8, 1)(ds[:3])["pixel_values"]
     assert all(t.shape == (1, 8, 8) for t in x)
-    torch.testing.assert_close(torch.stack(x).flatten(1).mean(1), torch.tensor([0, 60, 120]) / 127.5 - 1, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        torch.stack(x).flatten(1).mean(1), torch.tensor([0, 60, 120]) / 127.5 - 1, rtol=0, atol=1e-5
+    )
     # parquet with a custom image column name, and the same data saved with save_to_disk
     pq = _digits_parquet(tmp_path / "d.parquet", image_column="picture")
     ds = D.load_image_dataset(train_files=[str(pq)])
@@ -160,14 +202,27 @@ def test_data_sources(tmp_path):
 
 def test_train_on_parquet_files_with_named_column(tmp_path):
     pq = _digits_parquet(tmp_path / "d.parquet", image_column="picture", n=16)
-    result = train(_args(tmp_path / "run", train_files=[str(pq)], image_column="picture", max_train_steps=2, resolution=8,
-                         schedule="vp-linear", prediction_type="epsilon", loss_weighting="likelihood"))
+    result = train(
+        _args(
+            tmp_path / "run",
+            train_files=[str(pq)],
+            image_column="picture",
+            max_train_steps=2,
+            resolution=8,
+            schedule="vp-linear",
+            prediction_type="epsilon",
+            loss_weighting="likelihood",
+        )
+    )
     assert result.global_step == 2 and all(np.isfinite(result.losses))
 
 
 def _snapshot(path):
-    return {os.path.relpath(os.path.join(r, f), path): os.path.getmtime(os.path.join(r, f))
-            for r, _, fs in os.walk(path) for f in fs}
+    return {
+        os.path.relpath(os.path.join(r, f), path): os.path.getmtime(os.path.join(r, f))
+        for r, _, fs in os.walk(path)
+        for f in fs
+    }
 
 
 def test_bad_input_is_rejected_before_training(tmp_path):
@@ -181,8 +236,14 @@ def test_bad_input_is_rejected_before_training(tmp_path):
         (dict(loss_weighting="snr"), "unknown loss weighting 'snr'"),
         (dict(noise_distribution="beta"), "unknown noise distribution 'beta'"),
         (dict(default_sampler="eulerr"), "unknown sampler 'eulerr'"),
-        (dict(unet_config=json.dumps({"in_channels": 3, "out_channels": 3, "sample_size": 8})), "channel mismatch.*1 channel"),
-        (dict(unet_config=json.dumps({"in_channels": 1, "out_channels": 1, "sample_size": 16}), resolution=8), "resolution mismatch"),
+        (
+            dict(unet_config=json.dumps({"in_channels": 3, "out_channels": 3, "sample_size": 8})),
+            "channel mismatch.*1 channel",
+        ),
+        (
+            dict(unet_config=json.dumps({"in_channels": 1, "out_channels": 1, "sample_size": 16}), resolution=8),
+            "resolution mismatch",
+        ),
         (dict(resolution=6, block_out_channels="8,16,16"), "not divisible by 4"),
         (dict(resume_from_checkpoint=str(tmp_path / "nope")), "does not exist"),
     ]
@@ -235,8 +296,24 @@ def test_cli_train_and_script_entry_point(tmp_path, capsys):
     from unisde.cli import build_parser, main
 
     out = tmp_path / "cli"
-    argv = ["train", "--output_dir", str(out), "--max_train_steps", "1", "--train_batch_size", "4", "--block_out_channels",
-            "8,16", "--norm_num_groups", "4", "--attention_levels", "none", "--logger", "none", "--no_progress"]
+    argv = [
+        "train",
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "1",
+        "--train_batch_size",
+        "4",
+        "--block_out_channels",
+        "8,16",
+        "--norm_num_groups",
+        "4",
+        "--attention_levels",
+        "none",
+        "--logger",
+        "none",
+        "--no_progress",
+    ]
     rc = main(argv)
     assert rc == 0 and "trained to step 1" in capsys.readouterr().out
     # the card's training command reproduces the run's options exactly

@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 WORKER_DEADLINE_S = 200
 
 
@@ -25,10 +23,25 @@ def _worker(out: str, steps: int, resume: str | None) -> None:
 
     from unisde.training.loop import default_args, train
 
-    args = default_args(output_dir=out, train_batch_size=4, max_train_steps=steps, checkpointing_steps=2, block_out_channels="8,16",
-                        norm_num_groups=4, attention_levels="none", lr_warmup_steps=0, logger="none", no_progress=True,
-                        learning_rate=1e-3, use_ema=True, cpu=True, resume_from_checkpoint=resume,
-                        schedule="vp-linear", prediction_type="epsilon", noise_distribution="uniform_t")
+    args = default_args(
+        output_dir=out,
+        train_batch_size=4,
+        max_train_steps=steps,
+        checkpointing_steps=2,
+        block_out_channels="8,16",
+        norm_num_groups=4,
+        attention_levels="none",
+        lr_warmup_steps=0,
+        logger="none",
+        no_progress=True,
+        learning_rate=1e-3,
+        use_ema=True,
+        cpu=True,
+        resume_from_checkpoint=resume,
+        schedule="vp-linear",
+        prediction_type="epsilon",
+        noise_distribution="uniform_t",
+    )
     result = train(args)
     acc = result.accelerator
     flat = torch.cat([p.detach().flatten() for p in acc.unwrap_model(result.model).parameters()])
@@ -38,10 +51,17 @@ def _worker(out: str, steps: int, resume: str | None) -> None:
     if acc.is_main_process:
         print(f"rank 0 done at step {result.global_step}", flush=True)
         with open(os.path.join(out, f"report-{steps}.json"), "w") as fh:
-            json.dump({"num_processes": acc.num_processes, "global_step": result.global_step,
-                       "ranks_identical": bool((gathered == gathered[0]).all()),
-                       "noise_differs": bool(not torch.equal(noise[0], noise[1])),
-                       "resumed_from": result.resumed_from, "losses": result.losses}, fh)
+            json.dump(
+                {
+                    "num_processes": acc.num_processes,
+                    "global_step": result.global_step,
+                    "ranks_identical": bool((gathered == gathered[0]).all()),
+                    "noise_differs": bool(not torch.equal(noise[0], noise[1])),
+                    "resumed_from": result.resumed_from,
+                    "losses": result.losses,
+                },
+                fh,
+            )
     result.finish()
     from unisde.training.loop import _RETIRED_PROCESS_GROUPS
 
@@ -49,7 +69,17 @@ def _worker(out: str, steps: int, resume: str | None) -> None:
 
 
 def _launch(out, steps, resume=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out), str(steps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(out),
+        str(steps),
+    ]
     if resume:
         cmd.append(resume)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -65,12 +95,19 @@ def test_two_gloo_processes_train_in_sync_and_resume(tmp_path):
     assert first["num_processes"] == 2 and first["global_step"] == 2
     assert first["ranks_identical"] and first["noise_differs"]
     ckpt = out / "checkpoint-2"
-    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin",
-            "unisde_checkpoint.json"} <= set(os.listdir(ckpt))
+    assert {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+        "model.safetensors",
+        "optimizer.bin",
+        "unisde_checkpoint.json",
+    } <= set(os.listdir(ckpt))
     manifest = json.loads((ckpt / "unisde_checkpoint.json").read_text())
     assert manifest["num_processes"] == 2
     second = _launch(out, 4, "latest")
-    assert second["num_processes"] == 2 and second["global_step"] == 4 and second["resumed_from"].endswith("checkpoint-2")
+    assert (
+        second["num_processes"] == 2 and second["global_step"] == 4 and second["resumed_from"].endswith("checkpoint-2")
+    )
     assert second["ranks_identical"] and len(second["losses"]) == 2
     assert (out / "checkpoint-4").is_dir() and (out / "unet").is_dir()
 

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 import unisde
-from unisde.training import (LOSS_WEIGHTINGS, DenoisingScoreMatching, make_objective, make_train_step,
-                             output_loss_weight, sample_time, x0_loss_weight)
+from unisde.training import (
+    LOSS_WEIGHTINGS,
+    DenoisingScoreMatching,
+    make_objective,
+    make_train_step,
+    output_loss_weight,
+    sample_time,
+    x0_loss_weight,
+)
 from unisde.training.config import resolve_schedule
 
 SCHEDULES = ["vp-linear", "edm", "ddpm-linear", "cosine", "ve"]
@@ -28,12 +35,12 @@ def test_x0_weights_match_their_formulas(name):
     s, sigma, sig_ve, g2 = _coeffs(schedule, t)
     sd = 0.7
     expected = {
-        "epsilon": s**2 / sigma**2,                       # ‖ε̂−ε‖² = s²/σ² ‖x̂0−x0‖²
-        "score": sigma**2 * s**2 / sigma**4,              # λ_score = σ², ŝ−s* = s(x̂0−x0)/σ²
+        "epsilon": s**2 / sigma**2,  # ‖ε̂−ε‖² = s²/σ² ‖x̂0−x0‖²
+        "score": sigma**2 * s**2 / sigma**4,  # λ_score = σ², ŝ−s* = s(x̂0−x0)/σ²
         "x0": torch.ones_like(t),
-        "v": (s**2 + sigma**2) / sigma**2,                # 1 + SNR
+        "v": (s**2 + sigma**2) / sigma**2,  # 1 + SNR
         "edm": (sig_ve**2 + sd**2) / (sig_ve * sd) ** 2,  # seed 001 eq. 217
-        "likelihood": g2 * s**2 / sigma**4,               # Song et al. 2021: g² on the score loss
+        "likelihood": g2 * s**2 / sigma**4,  # Song et al. 2021: g² on the score loss
     }
     param = unisde.get_parameterization("epsilon")
     for weighting, ref in expected.items():
@@ -84,8 +91,10 @@ def _directional_gradient(objective, x0, t, noise, denoiser_shift=0.0):
     return (plus - minus) / 2
 
 
-@pytest.mark.parametrize("schedule_name,param", [("vp-linear", p) for p in PARAMS] + [("ddpm-linear", "epsilon"),
-                                                                                   ("edm", "edm"), ("cosine", "v_prediction")])
+@pytest.mark.parametrize(
+    "schedule_name,param",
+    [("vp-linear", p) for p in PARAMS] + [("ddpm-linear", "epsilon"), ("edm", "edm"), ("cosine", "v_prediction")],
+)
 def test_exact_denoiser_minimises_every_weighting(schedule_name, param):
     """E[dL/dδ] = 0 at the exact denoiser (within 5 standard errors of the Monte-Carlo mean), for every
     weighting; a denoiser off by 0.5 is detected (> 5 standard errors) so the test can fail."""

@@ -4,13 +4,16 @@
 """
 
 from unisde.core import sde  # noqa: F401
-from unisde.plugins import get_parameterization, get_sampler, hookimpl, list_parameterizations, list_samplers
 from unisde.core.schedule import NoiseSchedule
+from unisde.plugins import get_parameterization, get_sampler, hookimpl, list_parameterizations, list_samplers
 
 __version__ = "0.1.0"
 
-_LAZY = {"UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"), "sample": ("unisde.sampling", "sample"), "load_pipeline": ("unisde.diffusers.pipeline", "load_pipeline")}
-
+_LAZY = {
+    "UnifiedScheduler": ("unisde.scheduler", "UnifiedScheduler"),
+    "sample": ("unisde.sampling", "sample"),
+    "load_pipeline": ("unisde.diffusers.pipeline", "load_pipeline"),
+}
 
 
 def _lazy_scheduler_module():
@@ -48,5 +51,15 @@ def __getattr__(name):
     raise AttributeError(f"module 'unisde' has no attribute {name!r}")
 
 
-__all__ = ["NoiseSchedule", "UnifiedScheduler", "load_pipeline", "sample", "hookimpl", "get_sampler", "get_parameterization",
-           "list_samplers", "list_parameterizations", "sde"]
+__all__ = [
+    "NoiseSchedule",
+    "UnifiedScheduler",
+    "load_pipeline",
+    "sample",
+    "hookimpl",
+    "get_sampler",
+    "get_parameterization",
+    "list_samplers",
+    "list_parameterizations",
+    "sde",
+]

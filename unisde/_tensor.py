@@ -32,7 +32,9 @@ def check_unit_interval(t: torch.Tensor, name: str = "t") -> None:
     bad = (t < 0) | (t > 1)
     if bad.any():
         idx = bad.nonzero()[0].tolist()
-        raise ValueError(f"{name} must lie in [0, 1] (0 = data, 1 = prior); got {t[tuple(idx)].item()!r} at index {tuple(idx)}")
+        raise ValueError(
+            f"{name} must lie in [0, 1] (0 = data, 1 = prior); got {t[tuple(idx)].item()!r} at index {tuple(idx)}"
+        )
 
 
 def closest(name: str, choices: Iterable[str]) -> str:
@@ -74,7 +76,10 @@ class MonotoneCubic:
             w1 = 2 * h1 + h0
             w2 = h1 + 2 * h0
             same_sign = (d0 * d1) > 0
-            harmonic = (w1 + w2) / (w1 / torch.where(same_sign, d0, torch.ones_like(d0)) + w2 / torch.where(same_sign, d1, torch.ones_like(d1)))
+            harmonic = (w1 + w2) / (
+                w1 / torch.where(same_sign, d0, torch.ones_like(d0))
+                + w2 / torch.where(same_sign, d1, torch.ones_like(d1))
+            )
             m[1:-1] = torch.where(same_sign, harmonic, torch.zeros_like(d0))
             m[0] = self._end_slope(h[0], h[1], delta[0], delta[1])
             m[-1] = self._end_slope(h[-1], h[-2], delta[-1], delta[-2])
@@ -113,5 +118,7 @@ class MonotoneCubic:
         value = torch.minimum(torch.maximum(value, torch.minimum(y0, y1)), torch.maximum(y0, y1))
         if not derivative:
             return value
-        dvalue = ((6 * u2 - 6 * u) * y0 + (3 * u2 - 4 * u + 1) * m0 + (-6 * u2 + 6 * u) * y1 + (3 * u2 - 2 * u) * m1) / h
+        dvalue = (
+            (6 * u2 - 6 * u) * y0 + (3 * u2 - 4 * u + 1) * m0 + (-6 * u2 + 6 * u) * y1 + (3 * u2 - 2 * u) * m1
+        ) / h
         return value, dvalue

@@ -1,4 +1,5 @@
-r"""Exact denoisers: the project's ground truth (tests and benchmarks measure samplers against them, no network in the way).
+r"""Exact denoisers: the project's ground truth (tests and benchmarks measure samplers against them, no network in
+the way).
 
 For data x0 ~ p_data and the forward process x_t = s(t) x0 + σ(t) ε
 (Karras et al. 2022, eq. 4 [EDM], whose σ is our VE-view σ̃ = σ/s), the optimal
@@ -42,7 +43,8 @@ import torch
 from unisde._tensor import DTYPE, as_float64
 from unisde.core.schedule import NoiseSchedule, _expand_like
 
-__all__ = ["Gaussian", "GaussianMixture", "Empirical", "AnalyticModel", "AnalyticUNet"]
+# AnalyticUNet is provided by the module __getattr__ (built on first use), hence the noqa
+__all__ = ["Gaussian", "GaussianMixture", "Empirical", "AnalyticModel", "AnalyticUNet"]  # noqa: F822
 
 _CHUNK_ELEMENTS = 1 << 22
 """Upper bound on the entries of one (batch × components) block in the streamed mixture sums (32 MiB)."""
@@ -82,8 +84,16 @@ class _Analytic:
     U_k = I when ``basis`` is None) handled one component at a time in its eigenbasis.
     """
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, event_shape: tuple[int, ...], *,
-                 var: torch.Tensor | None = None, lam: torch.Tensor | None = None, basis: torch.Tensor | None = None):
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        means: torch.Tensor,
+        event_shape: tuple[int, ...],
+        *,
+        var: torch.Tensor | None = None,
+        lam: torch.Tensor | None = None,
+        basis: torch.Tensor | None = None,
+    ):
         self._weights = weights
         self._log_weights = torch.log(weights)
         self._means = means
@@ -137,9 +147,18 @@ class _Analytic:
     def _on(self, device) -> dict:
         key = str(device)
         if key not in self._device_cache:
-            move = (lambda v: None if v is None else v.to(device))
-            cached = {"w": move(self._log_weights), "mu": move(self._means), "c": move(self._center),
-                      "var": move(self._var), "lam": move(self._lam), "U": move(self._basis)}
+
+            def move(v):
+                return None if v is None else v.to(device)
+
+            cached = {
+                "w": move(self._log_weights),
+                "mu": move(self._means),
+                "c": move(self._center),
+                "var": move(self._var),
+                "lam": move(self._lam),
+                "U": move(self._basis),
+            }
             if self._kind == "iso":
                 mc = cached["mu"] - cached["c"]
                 cached["mc"], cached["mc2"] = mc, (mc * mc).sum(1)
@@ -149,10 +168,15 @@ class _Analytic:
     def _flat(self, x, name: str = "x") -> torch.Tensor:
         """x of shape (B, *event_shape) → float64 (B, d), keeping the autograd graph."""
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor of shape (B, {', '.join(map(str, self.event_shape))}), got {type(x).__name__}")
+            raise ValueError(
+                f"{name} must be a torch.Tensor of shape (B, {', '.join(map(str, self.event_shape))}), got "
+                f"{type(x).__name__}"
+            )
         if x.ndim != 1 + len(self.event_shape) or tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (B, {', '.join(map(str, self.event_shape))}) "
-                             f"for this distribution's event_shape {self.event_shape}")
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}; expected (B, {', '.join(map(str, self.event_shape))}) "
+                f"for this distribution's event_shape {self.event_shape}"
+            )
         return x.reshape(x.shape[0], self.dim).to(DTYPE)
 
     @staticmethod
@@ -160,7 +184,9 @@ class _Analytic:
         if coef.ndim == 0 or coef.shape == (1,):
             return coef.reshape(()).expand(batch).to(device)
         if coef.shape != (batch,):
-            raise ValueError(f"t has shape {tuple(coef.shape)}; expected a scalar or shape ({batch},) for a batch of {batch}")
+            raise ValueError(
+                f"t has shape {tuple(coef.shape)}; expected a scalar or shape ({batch},) for a batch of {batch}"
+            )
         return coef.to(device)
 
     def _coefficients(self, t, schedule: NoiseSchedule, batch: int, device):
@@ -208,8 +234,13 @@ class _Analytic:
                 v = s2[:, None] * p["var"][None, lo:hi] + var_noise[:, None]
                 logits = p["w"][None, lo:hi] - 0.5 * d * torch.log(2 * math.pi * v) - 0.5 * dist2 / v
                 # Component posterior mean: μ_k + (s v_k / v)(x − s μ_k) = (σ² / v) μ_k + (s v_k / v) x.
-                accumulate(logits, lambda prob: (prob * var_noise[:, None] / v) @ p["mu"][lo:hi]
-                           + (prob * s[:, None] * p["var"][None, lo:hi] / v).sum(1, keepdim=True) * xf)
+                accumulate(
+                    logits,
+                    lambda prob: (
+                        (prob * var_noise[:, None] / v) @ p["mu"][lo:hi]
+                        + (prob * s[:, None] * p["var"][None, lo:hi] / v).sum(1, keepdim=True) * xf
+                    ),
+                )
         else:
             for k in range(p["mu"].shape[0]):
                 mu, lam, basis = p["mu"][k], p["lam"][k], None if p["U"] is None else p["U"][k]
@@ -267,23 +298,29 @@ class _Analytic:
         xf = self._flat(x)
         s, sigma = self._coefficients(t, schedule, xf.shape[0], xf.device)
         if (sigma == 0).any() and self._min_variance <= 0:
-            raise ValueError(f"{type(self).__name__} has a singular covariance (smallest variance {self._min_variance:.3g}), "
-                             "so p_t has no density at σ(t) = 0 (t = 0); evaluate it at t > 0")
+            raise ValueError(
+                f"{type(self).__name__} has a singular covariance (smallest variance {self._min_variance:.3g}), "
+                "so p_t has no density at σ(t) = 0 (t = 0); evaluate it at t > 0"
+            )
         return self._posterior(xf, s, sigma, want_mean=False)[0]
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Data log density log p_data(x) for x of shape (B, *event_shape); (B,) float64 nats."""
         xf = self._flat(x)
         if self._min_variance <= 0:
-            raise ValueError(f"{type(self).__name__} has a singular covariance (smallest variance {self._min_variance:.3g}) "
-                             "and no data density; use marginal_log_prob at t > 0")
+            raise ValueError(
+                f"{type(self).__name__} has a singular covariance (smallest variance {self._min_variance:.3g}) "
+                "and no data density; use marginal_log_prob at t > 0"
+            )
         one = torch.ones(xf.shape[0], dtype=DTYPE, device=xf.device)
         return self._posterior(xf, one, torch.zeros_like(one), want_mean=False)[0]
 
     def _draw_components(self, n: int, generator) -> torch.Tensor:
         return torch.multinomial(self._weights, n, replacement=True, generator=generator)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device=None
+    ) -> torch.Tensor:
         """n independent draws x0 ~ p_data, shape (n, *event_shape), drawn in float64 on the generator's
         device (CPU by default) and returned as ``dtype`` on ``device``."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -309,13 +346,15 @@ class _Analytic:
         ``model.nfe``."""
         return AnalyticModel(self, parameterization, schedule)
 
-    def as_unet(self, parameterization, schedule: NoiseSchedule, sample_size, in_channels: int) -> "AnalyticUNet":
+    def as_unet(self, parameterization, schedule: NoiseSchedule, sample_size, in_channels: int) -> "AnalyticUNet":  # noqa: F821 (built lazily, see __getattr__)
         """A diffusers ``ModelMixin`` wrapping :meth:`as_model`, usable as the ``unet`` of DDPMPipeline /
         DDIMPipeline for images of shape (in_channels, H, W) with ``sample_size`` = H = W or (H, W)."""
         unet = _unet_class()(sample_size=sample_size, in_channels=in_channels)
         if math.prod(unet.event_shape) != self.dim:
-            raise ValueError(f"as_unet: images of shape {unet.event_shape} have {math.prod(unet.event_shape)} elements "
-                             f"but the distribution has dimension {self.dim}")
+            raise ValueError(
+                f"as_unet: images of shape {unet.event_shape} have {math.prod(unet.event_shape)} elements "
+                f"but the distribution has dimension {self.dim}"
+            )
         unet.analytic_model = self.as_model(parameterization, schedule)
         return unet
 
@@ -377,7 +416,9 @@ class GaussianMixture(_Analytic):
             raise ValueError(f"weights must not all be zero, got {weights.tolist()}")
         k = weights.numel()
         if means.ndim < 2 or means.shape[0] != k:
-            raise ValueError(f"means has shape {tuple(means.shape)}; expected ({k}, d) or ({k}, *event_shape) for {k} weights")
+            raise ValueError(
+                f"means has shape {tuple(means.shape)}; expected ({k}, d) or ({k}, *event_shape) for {k} weights"
+            )
         shape = _event_shape(event_shape, means[0].numel(), means.shape[1:], "means")
         means = means.reshape(k, -1)
         super().__init__(weights / total, means, shape, **_covariances(covs, k, means.shape[1], "covs"))
@@ -398,7 +439,10 @@ class Gaussian(_Analytic):
         mean = mean.reshape(1, -1)
         cov = as_float64(cov, "cov")
         if cov.ndim > 2:
-            raise ValueError(f"cov has shape {tuple(cov.shape)}; expected a scalar, ({mean.shape[1]},) or ({mean.shape[1]}, {mean.shape[1]})")
+            raise ValueError(
+                f"cov has shape {tuple(cov.shape)}; expected a scalar, ({mean.shape[1]},) or ({mean.shape[1]}, "
+                f"{mean.shape[1]})"
+            )
         super().__init__(torch.ones(1, dtype=DTYPE), mean, shape, **_covariances(cov[None], 1, mean.shape[1], "cov"))
 
 
@@ -417,8 +461,9 @@ class Empirical(_Analytic):
             raise ValueError(f"data must have shape (n, *event_shape) with n >= 1, got {tuple(data.shape)}")
         n = data.shape[0]
         shape = _event_shape(event_shape, data[0].numel(), data.shape[1:], "data")
-        super().__init__(torch.full((n,), 1.0 / n, dtype=DTYPE), data.reshape(n, -1), shape,
-                         var=torch.zeros(n, dtype=DTYPE))
+        super().__init__(
+            torch.full((n,), 1.0 / n, dtype=DTYPE), data.reshape(n, -1), shape, var=torch.zeros(n, dtype=DTYPE)
+        )
 
     def _draw_components(self, n: int, generator) -> torch.Tensor:
         device = generator.device if generator is not None else None
@@ -426,7 +471,9 @@ class Empirical(_Analytic):
 
     def log_prob(self, x):
         """Not defined: a finite dataset is a sum of point masses. Raises ValueError."""
-        raise ValueError("Empirical data is a sum of point masses and has no density; use marginal_log_prob(x, t, schedule) at t > 0")
+        raise ValueError(
+            "Empirical data is a sum of point masses and has no density; use marginal_log_prob(x, t, schedule) at t > 0"
+        )
 
     def __repr__(self):
         return f"Empirical(n={self.num_components}, event_shape={self.event_shape})"
@@ -496,10 +543,15 @@ def _unet_class():
         def __init__(self, sample_size=32, in_channels: int = 3, out_channels: int | None = None):
             super().__init__()
             if out_channels is not None and out_channels != in_channels:
-                raise ValueError(f"a denoiser maps images to images: out_channels ({out_channels}) must equal in_channels ({in_channels})")
+                raise ValueError(
+                    f"a denoiser maps images to images: out_channels ({out_channels}) must equal in_channels "
+                    f"({in_channels})"
+                )
             size = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
             if int(in_channels) <= 0 or len(size) != 2 or min(size) <= 0:
-                raise ValueError(f"need in_channels > 0 and sample_size an int or (H, W) > 0, got {in_channels}, {sample_size}")
+                raise ValueError(
+                    f"need in_channels > 0 and sample_size an int or (H, W) > 0, got {in_channels}, {sample_size}"
+                )
             self.event_shape = (int(in_channels), int(size[0]), int(size[1]))
             self.dummy = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
             self.analytic_model = None
@@ -516,7 +568,9 @@ def _unet_class():
             if self.analytic_model is None:
                 raise ValueError("AnalyticUNet has no denoiser attached; build it with distribution.as_unet(...)")
             if tuple(sample.shape[1:]) != self.event_shape:
-                raise ValueError(f"sample has shape {tuple(sample.shape)}; expected (B, {', '.join(map(str, self.event_shape))})")
+                raise ValueError(
+                    f"sample has shape {tuple(sample.shape)}; expected (B, {', '.join(map(str, self.event_shape))})"
+                )
             dist_shape = self.analytic_model.distribution.event_shape
             out = self.analytic_model(sample.reshape(sample.shape[0], *dist_shape), timestep).reshape(sample.shape)
             return UNet2DOutput(sample=out) if return_dict else (out,)

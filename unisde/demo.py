@@ -41,10 +41,29 @@ BUNDLED_CHECKPOINTS = (BUNDLED_CHECKPOINT, BUNDLED_FLOW_CHECKPOINT)
 
 # Steps per sampler chosen so every sampler spends a comparable number of UNet calls (~30; Heun-type
 # samplers call the model twice per step, pc once per corrector and predictor, ncsn T times per level + 1).
-DEFAULT_STEPS = {"ddpm": 30, "ddim": 30, "edm": 15, "ode": 15, "sde": 30, "pc": 15, "ncsn": 15, "lms": 30, "unipc": 30,
-                 "pndm": 29, "dpmsolver++": 30, "deis": 30, "dpm_2": 15, "dpm_2_ancestral": 15,
-                 "dpmsolver_singlestep": 30, "ipndm": 30, "ipndm_v": 30, "lcm": 30, "tcd": 30, "inverse": 30,
-                 "ddim_inverse": 30}
+DEFAULT_STEPS = {
+    "ddpm": 30,
+    "ddim": 30,
+    "edm": 15,
+    "ode": 15,
+    "sde": 30,
+    "pc": 15,
+    "ncsn": 15,
+    "lms": 30,
+    "unipc": 30,
+    "pndm": 29,
+    "dpmsolver++": 30,
+    "deis": 30,
+    "dpm_2": 15,
+    "dpm_2_ancestral": 15,
+    "dpmsolver_singlestep": 30,
+    "ipndm": 30,
+    "ipndm_v": 30,
+    "lcm": 30,
+    "tcd": 30,
+    "inverse": 30,
+    "ddim_inverse": 30,
+}
 DEFAULT_OPTIONS = {"ncsn": {"n_steps_each": 2}}
 DEFAULT_NUM_SAMPLES = 500
 DEFAULT_NUM_SAMPLES_SECOND = 200
@@ -96,7 +115,7 @@ def save_grid(images: np.ndarray, path: str, nrow: int = 10, scale: int = 4) -> 
     canvas = np.ones((rows * (h + 1) + 1, nrow * (w + 1) + 1) + images.shape[3:], dtype=np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, nrow)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = img
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
     pil = Image.fromarray((np.clip(canvas, 0, 1) * 255).round().astype(np.uint8))
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -140,8 +159,12 @@ def _sample(unet, scheduler, num_samples, n_steps, seed):
     pipe.unet = counting  # count every UNet call the pipeline makes
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        images = pipe(batch_size=num_samples, generator=torch.Generator().manual_seed(seed),
-                      num_inference_steps=n_steps, output_type="np").images
+        images = pipe(
+            batch_size=num_samples,
+            generator=torch.Generator().manual_seed(seed),
+            num_inference_steps=n_steps,
+            output_type="np",
+        ).images
     return images, counting.nfe
 
 
@@ -153,8 +176,10 @@ def _encode_decode(unet, config, name, real, n_steps, options):
     counting = CountingUNet(unet)
     x = torch.from_numpy(np.ascontiguousarray(real)).float()
     with torch.no_grad():
-        for scheduler in (UnifiedScheduler.from_config(config, sampler=name, sampler_options=options),
-                          UnifiedScheduler.from_config(config, sampler="ddim", sampler_options={"eta": 0.0})):
+        for scheduler in (
+            UnifiedScheduler.from_config(config, sampler=name, sampler_options=options),
+            UnifiedScheduler.from_config(config, sampler="ddim", sampler_options={"eta": 0.0}),
+        ):
             scheduler.set_timesteps(n_steps)
             for t in scheduler.timesteps:
                 x = scheduler.step(counting(x, t).sample, t, x).prev_sample
@@ -162,9 +187,16 @@ def _encode_decode(unet, config, name, real, n_steps, options):
     return images, counting.nfe
 
 
-def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out", num_samples: int = DEFAULT_NUM_SAMPLES,
-             seed: int = 0, samplers: list[str] | None = None, steps: dict | None = None, likelihood: bool = True,
-             verbose: bool = True) -> list[DemoRow]:
+def run_demo(
+    checkpoint: str = BUNDLED_CHECKPOINT,
+    output_dir: str = "demo_out",
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int = 0,
+    samplers: list[str] | None = None,
+    steps: dict | None = None,
+    likelihood: bool = True,
+    verbose: bool = True,
+) -> list[DemoRow]:
     """One checkpoint, every sampler (module doc): grids, schedule plot, results.{json,md} in ``output_dir``."""
     import diffusers  # noqa: F401  (imported before unisde.diffusers.scheduler: a first diffusers import from inside
 
@@ -216,8 +248,10 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
         grid = save_grid(images, os.path.join(output_dir, f"samples_{name}{suffix}.png"))
         rows.append(DemoRow(name, nfe, seconds, fd, floor, grid, label, len(images), note))
         if verbose:
-            print(f"  {label:<12} {rows[-1].label:<24} NFE {nfe:>4}  {seconds:6.2f} s  FD {fd:8.3f}  "
-                  f"(floor {floor:.3f})", flush=True)
+            print(
+                f"  {label:<12} {rows[-1].label:<24} NFE {nfe:>4}  {seconds:6.2f} s  FD {fd:8.3f}  (floor {floor:.3f})",
+                flush=True,
+            )
     _schedule_plot(base.scheduler, output_dir)
     summary = {"checkpoint": checkpoint, "num_samples": num_samples, "floor": floor, "rows": [asdict(r) for r in rows]}
     if likelihood:
@@ -231,9 +265,16 @@ def run_demo(checkpoint: str = BUNDLED_CHECKPOINT, output_dir: str = "demo_out",
     return rows
 
 
-def run_demos(checkpoints=BUNDLED_CHECKPOINTS, output_dir: str = "demo_out", num_samples=None, seed: int = 0,
-              samplers: list[str] | None = None, steps: dict | None = None, likelihood: bool = True,
-              verbose: bool = True) -> tuple[list[DemoRow], dict]:
+def run_demos(
+    checkpoints=BUNDLED_CHECKPOINTS,
+    output_dir: str = "demo_out",
+    num_samples=None,
+    seed: int = 0,
+    samplers: list[str] | None = None,
+    steps: dict | None = None,
+    likelihood: bool = True,
+    verbose: bool = True,
+) -> tuple[list[DemoRow], dict]:
     """:func:`run_demo` on each checkpoint (outputs in ``output_dir/<checkpoint name>/``), one table for all in
     ``output_dir/results.md``. ``num_samples``: one number for all, one per checkpoint, or None (500 for the first,
     ``DEFAULT_NUM_SAMPLES_SECOND`` for the others). Returns (rows, {checkpoint: bits/dim string or None})."""
@@ -253,8 +294,9 @@ def run_demos(checkpoints=BUNDLED_CHECKPOINTS, output_dir: str = "demo_out", num
             raise ValueError(f"checkpoint folder {path!r} does not exist")
     names = [os.path.basename(os.path.normpath(p)) for p in checkpoints]
     if len(set(names)) != len(names):
-        raise ValueError(f"checkpoint folders need distinct names (their outputs go to {output_dir}/<name>/), "
-                         f"got {names}")
+        raise ValueError(
+            f"checkpoint folders need distinct names (their outputs go to {output_dir}/<name>/), got {names}"
+        )
     rows, bpd = [], {}
     for path, name, n in zip(checkpoints, names, counts):
         if verbose:
@@ -287,8 +329,9 @@ def _bits_per_dim(checkpoint, seed, n: int = 32):
 
     data, num_bins = load_quantized_dataset("digits")
     unet, schedule, param = load_pipeline_model(checkpoint)
-    mean, se, nfes, _ = dataset_bits_per_dim(unet, data, schedule, param, num_bins=num_bins, num_samples=n,
-                                             batch_size=n, seed=seed, rtol=1e-4, atol=1e-4)
+    mean, se, nfes, _ = dataset_bits_per_dim(
+        unet, data, schedule, param, num_bins=num_bins, num_samples=n, batch_size=n, seed=seed, rtol=1e-4, atol=1e-4
+    )
     return f"{mean:.3f} ± {se:.3f} bits/dim ({n} digits, Hutchinson trace, {sum(nfes)} NFE, rtol 1e-4)"
 
 
@@ -304,15 +347,18 @@ def update_model_card(checkpoint: str, rows: list[DemoRow], bits_per_dim: str | 
     with open(card_path) as fh:
         card = fh.read()
     if CARD_BEGIN in card:
-        card = card[: card.index(CARD_BEGIN)].rstrip() + "\n" + card[card.index(CARD_END) + len(CARD_END):]
+        card = card[: card.index(CARD_BEGIN)].rstrip() + "\n" + card[card.index(CARD_END) + len(CARD_END) :]
     label = os.path.basename(os.path.normpath(checkpoint))
     rows = [r for r in rows if r.checkpoint in ("", label)]
     # the grid of grid_sampler's best run (on a flow checkpoint: EDM in the flow view rather than the VE view)
     row = min((r for r in rows if r.sampler == grid_sampler), key=lambda r: r.frechet, default=rows[0])
     shutil.copyfile(row.grid, os.path.join(checkpoint, "samples.png"))
-    section = (f"\n{CARD_BEGIN}\n## Quality (measured by `unisde demo`)\n\n"
-               f"![samples from the `{row.label}` sampler](samples.png)\n\n"
-               + format_table(rows, bpd=bits_per_dim) + f"{CARD_END}\n")
+    section = (
+        f"\n{CARD_BEGIN}\n## Quality (measured by `unisde demo`)\n\n"
+        f"![samples from the `{row.label}` sampler](samples.png)\n\n"
+        + format_table(rows, bpd=bits_per_dim)
+        + f"{CARD_END}\n"
+    )
     with open(card_path, "w") as fh:
         fh.write(card.rstrip() + "\n" + section)
     return card_path
@@ -321,12 +367,15 @@ def update_model_card(checkpoint: str, rows: list[DemoRow], bits_per_dim: str | 
 def format_table(rows: list[DemoRow], num_samples: int | None = None, bpd=None) -> str:
     """The Markdown table: checkpoint, sampler, NFE, seconds, images, Fréchet distance and the floor at that size.
     ``num_samples`` fills the images column of rows that do not record it."""
-    lines = ["| checkpoint | sampler | NFE | seconds | images | Fréchet distance (64-d pixels) | real-vs-real floor |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| checkpoint | sampler | NFE | seconds | images | Fréchet distance (64-d pixels) | real-vs-real floor |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         n = r.num_samples or num_samples or ""
-        lines.append(f"| {r.checkpoint} | {r.label} | {r.nfe} | {r.seconds:.2f} | {n} | {r.frechet:.3f} "
-                     f"| {r.floor:.3f} |")
+        lines.append(
+            f"| {r.checkpoint} | {r.label} | {r.nfe} | {r.seconds:.2f} | {n} | {r.frechet:.3f} | {r.floor:.3f} |"
+        )
     text = "\n".join(lines) + "\n"
     if bpd is not None:
         text += f"\nPF-ODE likelihood of real digits: {bpd}\n"

@@ -62,10 +62,10 @@ from typing import Callable
 import torch
 
 from unisde._tensor import DTYPE, unknown_name_error
-from unisde.ode import solve_ivp
-from unisde.parameterizations import Parameterization, score_from_denoised
 from unisde.core.schedule import NoiseSchedule
 from unisde.core.sde import ForwardSDE
+from unisde.ode import solve_ivp
+from unisde.parameterizations import Parameterization, score_from_denoised
 
 TRACE_METHODS = ("auto", "exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -139,22 +139,30 @@ def check_quantized(x: torch.Tensor, num_bins: int, data_range=(-1.0, 1.0)) -> N
     bad = (xd < lo - tol) | (xd > hi + tol)
     if bad.any():
         value = xd[bad][0].item()
-        raise ValueError(f"data value {value:.6g} lies outside data_range [{lo}, {hi}] expected by the {num_bins}-level "
-                         f"dequantization convention (scale the data to that range first, e.g. images/127.5 − 1)")
+        raise ValueError(
+            f"data value {value:.6g} lies outside data_range [{lo}, {hi}] expected by the {num_bins}-level "
+            f"dequantization convention (scale the data to that range first, e.g. images/127.5 − 1)"
+        )
     k = (xd - lo) / delta
     off = (k - k.round()).abs() > 1e-3
     if off.any():
         value = xd[off][0].item()
-        raise ValueError(f"data value {value:.6g} is not on the {num_bins}-level grid of [{lo}, {hi}] (spacing {delta:.6g}); "
-                         f"pass num_bins matching the data, or dequantize=None for continuous data")
+        raise ValueError(
+            f"data value {value:.6g} is not on the {num_bins}-level grid of [{lo}, {hi}] (spacing {delta:.6g}); "
+            f"pass num_bins matching the data, or dequantize=None for continuous data"
+        )
 
 
-def dequantize_uniform(x: torch.Tensor, num_bins: int, data_range=(-1.0, 1.0), generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantize_uniform(
+    x: torch.Tensor, num_bins: int, data_range=(-1.0, 1.0), generator: torch.Generator | None = None
+) -> torch.Tensor:
     """x + (u − ½)Δ with u ~ U[0, 1)ᴰ: spread each quantised value uniformly over its bin of width Δ."""
     check_quantized(x, num_bins, data_range)
     lo, hi = _check_range(data_range)
     delta = (hi - lo) / (num_bins - 1)
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator is not None else x.device)
+    u = torch.rand(
+        x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator is not None else x.device
+    )
     return x + (u.to(x.device) - 0.5) * delta
 
 
@@ -173,13 +181,17 @@ def _check_moment(value, name, sample_shape, positive):
         t = torch.as_tensor(value, dtype=DTYPE)
         torch.broadcast_shapes(t.shape, tuple(sample_shape))
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be a number or a tensor broadcastable to the sample shape {tuple(sample_shape)}, got {value!r}") from None
+        raise ValueError(
+            f"{name} must be a number or a tensor broadcastable to the sample shape {tuple(sample_shape)}, got "
+            f"{value!r}"
+        ) from None
     if not torch.isfinite(t).all() or (positive and (t <= 0).any()):
         raise ValueError(f"{name} must be finite{' and positive' if positive else ''}, got {value!r}")
 
 
-def gaussian_prior_log_prob(x_end: torch.Tensor, schedule: NoiseSchedule, t_max: float | None = None,
-                            data_mean=0.0, data_std=1.0) -> torch.Tensor:
+def gaussian_prior_log_prob(
+    x_end: torch.Tensor, schedule: NoiseSchedule, t_max: float | None = None, data_mean=0.0, data_std=1.0
+) -> torch.Tensor:
     """log N(x_end; s m, s² σ_d² + σ²) per sample in nats, (s, σ) at t_max (default :func:`default_t_max`).
 
     The prior term of (★) in the module doc; with m = 0, σ_d = 1, t_max = 1 it equals ``schedule.prior_logp``.
@@ -188,7 +200,9 @@ def gaussian_prior_log_prob(x_end: torch.Tensor, schedule: NoiseSchedule, t_max:
     t_max = default_t_max(schedule) if t_max is None else float(t_max)
     _check_moment(data_mean, "data_mean", x_end.shape[1:], positive=False)
     _check_moment(data_std, "data_std", x_end.shape[1:], positive=True)
-    return _gaussian_prior_logp(x_end.reshape(x_end.shape[0], -1).to(DTYPE), schedule, t_max, data_mean, data_std, x_end.shape)[0]
+    return _gaussian_prior_logp(
+        x_end.reshape(x_end.shape[0], -1).to(DTYPE), schedule, t_max, data_mean, data_std, x_end.shape
+    )[0]
 
 
 def _gaussian_prior_logp(x_end, schedule, t_max, data_mean, data_std, shape):
@@ -200,9 +214,15 @@ def _gaussian_prior_logp(x_end, schedule, t_max, data_mean, data_std, shape):
     var = ((s * torch.as_tensor(data_std, dtype=DTYPE)) ** 2 * ones + sigma**2).flatten().to(x_end.device)
     logp = -0.5 * torch.log(2 * math.pi * var).sum() - 0.5 * ((x_end - mean) ** 2 / var).sum(1)
     if torch.as_tensor(data_mean).numel() == 1 and torch.as_tensor(data_std).numel() == 1:
-        desc = f"N({s * float(data_mean):.4g}, {float(var[0]):.6g}) per dimension (s(t_max)={s:.4g}, σ(t_max)={sigma:.4g}, data mean {float(data_mean):g}, std {float(data_std):g})"
+        desc = (
+            f"N({s * float(data_mean):.4g}, {float(var[0]):.6g}) per dimension (s(t_max)={s:.4g}, "
+            f"σ(t_max)={sigma:.4g}, data mean {float(data_mean):g}, std {float(data_std):g})"
+        )
     else:
-        desc = f"N(s(t_max)·m, s(t_max)²·σ_d² + σ(t_max)²) with per-dimension data moments (s(t_max)={s:.4g}, σ(t_max)={sigma:.4g})"
+        desc = (
+            f"N(s(t_max)·m, s(t_max)²·σ_d² + σ(t_max)²) with per-dimension data moments "
+            f"(s(t_max)={s:.4g}, σ(t_max)={sigma:.4g})"
+        )
     return logp, desc
 
 
@@ -213,7 +233,9 @@ def _resolve_parameterization(parameterization) -> Parameterization:
         from unisde.plugins import get_parameterization
 
         return get_parameterization(parameterization)
-    raise ValueError(f"parameterization must be a Parameterization or a registered name, got {type(parameterization).__name__}")
+    raise ValueError(
+        f"parameterization must be a Parameterization or a registered name, got {type(parameterization).__name__}"
+    )
 
 
 def _raw_output(out):
@@ -224,10 +246,14 @@ def _raw_output(out):
         return out.sample
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise ValueError(f"model returned {type(out).__name__}; expected a tensor, a diffusers output with .sample, or a tuple")
+    raise ValueError(
+        f"model returned {type(out).__name__}; expected a tensor, a diffusers output with .sample, or a tuple"
+    )
 
 
-def make_denoiser_fn(model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape) -> Callable:
+def make_denoiser_fn(
+    model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape
+) -> Callable:
     """x̂0(x, t) from a raw network ``model(model_input, timestep)`` through ``parameterization.to_denoised``.
 
     ``x`` is in model space, t a per-sample (B,) float64 tensor; raises ValueError if the model's output shape
@@ -243,15 +269,19 @@ def make_denoiser_fn(model: Callable, schedule: NoiseSchedule, parameterization:
         ts = ts.expand(x.shape[0]) if ts.ndim == 0 else ts
         out = _raw_output(model(inp, ts))
         if out.shape != x.shape:
-            raise ValueError(f"model output has shape {tuple(out.shape)} but its input has shape {tuple(x.shape)} "
-                             f"(expected sample shape {tuple(sample_shape)}); the likelihood needs one raw prediction per "
-                             f"input value (a learned-variance model must be split to its mean channels first)")
+            raise ValueError(
+                f"model output has shape {tuple(out.shape)} but its input has shape {tuple(x.shape)} "
+                f"(expected sample shape {tuple(sample_shape)}); the likelihood needs one raw prediction per "
+                f"input value (a learned-variance model must be split to its mean channels first)"
+            )
         return parameterization.to_denoised(out.to(x.dtype), x, tc, schedule)
 
     return denoise
 
 
-def make_score_fn(model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape) -> Callable:
+def make_score_fn(
+    model: Callable, schedule: NoiseSchedule, parameterization: Parameterization, sample_shape
+) -> Callable:
     """score(x, t) = (s x̂0 − x)/σ² from a raw network ``model(model_input, timestep)``
     (Karras et al. 2022, eq. 3 [EDM]), x̂0 from :func:`make_denoiser_fn`."""
     denoise = make_denoiser_fn(model, schedule, parameterization, sample_shape)
@@ -294,12 +324,27 @@ def velocity_drift(denoise: Callable, schedule: NoiseSchedule) -> Callable:
     return drift
 
 
-def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, parameterization, *,
-                   t_min: float = 1e-5, t_max: float | None = None, rtol: float = 1e-5, atol: float = 1e-5,
-                   trace: str = "auto", probe: str = "rademacher", generator: torch.Generator | None = None,
-                   dequantize: str | None = None, num_bins: int | None = None, data_range=(-1.0, 1.0),
-                   data_mean=0.0, data_std=1.0, prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   max_steps: int = 10_000) -> LikelihoodResult:
+def log_likelihood(
+    model: Callable,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    parameterization,
+    *,
+    t_min: float = 1e-5,
+    t_max: float | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    trace: str = "auto",
+    probe: str = "rademacher",
+    generator: torch.Generator | None = None,
+    dequantize: str | None = None,
+    num_bins: int | None = None,
+    data_range=(-1.0, 1.0),
+    data_mean=0.0,
+    data_std=1.0,
+    prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    max_steps: int = 10_000,
+) -> LikelihoodResult:
     r"""log p_{t_min}(x) of a diffusion model by integrating its PF-ODE with the divergence, (★) in the module doc.
 
     Parameters
@@ -326,7 +371,10 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
     """
     # ---------------------------------------------------------------- validate everything before any work
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a tensor of shape (batch, ...) with at least one sample, got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+            f"x must be a tensor of shape (batch, ...) with at least one sample, got "
+            f"{getattr(x, 'shape', type(x).__name__)}"
+        )
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor (scaled data), got dtype {x.dtype}")
     if not torch.isfinite(x).all():
@@ -370,7 +418,13 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
     if method == "hutchinson":
         gen_device = generator.device if generator is not None else device
         if probe == "rademacher":
-            eps = torch.randint(0, 2, (batch, dims), generator=generator, device=gen_device).to(device=device, dtype=dtype) * 2 - 1
+            eps = (
+                torch.randint(0, 2, (batch, dims), generator=generator, device=gen_device).to(
+                    device=device, dtype=dtype
+                )
+                * 2
+                - 1
+            )
         else:
             eps = torch.randn((batch, dims), generator=generator, device=gen_device, dtype=dtype).to(device)
 
@@ -386,7 +440,9 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
                 div = _exact_divergence(v, xr, batch, dims)
         return torch.cat([v.detach().to(DTYPE), div.detach().to(DTYPE)[:, None]], dim=1)
 
-    state0 = torch.cat([x.detach().reshape(batch, dims).to(DTYPE), torch.zeros(batch, 1, dtype=DTYPE, device=device)], dim=1)
+    state0 = torch.cat(
+        [x.detach().reshape(batch, dims).to(DTYPE), torch.zeros(batch, 1, dtype=DTYPE, device=device)], dim=1
+    )
     sol = solve_ivp(rhs, t_min, t_max, state0, rtol=rtol, atol=atol, max_steps=max_steps)
     end = sol.y[-1]
     x_end, delta_logp = end[:, :dims], end[:, dims]
@@ -400,10 +456,27 @@ def log_likelihood(model: Callable, x: torch.Tensor, schedule: NoiseSchedule, pa
     nll = -(prior_logp + delta_logp).cpu()
     discrete_offset = dims * offset_per_dim
     bpd = (nll + discrete_offset) / (dims * math.log(2.0))
-    return LikelihoodResult(nll=nll, bpd=bpd, prior_logp=prior_logp.cpu(), delta_logp=delta_logp.cpu(), x_end=x_end.reshape(shape).cpu(),
-                            discrete_offset=discrete_offset, num_dims=dims, t_min=t_min, t_max=t_max, prior=prior_desc,
-                            trace=method, probe=probe if method == "hutchinson" else None, solver=sol.solver, rtol=rtol,
-                            atol=atol, nfe=sol.nfe, steps=sol.steps, dequantize=dequantize, num_bins=num_bins)
+    return LikelihoodResult(
+        nll=nll,
+        bpd=bpd,
+        prior_logp=prior_logp.cpu(),
+        delta_logp=delta_logp.cpu(),
+        x_end=x_end.reshape(shape).cpu(),
+        discrete_offset=discrete_offset,
+        num_dims=dims,
+        t_min=t_min,
+        t_max=t_max,
+        prior=prior_desc,
+        trace=method,
+        probe=probe if method == "hutchinson" else None,
+        solver=sol.solver,
+        rtol=rtol,
+        atol=atol,
+        nfe=sol.nfe,
+        steps=sol.steps,
+        dequantize=dequantize,
+        num_bins=num_bins,
+    )
 
 
 def _exact_divergence(v: torch.Tensor, xr: torch.Tensor, batch: int, dims: int) -> torch.Tensor:
@@ -429,24 +502,56 @@ def _exact_divergence(v: torch.Tensor, xr: torch.Tensor, batch: int, dims: int) 
     return div
 
 
-def dataset_bits_per_dim(model, data: torch.Tensor, schedule: NoiseSchedule, parameterization, *, num_bins: int,
-                         num_samples: int, batch_size: int = 64, seed: int = 0, t_min: float = 1e-5,
-                         rtol: float = 1e-5, atol: float = 1e-5, trace: str = "hutchinson", probe: str = "rademacher",
-                         prior_from_data: bool = False, device="cpu", progress: bool = False):
+def dataset_bits_per_dim(
+    model,
+    data: torch.Tensor,
+    schedule: NoiseSchedule,
+    parameterization,
+    *,
+    num_bins: int,
+    num_samples: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    t_min: float = 1e-5,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    trace: str = "hutchinson",
+    probe: str = "rademacher",
+    prior_from_data: bool = False,
+    device="cpu",
+    progress: bool = False,
+):
     """Bits/dim of ``num_samples`` random rows of quantised ``data`` (uniform dequantisation over ``num_bins``
     levels in [−1, 1]) under a model; returns (mean, standard error, per-batch NFE list, last LikelihoodResult)."""
     gen = torch.Generator().manual_seed(seed)
     n = min(int(num_samples), data.shape[0])
     subset = data[torch.randperm(data.shape[0], generator=gen)[:n]]
-    prior = {"data_mean": data.mean(0).double(), "data_std": data.std(0).double().clamp(min=1e-3)} if prior_from_data else {}
+    prior = (
+        {"data_mean": data.mean(0).double(), "data_std": data.std(0).double().clamp(min=1e-3)}
+        if prior_from_data
+        else {}
+    )
     from tqdm.auto import tqdm
 
     bpds, nfes, result = [], [], None
     bar = tqdm(total=n, unit="img", desc="nll", disable=not progress)
     for start in range(0, n, batch_size):
-        batch = subset[start:start + batch_size].to(device)
-        result = log_likelihood(model, batch, schedule, parameterization, t_min=t_min, rtol=rtol, atol=atol, trace=trace,
-                                probe=probe, generator=gen, dequantize="uniform", num_bins=num_bins, **prior)
+        batch = subset[start : start + batch_size].to(device)
+        result = log_likelihood(
+            model,
+            batch,
+            schedule,
+            parameterization,
+            t_min=t_min,
+            rtol=rtol,
+            atol=atol,
+            trace=trace,
+            probe=probe,
+            generator=gen,
+            dequantize="uniform",
+            num_bins=num_bins,
+            **prior,
+        )
         bpds.append(result.bpd)
         nfes.append(result.nfe)
         bar.update(batch.shape[0])

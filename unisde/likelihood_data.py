@@ -20,7 +20,9 @@ def load_pipeline_model(path: str, device="cpu"):
 
     cfg_path = os.path.join(path, "scheduler", "scheduler_config.json")
     if not os.path.isdir(os.path.join(path, "unet")) or not os.path.exists(cfg_path):
-        raise ValueError(f"{path!r} is not a pipeline folder: expected unet/ and scheduler/scheduler_config.json inside it")
+        raise ValueError(
+            f"{path!r} is not a pipeline folder: expected unet/ and scheduler/scheduler_config.json inside it"
+        )
     with open(cfg_path) as fh:
         cfg = json.load(fh)
     # UnifiedScheduler reads every diffusers scheduler config (schedule + prediction_type) the same way samplers do.
@@ -46,7 +48,9 @@ def _digits_or_array(name: str):
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr = arr[arr.files[0]]
     if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 255:
-        raise ValueError(f"{name}: expected integer pixel values in 0…255, got dtype {arr.dtype} range [{arr.min()}, {arr.max()}]")
+        raise ValueError(
+            f"{name}: expected integer pixel values in 0…255, got dtype {arr.dtype} range [{arr.min()}, {arr.max()}]"
+        )
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
@@ -72,18 +76,23 @@ def _open_datasets_source(name: str, split: str):
     except ValueError:
         raise
     except Exception as exc:  # datasets raises many types (network, missing files, unknown split)
-        raise ValueError(f"unknown dataset {name!r}: it is not 'digits', a .npy/.npz file, a folder, data files or a "
-                         f"loadable datasets id ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ValueError(
+            f"unknown dataset {name!r}: it is not 'digits', a .npy/.npz file, a folder, data files or a "
+            f"loadable datasets id ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
 
 
-def load_quantized_dataset(name: str, shape: tuple | None = None, image_column: str | None = None, split: str = "train"):
+def load_quantized_dataset(
+    name: str, shape: tuple | None = None, image_column: str | None = None, split: str = "train"
+):
     """(images (N, C, H, W) float32 in [−1, 1], num_bins) of 8-bit (or digits') data.
 
     ``name``: ``digits``, an integer .npy/.npz file (used as is), or any source ``unisde train`` reads — a
     folder of images (imagefolder) or a ``save_to_disk`` dataset, parquet/arrow/csv/json files (comma-separated),
     or a Hub dataset id. Images from a ``datasets`` source must be 8-bit (PIL images or uint8 arrays); they are
     converted to the model's ``shape`` (C, R, R) the way training does (channels, shorter side resized to R,
-    centre crop) and re-quantised to 8 bits (integer arrays must hold 0…255), so the bits/dim are those of the 8-bit images the model sees.
+    centre crop) and re-quantised to 8 bits (integer arrays must hold 0…255), so the bits/dim are those of the 8-bit
+    images the model sees.
     """
     import numpy as np
     import torch
@@ -100,12 +109,16 @@ def load_quantized_dataset(name: str, shape: tuple | None = None, image_column: 
     values = list(dataset.with_format("numpy", columns=[column])[column])
     first = np.asarray(values[0])
     if not np.issubdtype(first.dtype, np.integer):
-        raise ValueError(f"dataset {name!r}: column {column!r} holds {first.dtype} images; the bits/dim convention needs "
-                         "8-bit images (PIL images or integer arrays 0…255) — save float data as integers 0…255")
+        raise ValueError(
+            f"dataset {name!r}: column {column!r} holds {first.dtype} images; the bits/dim convention needs "
+            "8-bit images (PIL images or integer arrays 0…255) — save float data as integers 0…255"
+        )
     bad = next((i for i, v in enumerate(values) if np.asarray(v).min() < 0 or np.asarray(v).max() > 255), None)
     if bad is not None:
-        raise ValueError(f"dataset {name!r}: image {bad} of column {column!r} has values outside 0…255 "
-                         f"([{np.asarray(values[bad]).min()}, {np.asarray(values[bad]).max()}])")
+        raise ValueError(
+            f"dataset {name!r}: image {bad} of column {column!r} has values outside 0…255 "
+            f"([{np.asarray(values[bad]).min()}, {np.asarray(values[bad]).max()}])"
+        )
     values = [np.asarray(v).astype(np.uint8) for v in values]
     first = values[0]
     if shape is None:

@@ -53,8 +53,10 @@ class ODESolverError(RuntimeError):
 
     def __init__(self, reason: str, t: float, t_end: float, steps: int, nfe: int):
         self.reason, self.t, self.t_end, self.steps, self.nfe = reason, float(t), float(t_end), steps, nfe
-        super().__init__(f"ODE solver ({SOLVER_NAME}) stopped at t = {self.t:.6g} before reaching t = {self.t_end:.6g} "
-                         f"after {steps} accepted steps and {nfe} function evaluations: {reason}")
+        super().__init__(
+            f"ODE solver ({SOLVER_NAME}) stopped at t = {self.t:.6g} before reaching t = {self.t_end:.6g} "
+            f"after {steps} accepted steps and {nfe} function evaluations: {reason}"
+        )
 
 
 @dataclass
@@ -88,9 +90,18 @@ def _check_tolerances(rtol: float, atol: float) -> None:
             raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
 
 
-def solve_ivp(fun: Callable[[float, torch.Tensor], torch.Tensor], t0: float, t1: float, y0: torch.Tensor, *,
-              rtol: float = 1e-5, atol: float = 1e-5, t_eval: Sequence[float] | torch.Tensor | None = None,
-              max_steps: int = 10_000, first_step: float | None = None) -> ODESolution:
+def solve_ivp(
+    fun: Callable[[float, torch.Tensor], torch.Tensor],
+    t0: float,
+    t1: float,
+    y0: torch.Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_eval: Sequence[float] | torch.Tensor | None = None,
+    max_steps: int = 10_000,
+    first_step: float | None = None,
+) -> ODESolution:
     """Integrate dy/dt = fun(t, y) from t0 to t1 (either direction) with Dormand–Prince 5(4).
 
     ``y0`` is a tensor whose first dimension is the batch (each sample's error is controlled separately; the
@@ -153,13 +164,22 @@ def solve_ivp(fun: Callable[[float, torch.Tensor], torch.Tensor], t0: float, t1:
     just_rejected = False
     while next_eval < t_eval.numel():
         if steps + rejected >= max_steps:
-            raise ODESolverError(f"max_steps = {max_steps} exhausted (tolerance rtol={rtol:g}, atol={atol:g} not reachable in that budget)", t, t1, steps, nfe)
+            raise ODESolverError(
+                f"max_steps = {max_steps} exhausted (tolerance rtol={rtol:g}, atol={atol:g} not reachable in that "
+                "budget)",
+                t,
+                t1,
+                steps,
+                nfe,
+            )
         target = float(t_eval[next_eval])
         remaining = (target - t) * direction
         landing = h >= remaining
         step = remaining if landing else h
         if step <= 16 * torch.finfo(torch.float64).eps * max(1.0, abs(t)):
-            raise ODESolverError(f"step size underflow (h = {step:.3g}); the solution is too stiff or not finite", t, t1, steps, nfe)
+            raise ODESolverError(
+                f"step size underflow (h = {step:.3g}); the solution is too stiff or not finite", t, t1, steps, nfe
+            )
         hs = direction * step
         ks = [k1]
         for i in range(1, 7):
@@ -176,7 +196,7 @@ def solve_ivp(fun: Callable[[float, torch.Tensor], torch.Tensor], t0: float, t1:
             if landing:
                 out_t.append(t), out_y.append(y)
                 next_eval += 1
-            factor = 10.0 if err_norm == 0 else min(10.0, max(0.2, 0.9 * err_norm ** -0.2))
+            factor = 10.0 if err_norm == 0 else min(10.0, max(0.2, 0.9 * err_norm**-0.2))
             if just_rejected:
                 factor = min(factor, 1.0)
             # A step shortened to land on t_eval says nothing about how large the next may be.
@@ -184,9 +204,17 @@ def solve_ivp(fun: Callable[[float, torch.Tensor], torch.Tensor], t0: float, t1:
             just_rejected = False
         else:
             rejected += 1
-            factor = 0.2 if not finite else max(0.2, 0.9 * err_norm ** -0.2)
+            factor = 0.2 if not finite else max(0.2, 0.9 * err_norm**-0.2)
             h = step * factor
             just_rejected = True
 
-    return ODESolution(t=torch.tensor(out_t, dtype=torch.float64), y=torch.stack(out_y), nfe=nfe, steps=steps,
-                       rejected=rejected, solver=SOLVER_NAME, rtol=rtol, atol=atol)
+    return ODESolution(
+        t=torch.tensor(out_t, dtype=torch.float64),
+        y=torch.stack(out_y),
+        nfe=nfe,
+        steps=steps,
+        rejected=rejected,
+        solver=SOLVER_NAME,
+        rtol=rtol,
+        atol=atol,
+    )

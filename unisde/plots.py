@@ -25,8 +25,13 @@ from unisde._tensor import DTYPE
 from unisde.core.schedule import NoiseSchedule
 
 QUANTITIES = ("s", "sigma", "f", "g", "log_snr")
-_LABELS = {"s": "signal scale s(t)", "sigma": "noise std σ(t)", "f": "drift f(t) = d log s/dt",
-           "g": "diffusion g(t)", "log_snr": "log-SNR λ(t) = log(s²/σ²)"}
+_LABELS = {
+    "s": "signal scale s(t)",
+    "sigma": "noise std σ(t)",
+    "f": "drift f(t) = d log s/dt",
+    "g": "diffusion g(t)",
+    "log_snr": "log-SNR λ(t) = log(s²/σ²)",
+}
 
 
 def _pyplot():
@@ -43,12 +48,20 @@ def schedule_curves(schedule: NoiseSchedule, points: int = 401) -> dict[str, np.
     if points < 2:
         raise ValueError(f"points must be at least 2, got {points}")
     t = torch.linspace(0.0, 1.0, points, dtype=DTYPE)
-    values = {"t": t, "s": schedule.s(t), "sigma": schedule.sigma(t), "f": schedule.f(t), "g": schedule.g(t),
-              "log_snr": schedule.log_snr(t)}
+    values = {
+        "t": t,
+        "s": schedule.s(t),
+        "sigma": schedule.sigma(t),
+        "f": schedule.f(t),
+        "g": schedule.g(t),
+        "log_snr": schedule.log_snr(t),
+    }
     return {k: v.numpy() for k, v in values.items()}
 
 
-def plot_schedules(schedules: Mapping[str, NoiseSchedule], path: str, points: int = 401) -> dict[str, dict[str, np.ndarray]]:
+def plot_schedules(
+    schedules: Mapping[str, NoiseSchedule], path: str, points: int = 401
+) -> dict[str, dict[str, np.ndarray]]:
     """Draw s, σ, f, g and λ against t for every schedule (one line each, one panel per quantity) into ``path``.
 
     Axes: σ and g on log scales (VE/EDM span 4–5 decades), f on a symmetric-log scale (0 for VE/EDM, −β/2 for
@@ -113,8 +126,11 @@ class TrajectoryData:
     ode_nfe: int
 
 
-def mixture_1d(weights: Sequence[float] = DEFAULT_MIXTURE["weights"], means: Sequence[float] = DEFAULT_MIXTURE["means"],
-               stds: Sequence[float] = DEFAULT_MIXTURE["stds"]):
+def mixture_1d(
+    weights: Sequence[float] = DEFAULT_MIXTURE["weights"],
+    means: Sequence[float] = DEFAULT_MIXTURE["means"],
+    stds: Sequence[float] = DEFAULT_MIXTURE["stds"],
+):
     """A 1-D :class:`unisde.analytic.GaussianMixture` Σ_k w_k N(μ_k, s_k²)."""
     from unisde.analytic import GaussianMixture
 
@@ -134,23 +150,34 @@ def mixture_quantiles(mixture, levels, t: float, schedule: NoiseSchedule, num_po
     std = math.sqrt(s * s * float(mixture.cov[0, 0]) + sigma * sigma)
     xs = torch.linspace(centre - 12 * std, centre + 12 * std, num_points, dtype=DTYPE)
     density = torch.exp(mixture.marginal_log_prob(xs[:, None], float(t), schedule))
-    cdf = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(0.5 * (density[1:] + density[:-1]) * (xs[1:] - xs[:-1]), 0)])
+    cdf = torch.cat(
+        [torch.zeros(1, dtype=DTYPE), torch.cumsum(0.5 * (density[1:] + density[:-1]) * (xs[1:] - xs[:-1]), 0)]
+    )
     cdf = cdf / cdf[-1]
     i = torch.searchsorted(cdf, levels).clamp(1, num_points - 1)
     w = (levels - cdf[i - 1]) / (cdf[i] - cdf[i - 1])
     return xs[i - 1] + w * (xs[i] - xs[i - 1])
 
 
-def simulate_trajectories(mixture=None, schedule: NoiseSchedule | None = None, *, num_paths: int = 2000,
-                          num_steps: int = 500, start: float = 0.0, t_end: float = 1e-3,
-                          levels: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95), seed: int = 0,
-                          rtol: float = 1e-6, atol: float = 1e-6) -> TrajectoryData:
+def simulate_trajectories(
+    mixture=None,
+    schedule: NoiseSchedule | None = None,
+    *,
+    num_paths: int = 2000,
+    num_steps: int = 500,
+    start: float = 0.0,
+    t_end: float = 1e-3,
+    levels: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+    seed: int = 0,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+) -> TrajectoryData:
     """Reverse-SDE (η = 1, Euler–Maruyama on ``num_steps`` uniform steps) and PF-ODE (η = 0, Dormand–Prince)
     paths of a 1-D Gaussian mixture with its exact score, from x(1) = ``start`` down to t = ``t_end`` > 0
     (at t = 0 the score of the data is evaluated at σ = 0, where it is undefined for the denoiser).
     """
-    from unisde.ode import solve_ivp
     from unisde.core.sde import ForwardSDE
+    from unisde.ode import solve_ivp
 
     mixture = mixture_1d() if mixture is None else mixture
     schedule = NoiseSchedule.vp_linear() if schedule is None else schedule
@@ -191,11 +218,23 @@ def simulate_trajectories(mixture=None, schedule: NoiseSchedule | None = None, *
     ode_paths = np.stack([np.interp(grid.numpy(), coarse_t, coarse_y[:, j]) for j in range(coarse_y.shape[1])], axis=1)
 
     bands = {float(u): np.quantile(sde_paths, float(u), axis=1) for u in levels_t}
-    posterior = float(mixture.denoise(torch.tensor([[float(start)]], dtype=DTYPE), 1.0, schedule)) * float(schedule.s(torch.tensor(t_end, dtype=DTYPE)))
-    return TrajectoryData(t=grid.numpy(), sde_paths=sde_paths, sde_mean=sde_paths.mean(1), bands=bands,
-                          ode_path=ode_paths[:, 0], quantile_levels=q_levels.numpy(), ode_quantile_paths=ode_paths[:, 1:],
-                          target_quantiles=mixture_quantiles(mixture, q_levels, t_end, schedule).numpy(),
-                          posterior_mean=posterior, start=float(start), schedule_name=schedule.name, ode_nfe=sol.nfe)
+    posterior = float(mixture.denoise(torch.tensor([[float(start)]], dtype=DTYPE), 1.0, schedule)) * float(
+        schedule.s(torch.tensor(t_end, dtype=DTYPE))
+    )
+    return TrajectoryData(
+        t=grid.numpy(),
+        sde_paths=sde_paths,
+        sde_mean=sde_paths.mean(1),
+        bands=bands,
+        ode_path=ode_paths[:, 0],
+        quantile_levels=q_levels.numpy(),
+        ode_quantile_paths=ode_paths[:, 1:],
+        target_quantiles=mixture_quantiles(mixture, q_levels, t_end, schedule).numpy(),
+        posterior_mean=posterior,
+        start=float(start),
+        schedule_name=schedule.name,
+        ode_nfe=sol.nfe,
+    )
 
 
 def _draw_trajectories(ax, data: TrajectoryData, upto: int | None = None):
@@ -206,10 +245,23 @@ def _draw_trajectories(ax, data: TrajectoryData, upto: int | None = None):
     pairs = [(levels[i], levels[-1 - i]) for i in range(len(levels) // 2)]
     shades = ("#9ecae1", "#4292c6", "#2171b5")
     for (lo, hi), colour in zip(pairs, shades):
-        ax.fill_between(t, data.bands[lo][:n], data.bands[hi][:n], color=colour, alpha=0.45, lw=0,
-                        label=f"SDE {100 * lo:.0f}–{100 * hi:.0f}% band")
+        ax.fill_between(
+            t,
+            data.bands[lo][:n],
+            data.bands[hi][:n],
+            color=colour,
+            alpha=0.45,
+            lw=0,
+            label=f"SDE {100 * lo:.0f}–{100 * hi:.0f}% band",
+        )
     for j in range(data.ode_quantile_paths.shape[1]):
-        ax.plot(t, data.ode_quantile_paths[:n, j], color="0.55", lw=0.7, label="PF-ODE from p₁ quantiles" if j == 0 else None)
+        ax.plot(
+            t,
+            data.ode_quantile_paths[:n, j],
+            color="0.55",
+            lw=0.7,
+            label="PF-ODE from p₁ quantiles" if j == 0 else None,
+        )
     ax.plot(t, data.sde_mean[:n], "k--", lw=1.4, label="SDE mean")
     ax.plot(t, data.ode_path[:n], color="#d62728", lw=2.4, label="PF-ODE (same start)")
     ax.set_xlim(1.0, 0.0)
@@ -217,7 +269,9 @@ def _draw_trajectories(ax, data: TrajectoryData, upto: int | None = None):
     ax.set_ylabel("x")
 
 
-def plot_trajectories(data: TrajectoryData, path: str, mixture=None, schedule: NoiseSchedule | None = None) -> TrajectoryData:
+def plot_trajectories(
+    data: TrajectoryData, path: str, mixture=None, schedule: NoiseSchedule | None = None
+) -> TrajectoryData:
     """The SDE-vs-ODE figure of [Unify]:
     SDE quantile bands, SDE mean and PF-ODE paths against t (left), and the data density
     with a histogram of the SDE end points (right). ``mixture``/``schedule`` (default: those of
@@ -225,16 +279,26 @@ def plot_trajectories(data: TrajectoryData, path: str, mixture=None, schedule: N
     plt = _pyplot()
     mixture = mixture_1d() if mixture is None else mixture
     schedule = NoiseSchedule.vp_linear() if schedule is None else schedule
-    fig, (ax, side) = plt.subplots(1, 2, figsize=(9.5, 4.2), sharey=True, gridspec_kw={"width_ratios": [4, 1]},
-                                   constrained_layout=True)
+    fig, (ax, side) = plt.subplots(
+        1, 2, figsize=(9.5, 4.2), sharey=True, gridspec_kw={"width_ratios": [4, 1]}, constrained_layout=True
+    )
     _draw_trajectories(ax, data)
-    ax.set_title(f"reverse SDE (η=1) vs PF-ODE (η=0) from x(1) = {data.start:g}, schedule {data.schedule_name}", fontsize=10)
+    ax.set_title(
+        f"reverse SDE (η=1) vs PF-ODE (η=0) from x(1) = {data.start:g}, schedule {data.schedule_name}", fontsize=10
+    )
     ax.legend(fontsize=7, loc="upper left")
     lo, hi = ax.get_ylim()
     ys = torch.linspace(lo, hi, 400, dtype=DTYPE)
     density = torch.exp(mixture.marginal_log_prob(ys[:, None], float(data.t[-1]), schedule)).numpy()
-    side.hist(data.sde_paths[-1], bins=60, density=True, orientation="horizontal", color="#4292c6", alpha=0.5,
-              label="SDE end points")
+    side.hist(
+        data.sde_paths[-1],
+        bins=60,
+        density=True,
+        orientation="horizontal",
+        color="#4292c6",
+        alpha=0.5,
+        label="SDE end points",
+    )
     side.plot(density, ys.numpy(), "k", lw=1.2, label="p_data")
     side.set_xlabel("density")
     side.legend(fontsize=7)
@@ -252,8 +316,9 @@ def animate_trajectories(data: TrajectoryData, path: str, frames: int = 30, fps:
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), constrained_layout=True)
-    y_all = np.concatenate([data.bands[min(data.bands)], data.bands[max(data.bands)], data.ode_path,
-                            data.ode_quantile_paths.ravel()])
+    y_all = np.concatenate(
+        [data.bands[min(data.bands)], data.bands[max(data.bands)], data.ode_path, data.ode_quantile_paths.ravel()]
+    )
     pad = 0.05 * (y_all.max() - y_all.min())
     stops = np.linspace(1, len(data.t) - 1, frames).round().astype(int)
 

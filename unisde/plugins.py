@@ -37,8 +37,15 @@ STRICT_ENV = "UNISDE_STRICT_PLUGINS"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-BUILTIN_MODULES = ("unisde.parameterizations", "unisde.samplers", "unisde.core.schedule", "unisde.grids.builtin",
-                   "unisde.grids.lcm", "unisde.grids.optimize", "unisde.diffusers.converters")
+BUILTIN_MODULES = (
+    "unisde.parameterizations",
+    "unisde.samplers",
+    "unisde.core.schedule",
+    "unisde.grids.builtin",
+    "unisde.grids.lcm",
+    "unisde.grids.optimize",
+    "unisde.diffusers.converters",
+)
 
 
 class HookSpecs:
@@ -92,8 +99,10 @@ class Conflict:
     ignored_distribution: str
 
     def message(self) -> str:
-        return (f"{self.kind} name {self.name!r} is registered twice: by plugin {self.kept_plugin!r} "
-                f"({self.kept_distribution}) and by plugin {self.ignored_plugin!r} ({self.ignored_distribution})")
+        return (
+            f"{self.kind} name {self.name!r} is registered twice: by plugin {self.kept_plugin!r} "
+            f"({self.kept_distribution}) and by plugin {self.ignored_plugin!r} ({self.ignored_distribution})"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,9 +120,13 @@ class PluginFailure:
 
 # kind -> the hook that registers it. A new kind is one line here plus its hookspec; its hook calls
 # ``register(obj)`` with an object that has a ``name`` (and optional ``aliases``) or ``register(name, obj)``.
-KINDS = {"sampler": "unisde_register_samplers", "parameterization": "unisde_register_parameterizations",
-         "schedule": "unisde_register_schedules",
-         "grid": "unisde_register_grids", "converter": "unisde_register_converters"}
+KINDS = {
+    "sampler": "unisde_register_samplers",
+    "parameterization": "unisde_register_parameterizations",
+    "schedule": "unisde_register_schedules",
+    "grid": "unisde_register_grids",
+    "converter": "unisde_register_converters",
+}
 
 _state: dict = {"pm": None, "registry": None, "origins": {}, "load_failures": [], "conflicts": [], "hook_failures": []}
 
@@ -147,8 +160,12 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 if _strict():
                     raise
                 failures.append(PluginFailure(label, dist_name, "load", f"{type(exc).__name__}: {exc}"))
-                warnings.warn(f"unisde plugin {label} failed to load and is skipped: {type(exc).__name__}: {exc}. "
-                              f"Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"unisde plugin {label} failed to load and is skipped: {type(exc).__name__}: {exc}. "
+                    f"Set {STRICT_ENV}=1 to raise instead.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
                 return
             origins[pm.get_name(plugin)] = (dist_name, dist_version)
 
@@ -156,11 +173,21 @@ def get_plugin_manager() -> pluggy.PluginManager:
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else "?"
             dist_version = dist.version if dist is not None else "?"
-            add(ep.load, lambda plugin, ep=ep: getattr(plugin, "__name__", ep.name),
-                f"{ep.name!r} ({ep.value}, distribution {dist_name})", dist_name, dist_version)
+            add(
+                ep.load,
+                lambda plugin, ep=ep: getattr(plugin, "__name__", ep.name),
+                f"{ep.name!r} ({ep.value}, distribution {dist_name})",
+                dist_name,
+                dist_version,
+            )
         for modname in BUILTIN_MODULES:  # running from a source tree without installed entry points
-            add(lambda modname=modname: importlib.import_module(modname), lambda plugin, modname=modname: modname,
-                f"{modname!r} (built-in, distribution unisde)", "unisde", _unisde_version())
+            add(
+                lambda modname=modname: importlib.import_module(modname),
+                lambda plugin, modname=modname: modname,
+                f"{modname!r} (built-in, distribution unisde)",
+                "unisde",
+                _unisde_version(),
+            )
         _state["pm"], _state["origins"], _state["registry"] = pm, origins, None
         _state["load_failures"] = failures
     return _state["pm"]
@@ -205,11 +232,14 @@ def _entry_fields(kind: str, plugin: str, obj, target, aliases) -> tuple[str, An
     if target is None and isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
         obj, target = obj
     if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
-        raise PluginError(f"plugin {plugin!r} registered a {kind} with aliases that are not a tuple of names: {aliases!r}")
+        raise PluginError(
+            f"plugin {plugin!r} registered a {kind} with aliases that are not a tuple of names: {aliases!r}"
+        )
     if target is not None:
         if not isinstance(obj, str) or not obj:
-            raise PluginError(f"plugin {plugin!r} registered a {kind} under a name that is not a non-empty string: "
-                              f"{obj!r}")
+            raise PluginError(
+                f"plugin {plugin!r} registered a {kind} under a name that is not a non-empty string: {obj!r}"
+            )
         return obj, target, tuple(aliases)
     name = getattr(obj, "name", None)
     if not isinstance(name, str) or not name:
@@ -229,8 +259,10 @@ def _collect() -> dict[str, dict[str, Entry]]:
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
         # Registration order, built-ins first: on a duplicate name the built-in (or else the first) one is kept.
-        impls = sorted(hook.get_hookimpls(), key=lambda impl: (not _is_builtin(impl.plugin_name),
-                                                               order.get(impl.plugin_name, len(order))))
+        impls = sorted(
+            hook.get_hookimpls(),
+            key=lambda impl: (not _is_builtin(impl.plugin_name), order.get(impl.plugin_name, len(order))),
+        )
         for impl in impls:
             pname = impl.plugin_name
             dist, version = _state["origins"].get(pname, ("(runtime)", ""))
@@ -246,8 +278,9 @@ def _collect() -> dict[str, dict[str, Entry]]:
                     raise
                 failure = PluginFailure(pname, dist, f"register {kind}s", f"{type(exc).__name__}: {exc}")
                 failures.append(failure)
-                warnings.warn(f"unisde {failure.message()}. Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"unisde {failure.message()}. Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning, stacklevel=3
+                )
                 continue
             table = registry[kind]
             for name, target, names in staged:
@@ -263,9 +296,12 @@ def _collect() -> dict[str, dict[str, Entry]]:
                     if _strict():
                         raise PluginError(conflict.message())
                     conflicts.append(conflict)
-                    warnings.warn(f"unisde: {conflict.message()}; keeping plugin {owner.plugin!r}'s and ignoring "
-                                  f"plugin {pname!r}'s. Set {STRICT_ENV}=1 to raise instead.", RuntimeWarning,
-                                  stacklevel=3)
+                    warnings.warn(
+                        f"unisde: {conflict.message()}; keeping plugin {owner.plugin!r}'s and ignoring "
+                        f"plugin {pname!r}'s. Set {STRICT_ENV}=1 to raise instead.",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
                 if name not in kept:
                     continue  # the name itself is taken: the whole registration is ignored
                 table[name] = Entry(name, target, pname, dist, version, tuple(kept[1:]))

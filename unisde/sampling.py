@@ -43,8 +43,12 @@ def finite_probe(x: torch.Tensor):
 def check_sampler_output(sampler, out, like: torch.Tensor, k: int) -> None:
     """A ValueError naming the sampler and the distribution that provides it unless what its loop yielded or
     returned after model evaluation ``k`` is a tensor of the sample's shape, dtype and device."""
-    if (isinstance(out, torch.Tensor) and out.shape == like.shape and out.dtype == like.dtype
-            and out.device == like.device):
+    if (
+        isinstance(out, torch.Tensor)
+        and out.shape == like.shape
+        and out.dtype == like.dtype
+        and out.device == like.device
+    ):
         return
     from unisde.plugins import describe_origin
 
@@ -52,13 +56,21 @@ def check_sampler_output(sampler, out, like: torch.Tensor, k: int) -> None:
         got = f"a tensor of shape {tuple(out.shape)}, {out.dtype} on {out.device}"
     else:
         got = "None" if out is None else f"a {type(out).__name__}"
-    raise ValueError(f"{describe_origin('sampler', sampler)} returned {got} after model evaluation {k}; expected a "
-                     f"tensor like the sample: shape {tuple(like.shape)}, {like.dtype} on {like.device}. This is a bug "
-                     "in the sampler's loop: report it to the distribution named here")
+    raise ValueError(
+        f"{describe_origin('sampler', sampler)} returned {got} after model evaluation {k}; expected a "
+        f"tensor like the sample: shape {tuple(like.shape)}, {like.dtype} on {like.device}. This is a bug "
+        "in the sampler's loop: report it to the distribution named here"
+    )
 
 
-def non_finite_origin(where: str, sample: torch.Tensor, output: torch.Tensor | None, output_name: str,
-                      denoised: torch.Tensor | None, sampler) -> str:
+def non_finite_origin(
+    where: str,
+    sample: torch.Tensor,
+    output: torch.Tensor | None,
+    output_name: str,
+    denoised: torch.Tensor | None,
+    sampler,
+) -> str:
     """Which input made the sampler's new sample non-finite at ``where`` (e.g. "step 3 (timestep 499)"). Called
     only once the new sample's probe failed, so these full checks cost nothing in a normal run: the sample passed
     in, the model output, x̂0 computed from it (an overflow of a low-precision dtype), or else the sampler."""
@@ -67,18 +79,27 @@ def non_finite_origin(where: str, sample: torch.Tensor, output: torch.Tensor | N
     if output is not None and not bool(torch.isfinite(output).all()):
         return f"the {output_name} at {where} contains NaN or inf"
     if denoised is not None and not bool(torch.isfinite(denoised).all()):
-        return (f"x̂0 computed from the {output_name} at {where} contains inf although the output is finite: it "
-                f"overflows {sample.dtype} (sample in float32 or bfloat16)")
+        return (
+            f"x̂0 computed from the {output_name} at {where} contains inf although the output is finite: it "
+            f"overflows {sample.dtype} (sample in float32 or bfloat16)"
+        )
     from unisde.plugins import describe_origin
 
-    return (f"the sample returned by {describe_origin('sampler', sampler)} after {where} contains NaN or inf although "
-            "its inputs are finite: a bug or a numerical limit of the sampler (report it to the distribution named "
-            "here)")
+    return (
+        f"the sample returned by {describe_origin('sampler', sampler)} after {where} contains NaN or inf although "
+        "its inputs are finite: a bug or a numerical limit of the sampler (report it to the distribution named "
+        "here)"
+    )
 
 
-def run_loop(sampler, x: torch.Tensor, denoise: Denoiser, start: int = 0,
-             callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-             check_finite: bool = True) -> torch.Tensor:
+def run_loop(
+    sampler,
+    x: torch.Tensor,
+    denoise: Denoiser,
+    start: int = 0,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    check_finite: bool = True,
+) -> torch.Tensor:
     """Drive ``sampler.loop`` from evaluation ``start``: ``denoise(x, k)`` returns x̂0 at evaluation k (the k-th of
     the times ``sampler.prepare`` returned); returns the loop's final sample. ``sampler.prepare`` must have run.
 
@@ -100,13 +121,16 @@ def run_loop(sampler, x: torch.Tensor, denoise: Denoiser, start: int = 0,
         denoised = denoise(x, k)
         if not isinstance(denoised, torch.Tensor) or denoised.shape != x.shape:
             got = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
-            raise ValueError(f"the denoiser returned {got} at evaluation {k}; expected x̂0 of the sample's shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"the denoiser returned {got} at evaluation {k}; expected x̂0 of the sample's shape {tuple(x.shape)}"
+            )
         if check_finite:
             ok = finite_probe(denoised)
             if ok is False:
-                raise ValueError(f"the denoised estimate (model output) at evaluation {k} contains NaN or inf; "
-                                 "sampling stopped before it reached the sample")
+                raise ValueError(
+                    f"the denoised estimate (model output) at evaluation {k} contains NaN or inf; "
+                    "sampling stopped before it reached the sample"
+                )
             if ok is not True:
                 deferred.append((k, "the denoised estimate (model output)", ok))
         if callback is not None:
@@ -134,12 +158,24 @@ def run_loop(sampler, x: torch.Tensor, denoise: Denoiser, start: int = 0,
         x, k = new, k + 1
 
 
-def sample(model: Callable | None, noise: torch.Tensor, *, schedule="vp-linear", parameterization="epsilon",
-           sampler: str = "ddim", num_inference_steps: int | None = None, timesteps=None, sigmas=None,
-           time_grid: str | None = None, grid_options: dict | None = None, sampler_options: dict | None = None,
-           denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-           generator: torch.Generator | None = None, noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
-           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+def sample(
+    model: Callable | None,
+    noise: torch.Tensor,
+    *,
+    schedule="vp-linear",
+    parameterization="epsilon",
+    sampler: str = "ddim",
+    num_inference_steps: int | None = None,
+    timesteps=None,
+    sigmas=None,
+    time_grid: str | None = None,
+    grid_options: dict | None = None,
+    sampler_options: dict | None = None,
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Sample from ``model`` starting at standard normal ``noise`` (scaled here to the first evaluation time's
     √(s² + σ²), i.e. ``UnifiedScheduler.init_noise_sigma``); returns the final sample in data units.
 
@@ -167,8 +203,15 @@ def sample(model: Callable | None, noise: torch.Tensor, *, schedule="vp-linear",
     param = get_parameterization(parameterization)
     smp = get_sampler(sampler)(sched, **(sampler_options or {}))
     kind = time_grid or (smp.default_grid if smp.default_grid != "config" else "leading")
-    grid = build_grid(sched, param, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-                      kind=kind, **(grid_options or {}))
+    grid = build_grid(
+        sched,
+        param,
+        num_inference_steps=num_inference_steps,
+        timesteps=timesteps,
+        sigmas=sigmas,
+        kind=kind,
+        **(grid_options or {}),
+    )
     eval_t = smp.prepare(grid)
     smp.generator, smp.noise_sampler = generator, noise_sampler
     s0, sigma0 = sched.s(eval_t[:1]), sched.sigma(eval_t[:1])  # exact, also where s(1) = 0
@@ -193,4 +236,5 @@ def sample(model: Callable | None, noise: torch.Tensor, *, schedule="vp-linear",
                 out, smp.extra = torch.split(out, x.shape[1], dim=1)  # a learned variance in the extra channels
             out = out.to(x.dtype)
             return (out if b[k] == 1.0 else out * b[k]) if a[k] == 0.0 else torch.add(x * a[k], out, alpha=b[k])
+
     return run_loop(smp, x, denoise, callback=callback)

@@ -10,9 +10,11 @@ The names resolve on first access (PEP 562): executing this module imports nothi
 """
 
 _EXPORTS = {
-    "UnifiedScheduler": "unisde.diffusers.scheduler", "UnifiedSchedulerOutput": "unisde.diffusers.scheduler",
+    "UnifiedScheduler": "unisde.diffusers.scheduler",
+    "UnifiedSchedulerOutput": "unisde.diffusers.scheduler",
     "COMPATIBLE_SCHEDULERS": "unisde.diffusers.scheduler",
-    "ConfigMixin": "diffusers.configuration_utils", "SchedulerMixin": "diffusers.schedulers.scheduling_utils",
+    "ConfigMixin": "diffusers.configuration_utils",
+    "SchedulerMixin": "diffusers.schedulers.scheduling_utils",
 }
 
 __all__ = list(_EXPORTS)

@@ -39,10 +39,10 @@ from unisde.bench.targets import ExactModel, make_target
 if TYPE_CHECKING:
     from unisde.bench.run import BenchConfig
 
-_SEED_NOISE = 1234        # starting noise z (shared by every contestant)
-_SEED_TRAJECTORY = 4242   # the fixed batch of starts of the trajectory metric
-_SEED_REFERENCE = 2024    # the exact reference set Y
-_SEED_FLOOR = 7000        # independent exact sets for the noise floor
+_SEED_NOISE = 1234  # starting noise z (shared by every contestant)
+_SEED_TRAJECTORY = 4242  # the fixed batch of starts of the trajectory metric
+_SEED_REFERENCE = 2024  # the exact reference set Y
+_SEED_FLOOR = 7000  # independent exact sets for the noise floor
 
 AFFINE_TOL = 1e-5
 """Largest relative residual of the affine check (exact.affine_law) for which the exact law is used. Runs in
@@ -87,16 +87,23 @@ class _SamplingMetric:
             b = dist.sample(n, torch.Generator().manual_seed(_SEED_FLOOR + 2 * r + 1), dtype=torch.float64)
             pair.append(sliced_w2(a, b, self.directions))
         self.floor, self.floor_sd = statistics.fmean(pair), statistics.stdev(pair)
-        self.z = torch.randn(n, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_NOISE),
-                             dtype=torch.float64)
+        self.z = torch.randn(
+            n, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_NOISE), dtype=torch.float64
+        )
         self._ready = True
 
     def measure(self, prepared: exact.Prepared, model) -> dict:
         self._prepare()
         model.nfe = 0
         x, _, _ = exact.run_scheduler(prepared, model, self.z)
-        return {"metric": "sliced-w2", "distance": sliced_w2(x, self.reference, self.directions), "floor": self.floor,
-                "floor_sd": self.floor_sd, "exact": False, "model_calls": model.nfe}
+        return {
+            "metric": "sliced-w2",
+            "distance": sliced_w2(x, self.reference, self.directions),
+            "floor": self.floor,
+            "floor_sd": self.floor_sd,
+            "exact": False,
+            "model_calls": model.nfe,
+        }
 
     def describe(self) -> dict:
         self._prepare()
@@ -120,6 +127,7 @@ def _fit_budget(scheduler, budget: int, attempt):
 
 def _sampled(scheduler, model, budget: int, sampling: _SamplingMetric, note: str) -> dict | None:
     """The sampling metric at the budget, for a contestant whose noise cannot be prescribed (a Brownian tree)."""
+
     def attempt(prepared):
         rec = sampling.measure(prepared, model)
         return rec, rec["model_calls"]
@@ -143,16 +151,33 @@ def measure_gaussian(scheduler, model, dist, budget: int, sampling: _SamplingMet
     prepared, law = _fit_budget(scheduler, budget, attempt)
     if prepared is None:
         return None
-    base = {"num_inference_steps": prepared.num_inference_steps, "model_calls": law.nfe, "draws": law.draws,
-            "stochastic": not law.deterministic, "affine_residual": law.residual,
-            "start_sigma": math.tan(law.tau0) if law.tau0 < math.pi / 2 else math.inf}
+    base = {
+        "num_inference_steps": prepared.num_inference_steps,
+        "model_calls": law.nfe,
+        "draws": law.draws,
+        "stochastic": not law.deterministic,
+        "affine_residual": law.residual,
+        "start_sigma": math.tan(law.tau0) if law.tau0 < math.pi / 2 else math.inf,
+    }
     if law.residual > AFFINE_TOL:
-        return {**base, **sampling.measure(prepared, model),
-                "note": f"not affine (check residual {law.residual:.1e}): sampling metric"}
+        return {
+            **base,
+            **sampling.measure(prepared, model),
+            "note": f"not affine (check residual {law.residual:.1e}): sampling metric",
+        }
     m = exact.law_metrics(law, dist.mean, dist.cov)
     floor = m["prior_floor"] if m["prior_floor"] > 0 else max(1e-15, law.residual)
-    rec = {**base, "metric": "w2", "distance": m["w2"], "kl": m["kl"], "prior_floor": m["prior_floor"],
-           "w2_solver": m["w2_solver"], "floor": floor, "floor_sd": 0.0, "exact": True}
+    rec = {
+        **base,
+        "metric": "w2",
+        "distance": m["w2"],
+        "kl": m["kl"],
+        "prior_floor": m["prior_floor"],
+        "w2_solver": m["w2_solver"],
+        "floor": floor,
+        "floor_sd": 0.0,
+        "exact": True,
+    }
     if "trajectory" in m:
         rec["trajectory"] = m["trajectory"]
     return rec
@@ -173,8 +198,9 @@ class _LastRowFeeder(exact.NoiseFeeder):
         return w.reshape(shape).to(dtype=dtype, device=device)
 
 
-def measure_mixture(scheduler, model, dist, budget: int, z_traj: torch.Tensor, refs: exact.ReferenceCache,
-                    sampling: _SamplingMetric) -> dict | None:
+def measure_mixture(
+    scheduler, model, dist, budget: int, z_traj: torch.Tensor, refs: exact.ReferenceCache, sampling: _SamplingMetric
+) -> dict | None:
     """One record's metric fields on a non-Gaussian target: trajectory error for a deterministic contestant
     (two extra rows, z = 0 with and without random draws, tell whether the draws reach the output), else the
     sampling metric."""
@@ -196,19 +222,31 @@ def measure_mixture(scheduler, model, dist, budget: int, z_traj: torch.Tensor, r
     x, tau0, y0, draws, calls = result
     scale = max(1.0, float(x[-2].abs().max()))
     stochastic = float((x[-1] - x[-2]).abs().max()) > 1e-12 * scale
-    base = {"num_inference_steps": prepared.num_inference_steps, "draws": draws, "stochastic": stochastic,
-            "start_sigma": math.tan(tau0) if tau0 < math.pi / 2 else math.inf}
+    base = {
+        "num_inference_steps": prepared.num_inference_steps,
+        "draws": draws,
+        "stochastic": stochastic,
+        "start_sigma": math.tan(tau0) if tau0 < math.pi / 2 else math.inf,
+    }
     if stochastic:
         return {**base, **sampling.measure(prepared, model)}
     ref = refs.get(tau0, y0[:-2])
-    return {**base, "model_calls": calls, "metric": "trajectory", "distance": exact.trajectory_error(x[:-2], ref.x),
-            "floor": max(ref.error, 1e-15), "floor_sd": 0.0, "reference_error": ref.error, "exact": True}
+    return {
+        **base,
+        "model_calls": calls,
+        "metric": "trajectory",
+        "distance": exact.trajectory_error(x[:-2], ref.x),
+        "floor": max(ref.error, 1e-15),
+        "floor_sd": 0.0,
+        "reference_error": ref.error,
+        "exact": True,
+    }
 
 
 def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
     """(records, floors, errors) of the accuracy section."""
     records, floors, errors = [], [], []
-    built: dict = {}   # schedule -> (config, [(contestant, scheduler or exception)], timestep cache), shared by targets
+    built: dict = {}  # schedule -> (config, [(contestant, scheduler or exception)], timestep cache), shared by targets
 
     def contestants_of(schedule: str, variants: bool):
         key = (schedule, variants)
@@ -233,8 +271,9 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
         refs = None
         if kind == "mixture":
             refs = exact.ReferenceCache(dist, *((1e-8, 1e-6) if cfg.quick else (1e-9, 1e-7)))
-        z_traj = torch.randn(n_traj, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_TRAJECTORY),
-                             dtype=torch.float64)
+        z_traj = torch.randn(
+            n_traj, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_TRAJECTORY), dtype=torch.float64
+        )
         target_started = time.perf_counter()
         for schedule in cfg.schedules:
             base, entries, times = contestants_of(schedule, variants)
@@ -245,8 +284,15 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
             started = time.perf_counter()
             for c, scheduler in entries:
                 if isinstance(scheduler, Exception):
-                    errors.append({"library": c.library, "sampler": c.label, "schedule": schedule,
-                                   "target": target_name, "error": f"{type(scheduler).__name__}: {scheduler}"[:300]})
+                    errors.append(
+                        {
+                            "library": c.library,
+                            "sampler": c.label,
+                            "schedule": schedule,
+                            "target": target_name,
+                            "error": f"{type(scheduler).__name__}: {scheduler}"[:300],
+                        }
+                    )
                     continue
                 for budget in budgets:
                     try:
@@ -255,22 +301,50 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
                         else:
                             rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling)
                     except Exception as exc:
-                        errors.append({"library": c.library, "sampler": c.label, "schedule": schedule,
-                                       "target": target_name, "nfe": budget,
-                                       "error": f"{type(exc).__name__}: {exc}"[:300]})
+                        errors.append(
+                            {
+                                "library": c.library,
+                                "sampler": c.label,
+                                "schedule": schedule,
+                                "target": target_name,
+                                "nfe": budget,
+                                "error": f"{type(exc).__name__}: {exc}"[:300],
+                            }
+                        )
                         continue
                     if rec is None:
                         continue  # the sampler's smallest run needs more calls than the budget
-                    records.append({"library": c.library, "sampler": c.label, "target": target_name,
-                                    "schedule": schedule, "nfe": budget, **rec,
-                                    **({"twin_of": c.twin_of} if c.twin_of else {})})
-            log(f"accuracy: {target_name} / {schedule}: {len(entries)} contestants in "
-                f"{time.perf_counter() - started:.1f} s")
-        floor = {"target": target_name, "kind": kind, "metric": PRIMARY_METRIC[kind], "nfe": list(budgets),
-                 "grid_variants": variants, "n": n_samples, "seconds": time.perf_counter() - target_started}
+                    records.append(
+                        {
+                            "library": c.library,
+                            "sampler": c.label,
+                            "target": target_name,
+                            "schedule": schedule,
+                            "nfe": budget,
+                            **rec,
+                            **({"twin_of": c.twin_of} if c.twin_of else {}),
+                        }
+                    )
+            log(
+                f"accuracy: {target_name} / {schedule}: {len(entries)} contestants in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
+        floor = {
+            "target": target_name,
+            "kind": kind,
+            "metric": PRIMARY_METRIC[kind],
+            "nfe": list(budgets),
+            "grid_variants": variants,
+            "n": n_samples,
+            "seconds": time.perf_counter() - target_started,
+        }
         if refs is not None:
-            floor.update(n_trajectory=n_traj, reference_rtol=refs.rtol, reference_check_rtol=refs.check_rtol,
-                         reference_solves=refs.solves)
+            floor.update(
+                n_trajectory=n_traj,
+                reference_rtol=refs.rtol,
+                reference_check_rtol=refs.check_rtol,
+                reference_solves=refs.solves,
+            )
         if sampling._ready:
             sf = sampling.describe()
             floor.update(floor=sf["floor"], floor_sd=sf["floor_sd"])
@@ -339,11 +413,22 @@ def comparisons(records: list) -> list[dict]:
         mine = [r for r in records if r["schedule"] == schedule and r["target"] == target and r["nfe"] == nfe]
         u, p = best(mine, "unisde", metric), best(mine, "diffusers", metric)
         primary = primary_of.get((schedule, target)) == metric
-        row = {"schedule": schedule, "target": target, "nfe": nfe, "metric": metric, "primary": primary,
-               "unisde": u, "diffusers": p, "target_ratio": ratio_target(nfe) if primary else None}
+        row = {
+            "schedule": schedule,
+            "target": target,
+            "nfe": nfe,
+            "metric": metric,
+            "primary": primary,
+            "unisde": u,
+            "diffusers": p,
+            "target_ratio": ratio_target(nfe) if primary else None,
+        }
         if u is None or p is None:
-            row.update(ratio=None, met=False,
-                       reason=f"no {'diffusers peer' if p is None else 'unisde sampler'} fits NFE {nfe} on this metric")
+            row.update(
+                ratio=None,
+                met=False,
+                reason=f"no {'diffusers peer' if p is None else 'unisde sampler'} fits NFE {nfe} on this metric",
+            )
         else:
             ratio = u["distance"] / p["distance"] if p["distance"] > 0 else (1.0 if u["distance"] == 0 else math.inf)
             row["ratio"] = ratio
@@ -354,11 +439,19 @@ def comparisons(records: list) -> list[dict]:
             else:
                 row["met"] = ratio <= row["target_ratio"] * (1 + TIE_RTOL)
                 if row["met"]:
-                    row["reason"] = "" if ratio <= row["target_ratio"] else (
-                        f"tie: ratio {ratio:.6f}, within {TIE_RTOL:g} of the target (the same algorithm on both sides)")
+                    row["reason"] = (
+                        ""
+                        if ratio <= row["target_ratio"]
+                        else (
+                            f"tie: ratio {ratio:.6f}, within {TIE_RTOL:g} of the target (the same algorithm on both "
+                            "sides)"
+                        )
+                    )
                 elif u.get("twin_of") == p["sampler"]:
-                    row["reason"] = (f"ratio {ratio:.4f} > {row['target_ratio']}: the best unisde is the twin of the "
-                                     "best peer (same algorithm) and no other unisde sampler beats it")
+                    row["reason"] = (
+                        f"ratio {ratio:.4f} > {row['target_ratio']}: the best unisde is the twin of the "
+                        "best peer (same algorithm) and no other unisde sampler beats it"
+                    )
                 else:
                     row["reason"] = f"ratio {ratio:.3f} > {row['target_ratio']}"
             solver = _solver_comparison(mine)
@@ -386,10 +479,14 @@ def summary_lines(records: list) -> list[str]:
         sv = row.get("solver")
         extra = ""
         if sv:
-            extra = (f"; discretisation error alone: unisde {sv['unisde']['w2_solver']:.3e} ({sv['unisde']['sampler']})"
-                     f" vs diffusers {sv['diffusers']['w2_solver']:.3e} ({sv['diffusers']['sampler']}), "
-                     f"ratio {sv['ratio']:.3f}")
-        lines.append(f"accuracy {row['schedule']}/{row['target']} NFE {row['nfe']} [{row['metric']}]: unisde "
-                     f"{_label(row['unisde'])} vs diffusers {_label(row['diffusers'])}: ratio {ratio} "
-                     f"(target ≤ {row['target_ratio']}) {verdict}{extra}")
+            extra = (
+                f"; discretisation error alone: unisde {sv['unisde']['w2_solver']:.3e} ({sv['unisde']['sampler']})"
+                f" vs diffusers {sv['diffusers']['w2_solver']:.3e} ({sv['diffusers']['sampler']}), "
+                f"ratio {sv['ratio']:.3f}"
+            )
+        lines.append(
+            f"accuracy {row['schedule']}/{row['target']} NFE {row['nfe']} [{row['metric']}]: unisde "
+            f"{_label(row['unisde'])} vs diffusers {_label(row['diffusers'])}: ratio {ratio} "
+            f"(target ≤ {row['target_ratio']}) {verdict}{extra}"
+        )
     return lines

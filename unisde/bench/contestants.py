@@ -16,7 +16,7 @@ SCHEDULES = ("ddpm", "edm", "flow", "flow-shift3")
 FLOW_SHIFTS = {"flow": 1.0, "flow-shift3": 3.0}
 """The rectified-flow models (FlowMatchEulerDiscreteScheduler's config, flow prediction) and their grids' shift."""
 
-_SEED_STEPS = 4321        # the generator passed to step() (shared by every contestant)
+_SEED_STEPS = 4321  # the generator passed to step() (shared by every contestant)
 
 
 def base_config(schedule: str) -> dict:
@@ -51,12 +51,22 @@ def _unified(cfg: dict, **kwargs):
 
 
 # Sampler option variants tried (a sampler not listed runs with its defaults).
-SAMPLER_VARIANTS = {"edm": ({}, {"solver": "euler"}),
-                    "sde": ({}, {"method": "exponential"}),
-                    "dpmsolver++": ({}, {"solver_order": 3}, {"solver_order": 3, "exact_quadratic": True},
-                                    {"algorithm_type": "sde-dpmsolver++"})}
-UNISDE_GRIDS = {"ddpm": (None, "trailing", "karras", "uniform_lambda"), "edm": (None, "uniform_lambda"),
-                "flow": (None, "uniform_lambda", "karras"), "flow-shift3": (None, "uniform_lambda", "karras")}
+SAMPLER_VARIANTS = {
+    "edm": ({}, {"solver": "euler"}),
+    "sde": ({}, {"method": "exponential"}),
+    "dpmsolver++": (
+        {},
+        {"solver_order": 3},
+        {"solver_order": 3, "exact_quadratic": True},
+        {"algorithm_type": "sde-dpmsolver++"},
+    ),
+}
+UNISDE_GRIDS = {
+    "ddpm": (None, "trailing", "karras", "uniform_lambda"),
+    "edm": (None, "uniform_lambda"),
+    "flow": (None, "uniform_lambda", "karras"),
+    "flow-shift3": (None, "uniform_lambda", "karras"),
+}
 
 
 def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Contestant]:
@@ -66,7 +76,7 @@ def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Co
     out = []
     for name in list_samplers():
         for options in SAMPLER_VARIANTS.get(name, ({},)):
-            for grid in (UNISDE_GRIDS[schedule] if grid_variants else (None,)):
+            for grid in UNISDE_GRIDS[schedule] if grid_variants else (None,):
                 bits = [f"{k}={v}" for k, v in options.items()] + ([f"grid={grid}"] if grid else [])
                 label = name + (f"[{', '.join(bits)}]" if bits else "")
                 kwargs = {"sampler": name, "sampler_options": dict(options)}
@@ -77,38 +87,57 @@ def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Co
 
 
 def _ddpm_schedulers() -> list[tuple[str, str, dict]]:
-    return [("DDPM", "DDPMScheduler", {}), ("DDIM", "DDIMScheduler", {}),
-            ("Euler", "EulerDiscreteScheduler", {}), ("EulerAncestral", "EulerAncestralDiscreteScheduler", {}),
-            ("Heun", "HeunDiscreteScheduler", {}), ("LMS", "LMSDiscreteScheduler", {}),
-            ("DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2}),
-            ("DPM++3M", "DPMSolverMultistepScheduler", {"solver_order": 3}),
-            ("SDE-DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
-            ("UniPC", "UniPCMultistepScheduler", {}), ("PNDM", "PNDMScheduler", {}), ("DEIS", "DEISMultistepScheduler", {}),
-            ("DPM++2S", "DPMSolverSinglestepScheduler", {}), ("KDPM2", "KDPM2DiscreteScheduler", {}),
-            ("KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler", {}), ("SA-Solver", "SASolverScheduler", {}),
-            ("DPMSolverSDE", "DPMSolverSDEScheduler", {}), ("LCM", "LCMScheduler", {}), ("TCD", "TCDScheduler", {})]
+    return [
+        ("DDPM", "DDPMScheduler", {}),
+        ("DDIM", "DDIMScheduler", {}),
+        ("Euler", "EulerDiscreteScheduler", {}),
+        ("EulerAncestral", "EulerAncestralDiscreteScheduler", {}),
+        ("Heun", "HeunDiscreteScheduler", {}),
+        ("LMS", "LMSDiscreteScheduler", {}),
+        ("DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2}),
+        ("DPM++3M", "DPMSolverMultistepScheduler", {"solver_order": 3}),
+        ("SDE-DPM++2M", "DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
+        ("UniPC", "UniPCMultistepScheduler", {}),
+        ("PNDM", "PNDMScheduler", {}),
+        ("DEIS", "DEISMultistepScheduler", {}),
+        ("DPM++2S", "DPMSolverSinglestepScheduler", {}),
+        ("KDPM2", "KDPM2DiscreteScheduler", {}),
+        ("KDPM2Ancestral", "KDPM2AncestralDiscreteScheduler", {}),
+        ("SA-Solver", "SASolverScheduler", {}),
+        ("DPMSolverSDE", "DPMSolverSDEScheduler", {}),
+        ("LCM", "LCMScheduler", {}),
+        ("TCD", "TCDScheduler", {}),
+    ]
 
 
 def _edm_schedulers() -> list[tuple[str, str, dict]]:
-    return [("EDMEuler", "EDMEulerScheduler", {}),
-            ("EDM-DPM++2M", "EDMDPMSolverMultistepScheduler", {"solver_order": 2}),
-            ("EDM-DPM++3M", "EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
-            ("EDM-SDE-DPM++2M", "EDMDPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"})]
+    return [
+        ("EDMEuler", "EDMEulerScheduler", {}),
+        ("EDM-DPM++2M", "EDMDPMSolverMultistepScheduler", {"solver_order": 2}),
+        ("EDM-DPM++3M", "EDMDPMSolverMultistepScheduler", {"solver_order": 3}),
+        ("EDM-SDE-DPM++2M", "EDMDPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
+    ]
 
 
 def _flow_schedulers(shift: float) -> list[tuple[str, str, dict]]:
     """FlowMatch Euler (deterministic and ``stochastic_sampling``) and Heun, and the multistep solvers diffusers runs
     on flow models through ``use_flow_sigmas`` (the grid σ = shift·τ/(1 + (shift − 1)τ), flow prediction)."""
     flow = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": shift}
-    return [("FlowMatchEuler", "FlowMatchEulerDiscreteScheduler", {}),
-            ("FlowMatchEulerStochastic", "FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
-            ("FlowMatchHeun", "FlowMatchHeunDiscreteScheduler", {}),
-            ("UniPC-flow", "UniPCMultistepScheduler", flow),
-            ("DPM++2M-flow", "DPMSolverMultistepScheduler", {**flow, "solver_order": 2}),
-            ("DPM++3M-flow", "DPMSolverMultistepScheduler", {**flow, "solver_order": 3}),
-            ("SDE-DPM++2M-flow", "DPMSolverMultistepScheduler",
-             {**flow, "solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
-            ("DPM++2S-flow", "DPMSolverSinglestepScheduler", flow), ("DEIS-flow", "DEISMultistepScheduler", flow)]
+    return [
+        ("FlowMatchEuler", "FlowMatchEulerDiscreteScheduler", {}),
+        ("FlowMatchEulerStochastic", "FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}),
+        ("FlowMatchHeun", "FlowMatchHeunDiscreteScheduler", {}),
+        ("UniPC-flow", "UniPCMultistepScheduler", flow),
+        ("DPM++2M-flow", "DPMSolverMultistepScheduler", {**flow, "solver_order": 2}),
+        ("DPM++3M-flow", "DPMSolverMultistepScheduler", {**flow, "solver_order": 3}),
+        (
+            "SDE-DPM++2M-flow",
+            "DPMSolverMultistepScheduler",
+            {**flow, "solver_order": 2, "algorithm_type": "sde-dpmsolver++"},
+        ),
+        ("DPM++2S-flow", "DPMSolverSinglestepScheduler", flow),
+        ("DEIS-flow", "DEISMultistepScheduler", flow),
+    ]
 
 
 def _unscaled(sample, timestep=None):
@@ -132,11 +161,25 @@ def _has_param(cls, name: str) -> bool:
 
 
 # Diffusers schedulers whose algorithm a unisde sampler reproduces (UnifiedScheduler.from_config picks it).
-_TWIN_CLASSES = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-                 "HeunDiscreteScheduler", "LMSDiscreteScheduler", "UniPCMultistepScheduler", "EDMEulerScheduler",
-                 "PNDMScheduler", "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler",
-                 "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "TCDScheduler", "FlowMatchEulerDiscreteScheduler",
-                 "FlowMatchHeunDiscreteScheduler")
+_TWIN_CLASSES = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "EDMEulerScheduler",
+    "PNDMScheduler",
+    "DEISMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
+)
 
 
 def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tuple[list[Contestant], list[Contestant]]:
@@ -146,8 +189,13 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
     from unisde.plugins import list_samplers
 
     flow = schedule in FLOW_SHIFTS
-    rows = (_ddpm_schedulers() if schedule == "ddpm" else _flow_schedulers(FLOW_SHIFTS[schedule]) if flow
-            else _edm_schedulers())
+    rows = (
+        _ddpm_schedulers()
+        if schedule == "ddpm"
+        else _flow_schedulers(FLOW_SHIFTS[schedule])
+        if flow
+        else _edm_schedulers()
+    )
     peers, twins = [], []
     for short, cls_name, options in rows:
         cls = getattr(diffusers, cls_name)
@@ -161,7 +209,10 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
                     variants.append(({f"use_{option}_sigmas": True}, option))
         if grid_variants and schedule == "ddpm":
             if _has_param(cls, "timestep_spacing"):
-                variants += [({"timestep_spacing": "trailing"}, "trailing"), ({"timestep_spacing": "linspace"}, "linspace")]
+                variants += [
+                    ({"timestep_spacing": "trailing"}, "trailing"),
+                    ({"timestep_spacing": "linspace"}, "linspace"),
+                ]
             for option in ("karras", "exponential", "beta"):  # diffusers' σ-spacing options, where the class has them
                 if _has_param(cls, f"use_{option}_sigmas"):
                     variants.append(({f"use_{option}_sigmas": True}, option))
@@ -178,10 +229,14 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
             # (solver_order, algorithm_type and the grid come from the config; diffusers' SDE 3M weighs its second
             # difference differently, so it has none).
             algorithm = options.get("algorithm_type", "dpmsolver++")
-            dpm2m = (cls_name == "DPMSolverMultistepScheduler" and "dpmsolver++" in list_samplers()
-                     and (options.get("solver_order"), algorithm) in ((2, "dpmsolver++"), (3, "dpmsolver++"),
-                                                                       (2, "sde-dpmsolver++")))
+            dpm2m = (
+                cls_name == "DPMSolverMultistepScheduler"
+                and "dpmsolver++" in list_samplers()
+                and (options.get("solver_order"), algorithm)
+                in ((2, "dpmsolver++"), (3, "dpmsolver++"), (2, "sde-dpmsolver++"))
+            )
             if cls_name in _TWIN_CLASSES or dpm2m:
+
                 def make_twin(make=make):
                     # from_config picks the same algorithm and grid (multistep spacings included). The source class
                     # is named: a bare config of a scheduler already garbage-collected is detected by its keys,

@@ -90,8 +90,13 @@ def psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
     return (basis * lam.clamp(min=0).sqrt()) @ basis.T
 
 
-def gaussian_w2(mean: torch.Tensor, cov: torch.Tensor, data_mean: torch.Tensor, data_cov: torch.Tensor,
-                factor: torch.Tensor | None = None) -> float:
+def gaussian_w2(
+    mean: torch.Tensor,
+    cov: torch.Tensor,
+    data_mean: torch.Tensor,
+    data_cov: torch.Tensor,
+    factor: torch.Tensor | None = None,
+) -> float:
     """Exact W₂(N(mean, cov), N(data_mean, data_cov)) in the data's units (the whole vector, not per coordinate).
 
     ``factor``: optionally A with cov = A Aᵀ (d × D), which is used instead of ``cov`` for the square root
@@ -387,8 +392,14 @@ class Prepared:
         return self._copy(self.snapshot)
 
 
-def run_scheduler(scheduler, model, z: torch.Tensor, num_inference_steps: int | None = None,
-                  feeder: NoiseFeeder | None = None, seed: int = 4321) -> tuple[torch.Tensor, float, torch.Tensor]:
+def run_scheduler(
+    scheduler,
+    model,
+    z: torch.Tensor,
+    num_inference_steps: int | None = None,
+    feeder: NoiseFeeder | None = None,
+    seed: int = 4321,
+) -> tuple[torch.Tensor, float, torch.Tensor]:
     """The generic diffusers loop (x = z · init_noise_sigma; x = step(model(scale_model_input(x, t), t), t, x))
     with every noise draw taken from ``feeder`` when given (else the seeded generator). ``scheduler`` may be a
     :class:`Prepared` one (then ``num_inference_steps`` is its own). Returns the final sample (B, d) in float64
@@ -464,8 +475,15 @@ class _ProbeFeeder(NoiseFeeder):
         return w.reshape(shape).to(dtype=dtype, device=device)
 
 
-def affine_law(scheduler, model, event_shape, num_inference_steps: int | None = None, probes: int = 8, seed: int = 0,
-               relevance_tol: float = 1e-12) -> AffineLaw:
+def affine_law(
+    scheduler,
+    model,
+    event_shape,
+    num_inference_steps: int | None = None,
+    probes: int = 8,
+    seed: int = 0,
+    relevance_tol: float = 1e-12,
+) -> AffineLaw:
     """The exact output law of ``scheduler`` run with ``num_inference_steps`` on the exact model of a Gaussian
     target (module doc; ``scheduler`` may be :class:`Prepared`), from batched float64 runs: (1) the zero start,
     the d unit starts, a check row (random start and draws) and one probe row per noise draw (``probes`` rows are
@@ -478,7 +496,7 @@ def affine_law(scheduler, model, event_shape, num_inference_steps: int | None = 
         rows = 1 + d + 1 + probes
         check_row, probe_row = 1 + d, 2 + d
         z = torch.zeros(rows, d, dtype=DTYPE)
-        z[1:1 + d] = torch.eye(d, dtype=DTYPE)
+        z[1 : 1 + d] = torch.eye(d, dtype=DTYPE)
         z_check = torch.randn(d, generator=gen, dtype=DTYPE)
         z[check_row] = z_check
         feeder = _ProbeFeeder(rows, d, probe_row, probes, check_row, gen)
@@ -490,8 +508,8 @@ def affine_law(scheduler, model, event_shape, num_inference_steps: int | None = 
         probes = feeder.count
     draws = feeder.count
     b = out[0]
-    cols = [(out[1:1 + d] - b).T]
-    start = (y0[1:1 + d] - y0[0]).T
+    cols = [(out[1 : 1 + d] - b).T]
+    start = (y0[1 : 1 + d] - y0[0]).T
     scale = max(1.0, float(out[: 1 + d].abs().max()))
     relevant = [j for j in range(draws) if float((out[probe_row + j] - b).abs().max()) > relevance_tol * scale]
     if relevant:
@@ -500,18 +518,20 @@ def affine_law(scheduler, model, event_shape, num_inference_steps: int | None = 
         feed: list = [None] * draws
         for block, j in enumerate(relevant):
             w = torch.zeros(k * d, d, dtype=DTYPE)
-            w[block * d:(block + 1) * d] = eye
+            w[block * d : (block + 1) * d] = eye
             feed[j] = w
-        out2, _, _ = run_scheduler(scheduler, model, torch.zeros(k * d, *event_shape, dtype=DTYPE), num_inference_steps,
-                                   NoiseFeeder(feed))
-        cols += [(out2[block * d:(block + 1) * d] - b).T for block in range(k)]
+        out2, _, _ = run_scheduler(
+            scheduler, model, torch.zeros(k * d, *event_shape, dtype=DTYPE), num_inference_steps, NoiseFeeder(feed)
+        )
+        cols += [(out2[block * d : (block + 1) * d] - b).T for block in range(k)]
     factor = torch.cat(cols, dim=1)
     predicted = b + cols[0] @ z_check
     for block, j in enumerate(relevant):
         predicted = predicted + cols[1 + block] @ feeder.check_draws[j]
     residual = float((out[check_row] - predicted).abs().max()) / max(1.0, float(out[check_row].abs().max()))
-    start_residual = (float((y0[check_row] - y0[0] - start @ z_check).abs().max())
-                      / max(1.0, float(y0[check_row].abs().max())))
+    start_residual = float((y0[check_row] - y0[0] - start @ z_check).abs().max()) / max(
+        1.0, float(y0[check_row].abs().max())
+    )
     return AffineLaw(b, factor, start, y0[0], tau0, draws, len(relevant), max(residual, start_residual), nfe)
 
 
@@ -530,8 +550,9 @@ def law_metrics(law: AffineLaw, data_mean: torch.Tensor, data_cov: torch.Tensor)
     out = {"w2": w2, "kl": kl, "prior_floor": floor, "w2_solver": solver}
     if law.deterministic:
         d = law.start.shape[0]
-        out["trajectory"] = math.sqrt(float(((law.mean - ideal_mean) ** 2).sum())
-                                      + float(((law.factor[:, :d] - ideal_factor) ** 2).sum()))
+        out["trajectory"] = math.sqrt(
+            float(((law.mean - ideal_mean) ** 2).sum()) + float(((law.factor[:, :d] - ideal_factor) ** 2).sum())
+        )
     return out
 
 

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-_SEED_PROJECTIONS = 99    # slicing directions
+_SEED_PROJECTIONS = 99  # slicing directions
 
 
 def projection_directions(dim: int, count: int, seed: int = _SEED_PROJECTIONS) -> torch.Tensor:
@@ -28,7 +28,9 @@ def sliced_w2(x: torch.Tensor, y: torch.Tensor, directions: torch.Tensor) -> flo
     x = x.reshape(x.shape[0], -1).double()
     y = y.reshape(y.shape[0], -1).double()
     if x.shape != y.shape:
-        raise ValueError(f"sliced_w2 needs two sets of the same size and dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"sliced_w2 needs two sets of the same size and dimension, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if not torch.isfinite(x).all():
         return float("inf")
     px, _ = torch.sort(x @ directions, dim=0)

@@ -12,8 +12,11 @@ PIPELINE_TARGET = 1.02
 TRAINING_TARGET = 0.97
 
 
-METRIC_NAMES = {"w2": "exact W₂ to the data law", "trajectory": "trajectory RMS error vs converged PF-ODE",
-                "sliced-w2": "sliced W₂ to exact samples"}
+METRIC_NAMES = {
+    "w2": "exact W₂ to the data law",
+    "trajectory": "trajectory RMS error vs converged PF-ODE",
+    "sliced-w2": "sliced W₂ to exact samples",
+}
 
 
 def _primary(records: list) -> dict:
@@ -50,7 +53,11 @@ by at most this fraction (diffusers keeps σ tables and some arithmetic in float
 def agreement_rows(records: list) -> list:
     """Pairs (unisde twin, diffusers scheduler) on the same schedule, target, NFE and metric. They agree when
     |Δ| ≤ TWIN_RTOL × the larger value (exact metrics) or |Δ| ≤ the noise floor (sampling metric)."""
-    peers = {(r["schedule"], r["target"], r["nfe"], r["sampler"], r.get("metric")): r for r in records if r["library"] == "diffusers"}
+    peers = {
+        (r["schedule"], r["target"], r["nfe"], r["sampler"], r.get("metric")): r
+        for r in records
+        if r["library"] == "diffusers"
+    }
     rows = []
     for r in records:
         if r.get("twin_of"):
@@ -59,9 +66,21 @@ def agreement_rows(records: list) -> list:
                 diff = abs(r["distance"] - p["distance"])
                 exact = r.get("exact", False)
                 tol = TWIN_RTOL * max(r["distance"], p["distance"]) if exact else r["floor"]
-                rows.append({"schedule": r["schedule"], "target": r["target"], "nfe": r["nfe"], "diffusers": p["sampler"],
-                             "metric": r.get("metric", "sliced-w2"), "unisde": r["distance"], "peer": p["distance"],
-                             "diff": diff, "floor": r["floor"], "tolerance": tol, "agree": diff <= tol})
+                rows.append(
+                    {
+                        "schedule": r["schedule"],
+                        "target": r["target"],
+                        "nfe": r["nfe"],
+                        "diffusers": p["sampler"],
+                        "metric": r.get("metric", "sliced-w2"),
+                        "unisde": r["distance"],
+                        "peer": p["distance"],
+                        "diff": diff,
+                        "floor": r["floor"],
+                        "tolerance": tol,
+                        "agree": diff <= tol,
+                    }
+                )
     return rows
 
 
@@ -92,14 +111,24 @@ def plot_accuracy(results: dict, path: str) -> str | None:
     best = best_by_library(records)
     for ax, (schedule, target) in zip(axes.flat, panels):
         metric = primary[(schedule, target)]
-        mine = [r for r in records if r["schedule"] == schedule and r["target"] == target and r.get("metric", "sliced-w2") == metric
-                and math.isfinite(r["distance"]) and r["distance"] > 0]
-        for (lib, label) in sorted({(r["library"], r["sampler"]) for r in mine}):
+        mine = [
+            r
+            for r in records
+            if r["schedule"] == schedule
+            and r["target"] == target
+            and r.get("metric", "sliced-w2") == metric
+            and math.isfinite(r["distance"])
+            and r["distance"] > 0
+        ]
+        for lib, label in sorted({(r["library"], r["sampler"]) for r in mine}):
             pts = sorted((r["nfe"], r["distance"]) for r in mine if r["library"] == lib and r["sampler"] == label)
             ax.plot(*zip(*pts), color=colors.get(lib, "gray"), alpha=0.15, lw=0.8)
         for lib in sorted({r["library"] for r in mine}):
-            pts = sorted((k[2], v["distance"]) for k, v in best.items() if k[0] == schedule and k[1] == target and k[3] == lib
-                         and v["distance"] > 0)
+            pts = sorted(
+                (k[2], v["distance"])
+                for k, v in best.items()
+                if k[0] == schedule and k[1] == target and k[3] == lib and v["distance"] > 0
+            )
             if pts:
                 ax.plot(*zip(*pts), color=colors.get(lib, "gray"), lw=2.2, marker="o", label=f"best {lib}")
         if metric == "sliced-w2" and mine:
@@ -110,7 +139,7 @@ def plot_accuracy(results: dict, path: str) -> str | None:
         ax.set_xlabel("NFE (model calls)")
         ax.set_ylabel(METRIC_NAMES.get(metric, metric), fontsize=8)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -124,39 +153,53 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
 
     setup = results.get("setup", {})
     records = results.get("accuracy") or []
-    lines = ["## 1. Accuracy per model evaluation", "",
-             "Every contestant samples the same **exact** model (the analytic denoiser of `unisde.analytic`, as an "
-             "ε-model on diffusers' default DDPM table — `ddpm` — or as the EDM-preconditioned model on "
-             "EDMEulerScheduler's σ range — `edm` — or as the schedule's own model for other schedules), in float64, "
-             "from the same standard normal starts, x̂0 clipping off for all. The error is measured without sampling "
-             "noise wherever the mathematics allows (method: `unisde/bench/exact.py`):", "",
-             "* **w2** (Gaussian targets, deterministic *and* stochastic contestants): the sampler on the exact model of "
-             "Gaussian data is an affine map of its start and noise draws, so its output law is exactly N(b, A Aᵀ); b and "
-             "A are read off one batched float64 run (zero start, d unit starts, one unit vector per noise coordinate "
-             "that reaches the output — the draws are prescribed through unisde's `noise_sampler` hook and, for diffusers "
-             "schedulers, their module's `randn_tensor`), checked at a random (start, noise) to rounding "
-             f"(relative residual ≤ {AFFINE_TOL:g}, else the sampling metric is used and the row says so). Reported: the "
-             "closed-form W₂ to the data law (whole vector, data units) and KL; *prior floor*: the W₂ of an exact "
-             "PF-ODE solve from the same start law (the cost of starting at t < 1 or from N(0, (s²+σ²) I)).",
-             "* **trajectory** (other targets, deterministic contestants): RMS over a fixed batch of ‖x_out − x_ref‖, "
-             "x_ref the same PF-ODE solved from the same start (the sample and time of the contestant's first model "
-             "call) by adaptive float64 Dormand–Prince at rtol = atol = the table's tolerance; its *floor* is the RMS "
-             "difference to a solve at a 100× looser one (an upper bound on the reference's own error).",
-             "* **sliced-w2** (stochastic contestants on mixtures; runs that are not affine): sliced W₂ between n "
-             "generated and n exact samples, against the noise floor of two independent exact sets (mean ± sd of three).",
-             "",
-             "NFE counts every model call (the model counts them); each contestant runs the largest `num_inference_steps` "
-             "whose calls fit the budget.", "",
-             f"unisde samplers: {', '.join(setup.get('samplers', []))} (every registered sampler, plugins included"
-             + ("; each also on other time grids" if setup.get("grid_variants") else "") + "). "
-             "`≡X` is the unisde scheduler converted from diffusers scheduler X (`UnifiedScheduler.from_config(X.config)`, "
-             "the same algorithm). diffusers: every scheduler of the target's family"
-             + (" on its own spacings (leading, trailing, linspace) and σ options (Karras, exponential, beta) where "
-                "the class has them." if setup.get("grid_variants") else " on its default spacing."),
-             "",
-             ("k-diffusion: importable, but its samplers are not wired in this benchmark." if setup.get("k_diffusion") else
-              "k-diffusion: not installed (`import k_diffusion` fails), so its samplers are skipped; it is an optional peer."),
-             ""]
+    lines = [
+        "## 1. Accuracy per model evaluation",
+        "",
+        "Every contestant samples the same **exact** model (the analytic denoiser of `unisde.analytic`, as an "
+        "ε-model on diffusers' default DDPM table — `ddpm` — or as the EDM-preconditioned model on "
+        "EDMEulerScheduler's σ range — `edm` — or as the schedule's own model for other schedules), in float64, "
+        "from the same standard normal starts, x̂0 clipping off for all. The error is measured without sampling "
+        "noise wherever the mathematics allows (method: `unisde/bench/exact.py`):",
+        "",
+        "* **w2** (Gaussian targets, deterministic *and* stochastic contestants): the sampler on the exact model of "
+        "Gaussian data is an affine map of its start and noise draws, so its output law is exactly N(b, A Aᵀ); b and "
+        "A are read off one batched float64 run (zero start, d unit starts, one unit vector per noise coordinate "
+        "that reaches the output — the draws are prescribed through unisde's `noise_sampler` hook and, for diffusers "
+        "schedulers, their module's `randn_tensor`), checked at a random (start, noise) to rounding "
+        f"(relative residual ≤ {AFFINE_TOL:g}, else the sampling metric is used and the row says so). Reported: the "
+        "closed-form W₂ to the data law (whole vector, data units) and KL; *prior floor*: the W₂ of an exact "
+        "PF-ODE solve from the same start law (the cost of starting at t < 1 or from N(0, (s²+σ²) I)).",
+        "* **trajectory** (other targets, deterministic contestants): RMS over a fixed batch of ‖x_out − x_ref‖, "
+        "x_ref the same PF-ODE solved from the same start (the sample and time of the contestant's first model "
+        "call) by adaptive float64 Dormand–Prince at rtol = atol = the table's tolerance; its *floor* is the RMS "
+        "difference to a solve at a 100× looser one (an upper bound on the reference's own error).",
+        "* **sliced-w2** (stochastic contestants on mixtures; runs that are not affine): sliced W₂ between n "
+        "generated and n exact samples, against the noise floor of two independent exact sets (mean ± sd of three).",
+        "",
+        "NFE counts every model call (the model counts them); each contestant runs the largest `num_inference_steps` "
+        "whose calls fit the budget.",
+        "",
+        f"unisde samplers: {', '.join(setup.get('samplers', []))} (every registered sampler, plugins included"
+        + ("; each also on other time grids" if setup.get("grid_variants") else "")
+        + "). "
+        "`≡X` is the unisde scheduler converted from diffusers scheduler X (`UnifiedScheduler.from_config(X.config)`, "
+        "the same algorithm). diffusers: every scheduler of the target's family"
+        + (
+            " on its own spacings (leading, trailing, linspace) and σ options (Karras, exponential, beta) where "
+            "the class has them."
+            if setup.get("grid_variants")
+            else " on its default spacing."
+        ),
+        "",
+        (
+            "k-diffusion: importable, but its samplers are not wired in this benchmark."
+            if setup.get("k_diffusion")
+            else "k-diffusion: not installed (`import k_diffusion` fails), so its samplers are skipped; "
+            "it is an optional peer."
+        ),
+        "",
+    ]
     if plot_relpath:
         lines += [f"![error vs NFE]({plot_relpath})", ""]
     floors = results.get("floors", [])
@@ -165,82 +208,123 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         for f in floors:
             detail = []
             if f.get("n_trajectory"):
-                detail.append(f"trajectory batch {f['n_trajectory']}, reference rtol {f.get('reference_rtol', 0):g} "
-                              f"(checked at {f.get('reference_check_rtol', 0):g}; {f.get('reference_solves', 0)} solves)")
+                detail.append(
+                    f"trajectory batch {f['n_trajectory']}, reference rtol {f.get('reference_rtol', 0):g} "
+                    f"(checked at {f.get('reference_check_rtol', 0):g}; {f.get('reference_solves', 0)} solves)"
+                )
             if f.get("floor"):
                 detail.append(f"sampling metric: n = {f['n']}, floor {_fmt(f['floor'])} ± {_fmt(f['floor_sd'])}")
-            lines.append(f"| {f['target']} | {f.get('kind', '?')} | {f.get('metric', 'sliced-w2')} | "
-                         f"{', '.join(map(str, f.get('nfe', [])))} | {'yes' if f.get('grid_variants') else 'no'} | "
-                         f"{'; '.join(detail) or '—'} |")
+            lines.append(
+                f"| {f['target']} | {f.get('kind', '?')} | {f.get('metric', 'sliced-w2')} | "
+                f"{', '.join(map(str, f.get('nfe', [])))} | {'yes' if f.get('grid_variants') else 'no'} | "
+                f"{'; '.join(detail) or '—'} |"
+            )
         lines.append("")
     rows = comparisons(records)
     primary_rows = [r for r in rows if r["primary"]]
     if primary_rows:
         met = sum(bool(r["met"]) for r in primary_rows)
-        lines += ["### Best unisde vs best diffusers (the issue's targets)", "",
-                  "Target: best unisde ≤ 0.67 × best diffusers at NFE ≤ 10, ≤ 1.0 × at NFE 20 and 50, on the target's "
-                  "noise-free metric (w2 or trajectory). A target not met is shown as **not met** with the reason.", "",
-                  f"Met in {met} of {len(primary_rows)} cells.", "",
-                  "On Gaussian targets the last column repeats the comparison on the discretisation error alone "
-                  "(W₂ to the exact PF-ODE solve from each contestant's own start law, among the contestants that "
-                  "start from the least mismatched start law), which the prior floor does not blur at high NFE.", "",
-                  "| schedule | target | metric | NFE | best unisde | best diffusers | ratio | target | verdict | "
-                  "discretisation error only: unisde / diffusers (ratio) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Best unisde vs best diffusers (the issue's targets)",
+            "",
+            "Target: best unisde ≤ 0.67 × best diffusers at NFE ≤ 10, ≤ 1.0 × at NFE 20 and 50, on the target's "
+            "noise-free metric (w2 or trajectory). A target not met is shown as **not met** with the reason.",
+            "",
+            f"Met in {met} of {len(primary_rows)} cells.",
+            "",
+            "On Gaussian targets the last column repeats the comparison on the discretisation error alone "
+            "(W₂ to the exact PF-ODE solve from each contestant's own start law, among the contestants that "
+            "start from the least mismatched start law), which the prior floor does not blur at high NFE.",
+            "",
+            "| schedule | target | metric | NFE | best unisde | best diffusers | ratio | target | verdict | "
+            "discretisation error only: unisde / diffusers (ratio) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in primary_rows:
             u, p = r["unisde"], r["diffusers"]
-            verdict = ("met" + (f" ({r['reason']})" if r["reason"] else "")) if r["met"] else f"**not met**: {r['reason']}"
+            verdict = (
+                ("met" + (f" ({r['reason']})" if r["reason"] else "")) if r["met"] else f"**not met**: {r['reason']}"
+            )
             ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
             sv = r.get("solver")
-            solver = (f"{_fmt(sv['unisde']['w2_solver'])} ({sv['unisde']['sampler']}) / {_fmt(sv['diffusers']['w2_solver'])} "
-                      f"({sv['diffusers']['sampler']}) ({sv['ratio']:.3f})") if sv else "—"
-            lines.append(f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | "
-                         f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
-                         f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
-                         f"≤ {r['target_ratio']} | {verdict} | {solver} |")
+            solver = (
+                (
+                    f"{_fmt(sv['unisde']['w2_solver'])} ({sv['unisde']['sampler']}) / "
+                    f"{_fmt(sv['diffusers']['w2_solver'])} "
+                    f"({sv['diffusers']['sampler']}) ({sv['ratio']:.3f})"
+                )
+                if sv
+                else "—"
+            )
+            lines.append(
+                f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | "
+                f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
+                f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
+                f"≤ {r['target_ratio']} | {verdict} | {solver} |"
+            )
         lines.append("")
     info_rows = [r for r in rows if not r["primary"]]
     if info_rows:
-        lines += ["### Stochastic contestants on the sampling metric", "",
-                  "Best unisde vs best diffusers among contestants measured by sliced W₂ (no exact law: stochastic "
-                  "samplers on mixtures, non-affine runs). Differences within twice the floor's sd are sampling noise.", "",
-                  "| schedule | target | NFE | best unisde | best diffusers | ratio | floor (± sd) | note |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Stochastic contestants on the sampling metric",
+            "",
+            "Best unisde vs best diffusers among contestants measured by sliced W₂ (no exact law: stochastic "
+            "samplers on mixtures, non-affine runs). Differences within twice the floor's sd are sampling noise.",
+            "",
+            "| schedule | target | NFE | best unisde | best diffusers | ratio | floor (± sd) | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in info_rows:
             u, p = r["unisde"], r["diffusers"]
             ref = u or p
             ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
-            lines.append(f"| {r['schedule']} | {r['target']} | {r['nfe']} | "
-                         f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
-                         f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
-                         f"{_fmt(ref['floor'])} ± {_fmt(ref.get('floor_sd'))} | {r['reason']} |")
+            lines.append(
+                f"| {r['schedule']} | {r['target']} | {r['nfe']} | "
+                f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
+                f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
+                f"{_fmt(ref['floor'])} ± {_fmt(ref.get('floor_sd'))} | {r['reason']} |"
+            )
         lines.append("")
     agree = agreement_rows(records)
     if agree:
         n_ok = sum(r["agree"] for r in agree)
-        lines += ["### Same algorithm, same answer", "",
-                  f"A unisde twin and its diffusers scheduler agree when |Δ| ≤ {TWIN_RTOL:g} × the larger value (exact "
-                  "metrics) or ≤ the noise floor (sampling metric).", "",
-                  f"{n_ok} of {len(agree)} pairs agree.", "",
-                  "| schedule | target | metric | NFE | diffusers scheduler | diffusers | unisde twin | abs Δ | tolerance | agree |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Same algorithm, same answer",
+            "",
+            f"A unisde twin and its diffusers scheduler agree when |Δ| ≤ {TWIN_RTOL:g} × the larger value (exact "
+            "metrics) or ≤ the noise floor (sampling metric).",
+            "",
+            f"{n_ok} of {len(agree)} pairs agree.",
+            "",
+            "| schedule | target | metric | NFE | diffusers scheduler | diffusers | unisde twin | abs Δ | tolerance "
+            "| agree |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in sorted(agree, key=lambda r: (r["schedule"], r["target"], r["diffusers"], r["nfe"])):
-            lines.append(f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | {r['diffusers']} | {_fmt(r['peer'])} | "
-                         f"{_fmt(r['unisde'])} | {r['diff']:.1e} | {r['tolerance']:.1e} | {'yes' if r['agree'] else '**no**'} |")
+            lines.append(
+                f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | {r['diffusers']} | "
+                f"{_fmt(r['peer'])} | "
+                f"{_fmt(r['unisde'])} | {r['diff']:.1e} | {r['tolerance']:.1e} | {'yes' if r['agree'] else '**no**'} |"
+            )
         lines.append("")
     lines += ["### Every contestant", ""]
     budgets = {f["target"]: f.get("nfe") for f in floors}
     for schedule, target in sorted({(r["schedule"], r["target"]) for r in records}):
         mine = [r for r in records if r["schedule"] == schedule and r["target"] == target]
         nfes = sorted(budgets.get(target) or {r["nfe"] for r in mine})
-        lines += [f"**{target} · {schedule}** (value of the row's metric; *italic*: stochastic; — = the sampler's "
-                  "smallest run exceeds the budget; prior floor / reference error in the last column)", "",
-                  "| library | sampler | metric | " + " | ".join(f"NFE {n}" for n in nfes) + " | floor |",
-                  "|---|---|---|" + "---|" * len(nfes) + "---|"]
+        lines += [
+            f"**{target} · {schedule}** (value of the row's metric; *italic*: stochastic; — = the sampler's "
+            "smallest run exceeds the budget; prior floor / reference error in the last column)",
+            "",
+            "| library | sampler | metric | " + " | ".join(f"NFE {n}" for n in nfes) + " | floor |",
+            "|---|---|---|" + "---|" * len(nfes) + "---|",
+        ]
         table: dict = {}
         for r in mine:
             table.setdefault((r["library"], r["sampler"], r.get("metric", "sliced-w2")), {})[r["nfe"]] = r
-        for (lib, label, metric), row in sorted(table.items(), key=lambda kv: (kv[0][0] != "unisde", kv[0][1], kv[0][2])):
+        for (lib, label, metric), row in sorted(
+            table.items(), key=lambda kv: (kv[0][0] != "unisde", kv[0][1], kv[0][2])
+        ):
             cells = []
             for n in nfes:
                 if n not in row:
@@ -256,10 +340,16 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         if r.get("note"):
             notes.setdefault((r["library"], r["sampler"], r["schedule"], r["target"]), r["note"])
     if notes:
-        lines += ["### Contestants on the sampling metric where a noise-free one was expected", "",
-                  "| library | sampler | schedule | target | why (first NFE) |", "|---|---|---|---|---|"]
-        lines += [f"| {lib} | {label} | {schedule} | {target} | {note} |"
-                  for (lib, label, schedule, target), note in sorted(notes.items())]
+        lines += [
+            "### Contestants on the sampling metric where a noise-free one was expected",
+            "",
+            "| library | sampler | schedule | target | why (first NFE) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {lib} | {label} | {schedule} | {target} | {note} |"
+            for (lib, label, schedule, target), note in sorted(notes.items())
+        ]
         lines.append("")
     errors = results.get("errors") or []
     if errors:
@@ -277,42 +367,66 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
 def render_markdown(results: dict, plot_relpath: str | None = None, command: str = "unisde bench") -> str:
     """BENCHMARKS.md from the results of :func:`run_benchmarks`."""
     setup = results.get("setup", {})
-    lines = ["# unisde benchmarks", "",
-             f"Generated by `{command}` in {results.get('seconds', 0.0):.0f} s on {setup.get('machine', '?')} "
-             f"(torch {setup.get('torch', '?')}, diffusers {setup.get('diffusers', '?')}, Python {setup.get('python', '?')})"
-             + (" — **quick** preset; run `unisde bench` for the full benchmark." if setup.get("quick") else "."),
-             "Regenerate with `unisde bench [--quick] [--json results.json]`; the method is documented in `unisde/bench/__init__.py`.",
-             ""]
+    lines = [
+        "# unisde benchmarks",
+        "",
+        f"Generated by `{command}` in {results.get('seconds', 0.0):.0f} s on {setup.get('machine', '?')} "
+        f"(torch {setup.get('torch', '?')}, diffusers {setup.get('diffusers', '?')}, Python {setup.get('python', '?')})"
+        + (" — **quick** preset; run `unisde bench` for the full benchmark." if setup.get("quick") else "."),
+        "Regenerate with `unisde bench [--quick] [--json results.json]`; the method is documented in "
+        "`unisde/bench/__init__.py`.",
+        "",
+    ]
     if results.get("accuracy"):
         lines += _accuracy_markdown(results, plot_relpath)
     overhead = results.get("overhead") or []
     if overhead:
-        lines += ["## 2. Scheduler overhead (`step()` alone)", "",
-                  f"Float32 sample and fixed model output of shape {'×'.join(map(str, setup.get('overhead_shape', [])))}, "
-                  f"{overhead[0]['steps']} interleaved calls each (order alternating), median per call, torch single-threaded "
-                  f"(see `unisde/bench/__init__.py`). Target: ratio ≤ {OVERHEAD_TARGET}.", "",
-                  "| algorithm | diffusers scheduler | unisde sampler | unisde (ms) | diffusers (ms) | ratio | target met |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## 2. Scheduler overhead (`step()` alone)",
+            "",
+            f"Float32 sample and fixed model output of shape {'×'.join(map(str, setup.get('overhead_shape', [])))}, "
+            f"{overhead[0]['steps']} interleaved calls each (order alternating), median per call, torch "
+            "single-threaded "
+            f"(see `unisde/bench/__init__.py`). Target: ratio ≤ {OVERHEAD_TARGET}.",
+            "",
+            "| algorithm | diffusers scheduler | unisde sampler | unisde (ms) | diffusers (ms) | ratio | target met |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in overhead:
-            lines.append(f"| {r['sampler']} | {r['diffusers_scheduler']} | {r['unisde_sampler']} | {r['unisde_s'] * 1e3:.3f} | "
-                         f"{r['diffusers_s'] * 1e3:.3f} | {r['ratio']:.3f} | {'yes' if r['ratio'] <= OVERHEAD_TARGET else '**no**'} |")
+            lines.append(
+                f"| {r['sampler']} | {r['diffusers_scheduler']} | {r['unisde_sampler']} | {r['unisde_s'] * 1e3:.3f} | "
+                f"{r['diffusers_s'] * 1e3:.3f} | {r['ratio']:.3f} | "
+                f"{'yes' if r['ratio'] <= OVERHEAD_TARGET else '**no**'} |"
+            )
         lines.append("")
     pipe = results.get("pipeline") or {}
     if pipe:
-        lines += ["## 3. Pipeline", "",
-                  f"DDPMPipeline, {pipe['num_inference_steps']} steps, batch {pipe['batch_size']}, {pipe['unet']}; "
-                  f"UnifiedScheduler(sampler=ddpm) vs DDPMScheduler, repetitions interleaved, median.", "",
-                  "| unisde (s) | diffusers (s) | ratio | target ≤ 1.02 |", "|---|---|---|---|",
-                  f"| {pipe['unisde_s']:.3f} | {pipe['diffusers_s']:.3f} | {pipe['ratio']:.3f} | "
-                  f"{'yes' if pipe['ratio'] <= PIPELINE_TARGET else '**no**'} |", ""]
+        lines += [
+            "## 3. Pipeline",
+            "",
+            f"DDPMPipeline, {pipe['num_inference_steps']} steps, batch {pipe['batch_size']}, {pipe['unet']}; "
+            f"UnifiedScheduler(sampler=ddpm) vs DDPMScheduler, repetitions interleaved, median.",
+            "",
+            "| unisde (s) | diffusers (s) | ratio | target ≤ 1.02 |",
+            "|---|---|---|---|",
+            f"| {pipe['unisde_s']:.3f} | {pipe['diffusers_s']:.3f} | {pipe['ratio']:.3f} | "
+            f"{'yes' if pipe['ratio'] <= PIPELINE_TARGET else '**no**'} |",
+            "",
+        ]
     train = results.get("training") or {}
     if train:
-        lines += ["## 4. Training throughput", "",
-                  f"Batch {train['batch_size']} of 8×8 digits, {train['unet']}, AdamW as train_unconditional.py, "
-                  f"{train['steps']} interleaved steps each, median. unisde: `unisde.training.make_train_step` (ε, "
-                  "uniform_index); diffusers: the train_unconditional.py loop body.", "",
-                  "| unisde (samples/s) | diffusers loop (samples/s) | ratio | target ≥ 0.97 |", "|---|---|---|---|",
-                  f"| {train['unisde_samples_per_s']:.1f} | {train['diffusers_samples_per_s']:.1f} | {train['ratio']:.3f} | "
-                  f"{'yes' if train['ratio'] >= TRAINING_TARGET else '**no**'} |", ""]
+        lines += [
+            "## 4. Training throughput",
+            "",
+            f"Batch {train['batch_size']} of 8×8 digits, {train['unet']}, AdamW as train_unconditional.py, "
+            f"{train['steps']} interleaved steps each, median. unisde: `unisde.training.make_train_step` (ε, "
+            "uniform_index); diffusers: the train_unconditional.py loop body.",
+            "",
+            "| unisde (samples/s) | diffusers loop (samples/s) | ratio | target ≥ 0.97 |",
+            "|---|---|---|---|",
+            f"| {train['unisde_samples_per_s']:.1f} | {train['diffusers_samples_per_s']:.1f} | {train['ratio']:.3f} | "
+            f"{'yes' if train['ratio'] >= TRAINING_TARGET else '**no**'} |",
+            "",
+        ]
     lines += [f"Total run time: {results.get('seconds', 0.0):.1f} s.", ""]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from unisde.bench.speed import _overhead, _pipeline, _training
 from unisde.bench.targets import TARGETS
 
 SECTIONS = ("accuracy", "overhead", "pipeline", "training")
-FULL_NFE = (4, 5, 6, 8, 10, 20, 50)   # the NFE at which the issue sets accuracy targets (unisde.bench.accuracy)
+FULL_NFE = (4, 5, 6, 8, 10, 20, 50)  # the NFE at which the issue sets accuracy targets (unisde.bench.accuracy)
 QUICK_NFE = (10,)
 
 
@@ -28,13 +28,13 @@ class BenchConfig:
     nfe: tuple = FULL_NFE
     targets: tuple = TARGETS
     schedules: tuple = SCHEDULES
-    n_samples: int = 2000                # samples per distance on the 64-D targets
-    n_samples_2d: int = 20000            # … on the 2-D target (cheap; its floor is dominated by mode-weight noise)
+    n_samples: int = 2000  # samples per distance on the 64-D targets
+    n_samples_2d: int = 20000  # … on the 2-D target (cheap; its floor is dominated by mode-weight noise)
     projections: int = 256
-    grid_variants: bool = True           # also try other time grids / spacings for every contestant
-    nfe_64d: tuple | None = None         # NFE budgets on the 64-D targets (None: ``nfe``)
+    grid_variants: bool = True  # also try other time grids / spacings for every contestant
+    nfe_64d: tuple | None = None  # NFE budgets on the 64-D targets (None: ``nfe``)
     grid_variants_64d: bool | None = None  # grid variants on the 64-D targets (None: ``grid_variants``)
-    n_trajectory: int | None = None      # fixed batch of the trajectory metric (None: 1024 on 2-D, 256 on 64-D)
+    n_trajectory: int | None = None  # fixed batch of the trajectory metric (None: 1024 on 2-D, 256 on 64-D)
     overhead_steps: int = 300
     overhead_shape: tuple = (8, 4, 64, 64)
     pipeline_steps: int = 50
@@ -59,10 +59,23 @@ class BenchConfig:
 
     @classmethod
     def quick_preset(cls, **overrides) -> "BenchConfig":
-        base = dict(nfe=QUICK_NFE, nfe_64d=(10, 20), targets=("gaussian-8x8", "mixture-2d"), n_samples=500,
-                    n_samples_2d=2000, n_trajectory=256, projections=64, grid_variants=False,
-                    overhead_steps=40, pipeline_steps=10, pipeline_batch=8, pipeline_reps=3, training_batch=32,
-                    training_steps=6, quick=True)
+        base = dict(
+            nfe=QUICK_NFE,
+            nfe_64d=(10, 20),
+            targets=("gaussian-8x8", "mixture-2d"),
+            n_samples=500,
+            n_samples_2d=2000,
+            n_trajectory=256,
+            projections=64,
+            grid_variants=False,
+            overhead_steps=40,
+            pipeline_steps=10,
+            pipeline_batch=8,
+            pipeline_reps=3,
+            training_batch=32,
+            training_steps=6,
+            quick=True,
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -78,8 +91,17 @@ class BenchConfig:
                 raise unknown_name_error("section", name, SECTIONS)
         if not self.nfe or any(not isinstance(n, int) or n < 1 for n in self.nfe):
             raise ValueError(f"nfe must be a non-empty list of positive integers, got {list(self.nfe)}")
-        for key in ("n_samples", "n_samples_2d", "projections", "overhead_steps", "pipeline_steps", "pipeline_batch", "pipeline_reps",
-                    "training_batch", "training_steps"):
+        for key in (
+            "n_samples",
+            "n_samples_2d",
+            "projections",
+            "overhead_steps",
+            "pipeline_steps",
+            "pipeline_batch",
+            "pipeline_reps",
+            "training_batch",
+            "training_steps",
+        ):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -87,7 +109,9 @@ class BenchConfig:
             raise ValueError(f"n_trajectory must be a positive integer, got {self.n_trajectory!r}")
         if min(self.n_samples, self.n_samples_2d) < 2:
             raise ValueError(f"n_samples must be at least 2, got {min(self.n_samples, self.n_samples_2d)}")
-        if self.nfe_64d is not None and (not self.nfe_64d or any(not isinstance(n, int) or n < 1 for n in self.nfe_64d)):
+        if self.nfe_64d is not None and (
+            not self.nfe_64d or any(not isinstance(n, int) or n < 1 for n in self.nfe_64d)
+        ):
             raise ValueError(f"nfe_64d must be a non-empty list of positive integers, got {list(self.nfe_64d)}")
 
     def for_target(self, name: str) -> tuple[int, tuple, bool]:
@@ -123,11 +147,23 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         torch.set_num_threads(threads)
     results["seconds"] = time.perf_counter() - started
     results["setup"] = {
-        "quick": cfg.quick, "nfe": list(cfg.nfe), "targets": list(cfg.targets), "schedules": list(cfg.schedules),
-        "n_samples": cfg.n_samples, "n_samples_2d": cfg.n_samples_2d, "nfe_64d": list(cfg.nfe_64d or cfg.nfe), "projections": cfg.projections, "grid_variants": cfg.grid_variants,
-        "overhead_steps": cfg.overhead_steps, "overhead_shape": list(cfg.overhead_shape), "samplers": list_samplers(),
-        "k_diffusion": kdiffusion_available(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
+        "quick": cfg.quick,
+        "nfe": list(cfg.nfe),
+        "targets": list(cfg.targets),
+        "schedules": list(cfg.schedules),
+        "n_samples": cfg.n_samples,
+        "n_samples_2d": cfg.n_samples_2d,
+        "nfe_64d": list(cfg.nfe_64d or cfg.nfe),
+        "projections": cfg.projections,
+        "grid_variants": cfg.grid_variants,
+        "overhead_steps": cfg.overhead_steps,
+        "overhead_shape": list(cfg.overhead_shape),
+        "samplers": list_samplers(),
+        "k_diffusion": kdiffusion_available(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
         "threads": 1,
     }
     return results

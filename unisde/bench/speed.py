@@ -16,10 +16,13 @@ from unisde.bench.contestants import _accepts, _unified, base_config
 if TYPE_CHECKING:
     from unisde.bench.run import BenchConfig
 
-OVERHEAD_PAIRS = (("ddpm", "DDPMScheduler", {}), ("ddim", "DDIMScheduler", {}),
-                  ("edm-euler", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
-                  ("edm-heun", "HeunDiscreteScheduler", {"use_karras_sigmas": True}),
-                  ("flow-euler", "FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, "flow"))
+OVERHEAD_PAIRS = (
+    ("ddpm", "DDPMScheduler", {}),
+    ("ddim", "DDIMScheduler", {}),
+    ("edm-euler", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("edm-heun", "HeunDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("flow-euler", "FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, "flow"),
+)
 """(label, diffusers class, its options[, the schedule whose config it starts from: ``ddpm`` unless given]); the
 unisde side is ``UnifiedScheduler.from_config`` of the diffusers scheduler's config (its twin)."""
 
@@ -57,15 +60,29 @@ def _overhead(cfg: BenchConfig, log) -> list:
                 if calls >= cfg.overhead_steps:
                     break
         d, u = statistics.median(kinds[0][1]), statistics.median(kinds[1][1])
-        out.append({"sampler": label, "diffusers_scheduler": cls_name, "unisde_sampler": mine.config.sampler,
-                    "unisde_s": u, "diffusers_s": d, "ratio": u / d, "steps": calls})
+        out.append(
+            {
+                "sampler": label,
+                "diffusers_scheduler": cls_name,
+                "unisde_sampler": mine.config.sampler,
+                "unisde_s": u,
+                "diffusers_s": d,
+                "ratio": u / d,
+                "steps": calls,
+            }
+        )
         log(f"overhead: {label}: unisde {u * 1e3:.3f} ms, diffusers {d * 1e3:.3f} ms, ratio {u / d:.3f}")
     return out
 
 
 # ====================================================================================== pipeline and training
-BUNDLED_UNET_PATHS = ("unisde/data/digits-unet", "unisde/data/digits", "checkpoints/digits-unet", "checkpoints/digits",
-                      "checkpoints/digits-ddpm")
+BUNDLED_UNET_PATHS = (
+    "unisde/data/digits-unet",
+    "unisde/data/digits",
+    "checkpoints/digits-unet",
+    "checkpoints/digits",
+    "checkpoints/digits-ddpm",
+)
 
 
 def load_digits_unet() -> tuple[torch.nn.Module, str]:
@@ -84,8 +101,10 @@ def load_digits_unet() -> tuple[torch.nn.Module, str]:
 
     config = unet_config_from_args(default_args(), 8, 1)
     torch.manual_seed(0)
-    return UNet2DModel(**config), ("random UNet2DModel with the digits training config (no bundled digits UNet found "
-                                   f"under {', '.join(BUNDLED_UNET_PATHS)})")
+    return UNet2DModel(**config), (
+        "random UNet2DModel with the digits training config (no bundled digits UNet found "
+        f"under {', '.join(BUNDLED_UNET_PATHS)})"
+    )
 
 
 def _pipeline(cfg: BenchConfig, log) -> dict:
@@ -102,19 +121,31 @@ def _pipeline(cfg: BenchConfig, log) -> dict:
 
     def run(i, rep):
         t0 = time.perf_counter()
-        pipes[i](batch_size=cfg.pipeline_batch, generator=torch.Generator().manual_seed(rep),
-                 num_inference_steps=cfg.pipeline_steps, output_type="np")
+        pipes[i](
+            batch_size=cfg.pipeline_batch,
+            generator=torch.Generator().manual_seed(rep),
+            num_inference_steps=cfg.pipeline_steps,
+            output_type="np",
+        )
         return time.perf_counter() - t0
 
     with torch.no_grad():
         run(0, 0), run(1, 0)  # warm-up
         for rep in range(cfg.pipeline_reps):
-            for i in ((0, 1) if rep % 2 == 0 else (1, 0)):
+            for i in (0, 1) if rep % 2 == 0 else (1, 0):
                 times[i].append(run(i, rep))
     d, u = statistics.median(times[0]), statistics.median(times[1])
     log(f"pipeline: unisde {u:.3f} s, diffusers {d:.3f} s, ratio {u / d:.3f}")
-    return {"sampler": "ddpm", "diffusers_scheduler": "DDPMScheduler", "unisde_s": u, "diffusers_s": d, "ratio": u / d,
-            "num_inference_steps": cfg.pipeline_steps, "batch_size": cfg.pipeline_batch, "unet": what}
+    return {
+        "sampler": "ddpm",
+        "diffusers_scheduler": "DDPMScheduler",
+        "unisde_s": u,
+        "diffusers_s": d,
+        "ratio": u / d,
+        "num_inference_steps": cfg.pipeline_steps,
+        "batch_size": cfg.pipeline_batch,
+        "unet": what,
+    }
 
 
 def _training(cfg: BenchConfig, log) -> dict:
@@ -142,7 +173,9 @@ def _training(cfg: BenchConfig, log) -> dict:
 
     def diffusers_step(clean, generator):
         noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator).long()
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator
+        ).long()
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         model_output = models[0](noisy, timesteps).sample
         loss = F.mse_loss(model_output.float(), noise.float())
@@ -152,21 +185,35 @@ def _training(cfg: BenchConfig, log) -> dict:
         opt_d.zero_grad()
         return loss.detach()
 
-    unisde_step = make_train_step(models[1], NoiseSchedule.from_diffusers_config(base_config("ddpm")), "epsilon",
-                                  loss_weighting="default", noise_distribution="uniform_index", optimizer=adamw(models[1]),
-                                  max_grad_norm=1.0)
+    unisde_step = make_train_step(
+        models[1],
+        NoiseSchedule.from_diffusers_config(base_config("ddpm")),
+        "epsilon",
+        loss_weighting="default",
+        noise_distribution="uniform_index",
+        optimizer=adamw(models[1]),
+        max_grad_norm=1.0,
+    )
     steps = [diffusers_step, unisde_step]
     gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]
     times = [[], []]
     for i in (0, 1):  # warm-up (allocator, optimizer state)
         steps[i](batch, gens[i])
     for k in range(cfg.training_steps):
-        for i in ((0, 1) if k % 2 == 0 else (1, 0)):
+        for i in (0, 1) if k % 2 == 0 else (1, 0):
             t0 = time.perf_counter()
             steps[i](batch, gens[i])
             times[i].append(time.perf_counter() - t0)
     d, u = statistics.median(times[0]), statistics.median(times[1])
     sps_d, sps_u = cfg.training_batch / d, cfg.training_batch / u
-    log(f"training: unisde {sps_u:.1f} samples/s, diffusers-style loop {sps_d:.1f} samples/s, ratio {sps_u / sps_d:.3f}")
-    return {"ratio": sps_u / sps_d, "unisde_samples_per_s": sps_u, "diffusers_samples_per_s": sps_d,
-            "batch_size": cfg.training_batch, "steps": cfg.training_steps, "unet": what}
+    log(
+        f"training: unisde {sps_u:.1f} samples/s, diffusers-style loop {sps_d:.1f} samples/s, ratio {sps_u / sps_d:.3f}"
+    )
+    return {
+        "ratio": sps_u / sps_d,
+        "unisde_samples_per_s": sps_u,
+        "diffusers_samples_per_s": sps_d,
+        "batch_size": cfg.training_batch,
+        "steps": cfg.training_steps,
+        "unet": what,
+    }

@@ -33,13 +33,21 @@ def make_target(name: str):
         return GaussianMixture([0.6, 0.3, 0.1], means, torch.tensor([0.04, 0.02, 0.01], dtype=torch.float64))
     ij = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij"), -1).double()
     if name == "mixture-8x8":
+
         def blob(ci, cj, r):
             return torch.exp(-((ij - torch.tensor([ci, cj], dtype=torch.float64)) ** 2).sum(-1) / (2 * r * r))
-        ring = torch.exp(-(((ij - 3.5) ** 2).sum(-1).sqrt() - 2.5) ** 2)
+
+        ring = torch.exp(-((((ij - 3.5) ** 2).sum(-1).sqrt() - 2.5) ** 2))
         bar = (ij[..., 1] - 3.5).abs().lt(1.5).double()
         patterns = torch.stack([blob(2, 2, 1.5), blob(5, 5, 1.5), bar, ring]) * 1.6 - 0.8
-        covs = torch.stack([_grid_cov(length=1.5, variance=0.04), _grid_cov(length=3.0, variance=0.05),
-                            _grid_cov(length=1.5, variance=0.03), _grid_cov(length=3.0, variance=0.02)])
+        covs = torch.stack(
+            [
+                _grid_cov(length=1.5, variance=0.04),
+                _grid_cov(length=3.0, variance=0.05),
+                _grid_cov(length=1.5, variance=0.03),
+                _grid_cov(length=3.0, variance=0.02),
+            ]
+        )
         return GaussianMixture([0.4, 0.3, 0.2, 0.1], patterns.reshape(4, 8, 8), covs, event_shape=(8, 8))
     if name == "gaussian-8x8":
         mean = (ij[..., 0] - 3.5) / 7.0 * 0.6
@@ -67,10 +75,19 @@ class ExactModel:
 
     def _time(self, timestep) -> tuple[torch.Tensor, float]:
         value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
-        if isinstance(timestep, torch.Tensor) and timestep.numel() > 1 and not bool((timestep == timestep.reshape(-1)[0]).all()):
-            raise ValueError("ExactModel needs one timestep for the whole batch; use unisde.analytic's as_model for per-sample timesteps")
+        if (
+            isinstance(timestep, torch.Tensor)
+            and timestep.numel() > 1
+            and not bool((timestep == timestep.reshape(-1)[0]).all())
+        ):
+            raise ValueError(
+                "ExactModel needs one timestep for the whole batch; use unisde.analytic's as_model for per-sample "
+                "timesteps"
+            )
         if value not in self._times:
-            t = self.parameterization.t_from_model_time(self.schedule, torch.tensor(value, dtype=torch.float64)).reshape(())
+            t = self.parameterization.t_from_model_time(
+                self.schedule, torch.tensor(value, dtype=torch.float64)
+            ).reshape(())
             self._times[value] = (t, float(self.parameterization.input_scale(self.schedule, t)))
         return self._times[value]
 

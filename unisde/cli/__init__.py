@@ -20,7 +20,9 @@ def _load(name):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unisde", description="Any diffusion sampler on any diffusion model, through one SDE.")
+    parser = argparse.ArgumentParser(
+        prog="unisde", description="Any diffusion sampler on any diffusion model, through one SDE."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = _load(name)

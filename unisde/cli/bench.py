@@ -10,21 +10,41 @@ def _csv(text, cast=str):
 
 
 def add_arguments(parser):
-    parser.add_argument("--quick", action="store_true", help="reduced run (every registered sampler on default grids: "
-                        "Gaussian 64-D at NFE 10, 20 and 2-D mixture at NFE 10; reduced speed sections)")
-    parser.add_argument("--preset", choices=("quick", "medium", "full"), default=None,
-                        help="full (default: every target at NFE 4, 5, 6, 8, 10, 20, 50 with grid variants), medium "
-                             "(64-D targets: NFE 5, 10, 20, 50, default grids, 500 samples for the sampling metric; 2-D: "
-                             "5000 samples) or quick (= --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced run (every registered sampler on default grids: "
+        "Gaussian 64-D at NFE 10, 20 and 2-D mixture at NFE 10; reduced speed sections)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("quick", "medium", "full"),
+        default=None,
+        help="full (default: every target at NFE 4, 5, 6, 8, 10, 20, 50 with grid variants), medium "
+        "(64-D targets: NFE 5, 10, 20, 50, default grids, 500 samples for the sampling metric; 2-D: "
+        "5000 samples) or quick (= --quick)",
+    )
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the machine-readable results here")
-    parser.add_argument("--output", metavar="PATH", default="BENCHMARKS.md", help="the Markdown report (default: BENCHMARKS.md)")
-    parser.add_argument("--plot", metavar="PATH", default=None,
-                        help="the accuracy figure (default: docs/bench_accuracy.png next to --output)")
+    parser.add_argument(
+        "--output", metavar="PATH", default="BENCHMARKS.md", help="the Markdown report (default: BENCHMARKS.md)"
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        default=None,
+        help="the accuracy figure (default: docs/bench_accuracy.png next to --output)",
+    )
     parser.add_argument("--nfe", default=None, help="comma-separated NFE budgets (overrides the preset)")
-    parser.add_argument("--targets", default=None, help="comma-separated targets: mixture-2d, mixture-8x8, gaussian-8x8")
+    parser.add_argument(
+        "--targets", default=None, help="comma-separated targets: mixture-2d, mixture-8x8, gaussian-8x8"
+    )
     parser.add_argument("--samples", type=int, default=None, help="samples per distance (overrides the preset)")
-    parser.add_argument("--sections", default=None, help="comma-separated subset of accuracy, overhead, pipeline, training")
-    parser.add_argument("--no-grid-variants", action="store_true", help="run every contestant on its default time grid only")
+    parser.add_argument(
+        "--sections", default=None, help="comma-separated subset of accuracy, overhead, pipeline, training"
+    )
+    parser.add_argument(
+        "--no-grid-variants", action="store_true", help="run every contestant on its default time grid only"
+    )
 
 
 def run(args):
@@ -70,6 +90,10 @@ def run(args):
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=1, allow_nan=True)
-    print(f"wrote {args.output}" + (f", {written}" if written else "") + (f", {args.json}" if args.json else "")
-          + f" in {results['seconds']:.1f} s")
+    print(
+        f"wrote {args.output}"
+        + (f", {written}" if written else "")
+        + (f", {args.json}" if args.json else "")
+        + f" in {results['seconds']:.1f} s"
+    )
     return 0

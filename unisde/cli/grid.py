@@ -11,17 +11,22 @@ import json
 import os
 
 help = "optimise time grids (GITS dynamic programming + coordinate descent) for a sampler and NFE"
-description = (help + ". `unisde grid optimize PIPELINE --sampler S --nfe N` fits the grid on --calibration "
-               "starts, scores it on --holdout other starts against an RK4 reference solve of the PF-ODE (checked "
-               "by halving its step), prints both errors with those of the default grid, and with --save writes "
-               "the grid into PIPELINE (scheduler config + README section, each file replaced atomically).")
+description = (
+    help + ". `unisde grid optimize PIPELINE --sampler S --nfe N` fits the grid on --calibration "
+    "starts, scores it on --holdout other starts against an RK4 reference solve of the PF-ODE (checked "
+    "by halving its step), prints both errors with those of the default grid, and with --save writes "
+    "the grid into PIPELINE (scheduler config + README section, each file replaced atomically)."
+)
 
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="grid_command", metavar="ACTION")
     sub.required = True
-    p = sub.add_parser("optimize", help="find the grid minimising the error against a reference solve",
-                       description=(__doc__ or "").strip().splitlines()[0])
+    p = sub.add_parser(
+        "optimize",
+        help="find the grid minimising the error against a reference solve",
+        description=(__doc__ or "").strip().splitlines()[0],
+    )
     p.add_argument("pipeline", help="pipeline folder (with model_index.json, a UNet and a scheduler)")
     p.add_argument("--sampler", required=True, help="a registered deterministic sampler (ddim, edm, ode, deis, …)")
     p.add_argument("--sampler_options", default=None, help="JSON dict of sampler options")
@@ -30,11 +35,18 @@ def add_arguments(parser):
     p.add_argument("--holdout", type=int, default=16, help="other starts the grid is scored on (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     p.add_argument("--candidates", type=int, default=100, help="candidate times of the DP lattice (default 100)")
-    p.add_argument("--reference_substeps", default="auto",
-                   help="RK4 steps of the reference per candidate interval: an integer, or auto (1, 2, 4, 8 until "
-                        "halving the step changes the solution by less than --reference_rtol; default)")
-    p.add_argument("--reference_rtol", type=float, default=1e-2,
-                   help="halving test tolerance (relative RMS change of the reference end points; default 0.01)")
+    p.add_argument(
+        "--reference_substeps",
+        default="auto",
+        help="RK4 steps of the reference per candidate interval: an integer, or auto (1, 2, 4, 8 until "
+        "halving the step changes the solution by less than --reference_rtol; default)",
+    )
+    p.add_argument(
+        "--reference_rtol",
+        type=float,
+        default=1e-2,
+        help="halving test tolerance (relative RMS change of the reference end points; default 0.01)",
+    )
     p.add_argument("--no_refine", action="store_true", help="dynamic programming only (no coordinate descent)")
     p.add_argument("--save", action="store_true", help="store the grid in PIPELINE (scheduler config + model card)")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
@@ -56,8 +68,9 @@ def _validate(args) -> dict:
         try:
             args.reference_substeps = int(args.reference_substeps)
         except ValueError:
-            raise ValueError(f"--reference_substeps must be an integer or auto, got "
-                             f"{args.reference_substeps!r}") from None
+            raise ValueError(
+                f"--reference_substeps must be an integer or auto, got {args.reference_substeps!r}"
+            ) from None
         if args.reference_substeps < 1:
             raise ValueError(f"--reference_substeps must be >= 1, got {args.reference_substeps}")
     if not 0.0 < args.reference_rtol < 1.0:
@@ -81,11 +94,20 @@ def run(args):
     from unisde.grids.optimize import optimize_grid
 
     options = _validate(args)  # every check before any weight is loaded
-    result = optimize_grid(args.pipeline, sampler=args.sampler, sampler_options=options, nfe=args.nfe,
-                           calibration=args.calibration, holdout=args.holdout, seed=args.seed,
-                           candidates=args.candidates, reference_substeps=args.reference_substeps,
-                           reference_rtol=args.reference_rtol,
-                           refine=not args.no_refine, progress=True)
+    result = optimize_grid(
+        args.pipeline,
+        sampler=args.sampler,
+        sampler_options=options,
+        nfe=args.nfe,
+        calibration=args.calibration,
+        holdout=args.holdout,
+        seed=args.seed,
+        candidates=args.candidates,
+        reference_substeps=args.reference_substeps,
+        reference_rtol=args.reference_rtol,
+        refine=not args.no_refine,
+        progress=True,
+    )
     print(result.summary())
     if args.nfe != result.nfe:
         print(f"  (NFE {args.nfe} is not reachable with {args.sampler!r}; used {result.nfe})")
@@ -94,7 +116,9 @@ def run(args):
             json.dump(result.to_dict(), fh, indent=2)
     if args.save:
         result.save(args.pipeline)
-        print(f"saved: {os.path.join(args.pipeline, 'scheduler', 'scheduler_config.json')} now samples with "
-              f"{args.sampler!r} on time_grid='optimized' (call the pipeline with num_inference_steps="
-              f"{result.steps}); the model card records the errors")
+        print(
+            f"saved: {os.path.join(args.pipeline, 'scheduler', 'scheduler_config.json')} now samples with "
+            f"{args.sampler!r} on time_grid='optimized' (call the pipeline with num_inference_steps="
+            f"{result.steps}); the model card records the errors"
+        )
     return 0

@@ -24,8 +24,10 @@ def run(args):
     if conflicts:
         print(f"\nconflicts ({len(conflicts)}): the first registration is kept (a built-in one before any plugin's)")
         for c in conflicts:
-            print(f"  {c.kind} {c.name!r}: kept plugin {c.kept_plugin!r} ({c.kept_distribution}), ignored plugin "
-                  f"{c.ignored_plugin!r} ({c.ignored_distribution})")
+            print(
+                f"  {c.kind} {c.name!r}: kept plugin {c.kept_plugin!r} ({c.kept_distribution}), ignored plugin "
+                f"{c.ignored_plugin!r} ({c.ignored_distribution})"
+            )
     if failures:
         print(f"\nskipped plugins ({len(failures)}):")
         for f in failures:

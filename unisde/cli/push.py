@@ -1,7 +1,9 @@
 """``unisde push PATH REPO_ID``: upload a trained pipeline folder to the Hugging Face Hub."""
 
 help = "upload a trained pipeline folder (model_index.json, unet/, scheduler/, README.md) to the Hub"
-description = __doc__ + "\n\nThe token comes from --token, HF_TOKEN, or `huggingface-cli login`. Checkpoints and logs stay local."
+description = (
+    __doc__ + "\n\nThe token comes from --token, HF_TOKEN, or `huggingface-cli login`. Checkpoints and logs stay local."
+)
 
 
 def add_arguments(parser):
@@ -22,7 +24,13 @@ def run(args):
         for name in files_to_upload(args.path):
             print(name)
         return 0
-    url = push_folder(args.path, args.repo_id, token=args.token, private=args.private or None,
-                      revision=args.revision, commit_message=args.commit_message)
+    url = push_folder(
+        args.path,
+        args.repo_id,
+        token=args.token,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
     print(url)
     return 0

@@ -6,9 +6,11 @@ import json
 import os
 
 help = "sample a diffusers pipeline (folder or Hub id) with any unisde sampler; writes an image grid and its config"
-description = (help + ". Loads the pipeline, swaps in UnifiedScheduler.from_config(its scheduler config, "
-               "sampler=...), shows a progress bar and writes OUT (PNG grid) plus OUT.json (the scheduler config, "
-               "seed, steps, prompt). A Hub id is fetched by diffusers (this needs network access).")
+description = (
+    help + ". Loads the pipeline, swaps in UnifiedScheduler.from_config(its scheduler config, "
+    "sampler=...), shows a progress bar and writes OUT (PNG grid) plus OUT.json (the scheduler config, "
+    "seed, steps, prompt). A Hub id is fetched by diffusers (this needs network access)."
+)
 
 
 def add_arguments(parser):
@@ -108,9 +110,15 @@ def run(args):
         call["batch_size"] = args.num_images
     images = pipe(**call).images
     image_grid(images).save(args.out)
-    record = {"pipeline": args.pipeline, "sampler": args.sampler, "steps": args.steps, "seed": args.seed,
-              "prompt": args.prompt, "num_images": args.num_images,
-              "scheduler_config": {k: v for k, v in dict(pipe.scheduler.config).items()}}
+    record = {
+        "pipeline": args.pipeline,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "seed": args.seed,
+        "prompt": args.prompt,
+        "num_images": args.num_images,
+        "scheduler_config": {k: v for k, v in dict(pipe.scheduler.config).items()},
+    }
     with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
         json.dump(record, fh, indent=2, default=str)
     print(f"wrote {args.out} ({len(images)} images) and {os.path.splitext(args.out)[0]}.json")

@@ -19,14 +19,26 @@ COLUMNS = ("t", "s", "sigma", "f", "g", "log_snr")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("schedule", metavar="NAME_OR_CONFIG",
-                        help="schedule name, inline JSON, a schedule or scheduler_config.json file, "
-                             "or a pipeline directory")
-    parser.add_argument("--points", type=int, default=11, metavar="N",
-                        help="number of evenly spaced times in [0, 1] (default 11: t = 0, 0.1, …, 1)")
+    parser.add_argument(
+        "schedule",
+        metavar="NAME_OR_CONFIG",
+        help="schedule name, inline JSON, a schedule or scheduler_config.json file, or a pipeline directory",
+    )
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=11,
+        metavar="N",
+        help="number of evenly spaced times in [0, 1] (default 11: t = 0, 0.1, …, 1)",
+    )
     parser.add_argument("--plot", metavar="OUT.png", help="also draw s, σ, f, g and λ against t into this image")
-    parser.add_argument("--compare", action="append", default=[], metavar="NAME_OR_CONFIG",
-                        help="another schedule drawn side by side in --plot (repeatable)")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME_OR_CONFIG",
+        help="another schedule drawn side by side in --plot (repeatable)",
+    )
 
 
 def load_schedule(spec: str):

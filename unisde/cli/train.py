@@ -20,6 +20,8 @@ def run(args):
     result.finish()
     if result.accelerator.is_main_process:
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-        print(f"trained to step {result.global_step} (last loss {last}, {result.samples_per_second:.1f} images/s); "
-              f"pipeline in {result.output_dir}")
+        print(
+            f"trained to step {result.global_step} (last loss {last}, {result.samples_per_second:.1f} images/s); "
+            f"pipeline in {result.output_dir}"
+        )
     return 0

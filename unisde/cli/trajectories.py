@@ -17,8 +17,11 @@ def _floats(text: str) -> list[float]:
 def add_arguments(parser):
     parser.add_argument("--plot", metavar="OUT.png", help="write the figure here")
     parser.add_argument("--gif", metavar="OUT.gif", help="write an animation (t from 1 to 0) here")
-    parser.add_argument("--schedule", default="vp-linear",
-                        help="schedule name, inline JSON, or a schedule / scheduler config file (default vp-linear)")
+    parser.add_argument(
+        "--schedule",
+        default="vp-linear",
+        help="schedule name, inline JSON, or a schedule / scheduler config file (default vp-linear)",
+    )
     parser.add_argument("--weights", default="0.4,0.6", help="mixture weights, comma-separated (default 0.4,0.6)")
     parser.add_argument("--means", default="-1.2,1.0", help="component means (default -1.2,1.0)")
     parser.add_argument("--stds", default="0.3,0.35", help="component standard deviations (default 0.3,0.35)")
@@ -30,8 +33,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    from unisde.plots import animate_trajectories, mixture_1d, plot_trajectories, simulate_trajectories
     from unisde.cli.schedule import check_output_path, load_schedule
+    from unisde.plots import animate_trajectories, mixture_1d, plot_trajectories, simulate_trajectories
 
     if not args.plot and not args.gif:
         raise ValueError("nothing to do: give --plot OUT.png and/or --gif OUT.gif")
@@ -44,15 +47,18 @@ def run(args):
             check_output_path(path, option)
     mixture = mixture_1d(_floats(args.weights), _floats(args.means), _floats(args.stds))
     schedule = load_schedule(args.schedule)
-    data = simulate_trajectories(mixture, schedule, num_paths=args.num_paths, num_steps=args.steps, start=args.start,
-                                 seed=args.seed)
+    data = simulate_trajectories(
+        mixture, schedule, num_paths=args.num_paths, num_steps=args.steps, start=args.start, seed=args.seed
+    )
     if args.plot:
         plot_trajectories(data, args.plot, mixture, schedule)
         print(f"wrote {args.plot}")
     if args.gif:
         animate_trajectories(data, args.gif, frames=args.frames)
         print(f"wrote {args.gif}")
-    print(f"{args.num_paths} SDE paths ({args.steps} Euler–Maruyama steps), PF-ODE {data.ode_nfe} evaluations; "
-          f"SDE mean at t={data.t[-1]:g}: {data.sde_mean[-1]:.4f} (exact E[x | x(1)]: {data.posterior_mean:.4f}); "
-          f"PF-ODE end point {data.ode_path[-1]:.4f}")
+    print(
+        f"{args.num_paths} SDE paths ({args.steps} Euler–Maruyama steps), PF-ODE {data.ode_nfe} evaluations; "
+        f"SDE mean at t={data.t[-1]:g}: {data.sde_mean[-1]:.4f} (exact E[x | x(1)]: {data.posterior_mean:.4f}); "
+        f"PF-ODE end point {data.ode_path[-1]:.4f}"
+    )
     return 0

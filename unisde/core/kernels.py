@@ -27,7 +27,9 @@ def schedule_coefficients(schedule: NoiseSchedule, t) -> tuple[torch.Tensor, tor
     return s, sigma
 
 
-def grid_coefficients(schedule: NoiseSchedule, grid: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_coefficients(
+    schedule: NoiseSchedule, grid: torch.Tensor, exact: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, σ) along a decreasing time grid; an end point at t = 0 is the clean data (s = 1, σ = 0) whatever σ(0)
     is, so that VE/EDM schedules with σ(0) = σ_min > 0 still finish on the denoised sample (the t_N = 0 of
     Karras et al. 2022, Algorithm 1). ``exact=True`` keeps s(1) = 0 of zero-terminal-SNR and flow schedules

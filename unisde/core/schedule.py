@@ -93,7 +93,9 @@ class NoiseSchedule(abc.ABC):
 
     name = "schedule"
 
-    def __init__(self, *, timestep_convention: str = "t", timestep_scale: float = 1.0, num_train_timesteps: int | None = None):
+    def __init__(
+        self, *, timestep_convention: str = "t", timestep_scale: float = 1.0, num_train_timesteps: int | None = None
+    ):
         if timestep_convention not in TIMESTEP_CONVENTIONS:
             raise unknown_name_error("timestep_convention", timestep_convention, TIMESTEP_CONVENTIONS)
         self.timestep_convention = timestep_convention
@@ -211,9 +213,13 @@ class NoiseSchedule(abc.ABC):
         one = torch.ones((), dtype=DTYPE)
         return float(torch.sqrt(self._s(one) ** 2 + self._sigma(one) ** 2))
 
-    def prior_sample(self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    def prior_sample(
+        self, shape, generator: torch.Generator | None = None, device=None, dtype=torch.float32
+    ) -> torch.Tensor:
         """Draw x_1 ~ N(0, prior_std² I) of the given shape."""
-        noise = torch.randn(tuple(shape), generator=generator, device=device if generator is None else generator.device, dtype=dtype)
+        noise = torch.randn(
+            tuple(shape), generator=generator, device=device if generator is None else generator.device, dtype=dtype
+        )
         return (noise * self.prior_std).to(device) if device is not None else noise * self.prior_std
 
     def prior_logp(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,7 +257,9 @@ class NoiseSchedule(abc.ABC):
         return self._t_from_index_timestep(ts)
 
     def _index_timestep(self, t):
-        raise ValueError(f"schedule {self.name!r} has no training-index timesteps; use timestep_convention 't', 'sigma' or 'edm'")
+        raise ValueError(
+            f"schedule {self.name!r} has no training-index timesteps; use timestep_convention 't', 'sigma' or 'edm'"
+        )
 
     _t_from_index_timestep = _index_timestep
 
@@ -265,15 +273,23 @@ class NoiseSchedule(abc.ABC):
         of [0, 1] (65 points and t_end): parameters so large that a coefficient overflows float64 (σ_max with
         σ_max² > 1.8e308, a VP β integral with e^{∫β} > 1.8e308, …). Constructors call it once."""
         t = torch.cat([torch.linspace(0.0, 1.0, 65, dtype=DTYPE), torch.tensor([self.t_end], dtype=DTYPE)])
-        checks = (("s", self.s), ("sigma", self.sigma), ("f", self.f), ("g2", self.g2), ("log_snr", self.log_snr),
-                  ("ve_sigma²", lambda u: self.ve_sigma(u) ** 2))
+        checks = (
+            ("s", self.s),
+            ("sigma", self.sigma),
+            ("f", self.f),
+            ("g2", self.g2),
+            ("log_snr", self.log_snr),
+            ("ve_sigma²", lambda u: self.ve_sigma(u) ** 2),
+        )
         for label, fn in checks:
             values = fn(t)
             bad = ~torch.isfinite(values)
             if bad.any():
                 i = int(bad.nonzero()[0])
-                raise ValueError(f"{self!r}: {label}(t) = {values[i].item()} at t = {t[i].item():.6g} is not a finite "
-                                 "float64; the parameters are outside the range this schedule can represent")
+                raise ValueError(
+                    f"{self!r}: {label}(t) = {values[i].item()} at t = {t[i].item():.6g} is not a finite "
+                    "float64; the parameters are outside the range this schedule can represent"
+                )
 
     # ------------------------------------------------------------------ description
     def to_config(self) -> dict:
@@ -322,7 +338,9 @@ class NoiseSchedule(abc.ABC):
         bad[:-1] |= betas[:-1] >= 1
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise ValueError(f"betas must lie in (0, 1) (the last may equal 1 for zero terminal SNR); betas[{i}] = {betas[i].item()}")
+            raise ValueError(
+                f"betas must lie in (0, 1) (the last may equal 1 for zero terminal SNR); betas[{i}] = {betas[i].item()}"
+            )
         return NoiseSchedule.from_alphas_cumprod(torch.cumprod(1 - betas, 0), **kw)
 
     @staticmethod
@@ -341,13 +359,17 @@ class NoiseSchedule(abc.ABC):
         bad[-1] = bool(abar[-1] < 0 or abar[-1] >= 1)
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise ValueError(f"alphas_cumprod must lie in (0, 1) (the last may be 0); alphas_cumprod[{i}] = {abar[i].item()}")
+            raise ValueError(
+                f"alphas_cumprod must lie in (0, 1) (the last may be 0); alphas_cumprod[{i}] = {abar[i].item()}"
+            )
         rise = abar[1:] > abar[:-1] * (1 + FLOAT32_ROUNDING)
         if rise.any():
             i = int(rise.nonzero()[0]) + 1
-            raise ValueError(f"alphas_cumprod must be decreasing with the index (equal within float32 rounding "
-                             f"allowed); alphas_cumprod[{i - 1}] = {abar[i - 1].item()} and "
-                             f"alphas_cumprod[{i}] = {abar[i].item()}")
+            raise ValueError(
+                f"alphas_cumprod must be decreasing with the index (equal within float32 rounding "
+                f"allowed); alphas_cumprod[{i - 1}] = {abar[i - 1].item()} and "
+                f"alphas_cumprod[{i}] = {abar[i].item()}"
+            )
         abar = torch.cummin(abar, 0).values
         sched = TabulatedSchedule(rho=1 - abar, complement=abar, **kw)
         sched._check_finite()
@@ -363,8 +385,9 @@ class NoiseSchedule(abc.ABC):
             raise ValueError(f"sigmas must be > 0; sigmas[{i}] = {sigmas[i].item()}")
         if not torch.isfinite(sigmas**2).all():
             i = int((~torch.isfinite(sigmas**2)).nonzero()[0])
-            raise ValueError(f"sigmas[{i}] = {sigmas[i].item()} is too large: σ² overflows float64 "
-                             f"(σ must be < {SIGMA_MAX:.3g})")
+            raise ValueError(
+                f"sigmas[{i}] = {sigmas[i].item()} is too large: σ² overflows float64 (σ must be < {SIGMA_MAX:.3g})"
+            )
         if scales is None:
             scales = torch.ones_like(sigmas)
         else:
@@ -377,8 +400,10 @@ class NoiseSchedule(abc.ABC):
         ve = sigmas / scales
         if not torch.isfinite(ve**2).all():
             i = int((~torch.isfinite(ve**2)).nonzero()[0])
-            raise ValueError(f"sigmas[{i}] / scales[{i}] = {ve[i].item()} is too large: σ̃² = (σ/s)² overflows float64 "
-                             f"(σ̃ must be < {SIGMA_MAX:.3g})")
+            raise ValueError(
+                f"sigmas[{i}] / scales[{i}] = {ve[i].item()} is too large: σ̃² = (σ/s)² overflows float64 "
+                f"(σ̃ must be < {SIGMA_MAX:.3g})"
+            )
         _check_strict(ve, "sigmas / scales", increasing=True)
         # ρ = σ̃²/(1 + σ̃²) and 1 − ρ = 1/(1 + σ̃²), each without cancellation.
         rho, complement = ve**2 / (1 + ve**2), 1 / (1 + ve**2)
@@ -399,8 +424,11 @@ class NoiseSchedule(abc.ABC):
         relative at t = 1e-3 (sub-VP); graded panels keep it below 1e-4 for t ≥ 1e-4.
         """
         sigma0 = _finite_number(sigma0, "sigma0", "from_sde", minimum=0.0)
-        if isinstance(num_panels, bool) or not isinstance(num_panels, (int, np.integer)) \
-                or not 1 <= num_panels <= 10**6:
+        if (
+            isinstance(num_panels, bool)
+            or not isinstance(num_panels, (int, np.integer))
+            or not 1 <= num_panels <= 10**6
+        ):
             raise ValueError(f"from_sde: num_panels must be an integer in [1, 10⁶], got {num_panels!r}")
         nodes, weights = np.polynomial.legendre.leggauss(8)
         nodes = (nodes + 1) / 2
@@ -418,8 +446,9 @@ class NoiseSchedule(abc.ABC):
         g2v = _sample_coefficient(g2, "g2", tn)
         if (g2v < -1e-12).any():
             i = (g2v < -1e-12).nonzero()[0].tolist()
-            raise ValueError(f"from_sde: g2(t) must be >= 0 on [0, 1]; "
-                             f"g2({tn[tuple(i)].item():.6g}) = {g2v[tuple(i)].item()}")
+            raise ValueError(
+                f"from_sde: g2(t) must be >= 0 on [0, 1]; g2({tn[tuple(i)].item():.6g}) = {g2v[tuple(i)].item()}"
+            )
         panel_f = (h * fv) @ w
         log_s_edges = torch.cat([torch.zeros(1, dtype=DTYPE), torch.cumsum(panel_f, 0)])
         log_s_nodes = log_s_edges[:-1, None] + (h * fv) @ partial.T
@@ -429,11 +458,19 @@ class NoiseSchedule(abc.ABC):
         bad = ~torch.isfinite(var_edges) | (s_edges <= 0) | ~torch.isfinite(s_edges)
         if bad.any():
             i = int(bad.nonzero()[0])
-            raise ValueError(f"from_sde: s(t) = exp ∫f = {s_edges[i].item()} and σ̃²(t) = {var_edges[i].item()} at "
-                             f"t = {edges[i].item():.6g} leave the float64 range (s must stay > 0 and σ̃² finite)")
+            raise ValueError(
+                f"from_sde: s(t) = exp ∫f = {s_edges[i].item()} and σ̃²(t) = {var_edges[i].item()} at "
+                f"t = {edges[i].item():.6g} leave the float64 range (s must stay > 0 and σ̃² finite)"
+            )
         rho, complement = var_edges / (1 + var_edges), 1 / (1 + var_edges)
-        sched = TabulatedSchedule(rho=rho[1:], scales=s_edges[1:], t_knots=edges, rho0=float(rho[0]),
-                                  timestep_convention="t", complement=complement[1:])
+        sched = TabulatedSchedule(
+            rho=rho[1:],
+            scales=s_edges[1:],
+            t_knots=edges,
+            rho0=float(rho[0]),
+            timestep_convention="t",
+            complement=complement[1:],
+        )
         sched.name = "from-sde"
         sched._check_finite()
         return sched
@@ -483,15 +520,44 @@ class NoiseSchedule(abc.ABC):
         return _schedule_by_name(name, kw, "schedule")
 
 
-SCHEDULE_NAMES = ("vp-linear", "vp-cosine", "cosine", "sub-vp", "ve", "edm", "ddpm-linear", "ddpm-cosine", "scaled-linear",
-                  "rectified-flow")
+SCHEDULE_NAMES = (
+    "vp-linear",
+    "vp-cosine",
+    "cosine",
+    "sub-vp",
+    "ve",
+    "edm",
+    "ddpm-linear",
+    "ddpm-cosine",
+    "scaled-linear",
+    "rectified-flow",
+)
 
-_BETA_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
+_BETA_KEYS = (
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 SIGMA_SCHEDULES = ("karras", "exponential")
 
-DIFFUSERS_SCHEDULE_KEYS = frozenset(_BETA_KEYS + ("_class_name", "_diffusers_version", "sigma_min", "sigma_max",
-                                                  "sigma_data", "sigma_schedule", "rho", "snr", "schedule"))
+DIFFUSERS_SCHEDULE_KEYS = frozenset(
+    _BETA_KEYS
+    + (
+        "_class_name",
+        "_diffusers_version",
+        "sigma_min",
+        "sigma_max",
+        "sigma_data",
+        "sigma_schedule",
+        "rho",
+        "snr",
+        "schedule",
+    )
+)
 """Keys whose presence makes a dict without ``name`` a diffusers scheduler config (see :func:`resolve_schedule`)."""
 
 TABLE_KEYS = ("rho", "rho_complement", "scales", "t_knots", "rho0", "timestep_convention", "timestep_scale")
@@ -555,8 +621,10 @@ def resolve_schedule(spec) -> NoiseSchedule:
         spec = config
     if isinstance(spec, Mapping):
         return _from_config_dict(dict(spec), "schedule config")
-    raise ValueError(f"a schedule is a NoiseSchedule, a name ({', '.join(SCHEDULE_NAMES)}, or a plugin's), inline "
-                     f"JSON, a config dict or a pathlib.Path; got {type(spec).__name__} {_clip(repr(spec))}")
+    raise ValueError(
+        f"a schedule is a NoiseSchedule, a name ({', '.join(SCHEDULE_NAMES)}, or a plugin's), inline "
+        f"JSON, a config dict or a pathlib.Path; got {type(spec).__name__} {_clip(repr(spec))}"
+    )
 
 
 def resolve_schedule_argument(text) -> NoiseSchedule:
@@ -574,8 +642,10 @@ def resolve_schedule_argument(text) -> NoiseSchedule:
     if os.path.lexists(text):
         return load_schedule_file(text)
     if text.endswith(".json") or "/" in text or os.sep in text:
-        raise ValueError(f"no such file {text!r}; expected a schedule name ({', '.join(schedule_names())}), "
-                         "inline JSON or a schedule / scheduler config file (or a pipeline directory)")
+        raise ValueError(
+            f"no such file {text!r}; expected a schedule name ({', '.join(schedule_names())}), "
+            "inline JSON or a schedule / scheduler config file (or a pipeline directory)"
+        )
     return resolve_schedule(text)
 
 
@@ -594,12 +664,14 @@ def read_schedule_config(path) -> dict:
                 path = os.path.join(path, candidate)
                 break
         else:
-            raise ValueError(f"directory {path!r} has neither scheduler_config.json nor "
-                             "scheduler/scheduler_config.json")
+            raise ValueError(
+                f"directory {path!r} has neither scheduler_config.json nor scheduler/scheduler_config.json"
+            )
     try:
         _check_schedule_file(os.stat(path), path)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                     | getattr(os, "O_BINARY", 0))
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+        )
     except FileNotFoundError:
         raise ValueError(f"no such file {path!r}") from None
     except OSError as exc:
@@ -631,13 +703,20 @@ def load_schedule_file(path) -> NoiseSchedule:
 
 def _check_schedule_file(info: os.stat_result, path: str) -> None:
     if not stat.S_ISREG(info.st_mode):
-        kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+        kinds = (
+            (stat.S_ISDIR, "a directory"),
+            (stat.S_ISFIFO, "a FIFO"),
+            (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"),
+        )
         kind = next((word for test, word in kinds if test(info.st_mode)), "not a regular file")
         raise ValueError(f"schedule file {path!r} is {kind}; a schedule file must be a regular JSON file")
     if info.st_size > MAX_SCHEDULE_FILE_BYTES:
-        raise ValueError(f"schedule file {path!r} has {info.st_size} bytes, more than the {MAX_SCHEDULE_FILE_BYTES} "
-                         "a schedule config may have")
+        raise ValueError(
+            f"schedule file {path!r} has {info.st_size} bytes, more than the {MAX_SCHEDULE_FILE_BYTES} "
+            "a schedule config may have"
+        )
 
 
 def _clip(text: str, limit: int = 80) -> str:
@@ -650,8 +729,10 @@ def _as_config_dict(config, where: str) -> dict:
         config = inner
     if isinstance(config, Mapping):
         return dict(config)
-    raise ValueError(f"{where}: expected a scheduler config dict, a ConfigMixin object or a path to a JSON file, "
-                     f"got {type(config).__name__}")
+    raise ValueError(
+        f"{where}: expected a scheduler config dict, a ConfigMixin object or a path to a JSON file, "
+        f"got {type(config).__name__}"
+    )
 
 
 def _from_config_dict(cfg, where: str) -> NoiseSchedule:
@@ -661,13 +742,17 @@ def _from_config_dict(cfg, where: str) -> NoiseSchedule:
     if "name" in cfg:
         return _from_unisde_config(cfg, where)
     if not cfg:
-        raise ValueError(f"{where} is empty; give a 'name' ({', '.join(SCHEDULE_NAMES)}, 'table', 'diffusers') or "
-                         "the keys of a diffusers scheduler config")
+        raise ValueError(
+            f"{where} is empty; give a 'name' ({', '.join(SCHEDULE_NAMES)}, 'table', 'diffusers') or "
+            "the keys of a diffusers scheduler config"
+        )
     if DIFFUSERS_SCHEDULE_KEYS.intersection(cfg):
         return _from_diffusers_dict(cfg)
-    raise ValueError(f"{where} with keys {sorted(map(str, cfg))} is neither a unisde schedule config (a 'name' key: a "
-                     f"schedule name, 'table' or 'diffusers') nor a diffusers scheduler config (keys such as "
-                     f"{', '.join(sorted(k for k in DIFFUSERS_SCHEDULE_KEYS if not k.startswith('_')))})")
+    raise ValueError(
+        f"{where} with keys {sorted(map(str, cfg))} is neither a unisde schedule config (a 'name' key: a "
+        f"schedule name, 'table' or 'diffusers') nor a diffusers scheduler config (keys such as "
+        f"{', '.join(sorted(k for k in DIFFUSERS_SCHEDULE_KEYS if not k.startswith('_')))})"
+    )
 
 
 def _from_unisde_config(cfg: dict, where: str) -> NoiseSchedule:
@@ -680,8 +765,9 @@ def _from_unisde_config(cfg: dict, where: str) -> NoiseSchedule:
     if name == "diffusers":
         unknown = sorted(set(cfg) - DIFFUSERS_SCHEDULE_KEYS)
         if unknown:
-            raise ValueError(f"{where} 'diffusers': unknown keys {unknown}; valid keys: "
-                             f"{', '.join(sorted(DIFFUSERS_SCHEDULE_KEYS))}")
+            raise ValueError(
+                f"{where} 'diffusers': unknown keys {unknown}; valid keys: {', '.join(sorted(DIFFUSERS_SCHEDULE_KEYS))}"
+            )
         return _from_diffusers_dict(cfg)
     return _schedule_by_name(name, cfg, f"{where}")
 
@@ -689,16 +775,33 @@ def _from_unisde_config(cfg: dict, where: str) -> NoiseSchedule:
 def _builtin_factories() -> dict:
     def ddpm(beta_schedule, beta_start=0.0001, beta_end=0.02):
         def factory(num_train_timesteps=1000, beta_start=beta_start, beta_end=beta_end, rescale_betas_zero_snr=False):
-            return _from_diffusers_dict({"beta_schedule": beta_schedule, "num_train_timesteps": num_train_timesteps,
-                                         "beta_start": beta_start, "beta_end": beta_end,
-                                         "rescale_betas_zero_snr": rescale_betas_zero_snr})
+            return _from_diffusers_dict(
+                {
+                    "beta_schedule": beta_schedule,
+                    "num_train_timesteps": num_train_timesteps,
+                    "beta_start": beta_start,
+                    "beta_end": beta_end,
+                    "rescale_betas_zero_snr": rescale_betas_zero_snr,
+                }
+            )
+
         return factory
 
-    return {"vp-linear": VPLinearSchedule, "vp": VPLinearSchedule, "vp-cosine": VPCosineSchedule,
-            "cosine": VPCosineSchedule, "sub-vp": SubVPSchedule, "subvp": SubVPSchedule, "ve": VESchedule,
-            "edm": EDMSchedule, "ddpm-linear": ddpm("linear"), "ddpm-cosine": ddpm("squaredcos_cap_v2"),
-            "scaled-linear": ddpm("scaled_linear", 0.00085, 0.012), "rectified-flow": RectifiedFlowSchedule,
-            "flow": RectifiedFlowSchedule}
+    return {
+        "vp-linear": VPLinearSchedule,
+        "vp": VPLinearSchedule,
+        "vp-cosine": VPCosineSchedule,
+        "cosine": VPCosineSchedule,
+        "sub-vp": SubVPSchedule,
+        "subvp": SubVPSchedule,
+        "ve": VESchedule,
+        "edm": EDMSchedule,
+        "ddpm-linear": ddpm("linear"),
+        "ddpm-cosine": ddpm("squaredcos_cap_v2"),
+        "scaled-linear": ddpm("scaled_linear", 0.00085, 0.012),
+        "rectified-flow": RectifiedFlowSchedule,
+        "flow": RectifiedFlowSchedule,
+    }
 
 
 BUILTIN_ALIASES = {"vp": "vp-linear", "cosine": "vp-cosine", "subvp": "sub-vp"}
@@ -712,7 +815,9 @@ def unisde_register_schedules(register):
     factories = _builtin_factories()
     for name, factory in factories.items():
         if name not in BUILTIN_ALIASES:
-            register(name, factory, aliases=tuple(a for a, n in BUILTIN_ALIASES.items() if n == name and a in factories))
+            register(
+                name, factory, aliases=tuple(a for a, n in BUILTIN_ALIASES.items() if n == name and a in factories)
+            )
 
 
 def builtin_schedule_key(name) -> str | None:
@@ -739,8 +844,10 @@ def _schedule_by_name(name, kw: dict, where: str) -> NoiseSchedule:
         if str(name) not in list_schedules():
             err = unknown_name_error("schedule", name, schedule_names())
             if isinstance(name, str) and ("/" in name or os.sep in name or name.endswith(".json")):
-                err = ValueError(f"{err} A schedule given as a string is a name or inline JSON and is never opened as "
-                                 "a file; read a file with unisde.core.schedule.load_schedule_file(path).")
+                err = ValueError(
+                    f"{err} A schedule given as a string is a name or inline JSON and is never opened as "
+                    "a file; read a file with unisde.core.schedule.load_schedule_file(path)."
+                )
             raise err
         factory = get_schedule_factory(str(name))
     try:
@@ -751,11 +858,14 @@ def _schedule_by_name(name, kw: dict, where: str) -> NoiseSchedule:
         try:
             signature.bind(**kw)
         except TypeError:
-            params = [p.name for p in signature.parameters.values()
-                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            params = [
+                p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
             unknown = sorted(set(kw) - set(params))
-            raise ValueError(f"{where}: schedule {name!r} has no parameter(s) {unknown or sorted(kw)}; its parameters: "
-                             f"{', '.join(params)}") from None
+            raise ValueError(
+                f"{where}: schedule {name!r} has no parameter(s) {unknown or sorted(kw)}; its parameters: "
+                f"{', '.join(params)}"
+            ) from None
     schedule = factory(**kw)
     if not isinstance(schedule, NoiseSchedule):
         raise ValueError(f"schedule factory {name!r} returned {type(schedule).__name__}, not a NoiseSchedule")
@@ -781,23 +891,29 @@ def _table_from_config(cfg: dict, where: str) -> "TabulatedSchedule":
         bad[-1] |= bool(rho[-1] >= 1)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"{where}: rho[{i}] = {rho[i].item()} is outside (0, 1) (ρ = σ̃²/(1 + σ̃²); only the last "
-                         "entry of a table without scales may be 1: zero terminal SNR)")
+        raise ValueError(
+            f"{where}: rho[{i}] = {rho[i].item()} is outside (0, 1) (ρ = σ̃²/(1 + σ̃²); only the last "
+            "entry of a table without scales may be 1: zero terminal SNR)"
+        )
     previous = torch.cat([torch.tensor([rho0], dtype=DTYPE), rho])
     drop = previous[1:] < previous[:-1]
     if drop.any():
         i = int(drop.nonzero()[0])
         before = f"rho[{i - 1}] = {rho[i - 1].item()}" if i > 0 else f"rho0 = {rho0}"
-        raise ValueError(f"{where}: rho must be non-decreasing (ρ grows with t, so λ decreases and g² ≥ 0); "
-                         f"rho[{i}] = {rho[i].item()} < {before}")
+        raise ValueError(
+            f"{where}: rho must be non-decreasing (ρ grows with t, so λ decreases and g² ≥ 0); "
+            f"rho[{i}] = {rho[i].item()} < {before}"
+        )
     complement = None
     if cfg.get("rho_complement") is not None:
         complement = _config_table(cfg["rho_complement"], "rho_complement", where, n)
         off = ((rho + complement - 1).abs() > 2.0**-50) | (complement < 0)
         if off.any():
             i = int(off.nonzero()[0])
-            raise ValueError(f"{where}: rho_complement[{i}] = {complement[i].item()} is not 1 − rho[{i}] = "
-                             f"{1 - rho[i].item()} (to 2⁻⁵⁰)")
+            raise ValueError(
+                f"{where}: rho_complement[{i}] = {complement[i].item()} is not 1 − rho[{i}] = "
+                f"{1 - rho[i].item()} (to 2⁻⁵⁰)"
+            )
         complement = torch.cummin(complement, 0).values  # ties of ρ may differ by an ulp in the complement
     if scales is not None and (scales <= 0).any():
         i = int((scales <= 0).nonzero()[0])
@@ -832,8 +948,11 @@ def _config_table(values, name: str, where: str, length: int | None = None) -> t
 
 def _finite_number(value, name: str, where: str, *, positive: bool = False, minimum: float | None = None) -> float:
     """``value`` as a float, or a ValueError naming it unless it is a finite real number (> 0 / ≥ minimum)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) and not (
-            isinstance(value, torch.Tensor) and value.numel() == 1):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        and not (isinstance(value, torch.Tensor) and value.numel() == 1)
+    ):
         raise ValueError(f"{where}: {name} must be a real number, got {value!r}")
     number = float(value)
     if not math.isfinite(number):
@@ -853,9 +972,11 @@ def _sample_coefficient(fn: Callable, name: str, t: torch.Tensor) -> torch.Tenso
     else:
         out = torch.as_tensor(np.asarray(out, dtype=np.float64))
     if out.shape != (t.numel(),):
-        raise ValueError(f"from_sde: {name}(t) must return one value per time, a tensor of shape ({t.numel()},) for "
-                         f"t of that shape; got shape {tuple(out.shape)} (a scalar {name} must be broadcast, e.g. "
-                         f"lambda t: torch.full_like(t, c))")
+        raise ValueError(
+            f"from_sde: {name}(t) must return one value per time, a tensor of shape ({t.numel()},) for "
+            f"t of that shape; got shape {tuple(out.shape)} (a scalar {name} must be broadcast, e.g. "
+            f"lambda t: torch.full_like(t, c))"
+        )
     bad = ~torch.isfinite(out)
     if bad.any():
         i = int(bad.nonzero()[0])
@@ -884,8 +1005,9 @@ def _from_diffusers_dict(cfg: Mapping, **kw) -> NoiseSchedule:
     nested = cfg.get("schedule")
     if nested is not None and nested != "" and nested != {}:
         if not isinstance(nested, (str, Mapping)):
-            raise ValueError(f"scheduler config 'schedule' must be a name, inline JSON or a dict, "
-                             f"got {type(nested).__name__}")
+            raise ValueError(
+                f"scheduler config 'schedule' must be a name, inline JSON or a dict, got {type(nested).__name__}"
+            )
         return resolve_schedule(nested)
     cls = str(cfg.get("_class_name") or "")
     where = f"diffusers config of {cls}" if cls else "diffusers config"
@@ -903,8 +1025,9 @@ def _from_diffusers_dict(cfg: Mapping, **kw) -> NoiseSchedule:
     if cls == "ScoreSdeVeScheduler" or ("snr" in cfg and "sigma_max" in cfg and "beta_schedule" not in cfg):
         smin = _finite_number(_config_value(cfg, "sigma_min", 0.01), "sigma_min", where)
         smax = _finite_number(_config_value(cfg, "sigma_max", 1348.0), "sigma_max", where)
-        return NoiseSchedule.ve(smin, smax, timestep_convention="sigma",
-                                num_train_timesteps=_num_train_timesteps(cfg, 2000))
+        return NoiseSchedule.ve(
+            smin, smax, timestep_convention="sigma", num_train_timesteps=_num_train_timesteps(cfg, 2000)
+        )
     betas = diffusers_betas(cfg)
     abar = torch.cumprod(1.0 - betas, dim=0)  # float32 like diffusers, then float64 below
     try:
@@ -963,7 +1086,10 @@ def _check_strict(values: torch.Tensor, name: str, increasing: bool) -> None:
     if bad.any():
         i = int(bad.nonzero()[0]) + 1
         word = "increasing" if increasing else "decreasing"
-        raise ValueError(f"{name} must be strictly {word} with the index; {name}[{i - 1}] = {values[i - 1].item()} and {name}[{i}] = {values[i].item()}")
+        raise ValueError(
+            f"{name} must be strictly {word} with the index; {name}[{i - 1}] = {values[i - 1].item()} and "
+            f"{name}[{i}] = {values[i].item()}"
+        )
 
 
 # ====================================================================== tabulated
@@ -987,9 +1113,16 @@ class TabulatedSchedule(NoiseSchedule):
 
     name = "table"
 
-    def __init__(self, rho: torch.Tensor, scales: torch.Tensor | None = None, t_knots: torch.Tensor | None = None,
-                 rho0: float = 0.0, timestep_convention: str = "index", timestep_scale: float = 1.0,
-                 complement: torch.Tensor | None = None):
+    def __init__(
+        self,
+        rho: torch.Tensor,
+        scales: torch.Tensor | None = None,
+        t_knots: torch.Tensor | None = None,
+        rho0: float = 0.0,
+        timestep_convention: str = "index",
+        timestep_scale: float = 1.0,
+        complement: torch.Tensor | None = None,
+    ):
         n = rho.numel()
         super().__init__(timestep_convention=timestep_convention, timestep_scale=timestep_scale, num_train_timesteps=n)
         if t_knots is None:
@@ -1001,8 +1134,9 @@ class TabulatedSchedule(NoiseSchedule):
         self.vp = scales is None
         self.table_scales = None if scales is None else scales.to(DTYPE)
         self._rho = MonotoneCubic(self.t_knots, torch.cat([torch.tensor([self.rho0], dtype=DTYPE), self.table_rho]))
-        self._comp = MonotoneCubic(self.t_knots, torch.cat([torch.tensor([1 - self.rho0], dtype=DTYPE),
-                                                            self.table_complement]))
+        self._comp = MonotoneCubic(
+            self.t_knots, torch.cat([torch.tensor([1 - self.rho0], dtype=DTYPE), self.table_complement])
+        )
         if not self.vp:
             self._scale = MonotoneCubic(self.t_knots, torch.cat([torch.ones(1, dtype=DTYPE), self.table_scales]))
         # VE-view σ̃ of every table entry, for the index ↔ timestep convention (diffusers' `_sigma_to_t`).
@@ -1016,9 +1150,12 @@ class TabulatedSchedule(NoiseSchedule):
         """The :meth:`to_config` description, built on demand (a 10⁶-entry table is 10⁶ floats per list)."""
         if self._spec is not None:
             return self._spec
-        spec = {"name": "table", "rho": self.table_rho.tolist(),
-                "rho_complement": self.table_complement.tolist(),
-                "scales": None if self.vp else self.table_scales.tolist()}
+        spec = {
+            "name": "table",
+            "rho": self.table_rho.tolist(),
+            "rho_complement": self.table_complement.tolist(),
+            "scales": None if self.vp else self.table_scales.tolist(),
+        }
         uniform = torch.arange(self.table_rho.numel() + 1, dtype=DTYPE) / self.table_rho.numel()
         if not torch.equal(self.t_knots, uniform):
             spec["t_knots"] = self.t_knots.tolist()
@@ -1137,8 +1274,9 @@ def _sigma_range(sigma_min, sigma_max, where: str) -> tuple[float, float]:
     if not sigma_min < sigma_max:
         raise ValueError(f"{where}: need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if sigma_max > SIGMA_MAX:
-        raise ValueError(f"{where}: sigma_max={sigma_max} is too large: σ² overflows float64 "
-                         f"(σ must be < {SIGMA_MAX:.3g})")
+        raise ValueError(
+            f"{where}: sigma_max={sigma_max} is too large: σ² overflows float64 (σ must be < {SIGMA_MAX:.3g})"
+        )
     return sigma_min, sigma_max
 
 
@@ -1147,13 +1285,20 @@ class VPLinearSchedule(NoiseSchedule):
 
     name = "vp-linear"
 
-    def __init__(self, beta_min=0.1, beta_max=20.0, timestep_convention="t", timestep_scale=999.0, num_train_timesteps=1000):
-        super().__init__(timestep_convention=timestep_convention, timestep_scale=timestep_scale, num_train_timesteps=num_train_timesteps)
+    def __init__(
+        self, beta_min=0.1, beta_max=20.0, timestep_convention="t", timestep_scale=999.0, num_train_timesteps=1000
+    ):
+        super().__init__(
+            timestep_convention=timestep_convention,
+            timestep_scale=timestep_scale,
+            num_train_timesteps=num_train_timesteps,
+        )
         beta_min = _finite_number(beta_min, "beta_min", self.name, positive=True)
         beta_max = _finite_number(beta_max, "beta_max", self.name, positive=True)
         if not beta_min <= beta_max:
-            raise ValueError(f"{self.name}: need 0 < beta_min <= beta_max, "
-                             f"got beta_min={beta_min}, beta_max={beta_max}")
+            raise ValueError(
+                f"{self.name}: need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}"
+            )
         self.beta_min, self.beta_max = beta_min, beta_max
         self.spec = {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max}
         self._check_finite()  # e^{∫β} must stay finite: ½(β_min + β_max) < 709
@@ -1203,7 +1348,11 @@ class VPCosineSchedule(NoiseSchedule):
     name = "vp-cosine"
 
     def __init__(self, s=0.008, timestep_convention="t", timestep_scale=999.0, num_train_timesteps=1000):
-        super().__init__(timestep_convention=timestep_convention, timestep_scale=timestep_scale, num_train_timesteps=num_train_timesteps)
+        super().__init__(
+            timestep_convention=timestep_convention,
+            timestep_scale=timestep_scale,
+            num_train_timesteps=num_train_timesteps,
+        )
         self.offset = _finite_number(s, "s (cosine offset)", self.name, positive=True)
         self._log_cos0 = math.log(math.cos(self.offset / (1 + self.offset) * math.pi / 2))
         # t_end: ᾱ(t)/(1 − ᾱ(t)) = 2⁻²⁴.
@@ -1212,8 +1361,10 @@ class VPCosineSchedule(NoiseSchedule):
         self.t_end = phi_end * 2 * (1 + self.offset) / math.pi - self.offset
         self.spec = {"name": self.name, "s": self.offset}
         if not 0.0 < self.t_end <= 1.0:  # s so large that (t + s)/(1 + s) no longer resolves t in float64
-            raise ValueError(f"{self.name}: cosine offset s={self.offset} is too large (the schedule's end time "
-                             f"{self.t_end} leaves (0, 1])")
+            raise ValueError(
+                f"{self.name}: cosine offset s={self.offset} is too large (the schedule's end time "
+                f"{self.t_end} leaves (0, 1])"
+            )
         self._check_finite()
 
     def _phi(self, t):
@@ -1241,12 +1392,23 @@ class VESchedule(NoiseSchedule):
 
     name = "ve"
 
-    def __init__(self, sigma_min=0.01, sigma_max=50.0, timestep_convention="sigma", timestep_scale=1.0, num_train_timesteps=2000):
-        super().__init__(timestep_convention=timestep_convention, timestep_scale=timestep_scale, num_train_timesteps=num_train_timesteps)
+    def __init__(
+        self, sigma_min=0.01, sigma_max=50.0, timestep_convention="sigma", timestep_scale=1.0, num_train_timesteps=2000
+    ):
+        super().__init__(
+            timestep_convention=timestep_convention,
+            timestep_scale=timestep_scale,
+            num_train_timesteps=num_train_timesteps,
+        )
         sigma_min, sigma_max = _sigma_range(sigma_min, sigma_max, self.name)
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
-        self.spec = {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "timestep_convention": timestep_convention}
+        self.spec = {
+            "name": self.name,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "timestep_convention": timestep_convention,
+        }
         self._check_finite()
 
     def _s(self, t):
@@ -1273,16 +1435,36 @@ class EDMSchedule(NoiseSchedule):
 
     name = "edm"
 
-    def __init__(self, sigma_min=0.002, sigma_max=80.0, rho=7.0, timestep_convention="edm", timestep_scale=1.0, num_train_timesteps=1000):
-        super().__init__(timestep_convention=timestep_convention, timestep_scale=timestep_scale, num_train_timesteps=num_train_timesteps)
+    def __init__(
+        self,
+        sigma_min=0.002,
+        sigma_max=80.0,
+        rho=7.0,
+        timestep_convention="edm",
+        timestep_scale=1.0,
+        num_train_timesteps=1000,
+    ):
+        super().__init__(
+            timestep_convention=timestep_convention,
+            timestep_scale=timestep_scale,
+            num_train_timesteps=num_train_timesteps,
+        )
         sigma_min, sigma_max = _sigma_range(sigma_min, sigma_max, self.name)
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self.rho = _finite_number(rho, "rho", self.name, positive=True)
         self._a, self._b = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
-        self.spec = {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho, "timestep_convention": timestep_convention}
+        self.spec = {
+            "name": self.name,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "rho": self.rho,
+            "timestep_convention": timestep_convention,
+        }
         if not self._a < self._b:  # ρ so large that σ_min^{1/ρ} and σ_max^{1/ρ} round to the same float64
-            raise ValueError(f"{self.name}: rho={self.rho} is too large to resolve sigma_min={sigma_min} < "
-                             f"sigma_max={sigma_max} (σ^(1/ρ) rounds to the same value)")
+            raise ValueError(
+                f"{self.name}: rho={self.rho} is too large to resolve sigma_min={sigma_min} < "
+                f"sigma_max={sigma_max} (σ^(1/ρ) rounds to the same value)"
+            )
         self._check_finite()
 
     def _base(self, t):
@@ -1320,8 +1502,11 @@ class RectifiedFlowSchedule(NoiseSchedule):
 
     def __init__(self, num_train_timesteps: int = 1000, timestep_convention: str = "t", timestep_scale=None):
         n = int(_finite_number(num_train_timesteps, "num_train_timesteps", self.name, positive=True))
-        super().__init__(timestep_convention=timestep_convention,
-                         timestep_scale=float(n) if timestep_scale is None else timestep_scale, num_train_timesteps=n)
+        super().__init__(
+            timestep_convention=timestep_convention,
+            timestep_scale=float(n) if timestep_scale is None else timestep_scale,
+            num_train_timesteps=n,
+        )
         # t_end: ((1 − t)/t)² = 2⁻²⁴  ⇒  t = 1/(1 + 2⁻¹²)
         self.t_end = 1.0 / (1.0 + 2.0**-12)
         self.spec = {"name": self.name, "num_train_timesteps": n}

@@ -85,7 +85,9 @@ class ReverseSDE:
     def diffusion(self, x: torch.Tensor, t) -> torch.Tensor:
         return self.eta * self.forward.diffusion(x, t)
 
-    def euler_maruyama_step(self, x: torch.Tensor, t: float, t_next: float, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def euler_maruyama_step(
+        self, x: torch.Tensor, t: float, t_next: float, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One Euler–Maruyama step backwards in time from t to t_next < t (noise drawn if not given)."""
         h = float(t) - float(t_next)
         out = x - self.drift(x, t) * h
@@ -95,7 +97,9 @@ class ReverseSDE:
         return out
 
 
-def euler_maruyama_forward(schedule: NoiseSchedule, x0: torch.Tensor, t_grid: torch.Tensor, generator=None) -> torch.Tensor:
+def euler_maruyama_forward(
+    schedule: NoiseSchedule, x0: torch.Tensor, t_grid: torch.Tensor, generator=None
+) -> torch.Tensor:
     """Simulate the forward SDE from x0 along an increasing time grid by Euler–Maruyama; returns x at t_grid[-1]."""
     sde = ForwardSDE(schedule)
     x = x0.clone()

@@ -38,20 +38,59 @@ ANY = None  # in ``accepts``: every value of the flag is honoured
 
 # Flags that define the forward process, the parameterisation, the time grid or x̂0 post-processing. A conversion
 # must honour them (or find them at the class default) even when ``sampler=`` replaces the source's solver.
-SCHEDULE_FLAGS = frozenset({
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
-    "prediction_type", "timestep_spacing", "steps_offset", "use_karras_sigmas", "use_exponential_sigmas",
-    "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas", "flow_shift", "shift", "use_dynamic_shifting",
-    "time_shift_type", "shift_terminal", "invert_sigmas", "sigma_min", "sigma_max", "sigma_data", "sigma_schedule",
-    "rho", "timestep_type", "interpolation_type", "final_sigmas_type", "clip_sample", "clip_sample_range",
-    "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "set_alpha_to_one", "lambda_min_clipped",
-    "sampling_eps", "timestep_scaling", "original_inference_steps", "variance_type",
-})
+SCHEDULE_FLAGS = frozenset(
+    {
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "rescale_betas_zero_snr",
+        "prediction_type",
+        "timestep_spacing",
+        "steps_offset",
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+        "use_lu_lambdas",
+        "use_flow_sigmas",
+        "flow_shift",
+        "shift",
+        "use_dynamic_shifting",
+        "time_shift_type",
+        "shift_terminal",
+        "invert_sigmas",
+        "sigma_min",
+        "sigma_max",
+        "sigma_data",
+        "sigma_schedule",
+        "rho",
+        "timestep_type",
+        "interpolation_type",
+        "final_sigmas_type",
+        "clip_sample",
+        "clip_sample_range",
+        "thresholding",
+        "dynamic_thresholding_ratio",
+        "sample_max_value",
+        "set_alpha_to_one",
+        "lambda_min_clipped",
+        "sampling_eps",
+        "timestep_scaling",
+        "original_inference_steps",
+        "variance_type",
+    }
+)
 # Keys of diffusers configs that never change the numbers (bookkeeping).
 IGNORED_KEYS = frozenset({"_class_name", "_diffusers_version", "_use_default_values", "_name_or_path"})
 
-BETA_KEYS = {"num_train_timesteps": ANY, "beta_start": ANY, "beta_end": ANY, "trained_betas": ANY,
-             "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "exp")}
+BETA_KEYS = {
+    "num_train_timesteps": ANY,
+    "beta_start": ANY,
+    "beta_end": ANY,
+    "trained_betas": ANY,
+    "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "exp"),
+}
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 THRESHOLDING = {"thresholding": ANY, "dynamic_thresholding_ratio": ANY, "sample_max_value": ANY}
 CLIPPING = {"clip_sample": ANY, "clip_sample_range": ANY}
@@ -143,10 +182,13 @@ class Converter:
             if key in SCHEDULE_FLAGS:
                 hint = "it changes the schedule, parameterisation or time grid, so no sampler= can stand in for it"
             else:
-                hint = (f"to run a unisde sampler on this model's schedule instead, pass sampler= "
-                        f"(e.g. {self.closest_sampler()!r})")
-            raise ConversionError(f"{self.name} flag {key}={value!r} is not supported by unisde's conversion"
-                                  f"{shown}; {hint}")
+                hint = (
+                    f"to run a unisde sampler on this model's schedule instead, pass sampler= "
+                    f"(e.g. {self.closest_sampler()!r})"
+                )
+            raise ConversionError(
+                f"{self.name} flag {key}={value!r} is not supported by unisde's conversion{shown}; {hint}"
+            )
         return unused
 
     def closest_sampler(self) -> str:
@@ -178,8 +220,10 @@ class Converter:
             if problem:
                 raise ConversionError(f"{self.name} cannot be converted: {problem}")
             if self.sampler not in list_samplers():
-                raise ConversionError(f"{self.name} converts to sampler {self.sampler!r}, which is not installed "
-                                      f"(registered samplers: {_fmt(list_samplers())})")
+                raise ConversionError(
+                    f"{self.name} converts to sampler {self.sampler!r}, which is not installed "
+                    f"(registered samplers: {_fmt(list_samplers())})"
+                )
             keys = self.sampler_keys(cfg)
             if sampler is not None:
                 keys.pop("sampler_options", None)  # the caller's options (if any) apply, as diffusers' kwargs do
@@ -192,9 +236,13 @@ class Converter:
                 out.pop("time_grid", None)  # the sampler's own grid preference (EDM: Karras) over a default spacing
                 out.pop("time_grid_options", None)
             out["sampler"] = sampler
-            logger.info("UnifiedScheduler.from_config: schedule, parameterisation and time grid taken from %s; "
-                        "sampler %r replaces its algorithm%s", self.name, sampler,
-                        f" (unused solver flags: {', '.join(unused)})" if unused else "")
+            logger.info(
+                "UnifiedScheduler.from_config: schedule, parameterisation and time grid taken from %s; "
+                "sampler %r replaces its algorithm%s",
+                self.name,
+                sampler,
+                f" (unused solver flags: {', '.join(unused)})" if unused else "",
+            )
         return out
 
 
@@ -205,8 +253,13 @@ class Refusing(Converter):
 class BetaTableConverter(Converter):
     """The β-table classes: the table keys, ``prediction_type``, the spacing and x̂0 post-processing."""
 
-    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, "timestep_spacing": ("leading", "trailing", "linspace"),
-               "steps_offset": ANY, "rescale_betas_zero_snr": ANY}
+    accepts = {
+        **BETA_KEYS,
+        "prediction_type": PREDICTIONS,
+        "timestep_spacing": ("leading", "trailing", "linspace"),
+        "steps_offset": ANY,
+        "rescale_betas_zero_snr": ANY,
+    }
     spacing_grids: ClassVar[dict] = {}  # the class's own name for a diffusers spacing (e.g. fractional linspace)
 
     def schedule_keys(self, cfg):
@@ -225,8 +278,19 @@ class BetaTableConverter(Converter):
 class DDPMConverter(BetaTableConverter):
     name = "DDPMScheduler"
     sampler = "ddpm"
-    accepts = {**BetaTableConverter.accepts, **CLIPPING, **THRESHOLDING, "variance_type": (
-        "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")}
+    accepts = {
+        **BetaTableConverter.accepts,
+        **CLIPPING,
+        **THRESHOLDING,
+        "variance_type": (
+            "fixed_small",
+            "fixed_small_log",
+            "fixed_large",
+            "fixed_large_log",
+            "learned",
+            "learned_range",
+        ),
+    }
 
 
 class DDPMParallelConverter(DDPMConverter):
@@ -312,10 +376,12 @@ class KDPM2Converter(_KarrasFamily):
         spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing"))
         flag = next((f for f in ("use_karras_sigmas", "use_exponential_sigmas") if cfg.get(f)), None)
         if flag and spacing != "linspace":
-            raise ConversionError(f"{self.name} flag {flag}=True with timestep_spacing={spacing!r} is not supported "
-                                  "by unisde's conversion: diffusers spans σ between the ends of that spacing's grid, "
-                                  "which move with num_inference_steps (supported: timestep_spacing='linspace', the "
-                                  "default)")
+            raise ConversionError(
+                f"{self.name} flag {flag}=True with timestep_spacing={spacing!r} is not supported "
+                "by unisde's conversion: diffusers spans σ between the ends of that spacing's grid, "
+                "which move with num_inference_steps (supported: timestep_spacing='linspace', the "
+                "default)"
+            )
         return super().schedule_keys(cfg)
 
     def sampler_keys(self, cfg):
@@ -339,20 +405,30 @@ class DEISConverter(BetaTableConverter):
     name = "DEISMultistepScheduler"
     sampler = "deis"
     spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
-    accepts = {**BetaTableConverter.accepts, **THRESHOLDING, "solver_order": (1, 2, 3), "lower_order_final": ANY,
-               "algorithm_type": ("deis", "dpmsolver", "dpmsolver++"),
-               "solver_type": ("logrho", "midpoint", "heun", "bh1", "bh2"),
-               "use_karras_sigmas": (False,), "use_exponential_sigmas": (False,)}
-    _GRID_REFUSAL = ("diffusers' DEIS ends such a grid with a zero-length step (σ_min → σ_min) that leaves the sample "
-                     "at σ_min instead of denoising it, and feeds the model timesteps rounded (Karras) or truncated "
-                     "(exponential) to integers; unisde cannot reproduce that")
+    accepts = {
+        **BetaTableConverter.accepts,
+        **THRESHOLDING,
+        "solver_order": (1, 2, 3),
+        "lower_order_final": ANY,
+        "algorithm_type": ("deis", "dpmsolver", "dpmsolver++"),
+        "solver_type": ("logrho", "midpoint", "heun", "bh1", "bh2"),
+        "use_karras_sigmas": (False,),
+        "use_exponential_sigmas": (False,),
+    }
+    _GRID_REFUSAL = (
+        "diffusers' DEIS ends such a grid with a zero-length step (σ_min → σ_min) that leaves the sample "
+        "at σ_min instead of denoising it, and feeds the model timesteps rounded (Karras) or truncated "
+        "(exponential) to integers; unisde cannot reproduce that"
+    )
 
     def check_flags(self, cfg, twin):
         for flag, grid in (("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "uniform_lambda")):
             if cfg.get(flag):
-                raise ConversionError(f"{self.name} flag {flag}=True is not supported by unisde's conversion: "
-                                      f"{self._GRID_REFUSAL}. To sample this model with DEIS on that grid, build "
-                                      f"UnifiedScheduler(sampler='deis', time_grid={grid!r}, ...) directly")
+                raise ConversionError(
+                    f"{self.name} flag {flag}=True is not supported by unisde's conversion: "
+                    f"{self._GRID_REFUSAL}. To sample this model with DEIS on that grid, build "
+                    f"UnifiedScheduler(sampler='deis', time_grid={grid!r}, ...) directly"
+                )
         return super().check_flags(cfg, twin)
 
     def schedule_keys(self, cfg):
@@ -368,7 +444,8 @@ _IPNDM_REFUSAL = (
     "'crash' grid σ = sin²(πu/2), u = 1, (n−1)/n, …, 1/n (no unisde time grid), and on its first step from τ = 1 "
     "(α = 0) it rebuilds x̂0 from ε̂ divided by max(α, 1e-8) = 1e-8, which discards the model output there "
     "(x₁ = σ₁·x, whatever the model says). unisde's 'ipndm' sampler runs the same Adams–Bashforth warm-up on any "
-    "other schedule.")
+    "other schedule."
+)
 
 
 class _MultistepFamily(BetaTableConverter):
@@ -381,32 +458,51 @@ class _MultistepFamily(BetaTableConverter):
     (``init_noise="unit"``), as those classes do."""
 
     spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
-    accepts = {**BetaTableConverter.accepts, **THRESHOLDING, "use_karras_sigmas": ANY, "use_lu_lambdas": ANY,
-               "use_exponential_sigmas": ANY, "final_sigmas_type": ("zero", "sigma_min"), "solver_order": (1, 2, 3),
-               "lower_order_final": ANY, "prediction_type": PREDICTIONS + ("flow_prediction",),
-               "use_flow_sigmas": ANY, "flow_shift": ANY, "use_dynamic_shifting": ANY,
-               "time_shift_type": ("exponential",), "shift_terminal": ANY}
+    accepts = {
+        **BetaTableConverter.accepts,
+        **THRESHOLDING,
+        "use_karras_sigmas": ANY,
+        "use_lu_lambdas": ANY,
+        "use_exponential_sigmas": ANY,
+        "final_sigmas_type": ("zero", "sigma_min"),
+        "solver_order": (1, 2, 3),
+        "lower_order_final": ANY,
+        "prediction_type": PREDICTIONS + ("flow_prediction",),
+        "use_flow_sigmas": ANY,
+        "flow_shift": ANY,
+        "use_dynamic_shifting": ANY,
+        "time_shift_type": ("exponential",),
+        "shift_terminal": ANY,
+    }
     FLOW_LEVELS: ClassVar[dict] = {"UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpmsolver"}
 
     def _flow_refusal(self, cfg) -> str | None:
         prediction = cfg.get("prediction_type", "epsilon")
         if not cfg.get("use_flow_sigmas"):
             if prediction == "flow_prediction":
-                return ("prediction_type='flow_prediction' needs use_flow_sigmas=True (diffusers would read a velocity "
-                        "against the β table's σ)")
+                return (
+                    "prediction_type='flow_prediction' needs use_flow_sigmas=True (diffusers would read a velocity "
+                    "against the β table's σ)"
+                )
             if cfg.get("use_dynamic_shifting"):
                 return "use_dynamic_shifting=True applies only with use_flow_sigmas=True"
             return None
         if prediction != "flow_prediction":
-            return (f"use_flow_sigmas=True with prediction_type={prediction!r}: diffusers converts that output with "
-                    "α = 1 − σ, which unisde converts only for flow_prediction (supported: 'flow_prediction')")
+            return (
+                f"use_flow_sigmas=True with prediction_type={prediction!r}: diffusers converts that output with "
+                "α = 1 − σ, which unisde converts only for flow_prediction (supported: 'flow_prediction')"
+            )
         for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"):
             if cfg.get(flag):
-                return (f"use_flow_sigmas=True with {flag}=True: diffusers spaces the β table's VE σ and then reads "
-                        "them as flow levels; unisde does not reproduce that mix")
+                return (
+                    f"use_flow_sigmas=True with {flag}=True: diffusers spaces the β table's VE σ and then reads "
+                    "them as flow levels; unisde does not reproduce that mix"
+                )
         if cfg.get("final_sigmas_type", "zero") != "zero":
-            return (f"use_flow_sigmas=True with final_sigmas_type={cfg.get('final_sigmas_type')!r}: diffusers' last "
-                    "step then ends at a β-table σ_min read as a flow level (or a zero-length step); supported: 'zero'")
+            return (
+                f"use_flow_sigmas=True with final_sigmas_type={cfg.get('final_sigmas_type')!r}: diffusers' last "
+                "step then ends at a β-table σ_min read as a flow level (or a zero-length step); supported: 'zero'"
+            )
         if not float(cfg.get("flow_shift", 1.0)) > 0:
             return f"flow_shift={cfg.get('flow_shift')!r} must be > 0"
         return None
@@ -414,15 +510,22 @@ class _MultistepFamily(BetaTableConverter):
     def schedule_keys(self, cfg):
         problem = self._flow_refusal(cfg)
         if problem:
-            raise ConversionError(f"{self.name} flag {problem}; it changes the schedule or time grid, so no sampler= "
-                                  "can stand in for it")
+            raise ConversionError(
+                f"{self.name} flag {problem}; it changes the schedule or time grid, so no sampler= can stand in for it"
+            )
         if not cfg.get("use_flow_sigmas"):
             return super().schedule_keys(cfg)
         options = {"levels": self.FLOW_LEVELS[self.name], "shift": float(cfg.get("flow_shift", 1.0))}
         schedule = {"name": "rectified-flow", "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
-        return {"schedule": schedule, "parameterization": "flow_prediction", "time_grid": "flow_match",
-                "time_grid_options": options, "sigmas_convention": "flow", "init_noise": "unit",
-                "timestep_rounding": "floor"}
+        return {
+            "schedule": schedule,
+            "parameterization": "flow_prediction",
+            "time_grid": "flow_match",
+            "time_grid_options": options,
+            "sigmas_convention": "flow",
+            "init_noise": "unit",
+            "timestep_rounding": "floor",
+        }
 
     def explicit_grid(self, cfg):
         return bool(cfg.get("use_flow_sigmas")) or super().explicit_grid(cfg)
@@ -434,24 +537,31 @@ class DPMSolverMultistepConverter(_MultistepFamily):
     def schedule_keys(self, cfg):
         out = super().schedule_keys(cfg)
         # diffusers rounds the model's timesteps on Karras/λ-uniform σ (not on the cosine table), not the σ's
-        if (cfg.get("use_karras_sigmas") or cfg.get("use_lu_lambdas")) and cfg.get("beta_schedule") != "squaredcos_cap_v2":
+        if (cfg.get("use_karras_sigmas") or cfg.get("use_lu_lambdas")) and cfg.get(
+            "beta_schedule"
+        ) != "squaredcos_cap_v2":
             out["timestep_rounding"] = "round"
         return out
 
     sampler = "dpmsolver++"
-    accepts = {**_MultistepFamily.accepts, "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", "dpmsolver",
-                                                             "sde-dpmsolver"),
-               "solver_type": ("midpoint", "heun"), "euler_at_final": ANY}
+    accepts = {
+        **_MultistepFamily.accepts,
+        "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"),
+        "solver_type": ("midpoint", "heun"),
+        "euler_at_final": ANY,
+    }
 
     def sampler_keys(self, cfg):
         return {"sampler": "dpmsolver++"}  # solver_order, algorithm_type, solver_type … reach it by option name
 
     def unsupported_combination(self, cfg):
         if cfg.get("algorithm_type") == "sde-dpmsolver++" and cfg.get("solver_order", 2) == 3:
-            return ("algorithm_type='sde-dpmsolver++' with solver_order=3: diffusers weighs SDE-3M's second "
-                    "difference differently from the published method unisde implements, so the images would differ; "
-                    "use solver_order=2, or run unisde's SDE-3M on purpose with sampler='dpmsolver++', "
-                    "sampler_options={'algorithm_type': 'sde-dpmsolver++', 'solver_order': 3}")
+            return (
+                "algorithm_type='sde-dpmsolver++' with solver_order=3: diffusers weighs SDE-3M's second "
+                "difference differently from the published method unisde implements, so the images would differ; "
+                "use solver_order=2, or run unisde's SDE-3M on purpose with sampler='dpmsolver++', "
+                "sampler_options={'algorithm_type': 'sde-dpmsolver++', 'solver_order': 3}"
+            )
         return None
 
     def closest_sampler(self):
@@ -477,8 +587,15 @@ class UniPCConverter(_MultistepFamily):
 class EDMEulerConverter(Converter):
     name = "EDMEulerScheduler"
     sampler = "edm"
-    accepts = {"sigma_min": ANY, "sigma_max": ANY, "sigma_data": ANY, "rho": ANY, "num_train_timesteps": ANY,
-               "sigma_schedule": ("karras", "exponential"), "prediction_type": ("epsilon",)}
+    accepts = {
+        "sigma_min": ANY,
+        "sigma_max": ANY,
+        "sigma_data": ANY,
+        "rho": ANY,
+        "num_train_timesteps": ANY,
+        "sigma_schedule": ("karras", "exponential"),
+        "prediction_type": ("epsilon",),
+    }
 
     def schedule_keys(self, cfg):
         smin, smax = float(cfg.get("sigma_min") or 0.002), float(cfg.get("sigma_max") or 80.0)
@@ -487,8 +604,13 @@ class EDMEulerConverter(Converter):
             out["schedule"] = {"name": "ve", "sigma_min": smin, "sigma_max": smax, "timestep_convention": "edm"}
             out["time_grid"] = "uniform_lambda"
         else:
-            out["schedule"] = {"name": "edm", "sigma_min": smin, "sigma_max": smax,
-                               "rho": float(cfg.get("rho", 7.0)), "timestep_convention": "edm"}
+            out["schedule"] = {
+                "name": "edm",
+                "sigma_min": smin,
+                "sigma_max": smax,
+                "rho": float(cfg.get("rho", 7.0)),
+                "timestep_convention": "edm",
+            }
             out["time_grid"] = "karras"
         return out
 
@@ -502,13 +624,27 @@ class EDMEulerConverter(Converter):
 class ScoreSdeVeConverter(Converter):
     name = "ScoreSdeVeScheduler"
     sampler = "pc"
-    accepts = {"sigma_min": ANY, "sigma_max": ANY, "sampling_eps": ANY, "num_train_timesteps": ANY, "snr": ANY,
-               "correct_steps": ANY}
+    accepts = {
+        "sigma_min": ANY,
+        "sigma_max": ANY,
+        "sampling_eps": ANY,
+        "num_train_timesteps": ANY,
+        "snr": ANY,
+        "correct_steps": ANY,
+    }
 
     def schedule_keys(self, cfg):
-        return {"schedule": {"name": "ve", "sigma_min": float(cfg.get("sigma_min", 0.01)),
-                             "sigma_max": float(cfg.get("sigma_max", 1348.0)), "timestep_convention": "sigma"},
-                "prediction_type": "score", "time_grid": "uniform_t", "t_min": float(cfg.get("sampling_eps", 1e-5))}
+        return {
+            "schedule": {
+                "name": "ve",
+                "sigma_min": float(cfg.get("sigma_min", 0.01)),
+                "sigma_max": float(cfg.get("sigma_max", 1348.0)),
+                "timestep_convention": "sigma",
+            },
+            "prediction_type": "score",
+            "time_grid": "uniform_t",
+            "t_min": float(cfg.get("sampling_eps", 1e-5)),
+        }
 
     def explicit_grid(self, cfg):
         return False
@@ -520,10 +656,18 @@ class DPMSolverSinglestepConverter(BetaTableConverter):
 
     name = "DPMSolverSinglestepScheduler"
     sampler = "dpmsolver_singlestep"
-    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, **THRESHOLDING, "use_karras_sigmas": ANY,
-               "use_exponential_sigmas": ANY, "final_sigmas_type": ("zero", "sigma_min"), "solver_order": (1, 2, 3),
-               "lower_order_final": ANY, "solver_type": ("midpoint", "heun"),
-               "algorithm_type": ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")}
+    accepts = {
+        **BETA_KEYS,
+        "prediction_type": PREDICTIONS,
+        **THRESHOLDING,
+        "use_karras_sigmas": ANY,
+        "use_exponential_sigmas": ANY,
+        "final_sigmas_type": ("zero", "sigma_min"),
+        "solver_order": (1, 2, 3),
+        "lower_order_final": ANY,
+        "solver_type": ("midpoint", "heun"),
+        "algorithm_type": ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+    }
 
     def schedule_keys(self, cfg):
         out = super().schedule_keys(cfg)
@@ -533,11 +677,16 @@ class DPMSolverSinglestepConverter(BetaTableConverter):
 
     @staticmethod
     def _diffusers_slip(cfg) -> bool:
-        return (cfg.get("algorithm_type") == "sde-dpmsolver++" and cfg.get("solver_type") == "heun"
-                and cfg.get("solver_order", 2) == 3)
+        return (
+            cfg.get("algorithm_type") == "sde-dpmsolver++"
+            and cfg.get("solver_type") == "heun"
+            and cfg.get("solver_order", 2) == 3
+        )
 
     def is_twin(self, cfg, sampler, sampler_options):
-        return not (sampler is not None and self._diffusers_slip(cfg)) and super().is_twin(cfg, sampler, sampler_options)
+        return not (sampler is not None and self._diffusers_slip(cfg)) and super().is_twin(
+            cfg, sampler, sampler_options
+        )
 
     def sampler_keys(self, cfg):
         if self._diffusers_slip(cfg):
@@ -546,7 +695,8 @@ class DPMSolverSinglestepConverter(BetaTableConverter):
                 "solver_order=3 are not supported together by unisde's conversion: diffusers weighs that step's second "
                 "difference by (1 − e^{−2h} − 2h)/(4h²) − ½ (the ½ with the wrong sign; the exact integral is "
                 "−c(2h)), and unisde does not reproduce the slip. Use solver_type='midpoint', solver_order 1 or 2, "
-                "or pass sampler='dpmsolver_singlestep' to run the exact third-order form")
+                "or pass sampler='dpmsolver_singlestep' to run the exact third-order form"
+            )
         return {"sampler": "dpmsolver_singlestep"}  # solver_order, solver_type, … reach it by option name
 
     def closest_sampler(self):
@@ -560,9 +710,18 @@ class LCMConverter(BetaTableConverter):
 
     name = "LCMScheduler"
     sampler = "lcm"
-    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, "rescale_betas_zero_snr": ANY, **CLIPPING, **THRESHOLDING,
-               "original_inference_steps": ANY, "timestep_scaling": ANY, "timestep_spacing": ANY, "steps_offset": ANY,
-               "set_alpha_to_one": ANY}
+    accepts = {
+        **BETA_KEYS,
+        "prediction_type": PREDICTIONS,
+        "rescale_betas_zero_snr": ANY,
+        **CLIPPING,
+        **THRESHOLDING,
+        "original_inference_steps": ANY,
+        "timestep_scaling": ANY,
+        "timestep_spacing": ANY,
+        "steps_offset": ANY,
+        "set_alpha_to_one": ANY,
+    }
 
     def schedule_keys(self, cfg):
         steps = cfg.get("original_inference_steps", self.defaults()["original_inference_steps"])
@@ -607,12 +766,20 @@ class DDIMInverseConverter(BetaTableConverter):
 
     name = "DDIMInverseScheduler"
     sampler = "ddim_inverse"
-    accepts = {**BETA_KEYS, "prediction_type": PREDICTIONS, "timestep_spacing": ("leading", "trailing"),
-               "steps_offset": ANY, "rescale_betas_zero_snr": ANY, "set_alpha_to_one": ANY, **CLIPPING}
+    accepts = {
+        **BETA_KEYS,
+        "prediction_type": PREDICTIONS,
+        "timestep_spacing": ("leading", "trailing"),
+        "steps_offset": ANY,
+        "rescale_betas_zero_snr": ANY,
+        "set_alpha_to_one": ANY,
+        **CLIPPING,
+    }
 
     def is_twin(self, cfg, sampler, sampler_options):
-        return not (sampler is not None and cfg.get("prediction_type", "epsilon") != "epsilon") and \
-            super().is_twin(cfg, sampler, sampler_options)
+        return not (sampler is not None and cfg.get("prediction_type", "epsilon") != "epsilon") and super().is_twin(
+            cfg, sampler, sampler_options
+        )
 
     def sampler_keys(self, cfg):
         prediction = cfg.get("prediction_type", "epsilon")
@@ -622,7 +789,8 @@ class DDIMInverseConverter(BetaTableConverter):
                 "(supported: 'epsilon'): diffusers converts the output of the model evaluated at each step's target "
                 "timestep with the coefficients of the step's start, which for this prediction type is not an estimate "
                 "unisde can reproduce; to invert this model with unisde's DDIM inversion pass "
-                "sampler='ddim_inverse' (or sampler='inverse' for any deterministic sampler)")
+                "sampler='ddim_inverse' (or sampler='inverse' for any deterministic sampler)"
+            )
         return {"sampler": "ddim_inverse", "sampler_options": {"diffusers_source_index": True}}
 
     def closest_sampler(self):
@@ -638,10 +806,22 @@ class FlowMatchEulerConverter(Converter):
 
     name = "FlowMatchEulerDiscreteScheduler"
     sampler = "ddim"
-    accepts = {"num_train_timesteps": ANY, "shift": ANY, "use_dynamic_shifting": ANY, "base_shift": ANY,
-               "max_shift": ANY, "base_image_seq_len": ANY, "max_image_seq_len": ANY, "shift_terminal": ANY,
-               "use_karras_sigmas": ANY, "use_exponential_sigmas": ANY, "use_beta_sigmas": ANY,
-               "time_shift_type": ("exponential", "linear"), "invert_sigmas": (False,), "stochastic_sampling": ANY}
+    accepts = {
+        "num_train_timesteps": ANY,
+        "shift": ANY,
+        "use_dynamic_shifting": ANY,
+        "base_shift": ANY,
+        "max_shift": ANY,
+        "base_image_seq_len": ANY,
+        "max_image_seq_len": ANY,
+        "shift_terminal": ANY,
+        "use_karras_sigmas": ANY,
+        "use_exponential_sigmas": ANY,
+        "use_beta_sigmas": ANY,
+        "time_shift_type": ("exponential", "linear"),
+        "invert_sigmas": (False,),
+        "stochastic_sampling": ANY,
+    }
     GRID_KEYS = ("num_train_timesteps", "shift", "use_dynamic_shifting", "time_shift_type", "shift_terminal")
 
     def schedule_keys(self, cfg):
@@ -649,13 +829,25 @@ class FlowMatchEulerConverter(Converter):
         value = {k: cfg.get(k, defaults[k]) for k in self.GRID_KEYS}
         if value["shift"] is None or not value["shift"] > 0:
             raise ConversionError(f"{self.name} shift={value['shift']!r} must be > 0")
-        spacing = ("karras" if cfg.get("use_karras_sigmas") else "exponential" if cfg.get("use_exponential_sigmas")
-                   else "beta" if cfg.get("use_beta_sigmas") else "linear")
+        spacing = (
+            "karras"
+            if cfg.get("use_karras_sigmas")
+            else "exponential"
+            if cfg.get("use_exponential_sigmas")
+            else "beta"
+            if cfg.get("use_beta_sigmas")
+            else "linear"
+        )
         options = {"spacing": spacing} if spacing != "linear" else {}
-        return {"schedule": {"name": "rectified-flow", "num_train_timesteps": int(value["num_train_timesteps"])},
-                "parameterization": "flow_prediction", "time_grid": "flow_match", "time_grid_options": options,
-                "sigmas_convention": "flow", "init_noise": "marginal",
-                "stochastic_sampling": False}  # translated into the sampler (lcm), not a UnifiedScheduler flag
+        return {
+            "schedule": {"name": "rectified-flow", "num_train_timesteps": int(value["num_train_timesteps"])},
+            "parameterization": "flow_prediction",
+            "time_grid": "flow_match",
+            "time_grid_options": options,
+            "sigmas_convention": "flow",
+            "init_noise": "marginal",
+            "stochastic_sampling": False,
+        }  # translated into the sampler (lcm), not a UnifiedScheduler flag
 
     def explicit_grid(self, cfg):
         return True  # the shift is part of how the model is meant to be sampled
@@ -681,8 +873,11 @@ class FlowMatchLCMConverter(FlowMatchEulerConverter):
 
     name = "FlowMatchLCMScheduler"
     sampler = "lcm"
-    accepts = {**{k: v for k, v in FlowMatchEulerConverter.accepts.items() if k != "stochastic_sampling"},
-               "scale_factors": (None,), "upscale_mode": ANY}
+    accepts = {
+        **{k: v for k, v in FlowMatchEulerConverter.accepts.items() if k != "stochastic_sampling"},
+        "scale_factors": (None,),
+        "upscale_mode": ANY,
+    }
 
     def sampler_keys(self, cfg):
         return {"sampler": "lcm", "sampler_options": {"boundary_condition": False}}
@@ -705,17 +900,27 @@ class LTXEulerAncestralRFConverter(FlowMatchEulerConverter):
     def unsupported_combination(self, cfg):
         eta, s_noise = float(cfg.get("eta", 1.0)), float(cfg.get("s_noise", 1.0))
         if not 0.0 <= eta <= 1.0 or s_noise < 0:
-            return (f"eta={eta}, s_noise={s_noise}: the RF down-step is converted for 0 <= eta <= 1 and s_noise >= 0 "
-                    "(beyond, σ_d leaves [0, σ′])")
+            return (
+                f"eta={eta}, s_noise={s_noise}: the RF down-step is converted for 0 <= eta <= 1 and s_noise >= 0 "
+                "(beyond, σ_d leaves [0, σ′])"
+            )
         if eta > 0 and s_noise == 0:
-            return (f"eta={eta} with s_noise=0.0: diffusers then skips the rescaling from σ_d to σ′ along with the "
-                    "noise, leaving each sample at the down-step level σ_d while the next step assumes σ′; unisde's "
-                    "ddim with ancestral='rf', s_noise=0 rescales (pass sampler='ddim' with those options)")
+            return (
+                f"eta={eta} with s_noise=0.0: diffusers then skips the rescaling from σ_d to σ′ along with the "
+                "noise, leaving each sample at the down-step level σ_d while the next step assumes σ′; unisde's "
+                "ddim with ancestral='rf', s_noise=0 rescales (pass sampler='ddim' with those options)"
+            )
         return None
 
     def sampler_keys(self, cfg):
-        return {"sampler": "ddim", "sampler_options": {"eta": float(cfg.get("eta", 1.0)), "ancestral": "rf",
-                                                       "s_noise": float(cfg.get("s_noise", 1.0))}}
+        return {
+            "sampler": "ddim",
+            "sampler_options": {
+                "eta": float(cfg.get("eta", 1.0)),
+                "ancestral": "rf",
+                "s_noise": float(cfg.get("s_noise", 1.0)),
+            },
+        }
 
 
 class FlowMatchHeunConverter(FlowMatchEulerConverter):
@@ -738,25 +943,46 @@ def _refusing(class_name: str, reason: str, *, gaussian: bool = False, base: typ
         gaussian = True
     elif gaussian is False and "Gaussian" not in reason and "flow" not in reason:
         reason = f"{reason} unisde does not read this class's schedule keys yet, so sampler= cannot stand in either."
-    return type(class_name.replace("Scheduler", "Converter"), (base,), {
-        "name": class_name, "sampler": None, "gaussian": gaussian, "closest_sampler": lambda self: closest,
-        "refusal": f"{reason} To run a unisde sampler on this model's schedule, pass sampler= "
-                   f"(e.g. UnifiedScheduler.from_config(config, sampler={closest!r}))." if gaussian else reason})
+    return type(
+        class_name.replace("Scheduler", "Converter"),
+        (base,),
+        {
+            "name": class_name,
+            "sampler": None,
+            "gaussian": gaussian,
+            "closest_sampler": lambda self: closest,
+            "refusal": f"{reason} To run a unisde sampler on this model's schedule, pass sampler= "
+            f"(e.g. UnifiedScheduler.from_config(config, sampler={closest!r}))."
+            if gaussian
+            else reason,
+        },
+    )
 
 
 _NO_TWIN_YET = "unisde has no sampler that reproduces its algorithm yet."
-_NON_GAUSSIAN = ("it is not a Gaussian (s, σ) diffusion (discrete/masked-token or another process), which unisde's "
-                 "samplers do not apply to.")
-_FLOW = ("flow-matching (rectified-flow) configs are not supported by this version of unisde; refusing rather than "
-         "running the model under a wrong (DDPM) schedule.")
+_NON_GAUSSIAN = (
+    "it is not a Gaussian (s, σ) diffusion (discrete/masked-token or another process), which unisde's "
+    "samplers do not apply to."
+)
+_FLOW = (
+    "flow-matching (rectified-flow) configs are not supported by this version of unisde; refusing rather than "
+    "running the model under a wrong (DDPM) schedule."
+)
 
 
 class _BetaRefusing(BetaTableConverter, Refusing):
     """A β-table class without a twin: its schedule, spacing, Karras/exponential σ and x̂0 post-processing are
     read, so ``sampler=`` runs a unisde sampler on it."""
 
-    accepts = {**BetaTableConverter.accepts, **CLIPPING, **THRESHOLDING, "use_karras_sigmas": ANY,
-               "use_exponential_sigmas": ANY, "use_lu_lambdas": ANY, "set_alpha_to_one": ANY}
+    accepts = {
+        **BetaTableConverter.accepts,
+        **CLIPPING,
+        **THRESHOLDING,
+        "use_karras_sigmas": ANY,
+        "use_exponential_sigmas": ANY,
+        "use_lu_lambdas": ANY,
+        "set_alpha_to_one": ANY,
+    }
 
 
 class _EDMRefusing(EDMEulerConverter, Refusing):
@@ -764,13 +990,15 @@ class _EDMRefusing(EDMEulerConverter, Refusing):
 
 
 REFUSING = (
-    _refusing("DPMSolverSDEScheduler", f"DPM-Solver++ SDE (Brownian tree): {_NO_TWIN_YET}", base=_BetaRefusing,
-              closest="sde"),
+    _refusing(
+        "DPMSolverSDEScheduler", f"DPM-Solver++ SDE (Brownian tree): {_NO_TWIN_YET}", base=_BetaRefusing, closest="sde"
+    ),
     _refusing("IPNDMScheduler", _IPNDM_REFUSAL, closest="ipndm"),
     _refusing("SASolverScheduler", f"SA-Solver: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
     _refusing("DPMSolverMultistepInverseScheduler", f"DPM-Solver inversion: {_NO_TWIN_YET}", base=_BetaRefusing),
-    _refusing("EDMDPMSolverMultistepScheduler", f"DPM-Solver++ on EDM's σ: {_NO_TWIN_YET}", base=_EDMRefusing,
-              closest="edm"),
+    _refusing(
+        "EDMDPMSolverMultistepScheduler", f"DPM-Solver++ on EDM's σ: {_NO_TWIN_YET}", base=_EDMRefusing, closest="edm"
+    ),
     _refusing("CosineDPMSolverMultistepScheduler", f"cosine-σ DPM-Solver++: {_NO_TWIN_YET}", closest="edm"),
     _refusing("CMStochasticIterativeScheduler", f"consistency-model sampling: {_NO_TWIN_YET}", closest="edm"),
     _refusing("UnCLIPScheduler", f"UnCLIP's DDPM variant: {_NO_TWIN_YET}", closest="ddpm"),
@@ -780,8 +1008,9 @@ REFUSING = (
     _refusing("DDPMWuerstchenScheduler", f"Würstchen's DDPM: {_NO_TWIN_YET}", closest="ddpm"),
     _refusing("DiscreteDDIMScheduler", f"discrete DDIM: {_NO_TWIN_YET}", base=_BetaRefusing),
     _refusing("KarrasVeScheduler", f"the stochastic Karras VE sampler: {_NO_TWIN_YET}", closest="edm"),
-    _refusing("RePaintScheduler", f"RePaint (inpainting resampling): {_NO_TWIN_YET}", base=_BetaRefusing,
-              closest="ddpm"),
+    _refusing(
+        "RePaintScheduler", f"RePaint (inpainting resampling): {_NO_TWIN_YET}", base=_BetaRefusing, closest="ddpm"
+    ),
     _refusing("FlowMapEulerDiscreteScheduler", _FLOW, gaussian=False),
     _refusing("HeliosScheduler", _FLOW, gaussian=False),
     _refusing("HeliosDMDScheduler", _FLOW, gaussian=False),
@@ -796,13 +1025,32 @@ REFUSING = (
     _refusing("RFD4ProteinaScheduler", _NON_GAUSSIAN, gaussian=False),
 )
 
-BUILTIN_CONVERTERS = (DDPMConverter, DDPMParallelConverter, DDIMConverter, DDIMParallelConverter, PNDMConverter,
-                      EulerConverter, EulerAncestralConverter, HeunConverter, LMSConverter,
-                      DPMSolverMultistepConverter, UniPCConverter, EDMEulerConverter, ScoreSdeVeConverter,
-                      KDPM2Converter, KDPM2AncestralConverter, DEISConverter,
-                      DPMSolverSinglestepConverter, LCMConverter, TCDConverter, DDIMInverseConverter,
-                      FlowMatchEulerConverter, FlowMatchHeunConverter, FlowMatchLCMConverter,
-                      LTXEulerAncestralRFConverter) + REFUSING
+BUILTIN_CONVERTERS = (
+    DDPMConverter,
+    DDPMParallelConverter,
+    DDIMConverter,
+    DDIMParallelConverter,
+    PNDMConverter,
+    EulerConverter,
+    EulerAncestralConverter,
+    HeunConverter,
+    LMSConverter,
+    DPMSolverMultistepConverter,
+    UniPCConverter,
+    EDMEulerConverter,
+    ScoreSdeVeConverter,
+    KDPM2Converter,
+    KDPM2AncestralConverter,
+    DEISConverter,
+    DPMSolverSinglestepConverter,
+    LCMConverter,
+    TCDConverter,
+    DDIMInverseConverter,
+    FlowMatchEulerConverter,
+    FlowMatchHeunConverter,
+    FlowMatchLCMConverter,
+    LTXEulerAncestralRFConverter,
+) + REFUSING
 
 
 @hookimpl
@@ -846,8 +1094,10 @@ def _keys_match(cfg: dict) -> str:
     best = max(score for score, _ in scored)
     tied = sorted(name for score, name in scored if score == best)
     if best < 0.5:
-        raise ConversionError(f"the config's keys {sorted(keys)} match no diffusers scheduler class; add "
-                              "'_class_name' (the source class) or pass the scheduler object itself")
+        raise ConversionError(
+            f"the config's keys {sorted(keys)} match no diffusers scheduler class; add "
+            "'_class_name' (the source class) or pass the scheduler object itself"
+        )
     if len(tied) > 1:
         conversions = set()
         for name in tied:
@@ -857,9 +1107,11 @@ def _keys_match(cfg: dict) -> str:
             except ConversionError as exc:
                 conversions.add(f"error: {exc}")
         if len(conversions) > 1:
-            raise ConversionError(f"the config's keys match {', '.join(tied)} equally, and they run different "
-                                  "algorithms; pass the scheduler object (from_config(pipe.scheduler)) or a config "
-                                  "with '_class_name'")
+            raise ConversionError(
+                f"the config's keys match {', '.join(tied)} equally, and they run different "
+                "algorithms; pass the scheduler object (from_config(pipe.scheduler)) or a config "
+                "with '_class_name'"
+            )
     return tied[0]
 
 
@@ -877,7 +1129,9 @@ def convert(config, sampler: str | None = None, sampler_options: dict | None = N
     """The unisde keys that reproduce a diffusers scheduler config (see :class:`Converter`)."""
     name = source_class(config, obj)
     if name not in list_converters():
-        raise ConversionError(f"no unisde converter for the diffusers scheduler class {name!r}; classes with one: "
-                              f"{_fmt(list_converters())}. Pass sampler= with a config whose schedule unisde reads, or "
-                              "register a converter (docs/plugins.md)")
+        raise ConversionError(
+            f"no unisde converter for the diffusers scheduler class {name!r}; classes with one: "
+            f"{_fmt(list_converters())}. Pass sampler= with a config whose schedule unisde reads, or "
+            "register a converter (docs/plugins.md)"
+        )
     return get_converter(name)().convert(dict(config), sampler, sampler_options)

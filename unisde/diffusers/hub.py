@@ -9,8 +9,17 @@ from __future__ import annotations
 import os
 
 PIPELINE_REQUIRED = ("model_index.json", "unet", "scheduler")
-IGNORE_PATTERNS = ("checkpoint-*", ".checkpoint-*", ".pipeline-*", "logs/*", "logs", "*.tmp", "*.old", "*.old/*",
-                   "unisde_run.json")
+IGNORE_PATTERNS = (
+    "checkpoint-*",
+    ".checkpoint-*",
+    ".pipeline-*",
+    "logs/*",
+    "logs",
+    "*.tmp",
+    "*.old",
+    "*.old/*",
+    "unisde_run.json",
+)
 """Training state that stays local: accelerate checkpoints, temporaries, tracker logs, the run fingerprint."""
 
 
@@ -20,8 +29,10 @@ def check_pipeline_folder(path: str) -> None:
         raise ValueError(f"{path!r} is not a directory")
     missing = [name for name in PIPELINE_REQUIRED if not os.path.exists(os.path.join(path, name))]
     if missing:
-        raise ValueError(f"{path!r} is not a diffusers pipeline folder: missing {', '.join(missing)} "
-                         "(train one with `unisde train --output_dir ...`)")
+        raise ValueError(
+            f"{path!r} is not a diffusers pipeline folder: missing {', '.join(missing)} "
+            "(train one with `unisde train --output_dir ...`)"
+        )
 
 
 def files_to_upload(path: str, ignore_patterns=IGNORE_PATTERNS) -> list[str]:
@@ -35,8 +46,16 @@ def files_to_upload(path: str, ignore_patterns=IGNORE_PATTERNS) -> list[str]:
     return sorted(filter_repo_objects(rel, ignore_patterns=list(ignore_patterns)))
 
 
-def push_folder(path: str, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                commit_message: str | None = None, revision: str | None = None, api=None) -> str:
+def push_folder(
+    path: str,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    api=None,
+) -> str:
     """Create ``repo_id`` (a model repo; no error if it exists) and upload the pipeline folder ``path`` to it,
     leaving out training state (``IGNORE_PATTERNS``). Returns the commit URL."""
     from huggingface_hub import HfApi
@@ -47,9 +66,15 @@ def push_folder(path: str, repo_id: str, *, token: str | None = None, private: b
     api = api or HfApi(token=token)
     repo_url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True, token=token)
     repo_id = getattr(repo_url, "repo_id", None) or repo_id
-    info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=path, token=token, revision=revision,
-                             commit_message=commit_message or "Upload unisde pipeline",
-                             ignore_patterns=list(IGNORE_PATTERNS))
+    info = api.upload_folder(
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=path,
+        token=token,
+        revision=revision,
+        commit_message=commit_message or "Upload unisde pipeline",
+        ignore_patterns=list(IGNORE_PATTERNS),
+    )
     return str(getattr(info, "commit_url", info))
 
 

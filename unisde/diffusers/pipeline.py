@@ -11,8 +11,16 @@ def _scheduler_keys() -> set:
     return set(inspect.signature(UnifiedScheduler.__init__).parameters) - {"self"}
 
 
-def load_pipeline(path_or_repo_id: str, sampler: str | None = None, *, sampler_options: dict | None = None,
-                  device=None, torch_dtype=None, pipeline_kwargs: dict | None = None, **options):
+def load_pipeline(
+    path_or_repo_id: str,
+    sampler: str | None = None,
+    *,
+    sampler_options: dict | None = None,
+    device=None,
+    torch_dtype=None,
+    pipeline_kwargs: dict | None = None,
+    **options,
+):
     """Load a diffusers pipeline and give it a :class:`~unisde.scheduler.UnifiedScheduler`.
 
     ``path_or_repo_id``: a pipeline folder (e.g. the ``--output_dir`` of ``unisde train``) or a Hub repo id;
@@ -26,8 +34,8 @@ def load_pipeline(path_or_repo_id: str, sampler: str | None = None, *, sampler_o
     """
     from diffusers import DiffusionPipeline
 
-    from unisde.plugins import get_sampler
     from unisde.diffusers.scheduler import UnifiedScheduler
+    from unisde.plugins import get_sampler
 
     if sampler is not None:
         get_sampler(sampler)  # unknown name → ValueError listing the samplers, before any download
@@ -49,7 +57,9 @@ def load_pipeline(path_or_repo_id: str, sampler: str | None = None, *, sampler_o
         if sampler is not None and isinstance(current, UnifiedScheduler) and sampler != cfg.get("sampler"):
             overrides["sampler_options"] = {}  # the recorded options belong to the recorded sampler
         if user_options:
-            base = overrides.get("sampler_options", cfg.get("sampler_options") if isinstance(current, UnifiedScheduler) else {})
+            base = overrides.get(
+                "sampler_options", cfg.get("sampler_options") if isinstance(current, UnifiedScheduler) else {}
+            )
             overrides["sampler_options"] = {**(base or {}), **user_options}
         if sampler is not None:
             overrides["sampler"] = sampler

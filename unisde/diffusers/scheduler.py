@@ -23,19 +23,26 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from unisde._tensor import DTYPE, unknown_name_error
+from unisde.core.schedule import NoiseSchedule
+from unisde.grids import build_grid, get_grid, list_grids
 from unisde.parameterizations import schedule_coefficients
 from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, fed_timesteps
-from unisde.plugins import get_parameterization, get_sampler, list_samplers
-from unisde.grids import build_grid, get_grid, list_grids
-from unisde.core.schedule import NoiseSchedule
+from unisde.plugins import get_parameterization, get_sampler
 from unisde.sampling import check_sampler_output, finite_probe, non_finite_origin
 
 COMPATIBLE_SCHEDULERS = [
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
-    "EDMEulerScheduler", "ScoreSdeVeScheduler",
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "EDMEulerScheduler",
+    "ScoreSdeVeScheduler",
 ]
-
 
 
 class _LoopState:
@@ -86,8 +93,11 @@ def _serialised(method):
 
 def _state_field(name: str, doc: str = ""):
     """``self._<name>`` of UnifiedScheduler, stored in the current :class:`_LoopState`."""
-    return property(lambda self: getattr(self._state, name), lambda self, value: setattr(self._state, name, value),
-                    doc=doc or f"The current loop state's {name}.")
+    return property(
+        lambda self: getattr(self._state, name),
+        lambda self, value: setattr(self._state, name, value),
+        doc=doc or f"The current loop state's {name}.",
+    )
 
 
 class UnifiedScheduler(SchedulerMixin, ConfigMixin):
@@ -224,12 +234,17 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         if time_grid_options is not None and not isinstance(time_grid_options, dict):
             raise ValueError(f"time_grid_options must be a dict, got {type(time_grid_options).__name__}")
         spacing = (time_grid_options or {}).get("spacing")
-        for flag, value in (("use_flow_sigmas", use_flow_sigmas and time_grid != "flow_match"),
-                            ("use_beta_sigmas", use_beta_sigmas and spacing != "beta"),
-                            ("invert_sigmas", invert_sigmas), ("stochastic_sampling", stochastic_sampling)):
+        for flag, value in (
+            ("use_flow_sigmas", use_flow_sigmas and time_grid != "flow_match"),
+            ("use_beta_sigmas", use_beta_sigmas and spacing != "beta"),
+            ("invert_sigmas", invert_sigmas),
+            ("stochastic_sampling", stochastic_sampling),
+        ):
             if value:  # these change the grid or the algorithm; converters translate them into grids and samplers
-                raise ValueError(f"{flag}=True is not supported in a UnifiedScheduler config; choose the time grid "
-                                 f"(time_grid=..., one of {', '.join(list_grids())}) and the sampler instead")
+                raise ValueError(
+                    f"{flag}=True is not supported in a UnifiedScheduler config; choose the time grid "
+                    f"(time_grid=..., one of {', '.join(list_grids())}) and the sampler instead"
+                )
         if timestep_rounding not in TIMESTEP_ROUNDINGS:
             raise unknown_name_error("timestep_rounding", timestep_rounding, TIMESTEP_ROUNDINGS)
         if sigmas_convention not in ("ve", "flow"):
@@ -242,8 +257,15 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             self.noise_schedule = NoiseSchedule.from_config(schedule)
         else:
             self.noise_schedule = NoiseSchedule.from_diffusers_config(
-                {"num_train_timesteps": num_train_timesteps, "beta_start": beta_start, "beta_end": beta_end,
-                 "beta_schedule": beta_schedule, "trained_betas": trained_betas, "rescale_betas_zero_snr": rescale_betas_zero_snr})
+                {
+                    "num_train_timesteps": num_train_timesteps,
+                    "beta_start": beta_start,
+                    "beta_end": beta_end,
+                    "beta_schedule": beta_schedule,
+                    "trained_betas": trained_betas,
+                    "rescale_betas_zero_snr": rescale_betas_zero_snr,
+                }
+            )
         param_name = parameterization or prediction_type
         param_options = {"sigma_data": sigma_data} if param_name == "edm" else {}
         self.parameterization = get_parameterization(param_name, **param_options)
@@ -254,8 +276,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._sampler = self.sampler_cls(self.noise_schedule, **self.sampler_options)
         grid = get_grid(self._grid_kind())
         if use_dynamic_shifting and "use_dynamic_shifting" not in grid.options:
-            raise ValueError(f"use_dynamic_shifting=True needs a flow-matching time grid (time_grid='flow_match'); "
-                             f"the time grid {grid.name!r} has no dynamic shifting")
+            raise ValueError(
+                f"use_dynamic_shifting=True needs a flow-matching time grid (time_grid='flow_match'); "
+                f"the time grid {grid.name!r} has no dynamic shifting"
+            )
         grid.validate(self._grid_options(None))
         # x̂0 post-processing flags, read once here rather than through the config on every step.
         self._threshold = (dynamic_thresholding_ratio, sample_max_value) if thresholding else None
@@ -302,8 +326,12 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         cfg.pop("_use_default_values", None)
         own = cfg.get("_class_name") == cls.__name__ or "sampler" in cfg or type(source).__name__ == cls.__name__
         if cfg and not own:
-            derived = convert(config if source is None else source.config, kwargs.get("sampler"),
-                              kwargs.get("sampler_options"), obj=source)
+            derived = convert(
+                config if source is None else source.config,
+                kwargs.get("sampler"),
+                kwargs.get("sampler_options"),
+                obj=source,
+            )
             if "prediction_type" in kwargs or "parameterization" in kwargs:  # the caller says what the model predicts
                 derived.pop("parameterization", None)
                 derived.pop("prediction_type", None)
@@ -364,8 +392,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         options.update(cfg.get("time_grid_options") or {})
         if mu is not None:
             if "mu" not in grid.options:
-                raise ValueError(f"set_timesteps(mu={mu}): the time grid {grid.name!r} has no dynamic shifting "
-                                 "(mu applies to flow-matching grids with use_dynamic_shifting)")
+                raise ValueError(
+                    f"set_timesteps(mu={mu}): the time grid {grid.name!r} has no dynamic shifting "
+                    "(mu applies to flow-matching grids with use_dynamic_shifting)"
+                )
             options["mu"] = mu
         for name, value in call.items():
             if value is None or (name == "strength" and value == 1.0 and name not in grid.options):
@@ -376,9 +406,16 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         return options
 
     @_serialised
-    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      timesteps: list | None = None, sigmas: list | None = None, mu: float | None = None,
-                      original_inference_steps: int | None = None, strength: float | None = None):
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list | None = None,
+        sigmas: list | None = None,
+        mu: float | None = None,
+        original_inference_steps: int | None = None,
+        strength: float | None = None,
+    ):
         """Choose the time grid and precompute every coefficient (float64, cast once to the sample's dtype).
 
         Exactly one of ``num_inference_steps``, ``timesteps`` (on the model's timestep scale, descending) and
@@ -390,8 +427,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             except (RuntimeError, TypeError, ValueError):
                 raise ValueError(f"set_timesteps(device={device!r}): not a torch device") from None
             if kind == "meta":
-                raise ValueError("set_timesteps(device='meta'): the meta device holds no data; pass the device the "
-                                 "model and the sample are on")
+                raise ValueError(
+                    "set_timesteps(device='meta'): the meta device holds no data; pass the device the "
+                    "model and the sample are on"
+                )
         cfg = self.config
         sched, param = self.noise_schedule, self.parameterization
         sampler = self.sampler_cls(sched, **self.sampler_options)
@@ -405,25 +444,42 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         given_model_t = None  # FlowMatch's timesteps passed with sigmas: fed to the model as given (CogView4)
         if cfg.sigmas_convention == "flow":
             if timesteps is not None and sigmas is None:
-                raise ValueError("this scheduler follows FlowMatch conventions: pass sigmas (flow noise levels in "
-                                 "[0, 1]) or num_inference_steps, not timesteps alone (timesteps are taken only "
-                                 "together with sigmas, as the model's timesteps)")
+                raise ValueError(
+                    "this scheduler follows FlowMatch conventions: pass sigmas (flow noise levels in "
+                    "[0, 1]) or num_inference_steps, not timesteps alone (timesteps are taken only "
+                    "together with sigmas, as the model's timesteps)"
+                )
             if sigmas is not None:  # the grid's base levels, shifted by the grid as the source scheduler does
                 sigmas = sigmas.tolist() if hasattr(sigmas, "tolist") else list(sigmas)
                 if num_inference_steps is not None and num_inference_steps != len(sigmas):
                     raise ValueError(f"num_inference_steps={num_inference_steps} but {len(sigmas)} sigmas were given")
                 if timesteps is not None:
-                    given_model_t = np.asarray(timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps,
-                                               dtype=np.float64).astype(np.float32).astype(np.float64)
+                    given_model_t = (
+                        np.asarray(
+                            timesteps.cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64
+                        )
+                        .astype(np.float32)
+                        .astype(np.float64)
+                    )
                     if given_model_t.shape != (len(sigmas),):
-                        raise ValueError(f"{given_model_t.size} timesteps but {len(sigmas)} sigmas were given; "
-                                         "pass one timestep per sigma")
+                        raise ValueError(
+                            f"{given_model_t.size} timesteps but {len(sigmas)} sigmas were given; "
+                            "pass one timestep per sigma"
+                        )
                     timesteps = None
                 options["base_sigmas"], num_inference_steps, sigmas = [float(v) for v in sigmas], len(sigmas), None
         if keep_final:
             options["keep_final"] = True
-        grid = build_grid(sched, param, num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-                          kind=self._grid_kind(), final_time=final, **options)
+        grid = build_grid(
+            sched,
+            param,
+            num_inference_steps=num_inference_steps,
+            timesteps=timesteps,
+            sigmas=sigmas,
+            kind=self._grid_kind(),
+            final_time=final,
+            **options,
+        )
         eval_t = sampler.prepare(grid)
         a, b = param.coefficients(sched, eval_t)
         c_in = param.input_scale(sched, eval_t)
@@ -448,7 +504,12 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             self.sigmas = (sig_all / (s_all + sig_all)).to(torch.float32).to(device)
         else:
             s_all, sig_all = schedule_coefficients(sched, grid)
-            ve = torch.cat([(sig_all[:-1] / s_all[:-1]), torch.zeros(1, dtype=DTYPE) if float(grid[-1]) == 0 else sig_all[-1:] / s_all[-1:]])
+            ve = torch.cat(
+                [
+                    (sig_all[:-1] / s_all[:-1]),
+                    torch.zeros(1, dtype=DTYPE) if float(grid[-1]) == 0 else sig_all[-1:] / s_all[-1:],
+                ]
+            )
             self.sigmas = ve.to(torch.float32).to(device)
         self.num_inference_steps = int(grid.numel() - 1)
         self._step_index = None
@@ -469,11 +530,16 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 st.step_index = k
                 return
         shown = ", ".join(f"{t:.6g}" for t in st.t_list[:6]) + (" …" if len(st.t_list) > 6 else "")
-        raise ValueError(f"timestep {value!r} is not on the current grid ({shown}); call set_timesteps again or pass one of scheduler.timesteps")
+        raise ValueError(
+            f"timestep {value!r} is not on the current grid ({shown}); call set_timesteps again or pass one of "
+            "scheduler.timesteps"
+        )
 
     def _time_of(self, timestep) -> torch.Tensor:
-        return self.parameterization.t_from_model_time(self.noise_schedule, torch.as_tensor(
-            timestep.detach().cpu() if isinstance(timestep, torch.Tensor) else timestep, dtype=DTYPE))
+        return self.parameterization.t_from_model_time(
+            self.noise_schedule,
+            torch.as_tensor(timestep.detach().cpu() if isinstance(timestep, torch.Tensor) else timestep, dtype=DTYPE),
+        )
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The model's input c_in · x (x itself for ε/x0/v/score models); valid before ``set_timesteps`` too."""
@@ -481,16 +547,29 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             if timestep is None:
                 return sample
             c = self.parameterization.input_scale(self.noise_schedule, self._time_of(timestep))
-            return sample * c.to(sample.dtype).to(sample.device).reshape(c.shape + (1,) * (sample.ndim - c.ndim)) if c.ndim else sample * float(c)
+            return (
+                sample * c.to(sample.dtype).to(sample.device).reshape(c.shape + (1,) * (sample.ndim - c.ndim))
+                if c.ndim
+                else sample * float(c)
+            )
         st = self._owned_state("scale_model_input()")
         if st.step_index is None:
             self._init_step_index(timestep, st)
         c = st.c_in[min(st.step_index, len(st.c_in) - 1)]
         return sample if c == 1.0 else sample * c
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float | None = None,
-             use_clipped_model_output: bool | None = None, generator: torch.Generator | None = None,
-             variance_noise: torch.Tensor | None = None, return_dict: bool = True, **kwargs):
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        eta: float | None = None,
+        use_clipped_model_output: bool | None = None,
+        generator: torch.Generator | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ):
         """Advance one model evaluation. ``eta`` (DDIM pipelines) applies to samplers with an ``eta`` option
         unless the user fixed it in ``sampler_options``; ``generator`` drives every noise draw.
 
@@ -500,22 +579,35 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         new sample (:func:`unisde.sampling.finite_probe`: at once on the CPU, at the last step elsewhere). One
         scheduler runs one loop at a time, in the thread that called ``set_timesteps`` (:class:`_LoopState`)."""
         if self.timesteps is None:
-            raise ValueError("step() called before set_timesteps(); call scheduler.set_timesteps(num_inference_steps) first")
+            raise ValueError(
+                "step() called before set_timesteps(); call scheduler.set_timesteps(num_inference_steps) first"
+            )
         st = self._owned_state("step()")
         if st.copied_mid_loop:
-            raise ValueError("this scheduler was copied (copy.deepcopy or pickle) in the middle of a sampling loop, which "
-                             "a copy cannot continue; call set_timesteps on the copy first")
+            raise ValueError(
+                "this scheduler was copied (copy.deepcopy or pickle) in the middle of a sampling loop, which "
+                "a copy cannot continue; call set_timesteps on the copy first"
+            )
         if not isinstance(model_output, torch.Tensor) or not model_output.is_floating_point():
-            raise ValueError(f"model_output must be a floating-point tensor, got {getattr(model_output, 'dtype', type(model_output).__name__)}")
+            raise ValueError(
+                f"model_output must be a floating-point tensor, got "
+                f"{getattr(model_output, 'dtype', type(model_output).__name__)}"
+            )
         if not isinstance(sample, torch.Tensor) or not sample.is_floating_point():
-            raise ValueError(f"sample must be a floating-point tensor, got {getattr(sample, 'dtype', type(sample).__name__)}")
+            raise ValueError(
+                f"sample must be a floating-point tensor, got {getattr(sample, 'dtype', type(sample).__name__)}"
+            )
         if sample.is_meta or model_output.is_meta:
-            raise ValueError("the sample or model output is on the meta device (a tensor without data, as a model "
-                             "initialised with init_empty_weights / device='meta' returns): load real weights and move "
-                             "the model and the sample to a real device before sampling")
+            raise ValueError(
+                "the sample or model output is on the meta device (a tensor without data, as a model "
+                "initialised with init_empty_weights / device='meta' returns): load real weights and move "
+                "the model and the sample to a real device before sampling"
+            )
         if model_output.device != sample.device:
-            raise ValueError(f"model_output is on {model_output.device} but the sample is on {sample.device}; "
-                             "move both to one device")
+            raise ValueError(
+                f"model_output is on {model_output.device} but the sample is on {sample.device}; "
+                "move both to one device"
+            )
         if st.step_index is None:
             self._init_step_index(timestep, st)
         k = st.step_index
@@ -523,11 +615,18 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"all {len(st.t_list)} steps of the current grid are done; call set_timesteps again")
         extra = None
         if model_output.shape != sample.shape:
-            if model_output.ndim == sample.ndim and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:] and model_output.shape[0] == sample.shape[0]:
+            if (
+                model_output.ndim == sample.ndim
+                and model_output.shape[1] == 2 * sample.shape[1]
+                and model_output.shape[2:] == sample.shape[2:]
+                and model_output.shape[0] == sample.shape[0]
+            ):
                 model_output, extra = torch.split(model_output, sample.shape[1], dim=1)
             else:
-                raise ValueError(f"model_output has shape {tuple(model_output.shape)} but the sample has {tuple(sample.shape)} "
-                                 f"(or twice its channels for a learned variance)")
+                raise ValueError(
+                    f"model_output has shape {tuple(model_output.shape)} but the sample has {tuple(sample.shape)} "
+                    f"(or twice its channels for a learned variance)"
+                )
         if model_output.dtype != sample.dtype:
             model_output = model_output.to(sample.dtype)
         if self._check:
@@ -550,8 +649,12 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             ok = finite_probe(prev)
             if ok is False:
                 st.step_index, st.loop = None, None
-                raise ValueError("sampling stopped: " + non_finite_origin(
-                    f"step {k} (timestep {st.t_list[k]:.6g})", sample, model_output, "model output", raw, sampler))
+                raise ValueError(
+                    "sampling stopped: "
+                    + non_finite_origin(
+                        f"step {k} (timestep {st.t_list[k]:.6g})", sample, model_output, "model output", raw, sampler
+                    )
+                )
             if ok is not True:
                 st.finite_flags.append(("sample", k, ok))
         st.step_index = k + 1
@@ -575,11 +678,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             return st
         names = {t.ident: t.name for t in threading.enumerate()}
         owner_name = st.__dict__.get("owner_name") or names.get(owner, f"ident {owner}")
-        raise ValueError(f"UnifiedScheduler used by two threads at once: thread {threading.current_thread().name!r} "
-                         f"called {what} while the current sampling loop belongs to thread {owner_name!r} (set_timesteps "
-                         "was called there). A scheduler holds the state of one loop, so sharing one would silently mix "
-                         "the threads' samples. Give each thread its own scheduler: copy.deepcopy(scheduler) (cheap), or "
-                         "call set_timesteps in the thread that steps.")
+        raise ValueError(
+            f"UnifiedScheduler used by two threads at once: thread {threading.current_thread().name!r} "
+            f"called {what} while the current sampling loop belongs to thread {owner_name!r} (set_timesteps "
+            "was called there). A scheduler holds the state of one loop, so sharing one would silently mix "
+            "the threads' samples. Give each thread its own scheduler: copy.deepcopy(scheduler) (cheap), or "
+            "call set_timesteps in the thread that steps."
+        )
 
     def _advance(self, k, sample, denoised, raw, extra, generator, eta, state=None):
         """Send evaluation k's (sample, x̂0) into the sampler's loop and return the sample it asks for next (or its
@@ -617,8 +722,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         ok = finite_probe(model_output)
         if ok is False:
             st.step_index = None
-            raise ValueError(f"the model output at step {k} (timestep {st.t_list[k]:.6g}) contains NaN or inf; "
-                             "sampling stopped before it reached the sample")
+            raise ValueError(
+                f"the model output at step {k} (timestep {st.t_list[k]:.6g}) contains NaN or inf; "
+                "sampling stopped before it reached the sample"
+            )
         if ok is not True:
             st.finite_flags.append(("model", k, ok))
 
@@ -636,12 +743,16 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                     raise ValueError(f"the model output at step {k} (timestep {st.t_list[k]:.6g}) contained NaN or inf")
                 from unisde.plugins import describe_origin
 
-                raise ValueError(f"the sample returned by {describe_origin('sampler', st.sampler)} at step {k} (timestep "
-                                 f"{st.t_list[k]:.6g}) contained NaN or inf although the model output's probe was finite")
+                raise ValueError(
+                    f"the sample returned by {describe_origin('sampler', st.sampler)} at step {k} (timestep "
+                    f"{st.t_list[k]:.6g}) contained NaN or inf although the model output's probe was finite"
+                )
         if not bool(torch.isfinite(prev).all()):
             st.step_index = None
-            raise ValueError(f"the final sample contains NaN or inf: a model output, or the sampler's arithmetic, at or "
-                             f"before the last step (step {len(st.t_list) - 1}, timestep {st.t_list[-1]:.6g}) was not finite")
+            raise ValueError(
+                f"the final sample contains NaN or inf: a model output, or the sampler's arithmetic, at or "
+                f"before the last step (step {len(st.t_list) - 1}, timestep {st.t_list[-1]:.6g}) was not finite"
+            )
 
     def _postprocess(self, x0: torch.Tensor) -> torch.Tensor:
         if self._threshold is not None:
@@ -652,8 +763,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ ScoreSdeVePipeline interface
     @_serialised
-    def set_sigmas(self, num_inference_steps: int, sigma_min: float | None = None, sigma_max: float | None = None,
-                   sampling_eps: float | None = None):
+    def set_sigmas(
+        self,
+        num_inference_steps: int,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        sampling_eps: float | None = None,
+    ):
         """ScoreSdeVePipeline's loop: per pipeline step i it feeds the model ``sigmas[i]``, calls ``step_correct``
         ``config.correct_steps`` times and ``step_pred`` once. Here the pipeline steps are the runs of equal
         evaluation times of the sampler (``pc``: correct_steps + 1 evaluations at each grid time; one-call
@@ -662,9 +778,15 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         entry per run. The noise range is the config's (σ_min, σ_max, sampling_eps); other values are a ValueError.
         """
         for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("sampling_eps", sampling_eps)):
-            if value is not None and self.config.get(name) is not None and not math.isclose(float(value), float(self.config[name]), rel_tol=1e-6):
-                raise ValueError(f"set_sigmas({name}={value}) differs from the scheduler config's {name}={self.config[name]}; "
-                                 "the noise range is fixed by the config")
+            if (
+                value is not None
+                and self.config.get(name) is not None
+                and not math.isclose(float(value), float(self.config[name]), rel_tol=1e-6)
+            ):
+                raise ValueError(
+                    f"set_sigmas({name}={value}) differs from the scheduler config's {name}={self.config[name]}; "
+                    "the noise range is fixed by the config"
+                )
         if self._eval_times is None or self.num_inference_steps != num_inference_steps or getattr(self, "_runs", None):
             self.set_timesteps(num_inference_steps)
         self._owned_state("set_sigmas()")
@@ -677,8 +799,11 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 runs.append(1)
                 starts.append(k)
         if max(runs) > per_call:
-            raise ValueError(f"sampler {self.config.sampler!r} evaluates the model {max(runs)} times at one time, but "
-                             f"ScoreSdeVePipeline makes correct_steps + 1 = {per_call} calls per step; set correct_steps >= {max(runs) - 1}")
+            raise ValueError(
+                f"sampler {self.config.sampler!r} evaluates the model {max(runs)} times at one time, but "
+                f"ScoreSdeVePipeline makes correct_steps + 1 = {per_call} calls per step; set correct_steps >= "
+                f"{max(runs) - 1}"
+            )
         device = self.timesteps.device
         self._runs, self._run_index, self._run_calls = runs, 0, 0
         self.timesteps = torch.tensor([self._t_list[k] for k in starts], dtype=self.timesteps.dtype, device=device)
@@ -690,27 +815,42 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         st = self._owned_state("step_correct()/step_pred()")
         runs = st.runs
         if not runs:
-            raise ValueError("step_correct/step_pred need set_sigmas(num_inference_steps) first (ScoreSdeVePipeline calls it)")
+            raise ValueError(
+                "step_correct/step_pred need set_sigmas(num_inference_steps) first (ScoreSdeVePipeline calls it)"
+            )
         i = st.run_index
         if i >= len(runs):
             raise ValueError(f"all {len(runs)} steps of the current grid are done; call set_sigmas again")
         per_call = int(self.config.correct_steps) + 1
         call = st.run_calls
         if final and call != per_call - 1 or not final and call >= per_call - 1:
-            raise ValueError(f"ScoreSdeVe loop out of order at step {i}: expected {per_call - 1} step_correct calls before step_pred")
+            raise ValueError(
+                f"ScoreSdeVe loop out of order at step {i}: expected {per_call - 1} step_correct calls before step_pred"
+            )
         st.run_calls = call + 1
         if call < per_call - runs[i]:  # this run has fewer evaluations than the pipeline makes calls
             return sample
         return self.step(model_output, st.t_list[st.step_index], sample, generator=generator).prev_sample
 
-    def step_correct(self, model_output: torch.Tensor, sample: torch.Tensor, generator: torch.Generator | None = None,
-                     return_dict: bool = True):
+    def step_correct(
+        self,
+        model_output: torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
         """A corrector call of ScoreSdeVePipeline (see :meth:`set_sigmas`)."""
         prev = self._run_call(model_output, sample, generator, final=False)
         return UnifiedSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
-    def step_pred(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator: torch.Generator | None = None,
-                  return_dict: bool = True):
+    def step_pred(
+        self,
+        model_output: torch.Tensor,
+        timestep,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ):
         """The predictor call of ScoreSdeVePipeline (see :meth:`set_sigmas`). ``prev_sample_mean`` equals
         ``prev_sample``: the pipeline reads it after the last step only, where samplers return the noise-free
         mean (``pc``'s final predictor step adds no noise)."""
@@ -736,8 +876,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         unshifted timesteps); None when any value is not on the grid."""
         if self.config.sigmas_convention != "flow" or self._eval_times is None:
             return None
-        values = torch.as_tensor(timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps,
-                                 dtype=DTYPE).reshape(-1)
+        values = torch.as_tensor(
+            timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=DTYPE
+        ).reshape(-1)
         grid = torch.tensor(self._t_list, dtype=DTYPE)
         hit = (grid[None, :] - values[:, None]).abs() <= 1e-4 * grid.abs().clamp(min=1.0)[None, :]
         if not bool(hit.any(dim=1).all()):
@@ -806,6 +947,10 @@ class SdeVeCompatibleOutput(BaseOutput):
 def _dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Imagen's dynamic thresholding (Saharia et al. 2022): clip x̂0 to the ratio-quantile of |x̂0| per sample."""
     dtype = x0.dtype
-    flat = x0.float().reshape(x0.shape[0], -1) if dtype not in (torch.float32, torch.float64) else x0.reshape(x0.shape[0], -1)
+    flat = (
+        x0.float().reshape(x0.shape[0], -1)
+        if dtype not in (torch.float32, torch.float64)
+        else x0.reshape(x0.shape[0], -1)
+    )
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)

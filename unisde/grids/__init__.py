@@ -28,8 +28,17 @@ import torch
 from unisde._tensor import DTYPE, closest, unknown_name_error
 from unisde.core.schedule import NoiseSchedule
 
-GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep",
-         "uniform_t", "uniform_lambda", "karras")  # the built-in grids (every registered one: list_grids())
+GRIDS = (
+    "leading",
+    "trailing",
+    "linspace",
+    "linspace_fractional",
+    "leading_multistep",
+    "linspace_multistep",
+    "uniform_t",
+    "uniform_lambda",
+    "karras",
+)  # the built-in grids (every registered one: list_grids())
 DISCRETE_GRIDS = ("leading", "trailing", "linspace", "linspace_fractional", "leading_multistep", "linspace_multistep")
 
 
@@ -49,10 +58,14 @@ class Grid:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             valid = ", ".join(sorted(self.options)) or "(none)"
-            raise ValueError(f"unknown option(s) {unknown} for time grid {self.name!r}; valid options: {valid}."
-                             f"{closest(unknown[0], self.options)}")
-        return {k: spec.validate(f"time grid {self.name!r}", k, options[k]) if k in options else spec.default
-                for k, spec in self.options.items()}
+            raise ValueError(
+                f"unknown option(s) {unknown} for time grid {self.name!r}; valid options: {valid}."
+                f"{closest(unknown[0], self.options)}"
+            )
+        return {
+            k: spec.validate(f"time grid {self.name!r}", k, options[k]) if k in options else spec.default
+            for k, spec in self.options.items()
+        }
 
 
 def get_grid(name: str) -> Grid:
@@ -69,8 +82,9 @@ def list_grids() -> list[str]:
     return names()
 
 
-def make_grid(schedule: NoiseSchedule, n: int, kind: str, *, final_time: float = 0.0, keep_final: bool = False,
-              **options) -> torch.Tensor:
+def make_grid(
+    schedule: NoiseSchedule, n: int, kind: str, *, final_time: float = 0.0, keep_final: bool = False, **options
+) -> torch.Tensor:
     """n evaluation times of the grid ``kind`` (with its ``options``) plus ``final_time``: a strictly decreasing
     float64 tensor (n + 1,). A ``final_time`` at or above the last evaluation time becomes 0 (clean data), or, with
     ``keep_final``, the last evaluation time itself (a zero-length last step, as diffusers' DDIM/PNDM take)."""
@@ -127,12 +141,16 @@ def discrete_indices(num_train: int, n: int, spacing: str, steps_offset: int = 0
     else:
         raise unknown_name_error("timestep_spacing", spacing, DISCRETE_GRIDS)
     if idx.max() >= num_train or idx.min() < 0:
-        raise ValueError(f"timestep spacing {spacing!r} with steps_offset={steps_offset} gives index {int(idx.max())} outside [0, {num_train - 1}]")
+        raise ValueError(
+            f"timestep spacing {spacing!r} with steps_offset={steps_offset} gives index {int(idx.max())} outside [0, "
+            f"{num_train - 1}]"
+        )
     return idx
 
 
-def append_final(times: torch.Tensor, final_time: float = 0.0, schedule: NoiseSchedule | None = None,
-                 zero_length_end: bool = False) -> torch.Tensor:
+def append_final(
+    times: torch.Tensor, final_time: float = 0.0, schedule: NoiseSchedule | None = None, zero_length_end: bool = False
+) -> torch.Tensor:
     """Append the end point and check the grid is strictly decreasing (ValueError naming the position).
 
     On a schedule with σ(0) > 0 (VE, EDM) the last evaluation may sit at t = 0 (σ = σ_min) and the end point
@@ -143,13 +161,20 @@ def append_final(times: torch.Tensor, final_time: float = 0.0, schedule: NoiseSc
     diff = times[1:] - times[:-1]
     if zero_length_end and times.numel() > 1:
         diff[-1] = -1.0
-    if (schedule is not None and times.numel() > 1 and float(times[-1]) == 0.0 and float(times[-2]) == 0.0
-            and float(schedule.sigma(0.0)) > 0):
+    if (
+        schedule is not None
+        and times.numel() > 1
+        and float(times[-1]) == 0.0
+        and float(times[-2]) == 0.0
+        and float(schedule.sigma(0.0)) > 0
+    ):
         diff[-1] = -1.0
     if (diff >= 0).any():
         i = int((diff >= 0).nonzero()[0])
-        raise ValueError(f"the time grid must be strictly decreasing towards the data; entry {i} (t={times[i].item():.6g}) "
-                         f"is followed by t={times[i + 1].item():.6g}")
+        raise ValueError(
+            f"the time grid must be strictly decreasing towards the data; entry {i} (t={times[i].item():.6g}) "
+            f"is followed by t={times[i + 1].item():.6g}"
+        )
     return times
 
 
@@ -167,9 +192,17 @@ def grid_from_sigmas(schedule: NoiseSchedule, sigmas, final_time: float = 0.0) -
     return append_final(schedule.t_from_sigma(sig), final_time, schedule)
 
 
-def build_grid(schedule: NoiseSchedule, parameterization, *, num_inference_steps: int | None = None,
-               timesteps=None, sigmas=None, kind: str = "leading", final_time: float = 0.0,
-               **options) -> torch.Tensor:
+def build_grid(
+    schedule: NoiseSchedule,
+    parameterization,
+    *,
+    num_inference_steps: int | None = None,
+    timesteps=None,
+    sigmas=None,
+    kind: str = "leading",
+    final_time: float = 0.0,
+    **options,
+) -> torch.Tensor:
     """The decreasing time grid (evaluation times plus end point) from exactly one of ``num_inference_steps``
     (with the grid ``kind`` and its ``options``), ``timesteps`` (on the model's timestep scale, descending) or
     ``sigmas`` (VE-view noise levels σ̃, descending). Shared by :class:`unisde.UnifiedScheduler` and

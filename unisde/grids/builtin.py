@@ -76,15 +76,24 @@ _DESCRIPTIONS = {
 }
 
 BUILTIN_GRIDS = tuple(
-    Grid(name, _table_spacing(name), {**RANGE, **({"steps_offset": Option(0, (int,), "index offset", _offset)}
-                                                 if "leading" in name else {})}, _DESCRIPTIONS[name])
+    Grid(
+        name,
+        _table_spacing(name),
+        {**RANGE, **({"steps_offset": Option(0, (int,), "index offset", _offset)} if "leading" in name else {})},
+        _DESCRIPTIONS[name],
+    )
     for name in DISCRETE_GRIDS
 ) + (
     Grid("uniform_t", _uniform_t, dict(RANGE), "equal steps in t"),
     Grid("uniform_lambda", _uniform_lambda, dict(RANGE), "equal steps in log-SNR λ (Lu et al. 2022)"),
-    Grid("karras", _karras, {**RANGE, "rho": Option(7.0, (float,), "ρ of the σ̃ spacing", positive)},
-         "Karras et al. 2022 eq. 5: ρ-spaced σ̃"),
+    Grid(
+        "karras",
+        _karras,
+        {**RANGE, "rho": Option(7.0, (float,), "ρ of the σ̃ spacing", positive)},
+        "Karras et al. 2022 eq. 5: ρ-spaced σ̃",
+    ),
 )
+
 
 @hookimpl
 def unisde_register_grids(register):

@@ -34,8 +34,9 @@ def _open_unit(value):
 def _sigmas_list(value):
     if value is None:
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0
-               for v in value):
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.0 <= v <= 1.0 for v in value
+    ):
         return f"flow sigmas must be numbers in [0, 1], got {list(value)[:8]}"
     return None
 
@@ -50,25 +51,47 @@ def time_shift(t: np.ndarray, shift: float | None = None, mu: float | None = Non
     return shift * t / (1 + (shift - 1) * t)
 
 
-def flow_sigmas(n: int, *, num_train_timesteps: int = 1000, shift: float = 1.0, use_dynamic_shifting: bool = False,
-                mu: float | None = None, time_shift_type: str = "exponential", shift_terminal: float | None = None,
-                spacing: str = "linear", base_sigmas=None, levels: str = "flowmatch") -> torch.Tensor:
+def flow_sigmas(
+    n: int,
+    *,
+    num_train_timesteps: int = 1000,
+    shift: float = 1.0,
+    use_dynamic_shifting: bool = False,
+    mu: float | None = None,
+    time_shift_type: str = "exponential",
+    shift_terminal: float | None = None,
+    spacing: str = "linear",
+    base_sigmas=None,
+    levels: str = "flowmatch",
+) -> torch.Tensor:
     """Flow noise levels τ (n, decreasing, float64), as diffusers computes them: ``levels="flowmatch"`` as FlowMatch
     Euler (float32 values), ``"unipc"`` / ``"dpmsolver"`` as UniPC / DPM-Solver multistep with ``use_flow_sigmas``
     (float64 values, before those classes' cast of ``sigmas`` to float32; their int64 ``timesteps`` are
     ⌊τ N⌋ of these)."""
     if levels != "flowmatch":
-        return _multistep_flow_sigmas(n, levels, num_train_timesteps=num_train_timesteps, shift=shift,
-                                      use_dynamic_shifting=use_dynamic_shifting, mu=mu,
-                                      time_shift_type=time_shift_type, shift_terminal=shift_terminal,
-                                      spacing=spacing, base_sigmas=base_sigmas)
+        return _multistep_flow_sigmas(
+            n,
+            levels,
+            num_train_timesteps=num_train_timesteps,
+            shift=shift,
+            use_dynamic_shifting=use_dynamic_shifting,
+            mu=mu,
+            time_shift_type=time_shift_type,
+            shift_terminal=shift_terminal,
+            spacing=spacing,
+            base_sigmas=base_sigmas,
+        )
     if use_dynamic_shifting and mu is None:
-        raise ValueError("this flow grid uses dynamic shifting: set_timesteps needs mu (pipelines compute it from the "
-                         "image sequence length)")
+        raise ValueError(
+            "this flow grid uses dynamic shifting: set_timesteps needs mu (pipelines compute it from the "
+            "image sequence length)"
+        )
     if mu is not None and not use_dynamic_shifting:
-        raise ValueError(f"mu={mu} was given but the scheduler config has use_dynamic_shifting=False (diffusers' "
-                         "FlowMatch classes ignore it; unisde refuses rather than drop it silently); set "
-                         "use_dynamic_shifting=True or drop mu")
+        raise ValueError(
+            f"mu={mu} was given but the scheduler config has use_dynamic_shifting=False (diffusers' "
+            "FlowMatch classes ignore it; unisde refuses rather than drop it silently); set "
+            "use_dynamic_shifting=True or drop mu"
+        )
     N = int(num_train_timesteps)
     train = torch.from_numpy(np.linspace(1, N, N, dtype=np.float32)[::-1].copy()).to(torch.float32) / N
     if not use_dynamic_shifting:
@@ -87,14 +110,27 @@ def flow_sigmas(n: int, *, num_train_timesteps: int = 1000, shift: float = 1.0, 
 
 def _stretch_to_terminal(out, shift_terminal):
     if len(out) < 2 or float(out[-1]) >= 1.0:
-        raise ValueError(f"shift_terminal={shift_terminal} stretches the grid so that its last level is "
-                         f"{shift_terminal}; that needs at least 2 levels below 1 (got {len(out)})")
+        raise ValueError(
+            f"shift_terminal={shift_terminal} stretches the grid so that its last level is "
+            f"{shift_terminal}; that needs at least 2 levels below 1 (got {len(out)})"
+        )
     one_minus = 1 - out
     return 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))
 
 
-def _multistep_flow_sigmas(n, levels, *, num_train_timesteps, shift, use_dynamic_shifting, mu, time_shift_type,
-                           shift_terminal, spacing, base_sigmas):
+def _multistep_flow_sigmas(
+    n,
+    levels,
+    *,
+    num_train_timesteps,
+    shift,
+    use_dynamic_shifting,
+    mu,
+    time_shift_type,
+    shift_terminal,
+    spacing,
+    base_sigmas,
+):
     """UniPC's and DPM-Solver multistep's ``use_flow_sigmas`` levels (float64).
 
     ``unipc``: base levels linspace(1, 1/N, n + 1) without the last (or the ``sigmas`` a pipeline passes, as given),
@@ -106,11 +142,15 @@ def _multistep_flow_sigmas(n, levels, *, num_train_timesteps, shift, use_dynamic
     N = int(num_train_timesteps)
     if levels == "dpmsolver":
         if base_sigmas is not None:
-            raise ValueError("DPMSolverMultistepScheduler's flow levels take no custom sigmas (its set_timesteps has "
-                             "no sigmas argument); pass num_inference_steps")
+            raise ValueError(
+                "DPMSolverMultistepScheduler's flow levels take no custom sigmas (its set_timesteps has "
+                "no sigmas argument); pass num_inference_steps"
+            )
         if mu is not None and not use_dynamic_shifting:
-            raise ValueError(f"mu={mu} was given but the scheduler config has use_dynamic_shifting=False "
-                             "(DPMSolverMultistepScheduler refuses it too)")
+            raise ValueError(
+                f"mu={mu} was given but the scheduler config has use_dynamic_shifting=False "
+                "(DPMSolverMultistepScheduler refuses it too)"
+            )
         if mu is not None and time_shift_type != "exponential":
             raise ValueError(f"mu needs time_shift_type='exponential' here, got {time_shift_type!r}")
         factor = float(np.exp(mu)) if mu is not None else shift
@@ -120,8 +160,10 @@ def _multistep_flow_sigmas(n, levels, *, num_train_timesteps, shift, use_dynamic
         if use_dynamic_shifting and mu is None:
             raise ValueError("this flow grid uses dynamic shifting: set_timesteps needs mu")
         if mu is not None and not use_dynamic_shifting:
-            raise ValueError(f"mu={mu} was given but the scheduler config has use_dynamic_shifting=False (UniPC would "
-                             "ignore it; unisde refuses rather than drop it silently)")
+            raise ValueError(
+                f"mu={mu} was given but the scheduler config has use_dynamic_shifting=False (UniPC would "
+                "ignore it; unisde refuses rather than drop it silently)"
+            )
         base = np.linspace(1, 1 / N, n + 1)[:-1] if base_sigmas is None else np.array(base_sigmas, dtype=np.float64)
         out = time_shift(base, mu=mu, kind=time_shift_type) if use_dynamic_shifting else time_shift(base, shift=shift)
         if shift_terminal:
@@ -164,25 +206,38 @@ def t_from_flow_sigma(schedule: NoiseSchedule, tau: torch.Tensor) -> torch.Tenso
 def _flow_match(schedule: NoiseSchedule, n: int, **options) -> torch.Tensor:
     tau = flow_sigmas(n, **options)
     if (tau <= 0).any() or (tau > 1).any():
-        raise ValueError(f"flow grid: noise levels must lie in (0, 1], got {tau.tolist()[:8]}; sigmas passed to "
-                         "set_timesteps are the levels the model is evaluated at, without the terminal 0 (the end "
-                         "point is added)")
+        raise ValueError(
+            f"flow grid: noise levels must lie in (0, 1], got {tau.tolist()[:8]}; sigmas passed to "
+            "set_timesteps are the levels the model is evaluated at, without the terminal 0 (the end "
+            "point is added)"
+        )
     return t_from_flow_sigma(schedule, tau)
 
 
-FLOW_MATCH = Grid("flow_match", _flow_match, {
-    "num_train_timesteps": Option(1000, (int,), "training table length N (σ_min = shifted 1/N)", positive),
-    "shift": Option(1.0, (float,), "static shift t ↦ shift·t/(1 + (shift − 1)t)", positive),
-    "use_dynamic_shifting": Option(False, (bool,), "shift by mu (set_timesteps(mu=...)) instead of shift"),
-    "mu": Option(None, (float, type(None)), "dynamic shift μ (Flux: from the image sequence length)"),
-    "time_shift_type": Option("exponential", (str,), "dynamic shift form", choices=("exponential", "linear")),
-    "shift_terminal": Option(None, (float, type(None)), "stretch so that the last level is this value", _open_unit),
-    "spacing": Option("linear", (str,), "respacing of the shifted levels", choices=SPACINGS),
-    "base_sigmas": Option(None, (list, tuple, type(None)), "base flow levels (pipelines' sigmas) instead of a linspace",
-                     _sigmas_list),
-    "levels": Option("flowmatch", (str,), "whose base levels: FlowMatch Euler's (float32), UniPC's or DPM-Solver "
-                     "multistep's use_flow_sigmas levels (float64)", choices=LEVELS),
-}, "diffusers' FlowMatch grid: shift / dynamic shift (mu) / shift_terminal / Karras, exponential, beta σ")
+FLOW_MATCH = Grid(
+    "flow_match",
+    _flow_match,
+    {
+        "num_train_timesteps": Option(1000, (int,), "training table length N (σ_min = shifted 1/N)", positive),
+        "shift": Option(1.0, (float,), "static shift t ↦ shift·t/(1 + (shift − 1)t)", positive),
+        "use_dynamic_shifting": Option(False, (bool,), "shift by mu (set_timesteps(mu=...)) instead of shift"),
+        "mu": Option(None, (float, type(None)), "dynamic shift μ (Flux: from the image sequence length)"),
+        "time_shift_type": Option("exponential", (str,), "dynamic shift form", choices=("exponential", "linear")),
+        "shift_terminal": Option(None, (float, type(None)), "stretch so that the last level is this value", _open_unit),
+        "spacing": Option("linear", (str,), "respacing of the shifted levels", choices=SPACINGS),
+        "base_sigmas": Option(
+            None, (list, tuple, type(None)), "base flow levels (pipelines' sigmas) instead of a linspace", _sigmas_list
+        ),
+        "levels": Option(
+            "flowmatch",
+            (str,),
+            "whose base levels: FlowMatch Euler's (float32), UniPC's or DPM-Solver "
+            "multistep's use_flow_sigmas levels (float64)",
+            choices=LEVELS,
+        ),
+    },
+    "diffusers' FlowMatch grid: shift / dynamic shift (mu) / shift_terminal / Karras, exponential, beta σ",
+)
 
 
 @hookimpl

@@ -41,17 +41,22 @@ def lcm_indices(num_train: int, n: int, original_inference_steps: int | None = 5
         limit, label = num_train, f"num_train_timesteps={num_train}"
     else:
         if original_inference_steps > num_train:
-            raise ValueError(f"time grid 'lcm': original_inference_steps={original_inference_steps} exceeds the "
-                             f"schedule's {num_train} training timesteps")
+            raise ValueError(
+                f"time grid 'lcm': original_inference_steps={original_inference_steps} exceeds the "
+                f"schedule's {num_train} training timesteps"
+            )
         k = num_train // original_inference_steps
         origin = np.arange(1, int(original_inference_steps * strength) + 1) * k - 1
         limit, label = original_inference_steps, f"original_inference_steps={original_inference_steps}"
     if n > limit:
-        raise ValueError(f"time grid 'lcm': num_inference_steps={n} exceeds {label}: the steps are a subset of "
-                         "those timesteps")
+        raise ValueError(
+            f"time grid 'lcm': num_inference_steps={n} exceeds {label}: the steps are a subset of those timesteps"
+        )
     if len(origin) // n < 1:
-        raise ValueError(f"time grid 'lcm': only {len(origin)} timesteps remain at strength={strength} "
-                         f"({label}), fewer than num_inference_steps={n}; lower num_inference_steps or raise strength")
+        raise ValueError(
+            f"time grid 'lcm': only {len(origin)} timesteps remain at strength={strength} "
+            f"({label}), fewer than num_inference_steps={n}; lower num_inference_steps or raise strength"
+        )
     origin = origin[::-1].copy()
     return origin[np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)]
 
@@ -62,12 +67,25 @@ def _lcm(schedule: NoiseSchedule, n: int, original_inference_steps=50, strength=
     return torch.as_tensor((idx + 1) / num_train, dtype=DTYPE)
 
 
-LCM_GRID = Grid("lcm", _lcm, {
-    "original_inference_steps": Option(50, (int, type(None)), "the distillation's number of timesteps (None: every "
-                                       "training index)", _original_steps),
-    "strength": Option(1.0, (float,), "img2img strength: keep the lowest ⌊original_inference_steps · strength⌋ "
-                       "timesteps before selecting", _strength),
-}, "LCM/TCD: every (len/n)-th of the original_inference_steps distillation timesteps (Luo et al. 2023)")
+LCM_GRID = Grid(
+    "lcm",
+    _lcm,
+    {
+        "original_inference_steps": Option(
+            50,
+            (int, type(None)),
+            "the distillation's number of timesteps (None: every training index)",
+            _original_steps,
+        ),
+        "strength": Option(
+            1.0,
+            (float,),
+            "img2img strength: keep the lowest ⌊original_inference_steps · strength⌋ timesteps before selecting",
+            _strength,
+        ),
+    },
+    "LCM/TCD: every (len/n)-th of the original_inference_steps distillation timesteps (Luo et al. 2023)",
+)
 
 
 @hookimpl

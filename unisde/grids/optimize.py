@@ -98,18 +98,31 @@ def _check_times(value) -> str | None:
 def _optimized_times(schedule: NoiseSchedule, n: int, times=None) -> torch.Tensor:
     """The stored evaluation times (n of them; n must equal their number)."""
     if times is None:
-        raise ValueError("time grid 'optimized' needs its option times (the list of evaluation times, decreasing in "
-                         "(0, 1]); `unisde grid optimize` writes it")
+        raise ValueError(
+            "time grid 'optimized' needs its option times (the list of evaluation times, decreasing in "
+            "(0, 1]); `unisde grid optimize` writes it"
+        )
     if n != len(times):
-        raise ValueError(f"time grid 'optimized' stores {len(times)} evaluation times, but {n} inference steps were "
-                         f"asked for; call set_timesteps({len(times)}) (or optimise a grid for {n} steps)")
+        raise ValueError(
+            f"time grid 'optimized' stores {len(times)} evaluation times, but {n} inference steps were "
+            f"asked for; call set_timesteps({len(times)}) (or optimise a grid for {n} steps)"
+        )
     return torch.tensor([float(v) for v in times], dtype=DTYPE)
 
 
-OPTIMIZED = Grid(GRID_NAME, _optimized_times, {
-    "times": Option(None, (list, tuple, type(None)), "the evaluation times, strictly decreasing in (0, 1] "
-                    "(written by unisde grid optimize)", _check_times),
-}, "stored evaluation times, e.g. optimised for a sampler and NFE (unisde grid optimize; GITS, Chen et al. 2024)")
+OPTIMIZED = Grid(
+    GRID_NAME,
+    _optimized_times,
+    {
+        "times": Option(
+            None,
+            (list, tuple, type(None)),
+            "the evaluation times, strictly decreasing in (0, 1] (written by unisde grid optimize)",
+            _check_times,
+        ),
+    },
+    "stored evaluation times, e.g. optimised for a sampler and NFE (unisde grid optimize; GITS, Chen et al. 2024)",
+)
 
 
 @hookimpl
@@ -189,12 +202,19 @@ def _model_denoiser(model, schedule, param, postprocess=None, rounding=None):
             out = out[0]
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"the model returned {type(out).__name__}, not a tensor")
-        if out.shape != x.shape and out.ndim == x.ndim and out.shape[0] == x.shape[0] and \
-                out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
+        if (
+            out.shape != x.shape
+            and out.ndim == x.ndim
+            and out.shape[0] == x.shape[0]
+            and out.shape[1] == 2 * x.shape[1]
+            and out.shape[2:] == x.shape[2:]
+        ):
             out = out[:, : x.shape[1]]  # a learned variance in the extra channels
         if out.shape != x.shape:
-            raise ValueError(f"the model's output has shape {tuple(out.shape)} but the sample has shape "
-                             f"{tuple(x.shape)}; the model does not fit this sample shape")
+            raise ValueError(
+                f"the model's output has shape {tuple(out.shape)} but the sample has shape "
+                f"{tuple(x.shape)}; the model does not fit this sample shape"
+            )
         raw = x * _per_sample(a, x) + out.to(x.dtype) * _per_sample(b, x)
         return (raw if postprocess is None else postprocess(raw)), raw
 
@@ -228,8 +248,10 @@ def _pipeline_target(pipe, sampler, sampler_options, device, baseline_grid, base
     """Target of a diffusers pipeline with a UNet (any scheduler: converted to UnifiedScheduler)."""
     unet = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     if unet is None or getattr(pipe, "scheduler", None) is None:
-        raise ValueError(f"{type(pipe).__name__} has no unet and scheduler; grid optimisation needs an "
-                         "unconditional pipeline (UNet + scheduler) or a model with schedule and parameterization")
+        raise ValueError(
+            f"{type(pipe).__name__} has no unet and scheduler; grid optimisation needs an "
+            "unconditional pipeline (UNet + scheduler) or a model with schedule and parameterization"
+        )
     cfg = dict(pipe.scheduler.config)
     overrides = {}
     if cfg.get("time_grid") == GRID_NAME:  # re-optimising: compare against the config's own spacing
@@ -246,15 +268,39 @@ def _pipeline_target(pipe, sampler, sampler_options, device, baseline_grid, base
     if device is not None:
         unet = unet.to(device)
     post = scheduler._postprocess if (scheduler._clip is not None or scheduler._threshold is not None) else None
-    denoise = _model_denoiser(unet, scheduler.noise_schedule, scheduler.parameterization, post,
-                              scheduler.config.get("timestep_rounding"))
-    return _Target(denoise, scheduler.noise_schedule, shape, dtype, device or unet.device, scheduler._grid_kind(),
-                   {}, scheduler.config.init_noise, scheduler.parameterization, pipe, dict(pipe.scheduler.config),
-                   type(pipe).__name__, scheduler=scheduler)
+    denoise = _model_denoiser(
+        unet, scheduler.noise_schedule, scheduler.parameterization, post, scheduler.config.get("timestep_rounding")
+    )
+    return _Target(
+        denoise,
+        scheduler.noise_schedule,
+        shape,
+        dtype,
+        device or unet.device,
+        scheduler._grid_kind(),
+        {},
+        scheduler.config.init_noise,
+        scheduler.parameterization,
+        pipe,
+        dict(pipe.scheduler.config),
+        type(pipe).__name__,
+        scheduler=scheduler,
+    )
 
 
-def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler, sampler_options, device,
-                 baseline_grid, baseline_options):
+def _make_target(
+    model,
+    *,
+    denoiser,
+    schedule,
+    parameterization,
+    shape,
+    sampler,
+    sampler_options,
+    device,
+    baseline_grid,
+    baseline_options,
+):
     from unisde.analytic import _Analytic
     from unisde.plugins import get_parameterization, get_sampler
 
@@ -269,8 +315,10 @@ def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler,
         target = _pipeline_target(model, sampler, sampler_options, device, baseline_grid, baseline_options)
     else:
         if (model is None) == (denoiser is None):
-            raise ValueError("pass exactly one of model (a pipeline folder or object, a network, or an exact "
-                             "distribution from unisde.analytic) and denoiser")
+            raise ValueError(
+                "pass exactly one of model (a pipeline folder or object, a network, or an exact "
+                "distribution from unisde.analytic) and denoiser"
+            )
         if schedule is None:
             raise ValueError("a model or denoiser needs its schedule (a name, a dict or a NoiseSchedule)")
         sched = schedule if isinstance(schedule, NoiseSchedule) else NoiseSchedule.from_config(schedule)
@@ -280,8 +328,9 @@ def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler,
             denoise = _function_denoiser(lambda x, t: dist.denoise(x, t, sched))
             shape = tuple(shape or dist.event_shape)
             if tuple(shape) != tuple(dist.event_shape):
-                raise ValueError(f"shape {tuple(shape)} does not match the distribution's event shape "
-                                 f"{tuple(dist.event_shape)}")
+                raise ValueError(
+                    f"shape {tuple(shape)} does not match the distribution's event shape {tuple(dist.event_shape)}"
+                )
             dtype = DTYPE
         elif denoiser is not None:
             if shape is None:
@@ -296,8 +345,17 @@ def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler,
             dtype = params[0].dtype if params else torch.float32
         smp = get_sampler(sampler)(sched, **(sampler_options or {}))
         kind = smp.default_grid if smp.default_grid != "config" else "leading"
-        target = _Target(denoise, sched, tuple(int(v) for v in shape), dtype, device or "cpu", kind, {},
-                         parameterization=param, label=type(model).__name__ if model is not None else "denoiser")
+        target = _Target(
+            denoise,
+            sched,
+            tuple(int(v) for v in shape),
+            dtype,
+            device or "cpu",
+            kind,
+            {},
+            parameterization=param,
+            label=type(model).__name__ if model is not None else "denoiser",
+        )
         if baseline_grid is not None:
             from unisde.plugins import get_grid
 
@@ -306,8 +364,10 @@ def _make_target(model, *, denoiser, schedule, parameterization, shape, sampler,
         elif baseline_options:
             target.baseline_options = {**target.baseline_options, **baseline_options}
     if target.baseline_kind == GRID_NAME:
-        raise ValueError("the baseline grid must be a spacing rule, not the stored 'optimized' grid; pass "
-                         "baseline_grid=... (e.g. 'leading', 'karras')")
+        raise ValueError(
+            "the baseline grid must be a spacing rule, not the stored 'optimized' grid; pass "
+            "baseline_grid=... (e.g. 'leading', 'karras')"
+        )
     return target
 
 
@@ -331,8 +391,12 @@ def _drive(loops, target: _Target, first=None, record=None, counter=None):
         while active:
             need, cached = [], {}
             for m in active:
-                if first is not None and ks[m] == 0 and abs(float(loops[m][2][0]) - float(first[3])) < 1e-12 \
-                        and (xs[m] is first[0] or torch.equal(xs[m], first[0])):
+                if (
+                    first is not None
+                    and ks[m] == 0
+                    and abs(float(loops[m][2][0]) - float(first[3])) < 1e-12
+                    and (xs[m] is first[0] or torch.equal(xs[m], first[0]))
+                ):
                     cached[m] = (first[1], first[2])
                 else:
                     need.append(m)
@@ -345,7 +409,7 @@ def _drive(loops, target: _Target, first=None, record=None, counter=None):
                 off = 0
                 for m in need:
                     b = xs[m].shape[0]
-                    cached[m] = (d_all[off:off + b], r_all[off:off + b])
+                    cached[m] = (d_all[off : off + b], r_all[off : off + b])
                     off += b
             still = []
             for m in active:
@@ -362,8 +426,10 @@ def _drive(loops, target: _Target, first=None, record=None, counter=None):
                     finals[m] = done.value
             active = still
     except _DrawsNoise:
-        raise ValueError(f"sampler {loops[0][0].name!r} draws noise with these options; grid optimisation needs a "
-                         "deterministic sampler (an ODE solver, or e.g. ddim with eta=0)") from None
+        raise ValueError(
+            f"sampler {loops[0][0].name!r} draws noise with these options; grid optimisation needs a "
+            "deterministic sampler (an ODE solver, or e.g. ddim with eta=0)"
+        ) from None
     return finals
 
 
@@ -407,8 +473,12 @@ class OptimizedGrid:
 
     def scheduler_kwargs(self) -> dict:
         """The UnifiedScheduler config keys that select this grid (and its sampler)."""
-        return {"sampler": self.sampler, "sampler_options": dict(self.sampler_options), "time_grid": GRID_NAME,
-                "time_grid_options": {"times": [float(t) for t in self.times]}}
+        return {
+            "sampler": self.sampler,
+            "sampler_options": dict(self.sampler_options),
+            "time_grid": GRID_NAME,
+            "time_grid_options": {"times": [float(t) for t in self.times]},
+        }
 
     def scheduler(self, config: dict):
         """A UnifiedScheduler from another scheduler's ``config`` with this grid (and sampler) set."""
@@ -426,50 +496,61 @@ class OptimizedGrid:
         """Plain-text report: the grid and the errors before and after."""
         gain = lambda before, after: f"{before / after:.2f}×" if after > 0 else "∞"  # noqa: E731
         ts = ", ".join(f"{t:.4f}" for t in self.times)
-        lines = [f"optimised grid for sampler {self.sampler!r} at NFE {self.nfe} ({self.steps} grid times, "
-                 f"end point t = {self.final_time:g}):",
-                 f"  times           [{ts}]"]
+        lines = [
+            f"optimised grid for sampler {self.sampler!r} at NFE {self.nfe} ({self.steps} grid times, "
+            f"end point t = {self.final_time:g}):",
+            f"  times           [{ts}]",
+        ]
         if self.model_timesteps:
             lines.append(f"  model timesteps [{', '.join(_fmt_step(v) for v in self.model_timesteps)}]")
         head = f"calibration ({self.calibration})"
-        rows = [("default grid", self.baseline_calibration_error, self.baseline_holdout_error),
-                ("dynamic programming", self.dp_calibration_error, self.dp_holdout_error),
-                (f"optimised ({self.method})", self.calibration_error, self.holdout_error)]
-        lines += [f"  default grid {self.baseline_grid!r}: [{', '.join(f'{t:.4f}' for t in self.baseline_times)}]",
-                  f"  error vs reference (mean per-sample RMS)  {head:>18}  held-out ({self.holdout})"]
-        lines += [f"    {name:<38}  {cal:>18.5g}  {hold:>{len(f'held-out ({self.holdout})')}.5g}"
-                  for name, cal, hold in rows]
+        rows = [
+            ("default grid", self.baseline_calibration_error, self.baseline_holdout_error),
+            ("dynamic programming", self.dp_calibration_error, self.dp_holdout_error),
+            (f"optimised ({self.method})", self.calibration_error, self.holdout_error),
+        ]
         lines += [
-                  f"  held-out improvement over the default grid: "
-                  f"{gain(self.baseline_holdout_error, self.holdout_error)}",
-                  f"  reference: {self.reference['solver']} with {self.reference['steps']} steps; halving the step "
-                  f"changes it by {self.reference['halving_change']:.2g} (relative, tolerance "
-                  f"{self.reference['rtol']:.0e})"]
+            f"  default grid {self.baseline_grid!r}: [{', '.join(f'{t:.4f}' for t in self.baseline_times)}]",
+            f"  error vs reference (mean per-sample RMS)  {head:>18}  held-out ({self.holdout})",
+        ]
+        lines += [
+            f"    {name:<38}  {cal:>18.5g}  {hold:>{len(f'held-out ({self.holdout})')}.5g}" for name, cal, hold in rows
+        ]
+        lines += [
+            f"  held-out improvement over the default grid: {gain(self.baseline_holdout_error, self.holdout_error)}",
+            f"  reference: {self.reference['solver']} with {self.reference['steps']} steps; halving the step "
+            f"changes it by {self.reference['halving_change']:.2g} (relative, tolerance "
+            f"{self.reference['rtol']:.0e})",
+        ]
         return "\n".join(lines)
 
     def markdown(self) -> str:
         """The model-card section (between the ``unisde-grid`` markers)."""
         ts = ", ".join(f"{t:.6g}" for t in self.times)
-        rows = [("default (`%s`)" % self.baseline_grid, self.baseline_calibration_error, self.baseline_holdout_error),
-                ("dynamic programming only", self.dp_calibration_error, self.dp_holdout_error),
-                (f"**optimised** ({self.method})", self.calibration_error, self.holdout_error)]
+        rows = [
+            ("default (`%s`)" % self.baseline_grid, self.baseline_calibration_error, self.baseline_holdout_error),
+            ("dynamic programming only", self.dp_calibration_error, self.dp_holdout_error),
+            (f"**optimised** ({self.method})", self.calibration_error, self.holdout_error),
+        ]
         table = "\n".join(f"| {name} | {cal:.5g} | {hold:.5g} |" for name, cal, hold in rows)
         opts = json.dumps(self.sampler_options) if self.sampler_options else "{}"
         steps = ", ".join(_fmt_step(v) for v in self.model_timesteps)
-        return (f"{CARD_BEGIN}\n## Optimised time grid (measured by `unisde grid optimize`)\n\n"
-                f"The scheduler samples with `{self.sampler}` (options `{opts}`) on the stored grid `optimized` at "
-                f"**NFE {self.nfe}** ({self.steps} grid times): call the pipeline with "
-                f"`num_inference_steps={self.steps}`.\n\n"
-                f"- times t: `[{ts}]` (then the end point t = {self.final_time:g})\n"
-                + (f"- model timesteps: `[{steps}]`\n" if steps else "")
-                + f"- found by dynamic programming over {self.candidates} candidate times (GITS)"
-                + (" then coordinate descent on the sampler's full error" if self.method == "dp+cd" else "")
-                + f", on {self.calibration} calibration starts (seed {self.seed}); scored on {self.holdout} "
-                f"held-out starts\n"
-                f"- reference: the PF-ODE solved by {self.reference['solver']} in {self.reference['steps']} steps "
-                f"(halving the step changes it by {self.reference['halving_change']:.2g}, relative)\n\n"
-                "Error against the reference (mean per-sample RMS, data units):\n\n"
-                f"| grid at NFE {self.nfe} | calibration | held-out |\n|---|---:|---:|\n{table}\n{CARD_END}\n")
+        return (
+            f"{CARD_BEGIN}\n## Optimised time grid (measured by `unisde grid optimize`)\n\n"
+            f"The scheduler samples with `{self.sampler}` (options `{opts}`) on the stored grid `optimized` at "
+            f"**NFE {self.nfe}** ({self.steps} grid times): call the pipeline with "
+            f"`num_inference_steps={self.steps}`.\n\n"
+            f"- times t: `[{ts}]` (then the end point t = {self.final_time:g})\n"
+            + (f"- model timesteps: `[{steps}]`\n" if steps else "")
+            + f"- found by dynamic programming over {self.candidates} candidate times (GITS)"
+            + (" then coordinate descent on the sampler's full error" if self.method == "dp+cd" else "")
+            + f", on {self.calibration} calibration starts (seed {self.seed}); scored on {self.holdout} "
+            f"held-out starts\n"
+            f"- reference: the PF-ODE solved by {self.reference['solver']} in {self.reference['steps']} steps "
+            f"(halving the step changes it by {self.reference['halving_change']:.2g}, relative)\n\n"
+            "Error against the reference (mean per-sample RMS, data units):\n\n"
+            f"| grid at NFE {self.nfe} | calibration | held-out |\n|---|---:|---:|\n{table}\n{CARD_END}\n"
+        )
 
     def save(self, folder: str) -> None:
         """Store the grid in a pipeline folder: ``scheduler/scheduler_config.json`` (a UnifiedScheduler config with
@@ -515,6 +596,7 @@ def _fast_schedule(schedule: NoiseSchedule) -> NoiseSchedule:
 
 def _steps_for_nfe(target: _Target, schedule: NoiseSchedule, sampler_cls, sampler_options, nfe: int):
     """(n, evaluations(n), baseline grid at n, minimum NFE): the most grid times whose evaluations fit in ``nfe``."""
+
     def count(n):
         grid, evals = target.baseline(n)
         if evals is None:
@@ -524,9 +606,11 @@ def _steps_for_nfe(target: _Target, schedule: NoiseSchedule, sampler_cls, sample
     minimum = count(2)[0]
     if nfe < minimum:
         smp = sampler_cls(schedule, **sampler_options)
-        raise ValueError(f"nfe={nfe} is below the minimum {minimum} for sampler {smp.name!r} with options "
-                         f"{sampler_options or {}}: its smallest grid with a time to place (2 grid times) takes "
-                         f"{minimum} model evaluations (order {getattr(smp, 'order', 1)} per step)")
+        raise ValueError(
+            f"nfe={nfe} is below the minimum {minimum} for sampler {smp.name!r} with options "
+            f"{sampler_options or {}}: its smallest grid with a time to place (2 grid times) takes "
+            f"{minimum} model evaluations (order {getattr(smp, 'order', 1)} per step)"
+        )
     n, best = 2, None
     while True:
         try:
@@ -589,13 +673,32 @@ def _lattice(target: _Target, t_max: float, t_min: float, resolution: int = 4096
     return to_u, from_u
 
 
-def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_options: dict | None = None,
-                  denoiser: Callable | None = None, schedule=None, parameterization=None, shape=None,
-                  calibration: int = 16, holdout: int = 16, seed: int = 0, candidates: int = 100,
-                  refine: bool = True, reference_substeps="auto", reference_rtol: float = 1e-2,
-                  t_max: float | None = None, t_min: float | None = None, baseline_grid: str | None = None,
-                  baseline_options: dict | None = None, device=None, progress: bool = False,
-                  max_sweeps: int = 6, cd_rule: str = "halves") -> OptimizedGrid:
+def optimize_grid(
+    model=None,
+    *,
+    nfe: int,
+    sampler: str = "ddim",
+    sampler_options: dict | None = None,
+    denoiser: Callable | None = None,
+    schedule=None,
+    parameterization=None,
+    shape=None,
+    calibration: int = 16,
+    holdout: int = 16,
+    seed: int = 0,
+    candidates: int = 100,
+    refine: bool = True,
+    reference_substeps="auto",
+    reference_rtol: float = 1e-2,
+    t_max: float | None = None,
+    t_min: float | None = None,
+    baseline_grid: str | None = None,
+    baseline_options: dict | None = None,
+    device=None,
+    progress: bool = False,
+    max_sweeps: int = 6,
+    cd_rule: str = "halves",
+) -> OptimizedGrid:
     """Find the evaluation times that minimise ``sampler``'s error at ``nfe`` model evaluations (module doc).
 
     model: a pipeline folder, a diffusers pipeline (UNet + any scheduler, converted to UnifiedScheduler with
@@ -621,8 +724,12 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
     from unisde.grids import make_grid
     from unisde.plugins import get_sampler
 
-    for name, value, low in (("calibration", calibration, 1), ("holdout", holdout, 1), ("candidates", candidates, 4),
-                             ("reference_substeps", 1 if reference_substeps == "auto" else reference_substeps, 1)):
+    for name, value, low in (
+        ("calibration", calibration, 1),
+        ("holdout", holdout, 1),
+        ("candidates", candidates, 4),
+        ("reference_substeps", 1 if reference_substeps == "auto" else reference_substeps, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             why = " (the calibration batch is what the grid is fitted on)" if name == "calibration" else ""
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}{why}")
@@ -637,9 +744,18 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
         raise ValueError(f"sampler_options must be a dict, got {type(sampler_options).__name__}")
     sampler_options = dict(sampler_options or {})
     sampler_cls.validate_options(sampler_options)
-    target = _make_target(model, denoiser=denoiser, schedule=schedule, parameterization=parameterization, shape=shape,
-                          sampler=sampler, sampler_options=sampler_options, device=device,
-                          baseline_grid=baseline_grid, baseline_options=baseline_options)
+    target = _make_target(
+        model,
+        denoiser=denoiser,
+        schedule=schedule,
+        parameterization=parameterization,
+        shape=shape,
+        sampler=sampler,
+        sampler_options=sampler_options,
+        device=device,
+        baseline_grid=baseline_grid,
+        baseline_options=baseline_options,
+    )
     sched = target.schedule
     fast = _fast_schedule(sched)
     n, nfe_used, base_grid, _ = _steps_for_nfe(target, fast, sampler_cls, sampler_options, nfe)
@@ -654,8 +770,10 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
     cand = _candidates(target, candidates, t_max, t_min)
     M = cand.numel()
     if M < n:
-        raise ValueError(f"only {M} distinct candidate times between t_max={t_max:g} and t_min={t_min:g}, fewer than "
-                         f"the {n} grid times of NFE {nfe}; raise candidates or lower nfe")
+        raise ValueError(
+            f"only {M} distinct candidate times between t_max={t_max:g} and t_min={t_min:g}, fewer than "
+            f"the {n} grid times of NFE {nfe}; raise candidates or lower nfe"
+        )
 
     # The starts: calibration first, then the held-out ones.
     gen = torch.Generator().manual_seed(int(seed))
@@ -671,16 +789,36 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
     probe = sampler_cls(fast, **sampler_options)
     probe_t = probe.prepare(base_grid)
     if bool((probe_t[1:] > probe_t[:-1]).any()):
-        raise ValueError(f"sampler {sampler!r} evaluates at increasing times (it runs from data to noise); grid "
-                         "optimisation needs a sampler that solves the PF-ODE towards the data")
-    _drive([(probe, x_probe, probe_t)],
-           _Target(lambda x, t: (torch.zeros_like(x), torch.zeros_like(x)), sched, target.shape, target.dtype,
-                   target.device, "", {}))
+        raise ValueError(
+            f"sampler {sampler!r} evaluates at increasing times (it runs from data to noise); grid "
+            "optimisation needs a sampler that solves the PF-ODE towards the data"
+        )
+    _drive(
+        [(probe, x_probe, probe_t)],
+        _Target(
+            lambda x, t: (torch.zeros_like(x), torch.zeros_like(x)),
+            sched,
+            target.shape,
+            target.dtype,
+            target.device,
+            "",
+            {},
+        ),
+    )
 
     counter = [0]
     # 1. Reference: RK4 through every candidate, checked by halving its step.
-    x_ref, d_ref, r_ref, reference = _reference(target, fast, cand, final, z * target.start_scale(t_max),
-                                                reference_substeps, float(reference_rtol), counter, progress)
+    x_ref, d_ref, r_ref, reference = _reference(
+        target,
+        fast,
+        cand,
+        final,
+        z * target.start_scale(t_max),
+        reference_substeps,
+        float(reference_rtol),
+        counter,
+        progress,
+    )
 
     cal = slice(0, K)
     hold = slice(K, K + holdout)
@@ -689,8 +827,11 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
         """Mean per-sample RMS error of full runs on each grid (lists of times), on batch ``part``."""
         loops = []
         for times in times_list:
-            grid = make_grid(sched, len(times), GRID_NAME, final_time=final, times=[float(t) for t in times]) \
-                if grids is None else grids[len(loops)]
+            grid = (
+                make_grid(sched, len(times), GRID_NAME, final_time=final, times=[float(t) for t in times])
+                if grids is None
+                else grids[len(loops)]
+            )
             smp = sampler_cls(fast, **sampler_options)
             eval_t = smp.prepare(grid)
             loops.append((smp, z[part] * target.start_scale(float(eval_t[0])), eval_t))
@@ -722,16 +863,18 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
     def better(new, old):
         """A move must lower the mean error of the calibration batch and of each of its halves (a guard against
         fitting a few starts)."""
-        return all(float(new[h].mean()) < float(old[h].mean()) * (1 - 1e-9) for h in halves) and \
-            float(new.mean()) < float(old.mean()) * (1 - 1e-9)
+        return all(float(new[h].mean()) < float(old[h].mean()) * (1 - 1e-9) for h in halves) and float(
+            new.mean()
+        ) < float(old.mean()) * (1 - 1e-9)
 
     # 3. Coordinate descent on the full error of the calibration batch.
     if refine and n > 1:
         to_u, from_u = _lattice(target, t_max, t_min)
         u = [to_u(t) for t in times]
         deltas = [4.0 / M, 2.0 / M, 1.0 / M, 0.5 / M, 0.25 / M]
-        bar = tqdm(total=len(deltas) * max_sweeps, desc="coordinate descent", unit="sweep", disable=not progress,
-                   leave=False)
+        bar = tqdm(
+            total=len(deltas) * max_sweeps, desc="coordinate descent", unit="sweep", disable=not progress, leave=False
+        )
         for delta in deltas:
             for _ in range(max_sweeps):
                 bar.update(1)
@@ -772,32 +915,64 @@ def optimize_grid(model=None, *, nfe: int, sampler: str = "ddim", sampler_option
 
     (base_hold,) = full_error([base_times], hold, grids=[base_grid])
     dp_hold, opt_hold = full_error([dp_times, times], hold)
-    base_cal, dp_cal, best, base_hold, dp_hold, opt_hold = (float(v.mean()) for v in
-                                                           (base_cal, dp_cal, best, base_hold, dp_hold, opt_hold))
+    base_cal, dp_cal, best, base_hold, dp_hold, opt_hold = (
+        float(v.mean()) for v in (base_cal, dp_cal, best, base_hold, dp_hold, opt_hold)
+    )
     if target.scheduler is not None:  # what was measured is what the pipeline will run
-        check = _unified(target.scheduler_config, sampler, sampler_options, time_grid=GRID_NAME,
-                         time_grid_options={"times": [float(t) for t in times]})
+        check = _unified(
+            target.scheduler_config,
+            sampler,
+            sampler_options,
+            time_grid=GRID_NAME,
+            time_grid_options={"times": [float(t) for t in times]},
+        )
         check.set_timesteps(n)
         measured = make_grid(sched, n, GRID_NAME, final_time=final, times=[float(t) for t in times])
         if len(check.timesteps) != nfe_used or check._sampler.grid != [float(v) for v in measured]:
-            raise ValueError(f"the pipeline's scheduler builds the grid {check._sampler.grid} with "
-                             f"{len(check.timesteps)} evaluations from these times, not the measured "
-                             f"{[float(v) for v in measured]} with {nfe_used}")
+            raise ValueError(
+                f"the pipeline's scheduler builds the grid {check._sampler.grid} with "
+                f"{len(check.timesteps)} evaluations from these times, not the measured "
+                f"{[float(v) for v in measured]} with {nfe_used}"
+            )
     model_steps = []
     if target.parameterization is not None:
         model_steps = [float(v) for v in target.parameterization.model_time(sched, torch.tensor(times, dtype=DTYPE))]
-    return OptimizedGrid(times=[float(t) for t in times], sampler=sampler, sampler_options=dict(sampler_options),
-                         nfe=int(nfe_used), calibration_error=best, holdout_error=opt_hold,
-                         baseline_grid=target.baseline_kind, baseline_times=base_times,
-                         baseline_calibration_error=base_cal, baseline_holdout_error=base_hold,
-                         dp_calibration_error=dp_cal, dp_holdout_error=dp_hold, calibration=K, holdout=holdout,
-                         seed=int(seed), candidates=M, reference=reference, model_timesteps=model_steps,
-                         final_time=float(final), model_evaluations=int(counter[0]),
-                         method="dp+cd" if refine else "dp")
+    return OptimizedGrid(
+        times=[float(t) for t in times],
+        sampler=sampler,
+        sampler_options=dict(sampler_options),
+        nfe=int(nfe_used),
+        calibration_error=best,
+        holdout_error=opt_hold,
+        baseline_grid=target.baseline_kind,
+        baseline_times=base_times,
+        baseline_calibration_error=base_cal,
+        baseline_holdout_error=base_hold,
+        dp_calibration_error=dp_cal,
+        dp_holdout_error=dp_hold,
+        calibration=K,
+        holdout=holdout,
+        seed=int(seed),
+        candidates=M,
+        reference=reference,
+        model_timesteps=model_steps,
+        final_time=float(final),
+        model_evaluations=int(counter[0]),
+        method="dp+cd" if refine else "dp",
+    )
 
 
-def _reference(target: _Target, sched: NoiseSchedule, cand: torch.Tensor, final: float, x0: torch.Tensor,
-               substeps, rtol: float, counter: list, progress: bool):
+def _reference(
+    target: _Target,
+    sched: NoiseSchedule,
+    cand: torch.Tensor,
+    final: float,
+    x0: torch.Tensor,
+    substeps,
+    rtol: float,
+    counter: list,
+    progress: bool,
+):
     """The PF-ODE solved by RK4 through every candidate (``substeps`` steps per interval) from ``x0``, with the
     halving test: the same solve with every other grid point must agree to ``rtol`` (relative RMS of the end
     points). ``substeps="auto"`` doubles 1, 2, 4, 8 until it does (each finer solve's halved twin is the previous
@@ -822,8 +997,13 @@ def _reference(target: _Target, sched: NoiseSchedule, cand: torch.Tensor, final:
             loops.append((ode_c, x0, ode_c.prepare(fine[keep])))
         cand_steps = {k: where[float(fine[s])] for k, s in ode_f.step_starts.items() if float(fine[s]) in where}
         x_ref, d_ref, r_ref = [None] * (M + 1), [None] * M, [None] * M
-        bar = tqdm(total=len(eval_f), desc=f"reference (RK4, {fine.numel() - 1} steps)", unit="eval",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=len(eval_f),
+            desc=f"reference (RK4, {fine.numel() - 1} steps)",
+            unit="eval",
+            disable=not progress,
+            leave=False,
+        )
 
         def record(loop, k, x, d, r, cand_steps=cand_steps, bar=bar, x_ref=x_ref, d_ref=d_ref, r_ref=r_ref):
             if loop == 0:
@@ -846,13 +1026,20 @@ def _reference(target: _Target, sched: NoiseSchedule, cand: torch.Tensor, final:
         halved_steps = halved[1]
         halved = (end_f, fine.numel() - 1)  # the next level's halved twin is this solve
     if not change <= rtol:
-        raise ValueError(f"the reference solve does not converge: halving its step ({halved_steps} → "
-                         f"{fine.numel() - 1} RK4 steps) changed the solution by {change:.3g} (relative RMS), more "
-                         f"than reference_rtol={rtol:g}; raise candidates or reference_substeps, or check the model "
-                         "(a denoiser that is not smooth in x and t has no accurate ODE solution)")
+        raise ValueError(
+            f"the reference solve does not converge: halving its step ({halved_steps} → "
+            f"{fine.numel() - 1} RK4 steps) changed the solution by {change:.3g} (relative RMS), more "
+            f"than reference_rtol={rtol:g}; raise candidates or reference_substeps, or check the model "
+            "(a denoiser that is not smooth in x and t has no accurate ODE solution)"
+        )
     x_ref[M] = end_f
-    info = {"solver": "ode rk4", "steps": int(fine.numel() - 1), "evaluations": int(len(eval_f)),
-            "halving_change": change, "rtol": rtol}
+    info = {
+        "solver": "ode rk4",
+        "steps": int(fine.numel() - 1),
+        "evaluations": int(len(eval_f)),
+        "halving_change": change,
+        "rtol": rtol,
+    }
     return x_ref, d_ref, r_ref, info
 
 
@@ -937,8 +1124,9 @@ def save_grid(result: OptimizedGrid, folder: str) -> None:
     index_path = os.path.join(folder, "model_index.json")
     cfg_path = os.path.join(folder, "scheduler", "scheduler_config.json")
     if not os.path.isfile(index_path) or not os.path.isfile(cfg_path):
-        raise ValueError(f"{folder!r} is not a pipeline folder: expected model_index.json and "
-                         "scheduler/scheduler_config.json")
+        raise ValueError(
+            f"{folder!r} is not a pipeline folder: expected model_index.json and scheduler/scheduler_config.json"
+        )
     with open(index_path, encoding="utf-8") as fh:
         index = json.load(fh)
     with open(cfg_path, encoding="utf-8") as fh:
@@ -952,9 +1140,13 @@ def save_grid(result: OptimizedGrid, folder: str) -> None:
     index["scheduler"] = ["unisde.scheduler", "UnifiedScheduler"]
     card_path = os.path.join(folder, "README.md")
     card = open(card_path, encoding="utf-8").read() if os.path.isfile(card_path) else ""
-    _atomic_texts({cfg_path: scheduler.to_json_string(),
-                   index_path: json.dumps(index, indent=2, sort_keys=True) + "\n",
-                   card_path: card_with_section(card, result.markdown())})
+    _atomic_texts(
+        {
+            cfg_path: scheduler.to_json_string(),
+            index_path: json.dumps(index, indent=2, sort_keys=True) + "\n",
+            card_path: card_with_section(card, result.markdown()),
+        }
+    )
 
 
 __all__ = ["OPTIMIZED", "OptimizedGrid", "optimize_grid", "save_grid", "card_with_section"]

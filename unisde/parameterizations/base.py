@@ -16,7 +16,6 @@ its coefficient formulas; a new sampler never needs to know which one is in use.
 from __future__ import annotations
 
 import abc
-
 from typing import ClassVar
 
 import torch
@@ -52,7 +51,9 @@ class Parameterization(abc.ABC):
         unknown = set(options) - set(self.options)
         if unknown:
             valid = ", ".join(sorted(self.options)) or "(none)"
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for parameterization {self.name!r}; valid options: {valid}")
+            raise ValueError(
+                f"unknown option(s) {sorted(unknown)} for parameterization {self.name!r}; valid options: {valid}"
+            )
         self.config = {**self.options, **options}
 
     # ------------------------------------------------------------------ to implement
@@ -92,7 +93,9 @@ class Parameterization(abc.ABC):
         c = _expand_like(self.input_scale(schedule, t), sample).to(sample.dtype)
         return c * sample
 
-    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t, schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_target(
+        self, x0: torch.Tensor, noise: torch.Tensor, t, schedule: NoiseSchedule
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(model input, regression target) for clean data x0 and noise ε at per-sample times t.
 
         The target is the output that would reproduce x0 exactly, F* = (x0 − a x_t)/b; for ε-, x0- and

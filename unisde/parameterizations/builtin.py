@@ -88,8 +88,13 @@ class EDMParameterization(Parameterization):
         return self.default_loss_weight(schedule, t)
 
 
-BUILTIN_PARAMETERIZATIONS = (EpsilonParameterization, SampleParameterization, VPredictionParameterization,
-                             ScoreParameterization, EDMParameterization)
+BUILTIN_PARAMETERIZATIONS = (
+    EpsilonParameterization,
+    SampleParameterization,
+    VPredictionParameterization,
+    ScoreParameterization,
+    EDMParameterization,
+)
 
 
 def schedule_derivatives(schedule, t) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,13 +2,13 @@
 
 from unisde.plugins import hookimpl
 from unisde.samplers.base import Option, Sampler, grid_coefficients
+from unisde.samplers.consistency import LCMSampler, TCDSampler
 from unisde.samplers.ddim import DDIMSampler
 from unisde.samplers.ddpm import DDPMSampler
-from unisde.samplers.consistency import LCMSampler, TCDSampler
-from unisde.samplers.dpm_singlestep import DPMSolverSinglestepSampler
-from unisde.samplers.inverse import DDIMInverseSampler, InverseSampler
 from unisde.samplers.deis import DEISSampler
+from unisde.samplers.dpm_singlestep import DPMSolverSinglestepSampler
 from unisde.samplers.edm import EDMSampler
+from unisde.samplers.inverse import DDIMInverseSampler, InverseSampler
 from unisde.samplers.ipndm import IPNDMSampler, IPNDMVSampler
 from unisde.samplers.kdpm2 import DPM2AncestralSampler, DPM2Sampler
 from unisde.samplers.lms import LMSSampler
@@ -19,9 +19,28 @@ from unisde.samplers.pndm import PNDMSampler
 from unisde.samplers.sde import SDESampler
 from unisde.samplers.unipc import UniPCSampler
 
-BUILTIN_SAMPLERS: tuple = (DDPMSampler, DDIMSampler, NCSNSampler, PCSampler, EDMSampler, SDESampler, ODESampler, LMSSampler, UniPCSampler, PNDMSampler,
-                    DPM2Sampler, DPM2AncestralSampler, IPNDMSampler, IPNDMVSampler, DEISSampler,
-                    DPMSolverSinglestepSampler, LCMSampler, TCDSampler, DDIMInverseSampler, InverseSampler)
+BUILTIN_SAMPLERS: tuple = (
+    DDPMSampler,
+    DDIMSampler,
+    NCSNSampler,
+    PCSampler,
+    EDMSampler,
+    SDESampler,
+    ODESampler,
+    LMSSampler,
+    UniPCSampler,
+    PNDMSampler,
+    DPM2Sampler,
+    DPM2AncestralSampler,
+    IPNDMSampler,
+    IPNDMVSampler,
+    DEISSampler,
+    DPMSolverSinglestepSampler,
+    LCMSampler,
+    TCDSampler,
+    DDIMInverseSampler,
+    InverseSampler,
+)
 
 
 @hookimpl
@@ -30,6 +49,28 @@ def unisde_register_samplers(register):
         register(cls)
 
 
-__all__ = ["Sampler", "Option", "grid_coefficients", "DDPMSampler", "DDIMSampler", "EDMSampler", "NCSNSampler", "PCSampler", "SDESampler", "ODESampler", "LMSSampler", "UniPCSampler", "PNDMSampler",
-           "DPM2Sampler", "DPM2AncestralSampler", "IPNDMSampler", "IPNDMVSampler", "DEISSampler",
-           "DPMSolverSinglestepSampler", "LCMSampler", "TCDSampler", "DDIMInverseSampler", "InverseSampler"]
+__all__ = [
+    "Sampler",
+    "Option",
+    "grid_coefficients",
+    "DDPMSampler",
+    "DDIMSampler",
+    "EDMSampler",
+    "NCSNSampler",
+    "PCSampler",
+    "SDESampler",
+    "ODESampler",
+    "LMSSampler",
+    "UniPCSampler",
+    "PNDMSampler",
+    "DPM2Sampler",
+    "DPM2AncestralSampler",
+    "IPNDMSampler",
+    "IPNDMVSampler",
+    "DEISSampler",
+    "DPMSolverSinglestepSampler",
+    "LCMSampler",
+    "TCDSampler",
+    "DDIMInverseSampler",
+    "InverseSampler",
+]

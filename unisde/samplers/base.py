@@ -62,7 +62,10 @@ class Option:
         """The value, checked (ints accepted for floats); ``owner`` names what it belongs to in errors."""
         if self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"{owner}: option {name}={value!r} is not one of {list(self.choices)}.{closest(str(value), map(str, self.choices))}")
+                raise ValueError(
+                    f"{owner}: option {name}={value!r} is not one of "
+                    f"{list(self.choices)}.{closest(str(value), map(str, self.choices))}"
+                )
             return value
         if isinstance(value, bool) and bool not in self.types:
             raise ValueError(f"{owner}: option {name} must be {_type_names(self.types)}, got {value!r} (bool)")
@@ -70,7 +73,9 @@ class Option:
             if float in self.types and isinstance(value, int):
                 value = float(value)
             else:
-                raise ValueError(f"{owner}: option {name} must be {_type_names(self.types)}, got {value!r} ({type(value).__name__})")
+                raise ValueError(
+                    f"{owner}: option {name} must be {_type_names(self.types)}, got {value!r} ({type(value).__name__})"
+                )
         if isinstance(value, float) and not math.isfinite(value) and value != self.default:
             # NaN never; ±inf only where it is the default (edm's s_tmax = inf: "no upper bound")
             raise ValueError(f"{owner}: option {name}={value!r} is invalid: must be a finite number")
@@ -172,8 +177,9 @@ class Sampler(abc.ABC):
             return self.noise_sampler(sample)
         from diffusers.utils.torch_utils import randn_tensor
 
-        return randn_tensor(sample.shape, generator=generator or self.generator, device=sample.device,
-                            dtype=sample.dtype)
+        return randn_tensor(
+            sample.shape, generator=generator or self.generator, device=sample.device, dtype=sample.dtype
+        )
 
     def eta_value(self, default_key: str = "eta") -> float:
         """The stochasticity to use: the sampler option when the user set it, else a pipeline's ``eta``."""
@@ -189,8 +195,10 @@ class Sampler(abc.ABC):
         if starts is None:
             return start
         if start not in starts:
-            raise ValueError(f"sampler {self.name!r} cannot start at model evaluation {start}: it is not the first "
-                             f"evaluation of a step (steps start at evaluations {sorted(starts)[:8]} …)")
+            raise ValueError(
+                f"sampler {self.name!r} cannot start at model evaluation {start}: it is not the first "
+                f"evaluation of a step (steps start at evaluations {sorted(starts)[:8]} …)"
+            )
         return starts[start]
 
     @property

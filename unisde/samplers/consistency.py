@@ -58,10 +58,14 @@ class LCMSampler(Sampler):
     default_grid = "lcm"
     stochastic = True
     options = {
-        "boundary_condition": Option(True, (bool,), "apply LCM's c_skip/c_out scalings to x̂0 (the consistency "
-                                     "function); False re-noises x̂0 itself"),
-        "timestep_scaling": Option(10.0, (float,), "τ' = τ · timestep_scaling in c_skip, c_out (LCMScheduler's "
-                                   "timestep_scaling)", positive),
+        "boundary_condition": Option(
+            True,
+            (bool,),
+            "apply LCM's c_skip/c_out scalings to x̂0 (the consistency function); False re-noises x̂0 itself",
+        ),
+        "timestep_scaling": Option(
+            10.0, (float,), "τ' = τ · timestep_scaling in c_skip, c_out (LCMScheduler's timestep_scaling)", positive
+        ),
         "sigma_data": Option(0.5, (float,), "σ_data of the boundary-condition scalings", positive),
     }
 
@@ -86,8 +90,11 @@ class LCMSampler(Sampler):
         n = len(self.c_skip)
         for k in range(start, n):
             x, denoised = yield x
-            f = denoised if self.c_skip[k] == 0.0 and self.c_out[k] == 1.0 else \
-                lincomb(denoised, self.c_out[k], x, self.c_skip[k])  # the consistency function at (x, t_k)
+            f = (
+                denoised
+                if self.c_skip[k] == 0.0 and self.c_out[k] == 1.0
+                else lincomb(denoised, self.c_out[k], x, self.c_skip[k])
+            )  # the consistency function at (x, t_k)
             self.output_denoised = f
             if k == n - 1:  # the last step returns f itself and draws no noise (diffusers' LCMScheduler)
                 x = f
@@ -102,10 +109,18 @@ class TCDSampler(Sampler):
     default_grid = "lcm"
     stochastic = True
     options = {
-        "eta": Option(0.3, (float,), "γ ∈ [0, 1] (diffusers' TCDScheduler.step eta); a pipeline's eta fills it "
-                      "unless set here", unit_interval),
-        "diffusers_final_step": Option(False, (bool,), "on a table, end the last step at the first training index "
-                                       "(t = 1/N) as diffusers' TCDScheduler does, instead of on the clean data"),
+        "eta": Option(
+            0.3,
+            (float,),
+            "γ ∈ [0, 1] (diffusers' TCDScheduler.step eta); a pipeline's eta fills it unless set here",
+            unit_interval,
+        ),
+        "diffusers_final_step": Option(
+            False,
+            (bool,),
+            "on a table, end the last step at the first training index "
+            "(t = 1/N) as diffusers' TCDScheduler does, instead of on the clean data",
+        ),
     }
 
     def prepare(self, grid):

@@ -32,12 +32,20 @@ class DDIMSampler(Sampler):
     stochastic = True
     final_from_config = True  # honours set_alpha_to_one=False (end at index 0), as diffusers DDIM/PNDM do
     options = {
-        "eta": Option(0.0, (float,), "stochasticity η ≥ 0 (0: deterministic, 1: DDPM posterior variance)", non_negative),
+        "eta": Option(
+            0.0, (float,), "stochasticity η ≥ 0 (0: deterministic, 1: DDPM posterior variance)", non_negative
+        ),
         "use_clipped_model_output": Option(False, (bool,), "recompute ε̂ from the clipped x̂0"),
-        "ancestral": Option("ddim", (str,), "how η sets the noise: DDIM's posterior rule (ddim) or the flow "
-                            "down-step of ComfyUI's euler_ancestral_RF (rf, needs η ≤ 1)", choices=("ddim", "rf")),
-        "s_noise": Option(1.0, (float,), "scale of the drawn noise (the deterministic part is unchanged)",
-                          non_negative),
+        "ancestral": Option(
+            "ddim",
+            (str,),
+            "how η sets the noise: DDIM's posterior rule (ddim) or the flow "
+            "down-step of ComfyUI's euler_ancestral_RF (rf, needs η ≤ 1)",
+            choices=("ddim", "rf"),
+        ),
+        "s_noise": Option(
+            1.0, (float,), "scale of the drawn noise (the deterministic part is unchanged)", non_negative
+        ),
     }
 
     def prepare(self, grid):
@@ -69,7 +77,9 @@ class DDIMSampler(Sampler):
                 std = eta * math.sqrt(self.posterior[i]) if eta > 0 else 0.0
             # x' = s' x̂0 + √(σ'² − std²) ε̂ + std z with ε̂ = (x − s x̂0)/σ
             direction = math.sqrt(max(self.var_n[i] - std * std, 0.0)) / self.sigma_t[i]
-            x0_for_eps = denoised if self.opts["use_clipped_model_output"] or self.raw_denoised is None else self.raw_denoised
+            x0_for_eps = (
+                denoised if self.opts["use_clipped_model_output"] or self.raw_denoised is None else self.raw_denoised
+            )
             if x0_for_eps is denoised:  # no clipping in between: two passes
                 x_next = lincomb(x, direction, denoised, self.s_n[i] - direction * self.s_t[i])
             else:  # ε̂ from the unclipped x̂0, the clipped one for the data term (diffusers' default)

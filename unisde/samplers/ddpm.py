@@ -60,8 +60,9 @@ class DDPMSampler(Sampler):
                 continue
             z = self.noise_like(x)
             if vt in ("learned", "learned_range") and self.extra is None:
-                raise ValueError(f"variance_type={vt!r} needs a model output with twice the sample's channels "
-                                 "(learned variance)")
+                raise ValueError(
+                    f"variance_type={vt!r} needs a model output with twice the sample's channels (learned variance)"
+                )
             if vt == "learned":
                 x = mean + self.extra.sqrt() * z
             elif vt == "learned_range":  # log-variance between log β̃ and log β (Nichol & Dhariwal 2021, eq. 15)

@@ -68,10 +68,12 @@ class DEISSampler(Sampler):
     description = "DEIS multistep (log ρ Adams–Bashforth on ε̂ in ρ = σ̃, orders 1–4): diffusers' DEISMultistep"
     default_grid = "uniform_lambda"
     options = {
-        "solver_order": Option(2, (int,), "multistep order 1 … 4 (diffusers: 1–3); a diffusers config's solver_order "
-                               "fills it", _order),
-        "lower_order_final": Option(True, (bool,), "on grids of < 15 steps, lower the last steps' order to the steps "
-                                    "left (diffusers' rule)"),
+        "solver_order": Option(
+            2, (int,), "multistep order 1 … 4 (diffusers: 1–3); a diffusers config's solver_order fills it", _order
+        ),
+        "lower_order_final": Option(
+            True, (bool,), "on grids of < 15 steps, lower the last steps' order to the steps left (diffusers' rule)"
+        ),
     }
 
     def prepare(self, grid):
@@ -91,9 +93,14 @@ class DEISSampler(Sampler):
             highest = min(top, k + 1, n - k if final else top)
             tables = []
             for p in range(1, highest + 1):
-                c = logrho_weights(ve[k - p + 1:k + 1][::-1], ve[k], ve[k + 1])
-                tables.append((s[k + 1] * (ve[k] + c[0]) / (s[k] * ve[k]), -s[k + 1] * c[0] / ve[k],
-                               [s[k + 1] * cj for cj in c[1:]]))
+                c = logrho_weights(ve[k - p + 1 : k + 1][::-1], ve[k], ve[k + 1])
+                tables.append(
+                    (
+                        s[k + 1] * (ve[k] + c[0]) / (s[k] * ve[k]),
+                        -s[k + 1] * c[0] / ve[k],
+                        [s[k + 1] * cj for cj in c[1:]],
+                    )
+                )
             self.steps.append(tables)
         return grid[:-1]
 
@@ -101,7 +108,7 @@ class DEISSampler(Sampler):
         history = []  # ε̂_k, ε̂_{k−1}, … (newest first): this loop's multistep history
         for k in range(start, len(self.steps)):
             x, denoised = yield x
-            history = [self._eps(k, x, denoised), *history[:self.opts["solver_order"] - 1]]
+            history = [self._eps(k, x, denoised), *history[: self.opts["solver_order"] - 1]]
             a, b, weights = self.steps[k][min(len(history), len(self.steps[k])) - 1]
             x = lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + Σ_j c_{k,j} ε̂_{k−j}, written in model space
             for w, eps in zip(weights, history[1:]):

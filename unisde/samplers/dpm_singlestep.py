@@ -89,14 +89,33 @@ class DPMSolverSinglestepSampler(Sampler):
     description = "singlestep DPM-Solver++ / DPM-Solver (1S/2S/3S, intermediate evaluations), diffusers' singlestep"
     default_grid = "uniform_lambda"
     options = {
-        "solver_order": Option(2, (int,), "order of each singlestep step: 1 (DDIM), 2 or 3 evaluations per step; "
-                               "a diffusers config's solver_order fills it", _order),
-        "solver_type": Option("midpoint", (str,), "midpoint (DPM-Solver-2/3's forms) or heun (the full polynomial "
-                              "integrated exactly), as diffusers' solver_type", choices=SOLVER_TYPES),
-        "algorithm_type": Option("dpmsolver++", (str,), "dpmsolver++ (data prediction), dpmsolver (noise "
-                                 "prediction) or sde-dpmsolver++ (reverse SDE, exact linear part)", choices=ALGORITHMS),
-        "lower_order_final": Option(False, (bool,), "end with a first-order step (diffusers' rule; forced on a grid "
-                                    "ending at σ = 0 or when the steps are not a multiple of the order)"),
+        "solver_order": Option(
+            2,
+            (int,),
+            "order of each singlestep step: 1 (DDIM), 2 or 3 evaluations per step; "
+            "a diffusers config's solver_order fills it",
+            _order,
+        ),
+        "solver_type": Option(
+            "midpoint",
+            (str,),
+            "midpoint (DPM-Solver-2/3's forms) or heun (the full polynomial "
+            "integrated exactly), as diffusers' solver_type",
+            choices=SOLVER_TYPES,
+        ),
+        "algorithm_type": Option(
+            "dpmsolver++",
+            (str,),
+            "dpmsolver++ (data prediction), dpmsolver (noise "
+            "prediction) or sde-dpmsolver++ (reverse SDE, exact linear part)",
+            choices=ALGORITHMS,
+        ),
+        "lower_order_final": Option(
+            False,
+            (bool,),
+            "end with a first-order step (diffusers' rule; forced on a grid "
+            "ending at σ = 0 or when the steps are not a multiple of the order)",
+        ),
     }
 
     @property
@@ -134,8 +153,14 @@ class DPMSolverSinglestepSampler(Sampler):
                     per_order.append((ratio, (first,), 0.0))
                     continue
                 h = lam[k + 1] - lam[b]
-                weights = self._weights(p, first, float(u[k + 1]), H, [(lam[b + j] - lam[b]) / h for j in range(1, p)],
-                                        o["solver_type"] == "heun")
+                weights = self._weights(
+                    p,
+                    first,
+                    float(u[k + 1]),
+                    H,
+                    [(lam[b + j] - lam[b]) / h for j in range(1, p)],
+                    o["solver_type"] == "heun",
+                )
                 per_order.append((ratio, weights, sig_f[k + 1] * math.sqrt(-math.expm1(-2.0 * h)) if sde else 0.0))
             self.tables.append(per_order)
         return grid[:-1]
@@ -166,8 +191,9 @@ class DPMSolverSinglestepSampler(Sampler):
             order = min(self.orders[k], k - start + 1)  # a group entered mid-way is shortened
             if order == 1:
                 base, values = x, []  # the step starts here; later evaluations of the group predict from it
-            values.append(denoised if self.eps_coefs is None else
-                          lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1]))
+            values.append(
+                denoised if self.eps_coefs is None else lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])
+            )
             ratio, weights, noise_std = self.tables[k][order - 1]
             x = exponential_integrator_step(base, ratio, values[0], weights[0])
             for value, weight in zip(values[1:], weights[1:]):

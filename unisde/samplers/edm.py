@@ -30,13 +30,20 @@ class EDMSampler(Sampler):
     description = "EDM Algorithm 2: Heun (or Euler) on the PF-ODE in σ̃ with optional churn"
     default_grid = "karras"
     options = {
-        "solver": Option("heun", (str,), "heun (2nd order, Euler on the last step) or euler", choices=("heun", "euler")),
+        "solver": Option(
+            "heun", (str,), "heun (2nd order, Euler on the last step) or euler", choices=("heun", "euler")
+        ),
         "s_churn": Option(0.0, (float,), "total churn S_churn ≥ 0", non_negative),
         "s_tmin": Option(0.0, (float,), "churn only where σ̃ ≥ S_tmin", non_negative),
         "s_tmax": Option(float("inf"), (float,), "churn only where σ̃ ≤ S_tmax", non_negative),
         "s_noise": Option(1.0, (float,), "noise inflation S_noise", positive),
-        "view": Option("ve", (str,), "the ODE's variables: ve (x̃ = x/s against σ̃ = σ/s, EDM) or flow (x/(s + σ) "
-                       "against τ = σ/(s + σ): diffusers' FlowMatch Heun; finite at s = 0)", choices=("ve", "flow")),
+        "view": Option(
+            "ve",
+            (str,),
+            "the ODE's variables: ve (x̃ = x/s against σ̃ = σ/s, EDM) or flow (x/(s + σ) "
+            "against τ = σ/(s + σ): diffusers' FlowMatch Heun; finite at s = 0)",
+            choices=("ve", "flow"),
+        ),
     }
 
     @property
@@ -64,8 +71,11 @@ class EDMSampler(Sampler):
         else:
             s, sigma = self.grid_coefficients(grid)
             ve = sigma / s
-        gamma = torch.where((ve >= o["s_tmin"]) & (ve <= o["s_tmax"]),
-                            torch.full_like(ve, min(o["s_churn"] / n, math.sqrt(2) - 1)), torch.zeros_like(ve))
+        gamma = torch.where(
+            (ve >= o["s_tmin"]) & (ve <= o["s_tmax"]),
+            torch.full_like(ve, min(o["s_churn"] / n, math.sqrt(2) - 1)),
+            torch.zeros_like(ve),
+        )
         gamma[-1] = 0.0
         ve_max = float(self.schedule.ve_sigma(1.0)) if o["view"] == "ve" else 1.0
         ve_hat = torch.minimum(ve * (1 + gamma), torch.full_like(ve, max(ve_max, float(ve[0]))))
@@ -81,15 +91,25 @@ class EDMSampler(Sampler):
             if self.two_stage[i]:
                 times.append(self.grid[i + 1])
             h, vh, sh, sn = float(ve[i + 1] - ve_hat[i]), float(ve_hat[i]), float(s_hat[i]), float(s[i + 1])
-            std = float(torch.sqrt((ve_hat[i + 1] ** 2 - ve[i + 1] ** 2).clamp(min=0))) * o["s_noise"] if i + 1 < n else 0.0
+            std = (
+                float(torch.sqrt((ve_hat[i + 1] ** 2 - ve[i + 1] ** 2).clamp(min=0))) * o["s_noise"]
+                if i + 1 < n
+                else 0.0
+            )
             out_scale = float(s_hat[i + 1]) if std > 0 else sn  # the result lives at σ̂_{i+1} after the churn
             # Euler x̃' = x̂ + h (x̂ − D)/σ̂ as x' = a x + b D; the predictor of a Heun step stays at σ̃_{i+1}
             scale = sn if self.two_stage[i] else out_scale
             self.euler.append((scale * (1 + h / vh) / sh, -scale * h / vh))
             # Heun x̃' = x̂ + (h/2)(d + d') with d' = (x̃_pred − D')/σ̃_{i+1}: four terms (x̂, D, x_pred, D')
             half, vn = 0.5 * h, float(ve[i + 1])
-            self.correction.append((out_scale * (1 + half / vh) / sh, -out_scale * half / vh,
-                                    out_scale * half / (sn * vn) if vn > 0 else 0.0, -out_scale * half / vn if vn > 0 else 0.0))
+            self.correction.append(
+                (
+                    out_scale * (1 + half / vh) / sh,
+                    -out_scale * half / vh,
+                    out_scale * half / (sn * vn) if vn > 0 else 0.0,
+                    -out_scale * half / vn if vn > 0 else 0.0,
+                )
+            )
             self.churn.append(std * out_scale)
         return torch.tensor(times, dtype=torch.float64)
 

@@ -56,13 +56,25 @@ class DDIMInverseSampler(Sampler):
     description = "DDIM inversion (data → noise), the model evaluated at each step's target (diffusers' DDIMInverse)"
     default_grid = "config"
     options = {
-        "set_alpha_to_one": Option(True, (bool,), "the first step starts on the data (ᾱ = 1); False: at the first "
-                                   "training index (diffusers' set_alpha_to_one); a config's value fills it"),
-        "clip_sample": Option(False, (bool,), "clip x̂0 at the step's source time to ±clip_sample_range "
-                              "(diffusers' DDIMInverseScheduler); a config's clip_sample fills it"),
+        "set_alpha_to_one": Option(
+            True,
+            (bool,),
+            "the first step starts on the data (ᾱ = 1); False: at the first "
+            "training index (diffusers' set_alpha_to_one); a config's value fills it",
+        ),
+        "clip_sample": Option(
+            False,
+            (bool,),
+            "clip x̂0 at the step's source time to ±clip_sample_range "
+            "(diffusers' DDIMInverseScheduler); a config's clip_sample fills it",
+        ),
         "clip_sample_range": Option(1.0, (float,), "the clipping range", positive),
-        "diffusers_source_index": Option(False, (bool,), "on a table, start step k at the training index "
-                                         "τ_k − ⌊N/n⌋ (diffusers) instead of at the previous evaluation time"),
+        "diffusers_source_index": Option(
+            False,
+            (bool,),
+            "on a table, start step k at the training index "
+            "τ_k − ⌊N/n⌋ (diffusers) instead of at the previous evaluation time",
+        ),
     }
 
     def prepare(self, grid):
@@ -119,8 +131,9 @@ class InverseSampler(Sampler):
 
         inner_cls = get_sampler(self.opts["invert"])
         if inner_cls.name in (self.name, DDIMInverseSampler.name):
-            raise ValueError(f"sampler 'inverse': cannot invert {inner_cls.name!r}, which already runs from data to "
-                             "noise")
+            raise ValueError(
+                f"sampler 'inverse': cannot invert {inner_cls.name!r}, which already runs from data to noise"
+            )
         self.inner = inner_cls(schedule, **(self.opts["invert_options"] or {}))
         self.default_grid = self.inner.default_grid
 
@@ -143,8 +156,10 @@ class InverseSampler(Sampler):
         return inner_times if self.first_step is None else torch.cat([upward[:1], inner_times])
 
     def _refuse_noise(self, sample):
-        raise ValueError(f"sampler 'inverse': {self.inner.name!r} drew noise, and a stochastic sampler has no inverse; "
-                         "use a deterministic one (e.g. eta=0 for ddim)")
+        raise ValueError(
+            f"sampler 'inverse': {self.inner.name!r} drew noise, and a stochastic sampler has no inverse; "
+            "use a deterministic one (e.g. eta=0 for ddim)"
+        )
 
     def loop(self, x, start=0):
         inner = self.inner

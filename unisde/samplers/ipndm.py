@@ -64,16 +64,22 @@ class IPNDMSampler(Sampler):
         ve, s, sigma = self.floats(sigma / s), self.floats(s), self.floats(sigma)
         n = grid.numel() - 1
         if any(v <= 0 for v in ve[:-1]):
-            raise ValueError(f"sampler {self.name!r} needs positive noise levels at every evaluation time; "
-                             f"grid σ̃ = {ve[:-1]}")
+            raise ValueError(
+                f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}"
+            )
         self.eps_coefs = [(1.0 / sigma[k], -s[k] / sigma[k]) for k in range(n)]
         self.steps = []
         for k in range(n):
             tables = []
             for p in range(1, min(k + 1, self.opts["max_order"]) + 1):
                 c = [(ve[k + 1] - ve[k]) * b for b in self.step_weights(ve, k, p)]
-                tables.append((s[k + 1] * (ve[k] + c[0]) / (s[k] * ve[k]), -s[k + 1] * c[0] / ve[k],
-                               [s[k + 1] * cj for cj in c[1:]]))
+                tables.append(
+                    (
+                        s[k + 1] * (ve[k] + c[0]) / (s[k] * ve[k]),
+                        -s[k + 1] * c[0] / ve[k],
+                        [s[k + 1] * cj for cj in c[1:]],
+                    )
+                )
             if self.opts["denoise_to_zero"] and ve[k + 1] == 0.0:
                 tables = [(0.0, s[k + 1], [])] * len(tables)  # ComfyUI: a step to σ̃ = 0 returns x̂0
             self.steps.append(tables)
@@ -83,7 +89,7 @@ class IPNDMSampler(Sampler):
         history = []  # d_k, d_{k−1}, … (newest first): this loop's Adams–Bashforth history
         for k in range(start, len(self.steps)):
             x, denoised = yield x
-            history = [self._eps(k, x, denoised), *history[:self.opts["max_order"] - 1]]
+            history = [self._eps(k, x, denoised), *history[: self.opts["max_order"] - 1]]
             a, b, weights = self.steps[k][min(len(history), len(self.steps[k])) - 1]
             x = denoised * b if a == 0.0 else lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j}
             for w, d in zip(weights, history[1:]):

@@ -71,8 +71,9 @@ class DPM2Sampler(Sampler):
         ve, s = self.floats(sigma / s), self.floats(s)
         n = len(ve) - 1
         if any(v <= 0 for v in ve[:-1]):
-            raise ValueError(f"sampler {self.name!r} needs positive noise levels at every evaluation time; "
-                             f"grid σ̃ = {ve[:-1]}")
+            raise ValueError(
+                f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}"
+            )
         targets = [self.ancestral(ve[i], ve[i + 1]) for i in range(n)]
         ve_mid = [math.sqrt(ve[i] * down) for i, (down, _) in enumerate(targets)]
         t_mid = self.schedule.t_from_sigma(torch.tensor([v if v > 0 else 1.0 for v in ve_mid], dtype=torch.float64))
@@ -85,8 +86,9 @@ class DPM2Sampler(Sampler):
             if down > 0:  # midpoint rule: Euler to σ̃_m, then from σ̃_i to σ̃_T with d_m
                 times.append(float(t_mid[i]))
                 h, sm = down - ve[i], s_mid[i]
-                self.stages.append(((sm * r / s[i], sm * (1 - r)),
-                                    (e / s[i], e * h / (ve_mid[i] * sm), -e * h / ve_mid[i])))
+                self.stages.append(
+                    ((sm * r / s[i], sm * (1 - r)), (e / s[i], e * h / (ve_mid[i] * sm), -e * h / ve_mid[i]))
+                )
             else:  # Euler to σ̃_T = 0: x_T = s_{i+1} D_i
                 self.stages.append(((0.0, e), None))
             self.noise.append(e * up * self.opts.get("s_noise", 1.0))
@@ -111,12 +113,18 @@ class DPM2Sampler(Sampler):
 class DPM2AncestralSampler(DPM2Sampler):
     name = "dpm_2_ancestral"
     aliases = ("kdpm2_ancestral",)
-    description = ("DPM-2 ancestral (k-diffusion sample_dpm_2_ancestral, diffusers KDPM2Ancestral): DPM-2 to σ̃_down, "
-                   "then noise σ̃_up")
+    description = (
+        "DPM-2 ancestral (k-diffusion sample_dpm_2_ancestral, diffusers KDPM2Ancestral): DPM-2 to σ̃_down, "
+        "then noise σ̃_up"
+    )
     stochastic = True
     options = {
-        "eta": Option(1.0, (float,), "ancestral η ≥ 0 (1: DDPM's posterior variance; 0: dpm_2); a pipeline's eta is "
-                      "not read", non_negative),
+        "eta": Option(
+            1.0,
+            (float,),
+            "ancestral η ≥ 0 (1: DDPM's posterior variance; 0: dpm_2); a pipeline's eta is not read",
+            non_negative,
+        ),
         "s_noise": Option(1.0, (float,), "noise inflation S_noise", positive),
     }
 

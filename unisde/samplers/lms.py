@@ -65,8 +65,13 @@ class LMSSampler(Sampler):
         if any(v <= 0 for v in ve[:-1]):
             raise ValueError(f"sampler 'lms' needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}")
         self.s_t, self.s_n, self.ve = self.floats(s[:-1]), self.floats(s[1:]), ve[:-1]
-        self.weights = [[adams_bashforth_weights([ve[k - j] for j in range(p)], ve[k], ve[k + 1])
-                         for p in range(1, min(k + 1, top) + 1)] for k in range(n)]
+        self.weights = [
+            [
+                adams_bashforth_weights([ve[k - j] for j in range(p)], ve[k], ve[k + 1])
+                for p in range(1, min(k + 1, top) + 1)
+            ]
+            for k in range(n)
+        ]
         return grid[:-1]
 
     def loop(self, x, start=0):
@@ -74,7 +79,7 @@ class LMSSampler(Sampler):
         for k in range(start, len(self.weights)):
             x, denoised = yield x
             x_ve = x * (1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else x
-            derivatives = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *derivatives[:self.opts["lms_order"] - 1]]
+            derivatives = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *derivatives[: self.opts["lms_order"] - 1]]
             order = min(len(derivatives), len(self.weights[k]))
             for w, d in zip(self.weights[k][order - 1], derivatives):  # x̃_{k+1} = x̃_k + Σ_j c_{k,j} d_{k−j}
                 x_ve = x_ve.add(d, alpha=w)

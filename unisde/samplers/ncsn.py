@@ -39,6 +39,7 @@ from unisde.samplers.base import Option, Sampler
 
 def technique4_ratio(gamma: float, n_steps_each: int) -> float:
     """a = ε/σ̃_L² minimising NCSNv2's variance ratio r(a) (module docstring) for level ratio γ ≥ 1 and T steps."""
+
     def r(a):
         c = (1.0 - a) ** (2 * n_steps_each)
         return c * gamma * gamma + (1.0 - c) / (1.0 - 0.5 * a)
@@ -71,9 +72,15 @@ class NCSNSampler(Sampler):
     default_grid = "uniform_lambda"
     stochastic = True
     options = {
-        "n_steps_each": Option(5, (int,), "Langevin steps T per noise level (each one model evaluation)", _positive_int),
-        "step_lr": Option(None, (float, type(None)), "ε of α_i = ε σ̃_i²/σ̃_L² (None: NCSNv2's technique-4 rule on this grid)",
-                          _optional_positive),
+        "n_steps_each": Option(
+            5, (int,), "Langevin steps T per noise level (each one model evaluation)", _positive_int
+        ),
+        "step_lr": Option(
+            None,
+            (float, type(None)),
+            "ε of α_i = ε σ̃_i²/σ̃_L² (None: NCSNv2's technique-4 rule on this grid)",
+            _optional_positive,
+        ),
         "denoise": Option(True, (bool,), "finish with x̂0 = D(x̃; σ̃_L), one more model evaluation"),
     }
 
@@ -86,7 +93,10 @@ class NCSNSampler(Sampler):
         s, sigma = self.grid_coefficients(grid)
         levels = grid.numel() - 1
         if float(sigma[levels - 1]) <= 0:
-            raise ValueError(f"sampler 'ncsn' needs positive noise levels; the grid's last evaluation time t={self.grid[levels - 1]:.6g} has σ = 0")
+            raise ValueError(
+                f"sampler 'ncsn' needs positive noise levels; the grid's last evaluation time "
+                f"t={self.grid[levels - 1]:.6g} has σ = 0"
+            )
         ve = sigma[:-1] / s[:-1]
         ve_min = float(ve[-1])
         n_each = int(self.opts["n_steps_each"])
@@ -94,10 +104,12 @@ class NCSNSampler(Sampler):
             eps = float(self.opts["step_lr"])
             if eps >= 2.0 * ve_min**2:
                 # x̃ ← (1 − a) x̃ + … with a = α_i/σ̃_i² = ε/σ̃_L² wherever σ̃_i dwarfs the data: |1 − a| ≥ 1 diverges
-                raise ValueError(f"sampler 'ncsn': step_lr={eps:g} diverges on this grid: the Langevin step "
-                                 f"α_i = ε σ̃_i²/σ̃_L² contracts only for ε < 2 σ̃_L² = {2.0 * ve_min**2:.4g} (σ̃_L = "
-                                 f"{ve_min:.4g}, the grid's smallest VE noise level); NCSNv2's rule (step_lr=None) "
-                                 "picks about 0.06 σ̃_L²")
+                raise ValueError(
+                    f"sampler 'ncsn': step_lr={eps:g} diverges on this grid: the Langevin step "
+                    f"α_i = ε σ̃_i²/σ̃_L² contracts only for ε < 2 σ̃_L² = {2.0 * ve_min**2:.4g} (σ̃_L = "
+                    f"{ve_min:.4g}, the grid's smallest VE noise level); NCSNv2's rule (step_lr=None) "
+                    "picks about 0.06 σ̃_L²"
+                )
         else:
             gamma = (float(ve[0]) / ve_min) ** (1.0 / (levels - 1)) if levels > 1 else 1.0
             eps = technique4_ratio(gamma, n_each) * ve_min**2

@@ -44,8 +44,12 @@ class ODESampler(Sampler):
     description = "probability-flow ODE in the VE view dx̃/dσ̃ = (x̃ − D)/σ̃: euler, heun, rk3 or rk4"
     default_grid = "karras"
     options = {
-        "solver": Option("heun", (str,), "Runge-Kutta method: euler (1st), heun (2nd), rk3 (3rd) or rk4 (4th order)",
-                         choices=tuple(TABLEAUX)),
+        "solver": Option(
+            "heun",
+            (str,),
+            "Runge-Kutta method: euler (1st), heun (2nd), rk3 (3rd) or rk4 (4th order)",
+            choices=tuple(TABLEAUX),
+        ),
     }
 
     @property
@@ -61,8 +65,10 @@ class ODESampler(Sampler):
         ve = sigma / s
         n = grid.numel() - 1
         # A step into σ̃ = 0 has a single (Euler) stage: the right-hand side is 0/0 there.
-        self.stage_ve = [[float(ve[i]) + cj * float(ve[i + 1] - ve[i]) for cj in c] if float(ve[i + 1]) > 0
-                         else [float(ve[i])] for i in range(n)]
+        self.stage_ve = [
+            [float(ve[i]) + cj * float(ve[i + 1] - ve[i]) for cj in c] if float(ve[i + 1]) > 0 else [float(ve[i])]
+            for i in range(n)
+        ]
         # The inner stages' noise levels, mapped back to times in one (vectorised) inversion.
         inner = [(i, j) for i in range(n) for j in range(len(self.stage_ve[i])) if 0 < c[j] < 1]
         inner_ve = torch.tensor([self.stage_ve[i][j] for i, j in inner], dtype=torch.float64)

@@ -68,13 +68,21 @@ class PCSampler(Sampler):
     default_grid = "uniform_t"
     stochastic = True
     options = {
-        "predictor": Option("reverse_diffusion", (str,), "reverse_diffusion or euler_maruyama",
-                            choices=("reverse_diffusion", "euler_maruyama")),
+        "predictor": Option(
+            "reverse_diffusion",
+            (str,),
+            "reverse_diffusion or euler_maruyama",
+            choices=("reverse_diffusion", "euler_maruyama"),
+        ),
         "snr": Option(0.16, (float,), "corrector signal-to-noise ratio r: ε = 2 (r ‖z‖/‖∇log p‖)²", non_negative),
         "correct_steps": Option(1, (int,), "Langevin corrector steps before each predictor step", _count),
-        "discretization": Option("auto", (str,), "predictor levels: score_sde (score-SDE/diffusers), grid, or auto "
-                                 "(score_sde where it matches the grid, else grid)",
-                                 choices=("auto", "score_sde", "grid")),
+        "discretization": Option(
+            "auto",
+            (str,),
+            "predictor levels: score_sde (score-SDE/diffusers), grid, or auto "
+            "(score_sde where it matches the grid, else grid)",
+            choices=("auto", "score_sde", "grid"),
+        ),
     }
 
     @property
@@ -86,7 +94,10 @@ class PCSampler(Sampler):
         n = grid.numel() - 1
         s, sigma = self.grid_coefficients(grid)
         if float(sigma[n - 1]) <= 0:
-            raise ValueError(f"sampler 'pc' needs positive noise levels; the grid's last evaluation time t={self.grid[n - 1]:.6g} has σ = 0")
+            raise ValueError(
+                f"sampler 'pc' needs positive noise levels; the grid's last evaluation time t={self.grid[n - 1]:.6g} "
+                "has σ = 0"
+            )
         var = sigma**2
         # Predictor coefficients as x' = a x + b D + c z.
         if self.opts["predictor"] == "reverse_diffusion":

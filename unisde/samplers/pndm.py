@@ -65,8 +65,12 @@ class PNDMSampler(Sampler):
     default_grid = "config"
     final_from_config = True  # honours set_alpha_to_one=False (end at index 0), as diffusers' PNDM does
     options = {
-        "prk_warmup": Option(False, (bool,), "diffusers' default warm-up (skip_prk_steps=False): the first three "
-                             "steps are pseudo Runge–Kutta steps of four model calls each"),
+        "prk_warmup": Option(
+            False,
+            (bool,),
+            "diffusers' default warm-up (skip_prk_steps=False): the first three "
+            "steps are pseudo Runge–Kutta steps of four model calls each",
+        ),
     }
 
     def prepare(self, grid):
@@ -156,7 +160,7 @@ class PNDMSampler(Sampler):
         (closed forms, fractional grids) the mid time (t_i + t_{i+1})/2."""
         sched, n, out = self.schedule, grid.numel() - 1, []
         big_n = sched.num_train_timesteps if sched.is_discrete and sched.num_train_timesteps else None
-        for hi, lo in zip(self.grid[:count], self.grid[1:count + 1]):
+        for hi, lo in zip(self.grid[:count], self.grid[1 : count + 1]):
             if big_n is not None:
                 j_hi, j_lo = hi * big_n - 1, lo * big_n - 1
                 if j_lo >= 0 and abs(j_hi - round(j_hi)) < 1e-6 and abs(j_lo - round(j_lo)) < 1e-6:

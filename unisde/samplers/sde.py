@@ -44,15 +44,22 @@ class SDESampler(Sampler):
     stochastic = True
     options = {
         "eta": Option(1.0, (float,), "stochasticity η ≥ 0 (1: reverse SDE, 0: probability-flow ODE)", non_negative),
-        "method": Option("euler_maruyama", (str,), "euler_maruyama (in t) or exponential (exact linear part, "
-                         "x̂0 frozen per step: stable at few steps)", choices=("euler_maruyama", "exponential")),
+        "method": Option(
+            "euler_maruyama",
+            (str,),
+            "euler_maruyama (in t) or exponential (exact linear part, x̂0 frozen per step: stable at few steps)",
+            choices=("euler_maruyama", "exponential"),
+        ),
     }
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
         s, sigma = self.grid_coefficients(grid)
         if float(sigma[-2]) <= 0:
-            raise ValueError(f"sampler 'sde' needs positive noise levels; the grid's last evaluation time t={self.grid[-2]:.6g} has σ = 0")
+            raise ValueError(
+                f"sampler 'sde' needs positive noise levels; the grid's last evaluation time t={self.grid[-2]:.6g} "
+                "has σ = 0"
+            )
         # Euler–Maruyama: f Δ, g² Δ/σ² (multiplies s D − x) and g √Δ at each t_i
         f_dt, g2_dt_var, g_sqrt_dt = reverse_sde_increments(self.schedule, grid, sigma)
         self.f_dt, self.g2_dt_var, self.g_sqrt_dt = self.floats(f_dt), self.floats(g2_dt_var), self.floats(g_sqrt_dt)

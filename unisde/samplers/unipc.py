@@ -45,8 +45,9 @@ def _step_indices(value):
     return None
 
 
-def _weights(h: float, ratios: list[float], order: int, variant: str,
-             corrector: bool) -> tuple[float, float, list[float]]:
+def _weights(
+    h: float, ratios: list[float], order: int, variant: str, corrector: bool
+) -> tuple[float, float, list[float]]:
     """(e^{−h} − 1, B(h), ρ) for one step: ρ for the predictor (length order − 1) or the corrector (length order)."""
     hh = -h
     phi_1 = math.expm1(hh)
@@ -74,12 +75,15 @@ class UniPCSampler(Sampler):
     description = "UniPC: unified predictor-corrector multistep in data prediction (bh1/bh2), diffusers' UniPC"
     default_grid = "uniform_lambda"
     options = {
-        "solver_order": Option(2, (int,), "multistep order 1, 2 or 3; a diffusers config's solver_order fills it",
-                               _order),
-        "variant": Option("bh2", (str,), "B(h) = e^{−h} − 1 (bh2) or −h (bh1); a UniPC config's solver_type",
-                          choices=VARIANTS),
-        "lower_order_final": Option(True, (bool,), "lower the order to the number of steps left (diffusers' UniPC "
-                                    "rule)"),
+        "solver_order": Option(
+            2, (int,), "multistep order 1, 2 or 3; a diffusers config's solver_order fills it", _order
+        ),
+        "variant": Option(
+            "bh2", (str,), "B(h) = e^{−h} − 1 (bh2) or −h (bh1); a UniPC config's solver_type", choices=VARIANTS
+        ),
+        "lower_order_final": Option(
+            True, (bool,), "lower the order to the number of steps left (diffusers' UniPC rule)"
+        ),
         "disable_corrector": Option((), (list, tuple), "step indices whose prediction is not corrected", _step_indices),
     }
 
@@ -100,12 +104,17 @@ class UniPCSampler(Sampler):
             order = min(order, k + 1) if finite else 1
             self.orders.append(order)
             self.ratios.append([(lam[k - i] - lam[k]) / h[k] for i in range(1, order)])
-            tables = [_weights(h[k], self.ratios[k][:p - 1], p, variant, False) if finite else (0.0, 0.0, [])
-                      for p in range(1, order + 1)]
+            tables = [
+                _weights(h[k], self.ratios[k][: p - 1], p, variant, False) if finite else (0.0, 0.0, [])
+                for p in range(1, order + 1)
+            ]
             self.scale.append(-float(s[k + 1]) * tables[0][1])  # −s_{k+1} B(h)
             self.rho_p.append([rho for _, _, rho in tables])
-            self.rho_c.append([_weights(h[k], self.ratios[k][:p - 1], p, variant, True)[2] for p in range(1, order + 1)]
-                              if finite else None)
+            self.rho_c.append(
+                [_weights(h[k], self.ratios[k][: p - 1], p, variant, True)[2] for p in range(1, order + 1)]
+                if finite
+                else None
+            )
         skip = set(self.opts["disable_corrector"])
         self.correct = [k > 0 and (k - 1) not in skip and self.rho_c[k - 1] is not None for k in range(n)]
         return grid[:-1]
@@ -117,7 +126,7 @@ class UniPCSampler(Sampler):
             x, denoised = yield x
             if x_last is not None and self.correct[k]:  # UniC for step k − 1, with D_k at its prediction x_k
                 x = self._unic(k - 1, last_order, x_last, history, denoised)
-            history = [denoised, *history[:self.opts["solver_order"] - 1]]
+            history = [denoised, *history[: self.opts["solver_order"] - 1]]
             order = min(self.orders[k], len(history))
             x_last, last_order = x, order
             x = self._unip(k, order, x, history)  # UniP: the prediction x_{k+1}

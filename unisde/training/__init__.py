@@ -15,6 +15,18 @@ from unisde.training.objectives import (
     x0_loss_weight,
 )
 
-__all__ = ["LOSS_WEIGHTINGS", "NOISE_DISTRIBUTIONS", "WEIGHTING_SCHEMES", "flow_noise_level", "sample_flow_noise_level",
-           "DenoisingScoreMatching", "make_objective", "make_train_step",
-           "output_loss_weight", "sample_time", "x0_loss_weight", "resolve_schedule", "resolve_parameterization"]
+__all__ = [
+    "LOSS_WEIGHTINGS",
+    "NOISE_DISTRIBUTIONS",
+    "WEIGHTING_SCHEMES",
+    "flow_noise_level",
+    "sample_flow_noise_level",
+    "DenoisingScoreMatching",
+    "make_objective",
+    "make_train_step",
+    "output_loss_weight",
+    "sample_time",
+    "x0_loss_weight",
+    "resolve_schedule",
+    "resolve_parameterization",
+]

@@ -59,8 +59,12 @@ _SAVE_LEFTOVER_RE = re.compile(r"^\.checkpoint-(\d+)\.(tmp|old|del)$")
 _CUSTOM_PICKLE_RE = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 _RNG_PICKLE_RE = re.compile(r"^random_states_\d+\.pkl$")
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
-_NUMPY_GLOBALS = ("numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
-                  "numpy._core.multiarray._reconstruct")
+_NUMPY_GLOBALS = (
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+)
 """Globals an accelerate RNG pickle (numpy's MT19937 key array) may name beyond torch's ``weights_only`` set."""
 PIPELINE_ENTRIES = ("model_index.json", "unet", "scheduler", "README.md")
 
@@ -127,13 +131,17 @@ def _check_pickle(path: str, rel: str, fmt: int) -> None:
 
     name = os.path.basename(rel)
     if fmt >= FORMAT and _CUSTOM_PICKLE_RE.match(name):
-        raise CheckpointError(f"checkpoint {path!r} holds {rel}, an accelerate custom-object pickle that unisde never "
-                              "writes (its EMA and RNG states are safetensors); refusing to load a checkpoint that "
-                              "was altered after it was saved")
+        raise CheckpointError(
+            f"checkpoint {path!r} holds {rel}, an accelerate custom-object pickle that unisde never "
+            "writes (its EMA and RNG states are safetensors); refusing to load a checkpoint that "
+            "was altered after it was saved"
+        )
     full = os.path.join(path, rel)
     if not zipfile.is_zipfile(full):
-        raise CheckpointError(f"checkpoint {path!r}: {rel} is not a torch.save archive; unisde does not load raw "
-                              "pickles (unpickling can run arbitrary code), so this checkpoint is refused")
+        raise CheckpointError(
+            f"checkpoint {path!r}: {rel} is not a torch.save archive; unisde does not load raw "
+            "pickles (unpickling can run arbitrary code), so this checkpoint is refused"
+        )
     try:
         names = _torch_pickle_names(full)
     except Exception as exc:  # a damaged archive: nothing in it can be trusted
@@ -141,9 +149,11 @@ def _check_pickle(path: str, rel: str, fmt: int) -> None:
     allowed = _NUMPY_GLOBALS if _RNG_PICKLE_RE.match(name) else ()
     unsafe = sorted(set(names or ()) - set(allowed))
     if unsafe:
-        raise CheckpointError(f"checkpoint {path!r}: {rel} is a pickle that names {', '.join(unsafe)}, which "
-                              "torch.load(weights_only=True) does not allow; loading it could run arbitrary code, so "
-                              "this checkpoint is refused")
+        raise CheckpointError(
+            f"checkpoint {path!r}: {rel} is a pickle that names {', '.join(unsafe)}, which "
+            "torch.load(weights_only=True) does not allow; loading it could run arbitrary code, so "
+            "this checkpoint is refused"
+        )
 
 
 def validate_checkpoint(path: str) -> dict:
@@ -154,8 +164,9 @@ def validate_checkpoint(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path!r} does not exist (or is not a directory)")
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isfile(manifest_path):
-        raise CheckpointError(f"checkpoint {path!r} is incomplete or corrupt: no {MANIFEST} "
-                              "(a save that did not finish?)")
+        raise CheckpointError(
+            f"checkpoint {path!r} is incomplete or corrupt: no {MANIFEST} (a save that did not finish?)"
+        )
     try:
         with open(manifest_path) as fh:
             manifest = json.load(fh)
@@ -167,8 +178,9 @@ def validate_checkpoint(path: str) -> dict:
         if not os.path.isfile(full):
             raise CheckpointError(f"checkpoint {path!r} is corrupt: {rel} is missing")
         if os.path.getsize(full) != size:
-            raise CheckpointError(f"checkpoint {path!r} is corrupt: {rel} has {os.path.getsize(full)} bytes, "
-                                  f"expected {size}")
+            raise CheckpointError(
+                f"checkpoint {path!r} is corrupt: {rel} has {os.path.getsize(full)} bytes, expected {size}"
+            )
         if rel.endswith(".safetensors"):
             from safetensors import safe_open
 
@@ -246,8 +258,10 @@ def save_rng_state(file: str) -> None:
     tensors["numpy_key"] = torch.from_numpy(np.asarray(key, dtype=np.int64))
     version, internal, gauss = random.getstate()
     tensors["python_state"] = torch.tensor(internal, dtype=torch.int64)
-    meta = {"numpy": json.dumps([kind, int(pos), int(has_gauss), float(cached)]),
-            "python": json.dumps([version, gauss])}
+    meta = {
+        "numpy": json.dumps([kind, int(pos), int(has_gauss), float(cached)]),
+        "python": json.dumps([version, gauss]),
+    }
     save_file({k: v.contiguous() for k, v in tensors.items()}, file, metadata=meta)
 
 
@@ -266,8 +280,12 @@ def _set_rng(torch_cpu, devices: dict, numpy_state, python_state, source: str) -
     for name, states in devices.items():
         mod = present.get(name)
         if mod is None or len(states) != mod.device_count():
-            logger.warning("%s holds RNG states of %d %s device(s), which this process does not have: not restored",
-                           source, len(states), name)
+            logger.warning(
+                "%s holds RNG states of %d %s device(s), which this process does not have: not restored",
+                source,
+                len(states),
+                name,
+            )
             continue
         mod.set_rng_state_all(states)
 
@@ -347,9 +365,11 @@ def load_pickled(path: str, rel: str, numpy_arrays: bool = False):
         return torch.load(full, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path!r}: {rel} cannot be loaded with torch.load(weights_only=True) "
-                              f"({first}); unisde never unpickles arbitrary objects (that can run code), so this "
-                              "checkpoint is refused") from None
+        raise CheckpointError(
+            f"checkpoint {path!r}: {rel} cannot be loaded with torch.load(weights_only=True) "
+            f"({first}); unisde never unpickles arbitrary objects (that can run code), so this "
+            "checkpoint is refused"
+        ) from None
 
 
 def _load_model_weights(path: str, module) -> None:
@@ -363,7 +383,7 @@ def _load_model_weights(path: str, module) -> None:
     state = load_file(os.path.join(path, rel), device="cpu")
     wrapped = bool(state) and all(k.startswith("module.") for k in state)
     if wrapped and not any(k.startswith("module.") for k in module.state_dict()):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -398,18 +418,25 @@ def load_checkpoint(accelerator, path: str, model, optimizer, lr_scheduler, ema=
         accelerator.step = int(manifest.get("accelerate_step", 0))
     elif legacy and rng_old in files:
         states = load_pickled(path, rng_old, numpy_arrays=True)
-        _set_rng(states["torch_manual_seed"], {"cuda": states.get("torch_cuda_manual_seed", [])} if
-                 "torch_cuda_manual_seed" in states else {}, states["numpy_random_seed"], states["random_state"],
-                 os.path.join(path, rng_old))
+        _set_rng(
+            states["torch_manual_seed"],
+            {"cuda": states.get("torch_cuda_manual_seed", [])} if "torch_cuda_manual_seed" in states else {},
+            states["numpy_random_seed"],
+            states["random_state"],
+            os.path.join(path, rng_old),
+        )
         accelerator.step = int(states.get("step", 0))
     else:
-        logger.warning("checkpoint %s holds no RNG state of rank %d: this rank's random stream is not restored",
-                       path, rank)
+        logger.warning(
+            "checkpoint %s holds no RNG state of rank %d: this rank's random stream is not restored", path, rank
+        )
     ema_file = LEGACY_EMA_FILE if legacy else EMA_FILE
     if ema is not None:
         if ema_file not in files:
-            raise CheckpointError(f"checkpoint {path!r} holds no EMA weights ({ema_file}): it was saved without "
-                                  "--use_ema; resume without --use_ema or from a checkpoint that has them")
+            raise CheckpointError(
+                f"checkpoint {path!r} holds no EMA weights ({ema_file}): it was saved without "
+                "--use_ema; resume without --use_ema or from a checkpoint that has them"
+            )
         if legacy:
             ema.load_state_dict(load_pickled(path, ema_file))
         else:
@@ -436,23 +463,38 @@ def compare_fingerprint(path: str, fingerprint: dict, allow_mismatch: bool = Fal
     with open(os.path.join(path, MANIFEST)) as fh:
         recorded = json.load(fh).get("fingerprint")
     if recorded is None:
-        logger.warning("checkpoint %s records no run fingerprint: schedule, parameterisation and model are unchecked",
-                       path)
+        logger.warning(
+            "checkpoint %s records no run fingerprint: schedule, parameterisation and model are unchecked", path
+        )
         return []
     ours, theirs = _flat(json.loads(json.dumps(fingerprint))), _flat(recorded)
-    diffs = [f"{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
-             for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    diffs = [
+        f"{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}"
+        for k in sorted(set(ours) | set(theirs))
+        if ours.get(k) != theirs.get(k)
+    ]
     if diffs and not allow_mismatch:
-        raise CheckpointError(f"checkpoint {path!r} was written by a different run: " + "; ".join(diffs) +
-                              ". Pass --allow_fingerprint_mismatch to resume it under this run's settings on purpose")
+        raise CheckpointError(
+            f"checkpoint {path!r} was written by a different run: "
+            + "; ".join(diffs)
+            + ". Pass --allow_fingerprint_mismatch to resume it under this run's settings on purpose"
+        )
     if diffs:
-        logger.warning("resuming %s under different settings (--allow_fingerprint_mismatch): %s", path,
-                       "; ".join(diffs))
+        logger.warning(
+            "resuming %s under different settings (--allow_fingerprint_mismatch): %s", path, "; ".join(diffs)
+        )
     return diffs
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_limit: int | None = None,
-                    before_commit: Callable[[str], None] | None = None, ema=None) -> str:
+def save_checkpoint(
+    accelerator,
+    output_dir: str,
+    step: int,
+    state: dict,
+    total_limit: int | None = None,
+    before_commit: Callable[[str], None] | None = None,
+    ema=None,
+) -> str:
     """Save the accelerate state of every rank, each rank's RNG states and ``ema`` (a diffusers ``EMAModel``, or
     None) as ``output_dir/checkpoint-<step>`` atomically (module doc).
 
@@ -474,9 +516,17 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = _manifest_files(tmp)
-        write_json_atomic(os.path.join(tmp, MANIFEST), {**state, "step": int(step), "files": files, "format": FORMAT,
-                                                        "num_processes": accelerator.num_processes,
-                                                        "accelerate_step": int(getattr(accelerator, "step", 0))})
+        write_json_atomic(
+            os.path.join(tmp, MANIFEST),
+            {
+                **state,
+                "step": int(step),
+                "files": files,
+                "format": FORMAT,
+                "num_processes": accelerator.num_processes,
+                "accelerate_step": int(getattr(accelerator, "step", 0)),
+            },
+        )
         _fsync_dir(tmp)
         if before_commit is not None:
             before_commit(tmp)
@@ -590,17 +640,23 @@ def check_output_dir(output_dir: str, fingerprint: dict, overwrite: bool, resumi
         return "overwrite"
     previous = read_run(output_dir)
     if previous is None:
-        raise ValueError(f"--output_dir {output_dir!r} is not empty and holds no unisde run "
-                         f"({', '.join(sorted(entries)[:5])}{', …' if len(entries) > 5 else ''}); choose another "
-                         "directory or pass --overwrite_output_dir")
+        raise ValueError(
+            f"--output_dir {output_dir!r} is not empty and holds no unisde run "
+            f"({', '.join(sorted(entries)[:5])}{', …' if len(entries) > 5 else ''}); choose another "
+            "directory or pass --overwrite_output_dir"
+        )
     prev = previous.get("fingerprint", previous)
     if prev != fingerprint:
         diff = sorted(k for k in set(prev) | set(fingerprint) if prev.get(k) != fingerprint.get(k))
-        raise ValueError(f"--output_dir {output_dir!r} holds a different run (differs in: {', '.join(diff)}); "
-                         "choose another directory or pass --overwrite_output_dir")
+        raise ValueError(
+            f"--output_dir {output_dir!r} holds a different run (differs in: {', '.join(diff)}); "
+            "choose another directory or pass --overwrite_output_dir"
+        )
     if list_checkpoints(output_dir) and not resuming:
-        raise ValueError(f"--output_dir {output_dir!r} already holds checkpoints of this run; pass "
-                         "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over")
+        raise ValueError(
+            f"--output_dir {output_dir!r} already holds checkpoints of this run; pass "
+            "--resume_from_checkpoint latest to continue it or --overwrite_output_dir to start over"
+        )
     return "same"
 
 
@@ -617,7 +673,25 @@ def clear_run(output_dir: str) -> None:
                 os.remove(full)
 
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "validate_checkpoint", "resolve_resume",
-           "latest_checkpoint", "list_checkpoints", "check_output_dir", "clear_run", "remove_stale_temporaries",
-           "recover_interrupted_saves", "compare_fingerprint", "write_json_atomic", "read_run", "save_rng_state",
-           "load_rng_state", "save_ema_state", "load_ema_state", "load_pickled", "FORMAT"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "validate_checkpoint",
+    "resolve_resume",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "check_output_dir",
+    "clear_run",
+    "remove_stale_temporaries",
+    "recover_interrupted_saves",
+    "compare_fingerprint",
+    "write_json_atomic",
+    "read_run",
+    "save_rng_state",
+    "load_rng_state",
+    "save_ema_state",
+    "load_ema_state",
+    "load_pickled",
+    "FORMAT",
+]

@@ -43,8 +43,12 @@ def digits_dataset():
     from sklearn.datasets import load_digits
 
     raw = load_digits()
-    features = datasets.Features({"image": datasets.Array2D(shape=(8, 8), dtype="float32"),
-                                  "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+    features = datasets.Features(
+        {
+            "image": datasets.Array2D(shape=(8, 8), dtype="float32"),
+            "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+    )
     return datasets.Dataset.from_dict({"image": list(digits_array()), "label": raw.target.tolist()}, features=features)
 
 
@@ -54,9 +58,14 @@ def real_digits(resolution: int = 8) -> torch.Tensor:
     return _resize(x, resolution) if resolution != 8 else x
 
 
-def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str | None = None,
-                       train_data_dir: str | None = None, train_files: Sequence[str] | None = None,
-                       split: str = "train", cache_dir: str | None = None):
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    train_files: Sequence[str] | None = None,
+    split: str = "train",
+    cache_dir: str | None = None,
+):
     """Load the training split from exactly one source (``digits`` when none is given).
 
     ``dataset_name``: a Hub dataset id or a local dataset script/folder accepted by ``datasets.load_dataset``
@@ -66,8 +75,15 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
     """
     import datasets
 
-    given = [name for name, v in (("--dataset_name", dataset_name), ("--train_data_dir", train_data_dir),
-                                  ("--train_files", train_files)) if v]
+    given = [
+        name
+        for name, v in (
+            ("--dataset_name", dataset_name),
+            ("--train_data_dir", train_data_dir),
+            ("--train_files", train_files),
+        )
+        if v
+    ]
     if len(given) > 1:
         raise ValueError(f"give one data source, got {' and '.join(given)}")
     if not given or dataset_name == DIGITS:
@@ -75,8 +91,9 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
     if train_data_dir:
         if not os.path.isdir(train_data_dir):
             raise ValueError(f"--train_data_dir {train_data_dir!r} is not a directory")
-        if os.path.exists(os.path.join(train_data_dir, "dataset_info.json")) or \
-                os.path.exists(os.path.join(train_data_dir, "state.json")):
+        if os.path.exists(os.path.join(train_data_dir, "dataset_info.json")) or os.path.exists(
+            os.path.join(train_data_dir, "state.json")
+        ):
             ds = datasets.load_from_disk(train_data_dir)
             return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         return datasets.load_dataset("imagefolder", data_dir=train_data_dir, split=split, cache_dir=cache_dir)
@@ -87,10 +104,12 @@ def load_image_dataset(dataset_name: str | None = None, dataset_config_name: str
             raise ValueError(f"--train_files: no such file(s): {', '.join(missing)}")
         exts = {os.path.splitext(f)[1].lower() for f in files}
         if len(exts) != 1 or next(iter(exts)) not in _FILE_BUILDERS:
-            raise ValueError(f"--train_files must share one of the extensions {sorted(_FILE_BUILDERS)}; "
-                             f"got {sorted(exts)}")
-        return datasets.load_dataset(_FILE_BUILDERS[exts.pop()], data_files={split: files}, split=split,
-                                     cache_dir=cache_dir)
+            raise ValueError(
+                f"--train_files must share one of the extensions {sorted(_FILE_BUILDERS)}; got {sorted(exts)}"
+            )
+        return datasets.load_dataset(
+            _FILE_BUILDERS[exts.pop()], data_files={split: files}, split=split, cache_dir=cache_dir
+        )
     return datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
 
 
@@ -102,8 +121,9 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     columns = list(dataset.column_names)
     if image_column is not None:
         if image_column not in columns:
-            raise ValueError(f"--image_column {image_column!r} is not a column of the dataset; "
-                             f"columns found: {columns}")
+            raise ValueError(
+                f"--image_column {image_column!r} is not a column of the dataset; columns found: {columns}"
+            )
         return image_column
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Image):
@@ -111,9 +131,11 @@ def find_image_column(dataset, image_column: str | None = None) -> str:
     for name in IMAGE_COLUMN_GUESSES:
         if name in columns:
             return name
-    raise ValueError("the dataset has no image column (looked for an Image feature or one of "
-                     f"{list(IMAGE_COLUMN_GUESSES)}); "
-                     f"columns found: {columns}. Name it with --image_column.")
+    raise ValueError(
+        "the dataset has no image column (looked for an Image feature or one of "
+        f"{list(IMAGE_COLUMN_GUESSES)}); "
+        f"columns found: {columns}. Name it with --image_column."
+    )
 
 
 def _to_array(value) -> np.ndarray:
@@ -171,13 +193,18 @@ def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     scale = resolution / min(h, w)
     size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
     batched = x if x.ndim == 4 else x[None]
-    out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=False,
-                                          antialias=scale < 1)
+    out = torch.nn.functional.interpolate(batched, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
     return out if x.ndim == 4 else out[0]
 
 
-def preprocess_image(value, resolution: int, channels: int, center_crop: bool = True, random_flip: bool = False,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def preprocess_image(
+    value,
+    resolution: int,
+    channels: int,
+    center_crop: bool = True,
+    random_flip: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One image → float32 tensor (channels, resolution, resolution) in [−1, 1]: convert channels, resize the
     shorter side to ``resolution``, crop (centre or random), optionally flip horizontally."""
     x = torch.from_numpy(np.ascontiguousarray(_to_array(value)))
@@ -189,20 +216,24 @@ def preprocess_image(value, resolution: int, channels: int, center_crop: bool = 
     else:
         top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
-    x = x[:, top:top + resolution, left:left + resolution]
+    x = x[:, top : top + resolution, left : left + resolution]
     if random_flip and bool(torch.rand((), generator=generator) < 0.5):
         x = x.flip(-1)
     return x.clamp(-1.0, 1.0).contiguous()
 
 
-def make_transform(image_column: str, resolution: int, channels: int, center_crop: bool = True,
-                   random_flip: bool = False):
+def make_transform(
+    image_column: str, resolution: int, channels: int, center_crop: bool = True, random_flip: bool = False
+):
     """A ``Dataset.with_transform`` function producing ``{"pixel_values": [tensor (C, R, R)], …}`` (random crops
     and flips, if asked for, from the global RNG; training uses :class:`ImageDataset`, which does not)."""
 
     def transform(examples):
-        return {"pixel_values": [preprocess_image(v, resolution, channels, center_crop, random_flip)
-                                 for v in examples[image_column]]}
+        return {
+            "pixel_values": [
+                preprocess_image(v, resolution, channels, center_crop, random_flip) for v in examples[image_column]
+            ]
+        }
 
     return transform
 
@@ -216,8 +247,16 @@ class ImageDataset(torch.utils.data.Dataset):
     :meth:`set_epoch`.
     """
 
-    def __init__(self, dataset, image_column: str, resolution: int, channels: int, center_crop: bool = True,
-                 random_flip: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        dataset,
+        image_column: str,
+        resolution: int,
+        channels: int,
+        center_crop: bool = True,
+        random_flip: bool = False,
+        seed: int = 0,
+    ):
         # numpy formatting hands over arrays (decoded images, 2-d arrays) instead of nested Python lists
         self.dataset, self.image_column = dataset.with_format("numpy", columns=[image_column]), image_column
         self.resolution, self.channels = int(resolution), int(channels)
@@ -233,8 +272,11 @@ class ImageDataset(torch.utils.data.Dataset):
         gen = None
         if self.random_flip or not self.center_crop:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + int(index))
-        return {"pixel_values": preprocess_image(value, self.resolution, self.channels, self.center_crop,
-                                                 self.random_flip, gen)}
+        return {
+            "pixel_values": preprocess_image(
+                value, self.resolution, self.channels, self.center_crop, self.random_flip, gen
+            )
+        }
 
     def __getitem__(self, index: int) -> dict:
         return self._one(index, self.dataset[int(index)][self.image_column])
@@ -270,5 +312,17 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-__all__ = ["DIGITS", "digits_dataset", "digits_array", "real_digits", "load_image_dataset", "find_image_column",
-           "image_channels", "preprocess_image", "make_transform", "ImageDataset", "collate", "EpochSampler"]
+__all__ = [
+    "DIGITS",
+    "digits_dataset",
+    "digits_array",
+    "real_digits",
+    "load_image_dataset",
+    "find_image_column",
+    "image_channels",
+    "preprocess_image",
+    "make_transform",
+    "ImageDataset",
+    "collate",
+    "EpochSampler",
+]

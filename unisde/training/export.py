@@ -21,13 +21,22 @@ DEFAULT_SAMPLER = "ddim"
 def is_flow_export(schedule, parameterization) -> bool:
     """Whether a run exports a FlowMatch-compatible scheduler: the rectified flow with flow prediction and FlowMatch's
     model timesteps t·N."""
-    return (getattr(schedule, "name", "") == "rectified-flow" and parameterization.name == "flow_prediction"
-            and getattr(schedule, "timestep_convention", "t") == "t"
-            and float(getattr(schedule, "timestep_scale", 0.0)) == float(schedule.num_train_timesteps or -1))
+    return (
+        getattr(schedule, "name", "") == "rectified-flow"
+        and parameterization.name == "flow_prediction"
+        and getattr(schedule, "timestep_convention", "t") == "t"
+        and float(getattr(schedule, "timestep_scale", 0.0)) == float(schedule.num_train_timesteps or -1)
+    )
 
 
-def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, sampler_options: dict | None = None,
-                   clip_sample: bool = True, shift: float = 1.0):
+def make_scheduler(
+    schedule,
+    parameterization,
+    sampler: str = DEFAULT_SAMPLER,
+    sampler_options: dict | None = None,
+    clip_sample: bool = True,
+    shift: float = 1.0,
+):
     """A UnifiedScheduler carrying the training schedule and parameterisation.
 
     β-table schedules that came from a diffusers config keep their DDPM keys (num_train_timesteps, beta_*), so
@@ -47,14 +56,20 @@ def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, s
     if is_flow_export(schedule, parameterization):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        source = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(schedule.num_train_timesteps),
-                                                 shift=float(shift))
-        kwargs = {} if sampler == "ddim" and not sampler_options else \
-            {"sampler": sampler, "sampler_options": dict(sampler_options or {})}
+        source = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=int(schedule.num_train_timesteps), shift=float(shift)
+        )
+        kwargs = (
+            {}
+            if sampler == "ddim" and not sampler_options
+            else {"sampler": sampler, "sampler_options": dict(sampler_options or {})}
+        )
         return UnifiedScheduler.from_config(source.config, **kwargs)
     if shift != 1.0:
-        raise ValueError(f"shift={shift} is a FlowMatch export option: it needs the rectified-flow schedule with "
-                         f"flow_prediction, got {schedule!r} / {parameterization.name!r}")
+        raise ValueError(
+            f"shift={shift} is a FlowMatch export option: it needs the rectified-flow schedule with "
+            f"flow_prediction, got {schedule!r} / {parameterization.name!r}"
+        )
     spec = schedule.to_config()
     kwargs: dict = {}
     if spec.get("name") == "diffusers":
@@ -67,17 +82,37 @@ def make_scheduler(schedule, parameterization, sampler: str = DEFAULT_SAMPLER, s
     if "sigma_data" in options:
         kwargs["sigma_data"] = float(options.pop("sigma_data"))
     if options:
-        raise ValueError(f"UnifiedScheduler cannot record the options {options} of parameterization "
-                         f"{parameterization.name!r} (it stores only sigma_data)")
-    return UnifiedScheduler(sampler=sampler, sampler_options=dict(sampler_options or {}),
-                            prediction_type=parameterization.name,
-                            clip_sample=clip_sample, **kwargs)
+        raise ValueError(
+            f"UnifiedScheduler cannot record the options {options} of parameterization "
+            f"{parameterization.name!r} (it stores only sigma_data)"
+        )
+    return UnifiedScheduler(
+        sampler=sampler,
+        sampler_options=dict(sampler_options or {}),
+        prediction_type=parameterization.name,
+        clip_sample=clip_sample,
+        **kwargs,
+    )
 
 
-def model_card(*, schedule, parameterization, loss_weighting: str, noise_distribution: str, dataset: str,
-               training_command: str | None, num_steps: int, resolution: int, channels: int, sampler: str,
-               repo_id: str | None = None, sample_grid: str | None = None, quality: str | None = None,
-               extra: str | None = None, schedule_name: str | None = None) -> str:
+def model_card(
+    *,
+    schedule,
+    parameterization,
+    loss_weighting: str,
+    noise_distribution: str,
+    dataset: str,
+    training_command: str | None,
+    num_steps: int,
+    resolution: int,
+    channels: int,
+    sampler: str,
+    repo_id: str | None = None,
+    sample_grid: str | None = None,
+    quality: str | None = None,
+    extra: str | None = None,
+    schedule_name: str | None = None,
+) -> str:
     """The README.md model card: YAML metadata (library_name diffusers, tags incl. unisde, schedule and
     parameterisation, the dataset when it is a Hub id) and a body with the training command.
 
@@ -87,41 +122,82 @@ def model_card(*, schedule, parameterization, loss_weighting: str, noise_distrib
     from huggingface_hub import ModelCardData
 
     sched_name = schedule_name or schedule.to_config().get("name", schedule.name)
-    tags = ["unisde", "diffusers", "unconditional-image-generation", "diffusion", "score-based",
-            f"schedule-{sched_name}", f"parameterization-{parameterization.name}"]
+    tags = [
+        "unisde",
+        "diffusers",
+        "unconditional-image-generation",
+        "diffusion",
+        "score-based",
+        f"schedule-{sched_name}",
+        f"parameterization-{parameterization.name}",
+    ]
     hub_dataset = dataset if dataset and "/" in dataset and not os.path.exists(dataset) else None
-    data = ModelCardData(library_name="diffusers", pipeline_tag="unconditional-image-generation", tags=tags,
-                         datasets=[hub_dataset] if hub_dataset else None, license=None)
+    data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        tags=tags,
+        datasets=[hub_dataset] if hub_dataset else None,
+        license=None,
+    )
     load_id = repo_id or "PATH_OR_REPO_ID"
-    lines = ["---", data.to_yaml(), "---", "",
-             f"# {repo_id.split('/')[-1] if repo_id else 'unisde diffusion model'}", "",
-             f"An unconditional {resolution}×{resolution}, {channels}-channel diffusion model "
-             "(diffusers `UNet2DModel`) "
-             f"trained with [unisde](https://github.com/) under the **{sched_name}** schedule with "
-             f"**{parameterization.name}** parameterisation.", "",
-             "| | |", "|---|---|",
-             f"| schedule | `{schedule.to_config()}` |",
-             f"| parameterisation | `{parameterization.name}` {parameterization.config or ''} |",
-             f"| loss weighting | `{loss_weighting}` |",
-             f"| noise-level distribution | `{noise_distribution}` |",
-             f"| dataset | `{dataset}` |",
-             f"| optimisation steps | {num_steps} |",
-             f"| default sampler | `{sampler}` |", "",
-             "## Sampling", "",
-             "Any unisde sampler runs on this checkpoint:", "",
-             "```python", "import unisde", "",
-             f'pipe = unisde.load_pipeline("{load_id}", sampler="{sampler}")',
-             "images = pipe(batch_size=16, num_inference_steps=50).images", "```", "",
-             "or with plain diffusers (after `import unisde`, which makes `UnifiedScheduler` resolvable):", "",
-             "```python", "import unisde  # noqa: F401", "from diffusers import DiffusionPipeline", "",
-             f'pipe = DiffusionPipeline.from_pretrained("{load_id}")', "```", ""]
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1] if repo_id else 'unisde diffusion model'}",
+        "",
+        f"An unconditional {resolution}×{resolution}, {channels}-channel diffusion model "
+        "(diffusers `UNet2DModel`) "
+        f"trained with [unisde](https://github.com/) under the **{sched_name}** schedule with "
+        f"**{parameterization.name}** parameterisation.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| schedule | `{schedule.to_config()}` |",
+        f"| parameterisation | `{parameterization.name}` {parameterization.config or ''} |",
+        f"| loss weighting | `{loss_weighting}` |",
+        f"| noise-level distribution | `{noise_distribution}` |",
+        f"| dataset | `{dataset}` |",
+        f"| optimisation steps | {num_steps} |",
+        f"| default sampler | `{sampler}` |",
+        "",
+        "## Sampling",
+        "",
+        "Any unisde sampler runs on this checkpoint:",
+        "",
+        "```python",
+        "import unisde",
+        "",
+        f'pipe = unisde.load_pipeline("{load_id}", sampler="{sampler}")',
+        "images = pipe(batch_size=16, num_inference_steps=50).images",
+        "```",
+        "",
+        "or with plain diffusers (after `import unisde`, which makes `UnifiedScheduler` resolvable):",
+        "",
+        "```python",
+        "import unisde  # noqa: F401",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{load_id}")',
+        "```",
+        "",
+    ]
     if sample_grid:
         lines += ["## Samples", "", f"![samples]({sample_grid})", ""]
     if quality:
         lines += ["## Quality", "", quality.strip(), ""]
     if training_command:
-        lines += ["## Training command", "", "This checkpoint was produced by:", "", "```bash", training_command,
-                  "```", ""]
+        lines += [
+            "## Training command",
+            "",
+            "This checkpoint was produced by:",
+            "",
+            "```bash",
+            training_command,
+            "```",
+            "",
+        ]
     if extra:
         lines += [extra.strip(), ""]
     return "\n".join(lines)

@@ -61,56 +61,93 @@ DEFAULT_RESOLUTION = 64
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """All ``unisde train`` flags (shared by ``scripts/train.py``)."""
     d = parser.add_argument_group("data")
-    d.add_argument("--dataset_name", default=None, help="Hub dataset id, local dataset path, or 'digits' (the default: "
-                   "scikit-learn's 8×8 handwritten digits, no network needed)")
+    d.add_argument(
+        "--dataset_name",
+        default=None,
+        help="Hub dataset id, local dataset path, or 'digits' (the default: "
+        "scikit-learn's 8×8 handwritten digits, no network needed)",
+    )
     d.add_argument("--dataset_config_name", default=None)
     d.add_argument("--train_data_dir", default=None, help="folder of images (imagefolder) or a save_to_disk dataset")
     d.add_argument("--train_files", nargs="+", default=None, help="parquet/arrow/csv/json files with an image column")
     d.add_argument("--image_column", default=None, help="name of the image column (default: the Image-typed column)")
     d.add_argument("--cache_dir", default=None)
-    d.add_argument("--resolution", type=int, default=None,
-                   help="training resolution (default 8 for digits, else the UNet "
-                   "config's sample_size or 64)")
-    d.add_argument("--channels", type=int, default=None, choices=(1, 3, 4), help="convert images to this many channels "
-                   "(default: the dataset's)")
+    d.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="training resolution (default 8 for digits, else the UNet config's sample_size or 64)",
+    )
+    d.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        choices=(1, 3, 4),
+        help="convert images to this many channels (default: the dataset's)",
+    )
     d.add_argument("--center_crop", action="store_true", help="centre-crop instead of random crop")
     d.add_argument("--random_flip", action="store_true")
     d.add_argument("--dataloader_num_workers", type=int, default=0)
 
     m = parser.add_argument_group("model")
-    m.add_argument("--unet_config", default=None,
-                   help="UNet2DModel config: a config.json, a folder holding one, or a JSON string")
+    m.add_argument(
+        "--unet_config", default=None, help="UNet2DModel config: a config.json, a folder holding one, or a JSON string"
+    )
     m.add_argument("--block_out_channels", default="32,64", help="comma-separated channels per level")
     m.add_argument("--layers_per_block", type=int, default=1)
-    m.add_argument("--attention_levels", default="last",
-                   help="levels with self-attention: 'last', 'none' or indices '1,2'")
+    m.add_argument(
+        "--attention_levels", default="last", help="levels with self-attention: 'last', 'none' or indices '1,2'"
+    )
     m.add_argument("--norm_num_groups", type=int, default=8)
 
     o = parser.add_argument_group("objective")
-    o.add_argument("--schedule", default="ddpm-linear",
-                   help="schedule name (rectified_flow …), JSON config, or a diffusers scheduler config path")
-    o.add_argument("--prediction_type", default="epsilon",
-                   help="parameterisation: epsilon, sample, v_prediction, score, edm, flow_prediction, …")
-    o.add_argument("--sigma_data", type=float, default=None,
-                   help="σ_data for the edm parameterisation / weighting (0.5)")
-    o.add_argument("--loss_weighting", default="default", help="default, epsilon, x0, v, score, edm, likelihood, flow, "
-                   "cosmap, sigma_sqrt")
-    o.add_argument("--noise_distribution", default=None, help="uniform_t, uniform_index, lognormal, uniform_tau, "
-                   "logit_normal, mode (default: uniform_index for β tables, lognormal for --prediction_type edm, "
-                   "else uniform_t)")
+    o.add_argument(
+        "--schedule",
+        default="ddpm-linear",
+        help="schedule name (rectified_flow …), JSON config, or a diffusers scheduler config path",
+    )
+    o.add_argument(
+        "--prediction_type",
+        default="epsilon",
+        help="parameterisation: epsilon, sample, v_prediction, score, edm, flow_prediction, …",
+    )
+    o.add_argument(
+        "--sigma_data", type=float, default=None, help="σ_data for the edm parameterisation / weighting (0.5)"
+    )
+    o.add_argument(
+        "--loss_weighting",
+        default="default",
+        help="default, epsilon, x0, v, score, edm, likelihood, flow, cosmap, sigma_sqrt",
+    )
+    o.add_argument(
+        "--noise_distribution",
+        default=None,
+        help="uniform_t, uniform_index, lognormal, uniform_tau, "
+        "logit_normal, mode (default: uniform_index for β tables, lognormal for --prediction_type edm, "
+        "else uniform_t)",
+    )
     o.add_argument("--p_mean", type=float, default=-1.2, help="lognormal: mean of ln σ̃")
     o.add_argument("--p_std", type=float, default=1.2, help="lognormal: std of ln σ̃")
-    o.add_argument("--weighting_scheme", default=None, choices=tuple(WEIGHTING_SCHEMES),
-                   help="SD3's time density and loss weight (Esser et al. 2024, §3.1), as diffusers' flag: "
-                   "logit_normal "
-                   "and mode set that density of the flow noise level τ = σ/(s + σ) (t on the rectified flow) with "
-                   "the plain flow-matching loss; cosmap and sigma_sqrt weight the flow-matching loss with τ uniform; "
-                   "none is uniform τ, plain loss. Replaces --noise_distribution and --loss_weighting")
+    o.add_argument(
+        "--weighting_scheme",
+        default=None,
+        choices=tuple(WEIGHTING_SCHEMES),
+        help="SD3's time density and loss weight (Esser et al. 2024, §3.1), as diffusers' flag: "
+        "logit_normal "
+        "and mode set that density of the flow noise level τ = σ/(s + σ) (t on the rectified flow) with "
+        "the plain flow-matching loss; cosmap and sigma_sqrt weight the flow-matching loss with τ uniform; "
+        "none is uniform τ, plain loss. Replaces --noise_distribution and --loss_weighting",
+    )
     o.add_argument("--logit_mean", type=float, default=0.0, help="logit_normal: mean m of logit τ (> 0 favours noise)")
     o.add_argument("--logit_std", type=float, default=1.0, help="logit_normal: std of logit τ")
     o.add_argument("--mode_scale", type=float, default=1.29, help="mode: scale c in [−1, 2/(π − 2)]")
-    o.add_argument("--shift", type=float, default=1.0, help="SD3 shift τ ↦ shift·τ/(1 + (shift − 1)τ) of the training "
-                   "noise levels (flow distributions only), recorded as the exported FlowMatch scheduler's shift")
+    o.add_argument(
+        "--shift",
+        type=float,
+        default=1.0,
+        help="SD3 shift τ ↦ shift·τ/(1 + (shift − 1)τ) of the training "
+        "noise levels (flow distributions only), recorded as the exported FlowMatch scheduler's shift",
+    )
     o.add_argument("--t_min", type=float, default=1e-5, help="smallest time drawn (uniform_t, lognormal)")
 
     t = parser.add_argument_group("optimisation")
@@ -140,10 +177,18 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     c.add_argument("--checkpointing_steps", type=int, default=500)
     c.add_argument("--checkpoints_total_limit", type=int, default=None)
     c.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
-    c.add_argument("--allow_fingerprint_mismatch", action="store_true", help="resume a checkpoint whose run had "
-                   "another schedule, parameterisation, data or UNet config (refused otherwise)")
-    c.add_argument("--logger", default="auto", choices=("auto", "tensorboard", "wandb", "none"),
-                   help="tracker (auto: tensorboard when installed)")
+    c.add_argument(
+        "--allow_fingerprint_mismatch",
+        action="store_true",
+        help="resume a checkpoint whose run had "
+        "another schedule, parameterisation, data or UNet config (refused otherwise)",
+    )
+    c.add_argument(
+        "--logger",
+        default="auto",
+        choices=("auto", "tensorboard", "wandb", "none"),
+        help="tracker (auto: tensorboard when installed)",
+    )
     c.add_argument("--logging_dir", default="logs", help="tracker folder, relative to --output_dir")
     c.add_argument("--logging_steps", type=int, default=10)
     c.add_argument("--default_sampler", default=None, help="sampler recorded in the exported scheduler config")
@@ -243,10 +288,12 @@ def validate_args(args) -> Plan:
         if scheme not in WEIGHTING_SCHEMES:
             raise ValueError(f"--weighting_scheme {scheme!r}; valid choices: {', '.join(WEIGHTING_SCHEMES)}")
         if args.noise_distribution is not None or args.loss_weighting != "default":
-            raise ValueError(f"--weighting_scheme {scheme} sets both the noise distribution and the loss weighting "
-                             f"({' and '.join(WEIGHTING_SCHEMES[scheme])}); drop --noise_distribution "
-                             f"{args.noise_distribution!r} / --loss_weighting {args.loss_weighting!r}, or drop "
-                             "--weighting_scheme and give those two instead")
+            raise ValueError(
+                f"--weighting_scheme {scheme} sets both the noise distribution and the loss weighting "
+                f"({' and '.join(WEIGHTING_SCHEMES[scheme])}); drop --noise_distribution "
+                f"{args.noise_distribution!r} / --loss_weighting {args.loss_weighting!r}, or drop "
+                "--weighting_scheme and give those two instead"
+            )
         dist, weighting = WEIGHTING_SCHEMES[scheme]
     else:
         weighting = canonical_loss_weighting(args.loss_weighting)
@@ -255,22 +302,27 @@ def validate_args(args) -> Plan:
             dist = "uniform_index" if schedule.is_discrete else ("lognormal" if param.name == "edm" else "uniform_t")
         dist = canonical_noise_distribution(dist)
     if dist == "uniform_index" and not schedule.num_train_timesteps:
-        raise ValueError(f"--noise_distribution uniform_index needs a schedule with num_train_timesteps; "
-                         f"{args.schedule!r} has none")
+        raise ValueError(
+            f"--noise_distribution uniform_index needs a schedule with num_train_timesteps; {args.schedule!r} has none"
+        )
     try:
         check_flow_density_options(args.logit_std, args.mode_scale, args.shift, args.logit_mean)
     except ValueError as exc:
         raise ValueError(f"--logit_mean/--logit_std/--mode_scale/--shift: {exc}") from None
     if args.shift != 1.0:
         if dist not in FLOW_NOISE_DISTRIBUTIONS:
-            raise ValueError(f"--shift {args.shift} shifts the flow noise levels of --weighting_scheme or "
-                             "--noise_distribution "
-                             f"{'/'.join(FLOW_NOISE_DISTRIBUTIONS)}; the noise distribution here is {dist!r}")
+            raise ValueError(
+                f"--shift {args.shift} shifts the flow noise levels of --weighting_scheme or "
+                "--noise_distribution "
+                f"{'/'.join(FLOW_NOISE_DISTRIBUTIONS)}; the noise distribution here is {dist!r}"
+            )
         if not is_flow_export(schedule, param):
-            raise ValueError(f"--shift {args.shift} is recorded as the exported FlowMatch scheduler's shift, "
-                             "which needs "
-                             "--schedule rectified_flow --prediction_type flow_prediction; "
-                             f"got {args.schedule!r} / {args.prediction_type!r}")
+            raise ValueError(
+                f"--shift {args.shift} is recorded as the exported FlowMatch scheduler's shift, "
+                "which needs "
+                "--schedule rectified_flow --prediction_type flow_prediction; "
+                f"got {args.schedule!r} / {args.prediction_type!r}"
+            )
     sampler = args.default_sampler or DEFAULT_SAMPLER
     if args.default_sampler:
         from unisde.plugins import get_sampler
@@ -282,22 +334,34 @@ def validate_args(args) -> Plan:
 def fingerprint(args, plan: Plan, unet_config: dict) -> dict:
     """What makes two runs the same run (compared when reusing an output directory)."""
     data = args.dataset_name or args.train_data_dir or args.train_files or "digits"
-    fp = {"schedule": plan.schedule.to_config(), "prediction_type": plan.parameterization.name,
-          "parameterization_options": dict(plan.parameterization.config), "loss_weighting": plan.loss_weighting,
-          "noise_distribution": plan.noise_distribution, "dataset": data, "image_column": args.image_column,
-          "unet": {k: v for k, v in unet_config.items() if not k.startswith("_")}}
+    fp = {
+        "schedule": plan.schedule.to_config(),
+        "prediction_type": plan.parameterization.name,
+        "parameterization_options": dict(plan.parameterization.config),
+        "loss_weighting": plan.loss_weighting,
+        "noise_distribution": plan.noise_distribution,
+        "dataset": data,
+        "image_column": args.image_column,
+        "unet": {k: v for k, v in unet_config.items() if not k.startswith("_")},
+    }
     if plan.noise_distribution in FLOW_NOISE_DISTRIBUTIONS:  # only then: older runs keep their fingerprint
-        fp["noise_distribution_options"] = {"logit_mean": args.logit_mean, "logit_std": args.logit_std,
-                                            "mode_scale": args.mode_scale, "shift": args.shift}
+        fp["noise_distribution_options"] = {
+            "logit_mean": args.logit_mean,
+            "logit_std": args.logit_std,
+            "mode_scale": args.mode_scale,
+            "shift": args.shift,
+        }
     return fp
 
 
 def distribution_label(args, plan: Plan) -> str:
     """The noise-level distribution with its parameters, for the model card."""
     dist = plan.noise_distribution
-    params = {"lognormal": f"P_mean={args.p_mean}, P_std={args.p_std}",
-              "logit_normal": f"logit_mean={args.logit_mean}, logit_std={args.logit_std}",
-              "mode": f"mode_scale={args.mode_scale}"}.get(dist, "")
+    params = {
+        "lognormal": f"P_mean={args.p_mean}, P_std={args.p_std}",
+        "logit_normal": f"logit_mean={args.logit_mean}, logit_std={args.logit_std}",
+        "mode": f"mode_scale={args.mode_scale}",
+    }.get(dist, "")
     if dist in FLOW_NOISE_DISTRIBUTIONS:
         params = ", ".join(p for p in (params, f"shift={args.shift}") if p) + "; in τ = σ/(s + σ)"
     label = f"{dist} ({params})" if params else dist
@@ -315,8 +379,9 @@ def _load_unet_config(spec: str) -> dict:
             raise ValueError(f"--unet_config looks like JSON but does not parse: {exc}") from None
     path = os.path.join(text, "config.json") if os.path.isdir(text) else text
     if not os.path.isfile(path):
-        raise ValueError(f"--unet_config {spec!r}: no such file (expected a config.json, a folder holding one, "
-                         "or JSON)")
+        raise ValueError(
+            f"--unet_config {spec!r}: no such file (expected a config.json, a folder holding one, or JSON)"
+        )
     with open(path) as fh:
         return json.load(fh)
 
@@ -331,15 +396,18 @@ def unet_config_from_args(args, resolution: int, channels: int) -> dict:
         cfg.setdefault("sample_size", resolution)
         in_ch, out_ch = cfg.get("in_channels", 3), cfg.get("out_channels", 3)
         if in_ch != channels or out_ch != channels:
-            raise ValueError(f"channel mismatch: the images have {channels} channel(s) but the UNet config has "
-                             f"in_channels={in_ch}, out_channels={out_ch}; pass --channels {in_ch} to convert the "
-                             "images "
-                             "or fix the config")
+            raise ValueError(
+                f"channel mismatch: the images have {channels} channel(s) but the UNet config has "
+                f"in_channels={in_ch}, out_channels={out_ch}; pass --channels {in_ch} to convert the "
+                "images "
+                "or fix the config"
+            )
         size = cfg["sample_size"]
         size = size if isinstance(size, int) else tuple(size)
         if size != resolution and size != (resolution, resolution):
-            raise ValueError(f"resolution mismatch: --resolution {resolution} but the UNet config has "
-                             f"sample_size={size}")
+            raise ValueError(
+                f"resolution mismatch: --resolution {resolution} but the UNet config has sample_size={size}"
+            )
     else:
         blocks = _int_list(args.block_out_channels, "block_out_channels")
         levels = str(args.attention_levels).strip().lower()
@@ -351,24 +419,35 @@ def unet_config_from_args(args, resolution: int, channels: int) -> dict:
             try:
                 attn = {int(v) for v in levels.split(",") if v}
             except ValueError:
-                raise ValueError(f"--attention_levels must be 'last', 'none' or indices, "
-                                 f"got {args.attention_levels!r}") from None
+                raise ValueError(
+                    f"--attention_levels must be 'last', 'none' or indices, got {args.attention_levels!r}"
+                ) from None
             if any(i < 0 or i >= len(blocks) for i in attn):
                 raise ValueError(f"--attention_levels {args.attention_levels!r} outside levels 0 … {len(blocks) - 1}")
         for c in blocks:
             if c % args.norm_num_groups:
-                raise ValueError(f"--block_out_channels {c} is not divisible by --norm_num_groups "
-                                 f"{args.norm_num_groups}")
+                raise ValueError(
+                    f"--block_out_channels {c} is not divisible by --norm_num_groups {args.norm_num_groups}"
+                )
         down = ["AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(len(blocks))]
         up = ["AttnUpBlock2D" if i in attn else "UpBlock2D" for i in reversed(range(len(blocks)))]
-        cfg = {"sample_size": resolution, "in_channels": channels, "out_channels": channels,
-               "layers_per_block": args.layers_per_block, "block_out_channels": blocks, "down_block_types": down,
-               "up_block_types": up, "norm_num_groups": args.norm_num_groups, "attention_head_dim": min(8, blocks[-1])}
+        cfg = {
+            "sample_size": resolution,
+            "in_channels": channels,
+            "out_channels": channels,
+            "layers_per_block": args.layers_per_block,
+            "block_out_channels": blocks,
+            "down_block_types": down,
+            "up_block_types": up,
+            "norm_num_groups": args.norm_num_groups,
+            "attention_head_dim": min(8, blocks[-1]),
+        }
     n_down = len(cfg.get("down_block_types", UNet2DModel().config.down_block_types))
     factor = 2 ** (n_down - 1)
     if resolution % factor:
-        raise ValueError(f"--resolution {resolution} is not divisible by {factor}, which a UNet with {n_down} "
-                         "levels needs")
+        raise ValueError(
+            f"--resolution {resolution} is not divisible by {factor}, which a UNet with {n_down} levels needs"
+        )
     return cfg
 
 
@@ -427,8 +506,9 @@ def _tracker(args) -> list:
             import tensorboard  # noqa: F401
         except ImportError:
             if args.logger == "tensorboard":
-                raise ValueError("--logger tensorboard but tensorboard is not installed "
-                                 "(pip install tensorboard)") from None
+                raise ValueError(
+                    "--logger tensorboard but tensorboard is not installed (pip install tensorboard)"
+                ) from None
             return []
         return ["tensorboard"]
     return [args.logger]
@@ -456,8 +536,9 @@ def train(args, *, before_commit=None) -> TrainResult:
     # "latest" is resolved (renames only, so every rank may do it at once).
     recover_interrupted_saves(output_dir)
     resume_path = resolve_resume(args.resume_from_checkpoint, output_dir)
-    dataset = D.load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir,
-                                   args.train_files, cache_dir=args.cache_dir)
+    dataset = D.load_image_dataset(
+        args.dataset_name, args.dataset_config_name, args.train_data_dir, args.train_files, cache_dir=args.cache_dir
+    )
     image_column = D.find_image_column(dataset, args.image_column)
     is_digits = not (args.train_data_dir or args.train_files) and args.dataset_name in (None, D.DIGITS)
     channels = args.channels or D.image_channels(dataset, image_column)
@@ -474,19 +555,31 @@ def train(args, *, before_commit=None) -> TrainResult:
         compare_fingerprint(resume_path, fp, args.allow_fingerprint_mismatch)
     state = check_output_dir(output_dir, fp, args.overwrite_output_dir, resuming=resume_path is not None)
     out_abs = os.path.abspath(output_dir)
-    if state == "overwrite" and resume_path is not None and \
-            os.path.commonpath([os.path.abspath(resume_path), out_abs]) == out_abs:
-        raise ValueError(f"--overwrite_output_dir would delete the checkpoint --resume_from_checkpoint names "
-                         f"({resume_path!r}); resume without --overwrite_output_dir or from a copy elsewhere")
+    if (
+        state == "overwrite"
+        and resume_path is not None
+        and os.path.commonpath([os.path.abspath(resume_path), out_abs]) == out_abs
+    ):
+        raise ValueError(
+            f"--overwrite_output_dir would delete the checkpoint --resume_from_checkpoint names "
+            f"({resume_path!r}); resume without --overwrite_output_dir or from a copy elsewhere"
+        )
 
     grad_accum = GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False)
     trackers = _tracker(args)
     project = ProjectConfiguration(project_dir=output_dir, logging_dir=os.path.join(output_dir, args.logging_dir))
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=trackers or None,
-                              gradient_accumulation_plugin=grad_accum, project_config=project)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        cpu=args.cpu,
+        log_with=trackers or None,
+        gradient_accumulation_plugin=grad_accum,
+        project_config=project,
+    )
     if len(dataset) < args.train_batch_size * accelerator.num_processes:
-        raise ValueError(f"the dataset has {len(dataset)} images, fewer than one global batch "
-                         f"({args.train_batch_size} × {accelerator.num_processes} processes)")
+        raise ValueError(
+            f"the dataset has {len(dataset)} images, fewer than one global batch "
+            f"({args.train_batch_size} × {accelerator.num_processes} processes)"
+        )
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
         if state == "overwrite":
@@ -500,31 +593,61 @@ def train(args, *, before_commit=None) -> TrainResult:
     model = UNet2DModel.from_config(unet_cfg)
     ema = None
     if args.use_ema:
-        ema = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
-                       power=args.ema_power, model_cls=UNet2DModel, model_config=model.config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+        ema = EMAModel(
+            model.parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            model_cls=UNet2DModel,
+            model_config=model.config,
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
     dataset = D.ImageDataset(dataset, image_column, resolution, channels, args.center_crop, args.random_flip, args.seed)
     sampler = D.EpochSampler(len(dataset), seed=args.seed)
     # The loader gets its own generator: creating an iterator draws a worker seed from it, which from the global
     # RNG would shift the noise stream of a resumed run (the iterator is created after the RNG state is restored).
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-                                         collate_fn=D.collate, num_workers=args.dataloader_num_workers,
-                                         generator=torch.Generator().manual_seed(args.seed))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=D.collate,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     batches_per_epoch = len(dataset) // (args.train_batch_size * accelerator.num_processes)  # = len(loader) per rank
     updates_per_epoch = batches_per_epoch / args.gradient_accumulation_steps
     max_steps = args.max_train_steps or max(1, int(math.ceil(args.num_epochs * updates_per_epoch)))
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_steps * accelerator.num_processes)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+    )
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
     batches_per_epoch = len(loader)
     if ema is not None:
         ema.to(accelerator.device)
-    objective = DenoisingScoreMatching(plan.schedule, plan.parameterization, plan.loss_weighting,
-                                       plan.noise_distribution, t_min=args.t_min, p_mean=args.p_mean, p_std=args.p_std,
-                                       logit_mean=args.logit_mean, logit_std=args.logit_std,
-                                       mode_scale=args.mode_scale, shift=args.shift)
+    objective = DenoisingScoreMatching(
+        plan.schedule,
+        plan.parameterization,
+        plan.loss_weighting,
+        plan.noise_distribution,
+        t_min=args.t_min,
+        p_mean=args.p_mean,
+        p_std=args.p_std,
+        logit_mean=args.logit_mean,
+        logit_std=args.logit_std,
+        mode_scale=args.mode_scale,
+        shift=args.shift,
+    )
 
     # Per-rank noise: each rank draws different t and ε from the global RNG, seeded by (seed, rank); its state is
     # saved per rank in every checkpoint and restored below.
@@ -536,24 +659,44 @@ def train(args, *, before_commit=None) -> TrainResult:
         if ema is not None:
             ema.to(accelerator.device)
         if manifest.get("num_processes") != accelerator.num_processes:
-            logger.warning("resuming a checkpoint written by %s processes with %s: data order and per-rank RNG are not "
-                           "restored exactly", manifest.get("num_processes"), accelerator.num_processes)
+            logger.warning(
+                "resuming a checkpoint written by %s processes with %s: data order and per-rank RNG are not "
+                "restored exactly",
+                manifest.get("num_processes"),
+                accelerator.num_processes,
+            )
         accelerator.print(f"resumed from {resume_path} at step {global_step}")
     if accelerator.is_main_process and trackers:
-        accelerator.init_trackers("unisde", config={k: v for k, v in vars(args).items()
-                                                     if isinstance(v, (int, float, str, bool)) and v is not None})
+        accelerator.init_trackers(
+            "unisde",
+            config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and v is not None},
+        )
 
-    schedule_label = args.schedule if isinstance(args.schedule, str) and not args.schedule.strip().startswith("{") \
-        and not os.path.exists(args.schedule) else None
+    schedule_label = (
+        args.schedule
+        if isinstance(args.schedule, str)
+        and not args.schedule.strip().startswith("{")
+        and not os.path.exists(args.schedule)
+        else None
+    )
 
     def card(num_steps):
         files = " ".join(args.train_files) if args.train_files else None
         dataset_name = args.dataset_name or args.train_data_dir or files or "digits"
-        return dict(schedule=plan.schedule, parameterization=plan.parameterization, loss_weighting=plan.loss_weighting,
-                    noise_distribution=distribution_label(args, plan), dataset=dataset_name,
-                    training_command=training_command(args),
-                    num_steps=num_steps, resolution=resolution, channels=channels, sampler=plan.sampler,
-                    repo_id=args.hub_model_id, schedule_name=schedule_label)
+        return dict(
+            schedule=plan.schedule,
+            parameterization=plan.parameterization,
+            loss_weighting=plan.loss_weighting,
+            noise_distribution=distribution_label(args, plan),
+            dataset=dataset_name,
+            training_command=training_command(args),
+            num_steps=num_steps,
+            resolution=resolution,
+            channels=channels,
+            sampler=plan.sampler,
+            repo_id=args.hub_model_id,
+            schedule_name=schedule_label,
+        )
 
     def export(num_steps):
         if not accelerator.is_main_process:
@@ -563,8 +706,12 @@ def train(args, *, before_commit=None) -> TrainResult:
             ema.store(unet.parameters())
             ema.copy_to(unet.parameters())
         try:
-            export_pipeline(unet, make_scheduler(plan.schedule, plan.parameterization, plan.sampler, shift=args.shift),
-                            output_dir, card(num_steps))
+            export_pipeline(
+                unet,
+                make_scheduler(plan.schedule, plan.parameterization, plan.sampler, shift=args.shift),
+                output_dir,
+                card(num_steps),
+            )
         finally:
             if ema is not None:
                 ema.restore(unet.parameters())
@@ -619,17 +766,24 @@ def train(args, *, before_commit=None) -> TrainResult:
             step_loss = losses[-1]
             rate = (global_step - start_step) * global_batch / max(time.perf_counter() - start, 1e-9)
             if progress is not None:
-                progress.set_postfix(loss=f"{step_loss:.4f}", img_s=f"{rate:.1f}",
-                                     lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+                progress.set_postfix(
+                    loss=f"{step_loss:.4f}", img_s=f"{rate:.1f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}"
+                )
             if trackers:
                 logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "images_per_second": rate}
                 if ema is not None:
                     logs["ema_decay"] = ema.cur_decay_value
                 accelerator.log(logs, step=global_step)
         if checkpoint_now:
-            save_checkpoint(accelerator, output_dir, global_step,
-                            {"batches_seen": batches_seen, "fingerprint": fp}, args.checkpoints_total_limit,
-                            before_commit=before_commit, ema=ema)
+            save_checkpoint(
+                accelerator,
+                output_dir,
+                global_step,
+                {"batches_seen": batches_seen, "fingerprint": fp},
+                args.checkpoints_total_limit,
+                before_commit=before_commit,
+                ema=ema,
+            )
             export(global_step)
             accelerator.wait_for_everyone()
     if progress is not None:
@@ -640,12 +794,25 @@ def train(args, *, before_commit=None) -> TrainResult:
     if accelerator.is_main_process and args.push_to_hub:
         from unisde.diffusers.hub import push_folder
 
-        push_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None,
-                    commit_message=f"unisde train: step {global_step}")
+        push_folder(
+            output_dir,
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.hub_private_repo or None,
+            commit_message=f"unisde train: step {global_step}",
+        )
     for tracker in accelerator.trackers:  # not end_training(): that also tears down the process group,
-        tracker.finish()                   # which the caller may still use (see TrainResult)
+        tracker.finish()  # which the caller may still use (see TrainResult)
     return TrainResult(global_step, losses, output_dir, accelerator, model, ema, resume_path, rate)
 
 
-__all__ = ["add_training_arguments", "default_args", "validate_args", "train", "TrainResult", "unet_config_from_args",
-           "training_command", "distribution_label"]
+__all__ = [
+    "add_training_arguments",
+    "default_args",
+    "validate_args",
+    "train",
+    "TrainResult",
+    "unet_config_from_args",
+    "training_command",
+    "distribution_label",
+]

@@ -99,17 +99,29 @@ from unisde.plugins import get_parameterization
 LOSS_WEIGHTINGS = ("default", "epsilon", "x0", "v", "score", "edm", "likelihood", "flow", "cosmap", "sigma_sqrt")
 FLOW_NOISE_DISTRIBUTIONS = ("uniform_tau", "logit_normal", "mode")
 NOISE_DISTRIBUTIONS = ("uniform_t", "uniform_index", "lognormal") + FLOW_NOISE_DISTRIBUTIONS
-WEIGHTING_SCHEMES = {"logit_normal": ("logit_normal", "flow"), "mode": ("mode", "flow"),
-                     "cosmap": ("uniform_tau", "cosmap"), "sigma_sqrt": ("uniform_tau", "sigma_sqrt"),
-                     "none": ("uniform_tau", "flow")}
+WEIGHTING_SCHEMES = {
+    "logit_normal": ("logit_normal", "flow"),
+    "mode": ("mode", "flow"),
+    "cosmap": ("uniform_tau", "cosmap"),
+    "sigma_sqrt": ("uniform_tau", "sigma_sqrt"),
+    "none": ("uniform_tau", "flow"),
+}
 """SD3 / diffusers ``--weighting_scheme`` → (noise distribution, loss weighting) (module doc)."""
 MODE_SCALE_RANGE = (-1.0, 2.0 / (math.pi - 2.0))
 
 _WEIGHT_ALIASES = {"eps": "epsilon", "sample": "x0", "v_prediction": "v", "g2": "likelihood", "mse": "default"}
 _WEIGHT_ALIASES.update({"flow_matching": "flow", "flow_prediction": "flow", "cosine_map": "cosmap"})
-_DIST_ALIASES = {"uniform": "uniform_t", "index": "uniform_index", "log_normal": "lognormal", "log-normal": "lognormal",
-                 "uniform-t": "uniform_t", "uniform-index": "uniform_index", "logit-normal": "logit_normal",
-                 "logitnormal": "logit_normal", "uniform-tau": "uniform_tau"}
+_DIST_ALIASES = {
+    "uniform": "uniform_t",
+    "index": "uniform_index",
+    "log_normal": "lognormal",
+    "log-normal": "lognormal",
+    "uniform-t": "uniform_t",
+    "uniform-index": "uniform_index",
+    "logit-normal": "logit_normal",
+    "logitnormal": "logit_normal",
+    "uniform-tau": "uniform_tau",
+}
 
 
 def _canonical(kind: str, name: str, choices, aliases) -> str:
@@ -132,8 +144,12 @@ def canonical_noise_distribution(name: str) -> str:
 
 def canonical_weighting_scheme(name: str) -> str:
     """The canonical name of an SD3 weighting scheme (``WEIGHTING_SCHEMES``; aliases: logit-normal, cosine_map)."""
-    return _canonical("weighting scheme", name, tuple(WEIGHTING_SCHEMES),
-                      {"logit-normal": "logit_normal", "cosine_map": "cosmap", "uniform": "none"})
+    return _canonical(
+        "weighting scheme",
+        name,
+        tuple(WEIGHTING_SCHEMES),
+        {"logit-normal": "logit_normal", "cosine_map": "cosmap", "uniform": "none"},
+    )
 
 
 def flow_noise_level(schedule: NoiseSchedule, t) -> torch.Tensor:
@@ -145,24 +161,36 @@ def flow_noise_level(schedule: NoiseSchedule, t) -> torch.Tensor:
     return sigma / (s + sigma)
 
 
-def check_flow_density_options(logit_std: float = 1.0, mode_scale: float = 1.29, shift: float = 1.0,
-                               logit_mean: float = 0.0) -> None:
+def check_flow_density_options(
+    logit_std: float = 1.0, mode_scale: float = 1.29, shift: float = 1.0, logit_mean: float = 0.0
+) -> None:
     """ValueError unless the SD3 density parameters are usable (finite; logit_std > 0; mode_scale in
     ``MODE_SCALE_RANGE``, where the mode map is monotone; shift > 0)."""
     if not (math.isfinite(logit_mean) and math.isfinite(logit_std) and logit_std > 0):
-        raise ValueError(f"logit_normal needs a finite logit_mean and logit_std > 0, got logit_mean={logit_mean}, "
-                         f"logit_std={logit_std}")
+        raise ValueError(
+            f"logit_normal needs a finite logit_mean and logit_std > 0, got logit_mean={logit_mean}, "
+            f"logit_std={logit_std}"
+        )
     lo, hi = MODE_SCALE_RANGE
     if not (math.isfinite(mode_scale) and lo <= mode_scale <= hi):
-        raise ValueError(f"mode_scale must lie in [{lo:g}, 2/(π − 2) = {hi:.4f}] (Esser et al. 2024, §3.1: outside it "
-                         f"the mode map is not monotone and is no density), got {mode_scale}")
+        raise ValueError(
+            f"mode_scale must lie in [{lo:g}, 2/(π − 2) = {hi:.4f}] (Esser et al. 2024, §3.1: outside it "
+            f"the mode map is not monotone and is no density), got {mode_scale}"
+        )
     if not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be a finite number > 0, got {shift}")
 
 
-def sample_flow_noise_level(distribution: str, batch_size: int, generator: torch.Generator | None = None, *,
-                            logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
-                            shift: float = 1.0) -> torch.Tensor:
+def sample_flow_noise_level(
+    distribution: str,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    *,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    shift: float = 1.0,
+) -> torch.Tensor:
     """Draw flow noise levels τ ∈ [0, 1] (float64, shape (batch_size,)) from ``uniform_tau``, ``logit_normal`` or
     ``mode`` (Esser et al. 2024, §3.1 [SD3]; module doc), then shift them (§5.3.2)."""
     from unisde.grids.flow import time_shift
@@ -177,8 +205,7 @@ def sample_flow_noise_level(distribution: str, batch_size: int, generator: torch
         tau = torch.sigmoid(logit_mean + logit_std * z)
     else:
         u = torch.rand(batch_size, generator=generator, device=device, dtype=DTYPE)
-        tau = u if distribution == "uniform_tau" else \
-            1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+        tau = u if distribution == "uniform_tau" else 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
         tau = tau.clamp(0.0, 1.0)  # rounding only: f maps [0, 1] onto [0, 1]
     return tau if shift == 1.0 else time_shift(tau, shift=shift)
 
@@ -190,14 +217,15 @@ def sd3_loss_weight(weighting: str, tau: torch.Tensor) -> torch.Tensor:
     if weighting == "cosmap":
         return 2.0 / (math.pi * (1 - 2 * tau + 2 * tau * tau))
     if weighting == "sigma_sqrt":
-        return tau ** -2.0
+        return tau**-2.0
     if weighting == "flow":
         return torch.ones_like(tau)
     raise unknown_name_error("SD3 loss weighting", weighting, ("flow", "cosmap", "sigma_sqrt"))
 
 
-def x0_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Parameterization, t,
-                   sigma_data: float = 0.5) -> torch.Tensor:
+def x0_loss_weight(
+    weighting: str, schedule: NoiseSchedule, parameterization: Parameterization, t, sigma_data: float = 0.5
+) -> torch.Tensor:
     """λ(t) in float64: the weight of ‖x̂0 − x0‖² that the named weighting amounts to (see the module doc).
 
     ``parameterization`` matters only for ``default`` (λ = 1/b² of that parameterisation); ``sigma_data`` only
@@ -223,8 +251,9 @@ def x0_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Pa
     return schedule.g2(t) * s * s / sigma**4
 
 
-def output_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization: Parameterization, t,
-                       sigma_data: float = 0.5) -> torch.Tensor:
+def output_loss_weight(
+    weighting: str, schedule: NoiseSchedule, parameterization: Parameterization, t, sigma_data: float = 0.5
+) -> torch.Tensor:
     """w(t) = λ(t) · b(t)² in float64: the weight of the plain MSE on the parameterisation's raw output."""
     if canonical_loss_weighting(weighting) == "default":
         return torch.ones_like(schedule._time(t))
@@ -232,9 +261,20 @@ def output_loss_weight(weighting: str, schedule: NoiseSchedule, parameterization
     return lam * parameterization.output_weight(schedule, t)
 
 
-def sample_time(distribution: str, schedule: NoiseSchedule, batch_size: int, generator: torch.Generator | None = None,
-                *, t_min: float = 1e-5, p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
-                logit_std: float = 1.0, mode_scale: float = 1.29, shift: float = 1.0) -> torch.Tensor:
+def sample_time(
+    distribution: str,
+    schedule: NoiseSchedule,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    *,
+    t_min: float = 1e-5,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    shift: float = 1.0,
+) -> torch.Tensor:
     """Draw ``batch_size`` times t ∈ (0, 1] (float64, on the generator's device or CPU) from a noise-level
     distribution (see the module doc). Random numbers come from ``generator`` (the global RNG if None).
     ``logit_mean``, ``logit_std``, ``mode_scale`` and ``shift`` apply to the flow distributions (uniform_tau,
@@ -244,14 +284,22 @@ def sample_time(distribution: str, schedule: NoiseSchedule, batch_size: int, gen
     if distribution in FLOW_NOISE_DISTRIBUTIONS:
         from unisde.grids.flow import t_from_flow_sigma
 
-        tau = sample_flow_noise_level(distribution, batch_size, generator, logit_mean=logit_mean, logit_std=logit_std,
-                                      mode_scale=mode_scale, shift=shift)
+        tau = sample_flow_noise_level(
+            distribution,
+            batch_size,
+            generator,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+            mode_scale=mode_scale,
+            shift=shift,
+        )
         return t_from_flow_sigma(schedule, tau.cpu()).to(device).clamp(t_min, 1.0)
     if distribution == "uniform_index":
         n = schedule.num_train_timesteps
         if not n or n <= 0:
-            raise ValueError(f"noise distribution 'uniform_index' needs a schedule with num_train_timesteps; "
-                             f"{schedule!r} has {n!r}")
+            raise ValueError(
+                f"noise distribution 'uniform_index' needs a schedule with num_train_timesteps; {schedule!r} has {n!r}"
+            )
         index = torch.randint(0, int(n), (batch_size,), generator=generator, device=device)
         return (index.to(DTYPE) + 1) / n  # t_i = (i + 1)/N (schedule module convention)
     if distribution == "uniform_t":
@@ -294,20 +342,33 @@ class DenoisingScoreMatching:
         if not (0.0 <= self.t_min < 1.0):
             raise ValueError(f"t_min must lie in [0, 1), got {self.t_min}")
         if not (self.p_std > 0 and math.isfinite(self.p_mean)):
-            raise ValueError(f"lognormal needs a finite P_mean and P_std > 0, got P_mean={self.p_mean}, "
-                             f"P_std={self.p_std}")
+            raise ValueError(
+                f"lognormal needs a finite P_mean and P_std > 0, got P_mean={self.p_mean}, P_std={self.p_std}"
+            )
         check_flow_density_options(self.logit_std, self.mode_scale, self.shift, self.logit_mean)
         if self.shift != 1.0 and self.noise_distribution not in FLOW_NOISE_DISTRIBUTIONS:
-            raise ValueError(f"shift={self.shift} applies to the flow noise distributions "
-                             f"({', '.join(FLOW_NOISE_DISTRIBUTIONS)}), not to {self.noise_distribution!r}")
+            raise ValueError(
+                f"shift={self.shift} applies to the flow noise distributions "
+                f"({', '.join(FLOW_NOISE_DISTRIBUTIONS)}), not to {self.noise_distribution!r}"
+            )
         if self.sigma_data is None:
             self.sigma_data = float(self.parameterization.config.get("sigma_data", 0.5))
 
     def sample_time(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Times t (float64, shape (batch_size,)) from the configured noise-level distribution."""
-        return sample_time(self.noise_distribution, self.schedule, batch_size, generator,
-                           t_min=self.t_min, p_mean=self.p_mean, p_std=self.p_std, logit_mean=self.logit_mean,
-                           logit_std=self.logit_std, mode_scale=self.mode_scale, shift=self.shift)
+        return sample_time(
+            self.noise_distribution,
+            self.schedule,
+            batch_size,
+            generator,
+            t_min=self.t_min,
+            p_mean=self.p_mean,
+            p_std=self.p_std,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
+            mode_scale=self.mode_scale,
+            shift=self.shift,
+        )
 
     def weight(self, t) -> torch.Tensor:
         """Output-space weight w(t) = λ(t) b(t)² (float64)."""
@@ -325,8 +386,16 @@ class DenoisingScoreMatching:
         cast = dict(dtype=x0.dtype, device=x0.device)
         return model_input.to(**cast), timestep.to(**cast), target.to(**cast), weight.to(**cast)
 
-    def loss(self, model: Callable, x0: torch.Tensor, generator: torch.Generator | None = None, *,
-             t: torch.Tensor | None = None, noise: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    def loss(
+        self,
+        model: Callable,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
         """The weighted denoising loss for a batch x0 (B, ...). ``t`` and ``noise`` are drawn (from ``generator``)
         unless given. ``reduction``: "mean" (scalar) or "none" (per-sample, shape (B,))."""
         if reduction not in ("mean", "none"):
@@ -346,19 +415,33 @@ class DenoisingScoreMatching:
         return per_sample if reduction == "none" else per_sample.mean()
 
 
-def make_objective(schedule, parameterization, loss_weighting="default", noise_distribution="uniform_t",
-                   **options) -> DenoisingScoreMatching:
+def make_objective(
+    schedule, parameterization, loss_weighting="default", noise_distribution="uniform_t", **options
+) -> DenoisingScoreMatching:
     """Build a :class:`DenoisingScoreMatching` from names or objects (schedule: name, config dict or
     NoiseSchedule; parameterization: registered name or instance)."""
     from unisde.training.config import resolve_schedule
 
-    return DenoisingScoreMatching(resolve_schedule(schedule), get_parameterization(parameterization),
-                                  loss_weighting, noise_distribution, **options)
+    return DenoisingScoreMatching(
+        resolve_schedule(schedule),
+        get_parameterization(parameterization),
+        loss_weighting,
+        noise_distribution,
+        **options,
+    )
 
 
-def make_train_step(model: torch.nn.Module, schedule, parameterization, loss_weighting="default",
-                    noise_distribution="uniform_t", optimizer: torch.optim.Optimizer | None = None,
-                    learning_rate: float = 1e-4, max_grad_norm: float | None = 1.0, **options):
+def make_train_step(
+    model: torch.nn.Module,
+    schedule,
+    parameterization,
+    loss_weighting="default",
+    noise_distribution="uniform_t",
+    optimizer: torch.optim.Optimizer | None = None,
+    learning_rate: float = 1e-4,
+    max_grad_norm: float | None = 1.0,
+    **options,
+):
     """One plain training step, usable on its own (benchmarks): returns ``step(batch, generator) -> loss``.
 
     ``batch`` is a tensor of clean images (B, C, H, W) in [−1, 1] on the model's device; the step draws t and
@@ -385,7 +468,22 @@ def make_train_step(model: torch.nn.Module, schedule, parameterization, loss_wei
     return step
 
 
-__all__ = ["LOSS_WEIGHTINGS", "NOISE_DISTRIBUTIONS", "FLOW_NOISE_DISTRIBUTIONS", "WEIGHTING_SCHEMES",
-           "DenoisingScoreMatching", "x0_loss_weight", "output_loss_weight", "sample_time", "make_objective",
-           "make_train_step", "canonical_loss_weighting", "canonical_noise_distribution", "canonical_weighting_scheme",
-           "flow_noise_level", "sample_flow_noise_level", "sd3_loss_weight", "check_flow_density_options"]
+__all__ = [
+    "LOSS_WEIGHTINGS",
+    "NOISE_DISTRIBUTIONS",
+    "FLOW_NOISE_DISTRIBUTIONS",
+    "WEIGHTING_SCHEMES",
+    "DenoisingScoreMatching",
+    "x0_loss_weight",
+    "output_loss_weight",
+    "sample_time",
+    "make_objective",
+    "make_train_step",
+    "canonical_loss_weighting",
+    "canonical_noise_distribution",
+    "canonical_weighting_scheme",
+    "flow_noise_level",
+    "sample_flow_noise_level",
+    "sd3_loss_weight",
+    "check_flow_density_options",
+]

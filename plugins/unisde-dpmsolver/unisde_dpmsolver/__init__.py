@@ -85,21 +85,44 @@ def _solver_order(value):
 class DPMSolverPlusPlus(Sampler):
     name = "dpmsolver++"
     aliases = ("dpmsolver_2m", "dpm++2m")
-    description = ("DPM-Solver++(1S/2M/3M), SDE-DPM-Solver++ and multistep DPM-Solver: exponential integrators in "
-                   "data or noise prediction (Lu et al. 2022)")
+    description = (
+        "DPM-Solver++(1S/2M/3M), SDE-DPM-Solver++ and multistep DPM-Solver: exponential integrators in "
+        "data or noise prediction (Lu et al. 2022)"
+    )
     default_grid = "uniform_lambda"
     options = {
-        "solver_order": Option(2, (int,), "multistep order 1 (DDIM), 2 (2M) or 3 (3M); a diffusers config's "
-                               "solver_order fills it", _solver_order),
-        "solver_type": Option("midpoint", (str,), "the second-order step's form: midpoint (Algorithm 2) or heun, "
-                              "as diffusers' solver_type", choices=SOLVER_TYPES),
-        "exact_quadratic": Option(False, (bool,), "3M: weigh the second divided difference fully (true third "
-                                  "order); default halves it as diffusers, k-diffusion and the DPM-Solver code do"),
-        "algorithm_type": Option("dpmsolver++", (str,), "dpmsolver++ (PF-ODE, data prediction), sde-dpmsolver++ "
-                                 "(reverse SDE, exact linear part), dpmsolver / sde-dpmsolver (the same in noise "
-                                 "prediction); a diffusers config's algorithm_type fills it", choices=ALGORITHMS),
-        "lower_order_final": Option(True, (bool,), "with fewer than 15 steps: first-order last step and at most "
-                                    "second-order second-to-last step (diffusers' rule)"),
+        "solver_order": Option(
+            2,
+            (int,),
+            "multistep order 1 (DDIM), 2 (2M) or 3 (3M); a diffusers config's solver_order fills it",
+            _solver_order,
+        ),
+        "solver_type": Option(
+            "midpoint",
+            (str,),
+            "the second-order step's form: midpoint (Algorithm 2) or heun, as diffusers' solver_type",
+            choices=SOLVER_TYPES,
+        ),
+        "exact_quadratic": Option(
+            False,
+            (bool,),
+            "3M: weigh the second divided difference fully (true third "
+            "order); default halves it as diffusers, k-diffusion and the DPM-Solver code do",
+        ),
+        "algorithm_type": Option(
+            "dpmsolver++",
+            (str,),
+            "dpmsolver++ (PF-ODE, data prediction), sde-dpmsolver++ "
+            "(reverse SDE, exact linear part), dpmsolver / sde-dpmsolver (the same in noise "
+            "prediction); a diffusers config's algorithm_type fills it",
+            choices=ALGORITHMS,
+        ),
+        "lower_order_final": Option(
+            True,
+            (bool,),
+            "with fewer than 15 steps: first-order last step and at most "
+            "second-order second-to-last step (diffusers' rule)",
+        ),
         "euler_at_final": Option(False, (bool,), "first-order last step (diffusers' euler_at_final)"),
     }
 
@@ -107,8 +130,10 @@ class DPMSolverPlusPlus(Sampler):
     def validate_options(cls, options: dict) -> dict:
         opts = super().validate_options(options)
         if opts["algorithm_type"] == "sde-dpmsolver" and opts["solver_order"] == 3:
-            raise ValueError("sampler 'dpmsolver++': algorithm_type='sde-dpmsolver' has no third-order form (diffusers "
-                             "has none either); use solver_order=1 or 2, or algorithm_type='sde-dpmsolver++'")
+            raise ValueError(
+                "sampler 'dpmsolver++': algorithm_type='sde-dpmsolver' has no third-order form (diffusers "
+                "has none either); use solver_order=1 or 2, or algorithm_type='sde-dpmsolver++'"
+            )
         return opts
 
     @property
@@ -130,9 +155,11 @@ class DPMSolverPlusPlus(Sampler):
         sde, noise_prediction = algorithm.startswith("sde"), not algorithm.endswith("++")
         s_f, sig_f = self.floats(s), self.floats(sigma)
         if algorithm == "sde-dpmsolver" and sig_f[-1] == 0.0:
-            raise ValueError("sampler 'dpmsolver++': algorithm_type='sde-dpmsolver' cannot step to σ = 0 (its last "
-                             "step would add fresh noise to the result; diffusers refuses it too): end the grid at "
-                             "σ > 0 (final_sigmas_type='sigma_min') or use algorithm_type='sde-dpmsolver++'")
+            raise ValueError(
+                "sampler 'dpmsolver++': algorithm_type='sde-dpmsolver' cannot step to σ = 0 (its last "
+                "step would add fresh noise to the result; diffusers refuses it too): end the grid at "
+                "σ > 0 (final_sigmas_type='sigma_min') or use algorithm_type='sde-dpmsolver++'"
+            )
         u, w = {"dpmsolver++": (s, sigma), "sde-dpmsolver++": (s, sigma**2 / s)}.get(algorithm, (sigma, s))
         H, self.ratio, first = (self.floats(v) for v in exponential_integrator_coefficients(u, w))
         prefactor, scale = self.floats(u[1:]), 2.0 if algorithm == "sde-dpmsolver" else 1.0
@@ -153,18 +180,36 @@ class DPMSolverPlusPlus(Sampler):
                 order = 1
             elif few and k == n - 2:
                 order = min(order, 2)
-            self.weights.append([tuple(scale * c for c in self._weights(p, first[k], prefactor[k], H[k], H[k - p + 1:k],
-                                                                      o["exact_quadratic"], o["solver_type"] == "heun"))
-                                 for p in range(1, order + 1)])
+            self.weights.append(
+                [
+                    tuple(
+                        scale * c
+                        for c in self._weights(
+                            p,
+                            first[k],
+                            prefactor[k],
+                            H[k],
+                            H[k - p + 1 : k],
+                            o["exact_quadratic"],
+                            o["solver_type"] == "heun",
+                        )
+                    )
+                    for p in range(1, order + 1)
+                ]
+            )
             # σ_{k+1} √(1 − e^{−2h}) (sde-dpmsolver++, H = 2h) or σ_{k+1} √(e^{2h} − 1) (sde-dpmsolver, H = −h)
-            self.noise_std.append(0.0 if not sde else sig_f[k + 1] * math.sqrt(
-                math.expm1(-2.0 * H[k]) if noise_prediction else -math.expm1(-H[k])))
+            self.noise_std.append(
+                0.0
+                if not sde
+                else sig_f[k + 1] * math.sqrt(math.expm1(-2.0 * H[k]) if noise_prediction else -math.expm1(-H[k]))
+            )
             run += 1
         return grid[:-1]
 
     @staticmethod
-    def _weights(order: int, first: float, prefactor: float, h: float, previous: list[float], exact: bool,
-                 heun: bool) -> tuple[float, ...]:
+    def _weights(
+        order: int, first: float, prefactor: float, h: float, previous: list[float], exact: bool, heun: bool
+    ) -> tuple[float, ...]:
         """Weights of v_k, v_{k−1}, … in x_{k+1} − (w_{k+1}/w_k) x_k for one step of size h in log(u/w) (the
         pair of :meth:`prepare`; for dpmsolver++ h in λ', v = D, ``prefactor`` = s_{k+1}), ``first`` =
         prefactor · (1 − e^{−h}) the first-order weight and ``previous`` = [h_{k−2}, h_{k−1}] the earlier steps.
