@@ -198,9 +198,6 @@ def run_demo(
     verbose: bool = True,
 ) -> list[DemoRow]:
     """One checkpoint, every sampler (module doc): grids, schedule plot, results.{json,md} in ``output_dir``."""
-    import diffusers  # noqa: F401  (imported before unisde.diffusers.scheduler: a first diffusers import from inside
-
-    # it runs torch.distributed's inspect.getmodule, which executes the lazy unisde.scheduler re-entrantly)
     from unisde.diffusers.pipeline import load_pipeline
     from unisde.diffusers.scheduler import UnifiedScheduler
     from unisde.plugins import get_sampler, list_samplers
