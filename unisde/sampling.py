@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from unisde.core.schedule import NoiseSchedule
-from unisde.parameterizations.base import fed_timesteps
+from unisde.parameterizations.base import denoised_from_output, fed_timesteps
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -235,6 +235,6 @@ def sample(
             if out.shape != x.shape and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
                 out, smp.extra = torch.split(out, x.shape[1], dim=1)  # a learned variance in the extra channels
             out = out.to(x.dtype)
-            return (out if b[k] == 1.0 else out * b[k]) if a[k] == 0.0 else torch.add(x * a[k], out, alpha=b[k])
+            return denoised_from_output(x, out, a[k], b[k])
 
     return run_loop(smp, x, denoise, callback=callback)

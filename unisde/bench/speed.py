@@ -36,6 +36,8 @@ def _overhead(cfg: BenchConfig, log) -> list:
     model_output = torch.randn(cfg.overhead_shape, generator=g)
     n = 50
     for label, cls_name, extra, *schedule in OVERHEAD_PAIRS:
+        # a pair names its target schedule; pairs without one are timed on the DDPM table (not a fallback: the
+        # same config feeds both sides)
         peer = getattr(diffusers, cls_name).from_config(base_config(schedule[0] if schedule else "ddpm"), **extra)
         mine = _unified(peer.config)
         kinds = [(peer, []), (mine, [])]

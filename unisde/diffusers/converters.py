@@ -30,6 +30,7 @@ import inspect
 import logging
 from typing import Any, ClassVar
 
+from unisde.core.schedule import BETA_SCHEDULES
 from unisde.plugins import get_converter, hookimpl, list_converters, list_samplers
 
 logger = logging.getLogger("unisde")
@@ -89,7 +90,7 @@ BETA_KEYS = {
     "beta_start": ANY,
     "beta_end": ANY,
     "trained_betas": ANY,
-    "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "exp"),
+    "beta_schedule": BETA_SCHEDULES,  # the tables unisde builds exactly as diffusers does
 }
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 THRESHOLDING = {"thresholding": ANY, "dynamic_thresholding_ratio": ANY, "sample_max_value": ANY}

@@ -26,7 +26,7 @@ from unisde._tensor import DTYPE, unknown_name_error
 from unisde.core.schedule import NoiseSchedule
 from unisde.grids import build_grid, get_grid, list_grids
 from unisde.parameterizations import schedule_coefficients
-from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, fed_timesteps
+from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, denoised_from_output, fed_timesteps
 from unisde.plugins import get_parameterization, get_sampler
 from unisde.sampling import check_sampler_output, finite_probe, non_finite_origin
 
@@ -631,15 +631,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             model_output = model_output.to(sample.dtype)
         if self._check:
             self._check_finite(model_output, k, st)
-        a, b = st.a[k], st.b[k]
-        if a == 0.0:
-            raw = model_output if b == 1.0 else model_output * b
-        elif abs(a) > 256.0 and sample.dtype == torch.float16:
-            # x̂0 = a (x + (b/a) F): a·x alone overflows float16 (a = 1/s = 4096 at a zero-terminal-SNR start
-            # turns |x| > 16 into inf) while x + (b/a) F ≈ s x̂0 is small
-            raw = torch.add(sample, model_output, alpha=b / a).mul_(a)
-        else:
-            raw = torch.add(sample * a, model_output, alpha=b)
+        raw = denoised_from_output(sample, model_output, st.a[k], st.b[k])
         denoised = raw if self._clip is None and self._threshold is None else self._postprocess(raw)
         sampler = st.sampler
         if use_clipped_model_output is not None and "use_clipped_model_output" in sampler.opts:

@@ -140,3 +140,14 @@ def fed_timesteps(model_t: torch.Tensor, schedule: NoiseSchedule, rounding: str 
         model_t = model_t.round()
     integral = (schedule.is_discrete or rounding is not None) and bool(torch.all(model_t == torch.round(model_t)))
     return model_t.round().to(torch.int64) if integral else model_t.to(torch.float32)
+
+
+def denoised_from_output(sample: torch.Tensor, model_output: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """x̂0 = a x + b F with the parameterisation's coefficients (Python floats) in the sample's dtype, in at most two
+    passes. In float16 with |a| > 256 it is formed as a (x + (b/a) F): a·x alone overflows (a = 1/s = 4096 at a
+    zero-terminal-SNR start turns |x| > 16 into inf) while x + (b/a) F ≈ s x̂0 stays small."""
+    if a == 0.0:
+        return model_output if b == 1.0 else model_output * b
+    if abs(a) > 256.0 and sample.dtype == torch.float16:
+        return torch.add(sample, model_output, alpha=b / a).mul_(a)
+    return torch.add(sample * a, model_output, alpha=b)
