@@ -19,6 +19,9 @@ $(VENV)/.installed: $(VENV)/.created pyproject.toml
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q -e plugins/unisde-dpmsolver
+	# k-diffusion is a reference in the tests; only its sampling.py is imported (tests/conftest.py), whose
+	# dependencies the test extra carries (scipy, torchdiffeq, torchsde, tqdm) -- not its training stack
+	$(PIP) install -q --no-deps k-diffusion==0.1.1.post1
 	touch $@
 
 install: $(VENV)/.installed

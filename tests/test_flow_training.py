@@ -379,6 +379,10 @@ def _worker(out: str) -> None:
                 fh,
             )
     result.finish()
+    from unisde.training.loop import end_process
+
+    end_process(0)
+    raise AssertionError("end_process returned in a 2-process run")
 
 
 def test_two_gloo_processes_train_a_rectified_flow(tmp_path):

@@ -66,6 +66,10 @@ def _worker(out: str, steps: int, resume: str | None) -> None:
     from unisde.training.loop import _RETIRED_PROCESS_GROUPS
 
     assert len(_RETIRED_PROCESS_GROUPS) == 1  # the group outlives finish(): its destructor can deadlock (finish doc)
+    from unisde.training.loop import end_process
+
+    end_process(0)
+    raise AssertionError("end_process returned in a 2-process run")
 
 
 def _launch(out, steps, resume=None):

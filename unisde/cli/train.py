@@ -14,7 +14,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from unisde.training.loop import train
+    from unisde.training.loop import end_process, train
 
     result = train(args)
     result.finish()
@@ -24,4 +24,5 @@ def run(args):
             f"trained to step {result.global_step} (last loss {last}, {result.samples_per_second:.1f} images/s); "
             f"pipeline in {result.output_dir}"
         )
+    end_process(0)  # multi-process runs only: see its docstring
     return 0
