@@ -49,44 +49,13 @@ def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def load_k_diffusion_sampling():
-    """k-diffusion's own ``k_diffusion/sampling.py`` (the installed package, Crowson), imported without the
-    package's ``__init__``, which pulls in its training stack (kornia, clip, wandb, clean-fid …). ``sampling``
-    imports ``utils`` only for ``append_dims``; ``utils`` imports torchvision at module level for image helpers
-    that sampling never calls, so an empty placeholder stands in when torchvision is not installed. The
-    sampler code under test is k-diffusion's, unmodified. Skips only when k-diffusion itself is missing
-    (``make install-test`` installs it).
-    """
-    import importlib
-    import importlib.util
-    import sys
-    import types
-
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        pytest.skip("k-diffusion is not installed (make install-test installs it)")
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["k_diffusion"] = package
-    placeholders = []
-    if importlib.util.find_spec("torchvision") is None:
-        torchvision = types.ModuleType("torchvision")
-        transforms = types.ModuleType("torchvision.transforms")
-        transforms.functional = types.ModuleType("torchvision.transforms.functional")
-        torchvision.transforms = transforms
-        placeholders = [torchvision, transforms, transforms.functional]
-        sys.modules.update({module.__name__: module for module in placeholders})
-    try:
-        return importlib.import_module("k_diffusion.sampling")
-    finally:
-        # the placeholders must not outlive the import: libraries probe for torchvision with find_spec
-        for module in placeholders:
-            sys.modules.pop(module.__name__, None)
-
-
 @pytest.fixture(scope="session")
 def k_sampling():
-    """k-diffusion's ``sampling`` module (see :func:`load_k_diffusion_sampling`)."""
-    return load_k_diffusion_sampling()
+    """k-diffusion's own ``sampling`` module, unmodified (:func:`unisde.bench.kdiffusion.load_sampling`); skips only
+    when k-diffusion itself is missing (``make install-test`` installs it)."""
+    from unisde.bench.kdiffusion import load_sampling
+
+    module = load_sampling()
+    if module is None:
+        pytest.skip("k-diffusion is not installed (make install-test installs it)")
+    return module

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import unisde
-from unisde.bench import projection_directions, sliced_w2
+from unisde.bench import kdiffusion_available, projection_directions, sliced_w2
+from unisde.bench.kdiffusion import KDIFFUSION_SAMPLERS
 from unisde.cli import main
 
 
@@ -31,7 +32,7 @@ def test_quick_writes_schema(quick_run):
     assert data["accuracy"], "no accuracy records"
     for rec in data["accuracy"]:
         assert {"library", "sampler", "target", "schedule", "nfe", "distance", "floor"} <= set(rec)
-        assert rec["library"] in ("unisde", "diffusers")
+        assert rec["library"] in ("unisde", "diffusers", "k-diffusion")
         assert isinstance(rec["nfe"], int) and 1 <= rec["model_calls"] <= rec["nfe"]  # honest NFE
         assert isinstance(rec["distance"], float) and rec["floor"] > 0
     assert {r["sampler"] for r in data["overhead"]} == {"ddpm", "ddim", "edm-euler", "edm-heun", "flow-euler"}
@@ -77,6 +78,14 @@ def test_quick_covers_every_registered_sampler(quick_run):
         "UniPC-flow",
         "DPM++2M-flow",
     } <= peers
+    if kdiffusion_available():  # k-diffusion's functions, each on every schedule (skipped, with a note, without it)
+        for schedule in ("ddpm", "edm", "flow", "flow-shift3"):
+            ran = {
+                r["sampler"].split("[")[0]
+                for r in data["accuracy"]
+                if r["library"] == "k-diffusion" and r["schedule"] == schedule
+            }
+            assert ran == set(KDIFFUSION_SAMPLERS), (schedule, ran, data.get("errors"))
 
 
 def test_sliced_w2_of_a_shift():

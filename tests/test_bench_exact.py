@@ -215,7 +215,7 @@ def test_comparison_verdicts():
     assert rows[10]["met"] and rows[10]["ratio"] == 0.5
     assert not rows[5]["met"] and "0.800 > 0.67" in rows[5]["reason"]
     assert rows[20]["met"] and "tie" in rows[20]["reason"]
-    assert not rows[50]["met"] and "no diffusers peer" in rows[50]["reason"]
+    assert not rows[50]["met"] and "no peer" in rows[50]["reason"]
 
 
 def test_twins_convert_the_named_class():
@@ -228,3 +228,99 @@ def test_twins_convert_the_named_class():
     assert samplers["≡LMS"] == "lms" and samplers["≡KDPM2"] == "dpm_2"
     assert samplers["≡KDPM2Ancestral"] == "dpm_2_ancestral"
     assert samplers["≡Heun"] == "edm" and samplers["≡DDPM"] == "ddpm"
+
+
+def test_best_peer_is_the_best_of_diffusers_and_kdiffusion():
+    """The race is against every peer library: a k-diffusion record better than every diffusers one is the peer."""
+
+    def rec(lib, name, value):
+        return {"library": lib, "sampler": name, "schedule": "edm", "target": "g", "nfe": 10, "metric": "w2",
+                "distance": value, "floor": 1e-3, "exact": True}  # fmt: skip
+
+    (row,) = comparisons(
+        [rec("unisde", "a", 0.5), rec("diffusers", "P", 1.0), rec("k-diffusion", "sample_lms[karras]", 0.6)]
+    )
+    assert row["peer"]["library"] == "k-diffusion" and row["ratio"] == 0.5 / 0.6 and not row["met"]
+
+
+# ---------------------------------------------------------------------------------------------- k-diffusion peers
+
+
+def _kdiffusion_pair(schedule: str, label: str, twin: str, options: dict):
+    """(k-diffusion peer, unisde twin on unisde's own ``karras`` grid, exact model) on a 3-D Gaussian."""
+    from unisde.bench.kdiffusion import KDiffusionPeer, UnisdeTwin
+
+    dist = _gaussian(3)
+    ref = UnifiedScheduler.from_config(accuracy_config(schedule))
+    model = ExactModel(dist, ref.parameterization, ref.noise_schedule)
+    peer = KDiffusionPeer(label, ref.noise_schedule, "karras")
+    return dist, model, peer, UnisdeTwin(twin, options, "karras", ref.noise_schedule)
+
+
+@pytest.mark.parametrize("schedule", ["ddpm", "flow"])
+@pytest.mark.parametrize(
+    "label, twin, options",
+    [("sample_euler", "euler", {"view": "ve"}), ("sample_dpmpp_2m", "dpmsolver++", {})],
+)
+def test_kdiffusion_peer_equals_its_unisde_twin(k_sampling, schedule, label, twin, options):
+    """Same algorithm, same answer: k-diffusion's function on its get_sigmas_karras grid and the unisde sampler on
+    unisde's ``karras`` grid (the same σ̃ levels: on the flow both start at σ̃ = 4096, t_end) have the same exact
+    output law, so the same exact W₂, to float64 rounding — while the algorithms' W₂ differ by O(1)."""
+    from unisde.plugins import list_samplers
+
+    if twin not in list_samplers():
+        pytest.skip(f"sampler {twin!r} is not installed (the unisde-dpmsolver plugin)")
+    dist, model, peer, unisde_twin = _kdiffusion_pair(schedule, label, twin, options)
+    n = 8
+    unisde_twin.set_timesteps(n)
+    peer.set_timesteps(n)
+    ve = model.schedule.ve_sigma(torch.tensor(unisde_twin.timesteps, dtype=F64))
+    torch.testing.assert_close(ve, peer.sigmas[:-1], rtol=1e-12, atol=0)  # the same grid, built twice
+    laws = [exact.affine_law(s, model, dist.event_shape, n) for s in (peer, unisde_twin)]
+    for law in laws:
+        assert law.deterministic and law.draws == 0 and law.residual < 1e-12 and law.nfe == n
+    assert laws[0].tau0 == pytest.approx(laws[1].tau0, rel=1e-14)
+    w2 = [exact.law_metrics(law, dist.mean, dist.cov)["w2"] for law in laws]
+    assert w2[0] > 1e-3  # a real discretisation error at 8 steps, not a vacuous comparison
+    assert abs(w2[0] - w2[1]) <= 1e-12 * w2[0], w2
+    torch.testing.assert_close(laws[0].mean, laws[1].mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(laws[0].factor, laws[1].factor, rtol=0, atol=1e-12)
+    # and the twin of a different algorithm is not equal (the comparison can fail)
+    other = "sample_heun" if label == "sample_euler" else "sample_euler"
+    _, _, wrong, _ = _kdiffusion_pair(schedule, other, twin, options)
+    w2_wrong = exact.law_metrics(exact.affine_law(wrong, model, dist.event_shape, n), dist.mean, dist.cov)["w2"]
+    assert abs(w2_wrong - w2[1]) > 1e-3 * w2[1]
+
+
+def test_kdiffusion_model_calls_are_counted_and_fit_the_budget(k_sampling, monkeypatch):
+    """NFE per function: Heun and DPM-2 call twice per step except the last (2n − 1), DPM-Solver-Fast takes the NFE
+    itself; the bench fits each into the budget by counted calls, and a count that disagrees with the table is an
+    error, not a silent NFE."""
+    from unisde.bench import kdiffusion
+    from unisde.bench.accuracy import _SamplingMetric, measure_gaussian
+
+    dist, model, _, _ = _kdiffusion_pair("edm", "sample_euler", "euler", {"view": "ve"})
+    sampling = _SamplingMetric(dist, 16, 8)
+    for label, grid, steps in (("sample_heun", "karras", 5), ("sample_dpm_2", "exponential", 5),
+                               ("sample_lms", "polyexponential", 10), ("sample_dpm_fast", None, 10)):  # fmt: skip
+        peer = kdiffusion.KDiffusionPeer(label, model.schedule, grid)
+        rec = measure_gaussian(peer, model, dist, 10, sampling)
+        assert rec["metric"] == "w2" and rec["num_inference_steps"] == steps, (label, rec)
+        assert rec["model_calls"] == (2 * steps - 1 if label in ("sample_heun", "sample_dpm_2") else steps)
+    monkeypatch.setitem(kdiffusion.KDIFFUSION_SAMPLERS, "sample_heun", ("sample_heun", lambda n: n))
+    peer = kdiffusion.KDiffusionPeer("sample_heun", model.schedule)
+    peer.set_timesteps(4)
+    with pytest.raises(RuntimeError, match="made 7 model calls"):
+        peer.sample_exact(model, torch.zeros(2, 3, dtype=F64))
+    with pytest.raises(ValueError, match="sample_dpm_fast builds its own"):
+        kdiffusion.KDiffusionPeer("sample_dpm_fast", model.schedule, "karras")
+
+
+def test_kdiffusion_rows_are_skipped_without_kdiffusion(monkeypatch):
+    """Without k-diffusion there are no k-diffusion contestants (the accuracy section logs a note instead)."""
+    from unisde.bench import kdiffusion
+    from unisde.bench.contestants import kdiffusion_available, kdiffusion_contestants
+
+    monkeypatch.setattr(kdiffusion, "load_sampling", lambda: None)
+    assert not kdiffusion_available()
+    assert kdiffusion_contestants("edm", accuracy_config("edm"), True) == ([], [])

@@ -425,7 +425,7 @@ def test_demo_samples_both_bundled_checkpoints(tmp_path):
         ("digits-flow", "ddim"),
         ("digits-flow", "edm"),
         ("digits-flow", inv),
-        ("digits-flow", "edm (view=flow)"),
+        ("digits-flow", "edm (view=ve)"),
     ]
     assert all(np.isfinite(r.frechet) and np.isfinite(r.floor) for r in rows)
     assert [r.num_samples for r in rows] == [8] * 3 + [6] * 4

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
@@ -29,11 +28,10 @@ from diffusers import (
     ScoreSdeVeScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
-    UNet2DConditionModel,
     UNet2DModel,
 )
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from tiny_pipelines import sd_components as tiny_sd_components
 
 import unisde
 from unisde.diffusers.scheduler import UnifiedScheduler
@@ -81,64 +79,9 @@ def options_for(sampler: str) -> dict:
 
 @pytest.fixture(scope="module")
 def sd_components(tmp_path_factory):
-    """Tiny Stable Diffusion: UNet2DConditionModel, AutoencoderKL (scale factor 1), CLIP text encoder and a CLIP
-    tokenizer built from a vocabulary written here (unknown words map to <|endoftext|>)."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=SIZE,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=4,
-        attention_head_dim=2,
-    ).eval()
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=SIZE,
-    ).eval()
-    words = (
-        ["a</w>", "cat</w>", "photo</w>", "of</w>"]
-        + [c for c in "abcdefghijklmnopqrstuvwxyz"]
-        + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz"]
-    )
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    folder = tmp_path_factory.mktemp("tokenizer")
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=8,
-            intermediate_size=16,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            max_position_embeddings=16,
-            projection_dim=8,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    ).eval()
-    return dict(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    """Tiny Stable Diffusion (``tests/tiny_pipelines.py``): UNet2DConditionModel, AutoencoderKL (scale factor 1), CLIP
+    text encoder and a CLIP tokenizer built from a vocabulary written here (unknown words map to <|endoftext|>)."""
+    return tiny_sd_components(SIZE, tmp_path_factory.mktemp("tokenizer"))
 
 
 def sd_scheduler(sampler: str) -> UnifiedScheduler:

@@ -66,7 +66,7 @@ def per_step_errors(ref, uni, n, model_ref=eps_model, model_uni=eps_model):
 def convert(**config):
     ref = PNDMScheduler(**config)
     uni = UnifiedScheduler.from_config(ref.config)
-    assert uni.config.sampler == "pndm" and uni.sampler_options == {"prk_warmup": True}
+    assert uni.config.sampler == "pndm" and uni.sampler_options == {"prk_warmup": True, "view": "ve"}
     return ref, uni
 
 
@@ -161,7 +161,7 @@ def test_other_parameterisations_run_the_same_method_on_eps(prediction_type, n):
     converts them with the step's *start* sample, O(h) apart; its 'sample' prediction is a ValueError.)"""
     ref = PNDMScheduler(steps_offset=1)
     uni = UnifiedScheduler.from_config(PNDMScheduler(steps_offset=1, prediction_type=prediction_type).config)
-    assert uni.sampler_options == {"prk_warmup": True} and uni.config.prediction_type == prediction_type
+    assert uni.sampler_options == {"prk_warmup": True, "view": "ve"} and uni.config.prediction_type == prediction_type
     abar = ref.alphas_cumprod.double()
 
     def other_model(x, t):  # a smooth v- or x0-model
@@ -184,7 +184,9 @@ def test_other_parameterisations_run_the_same_method_on_eps(prediction_type, n):
 
 def test_from_config_round_trip_and_skip_prk_steps():
     """skip_prk_steps=False (the default) selects the PRK warm-up, True the two-call PLMS start; both convert back."""
-    for skip, options in ((False, {"prk_warmup": True}), (True, {"prk_warmup": False})):
+    # skip_prk_steps=True: its counter restarts where an img2img pipeline enters (entry="restart")
+    for skip, options in ((False, {"prk_warmup": True}), (True, {"prk_warmup": False, "entry": "restart"})):
+        options = {**options, "view": "ve"}  # the converter's config key: diffusers' PNDM steps in σ̃
         ref = PNDMScheduler(skip_prk_steps=skip)
         uni = UnifiedScheduler.from_config(ref.config)
         assert uni.config.sampler == "pndm" and uni.sampler_options == options
@@ -255,7 +257,7 @@ def test_ddpm_pipeline_parity(config):
     n = 10
     ref = _PNDMInDDPMPipeline(**config)
     uni = UnifiedScheduler.from_config(PNDMScheduler(**config).config)
-    assert uni.config.sampler == "pndm" and uni.sampler_options == {"prk_warmup": True}
+    assert uni.config.sampler == "pndm" and uni.sampler_options == {"prk_warmup": True, "view": "ve"}
     img_ref, seen_ref = _pipeline_run(ref, n)
     img_uni, seen_uni = _pipeline_run(uni, n)
     assert [t for _, t, _ in seen_uni] == [t for _, t, _ in seen_ref] and len(seen_ref) == n + 9

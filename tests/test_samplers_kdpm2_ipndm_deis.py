@@ -120,25 +120,11 @@ def test_conversion_keys():
     [
         (DEISMultistepScheduler, {"use_karras_sigmas": True}, "zero-length step"),
         (DEISMultistepScheduler, {"use_exponential_sigmas": True}, "zero-length step"),
+        (DEISMultistepScheduler, {"use_beta_sigmas": True}, "zero-length step"),
         (DEISMultistepScheduler, {"use_flow_sigmas": True}, "use_flow_sigmas"),
         (DEISMultistepScheduler, {"prediction_type": "flow_prediction"}, "prediction_type"),
-        (
-            KDPM2DiscreteScheduler,
-            {"use_karras_sigmas": True, "timestep_spacing": "leading"},
-            "move with num_inference_steps",
-        ),
-        (KDPM2AncestralDiscreteScheduler, {"use_exponential_sigmas": True, "timestep_spacing": "trailing"}, "linspace"),
-        (KDPM2DiscreteScheduler, {"use_beta_sigmas": True}, "use_beta_sigmas"),
     ],
-    ids=[
-        "deis-karras",
-        "deis-exponential",
-        "deis-flow",
-        "deis-flow-prediction",
-        "kdpm2-karras-leading",
-        "kdpm2a-exp-trailing",
-        "kdpm2-beta",
-    ],
+    ids=["deis-karras", "deis-exponential", "deis-beta", "deis-flow", "deis-flow-prediction"],
 )
 def test_unreproduced_flags_are_refused(cls, kwargs, match):
     config = {**cls().config, **kwargs, "_class_name": cls.__name__}

@@ -16,10 +16,11 @@ the same grid, and reports the NFE of both passes and the FD of the reconstructi
 digits (so a perfect round trip scores the floor exactly). It also writes one PNG grid per (checkpoint, sampler)
 and a plot of each checkpoint's schedule (s, σ, f, g, λ against t).
 
-On the flow checkpoint, samplers that work in the VE view x̃ = x/s start at the rectified flow's capped t_end
-(σ̃ = 4096, where s = 2⁻¹²) instead of t = 1; they run and give finite images, and the table shows what that
-costs (EDM's Heun, for one, takes its first trapezoid step from σ̃ = 4096 to σ̃(t₁) ≈ 13 with 15 steps).
-``FLOW_EXTRA_RUNS`` adds EDM in the flow view (diffusers' FlowMatch Heun) for comparison.
+On the flow checkpoint, the samplers with a ``view`` option (``edm``, ``lms``, ``dpm_2``, …) solve the ODE in the
+flow view x/(s + σ) against τ = σ/(s + σ) (their ``"auto"`` default on zero-terminal-SNR schedules), exact at
+t = 1. ``FLOW_EXTRA_RUNS`` adds EDM in the VE view x̃ = x/s for comparison: it starts at the rectified flow's
+capped t_end (σ̃ = 4096, where s = 2⁻¹²) instead of t = 1 and takes its first trapezoid step from σ̃ = 4096 to
+σ̃(t₁) ≈ 13 with 15 steps; the table shows what that costs.
 
 The second checkpoint is sampled with fewer images per sampler (``DEFAULT_NUM_SAMPLES_SECOND``) to keep the demo
 at about 2–3 minutes on 2 CPU cores; its floor is computed at that size.
@@ -67,9 +68,10 @@ DEFAULT_STEPS = {
 DEFAULT_OPTIONS = {"ncsn": {"n_steps_each": 2}}
 DEFAULT_NUM_SAMPLES = 500
 DEFAULT_NUM_SAMPLES_SECOND = 200
-FLOW_EXTRA_RUNS = [("edm", {"view": "flow"}, "view=flow")]
-"""Extra rows for flow checkpoints (FlowMatch configs): EDM's Heun in the flow view x/(s + σ) against τ (diffusers'
-FlowMatch Heun), beside the default VE-view run, whose first step starts at σ̃ = 4096 (the capped t_end)."""
+FLOW_EXTRA_RUNS = [("edm", {"view": "ve"}, "view=ve")]
+"""Extra rows for flow checkpoints (FlowMatch configs): EDM's Heun in the VE view x̃ = x/s, whose first step starts
+at σ̃ = 4096 (the capped t_end), beside the default run in the flow view x/(s + σ) against τ (diffusers' FlowMatch
+Heun)."""
 """Images per sampler for the second (and any further) checkpoint of the default run: fewer, to keep the demo
 at about 2–3 minutes on 2 CPU cores (the floor is computed at the same size)."""
 

@@ -43,6 +43,8 @@ BUILTIN_MODULES = (
     "unisde.core.schedule",
     "unisde.grids.builtin",
     "unisde.grids.lcm",
+    "unisde.grids.named",
+    "unisde.grids.diffusers_float32",
     "unisde.grids.optimize",
     "unisde.diffusers.converters",
 )

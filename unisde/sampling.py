@@ -24,6 +24,12 @@ Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 FINITE_PROBE = 1024  # elements read per finiteness check of a large tensor
 
 
+def probe_is_deferred(x: torch.Tensor) -> bool:
+    """Whether :func:`finite_probe` of ``x`` returns a device flag to be read later (off the CPU) rather than a
+    bool now."""
+    return not x.is_cpu
+
+
 def finite_probe(x: torch.Tensor):
     """Whether ``x`` is free of NaN/inf, judged on a strided probe of ~1k elements for large contiguous tensors (a
     few µs; a NaN or inf spreading through an output is caught at the step it appears, and the loop's final sample
@@ -35,7 +41,7 @@ def finite_probe(x: torch.Tensor):
     themselves tested, so finite outputs of any magnitude pass."""
     n = x.numel()
     probe = x.as_strided((FINITE_PROBE,), (n // FINITE_PROBE,)) if n > 2 * FINITE_PROBE and x.is_contiguous() else x
-    if x.is_cpu:
+    if not probe_is_deferred(x):
         return math.isfinite(probe.sum().item()) or bool(torch.isfinite(probe).all())
     return torch.isfinite(probe).all()
 

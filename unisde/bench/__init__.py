@@ -1,5 +1,6 @@
-r"""Benchmarks against diffusers (issue 5): sampler accuracy per model evaluation against exact ground truth,
-scheduler ``step()`` overhead, end-to-end DDPMPipeline time and training throughput.
+r"""Benchmarks against diffusers (issue 5) and k-diffusion (issue 12; when installed, ``pip install 'unisde[bench]'``):
+sampler accuracy per model evaluation against exact ground truth, scheduler ``step()`` overhead, end-to-end
+DDPMPipeline time and training throughput.
 
 Accuracy
 --------
@@ -17,8 +18,8 @@ affine) keep the sliced Wasserstein-2 distance
 
 to one fixed set of exact samples, against its *noise floor* (the same distance between two independent exact
 sets of the same size; mean and standard deviation over three pairs). The report prints, per NFE, the best
-unisde vs the best diffusers result on the noise-free metric against the targets ≤ 0.67× at NFE ≤ 10 and
-≤ 1.0× at NFE 20 and 50 (:func:`unisde.bench.accuracy.comparisons`).
+unisde vs the best peer (diffusers or k-diffusion) result on the noise-free metric against the targets ≤ 0.67× at
+NFE ≤ 10 and ≤ 1.0× at NFE 20 and 50 (:func:`unisde.bench.accuracy.comparisons`).
 
 NFE is counted honestly: every call of the model is counted by the model itself (``ExactModel.nfe``), and a
 contestant's ``num_inference_steps`` is the largest one whose counted calls do not exceed the NFE budget (so
@@ -49,8 +50,10 @@ Modules
 * :mod:`unisde.bench.metrics`: sliced W₂ and its fixed projection directions.
 * :mod:`unisde.bench.exact`: exact output laws on Gaussian targets, closed-form W₂ / KL, the converged PF-ODE
   reference of the trajectory metric, and the run harness that prescribes every noise draw.
-* :mod:`unisde.bench.contestants`: what is raced (unisde samplers, diffusers schedulers and their unisde twins)
-  and the sampling loop that runs a contestant within an NFE budget.
+* :mod:`unisde.bench.contestants`: what is raced (unisde samplers, diffusers schedulers and k-diffusion's sampler
+  functions, with their unisde twins) and the sampling loop that runs a contestant within an NFE budget.
+* :mod:`unisde.bench.kdiffusion`: k-diffusion's ``sampling`` module, its functions as peers on the exact VE-view
+  denoiser (NFE counted per run) and the unisde twins run the same way.
 * :mod:`unisde.bench.accuracy`: the accuracy section (metric per target and contestant, best-vs-best ratios).
 * :mod:`unisde.bench.speed`: the overhead, pipeline and training sections.
 * :mod:`unisde.bench.run`: :class:`BenchConfig` and :func:`run_benchmarks`.
@@ -65,6 +68,7 @@ from unisde.bench.contestants import (
     base_config,
     diffusers_contestants,
     kdiffusion_available,
+    kdiffusion_contestants,
     sample_loop,
     steps_for_nfe,
     unisde_contestants,
@@ -104,6 +108,7 @@ __all__ = [
     "best_by_library",
     "diffusers_contestants",
     "kdiffusion_available",
+    "kdiffusion_contestants",
     "load_digits_unet",
     "make_target",
     "plot_accuracy",

@@ -10,10 +10,12 @@ without sampling noise wherever the mathematics allows (:mod:`unisde.bench.exact
   Gaussian target, e.g. pc's batch-averaged Langevin step, or DPMSolverSDE's Brownian tree): sliced W₂ between
   n generated and n exact samples, ``floor`` the same distance between two independent exact sets.
 
-Every contestant starts from the same standard normal z (scaled by its scheduler's ``init_noise_sigma``).
+Every contestant starts from the same standard normal z (scaled by its scheduler's ``init_noise_sigma``; k-diffusion's
+functions, :mod:`unisde.bench.kdiffusion`, by the first level σ̃_max of their grid, as k-diffusion does).
 ``x̂0`` clipping (DDPMScheduler's ``clip_sample=True`` default, an image heuristic) is switched off for every
 contestant: with an exact model it can only add error, and it makes the output law non-Gaussian.
-NFE is counted by the model: a contestant runs the largest ``num_inference_steps`` whose calls fit the budget.
+NFE is counted by the model: a contestant runs the largest ``num_inference_steps`` whose calls fit the budget. The
+best unisde record is compared with the best peer, diffusers or k-diffusion (:data:`PEER_LIBRARIES`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from unisde.bench.contestants import (
     _unified,
     base_config,
     diffusers_contestants,
+    kdiffusion_available,
+    kdiffusion_contestants,
     steps_for_nfe,
     unisde_contestants,
 )
@@ -246,20 +250,24 @@ def measure_mixture(
 def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
     """(records, floors, errors) of the accuracy section."""
     records, floors, errors = [], [], []
-    built: dict = {}  # schedule -> (config, [(contestant, scheduler or exception)], timestep cache), shared by targets
+    # schedule -> (config, [(contestant, scheduler or exception)], timestep cache, σ̃ cache), shared by targets
+    built: dict = {}
+    if not kdiffusion_available():
+        log("accuracy: k-diffusion is not installed (pip install 'unisde[bench]'), so its samplers are skipped")
 
     def contestants_of(schedule: str, variants: bool):
         key = (schedule, variants)
         if key not in built:
             base = accuracy_config(schedule)
             peers, twins = diffusers_contestants(schedule, base, variants)
+            k_peers, k_twins = kdiffusion_contestants(schedule, base, variants)
             entries = []
-            for c in unisde_contestants(schedule, base, variants) + twins + peers:
+            for c in unisde_contestants(schedule, base, variants) + twins + k_twins + peers + k_peers:
                 try:
                     entries.append((c, c.make()))
                 except Exception as exc:  # a peer that cannot be built on this schedule is reported, not fatal
                     entries.append((c, exc))
-            built[key] = (base, entries, {})
+            built[key] = (base, entries, {}, {})
         return built[key]
 
     for target_name in cfg.targets:
@@ -276,11 +284,12 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
         )
         target_started = time.perf_counter()
         for schedule in cfg.schedules:
-            base, entries, times = contestants_of(schedule, variants)
+            base, entries, times, ve_times = contestants_of(schedule, variants)
             ref_sched = _unified(base)
             model = ExactModel(dist, ref_sched.parameterization, ref_sched.noise_schedule)
             if isinstance(getattr(model, "_times", None), dict):
                 model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
+                model._ve_times = ve_times  # … and t(σ̃) of k-diffusion's calls
             started = time.perf_counter()
             for c, scheduler in entries:
                 if isinstance(scheduler, Exception):
@@ -371,19 +380,35 @@ def ratio_target(nfe: int) -> float:
     return 0.67 if nfe <= 10 else 1.0
 
 
-def best(records: list, library: str, metric: str) -> dict | None:
-    mine = [r for r in records if r["library"] == library and r["metric"] == metric and math.isfinite(r["distance"])]
+PEER_LIBRARIES = ("diffusers", "k-diffusion")
+"""The libraries unisde races: the best record of any of them is the best peer (k-diffusion's rows exist when it is
+installed)."""
+
+
+def _of(record: dict, library: str | tuple) -> bool:
+    return record["library"] in ((library,) if isinstance(library, str) else library)
+
+
+def best(records: list, library: str | tuple, metric: str) -> dict | None:
+    """The record of ``library`` (a name, or a tuple of names) with the smallest finite distance on ``metric``."""
+    mine = [r for r in records if _of(r, library) and r["metric"] == metric and math.isfinite(r["distance"])]
     return min(mine, key=lambda r: r["distance"]) if mine else None
 
 
-def best_by(records: list, library: str, key: str) -> dict | None:
-    """The record of ``library`` with the smallest finite ``key`` (None if there is none)."""
-    mine = [r for r in records if r["library"] == library and key in r and math.isfinite(r[key])]
+def best_by(records: list, library: str | tuple, key: str) -> dict | None:
+    """The record of ``library`` (a name, or a tuple of names) with the smallest finite ``key`` (None if none)."""
+    mine = [r for r in records if _of(r, library) and key in r and math.isfinite(r[key])]
     return min(mine, key=lambda r: r[key]) if mine else None
 
 
+def contestant_name(record: dict) -> str:
+    """A record's sampler label, prefixed with its library where that is not unisde or diffusers."""
+    lib = record["library"]
+    return record["sampler"] if lib in ("unisde", "diffusers") else f"{lib} {record['sampler']}"
+
+
 def _solver_comparison(records: list) -> dict | None:
-    """Best unisde vs best diffusers on the discretisation error alone (``w2_solver``: W₂ to the exact PF-ODE solve
+    """Best unisde vs best peer on the discretisation error alone (``w2_solver``: W₂ to the exact PF-ODE solve
     from the contestant's own start law), among the contestants that start where the least mismatched one does
     (prior floor within 5 % of the smallest): a late start makes its own exact solve a poor target that is easy to
     match, so it does not compete here."""
@@ -392,14 +417,15 @@ def _solver_comparison(records: list) -> dict | None:
         return None
     cut = 1.05 * min(r["prior_floor"] for r in exact_ones)
     eligible = [r for r in exact_ones if r["prior_floor"] <= cut]
-    us, ps = best_by(eligible, "unisde", "w2_solver"), best_by(eligible, "diffusers", "w2_solver")
+    us, ps = best_by(eligible, "unisde", "w2_solver"), best_by(eligible, PEER_LIBRARIES, "w2_solver")
     if us is None or ps is None or ps["w2_solver"] <= 0:
         return None
-    return {"unisde": us, "diffusers": ps, "ratio": us["w2_solver"] / ps["w2_solver"], "prior_floor": cut / 1.05}
+    return {"unisde": us, "peer": ps, "ratio": us["w2_solver"] / ps["w2_solver"], "prior_floor": cut / 1.05}
 
 
 def comparisons(records: list) -> list[dict]:
-    """Per (schedule, target, NFE, metric): the best unisde and best diffusers record, their ratio and whether
+    """Per (schedule, target, NFE, metric): the best unisde and the best peer record (``peer``: diffusers or
+    k-diffusion, :data:`PEER_LIBRARIES`), their ratio and whether
     the issue's target is met (``reason`` says why not). The primary metric of a target (``w2`` on Gaussian
     targets, ``trajectory`` otherwise) carries the target; ``sliced-w2`` rows (stochastic contestants on
     mixtures) are reported with their floor, as information."""
@@ -411,7 +437,7 @@ def comparisons(records: list) -> list[dict]:
             primary_of[(r["schedule"], r["target"])] = r["metric"]
     for schedule, target, nfe, metric in cells:
         mine = [r for r in records if r["schedule"] == schedule and r["target"] == target and r["nfe"] == nfe]
-        u, p = best(mine, "unisde", metric), best(mine, "diffusers", metric)
+        u, p = best(mine, "unisde", metric), best(mine, PEER_LIBRARIES, metric)
         primary = primary_of.get((schedule, target)) == metric
         row = {
             "schedule": schedule,
@@ -420,14 +446,14 @@ def comparisons(records: list) -> list[dict]:
             "metric": metric,
             "primary": primary,
             "unisde": u,
-            "diffusers": p,
+            "peer": p,
             "target_ratio": ratio_target(nfe) if primary else None,
         }
         if u is None or p is None:
             row.update(
                 ratio=None,
                 met=False,
-                reason=f"no {'diffusers peer' if p is None else 'unisde sampler'} fits NFE {nfe} on this metric",
+                reason=f"no {'peer' if p is None else 'unisde sampler'} fits NFE {nfe} on this metric",
             )
         else:
             ratio = u["distance"] / p["distance"] if p["distance"] > 0 else (1.0 if u["distance"] == 0 else math.inf)
@@ -462,7 +488,7 @@ def comparisons(records: list) -> list[dict]:
 
 
 def _label(r: dict | None) -> str:
-    return "—" if r is None else f"{r['distance']:.3e} ({r['sampler']})"
+    return "—" if r is None else f"{r['distance']:.3e} ({contestant_name(r)})"
 
 
 def summary_lines(records: list) -> list[str]:
@@ -481,12 +507,12 @@ def summary_lines(records: list) -> list[str]:
         if sv:
             extra = (
                 f"; discretisation error alone: unisde {sv['unisde']['w2_solver']:.3e} ({sv['unisde']['sampler']})"
-                f" vs diffusers {sv['diffusers']['w2_solver']:.3e} ({sv['diffusers']['sampler']}), "
+                f" vs peer {sv['peer']['w2_solver']:.3e} ({contestant_name(sv['peer'])}), "
                 f"ratio {sv['ratio']:.3f}"
             )
         lines.append(
             f"accuracy {row['schedule']}/{row['target']} NFE {row['nfe']} [{row['metric']}]: unisde "
-            f"{_label(row['unisde'])} vs diffusers {_label(row['diffusers'])}: ratio {ratio} "
+            f"{_label(row['unisde'])} vs best peer {_label(row['peer'])}: ratio {ratio} "
             f"(target ≤ {row['target_ratio']}) {verdict}{extra}"
         )
     return lines

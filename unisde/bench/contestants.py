@@ -1,6 +1,7 @@
 r"""What is raced: every registered unisde sampler (with option and time-grid variants), the diffusers schedulers
-with their unisde twins (the same algorithm, converted from the diffusers config), and the generic diffusers
-sampling loop that runs each of them within an NFE budget."""
+with their unisde twins (the same algorithm, converted from the diffusers config), k-diffusion's deterministic
+sampler functions (when k-diffusion is installed) with their unisde twins, and the generic diffusers sampling loop
+that runs each of them within an NFE budget."""
 
 from __future__ import annotations
 
@@ -253,11 +254,57 @@ def diffusers_contestants(schedule: str, cfg: dict, grid_variants: bool) -> tupl
 
 
 def kdiffusion_available() -> bool:
-    try:
-        import k_diffusion  # noqa: F401
-    except Exception:
-        return False
-    return True
+    from unisde.bench.kdiffusion import load_sampling
+
+    return load_sampling() is not None
+
+
+# The unisde sampler running the same algorithm as a k-diffusion function (in the VE view, on the same σ̃ grid);
+# sample_lms (quadrature coefficients at epsrel 1e-4) and sample_dpm_fast have no exact twin.
+_KDIFFUSION_TWINS = {
+    "sample_euler": ("euler", {"view": "ve"}),
+    "sample_heun": ("heun", {"view": "ve"}),
+    "sample_dpm_2": ("dpm_2", {"view": "ve"}),
+    "sample_dpmpp_2m": ("dpmsolver++", {}),  # DPM-Solver++(2M) steps in λ, the same in every view
+}
+
+
+def kdiffusion_contestants(
+    schedule: str, cfg: dict, grid_variants: bool, twins: bool = True
+) -> tuple[list[Contestant], list[Contestant]]:
+    """k-diffusion's deterministic samplers (:data:`unisde.bench.kdiffusion.KDIFFUSION_SAMPLERS`) run through its
+    own functions on its own σ̃ grids (Karras; with ``grid_variants`` also exponential and polyexponential) over the
+    schedule's σ̃ range, and, with ``twins``, the unisde samplers of the same algorithms on the same grids (the
+    registered ``karras`` / ``exponential`` grids, whose formulas and range are k-diffusion's), run as k-diffusion's
+    are (:class:`unisde.bench.kdiffusion.UnisdeTwin`). ([], []) when k-diffusion is not installed (the caller says
+    so)."""
+    from unisde.bench.kdiffusion import KDIFFUSION_SAMPLERS, KDiffusionPeer, UnisdeTwin, load_sampling
+    from unisde.plugins import list_samplers
+
+    if load_sampling() is None:
+        return [], []
+    noise_schedule = _unified(cfg).noise_schedule
+    peers, twin_list = [], []
+    for label in KDIFFUSION_SAMPLERS:
+        grids = (None,) if label == "sample_dpm_fast" else ("karras", "exponential", "polyexponential")
+        for grid in grids if grid_variants else grids[:1]:
+            name = label + (f"[{grid}]" if grid else "")
+            peers.append(
+                Contestant(
+                    "k-diffusion", name, lambda label=label, grid=grid: KDiffusionPeer(label, noise_schedule, grid)
+                )
+            )
+            twin = _KDIFFUSION_TWINS.get(label)
+            if twins and twin is not None and grid in ("karras", "exponential") and twin[0] in list_samplers():
+                twin_list.append(
+                    Contestant(
+                        "unisde",
+                        f"≡{name}",
+                        lambda twin=twin, grid=grid: UnisdeTwin(twin[0], twin[1], grid, noise_schedule),
+                        twin_of=name,
+                    )
+                )
+    return peers, twin_list
 
 
 def _accepts(fn, name: str) -> bool:

@@ -297,8 +297,8 @@ def feeds_noise(scheduler) -> bool:
     Brownian tree cannot be prescribed."""
     if isinstance(scheduler, Prepared):
         scheduler = scheduler.snapshot
-    if hasattr(scheduler, "_sampler"):
-        return True
+    if hasattr(scheduler, "_sampler") or hasattr(scheduler, "sample_exact"):
+        return True  # sample_exact: k-diffusion's deterministic functions draw no noise that reaches the output
     module = sys.modules.get(type(scheduler).__module__)
     return module is not None and not any("BrownianTree" in name for name in vars(module))
 
@@ -402,12 +402,19 @@ def run_scheduler(
 ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """The generic diffusers loop (x = z · init_noise_sigma; x = step(model(scale_model_input(x, t), t), t, x))
     with every noise draw taken from ``feeder`` when given (else the seeded generator). ``scheduler`` may be a
-    :class:`Prepared` one (then ``num_inference_steps`` is its own). Returns the final sample (B, d) in float64
-    and the start (τ₀, y₀ (B, d)) of the first model call."""
+    :class:`Prepared` one (then ``num_inference_steps`` is its own); one with a ``sample_exact(model, z)`` method
+    runs its own loop instead. Returns the final sample (B, d) in float64 and the start (τ₀, y₀ (B, d)) of the
+    first model call."""
     if isinstance(scheduler, Prepared):
         scheduler = scheduler.fresh()
     else:
         scheduler.set_timesteps(num_inference_steps)
+    if hasattr(scheduler, "sample_exact"):
+        # A sampler function that drives its own loop (k-diffusion's, unisde.bench.kdiffusion.KDiffusionPeer) on the
+        # model's VE-view denoiser. The raced ones are deterministic: there is no draw for ``feeder`` to replace (a
+        # draw of their own, e.g. torch.randn_like under churn, would differ per row and fail the affine check).
+        x, tau0, y0 = scheduler.sample_exact(model, z)
+        return x.to(DTYPE).reshape(x.shape[0], -1), tau0, y0
     recorder = StartRecorder(model)
     extra = {"generator": torch.Generator().manual_seed(seed)} if _accepts_generator(scheduler) else {}
     x = z * scheduler.init_noise_sigma

@@ -46,17 +46,19 @@ def best_by_library(records: list) -> dict:
 
 
 TWIN_RTOL = 1e-3
-"""Twins (the same algorithm converted from a diffusers config) agree on an exact metric when their values differ
-by at most this fraction (diffusers keeps σ tables and some arithmetic in float32)."""
+"""Twins (the same algorithm converted from a diffusers config, or run as a k-diffusion function is) agree on an
+exact metric when their values differ by at most this fraction (diffusers keeps σ tables and some arithmetic in
+float32; k-diffusion pairs agree to float64 rounding)."""
 
 
 def agreement_rows(records: list) -> list:
-    """Pairs (unisde twin, diffusers scheduler) on the same schedule, target, NFE and metric. They agree when
-    |Δ| ≤ TWIN_RTOL × the larger value (exact metrics) or |Δ| ≤ the noise floor (sampling metric)."""
+    """Pairs (unisde twin, peer: a diffusers scheduler or a k-diffusion function) on the same schedule, target, NFE
+    and metric. They agree when |Δ| ≤ TWIN_RTOL × the larger value (exact metrics) or |Δ| ≤ the noise floor
+    (sampling metric)."""
     peers = {
         (r["schedule"], r["target"], r["nfe"], r["sampler"], r.get("metric")): r
         for r in records
-        if r["library"] == "diffusers"
+        if r["library"] != "unisde"
     }
     rows = []
     for r in records:
@@ -71,7 +73,8 @@ def agreement_rows(records: list) -> list:
                         "schedule": r["schedule"],
                         "target": r["target"],
                         "nfe": r["nfe"],
-                        "diffusers": p["sampler"],
+                        "library": p["library"],
+                        "peer_sampler": p["sampler"],
                         "metric": r.get("metric", "sliced-w2"),
                         "unisde": r["distance"],
                         "peer": p["distance"],
@@ -149,7 +152,7 @@ def plot_accuracy(results: dict, path: str) -> str | None:
 
 
 def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
-    from unisde.bench.accuracy import AFFINE_TOL, comparisons
+    from unisde.bench.accuracy import AFFINE_TOL, comparisons, contestant_name
 
     setup = results.get("setup", {})
     records = results.get("accuracy") or []
@@ -193,10 +196,22 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         ),
         "",
         (
-            "k-diffusion: importable, but its samplers are not wired in this benchmark."
+            "k-diffusion: its deterministic samplers run through its own functions (`sample_euler`, `sample_heun`, "
+            "`sample_dpm_2`, `sample_lms`, `sample_dpmpp_2m`, and `sample_dpm_fast` at the NFE itself) on its own σ̃ "
+            "grids (`get_sigmas_karras`"
+            + (
+                ", `get_sigmas_exponential`, `get_sigmas_polyexponential` with ρ = 2"
+                if setup.get("grid_variants")
+                else ""
+            )
+            + ") over the schedule's σ̃ range, with the exact denoiser in the VE view D(x̃; σ̃) (evaluated at "
+            "x = s(t) x̃, t = t(σ̃)) as the model, from x̃ = σ̃_max z, in float64; model calls are counted per run. On "
+            "the rectified flow (s(1) = 0, σ̃(1) = ∞) the grid starts at σ̃ = 4096 (SNR 2⁻²⁴, unisde's VE-view cap), "
+            "as a k-diffusion user must start at a finite σ̃; `sample_dpm_fast` ends at σ̃_min > 0. `≡sample_X[grid]` "
+            "is the unisde sampler of the same algorithm on unisde's grid of that name, run the same way."
             if setup.get("k_diffusion")
             else "k-diffusion: not installed (`import k_diffusion` fails), so its samplers are skipped; "
-            "it is an optional peer."
+            "it is an optional peer (`pip install 'unisde[bench]'`)."
         ),
         "",
     ]
@@ -225,9 +240,11 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
     if primary_rows:
         met = sum(bool(r["met"]) for r in primary_rows)
         lines += [
-            "### Best unisde vs best diffusers (the issue's targets)",
+            "### Best unisde vs best peer (the issue's targets)",
             "",
-            "Target: best unisde ≤ 0.67 × best diffusers at NFE ≤ 10, ≤ 1.0 × at NFE 20 and 50, on the target's "
+            "Target: best unisde ≤ 0.67 × best peer (diffusers"
+            + (" or k-diffusion" if setup.get("k_diffusion") else "")
+            + ") at NFE ≤ 10, ≤ 1.0 × at NFE 20 and 50, on the target's "
             "noise-free metric (w2 or trajectory). A target not met is shown as **not met** with the reason.",
             "",
             f"Met in {met} of {len(primary_rows)} cells.",
@@ -236,12 +253,12 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
             "(W₂ to the exact PF-ODE solve from each contestant's own start law, among the contestants that "
             "start from the least mismatched start law), which the prior floor does not blur at high NFE.",
             "",
-            "| schedule | target | metric | NFE | best unisde | best diffusers | ratio | target | verdict | "
-            "discretisation error only: unisde / diffusers (ratio) |",
+            "| schedule | target | metric | NFE | best unisde | best peer | ratio | target | verdict | "
+            "discretisation error only: unisde / peer (ratio) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in primary_rows:
-            u, p = r["unisde"], r["diffusers"]
+            u, p = r["unisde"], r["peer"]
             verdict = (
                 ("met" + (f" ({r['reason']})" if r["reason"] else "")) if r["met"] else f"**not met**: {r['reason']}"
             )
@@ -250,8 +267,8 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
             solver = (
                 (
                     f"{_fmt(sv['unisde']['w2_solver'])} ({sv['unisde']['sampler']}) / "
-                    f"{_fmt(sv['diffusers']['w2_solver'])} "
-                    f"({sv['diffusers']['sampler']}) ({sv['ratio']:.3f})"
+                    f"{_fmt(sv['peer']['w2_solver'])} "
+                    f"({contestant_name(sv['peer'])}) ({sv['ratio']:.3f})"
                 )
                 if sv
                 else "—"
@@ -259,7 +276,7 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
             lines.append(
                 f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | "
                 f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
-                f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
+                f"{_fmt(p['distance']) + ' (' + contestant_name(p) + ')' if p else '—'} | {ratio} | "
                 f"≤ {r['target_ratio']} | {verdict} | {solver} |"
             )
         lines.append("")
@@ -268,20 +285,20 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         lines += [
             "### Stochastic contestants on the sampling metric",
             "",
-            "Best unisde vs best diffusers among contestants measured by sliced W₂ (no exact law: stochastic "
+            "Best unisde vs best peer among contestants measured by sliced W₂ (no exact law: stochastic "
             "samplers on mixtures, non-affine runs). Differences within twice the floor's sd are sampling noise.",
             "",
-            "| schedule | target | NFE | best unisde | best diffusers | ratio | floor (± sd) | note |",
+            "| schedule | target | NFE | best unisde | best peer | ratio | floor (± sd) | note |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in info_rows:
-            u, p = r["unisde"], r["diffusers"]
+            u, p = r["unisde"], r["peer"]
             ref = u or p
             ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
             lines.append(
                 f"| {r['schedule']} | {r['target']} | {r['nfe']} | "
                 f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
-                f"{_fmt(p['distance']) + ' (' + p['sampler'] + ')' if p else '—'} | {ratio} | "
+                f"{_fmt(p['distance']) + ' (' + contestant_name(p) + ')' if p else '—'} | {ratio} | "
                 f"{_fmt(ref['floor'])} ± {_fmt(ref.get('floor_sd'))} | {r['reason']} |"
             )
         lines.append("")
@@ -291,18 +308,19 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         lines += [
             "### Same algorithm, same answer",
             "",
-            f"A unisde twin and its diffusers scheduler agree when |Δ| ≤ {TWIN_RTOL:g} × the larger value (exact "
-            "metrics) or ≤ the noise floor (sampling metric).",
+            f"A unisde twin and its peer (a diffusers scheduler or a k-diffusion function) agree when |Δ| ≤ "
+            f"{TWIN_RTOL:g} × the larger value (exact metrics) or ≤ the noise floor (sampling metric).",
             "",
             f"{n_ok} of {len(agree)} pairs agree.",
             "",
-            "| schedule | target | metric | NFE | diffusers scheduler | diffusers | unisde twin | abs Δ | tolerance "
+            "| schedule | target | metric | NFE | library | peer | peer's value | unisde twin | abs Δ | tolerance "
             "| agree |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in sorted(agree, key=lambda r: (r["schedule"], r["target"], r["diffusers"], r["nfe"])):
+        for r in sorted(agree, key=lambda r: (r["schedule"], r["target"], r["library"], r["peer_sampler"], r["nfe"])):
             lines.append(
-                f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | {r['diffusers']} | "
+                f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | {r['library']} | "
+                f"{r['peer_sampler']} | "
                 f"{_fmt(r['peer'])} | "
                 f"{_fmt(r['unisde'])} | {r['diff']:.1e} | {r['tolerance']:.1e} | {'yes' if r['agree'] else '**no**'} |"
             )
@@ -371,7 +389,9 @@ def render_markdown(results: dict, plot_relpath: str | None = None, command: str
         "# unisde benchmarks",
         "",
         f"Generated by `{command}` in {results.get('seconds', 0.0):.0f} s on {setup.get('machine', '?')} "
-        f"(torch {setup.get('torch', '?')}, diffusers {setup.get('diffusers', '?')}, Python {setup.get('python', '?')})"
+        f"(torch {setup.get('torch', '?')}, diffusers {setup.get('diffusers', '?')}"
+        + (f", k-diffusion {setup['k_diffusion_version']}" if setup.get("k_diffusion_version") else "")
+        + f", Python {setup.get('python', '?')})"
         + (" — **quick** preset; run `unisde bench` for the full benchmark." if setup.get("quick") else "."),
         "Regenerate with `unisde bench [--quick] [--json results.json]`; the method is documented in "
         "`unisde/bench/__init__.py`.",

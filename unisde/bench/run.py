@@ -122,6 +122,15 @@ class BenchConfig:
         return self.n_samples, tuple(self.nfe_64d or self.nfe), variants
 
 
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     """Run the configured sections; return the JSON-able results (schema of issue 5 plus extra keys)."""
     import diffusers
@@ -160,6 +169,7 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         "overhead_shape": list(cfg.overhead_shape),
         "samplers": list_samplers(),
         "k_diffusion": kdiffusion_available(),
+        "k_diffusion_version": _version("k-diffusion") if kdiffusion_available() else None,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),

@@ -72,6 +72,7 @@ class ExactModel:
         self.schedule = schedule
         self.nfe = 0
         self._times: dict = {}
+        self._ve_times: dict = {}
 
     def _time(self, timestep) -> tuple[torch.Tensor, float]:
         value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
@@ -90,6 +91,28 @@ class ExactModel:
             ).reshape(())
             self._times[value] = (t, float(self.parameterization.input_scale(self.schedule, t)))
         return self._times[value]
+
+    def denoise_ve(self, x_ve: torch.Tensor, sigma_ve) -> torch.Tensor:
+        """The same exact model as k-diffusion calls a denoiser: D(x̃; σ̃) = E[x0 | x̃] in the VE view x̃ = x/s at the
+        noise level σ̃ = σ/s (Karras et al. 2022, eq. 3 [EDM]), evaluated as the exact denoiser at
+        x = s(t) x̃, t = ``schedule.t_from_sigma(σ̃)`` (cached per σ̃ value in ``_ve_times``). ``sigma_ve``: a float
+        or a tensor holding one σ̃ for the whole batch (k-diffusion passes it once per sample). Counted in ``nfe``."""
+        if isinstance(sigma_ve, torch.Tensor):
+            flat = sigma_ve.reshape(-1)
+            if flat.numel() > 1 and not bool((flat == flat[0]).all()):
+                raise ValueError("ExactModel.denoise_ve needs one noise level σ̃ for the whole batch")
+            value = float(flat[0])
+        else:
+            value = float(sigma_ve)
+        if not value > 0:
+            raise ValueError(f"ExactModel.denoise_ve needs a noise level σ̃ > 0, got {value}")
+        if value not in self._ve_times:
+            t = self.schedule.t_from_sigma(torch.tensor(value, dtype=torch.float64)).reshape(())
+            self._ve_times[value] = (t, float(self.schedule.s(t)))
+        t, s = self._ve_times[value]
+        self.nfe += 1
+        x0 = self.distribution.denoise(x_ve.to(torch.float64) * s, t, self.schedule)
+        return x0.to(x_ve.dtype)
 
     def __call__(self, model_input: torch.Tensor, timestep, *args, **kwargs) -> torch.Tensor:
         t, c_in = self._time(timestep)

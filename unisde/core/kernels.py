@@ -15,13 +15,16 @@ from unisde.core.schedule import NoiseSchedule
 
 
 def schedule_coefficients(schedule: NoiseSchedule, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s(t), σ(t)) in float64; where s(t) = 0 (zero terminal SNR at t = 1) the values at the schedule's
-    ``t_end`` are used instead, so that quotients by s stay finite (see docs/schedules.md)."""
+    """(s(t), σ(t)) in float64; where s(t) = 0 (zero terminal SNR at t = 1) the values at the schedule's ``t_end``
+    are used instead, so that quotients by s stay finite (see docs/schedules.md). On such a schedule t = 1 counts as
+    s = 0 even where s(1) is zero only up to rounding (the un-clipped cosine's s(1) = cos(π/2) = 6e-17 in float64
+    gave σ/s = 1.6e16); times in (t_end, 1) keep their exact, finite values (a FlowMatch grid with a large shift
+    evaluates there, and diffusers uses them)."""
     t = schedule._time(t)
     s, sigma = schedule._s(t), schedule._sigma(t)
     if schedule.t_end < 1.0:
         tc = schedule._capped(t)
-        small = s <= 0
+        small = (s <= 0) | (t >= 1.0)
         s = torch.where(small, schedule._s(tc), s)
         sigma = torch.where(small, schedule._sigma(tc), sigma)
     return s, sigma
@@ -42,10 +45,107 @@ def grid_coefficients(
     return s, sigma
 
 
+VIEWS = ("ve", "flow")
+"""The variables a sampler may solve the probability-flow ODE in (:func:`view_coefficients`)."""
+
+
+def zero_terminal_snr(schedule: NoiseSchedule) -> bool:
+    """Whether the schedule reaches zero SNR at its end, s(1) = 0 exactly (rectified flow, zero-terminal-SNR
+    tables, the un-clipped cosine): the schedules whose σ̃ = σ/s is capped at t_end < 1 (docs/schedules.md)."""
+    return schedule.t_end < 1.0
+
+
+def resolve_view(schedule: NoiseSchedule, view: str) -> str:
+    """The view a sampler's ``view`` option means on this schedule: ``"auto"`` is ``"flow"`` where the schedule
+    reaches zero SNR at t = 1 (:func:`zero_terminal_snr`), else ``"ve"``; ``"ve"`` and ``"flow"`` are themselves."""
+    if view == "auto":
+        return "flow" if zero_terminal_snr(schedule) else "ve"
+    if view not in VIEWS:
+        raise ValueError(f"view={view!r} is not one of {['auto', *VIEWS]}")
+    return view
+
+
+def view_coefficients(schedule: NoiseSchedule, grid: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""(c, ℓ) along a decreasing time grid (float64; a t = 0 end point is clean data, c = 1, ℓ = 0): the scale and
+    noise level of the view y = x/c, ℓ = σ/c in which a sampler solves the probability-flow ODE (Song et al. 2021,
+    eq. 13 [SDE]) as
+
+        dy/dℓ = (y − D(y; ℓ))/ℓ.
+
+    ``"ve"``: c = s, ℓ = σ̃ = σ/s, Karras et al. 2022, eq. 4 [EDM] (y = x0 + σ̃ ε; s capped at t_end where
+    s(1) = 0, so that σ̃ ≤ 4096 there). ``"flow"``: c = s + σ, ℓ = τ = σ/(s + σ) ∈ [0, 1] (y = (1 − τ) x0 + τ ε:
+    x and t themselves on the rectified flow, the variables of ComfyUI's k-diffusion samplers on flow models and
+    of diffusers' FlowMatch Heun), finite and exact at s = 0 (τ = 1, c = σ).
+
+    Why both give the same ODE: with c = s + κσ (κ ≥ 0), y = a x0 + ℓ ε with a = s/c = 1 − κℓ, and along the
+    PF-ODE dy/dℓ = E[ε + x0 da/dℓ | y] = (y − aD)/ℓ + a′D, which is (y − D)/ℓ exactly when a − ℓa′ = 1, true for
+    every κ. In both views c·ℓ = σ. A solver's steps are the same formulas in either view; only the variable it
+    steps in (σ̃ ∈ [0, ∞) or τ ∈ [0, 1]) differs, and with it the accuracy of a step over the first, huge
+    interval in σ̃ of a zero-SNR schedule (σ̃ from 4096 to O(1))."""
+    if view == "flow":
+        s, sigma = grid_coefficients(schedule, grid, exact=True)
+        scale = s + sigma
+        return scale, sigma / scale
+    if view != "ve":
+        raise ValueError(f"view={view!r} is not one of {list(VIEWS)}")
+    s, sigma = grid_coefficients(schedule, grid)
+    return s, sigma / s
+
+
+def t_from_flow_sigma(schedule: NoiseSchedule, tau: torch.Tensor) -> torch.Tensor:
+    """The time t whose flow noise level σ/(s + σ) is τ (float64): t = τ on the rectified flow, else through
+    σ̃ = τ/(1 − τ) and the schedule's log-SNR inverse (τ = 1 is t = 1)."""
+    if getattr(schedule, "name", "") == "rectified-flow":
+        return tau.clone()
+    inner = tau < 1
+    out = torch.ones_like(tau)
+    out[inner] = schedule.t_from_sigma(tau[inner] / (1 - tau[inner]))
+    return out
+
+
+def view_times(schedule: NoiseSchedule, levels: torch.Tensor, view: str) -> torch.Tensor:
+    """The times t (float64) whose noise level in ``view`` is ``levels`` (ℓ > 0): the inverse of
+    :func:`view_coefficients`' ℓ, for a solver's intermediate stages (σ̃ → t by the schedule's log-SNR inverse;
+    τ → t by the flow grids' map, t = τ on the rectified flow)."""
+    levels = levels.to(torch.float64)
+    if view == "flow":
+        return t_from_flow_sigma(schedule, levels)
+    return schedule.t_from_sigma(levels)
+
+
+def rf_ancestral_step(tau: float, tau_next: float, eta: float) -> tuple[float, float, float]:
+    r"""The rectified-flow ancestral step from flow level τ to τ' < τ (ComfyUI's ``sample_euler_ancestral_RF`` and
+    ``sample_dpm_2_ancestral_RF``; diffusers' LTXEulerAncestralRFScheduler), in the flow view
+    y = x/(s + σ) = (1 − τ) x0 + τ ε of :func:`view_coefficients`. The deterministic part goes down to
+
+        τ_d = τ' (1 + (τ'/τ − 1) η)          (η ∈ [0, 1]: τ_d from τ' down to τ'²/τ; capped at 0 beyond),
+
+    and the forward process carries y from τ_d back up to τ':  y' = r y_d + ς z  with
+
+        r = (1 − τ')/(1 − τ_d),   ς² = τ'² − r² τ_d² = (τ' − τ_d)(τ' + r τ_d)/(1 − τ_d)   (≥ 0: τ_d ≤ τ', r ≤ 1).
+
+    The marginal at τ' is then exact: y_d = (1 − τ_d) x0 + τ_d ε gives r y_d + ς z = (1 − τ') x0 + √(r²τ_d² + ς²) ε'
+    = (1 − τ') x0 + τ' ε'. (The VE view's ancestral step, k-diffusion's ``get_ancestral_step``, is the same
+    construction with r = 1, since there the forward process adds noise without rescaling.) In model space the
+    noise is (s' + σ') ς, and ς² is formed from τ' − τ_d = τ' η (1 − τ'/τ) without cancellation. Returns
+    (τ_d, r, ς) as floats; a step to τ' = 0 is (0, 1, 0)."""
+    if tau_next <= 0.0 or not eta:
+        return tau_next, 1.0, 0.0
+    gap = min(tau_next * eta * (1.0 - tau_next / tau), tau_next)  # τ' − τ_d
+    tau_down = tau_next - gap
+    ratio = (1.0 - tau_next) / (1.0 - tau_down)
+    return tau_down, ratio, math.sqrt(gap * (tau_next + ratio * tau_down) / (1.0 - tau_down))
+
+
 def lincomb(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
-    """cx·x + cy·y in at most two passes over memory (the scalars are Python floats: cast once, no transfer)."""
+    """cx·x + cy·y in at most two passes over memory (the scalars are Python floats: cast once, no transfer).
+
+    One pass where cx = 1 (x + cy·y) or cx + cy = 1 (the interpolation x + cy·(y − x), e.g. every deterministic
+    step on a rectified flow, where s + σ = 1 makes the step a convex combination of x and x̂0)."""
     if cx == 1.0:
         return torch.add(x, y, alpha=cy)
+    if abs(cx + cy - 1.0) <= 1e-12:  # rounding of float64 coefficients, far below any sample dtype's resolution
+        return torch.lerp(x, y, cy)
     return (x * cx).add_(y, alpha=cy)  # in place on the fresh product: one allocation, two passes
 
 

@@ -125,6 +125,13 @@ class Converter:
     refusal: why the class cannot convert without ``sampler=``, and the closest unisde option.
     gaussian: the config defines a Gaussian (s, σ) schedule, so ``from_config(cfg, sampler=...)`` works.
     source_defaults: the class's ``__init__`` defaults, for a class diffusers does not ship (else inspected).
+    view: the variables the class's solver steps in (``"ve"``: x/s against σ̃, the Euler/Heun/LMS/KDPM2/PNDM
+        classes, also on a zero-terminal-SNR table): a convention of its algorithm, like its starting noise, so the
+        twin's config records it (the ``view`` key, read by samplers with a ``view`` option unless
+        ``sampler_options`` sets one) and a conversion with another sampler leaves it out.
+    quirk_options: options of the twin's sampler that reproduce a quirk of the class rather than choose an algorithm
+        (PNDM's and LMS's img2img entry): ``is_twin`` ignores them, so ``sampler=`` naming the twin's sampler keeps
+        the twin's grid and conventions, with the caller's options.
     """
 
     name: ClassVar[str] = ""
@@ -133,6 +140,8 @@ class Converter:
     refusal: ClassVar[str] = ""
     gaussian: ClassVar[bool] = True
     source_defaults: ClassVar[dict | None] = None
+    view: ClassVar[str | None] = None
+    quirk_options: ClassVar[frozenset[str]] = frozenset()
 
     # ------------------------------------------------------------------ what a subclass writes
     def schedule_keys(self, cfg: dict) -> dict:
@@ -205,7 +214,9 @@ class Converter:
             return True
         if sampler != self.sampler:
             return False
-        return dict(sampler_options or {}) == dict(self.sampler_keys(cfg).get("sampler_options") or {})
+        own = self.sampler_keys(cfg).get("sampler_options") or {}
+        chosen = {k: v for k, v in (sampler_options or {}).items() if k not in self.quirk_options}
+        return chosen == {k: v for k, v in own.items() if k not in self.quirk_options}
 
     def convert(self, cfg: dict, sampler: str | None = None, sampler_options: dict | None = None) -> dict:
         """The unisde keys for this source config (``sampler``: the caller's choice, or None for the twin)."""
@@ -229,6 +240,10 @@ class Converter:
             if sampler is not None:
                 keys.pop("sampler_options", None)  # the caller's options (if any) apply, as diffusers' kwargs do
             out.update(keys)
+            from unisde.plugins import get_sampler
+
+            if self.view is not None and "view" in get_sampler(out["sampler"]).options:
+                out["view"] = self.view  # diffusers' σ̃ stepping, kept where sampler "auto" would pick the flow view
         else:
             from unisde.plugins import get_sampler
 
@@ -270,10 +285,14 @@ class BetaTableConverter(Converter):
             out["time_grid"] = "karras"
         elif cfg.get("use_exponential_sigmas") or cfg.get("use_lu_lambdas"):
             out["time_grid"] = "uniform_lambda"
+        elif cfg.get("use_beta_sigmas"):  # Beta(0.6, 0.6) quantiles of σ̃ between the table's ends (Lee et al. 2024)
+            out["time_grid"] = "diffusers_sigmas"
+            out["time_grid_options"] = {"spacing": "beta", "timestep_spacing": "linspace"}
         return out
 
     def explicit_grid(self, cfg):
-        return bool(cfg.get("use_karras_sigmas") or cfg.get("use_exponential_sigmas") or cfg.get("use_lu_lambdas"))
+        flags = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+        return any(cfg.get(flag) for flag in flags)
 
 
 class DDPMConverter(BetaTableConverter):
@@ -311,32 +330,152 @@ class DDIMParallelConverter(DDIMConverter):
 class PNDMConverter(BetaTableConverter):
     name = "PNDMScheduler"
     sampler = "pndm"
+    quirk_options = frozenset({"entry"})
+    view = "ve"
     accepts = {**BetaTableConverter.accepts, "set_alpha_to_one": ANY, "skip_prk_steps": ANY}
 
     def sampler_keys(self, cfg):
-        return {"sampler": "pndm", "sampler_options": {"prk_warmup": not cfg.get("skip_prk_steps", False)}}
+        prk = not cfg.get("skip_prk_steps", False)
+        # its counter restarts at the first call a pipeline makes (img2img), so does its warm-up
+        return {"sampler": "pndm", "sampler_options": {"prk_warmup": prk, **({} if prk else {"entry": "restart"})}}
 
     def closest_sampler(self):
         return "pndm"
 
 
 class _KarrasFamily(BetaTableConverter):
-    """Euler, EulerAncestral, Heun, LMS: fractional linspace timesteps (np.linspace without rounding)."""
+    """Euler, EulerAncestral, Heun, LMS, KDPM2: fractional linspace timesteps (np.linspace without rounding).
+
+    ``use_karras_sigmas`` / ``use_exponential_sigmas`` / ``use_beta_sigmas`` respace σ̃ between the σ̃'s of the first
+    and last index of the *spacing's* timesteps (the table's ends only for ``linspace``; for ``leading`` and
+    ``trailing`` they move with num_inference_steps): the ``diffusers_sigmas`` grid, which reads
+    ``timestep_spacing``, ``steps_offset`` (and Euler's ``sigma_min`` / ``sigma_max``) from the config by name.
+    With ``linspace`` spacing the same σ̃'s are the ``karras`` / ``uniform_lambda`` grids, which are kept there. The
+    model is fed the exact log-σ̃ index of each level, as diffusers' ``_sigma_to_t`` computes it."""
 
     spacing_grids = {"linspace": "linspace_fractional"}
-    accepts = {**BetaTableConverter.accepts, "use_karras_sigmas": ANY}
+    view = "ve"
+    accepts = {
+        **BetaTableConverter.accepts,
+        "use_karras_sigmas": ANY,
+        "use_exponential_sigmas": ANY,
+        "use_beta_sigmas": ANY,
+    }
+    RESPACING_FLAGS: ClassVar[dict] = {
+        "use_karras_sigmas": "karras",
+        "use_exponential_sigmas": "exponential",
+        "use_beta_sigmas": "beta",
+    }
+
+    def respacing(self, cfg) -> str | None:
+        """The σ̃ respacing the config asks for (None: the spacing's own σ̃); two flags at once are diffusers' error."""
+        own = self.defaults()  # a flag the class does not take is ignored, as diffusers ignores it
+        chosen = [flag for flag in self.RESPACING_FLAGS if flag in own and cfg.get(flag)]
+        if len(chosen) > 1:
+            raise ConversionError(
+                f"{self.name}: only one of {', '.join(chosen)} can be True (diffusers refuses it too)"
+            )
+        return self.RESPACING_FLAGS[chosen[0]] if chosen else None
 
     def schedule_keys(self, cfg):
-        out = super().schedule_keys(cfg)
         spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing"))
+        respacing = self.respacing(cfg)
+        overrides = cfg.get("sigma_min") is not None or cfg.get("sigma_max") is not None
+        out = {"time_grid": self.spacing_grids.get(spacing, spacing)}
+        if respacing is not None:
+            table_ends = spacing == "linspace" and not overrides
+            if table_ends and respacing in ("karras", "exponential"):
+                out["time_grid"] = "karras" if respacing == "karras" else "uniform_lambda"
+            else:
+                out["time_grid"] = "diffusers_sigmas"
+                out["time_grid_options"] = {"spacing": respacing}
         # they start from σ̃_max · z in the VE view with these spacings (√(σ̃_max² + 1) · z with leading)
         out["init_noise"] = "sigma" if spacing in ("linspace", "trailing") else "marginal"
         return out
 
+    def explicit_grid(self, cfg):
+        return self.respacing(cfg) is not None
+
+
+_LOG_LINEAR_REFUSAL = (
+    "EulerDiscreteScheduler flag interpolation_type='log_linear' without use_karras_sigmas, use_exponential_sigmas "
+    "or use_beta_sigmas is not supported by unisde's conversion: diffusers then steps through n + 1 log-uniform σ̃'s "
+    "but feeds the model the timesteps of timestep_spacing, which belong to other noise levels, and stops at the "
+    "table's σ̃_min without the last step to σ = 0; no unisde sampler evaluates a model off its noise level. For "
+    "log-uniform σ̃ with matching timesteps use use_exponential_sigmas=True (or UnifiedScheduler(sampler='edm', "
+    "time_grid='exponential')); with a respacing flag log_linear is honoured (only its end points count there)"
+)
+
 
 class EulerConverter(_KarrasFamily):
+    """EulerDiscreteScheduler → ``edm`` (Euler). Besides the family's flags (:class:`_KarrasFamily`):
+
+    ``sigma_min`` / ``sigma_max`` replace the respacing's ends (diffusers reads them only with a Karras, exponential
+    or Beta respacing). With discrete timesteps they must lie in the table's σ̃ range: outside it diffusers clips
+    the model's timestep to the table's end while the sample carries another noise level.
+
+    ``timestep_type="continuous"`` with v-prediction (Stable Video Diffusion's config) feeds the model
+    c_noise = ¼ ln σ̃ and scales its input by 1/√(σ̃² + 1): EDM's preconditioning with σ_data = 1 and c_out negated
+    (Karras et al. 2022, Table 1 [EDM]; the ``edm`` parameterisation), which on the β table is diffusers'
+    v-prediction with other timesteps. With both ends configured and a respacing flag (SVD: Karras σ̃ from 700 to
+    0.002) the β table takes no part in sampling and the schedule is EDM's s = 1, σ̃ ∈ [sigma_min, sigma_max].
+    With another prediction type diffusers ignores ``timestep_type``, and so does the conversion.
+
+    ``interpolation_type="log_linear"`` is honoured together with a respacing flag, where diffusers reads only the
+    end points of its levels (the table's σ̃_max and σ̃_min, whatever the spacing); alone it is refused (the reason
+    is in the message)."""
+
     name = "EulerDiscreteScheduler"
     sampler = "edm"
+    accepts = {
+        **_KarrasFamily.accepts,
+        "interpolation_type": ("linear", "log_linear"),
+        "timestep_type": ("discrete", "continuous"),
+        "sigma_min": ANY,
+        "sigma_max": ANY,
+    }
+
+    def schedule_keys(self, cfg):
+        respacing = self.respacing(cfg)
+        log_linear = cfg.get("interpolation_type", "linear") == "log_linear"
+        if log_linear and respacing is None:
+            raise ConversionError(_LOG_LINEAR_REFUSAL)
+        out = super().schedule_keys({**cfg, "timestep_spacing": "linspace"} if log_linear else cfg)
+        spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing"))
+        out["init_noise"] = "sigma" if spacing in ("linspace", "trailing") else "marginal"  # the class's own spacing
+        if log_linear and out["time_grid"] == "diffusers_sigmas":
+            out["time_grid_options"]["timestep_spacing"] = "linspace"  # the table's ends, not the spacing's
+        continuous = cfg.get("timestep_type") == "continuous" and cfg.get("prediction_type") == "v_prediction"
+        ends = {key: cfg.get(key) for key in ("sigma_min", "sigma_max") if cfg.get(key) is not None}
+        if continuous:
+            out["parameterization"] = "edm"  # c_noise timesteps, σ_data = 1; the edm sign follows prediction_type
+            out["sigma_data"] = 1.0
+            if respacing is not None and len(ends) == 2:
+                out["schedule"] = {
+                    "name": "edm",
+                    "sigma_min": float(ends["sigma_min"]),
+                    "sigma_max": float(ends["sigma_max"]),
+                    "timestep_convention": "edm",
+                }
+                return out
+        if respacing is not None and ends:
+            from unisde.core.schedule import NoiseSchedule
+
+            table = NoiseSchedule.from_diffusers_config({k: v for k, v in cfg.items() if k not in ("schedule",)})
+            low = float(table.ve_sigma(1.0 / table.num_train_timesteps))
+            high = float(table.ve_sigma(1.0))
+            for key, value in ends.items():
+                if not low * (1 - 1e-6) <= float(value) <= high * (1 + 1e-6):
+                    hint = (
+                        "with timestep_type='continuous' and v-prediction both sigma_min and sigma_max are needed"
+                        if continuous
+                        else "diffusers clips the model's timestep to the table's end there"
+                    )
+                    raise ConversionError(
+                        f"{self.name} flag {key}={value!r} lies outside the β table's σ̃ range [{low:.6g}, "
+                        f"{high:.6g}] and is not supported by unisde's conversion: {hint}"
+                    )
+        return out
 
     def sampler_keys(self, cfg):
         return {"sampler": "edm", "sampler_options": {"solver": "euler"}}
@@ -360,33 +499,33 @@ class HeunConverter(_KarrasFamily):
 class LMSConverter(_KarrasFamily):
     name = "LMSDiscreteScheduler"
     sampler = "lms"
+    quirk_options = frozenset({"entry_order"})
+
+    def sampler_keys(self, cfg):
+        # its step k runs at order min(k + 1, 4) whatever history it has (img2img entry mid-grid)
+        return {"sampler": "lms", "sampler_options": {"entry_order": "index"}}
 
 
 class KDPM2Converter(_KarrasFamily):
     """KDPM2DiscreteScheduler → ``dpm_2``: its interleaved timesteps (grid point, midpoint at the geometric mean of
-    σ̃, …), its spacings (linspace fractional, as Euler's) and its init-noise convention. ``use_karras_sigmas`` and
-    ``use_exponential_sigmas`` span σ̃ between the ends of the *spacing's* grid, which are the table's ends only with
-    linspace spacing; other spacings with them are refused. On Karras grids diffusers feeds the model rounded
-    timesteps at the grid points (not at the midpoints); unisde feeds the exact log-σ̃ index there (|Δ| < 0.5)."""
+    σ̃, …), its spacings (linspace fractional, as Euler's) and its init-noise convention. ``use_karras_sigmas``,
+    ``use_exponential_sigmas`` and ``use_beta_sigmas`` span σ̃ between the ends of the *spacing's* grid, as for Euler
+    (see :class:`_KarrasFamily`). On Karras grids diffusers feeds the model rounded timesteps at the grid points (not
+    at the midpoints), and so does the twin (``timestep_rounding="round_steps"``). Its ``add_noise`` reads
+    ``sigmas[step_index]``, the step's end after a first stage (``add_noise_level="step_index"``)."""
 
     name = "KDPM2DiscreteScheduler"
     sampler = "dpm_2"
-    accepts = {**_KarrasFamily.accepts, "use_exponential_sigmas": ANY}
 
     def schedule_keys(self, cfg):
-        spacing = cfg.get("timestep_spacing", self.defaults().get("timestep_spacing"))
-        flag = next((f for f in ("use_karras_sigmas", "use_exponential_sigmas") if cfg.get(f)), None)
-        if flag and spacing != "linspace":
-            raise ConversionError(
-                f"{self.name} flag {flag}=True with timestep_spacing={spacing!r} is not supported "
-                "by unisde's conversion: diffusers spans σ between the ends of that spacing's grid, "
-                "which move with num_inference_steps (supported: timestep_spacing='linspace', the "
-                "default)"
-            )
-        return super().schedule_keys(cfg)
+        out = super().schedule_keys(cfg)
+        if self.respacing(cfg) == "karras":
+            out["timestep_rounding"] = "round_steps"
+        return out
 
     def sampler_keys(self, cfg):
-        return {"sampler": self.sampler}
+        # add_noise reads sigmas[step_index]: the step's end after a first stage (UnifiedScheduler.add_noise_level)
+        return {"sampler": self.sampler, "add_noise_level": "step_index"}
 
 
 class KDPM2AncestralConverter(KDPM2Converter):
@@ -395,6 +534,40 @@ class KDPM2AncestralConverter(KDPM2Converter):
 
     name = "KDPM2AncestralDiscreteScheduler"
     sampler = "dpm_2_ancestral"
+
+
+class DPMSolverSDEConverter(_KarrasFamily):
+    """DPMSolverSDEScheduler → ``dpmpp_sde`` with its defaults r = ½, η = 1, S_noise = 1 (k-diffusion's
+    ``sample_dpmpp_sde``, which diffusers' class reimplements), on the ``diffusers_float32_sigmas`` grid: the class's
+    σ̃ bit for bit in float32 for every spacing (linspace fractional, leading with ``steps_offset``, trailing; the grid
+    reads both keys by name) and respacing (Karras, exponential, Beta, between the ends of the spacing's list as
+    diffusers spans them), so that the Brownian tree is queried at the very levels the class queries (the tree resolves
+    σ̃ to 1e-6: a level one float32 ulp off draws other noise). ``noise_sampler_seed`` reaches the sampler by name:
+    with it set both draw the same Brownian path; with None diffusers seeds the path from the global torch RNG, unisde
+    from the step generator's initial seed (so a seeded pipeline run repeats), or from the global RNG as diffusers
+    does when there is no generator. As KDPM2, each step's two model calls are listed as timesteps (grid point, then
+    the midpoint √(σ̃_i σ̃_{i+1})) and sampling starts from σ̃_max · z (√(σ̃_max² + 1) · z with leading spacing).
+    diffusers raises NotImplementedError for ``prediction_type="sample"``; the conversion reads it as x̂0, as for
+    every other class."""
+
+    name = "DPMSolverSDEScheduler"
+    sampler = "dpmpp_sde"
+    accepts = {**_KarrasFamily.accepts, "noise_sampler_seed": ANY}
+
+    def schedule_keys(self, cfg):
+        out = super().schedule_keys(cfg)  # init_noise; the respacing flags checked
+        respacing = self.respacing(cfg)
+        out["time_grid"] = "diffusers_float32_sigmas"
+        out["time_grid_options"] = {"spacing": respacing} if respacing else {}
+        return out
+
+    def sampler_keys(self, cfg):
+        # noise_sampler_seed reaches it by name; add_noise reads sigmas[step_index], as KDPM2's (the step's end at the
+        # midpoint call)
+        return {"sampler": self.sampler, "add_noise_level": "step_index"}
+
+    def closest_sampler(self):
+        return "dpmpp_sde"
 
 
 class DEISConverter(BetaTableConverter):
@@ -415,15 +588,21 @@ class DEISConverter(BetaTableConverter):
         "solver_type": ("logrho", "midpoint", "heun", "bh1", "bh2"),
         "use_karras_sigmas": (False,),
         "use_exponential_sigmas": (False,),
+        "use_beta_sigmas": (False,),
     }
     _GRID_REFUSAL = (
         "diffusers' DEIS ends such a grid with a zero-length step (σ_min → σ_min) that leaves the sample "
         "at σ_min instead of denoising it, and feeds the model timesteps rounded (Karras) or truncated "
-        "(exponential) to integers; unisde cannot reproduce that"
+        "(exponential, Beta) to integers; unisde cannot reproduce that"
     )
 
     def check_flags(self, cfg, twin):
-        for flag, grid in (("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "uniform_lambda")):
+        flags = (
+            ("use_karras_sigmas", "karras"),
+            ("use_exponential_sigmas", "exponential"),
+            ("use_beta_sigmas", "beta"),
+        )
+        for flag, grid in flags:
             if cfg.get(flag):
                 raise ConversionError(
                     f"{self.name} flag {flag}=True is not supported by unisde's conversion: "
@@ -437,6 +616,81 @@ class DEISConverter(BetaTableConverter):
 
     def sampler_keys(self, cfg):
         return {"sampler": "deis"}  # solver_order and lower_order_final reach it by option name
+
+
+class SASolverConverter(BetaTableConverter):
+    """SASolverScheduler → ``sa_solver`` (Xue et al. 2023 [SASolver]; data prediction, predictor and corrector orders
+    1–3, ``lower_order_final``): diffusers' multistep spacings (n + 1 points without index 0 for leading/linspace,
+    its default linspace) and its last step to the table's σ_min (index 0), i.e. ``final_sigmas_type="sigma_min"``.
+    Its default ``tau_func`` (τ = 1 for model timesteps 200 … 800, else 0) is ``tau=1`` with ``tau_window`` the
+    times (200 + ½)/N … (800 + 1½)/N of those indices (index i sits at t = (i + 1)/N). Refused by name: a custom
+    ``tau_func`` (a Python callable, which a config cannot carry; pass sampler_options tau/tau_window instead),
+    ``algorithm_type="noise_prediction"``, learned variances (diffusers slices 3 channels and draws noise shaped
+    like the whole output) and the Karras/exponential/Beta/flow σ grids, which diffusers ends with a zero-length
+    step."""
+
+    name = "SASolverScheduler"
+    sampler = "sa_solver"
+    spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
+    accepts = {
+        **BetaTableConverter.accepts,
+        **THRESHOLDING,
+        "predictor_order": (1, 2, 3),
+        "corrector_order": (1, 2, 3),
+        "lower_order_final": ANY,
+        "algorithm_type": ("data_prediction",),
+        "tau_func": (None,),
+        "variance_type": (None,),
+        "use_karras_sigmas": (False,),
+        "use_exponential_sigmas": (False,),
+        "use_beta_sigmas": (False,),
+        "use_flow_sigmas": (False,),
+        "flow_shift": ANY,  # read only with use_flow_sigmas
+    }
+    _REFUSALS = {
+        "use_karras_sigmas": "its Karras σ grid ends with a zero-length step (σ_min → σ_min) that leaves the sample "
+        "at σ_min instead of denoising it",
+        "use_exponential_sigmas": "its exponential σ grid ends with a zero-length step (σ_min → σ_min) that leaves "
+        "the sample at σ_min instead of denoising it",
+        "use_beta_sigmas": "its Beta σ grid ends with a zero-length step (σ_min → σ_min) that leaves the sample at "
+        "σ_min instead of denoising it",
+        "use_flow_sigmas": "its flow grid ends with a zero-length step at its last level (τ ≈ 1/n, shifted), so the "
+        "result keeps that much noise instead of being denoised",
+        "algorithm_type": "unisde's sa_solver is SA-Solver's data-prediction form (the default "
+        "'data_prediction'); the noise-prediction form is not implemented",
+        "tau_func": "a Python callable cannot be converted; pass sampler='sa_solver' with sampler_options "
+        "{'tau': …, 'tau_window': [t_lo, t_hi]} for a constant τ on a time window",
+        "variance_type": "with a learned variance diffusers keeps the first 3 output channels and draws noise shaped "
+        "like the whole output, which unisde does not reproduce",
+    }
+
+    def check_flags(self, cfg, twin):
+        defaults = self.defaults()
+        for flag, reason in self._REFUSALS.items():
+            if flag in cfg and not _same(cfg[flag], defaults[flag]):
+                raise ConversionError(
+                    f"{self.name} flag {flag}={cfg[flag]!r} is not supported by unisde's conversion: {reason}"
+                )
+        return super().check_flags(cfg, twin)
+
+    def schedule_keys(self, cfg):
+        return {**super().schedule_keys(cfg), "final_sigmas_type": "sigma_min"}
+
+    def sampler_keys(self, cfg):
+        n = int(cfg.get("num_train_timesteps", 1000))
+        return {
+            "sampler": "sa_solver",
+            "sampler_options": {
+                "predictor_order": int(cfg.get("predictor_order", 2)),
+                "corrector_order": int(cfg.get("corrector_order", 2)),
+                "tau": 1.0,
+                "tau_window": [200.5 / n, 801.5 / n],
+                "lower_order_final": bool(cfg.get("lower_order_final", True)),
+            },
+        }
+
+    def closest_sampler(self):
+        return "sa_solver"
 
 
 _IPNDM_REFUSAL = (
@@ -456,7 +710,14 @@ class _MultistepFamily(BetaTableConverter):
     and ignore the β table: the ``flow_match`` grid with ``levels="unipc"`` / ``"dpmsolver"`` (their own base levels
     and ``flow_shift``; μ / ``shift_terminal`` where the class takes them), flow prediction, ``scheduler.sigmas`` in
     flow levels, the model fed ⌊τ N⌋ as int64 (``timestep_rounding="floor"``) and the start from z itself
-    (``init_noise="unit"``), as those classes do."""
+    (``init_noise="unit"``), as those classes do.
+
+    ``use_exponential_sigmas`` / ``use_beta_sigmas`` space σ̃ between the table's ends (``uniform_lambda``; the
+    ``diffusers_sigmas`` grid with Beta(0.6, 0.6) quantiles) and feed the model the int64 truncation of each level's
+    fractional index (``timestep_rounding="floor"``). diffusers computes that index against a float32 log-σ̃ table,
+    which on some tables (SD's scaled_linear) puts σ̃_max at 998.9999997 instead of 999, so its first timestep is
+    998 where unisde's is 999; every other timestep and every σ̃ agree. A respacing flag with
+    ``final_sigmas_type="sigma_min"`` is refused (zero-length last step)."""
 
     spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
     accepts = {
@@ -465,6 +726,7 @@ class _MultistepFamily(BetaTableConverter):
         "use_karras_sigmas": ANY,
         "use_lu_lambdas": ANY,
         "use_exponential_sigmas": ANY,
+        "use_beta_sigmas": ANY,
         "final_sigmas_type": ("zero", "sigma_min"),
         "solver_order": (1, 2, 3),
         "lower_order_final": ANY,
@@ -515,7 +777,20 @@ class _MultistepFamily(BetaTableConverter):
                 f"{self.name} flag {problem}; it changes the schedule or time grid, so no sampler= can stand in for it"
             )
         if not cfg.get("use_flow_sigmas"):
-            return super().schedule_keys(cfg)
+            respaced = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+            flag = next((f for f in respaced if cfg.get(f)), None)
+            if flag and cfg.get("final_sigmas_type", "zero") == "sigma_min":
+                raise ConversionError(
+                    f"{self.name} flag final_sigmas_type='sigma_min' with {flag}=True is not supported by unisde's "
+                    "conversion: that grid already ends at the table's σ_min, so diffusers' last step is the "
+                    "zero-length σ_min → σ_min step, which leaves the sample noisy instead of denoising it "
+                    "(supported: final_sigmas_type='zero')"
+                )
+            out = super().schedule_keys(cfg)
+            if cfg.get("use_exponential_sigmas") or cfg.get("use_beta_sigmas"):
+                # diffusers casts these levels' fractional _sigma_to_t indices to int64 (truncation) for the model
+                out["timestep_rounding"] = "floor"
+            return out
         options = {"levels": self.FLOW_LEVELS[self.name], "shift": float(cfg.get("flow_shift", 1.0))}
         schedule = {"name": "rectified-flow", "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
         return {
@@ -570,6 +845,10 @@ class DPMSolverMultistepConverter(_MultistepFamily):
 
 
 class UniPCConverter(_MultistepFamily):
+    """UniPCMultistepScheduler → ``unipc`` (``solver_type`` → ``variant``). With ``solver_type="bh1"`` and
+    ``final_sigmas_type="zero"`` diffusers' last step, into σ = 0, returns NaN (measured at 4, 5 and 10 steps); the
+    twin's is finite, so those runs have no diffusers result to match."""
+
     name = "UniPCMultistepScheduler"
 
     def schedule_keys(self, cfg):
@@ -595,12 +874,14 @@ class EDMEulerConverter(Converter):
         "rho": ANY,
         "num_train_timesteps": ANY,
         "sigma_schedule": ("karras", "exponential"),
-        "prediction_type": ("epsilon",),
+        "prediction_type": ("epsilon", "v_prediction"),
     }
 
     def schedule_keys(self, cfg):
         smin, smax = float(cfg.get("sigma_min") or 0.002), float(cfg.get("sigma_max") or 80.0)
-        out = {"parameterization": "edm"}  # diffusers calls EDM's preconditioned network "epsilon"
+        # diffusers calls EDM's preconditioned network "epsilon" (c_out > 0) and "v_prediction" (c_out < 0, CosXL);
+        # the edm parameterisation reads the config's prediction_type for that sign
+        out = {"parameterization": "edm"}
         if cfg.get("sigma_schedule", "karras") == "exponential":
             out["schedule"] = {"name": "ve", "sigma_min": smin, "sigma_max": smax, "timestep_convention": "edm"}
             out["time_grid"] = "uniform_lambda"
@@ -620,6 +901,151 @@ class EDMEulerConverter(Converter):
 
     def sampler_keys(self, cfg):
         return {"sampler": "edm", "sampler_options": {"solver": "euler"}}
+
+
+class EDMDPMSolverMultistepConverter(EDMEulerConverter):
+    """EDMDPMSolverMultistepScheduler → ``dpmsolver++`` on EDMEuler's schedule, parameterisation and grid (Karras ρ
+    or exponential σ between σ_min and σ_max, then 0): DPM-Solver++ 1–3M in data prediction (Lu et al. 2022b
+    [DPMSolver++]) on s = 1, σ̃ = σ, which is the multistep DPM-Solver++ with α = 1 diffusers writes there.
+    ``solver_order``, ``algorithm_type``, ``solver_type``, ``lower_order_final`` and ``euler_at_final`` reach the
+    sampler by name; the last step, into σ = 0, is first order in both. ``final_sigmas_type="sigma_min"`` is
+    refused: diffusers' grid already ends at σ_min, so its last step is the zero-length σ_min → σ_min step, which
+    returns the noisy sample undenoised (and NaN at third order with ≥ 15 steps, where r = h_{k−1}/h = ∞)."""
+
+    name = "EDMDPMSolverMultistepScheduler"
+    sampler = "dpmsolver++"
+    accepts = {
+        **EDMEulerConverter.accepts,
+        **THRESHOLDING,
+        "solver_order": (1, 2, 3),
+        "algorithm_type": ("dpmsolver++", "sde-dpmsolver++"),
+        "solver_type": ("midpoint", "heun"),
+        "lower_order_final": ANY,
+        "euler_at_final": ANY,
+        "final_sigmas_type": ("zero",),
+    }
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "dpmsolver++"}  # solver_order, algorithm_type, solver_type … reach it by option name
+
+    def unsupported_combination(self, cfg):
+        if cfg.get("algorithm_type") == "sde-dpmsolver++" and cfg.get("solver_order", 2) == 3:
+            return (
+                "algorithm_type='sde-dpmsolver++' with solver_order=3: diffusers' EDM class has no SDE third-order "
+                "step (its step() fails there); use solver_order 1 or 2, or run unisde's SDE-3M on purpose with "
+                "sampler='dpmsolver++', sampler_options={'algorithm_type': 'sde-dpmsolver++', 'solver_order': 3}"
+            )
+        return None
+
+    def closest_sampler(self):
+        return "dpmsolver++" if "dpmsolver++" in list_samplers() else "edm"
+
+
+class CosineDPMSolverMultistepConverter(EDMDPMSolverMultistepConverter):
+    """CosineDPMSolverMultistepScheduler (Stable Audio [StableAudio]) → ``dpmsolver++`` with
+    ``algorithm_type="sde-dpmsolver++"`` and Brownian-tree noise. Its process is EDM's s = 1, σ̃ ∈ [σ_min, σ_max]
+    (defaults 0.3, 500) with the exponential (default) or Karras ρ σ grid: the ``ve`` / ``edm`` schedule with the
+    ``uniform_lambda`` / ``karras`` grid, as for EDMEuler. Its network is EDM-preconditioned (c_in, c_skip, c_out
+    with σ_data, default 1) but fed c_noise = 2/π · atan σ̃ and, by default, trained for v (c_out negated): the
+    ``edm`` parameterisation with ``c_noise="atan"`` and the config's ``prediction_type``. With σ_data = 1 this is
+    v-prediction on the cosine process s = cos(πτ/2), σ = sin(πτ/2) fed τ = 2/π · atan σ̃ — hence the name. The
+    solver is always SDE-DPM-Solver++ 1–2M (Lu et al. 2022b [DPMSolver++]), its noise the increments of one
+    Brownian path over [σ_min, σ_max] seeded by the step generator's ``initial_seed()`` (torchsde; a fresh random
+    seed without a generator, so only seeded runs repeat), queried at the σ̃ levels computed in float32 as the class
+    computes them (the grids' ``float32`` option). ``solver_order=3`` is refused: the class has no
+    third-order step (its ``step()`` fails there)."""
+
+    name = "CosineDPMSolverMultistepScheduler"
+    accepts = {
+        "sigma_min": ANY,
+        "sigma_max": ANY,
+        "sigma_data": ANY,
+        "rho": ANY,
+        "num_train_timesteps": ANY,
+        "sigma_schedule": ("exponential", "karras"),
+        "prediction_type": ("epsilon", "v_prediction"),
+        "solver_order": (1, 2, 3),
+        "solver_type": ("midpoint", "heun"),
+        "lower_order_final": ANY,
+        "euler_at_final": ANY,
+        "final_sigmas_type": ("zero",),
+    }
+
+    def schedule_keys(self, cfg):
+        out = super().schedule_keys({**self.defaults(), **cfg})  # its default σ grid is exponential, not EDM's
+        out["parameterization_options"] = {"c_noise": "atan"}
+        # the Brownian path is queried at the grid's σ̃: they must be diffusers' float32 levels bit for bit
+        out["time_grid_options"] = {"float32": True}
+        return out
+
+    def sampler_keys(self, cfg):
+        return {
+            "sampler": "dpmsolver++",
+            "sampler_options": {"algorithm_type": "sde-dpmsolver++", "noise": "brownian_tree"},
+        }
+
+    def unsupported_combination(self, cfg):
+        if cfg.get("solver_order", 2) == 3:
+            return (
+                "solver_order=3: diffusers' CosineDPMSolverMultistepScheduler has no third-order step (its step() "
+                "fails there); use solver_order 1 or 2, or run unisde's SDE-3M on purpose with sampler='dpmsolver++', "
+                "sampler_options={'algorithm_type': 'sde-dpmsolver++', 'solver_order': 3, 'noise': 'brownian_tree'}"
+            )
+        return None
+
+
+class CMStochasticIterativeConverter(Converter):
+    """CMStochasticIterativeScheduler (consistency models, Song et al. 2023 [CM]) → ``cm_stochastic``: the EDM
+    schedule (σ_min, σ_max, ρ), the ``cm`` parameterisation (EDM preconditioning with the boundary condition in
+    c_skip/c_out, c_noise = 250 ln σ̃; ``sigma_data``, ``sigma_min``), the ``karras`` grid on the training
+    discretisation of ``num_train_timesteps`` levels (indices i·⌊N/n⌋ from σ_max; custom ``timesteps`` are such
+    indices, ``timesteps_convention="train_index"``), ``clip_denoised`` as clipping x̂0 to [−1, 1], the start from
+    σ_max · z (``init_noise="sigma"``) and Algorithm 1's re-noising with ``s_noise``."""
+
+    name = "CMStochasticIterativeScheduler"
+    sampler = "cm_stochastic"
+    accepts = {
+        "num_train_timesteps": ANY,
+        "sigma_min": ANY,
+        "sigma_max": ANY,
+        "sigma_data": ANY,
+        "s_noise": ANY,
+        "rho": ANY,
+        "clip_denoised": ANY,
+    }
+
+    def schedule_keys(self, cfg):
+        cfg = {**self.defaults(), **cfg}
+        n, smin = int(cfg["num_train_timesteps"]), float(cfg["sigma_min"])
+        if n < 2:
+            raise ConversionError(f"{self.name} num_train_timesteps={n}: the Karras discretisation needs >= 2 levels")
+        return {
+            "schedule": {
+                "name": "edm",
+                "sigma_min": smin,
+                "sigma_max": float(cfg["sigma_max"]),
+                "rho": float(cfg["rho"]),
+                "timestep_convention": "edm",
+            },
+            "num_train_timesteps": n,
+            "parameterization": "cm",
+            "parameterization_options": {"sigma_data": float(cfg["sigma_data"]), "sigma_min": smin},
+            "time_grid": "karras",
+            "time_grid_options": {"train_steps": n},
+            "timesteps_convention": "train_index",
+            "init_noise": "sigma",
+            "clip_sample": bool(cfg["clip_denoised"]),
+            "clip_sample_range": 1.0,
+        }
+
+    def explicit_grid(self, cfg):
+        return True  # the model was distilled on that discretisation
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "cm_stochastic", "sampler_options": {"s_noise": float(cfg.get("s_noise", 1.0))}}
+
+    def closest_sampler(self):
+        return "cm_stochastic"
 
 
 class ScoreSdeVeConverter(Converter):
@@ -653,7 +1079,9 @@ class ScoreSdeVeConverter(Converter):
 
 class DPMSolverSinglestepConverter(BetaTableConverter):
     """Singlestep DPM-Solver(++): the multistep schedulers' linspace over n + 1 points without index 0 (the class has
-    no ``timestep_spacing``), Karras or exponential σ; every algorithm/solver flag reaches the sampler by name."""
+    no ``timestep_spacing``), Karras or exponential σ; every algorithm/solver flag reaches the sampler by name. As the
+    multistep classes, it feeds the model rounded timesteps on Karras σ and truncated ones (its int64 cast) on
+    exponential σ while stepping between the exact levels."""
 
     name = "DPMSolverSinglestepScheduler"
     sampler = "dpmsolver_singlestep"
@@ -674,6 +1102,10 @@ class DPMSolverSinglestepConverter(BetaTableConverter):
         out = super().schedule_keys(cfg)
         if out["time_grid"] not in ("karras", "uniform_lambda"):
             out["time_grid"] = "linspace_multistep"
+        elif cfg.get("use_karras_sigmas"):
+            out["timestep_rounding"] = "round"
+        else:
+            out["timestep_rounding"] = "floor"
         return out
 
     @staticmethod
@@ -854,9 +1286,15 @@ class FlowMatchEulerConverter(Converter):
         return True  # the shift is part of how the model is meant to be sampled
 
     def sampler_keys(self, cfg):
+        # its step output holds prev_sample only; without x̂0 to return, DDIM's step is one pass over the model
+        # output, x + (σ' − σ) u, as FlowMatch Euler's (UnifiedScheduler._fused_steps)
         if cfg.get("stochastic_sampling"):
-            return {"sampler": "lcm", "sampler_options": {"boundary_condition": False}}
-        return {"sampler": "ddim", "sampler_options": {"eta": 0.0}}
+            return {
+                "sampler": "lcm",
+                "sampler_options": {"boundary_condition": False},
+                "return_pred_original_sample": False,
+            }
+        return {"sampler": "ddim", "sampler_options": {"eta": 0.0}, "return_pred_original_sample": False}
 
     def is_twin(self, cfg, sampler, sampler_options):
         if sampler is None:
@@ -986,22 +1424,9 @@ class _BetaRefusing(BetaTableConverter, Refusing):
     }
 
 
-class _EDMRefusing(EDMEulerConverter, Refusing):
-    """An EDM-σ class without a twin: its σ range and spacing are read, so ``sampler=`` works on it."""
-
-
 REFUSING = (
-    _refusing(
-        "DPMSolverSDEScheduler", f"DPM-Solver++ SDE (Brownian tree): {_NO_TWIN_YET}", base=_BetaRefusing, closest="sde"
-    ),
     _refusing("IPNDMScheduler", _IPNDM_REFUSAL, closest="ipndm"),
-    _refusing("SASolverScheduler", f"SA-Solver: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
     _refusing("DPMSolverMultistepInverseScheduler", f"DPM-Solver inversion: {_NO_TWIN_YET}", base=_BetaRefusing),
-    _refusing(
-        "EDMDPMSolverMultistepScheduler", f"DPM-Solver++ on EDM's σ: {_NO_TWIN_YET}", base=_EDMRefusing, closest="edm"
-    ),
-    _refusing("CosineDPMSolverMultistepScheduler", f"cosine-σ DPM-Solver++: {_NO_TWIN_YET}", closest="edm"),
-    _refusing("CMStochasticIterativeScheduler", f"consistency-model sampling: {_NO_TWIN_YET}", closest="edm"),
     _refusing("UnCLIPScheduler", f"UnCLIP's DDPM variant: {_NO_TWIN_YET}", closest="ddpm"),
     _refusing("CogVideoXDDIMScheduler", f"CogVideoX DDIM: {_NO_TWIN_YET}", base=_BetaRefusing),
     _refusing("CogVideoXDPMScheduler", f"CogVideoX DPM: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
@@ -1039,10 +1464,15 @@ BUILTIN_CONVERTERS = (
     DPMSolverMultistepConverter,
     UniPCConverter,
     EDMEulerConverter,
+    EDMDPMSolverMultistepConverter,
+    CosineDPMSolverMultistepConverter,
+    CMStochasticIterativeConverter,
     ScoreSdeVeConverter,
     KDPM2Converter,
     KDPM2AncestralConverter,
+    DPMSolverSDEConverter,
     DEISConverter,
+    SASolverConverter,
     DPMSolverSinglestepConverter,
     LCMConverter,
     TCDConverter,
@@ -1126,9 +1556,12 @@ def source_class(config, obj=None) -> str:
     return _owner_class(config) or _keys_match(cfg)
 
 
-def convert(config, sampler: str | None = None, sampler_options: dict | None = None, obj=None) -> dict:
-    """The unisde keys that reproduce a diffusers scheduler config (see :class:`Converter`)."""
-    name = source_class(config, obj)
+def convert(
+    config, sampler: str | None = None, sampler_options: dict | None = None, obj=None, name: str | None = None
+) -> dict:
+    """The unisde keys that reproduce a diffusers scheduler config (see :class:`Converter`); ``name``: the source
+    class when the caller has found it already (:func:`source_class`)."""
+    name = name or source_class(config, obj)
     if name not in list_converters():
         raise ConversionError(
             f"no unisde converter for the diffusers scheduler class {name!r}; classes with one: "
@@ -1136,3 +1569,14 @@ def convert(config, sampler: str | None = None, sampler_options: dict | None = N
             "register a converter (docs/plugins.md)"
         )
     return get_converter(name)().convert(dict(config), sampler, sampler_options)
+
+
+def foreign_keys(config, name: str) -> set[str]:
+    """The keys of a source config that its class does not take: diffusers keeps the keys of the config a scheduler
+    was made from (``EulerAncestralDiscreteScheduler.from_config(pndm.config)`` carries PNDM's ``set_alpha_to_one``
+    and ``skip_prk_steps``) and the class ignores them. A conversion ignores them too (:meth:`Converter.check_flags`),
+    and ``UnifiedScheduler.from_config`` drops them, since the UnifiedScheduler would otherwise read them as its own
+    keys (``set_alpha_to_one=False`` moved the end of an EulerAncestral twin's grid from σ = 0 to the table's
+    first level). ``name``: the source class (:func:`source_class`)."""
+    own = get_converter(name).defaults()
+    return {key for key in config if not key.startswith("_") and key not in own}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -23,12 +24,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from unisde._tensor import DTYPE, unknown_name_error
+from unisde.core.kernels import lincomb
 from unisde.core.schedule import NoiseSchedule
 from unisde.grids import build_grid, get_grid, list_grids
 from unisde.parameterizations import schedule_coefficients
 from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, denoised_from_output, fed_timesteps
 from unisde.plugins import get_parameterization, get_sampler
-from unisde.sampling import check_sampler_output, finite_probe, non_finite_origin
+from unisde.sampling import check_sampler_output, finite_probe, non_finite_origin, probe_is_deferred
 
 COMPATIBLE_SCHEDULERS = [
     "DDPMScheduler",
@@ -57,7 +59,7 @@ class _LoopState:
     sample. A copy (``copy.deepcopy``, pickle) is unowned, claimed by the first thread that steps it, and cannot
     continue a loop that was running when it was made."""
 
-    sampler = eval_times = a = b = c_in = t_list = None
+    sampler = eval_times = a = b = c_in = t_list = fused = index_times = None
     step_index = begin_index = loop = loop_next = runs = None
     run_index = run_calls = 0
     copied_mid_loop = False
@@ -120,21 +122,42 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         parameterization: a registered parameterisation that overrides ``prediction_type`` (None: use
             ``prediction_type``). Conversions from EDMEuler-type configs set it to ``"edm"`` and keep their
             ``prediction_type="epsilon"`` (diffusers' name for EDM's preconditioned network), so that
-            ``EDMEulerScheduler.from_config(unified.config)`` gets its own value back.
+            ``EDMEulerScheduler.from_config(unified.config)`` gets its own value back; under ``"edm"``,
+            ``prediction_type="v_prediction"`` negates c_out as diffusers' EDM classes do.
+        parameterization_options: options of the parameterisation (e.g. ``{"c_noise": "atan"}`` for ``"edm"``),
+            validated by it; EDM's ``sigma_data`` may also come from the ``sigma_data`` key.
         t_min, t_max: the time range sampled (defaults: see :func:`unisde.samplers.grids.default_time_range`).
         check_finite: raise a ValueError naming the step when the model output is not finite.
         init_noise: ``"marginal"`` (``init_noise_sigma`` = √(s² + σ²) at the first evaluation) or ``"sigma"`` (σ
             alone: diffusers' Euler-type schedulers with linspace/trailing spacing; set by their converters) or
             ``"unit"`` (1: UniPC/DPM-Solver multistep with ``use_flow_sigmas``, whose grid starts below t = 1).
         original_inference_steps, timestep_scaling: LCM/TCD keys (the ``lcm`` grid and sampler read them by name).
+        noise_sampler_seed: DPMSolverSDEScheduler's seed of the Brownian path (the ``dpmpp_sde`` sampler reads it by
+            name; None: the step generator's initial seed).
         sigmas_convention: what ``set_timesteps(sigmas=...)`` and ``scheduler.sigmas`` mean: ``"ve"``, the VE-view
             noise level σ̃ = σ/s of diffusers' Euler/Heun/DPM/EDM pipelines (one per grid point); ``"flow"``, the
             flow noise level τ = σ/(s + σ) ∈ [0, 1] of FlowMatch pipelines (t itself on the rectified flow; one per
             model evaluation, aligned with ``timesteps``, plus the end point; ``sigmas`` passed to
             ``set_timesteps`` are the grid's base levels, shifted as the source scheduler shifts them).
+        view: the variables the sampler solves the probability-flow ODE in, for samplers with a ``view`` option
+            (``edm``, ``ode``, ``lms``, ``dpm_2``, ``ipndm``, ``pndm`` …, which read it by name; ``sampler_options``
+            override it): ``"ve"`` (x/s against σ̃, as diffusers' Euler/Heun/LMS/KDPM2/PNDM classes step, also on a
+            zero-terminal-SNR table; set by their converters), ``"flow"`` or ``"auto"``; None: the sampler's default
+            (``"auto"``: the flow view where the schedule reaches zero SNR, see
+            :func:`unisde.core.kernels.view_coefficients`).
+        timesteps_convention: what ``set_timesteps(timesteps=...)`` means: ``"model"``, values on the model's
+            timestep scale; ``"train_index"``, indices of a training discretisation (CMStochasticIterativeScheduler's
+            custom timesteps, e.g. [22, 0]; set by its converter, read by the karras grid's ``train_indices``).
+        add_noise_level: the noise level of ``add_noise``: ``"timestep"``, the level of the timestep given (its grid
+            level when it is on the current grid); ``"step_index"``, during a loop the level of the grid point that
+            ends the current model evaluation's stage, whatever timestep is given — diffusers' KDPM2 schedulers read
+            ``sigmas[step_index]``, which after a first stage (the sample at the midpoint) is the step's end, so
+            4-channel inpainting noises the known region to σ̃_{i+1} there (set by their converters).
         timestep_rounding: None (the model is fed its exact timestep), ``"round"`` or ``"floor"``: the model is fed
             the rounded/floored timestep while the step uses the exact time — diffusers' DPM-Solver/UniPC multistep
-            round on Karras/λ-uniform σ tables and cast flow τ·N to int64 (set by their converters).
+            round on Karras/λ-uniform σ tables and cast flow τ·N to int64 (set by their converters);
+            ``"round_steps"``: only each step's first evaluation is rounded (diffusers' KDPM2 on Karras σ rounds its
+            grid points, not its midpoints).
         shift, base_shift, max_shift, base_image_seq_len, max_image_seq_len, use_dynamic_shifting, time_shift_type,
             shift_terminal: FlowMatch keys; the ``flow_match`` grid reads the first ones, pipelines read the rest
             (Flux computes ``mu`` from them).
@@ -170,6 +193,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         clip_sample: bool = False,
         prediction_type: str = "epsilon",
         parameterization: str | None = None,
+        parameterization_options: dict | None = None,
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
@@ -215,6 +239,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         snr: float = 0.15,
         sampling_eps: float = 1e-5,
         correct_steps: int = 1,
+        noise_sampler_seed: int | None = None,
+        predictor_order: int = 2,
+        corrector_order: int = 2,
+        tau_func: Any = None,
         sampler: str = "ddpm",
         sampler_options: dict | None = None,
         schedule: str | dict | None = None,
@@ -228,6 +256,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         timestep_scaling: float = 10.0,
         sigmas_convention: str = "ve",
         timestep_rounding: str | None = None,
+        timesteps_convention: str = "model",
+        add_noise_level: str = "timestep",
+        return_pred_original_sample: bool = True,
+        view: str | None = None,
     ):
         if time_grid is not None and time_grid not in list_grids():
             raise unknown_name_error("time_grid", time_grid, list_grids())
@@ -245,10 +277,23 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                     f"{flag}=True is not supported in a UnifiedScheduler config; choose the time grid "
                     f"(time_grid=..., one of {', '.join(list_grids())}) and the sampler instead"
                 )
+        if tau_func is not None:  # kept in configs only as SASolverScheduler's default None (lossless conversion back)
+            raise ValueError(
+                "tau_func (a SASolverScheduler callable) is not read by unisde; pass sampler='sa_solver' with "
+                "sampler_options={'tau': ..., 'tau_window': [t_lo, t_hi]} instead"
+            )
+        if not isinstance(return_pred_original_sample, bool):
+            raise ValueError(f"return_pred_original_sample must be True or False, got {return_pred_original_sample!r}")
         if timestep_rounding not in TIMESTEP_ROUNDINGS:
             raise unknown_name_error("timestep_rounding", timestep_rounding, TIMESTEP_ROUNDINGS)
+        if add_noise_level not in ("timestep", "step_index"):
+            raise unknown_name_error("add_noise_level", add_noise_level, ("timestep", "step_index"))
+        if timesteps_convention not in ("model", "train_index"):
+            raise unknown_name_error("timesteps_convention", timesteps_convention, ("model", "train_index"))
         if sigmas_convention not in ("ve", "flow"):
             raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve", "flow"))
+        if view not in (None, "auto", "ve", "flow"):
+            raise unknown_name_error("view", view, ("auto", "ve", "flow"))
         if init_noise not in ("marginal", "sigma", "unit"):
             raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma", "unit"))
         if timestep_spacing not in ("leading", "trailing", "linspace"):
@@ -267,7 +312,14 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 }
             )
         param_name = parameterization or prediction_type
-        param_options = {"sigma_data": sigma_data} if param_name == "edm" else {}
+        if parameterization_options is not None and not isinstance(parameterization_options, dict):
+            raise ValueError(f"parameterization_options must be a dict, got {type(parameterization_options).__name__}")
+        param_options = {}
+        if param_name == "edm":  # σ_data is a diffusers key; so is the sign of c_out (diffusers' EDM prediction_type)
+            param_options["sigma_data"] = sigma_data
+            if prediction_type in ("epsilon", "v_prediction"):
+                param_options["prediction_type"] = prediction_type
+        param_options.update(parameterization_options or {})
         self.parameterization = get_parameterization(param_name, **param_options)
         self.sampler_cls = get_sampler(sampler)
         self.sampler_options = self._sampler_options(sampler_options)
@@ -313,7 +365,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         by the converter registered for its class (:mod:`unisde.diffusers.converters`): without ``sampler=`` to
         the unisde sampler that reproduces it, with ``sampler=`` keeping only its schedule, parameterisation and
         time grid. A class or flag unisde cannot honour is a ValueError saying what to do instead."""
-        from unisde.diffusers.converters import convert
+        from unisde.diffusers.converters import convert, foreign_keys, source_class
 
         source = config if config is not None and hasattr(config, "config") and not isinstance(config, dict) else None
         if source is not None:
@@ -326,15 +378,15 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         cfg.pop("_use_default_values", None)
         own = cfg.get("_class_name") == cls.__name__ or "sampler" in cfg or type(source).__name__ == cls.__name__
         if cfg and not own:
-            derived = convert(
-                config if source is None else source.config,
-                kwargs.get("sampler"),
-                kwargs.get("sampler_options"),
-                obj=source,
-            )
+            given = config if source is None else source.config
+            name = source_class(given, source)  # once: finding a live config's owner scans the heap
+            derived = convert(given, kwargs.get("sampler"), kwargs.get("sampler_options"), obj=source, name=name)
             if "prediction_type" in kwargs or "parameterization" in kwargs:  # the caller says what the model predicts
                 derived.pop("parameterization", None)
+                derived.pop("parameterization_options", None)
                 derived.pop("prediction_type", None)
+            for key in foreign_keys(given, name):
+                cfg.pop(key)  # another class's keys, which the source ignores (see foreign_keys)
             cfg.update({k: v for k, v in derived.items() if k not in kwargs})
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
@@ -441,6 +493,20 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
         options = self._grid_options(mu, original_inference_steps=original_inference_steps, strength=strength)
+        if timesteps is not None and cfg.timesteps_convention == "train_index":
+            # CMStochasticIterative's set_timesteps(timesteps=[22, 0]): descending indices of the training
+            # discretisation, which it reverses into positions counted from σ̃_max
+            if "train_indices" not in get_grid(self._grid_kind()).options:
+                raise ValueError(
+                    f"timesteps_convention='train_index' needs a time grid with train_indices (karras), not "
+                    f"{self._grid_kind()!r}"
+                )
+            given = timesteps.tolist() if hasattr(timesteps, "tolist") else list(timesteps)
+            if num_inference_steps is not None:
+                raise ValueError("pass exactly one of num_inference_steps or timesteps")
+            if any(b >= a for a, b in zip(given, given[1:])):
+                raise ValueError(f"timesteps must be in descending order, got {given}")
+            options["train_indices"], num_inference_steps, timesteps = [int(v) for v in given[::-1]], len(given), None
         given_model_t = None  # FlowMatch's timesteps passed with sigmas: fed to the model as given (CogView4)
         if cfg.sigmas_convention == "flow":
             if timesteps is not None and sigmas is None:
@@ -487,13 +553,17 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         if given_model_t is not None:  # per grid point as given; between grid points (midpoints) interpolated
             knots = np.concatenate([given_model_t, param.model_time(sched, grid[-1:]).numpy()])
             model_t = torch.from_numpy(np.interp(eval_t.numpy(), grid.numpy()[::-1], knots[::-1])).to(DTYPE)
-        fed = fed_timesteps(model_t, sched, cfg.timestep_rounding)  # the solver keeps the exact times
+        starts = getattr(sampler, "step_starts", None)  # "round_steps": the first evaluation of each step
+        fed = fed_timesteps(model_t, sched, cfg.timestep_rounding, starts)  # the solver keeps the exact times
         # Commit only now: a failure above leaves the scheduler as it was. The new loop's state replaces the old one
         # whole, owned by this thread (see _LoopState); the assignments below go into it.
         self._state = _LoopState(threading.get_ident(), threading.current_thread().name)
         self._sampler = sampler
         self._eval_times = eval_t
         self._a, self._b, self._c_in = [float(v) for v in a], [float(v) for v in b], [float(v) for v in c_in]
+        self._state.fused = self._fused_steps(sampler)
+        if cfg.add_noise_level == "step_index":
+            self._state.index_times = self._index_times(sampler, eval_t, grid)
         self._t_list = [float(v) for v in fed]
         self.timesteps = fed.to(device)
         if cfg.sigmas_convention == "flow":  # τ = σ/(s + σ) per evaluation, then the end point
@@ -518,6 +588,35 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._runs = None
         self._loop = None
         self._loop_next = None
+
+    @staticmethod
+    def _index_times(sampler, eval_t: torch.Tensor, grid: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Per model evaluation k (and one past the last): its time, and the time of the level diffusers' two-stage
+        schedulers hold in ``sigmas[k]`` — the evaluation's own at the first call of a step
+        (``sampler.step_starts``), the step's end grid point at its later calls (KDPM2's midpoint call); the grid's
+        end after the last call."""
+        times = [float(t) for t in eval_t] + [float(grid[-1])]
+        levels = list(times)
+        starts = getattr(sampler, "step_starts", None) or {}
+        step = None
+        for k in range(len(eval_t)):
+            if k in starts:
+                step = starts[k]
+            elif step is not None:
+                levels[k] = float(grid[step + 1])
+        return times, levels
+
+    def _fused_steps(self, sampler) -> list[tuple[float, float]] | None:
+        """Per evaluation k, x' = α_k x + β_k F straight from the model output F, when nothing needs x̂0: the
+        sampler's step is x' = c_x x + c_D x̂0 (``Sampler.affine_steps``), x̂0 = a x + b F is not post-processed
+        and not returned (``return_pred_original_sample=False``), so α = c_x + c_D a and β = c_D b (float64).
+        One pass per step where α = 1, as FlowMatch Euler's x + (σ' − σ) u; None when this does not apply."""
+        steps = sampler.affine_steps
+        if steps is None or self.config.return_pred_original_sample or self._clip is not None:
+            return None
+        if self._threshold is not None:
+            return None
+        return [(c_x + c_d * a, c_d * b) for (c_x, c_d), a, b in zip(steps, self._a, self._b)]
 
     def _init_step_index(self, timestep, state=None):
         st = self._state if state is None else state
@@ -629,14 +728,22 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 )
         if model_output.dtype != sample.dtype:
             model_output = model_output.to(sample.dtype)
-        if self._check:
+        if self._check and probe_is_deferred(sample):
+            # a deferred flag, read at the last step; on the CPU the new sample's probe below covers the output
             self._check_finite(model_output, k, st)
-        raw = denoised_from_output(sample, model_output, st.a[k], st.b[k])
-        denoised = raw if self._clip is None and self._threshold is None else self._postprocess(raw)
         sampler = st.sampler
-        if use_clipped_model_output is not None and "use_clipped_model_output" in sampler.opts:
-            sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
-        prev = self._advance(k, sample, denoised, raw, extra, generator, eta, st)
+        if st.fused is not None and extra is None and (not eta or "eta" in sampler.user_options):
+            # the sampler's affine step straight from the model output (see _fused_steps); a pipeline's eta > 0
+            # changes a deterministic step into a stochastic one and takes the loop below
+            alpha, beta = st.fused[k]
+            prev, raw, denoised = lincomb(sample, alpha, model_output, beta), None, None
+            st.loop = None
+        else:
+            raw = denoised_from_output(sample, model_output, st.a[k], st.b[k])
+            denoised = raw if self._clip is None and self._threshold is None else self._postprocess(raw)
+            if use_clipped_model_output is not None and "use_clipped_model_output" in sampler.opts:
+                sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
+            prev = self._advance(k, sample, denoised, raw, extra, generator, eta, st)
         if self._check:
             ok = finite_probe(prev)
             if ok is False:
@@ -655,6 +762,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             denoised = shown
         if st.step_index == len(st.t_list):
             self._finish(prev, st)
+        if not self.config.return_pred_original_sample:  # the source class's output has no x̂0 (FlowMatch Euler)
+            return UnifiedSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
         if not return_dict:
             return prev, denoised
         return UnifiedSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
@@ -709,7 +818,12 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
     def _check_finite(self, model_output, k, state=None):
         """The model output's finiteness probe (:func:`unisde.sampling.finite_probe`): on the CPU a ValueError
         naming the step at once; elsewhere a flag read at the last step (:meth:`_finish`). The final sample gets a
-        full check there, and a NaN anywhere in any output propagates into it, so none escapes silently."""
+        full check there, and a NaN anywhere in any output propagates into it, so none escapes silently.
+
+        ``step()`` calls it off the CPU only: there a NaN is found at the last step, and the flag says whether the
+        model or the sampler made it. On the CPU the new sample's probe alone is read at every step (one probe
+        instead of two: a step's model output always enters that step's sample, where NaN·0 is still NaN), and
+        :func:`unisde.sampling.non_finite_origin` then names the model output when it is the cause."""
         st = self._state if state is None else state
         ok = finite_probe(model_output)
         if ok is False:
@@ -855,31 +969,54 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         return SdeVeCompatibleOutput(prev_sample=prev, prev_sample_mean=prev)
 
     # ------------------------------------------------------------------ forward process helpers
-    def _s_sigma(self, timesteps, like: torch.Tensor):
-        found = self._flow_lookup(timesteps)
-        t = self._time_of(timesteps).reshape(-1) if found is None else found
-        s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)  # the exact marginal (s(1) = 0 included)
+    def _s_sigma(self, timesteps, like: torch.Tensor, noising: bool = False):
+        found = self._grid_lookup(timesteps, noising)
+        if found is None:
+            t = self._time_of(timesteps).reshape(-1)
+            s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)  # exact marginal (s(1) = 0 included)
+        else:
+            t, level = found
+            s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)
+            if level is not None:  # the VE level of another time in the space of this evaluation (step_index)
+                sigma = s * self.noise_schedule.ve_sigma(level)
         shape = (-1,) + (1,) * (like.ndim - 1)
         return s.to(like.device, like.dtype).reshape(shape), sigma.to(like.device, like.dtype).reshape(shape)
 
-    def _flow_lookup(self, timesteps) -> torch.Tensor | None:
-        """FlowMatch convention: timesteps of the current grid map to their evaluation times (as diffusers' flow
-        schedulers look σ up by index), since the model's timestep need not be t·N there (⌊τN⌋, CogView4's
-        unshifted timesteps); None when any value is not on the grid."""
-        if self.config.sigmas_convention != "flow" or self._eval_times is None:
+    def _grid_lookup(self, timesteps, noising: bool = False):
+        """(times, None) for timesteps on the current grid, as diffusers' schedulers look their σ up by index: the
+        model's timestep need not be t·N there (rounded on Karras σ, ⌊τN⌋ on flow grids, CogView4's unshifted
+        timesteps) while the sample sits at the exact grid level; None when any value is not on the grid or no loop
+        is set (then the timestep's own time counts). With ``add_noise_level="step_index"`` (``noising``): (times,
+        levels), the VE level σ̃ of ``levels`` taken in the space of the evaluation at ``times`` (x = s(t)(x0 + σ̃ ε),
+        where the pipeline's sample lives), at diffusers' index: during a loop (``begin_index`` set) the current
+        step index whatever the timestep, else the timestep's index (the second of two equal timesteps, as
+        diffusers' ``index_for_timestep``); :meth:`_index_times` gives the levels."""
+        st = self._state
+        if st.eval_times is None:
             return None
         values = torch.as_tensor(
             timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=DTYPE
         ).reshape(-1)
-        grid = torch.tensor(self._t_list, dtype=DTYPE)
+        by_index = noising and st.index_times is not None
+        if by_index and st.begin_index is not None:
+            k = st.step_index if st.step_index is not None else st.begin_index
+            k = min(k, len(st.index_times[0]) - 1)
+            times, levels = (torch.full(values.shape, table[k], dtype=DTYPE) for table in st.index_times)
+            return times, levels
+        grid = torch.tensor(st.t_list, dtype=DTYPE)
         hit = (grid[None, :] - values[:, None]).abs() <= 1e-4 * grid.abs().clamp(min=1.0)[None, :]
         if not bool(hit.any(dim=1).all()):
             return None
-        return self._eval_times.to(DTYPE)[hit.to(torch.int8).argmax(dim=1)]
+        if by_index:  # the second of two equal timesteps (Heun-type lists), else the only one
+            count = hit.to(torch.int8).cumsum(dim=1)
+            index = count.eq(torch.clamp(count[:, -1:], max=2)).to(torch.int8).argmax(dim=1)
+            return tuple(torch.tensor(table, dtype=DTYPE)[index] for table in st.index_times)
+        return st.eval_times.to(DTYPE)[hit.to(torch.int8).argmax(dim=1)], None
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """x_t = s(t) x0 + σ(t) ε at the model timesteps given (any device)."""
-        s, sigma = self._s_sigma(timesteps, original_samples)
+        """x_t = s(t) x0 + σ(t) ε at the model timesteps given (any device); a timestep of the current grid means its
+        grid level (see :meth:`_grid_lookup`, which also describes ``add_noise_level="step_index"``)."""
+        s, sigma = self._s_sigma(timesteps, original_samples, noising=True)
         return s * original_samples + sigma * noise
 
     @property
@@ -926,6 +1063,13 @@ class UnifiedSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # BaseOutput's generic version (a first field that may be a dict, field introspection) does the same for
+        # these two known fields at several times the cost, once per step
+        OrderedDict.__setitem__(self, "prev_sample", self.prev_sample)
+        if self.pred_original_sample is not None:
+            OrderedDict.__setitem__(self, "pred_original_sample", self.pred_original_sample)
 
 
 @dataclass

@@ -15,6 +15,10 @@ asks otherwise). The built-in grids live in :mod:`unisde.grids.builtin`:
 * ``uniform_lambda``: equal steps in log-SNR λ (equivalently in log σ̃) — DPM-Solver's choice (Lu et al. 2022).
 * ``karras``: Karras et al. (2022) eq. 5, σ̃_i = (σ̃_max^{1/ρ} + i/(n−1) (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ in the VE
   view σ̃ = σ/s, ρ = 7 by default.
+
+The named grids of the ComfyUI/A1111 scheduler menus (``exponential``, ``normal``, ``sgm_uniform``, ``simple``,
+``ddim_uniform``, ``beta``, ``kl_optimal``, ``linear_quadratic``, ``ays``) and diffusers' σ respacing
+(``diffusers_sigmas``) live in :mod:`unisde.grids.named`.
 """
 
 from __future__ import annotations

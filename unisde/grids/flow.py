@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from unisde._tensor import DTYPE
+from unisde.core.kernels import t_from_flow_sigma  # noqa: F401 (re-exported: the grids' τ → t map)
 from unisde.core.schedule import NoiseSchedule
 from unisde.grids import Grid
 from unisde.plugins import hookimpl
@@ -190,16 +191,6 @@ def _respace(out, spacing):
 
             ppf = np.array([scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, m)])
             out = lo + ppf * (hi - lo)
-    return out
-
-
-def t_from_flow_sigma(schedule: NoiseSchedule, tau: torch.Tensor) -> torch.Tensor:
-    """The time t whose flow noise level σ/(s + σ) is τ: t = τ on the rectified flow, else via σ̃ = τ/(1 − τ)."""
-    if getattr(schedule, "name", "") == "rectified-flow":
-        return tau.clone()
-    inner = tau < 1
-    out = torch.ones_like(tau)
-    out[inner] = schedule.t_from_sigma(tau[inner] / (1 - tau[inner]))
     return out
 
 

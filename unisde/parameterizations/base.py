@@ -124,20 +124,28 @@ def as_time(t) -> torch.Tensor:
 __all__ = ["Parameterization", "schedule_coefficients", "eps_from_denoised", "score_from_denoised", "DTYPE"]
 
 
-TIMESTEP_ROUNDINGS = (None, "round", "floor")
+TIMESTEP_ROUNDINGS = (None, "round", "floor", "round_steps")
 
 
-def fed_timesteps(model_t: torch.Tensor, schedule: NoiseSchedule, rounding: str | None = None) -> torch.Tensor:
+def fed_timesteps(
+    model_t: torch.Tensor, schedule: NoiseSchedule, rounding: str | None = None, step_starts=None
+) -> torch.Tensor:
     """The timestep values a network is fed, from the float64 ``model_time`` values: rounded (``"round"``: diffusers'
     DPM-Solver/UniPC on Karras σ) or floored (``"floor"``: their int64 cast of flow timesteps) when a twin needs it
-    while its solver keeps the exact times; int64 when every value is a training index, float32 otherwise (the
+    while its solver keeps the exact times; ``"round_steps"`` rounds only the evaluations that start a step (the
+    indices ``step_starts``; all when None) and keeps the others exact — diffusers' KDPM2 schedulers round their
+    Karras grid points but not their midpoints. int64 when every value is a training index, float32 otherwise (the
     dtypes diffusers' schedulers hand to pipelines)."""
     if rounding not in TIMESTEP_ROUNDINGS:
         raise ValueError(f"timestep rounding must be one of {TIMESTEP_ROUNDINGS}, got {rounding!r}")
     if rounding == "floor":
         model_t = torch.floor(model_t)
-    elif rounding == "round":
+    elif rounding == "round" or rounding == "round_steps" and step_starts is None:
         model_t = model_t.round()
+    elif rounding == "round_steps":
+        at_start = torch.zeros(model_t.shape, dtype=torch.bool)
+        at_start[list(step_starts)] = True
+        model_t = torch.where(at_start, model_t.round(), model_t)
     integral = (schedule.is_discrete or rounding is not None) and bool(torch.all(model_t == torch.round(model_t)))
     return model_t.round().to(torch.int64) if integral else model_t.to(torch.float32)
 
@@ -148,6 +156,8 @@ def denoised_from_output(sample: torch.Tensor, model_output: torch.Tensor, a: fl
     zero-terminal-SNR start turns |x| > 16 into inf) while x + (b/a) F ≈ s x̂0 stays small."""
     if a == 0.0:
         return model_output if b == 1.0 else model_output * b
+    if a == 1.0:  # flow prediction on a rectified flow: x̂0 = x − σ u, one pass
+        return torch.add(sample, model_output, alpha=b)
     if abs(a) > 256.0 and sample.dtype == torch.float16:
         return torch.add(sample, model_output, alpha=b / a).mul_(a)
     return torch.add(sample * a, model_output, alpha=b)

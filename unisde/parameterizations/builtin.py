@@ -2,6 +2,8 @@ r"""The built-in parameterisations: ε, x0, v, score and EDM preconditioning (co
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from unisde.parameterizations.base import Parameterization, schedule_coefficients
@@ -56,10 +58,23 @@ class ScoreParameterization(Parameterization):
 class EDMParameterization(Parameterization):
     """EDM preconditioning (Karras et al. 2022, eq. 7 and Table 1 [EDM]) in the VE view x̃ = x/s, σ̃ = σ/s:
     D(x̃; σ̃) = c_skip x̃ + c_out F(c_in x̃; c_noise), c_skip = σ_d²/(σ̃² + σ_d²), c_out = σ̃ σ_d/√(σ̃² + σ_d²),
-    c_in = 1/√(σ̃² + σ_d²), c_noise = ¼ ln σ̃. Option ``sigma_data`` (σ_d, default 0.5)."""
+    c_in = 1/√(σ̃² + σ_d²), c_noise = ¼ ln σ̃. Options: ``sigma_data`` (σ_d, default 0.5); ``prediction_type``
+    ``"epsilon"`` (EDM's c_out) or ``"v_prediction"`` (c_out negated: the network predicts the velocity, as
+    diffusers' EDM classes and CosineDPMSolverMultistep read it; with σ_d = 1 this is v-prediction on the VP
+    schedule s = 1/√(1 + σ̃²)); ``c_noise`` ``"log"`` (¼ ln σ̃, EDM) or ``"atan"`` (2/π · atan σ̃ ∈ (0, 1), the
+    noise conditioning of Stable Audio's diffusers CosineDPMSolverMultistepScheduler [StableAudio])."""
 
     name = "edm"
-    options = {"sigma_data": 0.5}
+    options = {"sigma_data": 0.5, "prediction_type": "epsilon", "c_noise": "log"}
+    CHOICES = {"prediction_type": ("epsilon", "v_prediction"), "c_noise": ("log", "atan")}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        for key, valid in self.CHOICES.items():
+            if self.config[key] not in valid:
+                raise ValueError(
+                    f"parameterization 'edm': option {key}={self.config[key]!r} is not one of {list(valid)}"
+                )
 
     def _ve(self, schedule, t):
         s, sigma = schedule_coefficients(schedule, t)
@@ -67,9 +82,10 @@ class EDMParameterization(Parameterization):
 
     def coefficients(self, schedule, t):
         sd = float(self.config["sigma_data"])
+        sign = -1.0 if self.config["prediction_type"] == "v_prediction" else 1.0
         s, sig = self._ve(schedule, t)
         denom = sig * sig + sd * sd
-        return sd * sd / denom / s, sig * sd / torch.sqrt(denom)
+        return sd * sd / denom / s, sign * sig * sd / torch.sqrt(denom)
 
     def input_scale(self, schedule, t):
         sd = float(self.config["sigma_data"])
@@ -78,10 +94,15 @@ class EDMParameterization(Parameterization):
 
     def model_time(self, schedule, t):
         _, sig = self._ve(schedule, t)
+        if self.config["c_noise"] == "atan":
+            return torch.atan(sig) * (2.0 / math.pi)
         return 0.25 * torch.log(sig)
 
     def t_from_model_time(self, schedule, timestep):
-        return schedule.t_from_sigma(torch.exp(4 * torch.as_tensor(timestep, dtype=torch.float64)))
+        timestep = torch.as_tensor(timestep, dtype=torch.float64)
+        if self.config["c_noise"] == "atan":
+            return schedule.t_from_sigma(torch.tan(timestep * (math.pi / 2.0)))
+        return schedule.t_from_sigma(torch.exp(4 * timestep))
 
     def loss_weight_edm(self, schedule, t):
         """EDM's x0-space weight λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² (Karras et al. 2022, Table 1 [EDM]) = 1/c_out²."""
@@ -130,4 +151,32 @@ class FlowParameterization(Parameterization):
         return dsigma / denom, -sigma / denom
 
 
-BUILTIN_PARAMETERIZATIONS = BUILTIN_PARAMETERIZATIONS + (FlowParameterization,)
+class ConsistencyParameterization(EDMParameterization):
+    """A consistency model's network (Song et al. 2023, §3 and App. C [CM]): EDM's preconditioning with the boundary
+    condition f(x, ε) = x built into the skip connection, in the VE view x̃ = x/s, σ̃ = σ/s,
+
+        D(x̃; σ̃) = c_skip x̃ + c_out F(c_in x̃; c_noise),   c_skip = σ_d²/((σ̃ − ε)² + σ_d²),
+        c_out = (σ̃ − ε) σ_d/√(σ̃² + σ_d²),   c_in = 1/√(σ̃² + σ_d²),   c_noise = 1000 · ¼ ln(σ̃ + 10⁻⁴⁴),
+
+    so D = x̃ at σ̃ = ε. c_noise is the openai consistency-models code's (and diffusers'
+    CMStochasticIterativeScheduler's) rescaling of EDM's ¼ ln σ̃. Options ``sigma_data`` (σ_d, 0.5) and
+    ``sigma_min`` (ε, 0.002)."""
+
+    name = "cm"
+    options = {"sigma_data": 0.5, "sigma_min": 0.002}
+    CHOICES = {}
+
+    def coefficients(self, schedule, t):
+        sd, eps = float(self.config["sigma_data"]), float(self.config["sigma_min"])
+        s, sig = self._ve(schedule, t)
+        return sd * sd / ((sig - eps) ** 2 + sd * sd) / s, (sig - eps) * sd / torch.sqrt(sig * sig + sd * sd)
+
+    def model_time(self, schedule, t):
+        _, sig = self._ve(schedule, t)
+        return 250.0 * torch.log(sig + 1e-44)
+
+    def t_from_model_time(self, schedule, timestep):
+        return schedule.t_from_sigma(torch.exp(torch.as_tensor(timestep, dtype=torch.float64) / 250.0))
+
+
+BUILTIN_PARAMETERIZATIONS = BUILTIN_PARAMETERIZATIONS + (FlowParameterization, ConsistencyParameterization)

@@ -2,20 +2,26 @@
 
 from unisde.plugins import hookimpl
 from unisde.samplers.base import Option, Sampler, grid_coefficients
-from unisde.samplers.consistency import LCMSampler, TCDSampler
+from unisde.samplers.consistency import CMStochasticSampler, LCMSampler, TCDSampler
 from unisde.samplers.ddim import DDIMSampler
 from unisde.samplers.ddpm import DDPMSampler
 from unisde.samplers.deis import DEISSampler
 from unisde.samplers.dpm_singlestep import DPMSolverSinglestepSampler
+from unisde.samplers.dpmpp_sde import DPMPP2SAncestralSampler, DPMPPSDESampler
 from unisde.samplers.edm import EDMSampler
+from unisde.samplers.er_sde import ERSDESampler
 from unisde.samplers.inverse import DDIMInverseSampler, InverseSampler
 from unisde.samplers.ipndm import IPNDMSampler, IPNDMVSampler
 from unisde.samplers.kdpm2 import DPM2AncestralSampler, DPM2Sampler
 from unisde.samplers.lms import LMSSampler
+from unisde.samplers.menu import MENU_SAMPLERS
 from unisde.samplers.ncsn import NCSNSampler
 from unisde.samplers.ode import ODESampler
 from unisde.samplers.pc import PCSampler
 from unisde.samplers.pndm import PNDMSampler
+from unisde.samplers.res_multistep import ResMultistepSampler
+from unisde.samplers.restart import RestartSampler
+from unisde.samplers.sa_solver import SASolverSampler
 from unisde.samplers.sde import SDESampler
 from unisde.samplers.unipc import UniPCSampler
 
@@ -40,6 +46,14 @@ BUILTIN_SAMPLERS: tuple = (
     TCDSampler,
     DDIMInverseSampler,
     InverseSampler,
+    DPMPP2SAncestralSampler,
+    DPMPPSDESampler,
+    ResMultistepSampler,
+    ERSDESampler,
+    RestartSampler,
+    SASolverSampler,
+    CMStochasticSampler,
+    *MENU_SAMPLERS,  # k-diffusion / ComfyUI names of the samplers above with options fixed (euler, heun, …)
 )
 
 
@@ -73,4 +87,11 @@ __all__ = [
     "TCDSampler",
     "DDIMInverseSampler",
     "InverseSampler",
+    "DPMPP2SAncestralSampler",
+    "DPMPPSDESampler",
+    "ResMultistepSampler",
+    "ERSDESampler",
+    "RestartSampler",
+    "SASolverSampler",
+    "CMStochasticSampler",
 ]

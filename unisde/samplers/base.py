@@ -41,7 +41,15 @@ from typing import Any, Callable, ClassVar, Generator
 import torch
 
 from unisde._tensor import closest
-from unisde.core.kernels import grid_coefficients, lincomb, pf_ode_derivative, schedule_coefficients  # noqa: F401
+from unisde.core.kernels import (  # noqa: F401
+    grid_coefficients,
+    lincomb,
+    pf_ode_derivative,
+    resolve_view,
+    schedule_coefficients,
+    view_coefficients,
+    view_times,
+)
 from unisde.core.schedule import NoiseSchedule
 
 
@@ -102,6 +110,18 @@ def unit_interval(value):
     return None if 0 <= value <= 1 else "must lie in [0, 1]"
 
 
+def view_option(default: str = "auto") -> Option:
+    """The ``view`` option of the samplers that solve the PF-ODE dy/dℓ = (y − D)/ℓ in a view y = x/c, ℓ = σ/c
+    (:func:`unisde.core.kernels.view_coefficients`)."""
+    return Option(
+        default,
+        (str,),
+        "the ODE's variables: ve (x/s against σ̃ = σ/s, EDM), flow (x/(s + σ) against τ = σ/(s + σ), finite at "
+        "s = 0) or auto (flow where the schedule reaches zero SNR at t = 1, e.g. rectified flow; else ve)",
+        choices=("auto", "ve", "flow"),
+    )
+
+
 class Sampler(abc.ABC):
     """Base class of every sampler plugin.
 
@@ -113,6 +133,13 @@ class Sampler(abc.ABC):
     default_grid: the time grid used when the user does not choose one: ``"config"`` (the diffusers config's
         ``timestep_spacing``), or a registered grid name (``unisde.grids``).
     stochastic: whether the loop draws noise (so a generator matters).
+
+    Instance attribute set by ``prepare`` where it applies
+    -------------------------------------------------------
+    affine_steps: ``[(c_x, c_D), …]`` per model evaluation when every step is exactly x' = c_x·x + c_D·x̂0 — one
+        evaluation, no noise, nothing remembered (DDIM with η = 0, Euler); else None. A driver that does not need
+        x̂0 itself may then form x' from the raw model output in one pass (UnifiedScheduler with
+        ``return_pred_original_sample=False``) instead of running :meth:`loop`; both give the same sample.
     """
 
     name: ClassVar[str] = ""
@@ -133,6 +160,7 @@ class Sampler(abc.ABC):
         self.pipeline_eta: float | None = None
         self.raw_denoised: torch.Tensor | None = None
         self.extra: torch.Tensor | None = None
+        self.affine_steps: list[tuple[float, float]] | None = None
 
     @classmethod
     def validate_options(cls, options: dict) -> dict:
@@ -169,6 +197,20 @@ class Sampler(abc.ABC):
         """(s, σ) along the grid with a t = 0 end point meaning clean data; ``exact`` keeps s(1) = 0
         (:func:`unisde.core.kernels.grid_coefficients`)."""
         return grid_coefficients(self.schedule, grid, exact)
+
+    @property
+    def view(self) -> str:
+        """The view the ``view`` option resolves to on this schedule (``"ve"`` for samplers without the option)."""
+        return resolve_view(self.schedule, self.opts.get("view", "ve"))
+
+    def view_coefficients(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, ℓ) of :attr:`view` along the grid, float64, with a t = 0 end point meaning clean data
+        (:func:`unisde.core.kernels.view_coefficients`)."""
+        return view_coefficients(self.schedule, grid, self.view)
+
+    def view_times(self, levels: torch.Tensor) -> torch.Tensor:
+        """The times of noise levels ℓ > 0 of :attr:`view` (a solver's intermediate stages)."""
+        return view_times(self.schedule, levels, self.view)
 
     def noise_like(self, sample: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise shaped like ``sample``: from the functional API's ``noise_sampler`` when given,

@@ -172,3 +172,55 @@ class TCDSampler(Sampler):
             else:
                 x = x_s
         return x
+
+
+class CMStochasticSampler(Sampler):
+    r"""``cm_stochastic``: multistep consistency sampling, Song et al. 2023, Algorithm 1 [CM] — diffusers'
+    CMStochasticIterativeScheduler. The consistency function D(x, σ̃) (the ``cm`` parameterisation builds the
+    boundary condition D(x, ε) = x into the network's skip connection) maps the sample to a clean estimate that
+    lives at the boundary noise level ε = ``sigma_min``; the next sample re-noises it to the next level σ̃' with
+    the missing variance only, in the VE view x̃ = x/s:
+
+        x̃_{k+1} = D_k + S_noise √(max(σ̃_{k+1}² − ε², 0)) z,      x_{k+1} = s_{k+1} x̃_{k+1},
+
+    so the last step (to σ̃ = 0, or to ε) returns D itself. ε defaults to the schedule's σ̃ at t = 0 (σ_min of a
+    VE/EDM schedule, 0 where σ(0) = 0, which makes this LCM's re-noising without a boundary condition). One noise
+    draw per step whenever the grid has more than one step, the last included (multiplied by 0), as diffusers
+    draws them, so a shared generator leaves the loop in the same state."""
+
+    name = "cm_stochastic"
+    description = "multistep consistency sampling (Song et al. 2023, Alg. 1): D re-noised to √(σ̃'² − ε²)"
+    default_grid = "karras"
+    stochastic = True
+    options = {
+        "s_noise": Option(1.0, (float,), "noise inflation S_noise (diffusers' s_noise)", positive),
+        "sigma_min": Option(
+            None,
+            (float, type(None)),
+            "ε, the consistency function's boundary level σ̃ (None: the schedule's σ̃ at t = 0)",
+            lambda v: None if v is None or v >= 0 else "must be >= 0",
+        ),
+    }
+
+    def prepare(self, grid):
+        """Per step k: s_{k+1} and the noise std s_{k+1} S_noise √(max(σ̃_{k+1}² − ε², 0))."""
+        self.grid = self.floats(grid)
+        s, sigma = self.grid_coefficients(grid)
+        eps = self.opts["sigma_min"]
+        if eps is None:
+            eps = float(self.schedule.ve_sigma(0.0))
+        ve = self.floats(sigma / s)
+        self.scale = self.floats(s[1:])
+        self.noise = [
+            self.scale[k] * self.opts["s_noise"] * math.sqrt(max(ve[k + 1] ** 2 - eps * eps, 0.0))
+            for k in range(len(self.scale))
+        ]
+        self.draw = len(self.scale) > 1
+        return grid[:-1]
+
+    def loop(self, x, start=0):
+        for k in range(start, len(self.scale)):
+            x, denoised = yield x
+            z = self.noise_like(x) if self.draw else None  # drawn also where its weight is 0 (diffusers' stream)
+            x = denoised * self.scale[k] if self.noise[k] == 0.0 else lincomb(denoised, self.scale[k], z, self.noise[k])
+        return x

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from unisde.core.kernels import lincomb, posterior_coefficients
+from unisde.core.kernels import lincomb, posterior_coefficients, rf_ancestral_step
 from unisde.samplers.base import Option, Sampler, non_negative
 
 
@@ -56,16 +56,19 @@ class DDIMSampler(Sampler):
         self.s_n, self.var_n = self.floats(s[1:]), self.floats(sigma[1:] ** 2)
         self.posterior = self.floats(posterior)
         self.tau = self.floats(sigma / (s + sigma))  # flow levels (rf ancestral); 0 at the clean end point
+        self.flow_scale_n = self.floats(s[1:] + sigma[1:])
+        self.affine_steps = None
+        if self.opts["eta"] == 0.0:  # x' = (σ'/σ) x + (s' − s σ'/σ) x̂0 (the loop below with std = 0)
+            ratios = [math.sqrt(v) / sg for v, sg in zip(self.var_n, self.sigma_t)]
+            self.affine_steps = [(r, s_n - r * s_t) for r, s_n, s_t in zip(ratios, self.s_n, self.s_t)]
         return grid[:-1]
 
     def rf_std(self, i: int, eta: float) -> float:
         """c of ComfyUI's euler_ancestral_RF step i: down to τ_d = τ'(1 + (τ'/τ − 1)η), forward noise to τ'."""
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"sampler 'ddim' with ancestral='rf': eta={eta} must lie in [0, 1]")
-        tau, tau_n = self.tau[i], self.tau[i + 1]
-        tau_d = tau_n * (1.0 + (tau_n / tau - 1.0) * eta)
-        keep = self.s_n[i] * tau_d / (1.0 - tau_d)  # s' σ̃_d, the ε̂ coefficient
-        return math.sqrt(max(self.var_n[i] - keep * keep, 0.0))
+        # the forward noise from τ_d to τ' in the flow view, times its scale s' + σ' (= σ'/τ') in model space
+        return self.flow_scale_n[i] * rf_ancestral_step(self.tau[i], self.tau[i + 1], eta)[2]
 
     def loop(self, x, start=0):
         for i in range(start, len(self.s_t)):

@@ -26,12 +26,17 @@ Adams–Bashforth extrapolation, as diffusers' IPNDM/PNDM take it) unless ``deno
 (ComfyUI's ``t_next == 0`` branch). The loop keeps the derivatives as a local history, so entered mid-grid
 (img2img) it warms up again from order 1. Samples live in the model's own space, x = s x̃; the step is written
 x_{k+1} = a x_k + b D_k + s_{k+1} h Σ_{j≥1} b_{p,j} d_{k−j} with d = ε̂ = (x − s D)/σ, so no x/s is formed.
+
+``view`` (:func:`unisde.core.kernels.view_coefficients`): ``"flow"`` runs the same steps in y = x/(s + σ) against
+τ = σ/(s + σ) (s becomes s + σ above and d the velocity (x − (s + σ) D)/σ), exact at s = 0; ``"auto"`` (default)
+takes it where the schedule reaches zero SNR at t = 1, where the FlowMatch grids are uniform in τ (so the
+constant-step weights are exact there) and σ̃ would start at the cap 4096.
 """
 
 from __future__ import annotations
 
 from unisde.core.kernels import lincomb
-from unisde.samplers.base import Option, Sampler
+from unisde.samplers.base import Option, Sampler, view_option
 from unisde.samplers.lms import adams_bashforth_weights
 
 # Adams–Bashforth weights on d_k, d_{k−1}, … for constant steps (Liu et al. 2022, eq. 12 [PNDM])
@@ -49,6 +54,7 @@ class IPNDMSampler(Sampler):
     options = {
         "max_order": Option(4, (int,), "highest Adams–Bashforth order 1 … 4", _max_order),
         "denoise_to_zero": Option(False, (bool,), "a step to σ̃ = 0 returns x̂0 (ComfyUI) instead of the multistep step"),
+        "view": view_option(),
     }
 
     def step_weights(self, ve: list[float], k: int, order: int) -> tuple[float, ...]:
@@ -58,10 +64,11 @@ class IPNDMSampler(Sampler):
     def prepare(self, grid):
         """Per step k and every order p ≤ min(k + 1, ``max_order``): x_{k+1} = a x_k + b D_k + Σ_{j≥1} w_j d_{k−j}, the
         update x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j} in model space with d_k's x̃-part folded into a, b (well
-        conditioned where s_k ≪ 1), and d = ε̂ = (x − s D)/σ at each evaluation."""
+        conditioned where s_k ≪ 1), and d = (x − c D)/σ at each evaluation; c and ℓ are the view's scale and level
+        (s and σ̃ in the VE view, where d = ε̂; :meth:`Sampler.view_coefficients`), and c ℓ = σ in every view."""
         self.grid = self.floats(grid)
-        s, sigma = self.grid_coefficients(grid)
-        ve, s, sigma = self.floats(sigma / s), self.floats(s), self.floats(sigma)
+        s, ve = self.view_coefficients(grid)
+        ve, s, sigma = self.floats(ve), self.floats(s), self.floats(s * ve)
         n = grid.numel() - 1
         if any(v <= 0 for v in ve[:-1]):
             raise ValueError(
@@ -97,7 +104,8 @@ class IPNDMSampler(Sampler):
         return x
 
     def _eps(self, k, x, denoised):
-        """d = ε̂ = (x − s D)/σ at evaluation k: the PF-ODE derivative (x̃ − D)/σ̃, computed without x/s."""
+        """d = (x − c D)/σ at evaluation k: the PF-ODE derivative (y − D)/ℓ, computed without x/c (ε̂ in the VE
+        view, the velocity ε̂ − x̂0 in the flow view)."""
         return lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])
 
 

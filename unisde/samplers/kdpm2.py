@@ -20,7 +20,16 @@ so x̃_{i+1} has σ̃_{i+1}'s noise level again; η = 1 is DDPM's posterior vari
 EulerAncestral). Samples live in the model's own space, x = s x̃ with s taken at the time of each σ̃ (the
 midpoint's time t_m solves σ̃(t_m) = σ̃_m), so the samplers run with every schedule and parameterisation. Two
 model calls per step (one on a step to σ̃ = 0), listed in order: t_0, t_{m,0}, t_1, t_{m,1}, …, t_{n−1} — the
-interleaved ``timesteps`` of diffusers' KDPM2 schedulers, whose configs convert to these samplers.
+interleaved ``timesteps`` of diffusers' KDPM2 schedulers, whose configs convert to these samplers (with
+``view="ve"``).
+
+``view`` (:func:`unisde.core.kernels.view_coefficients`; ``"auto"``, the default, is ``"flow"`` where the schedule
+reaches zero SNR at t = 1): in the flow view the same steps run in y = x/(s + σ) against τ = σ/(s + σ), the
+midpoint at √(τ_i τ_T), as ComfyUI runs ``sample_dpm_2`` on flow models. ``dpm_2_ancestral`` then takes the
+rectified-flow ancestral step (:func:`unisde.core.kernels.rf_ancestral_step`, ComfyUI's
+``sample_dpm_2_ancestral_RF``): DPM-2 down to τ_d = τ'(1 + (τ'/τ − 1) η), then the forward process from τ_d to τ',
+y' = r y_d + ς z with r = (1 − τ')/(1 − τ_d), ς² = τ'² − r² τ_d² — the flow view's counterpart of σ̃_up, which keeps
+the marginal at τ' exact ((1 − τ_d) x0 + τ_d ε becomes (1 − τ') x0 + τ' ε). η > 1 is capped at τ_d = 0.
 """
 
 from __future__ import annotations
@@ -29,8 +38,8 @@ import math
 
 import torch
 
-from unisde.core.kernels import lincomb
-from unisde.samplers.base import Option, Sampler, non_negative, positive
+from unisde.core.kernels import lincomb, rf_ancestral_step
+from unisde.samplers.base import Option, Sampler, non_negative, positive, view_option
 
 
 def ancestral_step(ve_from: float, ve_to: float, eta: float) -> tuple[float, float]:
@@ -56,33 +65,35 @@ class DPM2Sampler(Sampler):
     description = "DPM-2 (k-diffusion sample_dpm_2, diffusers KDPM2): midpoint at √(σ̃_i σ̃_{i+1}) on the PF-ODE in σ̃"
     default_grid = "karras"
     order = 2  # model calls per step (diffusers' KDPM2 `order`; a step to σ̃ = 0 takes one)
-    options: dict = {}
+    options: dict = {"view": view_option()}
 
-    def ancestral(self, ve_from: float, ve_to: float) -> tuple[float, float]:
-        """(σ̃ the deterministic part steps to, σ̃ of the fresh noise added after it)."""
-        return ve_to, 0.0
+    def ancestral(self, level_from: float, level_to: float) -> tuple[float, float, float]:
+        """(ℓ_d the deterministic part steps to, r, ς): the view's forward process then carries y from ℓ_d to
+        ``level_to`` as y' = r y_d + ς z (no noise here: ℓ_d = ``level_to``, r = 1, ς = 0)."""
+        return level_to, 1.0, 0.0
 
     def prepare(self, grid):
-        """Per step i, in model space: the target σ̃_T and noise σ̃_up, the midpoint's time, and the coefficients
-        x_m = a x_i + b D_i, x_T = c_x x_i + c_m x_m + c_D D_m (or the Euler step x_T = a x_i + b D_i), the noise
-        scale s_{i+1} S_noise σ̃_up."""
+        """Per step i, in model space (x = c y with the view's scale c; c = s, ℓ = σ̃ in the VE view): the target
+        ℓ_T = ℓ_d, the midpoint's time, the coefficients x_m = a x_i + b D_i, x_T = c_x x_i + c_m x_m + c_D D_m (or
+        the Euler step x_T = a x_i + b D_i) with x_T = c_{i+1} r y_T, and the noise scale c_{i+1} S_noise ς."""
         self.grid = self.floats(grid)
-        s, sigma = self.grid_coefficients(grid)
-        ve, s = self.floats(sigma / s), self.floats(s)
+        s, ve = self.view_coefficients(grid)
+        ve, s = self.floats(ve), self.floats(s)
         n = len(ve) - 1
         if any(v <= 0 for v in ve[:-1]):
+            level = "σ̃" if self.view == "ve" else "τ"
             raise ValueError(
-                f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}"
+                f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid {level} = {ve[:-1]}"
             )
         targets = [self.ancestral(ve[i], ve[i + 1]) for i in range(n)]
-        ve_mid = [math.sqrt(ve[i] * down) for i, (down, _) in enumerate(targets)]
-        t_mid = self.schedule.t_from_sigma(torch.tensor([v if v > 0 else 1.0 for v in ve_mid], dtype=torch.float64))
-        s_mid = self.floats(self.scales_and_sigmas(t_mid)[0])
+        ve_mid = [math.sqrt(ve[i] * down) for i, (down, _, _) in enumerate(targets)]
+        t_mid = self.view_times(torch.tensor([v if v > 0 else 1.0 for v in ve_mid], dtype=torch.float64))
+        s_mid = self.floats(self.view_coefficients(t_mid)[0])
         times, self.step_starts, self.stages, self.noise = [], {}, [], []
-        for i, (down, up) in enumerate(targets):
+        for i, (down, ratio, up) in enumerate(targets):
             self.step_starts[len(times)] = i
             times.append(self.grid[i])
-            e, r = s[i + 1], ve_mid[i] / ve[i]
+            e, r = s[i + 1] * ratio, ve_mid[i] / ve[i]
             if down > 0:  # midpoint rule: Euler to σ̃_m, then from σ̃_i to σ̃_T with d_m
                 times.append(float(t_mid[i]))
                 h, sm = down - ve[i], s_mid[i]
@@ -91,7 +102,7 @@ class DPM2Sampler(Sampler):
                 )
             else:  # Euler to σ̃_T = 0: x_T = s_{i+1} D_i
                 self.stages.append(((0.0, e), None))
-            self.noise.append(e * up * self.opts.get("s_noise", 1.0))
+            self.noise.append(s[i + 1] * up * self.opts.get("s_noise", 1.0))
         return torch.tensor(times, dtype=torch.float64)
 
     def loop(self, x, start=0):
@@ -126,7 +137,13 @@ class DPM2AncestralSampler(DPM2Sampler):
             non_negative,
         ),
         "s_noise": Option(1.0, (float,), "noise inflation S_noise", positive),
+        "view": view_option(),
     }
 
-    def ancestral(self, ve_from, ve_to):
-        return ancestral_step(ve_from, ve_to, self.opts["eta"])
+    def ancestral(self, level_from, level_to):
+        """VE view: k-diffusion's get_ancestral_step (r = 1, ς = σ̃_up); flow view: the rectified-flow ancestral
+        step (:func:`unisde.core.kernels.rf_ancestral_step`, ComfyUI's ``sample_dpm_2_ancestral_RF``)."""
+        if self.view == "flow":
+            return rf_ancestral_step(level_from, level_to, self.opts["eta"])
+        down, up = ancestral_step(level_from, level_to, self.opts["eta"])
+        return down, 1.0, up

@@ -38,6 +38,13 @@ Predictors:
   eq. 6) from t_i to t_{i+1}, in the model's own space with the schedule's f and g² at t_i (the η = 1 step of
   :mod:`unisde.samplers.sde`, from :func:`unisde.core.kernels.reverse_sde_increments`).
 
+Zero terminal SNR (rectified flow, zero-SNR tables): a step from t_i ≥ t_end, where s = 0, has no chain increment
+(σ̃_a = ∞) and no finite f, g²; with the capped values (σ̃_a = 4096) the reverse-diffusion step adds noise of std
+≈ 4096 s(t_{i+1}) (400× the marginal's at 10 steps: output std 2.7 for data std 0.2). Such a step takes the forward
+process's exact Gaussian transition given x0 = D instead, the posterior q(x_{t'} | x_t, x0 = D) (Ho et al. 2020,
+eqs. 6–7 [DDPM]; :func:`unisde.core.kernels.posterior_coefficients`), with either predictor: from s = 0 it is
+x' = s(t') D + σ(t') z. Every other step, and every step of a VE or VP schedule (the ScoreSdeVe twin), is unchanged.
+
 The last predictor step returns its mean (no noise), as score-SDE's ``noise_removal`` and diffusers'
 ScoreSdeVePipeline (which outputs ``prev_sample_mean``) do. With the ScoreSdeVe config converted by
 :class:`unisde.UnifiedScheduler` (VE schedule, score parameterisation, ``uniform_t`` grid from 1 to
@@ -54,7 +61,7 @@ import math
 
 import torch
 
-from unisde.core.kernels import reverse_sde_increments
+from unisde.core.kernels import posterior_coefficients, reverse_sde_increments, zero_terminal_snr
 from unisde.samplers.base import Option, Sampler, non_negative
 
 
@@ -130,6 +137,20 @@ class PCSampler(Sampler):
             f_dt, w, c = reverse_sde_increments(self.schedule, grid, sigma)
             a = 1 - f_dt - w
             b = w * s[:-1]
+        if zero_terminal_snr(self.schedule):
+            # A step from zero SNR (t_i ≥ t_end, s(t_i) = 0 up to the cap) has no chain increment or SDE coefficient
+            # to use: σ̃_a = ∞ and f, g² diverge, and the capped values (σ̃_a = 4096) add noise of std ≈ 4096 s(t_{i+1})
+            # (output std 2.7 for 0.2 on a rectified flow at 10 steps). It takes the forward process's exact Gaussian
+            # transition given x0 = D instead (Ho et al. 2020, eqs. 6–7 [DDPM]), which from s = 0 is
+            # x' = s(t_{i+1}) D + σ(t_{i+1}) z: at zero SNR x_t carries nothing about x0.
+            se, sge = self.grid_coefficients(grid, exact=True)
+            c_x0, c_x, _, post_var = posterior_coefficients(se[:-1], sge[:-1], se[1:], sge[1:])
+            at_zero_snr = grid[:-1] >= self.schedule.t_end
+            a, b, c = (
+                torch.where(at_zero_snr, c_x, a),
+                torch.where(at_zero_snr, c_x0, b),
+                torch.where(at_zero_snr, post_var.sqrt(), c),
+            )
         self.pred = list(zip(self.floats(a), self.floats(b), self.floats(c)))
         self.s_t, self.var_t = self.floats(s[:-1]), self.floats(var[:-1])
         per_level = int(self.opts["correct_steps"]) + 1

@@ -40,11 +40,23 @@ converts them with the step's start sample; this loop combines ε̂ (the method'
 The loop keeps the ε̂ history locally. Entered mid-grid (img2img) at a call k > 0, it has neither the first
 sample nor earlier ε̂: it takes DDIM's step from its own evaluation point to the end of call k's step (for k = 1,
 which evaluates at t_1 and would redo t_0 → t_1, that leaves x where it is), and Adams–Bashforth builds up again
-from there. With the PRK warm-up the same holds for each call of an RK step entered inside it (the midpoint
-calls step to m_i and t_{i+1}, the call at t_{i+1} to t_{i+1}: x stays); entered at a step start t_i it takes the
+from there. ``entry="restart"`` (set by ``from_config`` of a PNDM config with ``skip_prk_steps=True``) instead does
+what diffusers' PNDMScheduler does in an img2img pipeline: its counter restarts at the first call it is fed, so the
+two-call warm-up runs again from the entry, and its second call, fed the next timestep, brings the sample only to
+that timestep; every later call steps from the timestep it is fed, one grid step ahead of the sample (entered at
+call 1, whose t_1 comes twice, the corrector also takes the entry sample for one at t_0). With the PRK warm-up
+DDIM's step from the own point applies to each call of an RK step entered inside it (the midpoint calls step to
+m_i and t_{i+1}, the call at t_{i+1} to t_{i+1}: x stays); entered at a step start t_i it takes the
 remaining RK steps, then PLMS with the ε̂ they gave (lower order first). diffusers' PNDM has no
 ``set_begin_index`` and its RK counter restarts from timesteps[0] whatever the pipeline feeds, so its img2img
 with RK steps has no well-defined result to match.
+
+φ is Euler on the PF-ODE dx̃/dσ̃ = ε̂ in the VE view, and ε̂ = (x̃ − D)/σ̃ its derivative: ``view``
+(:func:`unisde.core.kernels.view_coefficients`) runs the same method in y = x/(s + σ) against τ = σ/(s + σ), s
+replaced by s + σ above (the derivative then is the velocity (y − D)/τ), exact at s = 0. ``"auto"`` (default)
+takes it where the schedule reaches zero SNR at t = 1: in σ̃ the Heun warm-up's trapezoid spans σ̃ from the cap
+4096 to O(1) (rectified flow, 5 steps: error 3.35 in σ̃, 0.045 in τ). diffusers' PNDM steps in σ̃: its converter
+sets ``view="ve"``.
 """
 
 from __future__ import annotations
@@ -52,7 +64,7 @@ from __future__ import annotations
 import torch
 
 from unisde.core.kernels import lincomb
-from unisde.samplers.base import Option, Sampler
+from unisde.samplers.base import Option, Sampler, view_option
 
 # Adams–Bashforth weights on ε̂_k, ε̂_{k−1}, … for constant steps (Liu et al. 2022, eq. 12 [PNDM])
 AB_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -71,6 +83,16 @@ class PNDMSampler(Sampler):
             "diffusers' default warm-up (skip_prk_steps=False): the first three "
             "steps are pseudo Runge–Kutta steps of four model calls each",
         ),
+        "entry": Option(
+            "ddim",
+            (str,),
+            "how a loop entered mid-grid (img2img) starts without the PRK warm-up: ddim (DDIM's step from the "
+            "entry, Adams–Bashforth building up from there) or restart (diffusers' PNDMScheduler, whose counter "
+            "restarts at the first call it sees: the two-call warm-up runs from the entry and its second call, "
+            "fed the next timestep, leaves the sample one grid step behind the timesteps it is fed)",
+            choices=("ddim", "restart"),
+        ),
+        "view": view_option(),
     }
 
     def prepare(self, grid):
@@ -79,15 +101,15 @@ class PNDMSampler(Sampler):
         and 1 are the warm-up (both step t_0 → t_1), call j ≥ 2 steps t_{j−1} → t_j. With the PRK warm-up calls
         4i … 4i + 3 are RK step i (all from t_i), then call 4P + j' steps t_{P+j'} → t_{P+j'+1} (P RK steps)."""
         self.grid = self.floats(grid)
-        s, sigma = self.grid_coefficients(grid)
-        s, sigma = self.floats(s), self.floats(sigma)
+        s, level = self.view_coefficients(grid)  # below s is the view's scale c (s itself in the VE view); c ℓ = σ
+        s, sigma = self.floats(s), self.floats(s * level)
         n = grid.numel() - 1
         self.prk_steps = min(3, n - 1) if self.opts["prk_warmup"] else 0
         mids = self._midpoints(grid, self.prk_steps)  # point n + 1 + i: the midpoint of PRK step i
         times = torch.cat([grid, mids])
         if self.prk_steps:  # RK4 step i from t_i: calls at t_i, m_i, m_i, t_{i+1}, each stage stepping from t_i
-            s_mid, sigma_mid = self.scales_and_sigmas(mids)
-            s, sigma = s + self.floats(s_mid), sigma + self.floats(sigma_mid)
+            s_mid, level_mid = self.view_coefficients(mids)
+            s, sigma = s + self.floats(s_mid), sigma + self.floats(s_mid * level_mid)
             steps = [(i, b) for i in range(self.prk_steps) for b in (n + 1 + i, n + 1 + i, i + 1, i + 1)]
             evals = [e for i in range(self.prk_steps) for e in (i, n + 1 + i, n + 1 + i, i + 1)]
             steps += [(j, j + 1) for j in range(self.prk_steps, n)]  # then PLMS, call j at t_j
@@ -102,7 +124,28 @@ class PNDMSampler(Sampler):
             self.transfer.append((s[b], sigma[b], sigma[b] - s[b] * sigma[a] / s[a]))  # see _transfer
             self.transfer_here.append((s[b], sigma[b], sigma[b] - s[b] * sigma[e] / s[e]))
             self.eps_coefs.append((1.0 / sigma[e], -s[e] / sigma[e]))
+        self.restart = self._restart_steps(s, sigma, evals) if not self.prk_steps else []
         return times[torch.tensor(evals)]
+
+    @staticmethod
+    def _restart_steps(s, sigma, evals):
+        """Per call c, diffusers' warm-up restarted there (``entry="restart"``). diffusers steps a call fed grid
+        point g to g + 1 (t − N//n) and its warm-up's second call, fed g', from g' − 1 to g' (t + N//n → t) with the
+        first call's sample: the predictor's transfer, then the corrector's transfer and, where g' − 1 is not the
+        first call's point (an entry at call 1, whose timestep t_1 comes twice), the coefficients that re-read the
+        first call's sample as one at g' − 1: D' = (x − σ ε̂)/s there. None for the corrector after the last call."""
+
+        def transfer(a, b):
+            return s[b], sigma[b], sigma[b] - s[b] * sigma[a] / s[a]
+
+        out = []
+        for c, g in enumerate(evals):
+            corrector = None
+            if c + 1 < len(evals):
+                a, b = evals[c + 1] - 1, evals[c + 1]
+                corrector = (transfer(a, b), None if a == g else (1.0 / s[a], -sigma[a] / s[a]))
+            out.append((transfer(g, g + 1), corrector))
+        return out
 
     def loop(self, x, start=0):
         eps_history = []  # ε̂ of the previous steps, newest first (the Adams–Bashforth history of this loop)
@@ -135,6 +178,20 @@ class PNDMSampler(Sampler):
             delta = (self._eps(1, x, denoised) - eps_first) * 0.5  # ε̂_avg − ε̂_first
             x = self._transfer(self.transfer[1], denoised_first, eps_first, delta)  # t_0 → t_1 again
             eps_history, k = [eps_first], 2
+        elif start < len(self.transfer) and self.opts["entry"] == "restart":  # diffusers' warm-up from the entry
+            predictor, corrector = self.restart[start]
+            x_first, denoised_first = yield x
+            eps_first = self._eps(start, x_first, denoised_first)
+            x = self._transfer(predictor, denoised_first, eps_first)
+            if corrector is None:
+                return x
+            x, denoised = yield x
+            delta = (self._eps(start + 1, x, denoised) - eps_first) * 0.5  # ε̂_avg − ε̂_first
+            coefs, reread = corrector
+            if reread is not None:  # the first sample taken for one at the grid point before the corrector's
+                denoised_first = lincomb(x_first, reread[0], eps_first, reread[1])
+            x = self._transfer(coefs, denoised_first, eps_first, delta)
+            eps_history, k = [eps_first], start + 2
         elif start < len(self.transfer):  # entered mid-grid: DDIM's step from this call's own point
             x, denoised = yield x
             eps = self._eps(start, x, denoised)

@@ -79,13 +79,11 @@ def make_scheduler(
         if schedule.num_train_timesteps:
             kwargs["num_train_timesteps"] = int(schedule.num_train_timesteps)
     options = dict(parameterization.config)
-    if "sigma_data" in options:
+    if "sigma_data" in options and parameterization.name == "edm":  # the config key UnifiedScheduler reads for edm
         kwargs["sigma_data"] = float(options.pop("sigma_data"))
-    if options:
-        raise ValueError(
-            f"UnifiedScheduler cannot record the options {options} of parameterization "
-            f"{parameterization.name!r} (it stores only sigma_data)"
-        )
+    options = {k: v for k, v in options.items() if v != type(parameterization).options.get(k)}
+    if options:  # the other non-default options (EDM's prediction_type and c_noise, cm's σ_data and ε …)
+        kwargs["parameterization_options"] = options
     return UnifiedScheduler(
         sampler=sampler,
         sampler_options=dict(sampler_options or {}),

@@ -52,12 +52,22 @@ with ``final_sigmas_type="sigma_min"`` (the last step ends at σ > 0); here a fi
 x = s_end D for ``dpmsolver`` and an error for ``sde-dpmsolver`` (whose limit would add fresh noise to the
 result).
 
+With ``noise="brownian_tree"`` the SDE forms draw their fresh noise as normalised increments of one Brownian path
+over σ̃ (:mod:`unisde.samplers.brownian`), seeded by the step generator's initial seed: the noise of diffusers'
+CosineDPMSolverMultistepScheduler (Stable Audio), whose config converts to this sampler with it.
+
+``dpmpp_2m_sde`` and ``dpmpp_3m_sde`` (:class:`KDiffusionDPMPPSDE`, :class:`KDiffusionDPMPP3MSDE`) are k-diffusion's
+``sample_dpmpp_2m_sde`` / ``sample_dpmpp_3m_sde`` under their k-diffusion names: the data-prediction SDE form with a
+stochasticity η ≥ 0 (η = 1 is ``sde-dpmsolver++``), every step at the full order its history allows.
+
 Being a plugin, it is registered through the ``unisde`` entry-point group exactly as the built-in samplers are.
 """
 
 from __future__ import annotations
 
 import math
+
+import torch
 
 import unisde
 from unisde.core.kernels import (
@@ -66,7 +76,10 @@ from unisde.core.kernels import (
     exponential_integrator_step,
     lincomb,
 )
+from unisde.grids import default_time_range
 from unisde.samplers import Option, Sampler
+from unisde.samplers.base import non_negative, positive
+from unisde.samplers.brownian import BrownianTreeNoise
 
 __version__ = "0.1.0"
 
@@ -84,7 +97,7 @@ def _solver_order(value):
 
 class DPMSolverPlusPlus(Sampler):
     name = "dpmsolver++"
-    aliases = ("dpmsolver_2m", "dpm++2m")
+    aliases = ("dpmsolver_2m", "dpm++2m", "dpmpp_2m")  # dpmpp_2m: k-diffusion / ComfyUI
     description = (
         "DPM-Solver++(1S/2M/3M), SDE-DPM-Solver++ and multistep DPM-Solver: exponential integrators in "
         "data or noise prediction (Lu et al. 2022)"
@@ -124,6 +137,14 @@ class DPMSolverPlusPlus(Sampler):
             "second-order second-to-last step (diffusers' rule)",
         ),
         "euler_at_final": Option(False, (bool,), "first-order last step (diffusers' euler_at_final)"),
+        "noise": Option(
+            "gaussian",
+            (str,),
+            "the SDE forms' fresh noise: gaussian (drawn from the step's generator, as diffusers' "
+            "DPMSolverMultistep) or brownian_tree (increments of one Brownian path over σ̃ seeded by the "
+            "generator's initial seed, as diffusers' CosineDPMSolverMultistep; needs torchsde)",
+            choices=("gaussian", "brownian_tree"),
+        ),
     }
 
     @classmethod
@@ -134,11 +155,22 @@ class DPMSolverPlusPlus(Sampler):
                 "sampler 'dpmsolver++': algorithm_type='sde-dpmsolver' has no third-order form (diffusers "
                 "has none either); use solver_order=1 or 2, or algorithm_type='sde-dpmsolver++'"
             )
+        if opts["noise"] != "gaussian" and not opts["algorithm_type"].startswith("sde"):
+            raise ValueError(
+                f"sampler 'dpmsolver++': noise={opts['noise']!r} applies to the SDE forms only, and "
+                f"algorithm_type={opts['algorithm_type']!r} draws no noise; use algorithm_type='sde-dpmsolver++' "
+                "or 'sde-dpmsolver'"
+            )
         return opts
 
     @property
     def stochastic(self):
         return self.opts["algorithm_type"].startswith("sde")
+
+    def sde_eta(self) -> float:
+        """η of the data-prediction SDE form (see :class:`KDiffusionDPMPPSDE`): 1 for sde-dpmsolver++ (the reverse
+        SDE), 0 (the probability-flow ODE) for every other algorithm_type."""
+        return 1.0 if self.opts["algorithm_type"] == "sde-dpmsolver++" else 0.0
 
     def prepare(self, grid):
         """Per step k: the x weight, the weights of v_k, v_{k−1}, … (v = D, or ε̂ in noise prediction) for every
@@ -160,12 +192,21 @@ class DPMSolverPlusPlus(Sampler):
                 "step would add fresh noise to the result; diffusers refuses it too): end the grid at "
                 "σ > 0 (final_sigmas_type='sigma_min') or use algorithm_type='sde-dpmsolver++'"
             )
-        u, w = {"dpmsolver++": (s, sigma), "sde-dpmsolver++": (s, sigma**2 / s)}.get(algorithm, (sigma, s))
+        eta = self.sde_eta()  # sde-dpmsolver++ with stochasticity η: w = σ (σ/s)^η, H = (1 + η) h
+        sde_w = sigma**2 / s if eta == 1.0 else sigma * (sigma / s) ** eta
+        u, w = {"dpmsolver++": (s, sigma), "sde-dpmsolver++": (s, sde_w)}.get(algorithm, (sigma, s))
         H, self.ratio, first = (self.floats(v) for v in exponential_integrator_coefficients(u, w))
         prefactor, scale = self.floats(u[1:]), 2.0 if algorithm == "sde-dpmsolver" else 1.0
         few = o["lower_order_final"] and n < 15
         self.eps_coefs = [(1.0 / sig_f[k], -s_f[k] / sig_f[k]) for k in range(n)] if noise_prediction else None
         self.weights, self.noise_std = [], []
+        self.brownian_range = None
+        if o["noise"] == "brownian_tree":  # one path over the schedule's σ̃ range (and the grid's, if wider)
+            ve = [sig_f[k] / s_f[k] for k in range(n + 1)]
+            self.ve_steps = list(zip(ve[:-1], ve[1:]))
+            lo, hi = (float(v) for v in self.schedule.ve_sigma(torch.tensor(default_time_range(self.schedule))))
+            positive = [v for v in ve if v > 0]
+            self.brownian_range = (min([lo, *positive]), max([hi, *positive]))
         run = 0  # consecutive finite steps before this one (the history the tables may use)
         for k in range(n):
             if sig_f[k + 1] == 0.0:  # e^{−h} = 0: x = s_end D (the limit of every first-order form; 0 · ∞ otherwise)
@@ -197,12 +238,9 @@ class DPMSolverPlusPlus(Sampler):
                     for p in range(1, order + 1)
                 ]
             )
-            # σ_{k+1} √(1 − e^{−2h}) (sde-dpmsolver++, H = 2h) or σ_{k+1} √(e^{2h} − 1) (sde-dpmsolver, H = −h)
-            self.noise_std.append(
-                0.0
-                if not sde
-                else sig_f[k + 1] * math.sqrt(math.expm1(-2.0 * H[k]) if noise_prediction else -math.expm1(-H[k]))
-            )
+            # σ_{k+1} √(1 − e^{−2ηh}) (sde-dpmsolver++, H = (1 + η) h) or σ_{k+1} √(e^{2h} − 1) (sde-dpmsolver, H = −h)
+            variance = math.expm1(-2.0 * H[k]) if noise_prediction else -math.expm1(-H[k] * 2.0 * eta / (1.0 + eta))
+            self.noise_std.append(0.0 if not sde else sig_f[k + 1] * o.get("s_noise", 1.0) * math.sqrt(variance))
             run += 1
         return grid[:-1]
 
@@ -245,6 +283,8 @@ class DPMSolverPlusPlus(Sampler):
 
     def loop(self, x, start=0):
         history = []  # v_k, v_{k−1}, … (newest first): D, or ε̂ in noise prediction, of this loop's evaluations
+        # a fresh Brownian path per loop, seeded by the generator of its first draw (diffusers: per set_timesteps)
+        brownian = BrownianTreeNoise(*self.brownian_range) if self.brownian_range else None
         for k in range(start, len(self.weights)):
             x, denoised = yield x
             if self.eps_coefs is None:
@@ -257,11 +297,89 @@ class DPMSolverPlusPlus(Sampler):
             for previous, weight in zip(history[1:], weights[1:]):  # the multistep corrections
                 x_next.add_(previous, alpha=weight)
             if self.noise_std[k] > 0.0:
-                x_next.add_(self.noise_like(x), alpha=self.noise_std[k])
+                if brownian is not None and self.noise_sampler is None:
+                    noise = brownian(x, *self.ve_steps[k], self.generator)
+                else:
+                    noise = self.noise_like(x)
+                x_next.add_(noise, alpha=self.noise_std[k])
+            elif self.stochastic and brownian is None and self.noise_sampler is None:
+                # diffusers' step() draws the SDE noise also on the last step into σ = 0, where it weighs 0: the
+                # generator leaves the loop in the same state (a noise_sampler is called only where noise is added)
+                self.noise_like(x)
             x = x_next
         return x
+
+
+class KDiffusionDPMPPSDE(DPMSolverPlusPlus):
+    r"""``dpmpp_2m_sde``: k-diffusion's ``sample_dpmpp_2m_sde`` (Crowson [KDiffusion]), DPM-Solver++(2M) on the SDE
+    family with stochasticity η ≥ 0 (η = 0: the probability-flow ODE, i.e. k-diffusion's ``sample_dpmpp_2m``;
+    η = 1: the reverse SDE, ``algorithm_type="sde-dpmsolver++"``).
+
+    In the VE view x̃ = x/s, σ̃ = e^{−τ} the family is EDM's dx̃ = (1 + η)(D − x̃) dτ + √(2η) σ̃ dW (Karras et al. 2022,
+    eq. 6 [EDM] with β = η σ̃'/σ̃; its drift pulls x̃ towards D at rate 1 + η). Holding D constant over a step of
+    length h in τ, it is solved exactly by
+
+        x̃_{i+1} = (σ̃_{i+1}/σ̃_i) e^{−ηh} x̃_i + (1 − e^{−(1+η)h}) D_i + S_noise σ̃_{i+1} √(1 − e^{−2ηh}) z,
+
+    the deterministic DPM-Solver++ step on the scale pair (s, σ (σ/s)^η), whose log-ratio is (1 + η) λ': the
+    multistep corrections are DPM-Solver++'s at H = (1 + η) h (midpoint or heun, ``solver_type``). Unlike the
+    ``dpmsolver++`` defaults, every step runs at the highest order its history allows (no ``lower_order_final``), as
+    k-diffusion does; a step to σ = 0 returns s_end D. Noise from the step's generator (``noise="gaussian"``) or, as
+    k-diffusion by default, from one Brownian path (``noise="brownian_tree"``); the steps' intervals do not overlap,
+    so both give independent N(0, I) draws. One model call per step."""
+
+    name = "dpmpp_2m_sde"
+    aliases = ()  # not the parent's dpmsolver_2m / dpm++2m
+    description = "DPM-Solver++(2M) SDE with stochasticity eta (k-diffusion sample_dpmpp_2m_sde)"
+    default_grid = "karras"
+    options = {
+        "eta": Option(
+            1.0,
+            (float,),
+            "stochasticity η ≥ 0 (0: the PF-ODE; 1: the reverse SDE); a pipeline's eta is not read",
+            non_negative,
+        ),
+        "s_noise": Option(1.0, (float,), "noise inflation S_noise > 0 (k-diffusion's s_noise)", positive),
+        "solver_type": DPMSolverPlusPlus.options["solver_type"],
+        "noise": DPMSolverPlusPlus.options["noise"],
+    }
+    # the DPMSolverPlusPlus options this sampler fixes (k-diffusion's loop has no switch for them)
+    fixed = {
+        "solver_order": 2,
+        "algorithm_type": "sde-dpmsolver++",
+        "exact_quadratic": False,
+        "lower_order_final": False,
+        "euler_at_final": False,
+    }
+
+    @classmethod
+    def validate_options(cls, options: dict) -> dict:
+        return {**cls.fixed, **super(DPMSolverPlusPlus, cls).validate_options(options)}
+
+    @property
+    def stochastic(self):
+        return self.opts["eta"] > 0
+
+    def sde_eta(self) -> float:
+        return float(self.opts["eta"])
+
+
+class KDiffusionDPMPP3MSDE(KDiffusionDPMPPSDE):
+    r"""``dpmpp_3m_sde``: k-diffusion's ``sample_dpmpp_3m_sde`` (Crowson [KDiffusion]): the SDE family of
+    :class:`KDiffusionDPMPPSDE` with DPM-Solver++(3M)'s corrections at H = (1 + η) h, the second divided difference
+    weighed by half (as k-diffusion, diffusers and the DPM-Solver code do; see :meth:`DPMSolverPlusPlus._weights`),
+    the second step (one evaluation of history) in the ``heun`` form b(H) (D_i − D_{i−1})/r, and no lowered orders at
+    the end. ``dpmsolver++`` with ``solver_order=3`` and its defaults differs from it by that second step (midpoint)
+    and ``lower_order_final``."""
+
+    name = "dpmpp_3m_sde"
+    description = "DPM-Solver++(3M) SDE with stochasticity eta (k-diffusion sample_dpmpp_3m_sde)"
+    options = {k: v for k, v in KDiffusionDPMPPSDE.options.items() if k != "solver_type"}
+    fixed = {**KDiffusionDPMPPSDE.fixed, "solver_order": 3, "solver_type": "heun"}
 
 
 @unisde.hookimpl
 def unisde_register_samplers(register):
     register(DPMSolverPlusPlus)
+    register(KDiffusionDPMPPSDE)
+    register(KDiffusionDPMPP3MSDE)

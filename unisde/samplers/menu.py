@@ -1,0 +1,84 @@
+r"""The names of k-diffusion's functions and of ComfyUI's / A1111's sampler menus that are an existing unisde
+sampler with some options fixed or other defaults — one algorithm, one implementation, several names:
+
+    euler            = ``edm`` with solver="euler"         (k-diffusion ``sample_euler``: Karras et al. 2022,
+                                                            Algorithm 2 with Euler steps and the same churn)
+    heun             = ``edm``                              (``sample_heun``: Algorithm 2 itself)
+    euler_ancestral  = ``ddim`` with η = 1 by default       (``sample_euler_ancestral``: σ_down / σ_up of
+                                                            ``get_ancestral_step`` is DDIM's η-rule in the VE
+                                                            view; diffusers' EulerAncestralDiscreteScheduler)
+    uni_pc           = ``unipc`` with variant="bh1"         (ComfyUI's ``uni_pc``)
+    uni_pc_bh2       = ``unipc`` with variant="bh2"         (ComfyUI's ``uni_pc_bh2``)
+
+Each is registered as a sampler of its own, so ``sampler="euler"`` works everywhere a sampler name does. A fixed
+option is not an option of the preset (passing it is the usual unknown-option error); a changed default stays an
+option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from unisde.samplers.base import Sampler
+from unisde.samplers.ddim import DDIMSampler
+from unisde.samplers.edm import EDMSampler
+from unisde.samplers.unipc import UniPCSampler
+
+
+def preset(
+    base: type[Sampler], name: str, description: str, *, fixed: dict | None = None, defaults: dict | None = None
+) -> type[Sampler]:
+    """A sampler class that runs ``base`` under the name ``name`` with the options in ``fixed`` set (and removed
+    from its options) and the defaults in ``defaults`` changed."""
+    fixed, defaults = dict(fixed or {}), dict(defaults or {})
+    unknown = sorted((set(fixed) | set(defaults)) - set(base.options))
+    if unknown:
+        raise ValueError(f"preset {name!r} of sampler {base.name!r} names unknown options {unknown}")
+    options = {}
+    for key, spec in base.options.items():
+        if key in fixed:
+            spec.validate(f"preset {name!r}", key, fixed[key])
+            continue
+        if key in defaults:
+            spec = dataclasses.replace(spec, default=spec.validate(f"preset {name!r}", key, defaults[key]))
+        options[key] = spec
+
+    def validate_options(cls, given: dict) -> dict:
+        return {**Sampler.validate_options.__func__(cls, given), **fixed}
+
+    return type(
+        base.__name__ + "_" + name,
+        (base,),
+        {
+            "name": name,
+            "aliases": (),
+            "description": description,
+            "options": options,
+            "validate_options": classmethod(validate_options),
+            "preset_of": (base.name, fixed, defaults),
+            "__module__": __name__,
+            "__doc__": f"``{name}``: sampler ``{base.name}`` with {fixed or defaults} ({description}).",
+        },
+    )
+
+
+EulerSampler = preset(
+    EDMSampler,
+    "euler",
+    "k-diffusion sample_euler: Euler steps on the PF-ODE in σ̃ with EDM's churn (diffusers' EulerDiscrete)",
+    fixed={"solver": "euler"},
+)
+HeunSampler = preset(EDMSampler, "heun", "k-diffusion sample_heun: EDM Algorithm 2 (Heun, churn)")
+EulerAncestralSampler = preset(
+    DDIMSampler,
+    "euler_ancestral",
+    "k-diffusion sample_euler_ancestral: Euler to σ̃_down, fresh noise σ̃_up (= DDIM η = 1; diffusers' "
+    "EulerAncestralDiscrete)",
+    defaults={"eta": 1.0},
+)
+UniPCBH1Sampler = preset(UniPCSampler, "uni_pc", "ComfyUI uni_pc: UniPC with B(h) = −h", fixed={"variant": "bh1"})
+UniPCBH2Sampler = preset(
+    UniPCSampler, "uni_pc_bh2", "ComfyUI uni_pc_bh2: UniPC with B(h) = e^{−h} − 1", fixed={"variant": "bh2"}
+)
+
+MENU_SAMPLERS = (EulerSampler, HeunSampler, EulerAncestralSampler, UniPCBH1Sampler, UniPCBH2Sampler)
