@@ -162,3 +162,19 @@ def test_menu_names_fix_their_options():
     assert get_sampler("euler_ancestral")(sched, eta=0.5).opts["eta"] == 0.5
     assert get_sampler("uni_pc")(sched).opts["variant"] == "bh1"
     assert get_sampler("uni_pc_bh2")(sched).opts["variant"] == "bh2"
+
+
+@pytest.mark.parametrize(
+    "alias, name",
+    [("dpmpp_sde_gpu", "dpmpp_sde"), ("dpmpp_2m_sde_gpu", "dpmpp_2m_sde"), ("dpmpp_3m_sde_gpu", "dpmpp_3m_sde")],
+)
+def test_comfyui_gpu_names_are_aliases(alias, name):
+    if name not in list_samplers():
+        pytest.skip(f"{name} comes with the unisde-dpmsolver plugin (make install-test installs it)")
+    assert get_sampler(alias) is get_sampler(name)
+
+
+def test_res_multistep_ancestral_is_res_multistep_with_noise():
+    sched = NoiseSchedule.edm()
+    assert get_sampler("res_multistep_ancestral")(sched).opts["eta"] == 1.0
+    assert get_sampler("res_multistep_ancestral")(sched, eta=0.0).opts == get_sampler("res_multistep")(sched).opts

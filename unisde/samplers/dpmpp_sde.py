@@ -179,7 +179,7 @@ def _seed(value):
 
 class DPMPPSDESampler(_TwoStageDPMPP):
     name = "dpmpp_sde"
-    aliases = ("dpmsolver_sde",)
+    aliases = ("dpmsolver_sde", "dpmpp_sde_gpu")  # ComfyUI's _gpu: the same tree drawn on the GPU
     description = (
         "DPM-Solver++ SDE (k-diffusion sample_dpmpp_sde, diffusers DPMSolverSDE): two ancestral DPM-Solver++ "
         "stages per step with Brownian-tree noise"

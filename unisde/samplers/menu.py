@@ -9,6 +9,10 @@ sampler with some options fixed or other defaults — one algorithm, one impleme
                                                             view; diffusers' EulerAncestralDiscreteScheduler)
     uni_pc           = ``unipc`` with variant="bh1"         (ComfyUI's ``uni_pc``)
     uni_pc_bh2       = ``unipc`` with variant="bh2"         (ComfyUI's ``uni_pc_bh2``)
+    res_multistep_ancestral = ``res_multistep`` with η = 1 by default (ComfyUI's)
+
+ComfyUI's ``*_gpu`` names (dpmpp_sde_gpu, dpmpp_2m_sde_gpu, dpmpp_3m_sde_gpu) draw the same noise law on the GPU
+and are aliases of their samplers.
 
 Each is registered as a sampler of its own, so ``sampler="euler"`` works everywhere a sampler name does. A fixed
 option is not an option of the preset (passing it is the usual unknown-option error); a changed default stays an
@@ -22,6 +26,7 @@ import dataclasses
 from unisde.samplers.base import Sampler
 from unisde.samplers.ddim import DDIMSampler
 from unisde.samplers.edm import EDMSampler
+from unisde.samplers.res_multistep import ResMultistepSampler
 from unisde.samplers.unipc import UniPCSampler
 
 
@@ -81,4 +86,18 @@ UniPCBH2Sampler = preset(
     UniPCSampler, "uni_pc_bh2", "ComfyUI uni_pc_bh2: UniPC with B(h) = e^{−h} − 1", fixed={"variant": "bh2"}
 )
 
-MENU_SAMPLERS = (EulerSampler, HeunSampler, EulerAncestralSampler, UniPCBH1Sampler, UniPCBH2Sampler)
+ResMultistepAncestralSampler = preset(
+    ResMultistepSampler,
+    "res_multistep_ancestral",
+    "ComfyUI res_multistep_ancestral: RES 2nd-order multistep with ancestral noise (η = 1 by default)",
+    defaults={"eta": 1.0},
+)
+
+MENU_SAMPLERS = (
+    EulerSampler,
+    HeunSampler,
+    EulerAncestralSampler,
+    UniPCBH1Sampler,
+    UniPCBH2Sampler,
+    ResMultistepAncestralSampler,
+)

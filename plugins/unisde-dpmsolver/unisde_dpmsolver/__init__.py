@@ -329,7 +329,7 @@ class KDiffusionDPMPPSDE(DPMSolverPlusPlus):
     so both give independent N(0, I) draws. One model call per step."""
 
     name = "dpmpp_2m_sde"
-    aliases = ()  # not the parent's dpmsolver_2m / dpm++2m
+    aliases = ("dpmpp_2m_sde_gpu",)  # ComfyUI's _gpu variant: the same law, noise drawn on the GPU
     description = "DPM-Solver++(2M) SDE with stochasticity eta (k-diffusion sample_dpmpp_2m_sde)"
     default_grid = "karras"
     options = {
@@ -373,6 +373,7 @@ class KDiffusionDPMPP3MSDE(KDiffusionDPMPPSDE):
     and ``lower_order_final``."""
 
     name = "dpmpp_3m_sde"
+    aliases = ("dpmpp_3m_sde_gpu",)
     description = "DPM-Solver++(3M) SDE with stochasticity eta (k-diffusion sample_dpmpp_3m_sde)"
     options = {k: v for k, v in KDiffusionDPMPPSDE.options.items() if k != "solver_type"}
     fixed = {**KDiffusionDPMPPSDE.fixed, "solver_order": 3, "solver_type": "heun"}
