@@ -49,8 +49,16 @@ def instance(name):
 
 
 # Classes whose step loop is the plain `for t in timesteps: step(model(x, t), t, x)` and whose default config
-# converts: parity is checked live. (ScoreSdeVe's loop is its pipeline's; tests/test_scheduler_parity.py has it.)
-PLAIN_LOOP_EXCEPTIONS = {"ScoreSdeVeScheduler"}
+# converts: parity is checked live. (ScoreSdeVe's loop is its pipeline's; tests/test_scheduler_parity.py has it.
+# CogVideoXDPM's step takes its own arguments, UnCLIP's pipelines pass prev_timestep, DDPMWuerstchen's loop drops its
+# last timestep and feeds t as a batch, ScoreSdeVp has step_pred only: tests/test_converters_remaining.py has those.)
+PLAIN_LOOP_EXCEPTIONS = {
+    "ScoreSdeVeScheduler",
+    "CogVideoXDPMScheduler",
+    "UnCLIPScheduler",
+    "DDPMWuerstchenScheduler",
+    "ScoreSdeVpScheduler",
+}
 
 
 @pytest.mark.parametrize("name", SCHEDULER_CLASSES)
@@ -80,7 +88,7 @@ def test_every_diffusers_class_converts_at_parity_or_refuses(name):
         ("EulerDiscreteScheduler", {"sigma_max": 700.0, "use_karras_sigmas": True}),
         ("EulerDiscreteScheduler", {"final_sigmas_type": "sigma_min"}),
         ("DPMSolverMultistepScheduler", {"final_sigmas_type": "sigma_min", "use_beta_sigmas": True}),
-        ("UniPCMultistepScheduler", {"predict_x0": False}),
+        ("UniPCMultistepScheduler", {"predict_x0": False, "thresholding": True}),
         ("UniPCMultistepScheduler", {"use_flow_sigmas": True}),
         ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True}),
         ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1}),
@@ -174,3 +182,56 @@ def test_a_keyless_dict_with_an_extra_key_does_not_fall_back_to_ddpm():
 def test_a_json_list_is_not_a_config():
     with pytest.raises(ValueError, match="must be a dict"):
         UnifiedScheduler.from_config([("num_train_timesteps", 1000)])
+
+
+def test_naming_the_classes_own_sampler_keeps_its_flags():
+    """from_config(cfg, sampler=<the class's own sampler>) keeps the flags the class translates into options
+    (UniPC's solver_type → variant), with the caller's options on top; it used to run the sampler's defaults."""
+    import diffusers
+
+    cfg = diffusers.UniPCMultistepScheduler(solver_type="bh1", solver_order=2).config
+    assert UnifiedScheduler.from_config(cfg, sampler="unipc").config.sampler_options["variant"] == "bh1"
+    chosen = UnifiedScheduler.from_config(cfg, sampler="unipc", sampler_options={"solver_order": 3})
+    assert chosen.config.sampler_options["variant"] == "bh1" and chosen.config.sampler_options["solver_order"] == 3
+    overridden = UnifiedScheduler.from_config(cfg, sampler="unipc", sampler_options={"variant": "bh2"})
+    assert overridden.config.sampler_options["variant"] == "bh2"
+
+
+@pytest.mark.parametrize("cls_name", ["DDIMScheduler", "DDIMParallelScheduler"])
+@pytest.mark.parametrize("spacing, n", [("trailing", 30), ("linspace", 10), ("linspace", 7), ("trailing", 10)])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_steps_to_t_minus_stride_as_diffusers(cls_name, spacing, n, eta):
+    """diffusers' DDIM steps from t to t − N//n whatever the spacing lists next (linspace; trailing with n ∤ N): the
+    twin does too. Per-step states after every call, same generator; without the quirk option n = 30 trailing is off
+    by 1.3e-3 × scale and linspace by 4e-2."""
+    import diffusers
+
+    ref = getattr(diffusers, cls_name)(timestep_spacing=spacing)
+    uni = UnifiedScheduler.from_config(ref.config)
+    assert uni.config.sampler_options["diffusers_prev_timestep"] is True
+    ref.set_timesteps(n)
+    uni.set_timesteps(n)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    xr, xu, worst = x.clone(), x.clone(), 0.0
+    gr, gu = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for tr, tu in zip(ref.timesteps, uni.timesteps):
+        xr = ref.step(0.8 * xr + 0.05 * torch.sin(3 * xr), tr, xr, eta=eta, generator=gr).prev_sample
+        xu = uni.step(0.8 * xu + 0.05 * torch.sin(3 * xu), tu, xu, eta=eta, generator=gu).prev_sample
+        worst = max(worst, float((xr - xu).abs().max() / xr.abs().max()))
+    assert worst <= 1e-5, worst
+    plain = UnifiedScheduler.from_config(ref.config, sampler="ddim", sampler_options={"eta": 0.5})
+    assert "diffusers_prev_timestep" not in plain.config.sampler_options  # a quirk stays with the twin
+
+
+@pytest.mark.parametrize("spacing, n", [("linspace", 10), ("trailing", 30)])
+def test_pndm_twin_refuses_strides_diffusers_steps_off_its_grid(spacing, n):
+    """diffusers' PNDM steps t → t − N//n; where the spacing's strides differ the twin refuses at set_timesteps
+    (before any step) instead of giving other images, and sampler='pndm' runs PLMS between the grid points."""
+    import diffusers
+
+    ref = diffusers.PNDMScheduler(timestep_spacing=spacing, skip_prk_steps=True)
+    with pytest.raises(ValueError, match=r"t − N//n = t − \d+, but the spacing lists strides"):
+        UnifiedScheduler.from_config(ref.config).set_timesteps(n)
+    plain = UnifiedScheduler.from_config(ref.config, sampler="pndm")
+    plain.set_timesteps(n)
+    assert len(plain.timesteps) == n + 1

@@ -149,7 +149,7 @@ def test_scale_noise_is_the_flow_marginal():
         ({}, {"mu": 0.5}, "use_dynamic_shifting=False"),
         ({"use_dynamic_shifting": True}, {}, "needs mu"),
         ({}, {"sigmas": [1.2, 0.5]}, r"\[0, 1\]"),
-        ({}, {"timesteps": [900.0, 500.0]}, "pass sigmas"),
+        ({}, {"timesteps": [900.0, 500.0], "sigmas": [0.9]}, "one timestep per sigma"),  # alone they are taken
     ],
 )
 def test_bad_flow_calls_refused_before_work(kwargs, call, message):

@@ -150,9 +150,115 @@ def test_ltx_rf_refusals():
         UnifiedScheduler.from_config(diffusers.LTXEulerAncestralRFScheduler(eta=1.5))
     with pytest.raises(ConversionError, match="s_noise=0.0"):  # diffusers then stays at the down-step level
         UnifiedScheduler.from_config(diffusers.LTXEulerAncestralRFScheduler(s_noise=0.0))
+    with pytest.raises(ConversionError, match="invert_sigmas=True"):  # a FlowMatch key its grid path reads
+        UnifiedScheduler.from_config({"_class_name": "LTXEulerAncestralRFScheduler", "invert_sigmas": True})
     uni = UnifiedScheduler.from_config(diffusers.LTXEulerAncestralRFScheduler())
-    with pytest.raises(ValueError, match="terminal 0"):  # ComfyUI's sigmas=[…, 0] path: not a base-level list
-        uni.set_timesteps(sigmas=[1.0, 0.5, 0.0])
+    for call, match in [
+        (dict(sigmas=[1.0, 0.5, 0.0], mu=0.8), "mu=0.8"),  # the levels are used unshifted
+        (dict(sigmas=[1.0, 0.5, 0.0], num_inference_steps=3), "num_inference_steps=3"),
+        (dict(sigmas=[1.0]), "at least two"),
+        (dict(sigmas=[1.0, 0.5, 0.5, 0.0]), "decrease strictly"),
+        (dict(timesteps=[1000.0, 500.0, 0.0]), "decrease strictly within"),  # an alias of sigmas: levels in [0, 1]
+    ]:
+        with pytest.raises(ValueError, match=match):
+            uni.set_timesteps(**call)
+
+
+def assert_stepwise_parity(ref, uni, **call):
+    """Both loops stepped side by side from one start with the same model and generator seed: equal timesteps,
+    sigmas and num_inference_steps, and every step's sample within 1e-5 of its scale. Returns the worst ratio."""
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    for sched in (ref, uni):
+        sched.set_timesteps(**call)
+    torch.testing.assert_close(uni.timesteps, ref.timesteps, rtol=0, atol=0)
+    torch.testing.assert_close(uni.sigmas, ref.sigmas, rtol=0, atol=0)
+    assert uni.num_inference_steps == ref.num_inference_steps
+    generators = [torch.Generator().manual_seed(0) for _ in range(2)]
+    takes_generator = "generator" in inspect.signature(ref.step).parameters
+    expected, got, worst = x.clone(), x.clone(), 0.0
+    for t in ref.timesteps:
+        extra = [{"generator": g} if takes_generator else {} for g in generators]
+        expected = ref.step(model(expected, t), t, expected, **extra[0]).prev_sample
+        got = uni.step(model(got, t), t, got, **extra[1]).prev_sample
+        worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
+    assert worst <= 1e-5, worst
+    return worst
+
+
+@pytest.mark.parametrize("config", [{}, {"eta": 0.5, "s_noise": 0.8}, {"eta": 0.0}])
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"sigmas": [1.0, 0.6, 0.3, 0.0]},
+        {"sigmas": torch.tensor([1.0, 0.85, 0.5, 0.25, 0.1, 0.0])},
+        {"timesteps": [1.0, 0.5, 0.0]},  # an alias of sigmas
+        {"sigmas": [1.0, 0.7, 0.2]},  # ending above 0: the last level is where sampling stops
+        {"sigmas": [1.0, 0.0]},
+        {"sigmas": [1.0, 0.5, 0.0], "num_inference_steps": 2},  # consistent with the levels: taken
+    ],
+)
+def test_ltx_rf_comfy_sigmas_parity(config, call):
+    """LTXEulerAncestralRF's ComfyUI path: the levels as given, the last the end point, also listed as a timestep
+    whose step keeps the sample (no sampler sees that zero-length step)."""
+    ref = diffusers.LTXEulerAncestralRFScheduler(**config)
+    uni = UnifiedScheduler.from_config(ref)
+    assert uni.config.sigmas_convention == "flow_levels"
+    assert_stepwise_parity(ref, uni, **call)
+    assert len(uni.timesteps) == len(uni.sigmas) == len(call.get("sigmas", call.get("timesteps")))
+
+
+@pytest.mark.parametrize(
+    "flowmatch, call",
+    [
+        ({"shift": 3.0, "shift_terminal": 0.1}, {"num_inference_steps": 5}),
+        ({"use_dynamic_shifting": True, "base_shift": 0.95, "max_shift": 2.05, "shift_terminal": 0.1}, {"mu": 1.3}),
+        ({"shift": 2.0, "use_karras_sigmas": True}, {"num_inference_steps": 4}),
+    ],
+)
+def test_ltx_rf_made_from_a_flowmatch_config_keeps_its_grid(flowmatch, call):
+    """LTXEulerAncestralRF.from_config(flowmatch.config) (as diffusers suggests for LTX pipelines) builds its
+    num_inference_steps grid with FlowMatch Euler from that config: shift, μ, shift_terminal and Karras σ count."""
+    ref = diffusers.LTXEulerAncestralRFScheduler.from_config(
+        diffusers.FlowMatchEulerDiscreteScheduler(**flowmatch).config
+    )
+    uni = UnifiedScheduler.from_config(ref)
+    assert_stepwise_parity(ref, uni, **{"num_inference_steps": 4, **call})
+
+
+@pytest.mark.parametrize("cls", ["FlowMatchEulerDiscreteScheduler", "FlowMatchLCMScheduler"])
+@pytest.mark.parametrize(
+    "config, call",
+    [
+        ({"shift": 3.0}, {"sigmas": [1.0, 0.6, 0.3, 0.0]}),  # a terminal 0: evaluated there, a zero-length step
+        ({"use_dynamic_shifting": True}, {"sigmas": [1.0, 0.6, 0.3, 0.0], "mu": 1.2}),
+        ({"shift": 3.0, "shift_terminal": 0.1}, {"sigmas": [1.0, 0.6, 0.3, 0.0]}),  # the 0 stretched to 0.1
+        ({"shift": 2.0, "use_karras_sigmas": True}, {"sigmas": [1.0, 0.6, 0.3, 0.0]}),
+        ({"shift": 3.0}, {"sigmas": [1.0, 0.6, 0.3, 0.0], "timesteps": [1000.0, 600.0, 300.0, 0.0]}),
+        ({"shift": 3.0}, {"timesteps": [1000.0, 600.0, 300.0, 10.0]}),  # alone: fed as given, τ = t/N shifted
+        ({"shift": 3.0, "shift_terminal": 0.05}, {"timesteps": np.array([1000.0, 700.0, 300.0, 0.0])}),
+    ],
+)
+def test_flowmatch_terminal_zero_and_timesteps_alone_parity(cls, config, call):
+    """FlowMatch Euler / LCM given base sigmas that end in 0 (ComfyUI-style) or timesteps without sigmas
+    (LTXConditionPipeline): the same timesteps, sigmas and samples as diffusers."""
+    ref = getattr(diffusers, cls)(**config)
+    assert_stepwise_parity(ref, UnifiedScheduler.from_config(ref), **call)
+
+
+def test_flow_terminal_zero_refusals():
+    """UniPC's flow levels take no 0 (diffusers' log-SNR step divides by it); a lone 0 has nothing to evaluate."""
+    wan = UnifiedScheduler.from_config(diffusers.UniPCMultistepScheduler(**WAN_UNIPC))
+    with pytest.raises(ValueError, match="must lie in"):
+        wan.set_timesteps(sigmas=[1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="custom timesteps"):
+        wan.set_timesteps(timesteps=[999, 500])
+    euler = UnifiedScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler())
+    with pytest.raises(ValueError, match="must lie in"):
+        euler.set_timesteps(sigmas=[0.0])
+    with pytest.raises(ValueError, match="exponential σ spacing"):  # log-spaced towards 0: log 0
+        UnifiedScheduler.from_config(
+            diffusers.FlowMatchEulerDiscreteScheduler(use_exponential_sigmas=True)
+        ).set_timesteps(sigmas=[1.0, 0.5, 0.0])
 
 
 def test_rf_ancestral_option_of_ddim():

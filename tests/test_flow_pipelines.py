@@ -1,9 +1,12 @@
 """Flow matching end to end, through diffusers' own pipelines with tiny random components (prompt embeddings passed
 directly, so no tokenizer or text encoder is built; no VAE where ``output_type="latent"`` needs none):
 StableDiffusion3 (+ img2img), Flux (dynamic shifting: sigmas + mu; + img2img), Wan (its UniPC flow config, a
-DPM-Solver flow config and FlowMatch Euler), LTX (dynamic shifting + shift_terminal) and CogView4 (linear time
-shift, timesteps passed with sigmas). The default conversion ``UnifiedScheduler.from_config(pipe.scheduler.config)``
-gives the native scheduler's output, and every registered sampler runs in the SD3 pipeline with finite output."""
+DPM-Solver flow config and FlowMatch Euler), LTX-Video (LTXPipeline: dynamic shifting + shift_terminal; image to
+video; LTXConditionPipeline: timesteps alone and per-token timesteps; LTXI2VLongMultiPromptPipeline: ComfyUI-style
+sigmas with their terminal 0 for LTXEulerAncestralRF and FlowMatch Euler) and CogView4 (linear time shift, timesteps
+passed with sigmas). The default conversion ``UnifiedScheduler.from_config(pipe.scheduler.config)`` gives the native
+scheduler's output, and every registered sampler runs in the SD3, Flux, Wan, LTX and CogView4 pipelines with finite
+output."""
 
 from __future__ import annotations
 
@@ -12,11 +15,15 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLLTXVideo,
     CogView4Pipeline,
     CogView4Transformer2DModel,
     FluxImg2ImgPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
+    LTXConditionPipeline,
+    LTXI2VLongMultiPromptPipeline,
+    LTXImageToVideoPipeline,
     LTXPipeline,
     LTXVideoTransformer3DModel,
     SD3Transformer2DModel,
@@ -241,37 +248,6 @@ def test_sd3_img2img_pipeline_parity(sd3, embeds):
     )
 
 
-SAMPLERS = unisde.list_samplers()
-
-
-@pytest.mark.parametrize("sampler", SAMPLERS)
-def test_every_sampler_runs_in_the_sd3_pipeline(sd3, embeds, sampler):
-    """Every registered sampler on the rectified flow, keeping FlowMatch's shifted grid: finite output, one model
-    call per listed timestep."""
-    emb, pooled, _ = embeds
-    native = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
-    sd3.scheduler = uni = UnifiedScheduler.from_config(native, sampler=sampler)
-    calls = []
-    hook = sd3.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
-    try:
-        out = output(
-            sd3,
-            prompt_embeds=emb,
-            pooled_prompt_embeds=pooled,
-            guidance_scale=1.0,
-            height=8,
-            width=8,
-            num_inference_steps=2,
-            output_type="latent",
-        )
-    finally:
-        hook.remove()
-        sd3.scheduler = native
-    assert torch.isfinite(out).all(), sampler
-    assert uni.config.sampler == sampler and uni._grid_kind() == "flow_match"
-    assert len(calls) == len(uni.timesteps) >= 2
-
-
 # ---------------------------------------------------------------------------------------------- Flux
 def test_flux_pipeline_parity(flux, embeds):
     """Flux passes its own base sigmas and mu (dynamic shifting from the image sequence length)."""
@@ -305,17 +281,7 @@ def test_flux_img2img_pipeline_parity(flux, embeds):
 
 
 # ---------------------------------------------------------------------------------------------- Wan
-@pytest.mark.parametrize(
-    "scheduler",
-    [
-        diffusers.UniPCMultistepScheduler(**WAN_UNIPC),  # Wan 2.1's own
-        diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
-        diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0),
-    ],
-    ids=["unipc-flow", "dpmsolver-flow", "flowmatch"],
-)
-def test_wan_pipeline_parity(embeds, scheduler):
-    emb, _, _ = embeds
+def wan_pipeline(scheduler):
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2),
@@ -333,24 +299,44 @@ def test_wan_pipeline_parity(embeds, scheduler):
     ).eval()
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
-    converted = assert_converted_parity(
-        pipe,
-        prompt_embeds=emb,
-        negative_prompt_embeds=0.5 * emb,
-        guidance_scale=2.0,
-        height=16,
-        width=16,
-        num_frames=5,
-        num_inference_steps=4,
-        output_type="latent",
-    )
+    return pipe
+
+
+def wan_call(emb, **kwargs):
+    return {
+        **dict(
+            prompt_embeds=emb,
+            negative_prompt_embeds=0.5 * emb,
+            guidance_scale=2.0,
+            height=16,
+            width=16,
+            num_frames=5,
+            output_type="latent",
+        ),
+        **kwargs,
+    }
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        diffusers.UniPCMultistepScheduler(**WAN_UNIPC),  # Wan 2.1's own
+        diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"),
+        diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0),
+    ],
+    ids=["unipc-flow", "dpmsolver-flow", "flowmatch"],
+)
+def test_wan_pipeline_parity(embeds, scheduler):
+    emb, _, _ = embeds
+    converted = assert_converted_parity(wan_pipeline(scheduler), **wan_call(emb, num_inference_steps=4))
     if not isinstance(scheduler, diffusers.FlowMatchEulerDiscreteScheduler):
         assert converted.timesteps.dtype == torch.int64  # the model is fed ⌊τ N⌋, as by diffusers
 
 
 # ---------------------------------------------------------------------------------------------- LTX
-def test_ltx_pipeline_parity(embeds):
-    emb, _, _ = embeds
+def ltx_pipeline(cls, scheduler, vae=None):
+    """A tiny LTX-Video pipeline of class ``cls`` (LTXPipeline, LTXImageToVideoPipeline, …); ``vae``: a tiny
+    AutoencoderKLLTXVideo (:func:`ltx_vae`) for the classes that read it even for latent output."""
     torch.manual_seed(0)
     transformer = LTXVideoTransformer3DModel(
         in_channels=4,
@@ -363,35 +349,149 @@ def test_ltx_pipeline_parity(embeds):
         num_layers=1,
         caption_channels=DIM,
     ).eval()
-    pipe = LTXPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**LTX),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        transformer=transformer,
-    )
+    pipe = cls(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ltx_vae():
+    """4 latent channels, 4× spatial and 4× temporal compression (two space-time downsamplings), 4 channels wide."""
+    torch.manual_seed(0)
+    return AutoencoderKLLTXVideo(
+        latent_channels=4,
+        block_out_channels=(4, 4, 4, 4),
+        decoder_block_out_channels=(4, 4, 4, 4),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4,
+        upsample_factor=(1,) * 4,
+        patch_size=1,
+        patch_size_t=1,
+    ).eval()
+
+
+def ltx_call(emb, **kwargs):
     mask = torch.ones(1, emb.shape[1])
-    converted = assert_converted_parity(
-        pipe,
-        prompt_embeds=emb,
-        prompt_attention_mask=mask,
-        negative_prompt_embeds=0.5 * emb,
-        negative_prompt_attention_mask=mask,
-        guidance_scale=2.0,
-        height=32,
-        width=32,
-        num_frames=9,
-        num_inference_steps=4,
-        output_type="latent",
-    )
+    return {
+        **dict(
+            prompt_embeds=emb,
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=0.5 * emb,
+            negative_prompt_attention_mask=mask,
+            guidance_scale=2.0,
+            height=32,
+            width=32,
+            num_frames=9,
+            output_type="latent",
+        ),
+        **kwargs,
+    }
+
+
+def test_ltx_pipeline_parity(embeds):
+    emb, _, _ = embeds
+    pipe = ltx_pipeline(LTXPipeline, diffusers.FlowMatchEulerDiscreteScheduler(**LTX))
+    converted = assert_converted_parity(pipe, **ltx_call(emb, num_inference_steps=4))
     assert abs(float(converted.sigmas[-2]) - 0.1) < 1e-6  # stretched to shift_terminal
 
 
-# ---------------------------------------------------------------------------------------------- CogView4
-def test_cogview4_pipeline_parity(embeds):
-    """CogView4 passes unshifted integer timesteps together with sigmas that the linear time shift moves."""
+@pytest.fixture(scope="module")
+def video_vae():
+    return ltx_vae()
+
+
+def test_ltx_image_to_video_pipeline_parity(embeds, video_vae):
+    """The first frame held at the image's latents, the rest stepped: LTX's shifted sigmas with μ."""
+    emb, _, image = embeds
+    pipe = ltx_pipeline(LTXImageToVideoPipeline, diffusers.FlowMatchEulerDiscreteScheduler(**LTX), video_vae)
+    assert_converted_parity(pipe, **ltx_call(emb, image=image, num_inference_steps=4))
+
+
+@pytest.mark.parametrize(
+    "config, extra",
+    [
+        ({"shift_terminal": 0.1}, {}),  # text to video: one level for every token
+        ({"shift": 2.0}, {"image": True}),  # the image's tokens at level 0, the others stepped
+        ({"shift_terminal": 0.1}, {"image": True, "denoise_strength": 0.5, "latents": True}),  # entered mid-grid
+    ],
+    ids=["t2v", "image", "denoise"],
+)
+def test_ltx_condition_pipeline_parity(embeds, video_vae, config, extra):
+    """LTXConditionPipeline passes timesteps alone (linear-quadratic, fed as given, levels t/N shifted) and steps with
+    per-token timesteps, every token from its own level to the next grid level below (and −u as model output)."""
+    emb, _, image = embeds
+    pipe = ltx_pipeline(LTXConditionPipeline, diffusers.FlowMatchEulerDiscreteScheduler(**config), video_vae)
+    if extra.pop("image", False):
+        extra["image"] = image
+    if extra.pop("latents", False):
+        extra["latents"] = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    assert_converted_parity(pipe, **ltx_call(emb, num_inference_steps=5, **extra))
+    uni = UnifiedScheduler.from_config(pipe.scheduler.config, sampler="heun")
+    pipe.scheduler, native = uni, pipe.scheduler
+    try:
+        with pytest.raises(ValueError, match="per_token_timesteps"):  # one level for all tokens would be wrong
+            output(pipe, **ltx_call(emb, num_inference_steps=3, image=image))
+    finally:
+        pipe.scheduler = native
+
+
+LONG = dict(
+    prompt="p",
+    guidance_scale=2.0,
+    height=32,
+    width=32,
+    num_frames=33,
+    temporal_tile_size=16,
+    temporal_overlap=8,
+    output_type="latent",
+)  # two temporal windows of 4 latent frames, 2 overlapping
+
+
+@pytest.mark.parametrize(
+    "scheduler, call",
+    [
+        (diffusers.LTXEulerAncestralRFScheduler(eta=0.6), {"sigmas": [1.0, 0.7, 0.4, 0.1, 0.0]}),  # ComfyUI's
+        (diffusers.LTXEulerAncestralRFScheduler(), {"sigmas": [1.0, 0.7, 0.4, 0.1, 0.0], "cond_image": True}),
+        (
+            diffusers.LTXEulerAncestralRFScheduler.from_config(
+                diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, shift_terminal=0.1).config
+            ),
+            {"num_inference_steps": 4},
+        ),
+        (diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), {"sigmas": [1.0, 0.7, 0.4, 0.1, 0.0]}),
+    ],
+    ids=["rf-sigmas", "rf-sigmas-image", "rf-from-flowmatch", "flowmatch-sigmas"],
+)
+def test_ltx_long_multi_prompt_pipeline_parity(embeds, video_vae, scheduler, call):
+    """LTXI2VLongMultiPromptPipeline: per temporal window a fresh set_timesteps (ComfyUI-style sigmas with their
+    terminal 0, or num_inference_steps), the loop over timesteps[:-1], a generator seeded per window. The text
+    encoder is replaced by fixed embeddings (no tokenizer is built)."""
+    emb, _, image = embeds
+    pipe = ltx_pipeline(LTXI2VLongMultiPromptPipeline, scheduler, video_vae)
+    mask = torch.ones(1, emb.shape[1])
+    pipe.encode_prompt = lambda **kwargs: (emb, mask, 0.5 * emb, mask)
+    if call.pop("cond_image", False):
+        call["cond_image"] = image
+    assert_converted_parity(pipe, **LONG, **call)
+
+
+def test_ltx_pipeline_with_rf_scheduler_refused_like_diffusers(embeds):
+    """LTXPipeline hands its scheduler FlowMatch base levels (a numpy array) and μ: LTXEulerAncestralRF rejects the
+    array, and the conversion the μ that its given levels could not apply."""
     emb, _, _ = embeds
+    pipe = ltx_pipeline(LTXPipeline, diffusers.LTXEulerAncestralRFScheduler())
+    with pytest.raises(TypeError, match="sigmas"):
+        output(pipe, **ltx_call(emb, num_inference_steps=3))
+    pipe.scheduler = UnifiedScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="mu="):
+        output(pipe, **ltx_call(emb, num_inference_steps=3))
+
+
+# ---------------------------------------------------------------------------------------------- CogView4
+def cogview4_pipeline(scheduler):
     torch.manual_seed(0)
     transformer = CogView4Transformer2DModel(
         patch_size=2,
@@ -404,23 +504,75 @@ def test_cogview4_pipeline_parity(embeds):
         time_embed_dim=8,
         condition_dim=4,
     ).eval()
-    pipe = CogView4Pipeline(
-        tokenizer=None,
-        text_encoder=None,
-        vae=None,
-        transformer=transformer,
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**COGVIEW4),
-    )
+    pipe = CogView4Pipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    converted = assert_converted_parity(
-        pipe,
-        prompt_embeds=emb,
-        negative_prompt_embeds=0.5 * emb,
-        guidance_scale=2.0,
-        height=32,
-        width=32,
-        num_inference_steps=4,
-        output_type="latent",
-    )
+    return pipe
+
+
+def cogview4_call(emb, **kwargs):
+    return {
+        **dict(
+            prompt_embeds=emb,
+            negative_prompt_embeds=0.5 * emb,
+            guidance_scale=2.0,
+            height=32,
+            width=32,
+            output_type="latent",
+        ),
+        **kwargs,
+    }
+
+
+def test_cogview4_pipeline_parity(embeds):
+    """CogView4 passes unshifted integer timesteps together with sigmas that the linear time shift moves."""
+    emb, _, _ = embeds
+    pipe = cogview4_pipeline(diffusers.FlowMatchEulerDiscreteScheduler(**COGVIEW4))
+    converted = assert_converted_parity(pipe, **cogview4_call(emb, num_inference_steps=4))
     assert converted.timesteps.tolist() == [1000.0, 667.0, 334.0, 1.0]  # fed to the model unshifted
     assert float(converted.sigmas[1]) < 0.667 - 0.1  # the steps use the shifted levels (μ < 1 here)
+
+
+# ---------------------------------------------------------------------------------------------- every sampler
+SAMPLERS = unisde.list_samplers()
+FLOW_PIPELINES = ("sd3", "flux", "wan", "ltx", "cogview4")
+
+
+@pytest.fixture(scope="module")
+def flow_pipelines(sd3, flux, embeds):
+    """Each flow pipeline with its model's own scheduler, and its call (no guidance: one model call per step)."""
+    emb, pooled, _ = embeds
+    common = dict(prompt_embeds=emb, pooled_prompt_embeds=pooled, height=8, width=8, output_type="latent")
+    return {
+        "sd3": (sd3, {**common, "guidance_scale": 1.0}),
+        "flux": (flux, common),
+        "wan": (wan_pipeline(diffusers.UniPCMultistepScheduler(**WAN_UNIPC)), wan_call(emb, guidance_scale=1.0)),
+        "ltx": (
+            ltx_pipeline(LTXPipeline, diffusers.FlowMatchEulerDiscreteScheduler(**LTX)),
+            ltx_call(emb, guidance_scale=1.0),
+        ),
+        "cogview4": (
+            cogview4_pipeline(diffusers.FlowMatchEulerDiscreteScheduler(**COGVIEW4)),
+            cogview4_call(emb, guidance_scale=1.0),
+        ),
+    }
+
+
+@pytest.mark.parametrize("pipeline", FLOW_PIPELINES)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_runs_in_every_flow_pipeline(flow_pipelines, pipeline, sampler):
+    """Every registered sampler on the rectified flow, keeping the model's flow grid (SD3's shift, Flux's and LTX's
+    μ, LTX's shift_terminal, Wan's UniPC flow levels, CogView4's unshifted timesteps): finite output, one model call
+    per listed timestep."""
+    pipe, call = flow_pipelines[pipeline]
+    native = pipe.scheduler
+    pipe.scheduler = uni = UnifiedScheduler.from_config(native.config, sampler=sampler)
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        out = output(pipe, num_inference_steps=2, **call)
+    finally:
+        hook.remove()
+        pipe.scheduler = native
+    assert torch.isfinite(out).all(), (pipeline, sampler)
+    assert uni.config.sampler == sampler and uni._grid_kind() == "flow_match"
+    assert len(calls) == len(uni.timesteps) >= 2

@@ -4,11 +4,12 @@ r"""``pndm`` with diffusers' pseudo Runge–Kutta warm-up (``prk_warmup=True``; 
 diffusers' PNDM takes its first three steps as four-call RK4 steps in the DDIM transfer φ (calls at t_i, twice at
 the midpoint index t_{i+1} + (N//n)//2, and at t_{i+1}; weights 1/6, 1/3, 1/3, 1/6 on ε̂) and then PLMS from the
 history of step-start ε̂: n + 9 model calls for n ≥ 4 steps. Parity holds to 1e-5 × scale (scale = max |x| over
-the reference trajectory) wherever diffusers' index arithmetic stays on its own evaluation points: the steps
-t → t − N//n (PLMS) and t → t − (N//n)//2 (the first RK stage) land on the next call's timestep when the spacing
-is even (leading, trailing with n | N) and N//n is even. With linspace spacing or an odd N//n (n = 8: 125),
-diffusers moves the sample to one timestep and evaluates the model at another; unisde steps between its own
-evaluation points, so there only the timesteps agree (the module docstring of ``unisde.samplers.pndm``).
+the reference trajectory) wherever diffusers' PLMS step t → t − N//n lands on the next call's timestep (even
+spacing: leading, trailing with n | N). Its first RK stage steps t_i → t_i − (N//n)//2, which for an odd N//n
+(n = 8: 125) is one index above the midpoint t_{i+1} + (N//n)//2 the next call evaluates at; the twin does the
+same (``diffusers_stage_target``, set by the converter), unisde's own PRK warm-up steps to the midpoint. With
+linspace spacing (or trailing with n ∤ N) only the timesteps agree (the module docstring of
+``unisde.samplers.pndm``).
 
 The model is smooth and nonlinear in x and t, so a wrong timestep, input or coefficient shows.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, PNDMScheduler, UNet2DModel
@@ -29,6 +31,7 @@ from unisde.plugins import get_sampler
 
 SHAPE = (1, 2, 4, 4)
 REL_TOL = 1e-5
+TWIN_OPTIONS = {"prk_warmup": True, "diffusers_stage_target": True, "view": "ve"}  # from_config of the default
 
 diffusers_logging.disable_progress_bar()
 
@@ -66,7 +69,7 @@ def per_step_errors(ref, uni, n, model_ref=eps_model, model_uni=eps_model):
 def convert(**config):
     ref = PNDMScheduler(**config)
     uni = UnifiedScheduler.from_config(ref.config)
-    assert uni.config.sampler == "pndm" and uni.sampler_options == {"prk_warmup": True, "view": "ve"}
+    assert uni.config.sampler == "pndm" and uni.sampler_options == TWIN_OPTIONS
     return ref, uni
 
 
@@ -85,9 +88,15 @@ def convert(**config):
 @pytest.mark.parametrize("n", [4, 5, 7, 8, 10, 25, 50, 333])
 def test_timesteps_are_diffusers(config, n):
     """Every spacing and step count: the n + 9 timesteps (RK calls t_i, m_i, m_i, t_{i+1} for three steps, then
-    PLMS from t_3), integer, midpoints included — also where the samples then differ (linspace, odd N//n)."""
+    PLMS from t_3), integer, midpoints included. Where diffusers' t → t − N//n steps land between its own listed
+    timesteps (linspace; trailing with n ∤ N) the twin refuses the grid at set_timesteps instead."""
     ref, uni = convert(**config)
     ref.set_timesteps(n)
+    big_n = ref.config.num_train_timesteps
+    if set(np.diff(ref._timesteps).tolist()) != {big_n // n}:
+        with pytest.raises(ValueError, match="diffusers' PNDM steps from t to t − N//n"):
+            uni.set_timesteps(n)
+        return
     uni.set_timesteps(n)
     assert uni.timesteps.dtype == torch.int64
     assert torch.equal(uni.timesteps, ref.timesteps), (uni.timesteps.tolist(), ref.timesteps.tolist())
@@ -135,6 +144,32 @@ def test_per_step_parity(config, n):
     assert max(errors) <= REL_TOL, [f"{e:.2g}" for e in errors]
 
 
+@pytest.mark.parametrize("n", [8, 10])
+def test_first_rk_stage_target_odd_and_even_step_ratio(n):
+    """PNDMScheduler() at n = 8 (N//n = 125, odd) and 10 (100, even). diffusers' first RK stage moves the sample
+    from t_i to the index t_i − (N//n)//2 (875 → 813 at n = 8) while the next call evaluates at the midpoint
+    t_{i+1} + (N//n)//2 (812). The twin (``diffusers_stage_target``) steps where diffusers does: every call and the
+    final sample within REL_TOL × scale. unisde's own PRK warm-up steps to the midpoint: the same as the twin for an
+    even N//n, O(1e-3) off for an odd one (the quirk is real and the test can tell the two apart)."""
+    ref, uni = convert()
+    errors = per_step_errors(ref, uni, n)
+    assert max(errors) <= REL_TOL, [f"{e:.2g}" for e in errors]
+    big_n = ref.config.num_train_timesteps
+    smp = uni._sampler
+    s, sigma = smp.scales_and_sigmas(torch.tensor([(813 + 1) / big_n], dtype=torch.float64))
+    if n == 8:  # the first stage's target is index 813: its transfer lands on that index's σ̃
+        assert math.isclose(smp.transfer[0][0] / smp.transfer[0][1], float(s / sigma), rel_tol=1e-12)
+        assert int(uni.timesteps[1]) == 812
+    clean_options = {"prk_warmup": True, "diffusers_stage_target": False}
+    clean = UnifiedScheduler.from_config(PNDMScheduler().config, sampler="pndm", sampler_options=clean_options)
+    assert clean.sampler_options == {**clean_options, "view": "ve"}  # the twin's grid and view, without the quirk
+    clean_errors = per_step_errors(PNDMScheduler(), clean, n)
+    if (big_n // n) % 2:
+        assert max(clean_errors) > 100 * REL_TOL, [f"{e:.2g}" for e in clean_errors]
+    else:
+        assert max(clean_errors) <= REL_TOL, [f"{e:.2g}" for e in clean_errors]
+
+
 @pytest.mark.parametrize("n", [4, 10, 25])
 def test_default_config_parity_up_to_the_last_call(n):
     """PNDMScheduler() (leading, steps_offset=0, set_alpha_to_one=False) evaluates at index 0 last. Every call but
@@ -161,7 +196,7 @@ def test_other_parameterisations_run_the_same_method_on_eps(prediction_type, n):
     converts them with the step's *start* sample, O(h) apart; its 'sample' prediction is a ValueError.)"""
     ref = PNDMScheduler(steps_offset=1)
     uni = UnifiedScheduler.from_config(PNDMScheduler(steps_offset=1, prediction_type=prediction_type).config)
-    assert uni.sampler_options == {"prk_warmup": True, "view": "ve"} and uni.config.prediction_type == prediction_type
+    assert uni.sampler_options == TWIN_OPTIONS and uni.config.prediction_type == prediction_type
     abar = ref.alphas_cumprod.double()
 
     def other_model(x, t):  # a smooth v- or x0-model
@@ -185,7 +220,10 @@ def test_other_parameterisations_run_the_same_method_on_eps(prediction_type, n):
 def test_from_config_round_trip_and_skip_prk_steps():
     """skip_prk_steps=False (the default) selects the PRK warm-up, True the two-call PLMS start; both convert back."""
     # skip_prk_steps=True: its counter restarts where an img2img pipeline enters (entry="restart")
-    for skip, options in ((False, {"prk_warmup": True}), (True, {"prk_warmup": False, "entry": "restart"})):
+    for skip, options in (
+        (False, {"prk_warmup": True, "diffusers_stage_target": True}),
+        (True, {"prk_warmup": False, "entry": "restart"}),
+    ):
         options = {**options, "view": "ve"}  # the converter's config key: diffusers' PNDM steps in σ̃
         ref = PNDMScheduler(skip_prk_steps=skip)
         uni = UnifiedScheduler.from_config(ref.config)
@@ -194,7 +232,9 @@ def test_from_config_round_trip_and_skip_prk_steps():
         assert back.config.skip_prk_steps is skip
     ref = PNDMScheduler()
     plms = UnifiedScheduler.from_config(ref.config, sampler="pndm", sampler_options={"prk_warmup": False})
-    assert plms.sampler_options == {"prk_warmup": False}
+    # (naming the twin's sampler may keep the class's quirk options, inert without the PRK warm-up)
+    assert plms.sampler_options.get("prk_warmup") is False
+    assert set(plms.sampler_options) <= {"prk_warmup", "diffusers_stage_target"}
     assert UnifiedScheduler(sampler="pndm").sampler_options.get("prk_warmup", False) is False  # unisde's default: PLMS
 
 
@@ -257,7 +297,7 @@ def test_ddpm_pipeline_parity(config):
     n = 10
     ref = _PNDMInDDPMPipeline(**config)
     uni = UnifiedScheduler.from_config(PNDMScheduler(**config).config)
-    assert uni.config.sampler == "pndm" and uni.sampler_options == {"prk_warmup": True, "view": "ve"}
+    assert uni.config.sampler == "pndm" and uni.sampler_options == TWIN_OPTIONS
     img_ref, seen_ref = _pipeline_run(ref, n)
     img_uni, seen_uni = _pipeline_run(uni, n)
     assert [t for _, t, _ in seen_uni] == [t for _, t, _ in seen_ref] and len(seen_ref) == n + 9

@@ -41,12 +41,14 @@ BUILTIN_MODULES = (
     "unisde.parameterizations",
     "unisde.samplers",
     "unisde.core.schedule",
+    "unisde.core.wuerstchen",
     "unisde.grids.builtin",
     "unisde.grids.lcm",
     "unisde.grids.named",
     "unisde.grids.diffusers_float32",
     "unisde.grids.optimize",
     "unisde.diffusers.converters",
+    "unisde.diffusers.converters_more",
 )
 
 
@@ -338,8 +340,31 @@ def _lookup(kind: str, name: str) -> Entry:
 
 
 def get_sampler(name: str):
-    """The sampler class registered as ``name`` (ValueError listing the valid names otherwise)."""
-    return _lookup("sampler", name).obj
+    """The sampler class registered as ``name`` (ValueError listing the valid names otherwise). A sampler that picks
+    its evaluation times from the model's outputs (class attribute ``adaptive = True``, e.g. ``dpm_adaptive``) has no
+    time grid to run on: asking for it here is a ValueError saying how to run it (:func:`get_adaptive_sampler`)."""
+    obj = _lookup("sampler", name).obj
+    if getattr(obj, "adaptive", False):
+        raise ValueError(
+            f"sampler {name!r} chooses its evaluation times from the model's outputs (adaptive step size with error "
+            "control), so it has no fixed list of timesteps and cannot run in UnifiedScheduler's step() loop or on a "
+            f"time grid; use unisde.sample(..., sampler={name!r}) or unisde.sampling.sample_adaptive(...) (which "
+            "also returns the NFE and the accepted/rejected steps)"
+            + (f", or a fixed-grid sampler: {obj.grid_alternatives}" if getattr(obj, "grid_alternatives", "") else "")
+        )
+    return obj
+
+
+def get_adaptive_sampler(name: str):
+    """The adaptive-step sampler class registered as ``name`` (run by :func:`unisde.sampling.sample_adaptive`);
+    a ValueError for an unknown name or a sampler on a time grid."""
+    obj = _lookup("sampler", name).obj
+    if not getattr(obj, "adaptive", False):
+        raise ValueError(
+            f"sampler {name!r} runs on a fixed time grid: use unisde.sample or UnifiedScheduler; the adaptive-step "
+            f"samplers are {list_adaptive_samplers()}"
+        )
+    return obj
 
 
 def get_parameterization(name, **options):
@@ -378,8 +403,13 @@ def list_converters() -> list[str]:
 
 
 def list_samplers() -> list[str]:
-    """Names of every registered sampler, sorted."""
-    return sorted(_collect()["sampler"])
+    """Names of every registered sampler that runs on a time grid (every one :func:`get_sampler` returns), sorted."""
+    return sorted(name for name, entry in _collect()["sampler"].items() if not getattr(entry.obj, "adaptive", False))
+
+
+def list_adaptive_samplers() -> list[str]:
+    """Names of the registered adaptive-step samplers (:func:`get_adaptive_sampler`), sorted."""
+    return sorted(name for name, entry in _collect()["sampler"].items() if getattr(entry.obj, "adaptive", False))
 
 
 def list_parameterizations() -> list[str]:

@@ -46,6 +46,19 @@ def finite_probe(x: torch.Tensor):
     return torch.isfinite(probe).all()
 
 
+def probe_is_complete(x: torch.Tensor) -> bool:
+    """Whether :func:`finite_probe` of ``x`` reads every element (small or non-contiguous tensors)."""
+    return x.numel() <= 2 * FINITE_PROBE or not x.is_contiguous()
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every element of ``x`` is finite, read now (one device synchronisation off the CPU). Same test as
+    :func:`finite_probe` on every element: a finite sum means no NaN or ±inf; only a non-finite sum (a real NaN/inf,
+    or finite values whose sum overflows) has the elements tested. One read pass and a scalar, where
+    ``torch.isfinite(x).all()`` writes a boolean tensor first (8× slower on a 1×4096×64 CPU sample)."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def check_sampler_output(sampler, out, like: torch.Tensor, k: int) -> None:
     """A ValueError naming the sampler and the distribution that provides it unless what its loop yielded or
     returned after model evaluation ``k`` is a tensor of the sample's shape, dtype and device."""
@@ -191,7 +204,8 @@ def sample(
         :class:`unisde.analytic.Gaussian`'s exact denoiser); then ``parameterization`` only sets the timestep
         convention of ``timesteps``.
     schedule: a name, a dict or a :class:`NoiseSchedule`; parameterization: a registered name or instance.
-    sampler / sampler_options: any registered sampler and its options.
+    sampler / sampler_options: any registered sampler and its options; ``"dpm_adaptive"`` (adaptive step size,
+        no fixed grid) runs :func:`sample_adaptive` on the interval of the grid described here.
     num_inference_steps | timesteps | sigmas: exactly one, as for ``UnifiedScheduler.set_timesteps``
         (``sigmas`` are VE-view noise levels σ̃ = σ/s).
     time_grid / grid_options: the grid for ``num_inference_steps`` (default: the sampler's preference, else
@@ -201,8 +215,26 @@ def sample(
     callback: ``callback(k, x, x̂0)`` after each evaluation.
     """
     from unisde.grids import build_grid
-    from unisde.plugins import get_parameterization, get_sampler
+    from unisde.plugins import get_parameterization, get_sampler, list_adaptive_samplers
 
+    if isinstance(sampler, str) and sampler in list_adaptive_samplers():  # no fixed grid: its own driver
+        return sample_adaptive(
+            model,
+            noise,
+            schedule=schedule,
+            parameterization=parameterization,
+            sampler=sampler,
+            num_inference_steps=num_inference_steps,
+            timesteps=timesteps,
+            sigmas=sigmas,
+            time_grid=time_grid,
+            grid_options=grid_options,
+            sampler_options=sampler_options,
+            denoiser=denoiser,
+            generator=generator,
+            noise_sampler=noise_sampler,
+            callback=callback,
+        )[0]
     if (model is None) == (denoiser is None):
         raise ValueError("pass exactly one of model and denoiser")
     sched = schedule if isinstance(schedule, NoiseSchedule) else NoiseSchedule.from_config(schedule)
@@ -234,13 +266,106 @@ def sample(
         model_t = fed_timesteps(model_t, sched)  # the values UnifiedScheduler feeds (int64 on a table's indices)
 
         def denoise(x, k):
-            out = model(x * c_in[k] if c_in[k] != 1.0 else x, model_t[k].to(x.device))
-            out = getattr(out, "sample", out)
-            if isinstance(out, tuple):
-                out = out[0]
-            if out.shape != x.shape and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
-                out, smp.extra = torch.split(out, x.shape[1], dim=1)  # a learned variance in the extra channels
-            out = out.to(x.dtype)
-            return denoised_from_output(x, out, a[k], b[k])
+            return _denoised_from_model(model, smp, x, c_in[k], model_t[k], a[k], b[k])
 
     return run_loop(smp, x, denoise, callback=callback)
+
+
+def _denoised_from_model(model, smp, x: torch.Tensor, c_in: float, model_t: torch.Tensor, a: float, b: float):
+    """x̂0 from one call of a network-shaped ``model(model_input, model_timestep)`` at x with the parameterisation's
+    input scale ``c_in``, fed timestep ``model_t`` and output coefficients x̂0 = a x + b F (Python floats)."""
+    out = model(x * c_in if c_in != 1.0 else x, model_t.to(x.device))
+    out = getattr(out, "sample", out)
+    if isinstance(out, tuple):
+        out = out[0]
+    if out.shape != x.shape and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+        out, smp.extra = torch.split(out, x.shape[1], dim=1)  # a learned variance in the extra channels
+    out = out.to(x.dtype)
+    return denoised_from_output(x, out, a, b)
+
+
+def sample_adaptive(
+    model: Callable | None,
+    noise: torch.Tensor,
+    *,
+    schedule="vp-linear",
+    parameterization="epsilon",
+    sampler: str = "dpm_adaptive",
+    num_inference_steps: int | None = None,
+    timesteps=None,
+    sigmas=None,
+    time_grid: str | None = None,
+    grid_options: dict | None = None,
+    sampler_options: dict | None = None,
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Run an adaptive-step sampler (``unisde.plugins.list_adaptive_samplers()``: ``dpm_adaptive``,
+    :mod:`unisde.samplers.dpm_adaptive`), whose evaluation times depend on the model's outputs; returns
+    ``(sample, info)`` with info as k-diffusion's ``return_info``: ``nfe`` (model evaluations), ``steps`` (attempts),
+    ``n_accept``, ``n_reject``.
+
+    The arguments are :func:`sample`'s. The grid they describe (default grid: the sampler's, ``karras``) only sets
+    the interval: from its first time (where ``noise`` is scaled to √(s² + σ²), as in :func:`sample`) down to its
+    last positive noise level — ``sigmas=[σ̃_max, σ̃_min]`` is k-diffusion's ``sample_dpm_adaptive(model, x, sigma_min,
+    sigma_max)``. ``callback(k, x, x̂0)`` is called after each evaluation."""
+    from unisde.grids import build_grid
+    from unisde.plugins import get_adaptive_sampler, get_parameterization
+
+    sampler_cls = get_adaptive_sampler(sampler)
+    if (model is None) == (denoiser is None):
+        raise ValueError("pass exactly one of model and denoiser")
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+        got = getattr(noise, "dtype", type(noise).__name__)
+        raise ValueError(f"the noise must be a floating-point tensor, got {got}")
+    sched = schedule if isinstance(schedule, NoiseSchedule) else NoiseSchedule.from_config(schedule)
+    param = get_parameterization(parameterization)
+    smp = sampler_cls(sched, **(sampler_options or {}))
+    grid = build_grid(
+        sched,
+        param,
+        num_inference_steps=num_inference_steps,
+        timesteps=timesteps,
+        sigmas=sigmas,
+        kind=time_grid or smp.default_grid,
+        **(grid_options or {}),
+    )
+    first = smp.prepare(grid)
+    smp.generator, smp.noise_sampler = generator, noise_sampler
+    s0, sigma0 = sched.s(first), sched.sigma(first)
+    x = noise * float(torch.sqrt(s0**2 + sigma0**2))
+
+    def denoise(x, t: float):
+        times = torch.tensor([t], dtype=torch.float64)
+        if denoiser is not None:
+            return denoiser(x, times.expand(x.shape[0]))
+        a, b = (float(v) for v in param.coefficients(sched, times))
+        c_in = float(param.input_scale(sched, times))
+        model_t = fed_timesteps(param.model_time(sched, times), sched)[0]
+        return _denoised_from_model(model, smp, x, c_in, model_t, a, b)
+
+    loop = smp.loop(x)
+    x, t = next(loop)
+    k = 0
+    while True:
+        denoised = denoise(x, t)
+        if not isinstance(denoised, torch.Tensor) or denoised.shape != x.shape:
+            got = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
+            raise ValueError(f"the denoiser returned {got} at evaluation {k}; expected x̂0 of the sample's shape")
+        if not bool(torch.isfinite(denoised).all()):  # the loop reads a norm per attempt anyway: no extra sync
+            raise ValueError(
+                f"the denoised estimate (model output) at evaluation {k} (t = {t:.6g}) contains NaN or inf"
+            )
+        if callback is not None:
+            callback(k, x, denoised)
+        try:
+            x, t = loop.send((x, denoised))
+        except StopIteration as stop:
+            out = stop.value
+            break
+        k += 1
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("the final sample contains NaN or inf")
+    return out, dict(smp.info)

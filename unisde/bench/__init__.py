@@ -27,11 +27,18 @@ Heun's 2n − 1 calls, correctors and per-level Langevin steps all count).
 
 Overhead, pipeline, training
 ----------------------------
-* ``step()`` alone, UnifiedScheduler vs the diffusers scheduler of the same algorithm, on a fixed float32
-  sample and model output of shape 8×4×64×64, the two interleaved call by call (order alternating), median
-  per call.
+* ``step()`` alone: every diffusers scheduler a user can swap for its unisde twin (``UnifiedScheduler.from_config``
+  of its config; :data:`unisde.bench.speed.OVERHEAD_PAIRS`) at three sample sizes (8×1×8×8, SD latents 2×4×64×64,
+  Flux-style 1×4096×64 tokens; ``--quick``: a few pairs at the small size), on a fixed float32 sample and model
+  output. The two walk sampling loops in lockstep, call by call (order alternating); per call index the median
+  over loops, summed over the loop, is the mean cost of one call. Targets: ratio ≤ 0.8 (≤ 1.0 for FlowMatch
+  Euler); a miss is explained in numbers (the noise draws' share, the ratio with ``check_finite=False``).
+* The peak extra memory of one ``step()`` at the SD size, from torch's profiler (``profile_memory``: every CPU
+  allocation and free), in sample-sized buffers, against 3 + the method's history (what diffusers' scheduler holds
+  between calls).
 * DDPMPipeline end to end with the bundled digits UNet (a random UNet2DModel of the training command's
-  default config when no bundled one is found), repetitions interleaved, ratio of medians.
+  default config when no bundled one is found), ≥ 11 repetitions, each running both pipelines back to back (order
+  alternating); the median of the repetitions' ratios, with its min–max and IQR. Target ≤ 1.0.
 * Training: samples/s of :func:`unisde.training.make_train_step` vs a loop written as diffusers'
   ``train_unconditional.py`` writes it (randint timesteps, ``add_noise``, ε-MSE, backward, grad-norm clip at
   1, AdamW(β = (0.95, 0.999), weight decay 1e-6)), on two identical copies of one UNet, steps interleaved.

@@ -38,6 +38,7 @@ from unisde.bench.contestants import (
     unisde_contestants,
 )
 from unisde.bench.metrics import projection_directions, sliced_w2
+from unisde.bench.optimized import optimized_contestants
 from unisde.bench.targets import ExactModel, make_target
 
 if TYPE_CHECKING:
@@ -291,7 +292,9 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
                 model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
                 model._ve_times = ve_times  # … and t(σ̃) of k-diffusion's calls
             started = time.perf_counter()
-            for c, scheduler in entries:
+
+            def race(c, scheduler, budgets, extra=None, schedule=schedule, model=model):
+                """Record ``c``'s metric at each budget (a failure as an error row)."""
                 if isinstance(scheduler, Exception):
                     errors.append(
                         {
@@ -299,10 +302,11 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
                             "sampler": c.label,
                             "schedule": schedule,
                             "target": target_name,
+                            **({"nfe": budgets[0]} if len(budgets) == 1 else {}),
                             "error": f"{type(scheduler).__name__}: {scheduler}"[:300],
                         }
                     )
-                    continue
+                    return
                 for budget in budgets:
                     try:
                         if kind == "gaussian":
@@ -332,12 +336,27 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
                             "nfe": budget,
                             **rec,
                             **({"twin_of": c.twin_of} if c.twin_of else {}),
+                            **(extra or {}),
                         }
                     )
+
+            for c, scheduler in entries:
+                race(c, scheduler, budgets)
             log(
                 f"accuracy: {target_name} / {schedule}: {len(entries)} contestants in "
                 f"{time.perf_counter() - started:.1f} s"
             )
+            # Optimised grids, fitted here on calibration starts of their own (unisde.bench.optimized) and raced
+            # at their budget only.
+            started = time.perf_counter()
+            fitted = optimized_contestants(base, dist, ref_sched.noise_schedule, budgets, cfg.fit)
+            for f in fitted:
+                race(f.contestant, f.scheduler, (f.budget,), {"fit": f.fit})
+            if fitted:
+                log(
+                    f"accuracy: {target_name} / {schedule}: {len(fitted)} optimised grids fitted and raced in "
+                    f"{time.perf_counter() - started:.1f} s"
+                )
         floor = {
             "target": target_name,
             "kind": kind,

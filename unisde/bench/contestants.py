@@ -313,7 +313,13 @@ def _accepts(fn, name: str) -> bool:
 
 
 def steps_for_nfe(scheduler, budget: int) -> int | None:
-    """Largest num_inference_steps whose timestep list (one model call each) fits the NFE budget, or None."""
+    """Largest num_inference_steps whose timestep list (one model call each) fits the NFE budget, or None. A
+    scheduler on a stored ``optimized`` grid serves one step count only (its number of times)."""
+    config = getattr(scheduler, "config", None)
+    if config is not None and config.get("time_grid") == "optimized":
+        n = len((config.get("time_grid_options") or {}).get("times") or ())
+        scheduler.set_timesteps(n)
+        return n if len(scheduler.timesteps) <= budget else None
     n = budget
     while n >= 1:
         scheduler.set_timesteps(n)

@@ -13,7 +13,17 @@ import torch
 from unisde._tensor import unknown_name_error
 from unisde.bench.accuracy import _accuracy
 from unisde.bench.contestants import SCHEDULES, kdiffusion_available
-from unisde.bench.speed import _overhead, _pipeline, _training
+from unisde.bench.optimized import FULL_FIT, QUICK_FIT, FitSettings
+from unisde.bench.speed import (
+    MEMORY_SHAPE,
+    OVERHEAD_SHAPES,
+    QUICK_OVERHEAD_PAIRS,
+    _memory,
+    _overhead,
+    _pipeline,
+    _training,
+    overhead_pairs,
+)
 from unisde.bench.targets import TARGETS
 
 SECTIONS = ("accuracy", "overhead", "pipeline", "training")
@@ -35,8 +45,12 @@ class BenchConfig:
     nfe_64d: tuple | None = None  # NFE budgets on the 64-D targets (None: ``nfe``)
     grid_variants_64d: bool | None = None  # grid variants on the 64-D targets (None: ``grid_variants``)
     n_trajectory: int | None = None  # fixed batch of the trajectory metric (None: 1024 on 2-D, 256 on 64-D)
-    overhead_steps: int = 300
-    overhead_shape: tuple = (8, 4, 64, 64)
+    overhead_pairs: tuple | None = None  # labels of unisde.bench.speed.OVERHEAD_PAIRS (None: every twin)
+    overhead_shapes: tuple = OVERHEAD_SHAPES
+    overhead_inference_steps: int = 20  # num_inference_steps of each timed loop
+    overhead_loops: int = 15  # timed loops per pair and size (at least one; fewer once overhead_seconds have passed)
+    overhead_seconds: float = 2.0
+    memory_shape: tuple = MEMORY_SHAPE
     pipeline_steps: int = 50
     pipeline_batch: int = 16
     pipeline_reps: int = 11  # interleaved repeats; the median of 5 moved by ±0.03 between runs
@@ -44,6 +58,7 @@ class BenchConfig:
     training_steps: int = 30
     sections: tuple = SECTIONS
     quick: bool = False
+    fit: FitSettings | None = FULL_FIT  # optimised-grid contestants (unisde.bench.optimized); None: none
 
     @classmethod
     def full(cls, **overrides) -> "BenchConfig":
@@ -68,13 +83,17 @@ class BenchConfig:
             n_trajectory=256,
             projections=64,
             grid_variants=False,
-            overhead_steps=40,
+            overhead_pairs=QUICK_OVERHEAD_PAIRS,
+            overhead_shapes=(OVERHEAD_SHAPES[0],),
+            overhead_loops=7,
+            overhead_seconds=0.5,
             pipeline_steps=10,
             pipeline_batch=8,
-            pipeline_reps=3,
+            pipeline_reps=11,
             training_batch=32,
             training_steps=6,
             quick=True,
+            fit=QUICK_FIT,
         )
         base.update(overrides)
         return cls(**base)
@@ -95,7 +114,8 @@ class BenchConfig:
             "n_samples",
             "n_samples_2d",
             "projections",
-            "overhead_steps",
+            "overhead_inference_steps",
+            "overhead_loops",
             "pipeline_steps",
             "pipeline_batch",
             "pipeline_reps",
@@ -105,6 +125,17 @@ class BenchConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        overhead_pairs(self.overhead_pairs)  # unknown labels: a ValueError listing the valid ones
+        if not self.overhead_shapes or any(
+            not isinstance(s, (tuple, list)) or not s or any(not isinstance(n, int) or n < 1 for n in s)
+            for s in (*self.overhead_shapes, self.memory_shape)
+        ):
+            raise ValueError(
+                f"overhead_shapes and memory_shape must be shapes of positive integers, got "
+                f"{list(self.overhead_shapes)} and {self.memory_shape}"
+            )
+        if not self.overhead_seconds > 0:
+            raise ValueError(f"overhead_seconds must be > 0, got {self.overhead_seconds!r}")
         if self.n_trajectory is not None and (not isinstance(self.n_trajectory, int) or self.n_trajectory < 1):
             raise ValueError(f"n_trajectory must be a positive integer, got {self.n_trajectory!r}")
         if min(self.n_samples, self.n_samples_2d) < 2:
@@ -139,7 +170,7 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
 
     cfg.validate()
     started = time.perf_counter()
-    results: dict = {"accuracy": [], "overhead": [], "pipeline": {}, "training": {}}
+    results: dict = {"accuracy": [], "overhead": [], "memory": [], "pipeline": {}, "training": {}}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see unisde.bench's doc: one thread, so shared cores cannot distort one side
     try:
@@ -148,6 +179,7 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
             results["accuracy"], results["floors"], results["errors"] = records, floors, errors
         if "overhead" in cfg.sections:
             results["overhead"] = _overhead(cfg, log)
+            results["memory"] = _memory(cfg, log)
         if "pipeline" in cfg.sections:
             results["pipeline"] = _pipeline(cfg, log)
         if "training" in cfg.sections:
@@ -165,8 +197,12 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         "nfe_64d": list(cfg.nfe_64d or cfg.nfe),
         "projections": cfg.projections,
         "grid_variants": cfg.grid_variants,
-        "overhead_steps": cfg.overhead_steps,
-        "overhead_shape": list(cfg.overhead_shape),
+        "optimized_grids": cfg.fit.describe() if cfg.fit is not None else None,
+        "overhead_pairs": [p[0] for p in overhead_pairs(cfg.overhead_pairs)],
+        "overhead_shapes": [list(s) for s in cfg.overhead_shapes],
+        "overhead_inference_steps": cfg.overhead_inference_steps,
+        "memory_shape": list(cfg.memory_shape),
+        "pipeline_reps": cfg.pipeline_reps,
         "samplers": list_samplers(),
         "k_diffusion": kdiffusion_available(),
         "k_diffusion_version": _version("k-diffusion") if kdiffusion_available() else None,

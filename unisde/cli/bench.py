@@ -45,6 +45,11 @@ def add_arguments(parser):
     parser.add_argument(
         "--no-grid-variants", action="store_true", help="run every contestant on its default time grid only"
     )
+    parser.add_argument(
+        "--no-optimized-grids",
+        action="store_true",
+        help="race no optimised-grid contestants (their fits take part of the accuracy section's time)",
+    )
 
 
 def run(args):
@@ -69,6 +74,8 @@ def run(args):
         overrides["sections"] = _csv(args.sections)
     if args.no_grid_variants:
         overrides["grid_variants"] = False
+    if args.no_optimized_grids:
+        overrides["fit"] = None
     preset = "quick" if args.quick else (args.preset or "full")
     if args.quick and args.preset not in (None, "quick"):
         raise ValueError(f"--quick contradicts --preset {args.preset}")

@@ -113,7 +113,7 @@ def view_times(schedule: NoiseSchedule, levels: torch.Tensor, view: str) -> torc
     return schedule.t_from_sigma(levels)
 
 
-def rf_ancestral_step(tau: float, tau_next: float, eta: float) -> tuple[float, float, float]:
+def rf_ancestral_step(tau: float, tau_next: float, eta: float, floor: float = 0.0) -> tuple[float, float, float]:
     r"""The rectified-flow ancestral step from flow level τ to τ' < τ (ComfyUI's ``sample_euler_ancestral_RF`` and
     ``sample_dpm_2_ancestral_RF``; diffusers' LTXEulerAncestralRFScheduler), in the flow view
     y = x/(s + σ) = (1 − τ) x0 + τ ε of :func:`view_coefficients`. The deterministic part goes down to
@@ -128,10 +128,11 @@ def rf_ancestral_step(tau: float, tau_next: float, eta: float) -> tuple[float, f
     = (1 − τ') x0 + τ' ε'. (The VE view's ancestral step, k-diffusion's ``get_ancestral_step``, is the same
     construction with r = 1, since there the forward process adds noise without rescaling.) In model space the
     noise is (s' + σ') ς, and ς² is formed from τ' − τ_d = τ' η (1 − τ'/τ) without cancellation. Returns
-    (τ_d, r, ς) as floats; a step to τ' = 0 is (0, 1, 0)."""
+    (τ_d, r, ς) as floats; a step to τ' = 0 is (0, 1, 0). ``floor`` ∈ [0, τ'] keeps τ_d ≥ floor (DPM-Solver-Fast and
+    -adaptive never step below their τ_min, as k-diffusion clamps σ̃_down at σ̃_min there)."""
     if tau_next <= 0.0 or not eta:
         return tau_next, 1.0, 0.0
-    gap = min(tau_next * eta * (1.0 - tau_next / tau), tau_next)  # τ' − τ_d
+    gap = min(tau_next * eta * (1.0 - tau_next / tau), tau_next - floor)  # τ' − τ_d
     tau_down = tau_next - gap
     ratio = (1.0 - tau_next) / (1.0 - tau_down)
     return tau_down, ratio, math.sqrt(gap * (tau_next + ratio * tau_down) / (1.0 - tau_down))
@@ -147,6 +148,16 @@ def lincomb(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Ten
     if abs(cx + cy - 1.0) <= 1e-12:  # rounding of float64 coefficients, far below any sample dtype's resolution
         return torch.lerp(x, y, cy)
     return (x * cx).add_(y, alpha=cy)  # in place on the fresh product: one allocation, two passes
+
+
+def lincomb_(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
+    """:func:`lincomb` written into ``x``'s own buffer (a temporary the caller owns): the same kernels in the same
+    order, so the same values, without allocating."""
+    if cx == 1.0:
+        return x.add_(y, alpha=cy)
+    if abs(cx + cy - 1.0) <= 1e-12:
+        return x.lerp_(y, cy)
+    return x.mul_(cx).add_(y, alpha=cy)
 
 
 def pf_ode_derivative(x_ve: torch.Tensor, denoised: torch.Tensor, ve: float) -> torch.Tensor:
@@ -169,13 +180,15 @@ def posterior_coefficients(s_t, sigma_t, s_n, sigma_n):
     return s_n * transition / var_t, r * var_n / var_t, transition, transition * var_n / var_t
 
 
-def reverse_sde_increments(schedule: NoiseSchedule, grid: torch.Tensor, sigma: torch.Tensor):
+def reverse_sde_increments(
+    schedule: NoiseSchedule, grid: torch.Tensor, sigma: torch.Tensor, dt: torch.Tensor | None = None
+):
     """Per step of a decreasing grid, the pieces of one Euler–Maruyama step of the reverse-SDE family
     dx = [f x − (1 + η²)/2 · g² ∇log p] dt + η g dw̄ (Song et al. 2021, eqs. 6 and 13; η interpolates) with the
-    score from the denoiser, ∇log p = (s D − x)/σ²: returns (f Δ, g² Δ/σ², g √Δ) at t_i with Δ = t_i − t_{i+1},
-    so that the step is x' = (1 − fΔ − w) x + w s D + η g√Δ z with w = (1 + η²)/2 · g²Δ/σ²."""
+    score from the denoiser, ∇log p = (s D − x)/σ²: returns (f Δ, g² Δ/σ², g √Δ) at t_i with Δ = t_i − t_{i+1}
+    (or the given ``dt``), so that the step is x' = (1 − fΔ − w) x + w s D + η g√Δ z with w = (1 + η²)/2 · g²Δ/σ²."""
     t = grid[:-1]
-    dt = grid[:-1] - grid[1:]
+    dt = grid[:-1] - grid[1:] if dt is None else dt
     f, g2 = schedule.f(t), schedule.g2(t)
     return f * dt, g2 * dt / sigma[:-1] ** 2, (g2 * dt).sqrt()
 

@@ -166,6 +166,10 @@ class Converter:
         import diffusers
 
         source = getattr(diffusers, cls.name, None)
+        if source is None:  # deprecated classes (ScoreSdeVpScheduler) are exported by diffusers.schedulers only
+            import diffusers.schedulers
+
+            source = getattr(diffusers.schedulers, cls.name, None)
         if source is None:
             raise ConversionError(f"converter {cls.name!r} names no diffusers class and gives no source_defaults")
         params = list(inspect.signature(source.__init__).parameters.values())[1:]
@@ -237,8 +241,8 @@ class Converter:
                     f"(registered samplers: {_fmt(list_samplers())})"
                 )
             keys = self.sampler_keys(cfg)
-            if sampler is not None:
-                keys.pop("sampler_options", None)  # the caller's options (if any) apply, as diffusers' kwargs do
+            if sampler is not None:  # the caller's options (if any) on top of the class's, as diffusers' kwargs do
+                keys["sampler_options"] = {**(keys.get("sampler_options") or {}), **(sampler_options or {})}
             out.update(keys)
             from unisde.plugins import get_sampler
 
@@ -252,6 +256,16 @@ class Converter:
                 out.pop("time_grid", None)  # the sampler's own grid preference (EDM: Karras) over a default spacing
                 out.pop("time_grid_options", None)
             out["sampler"] = sampler
+            try:
+                twin_keys = self.sampler_keys(cfg) if self.sampler is not None else {}
+            except ConversionError:  # a combination only the twin refuses: the sampler's own defaults apply
+                twin_keys = {}
+            if twin_keys.get("sampler") == sampler:
+                # the class's own algorithm with other options: its flags (UniPC's solver_type → variant …) stay
+                # the defaults the caller's options change, instead of silently becoming the sampler's defaults
+                own = twin_keys.get("sampler_options") or {}
+                own = {k: v for k, v in own.items() if k not in self.quirk_options}  # no quirks off the twin
+                out["sampler_options"] = {**own, **(sampler_options or {})}
             logger.info(
                 "UnifiedScheduler.from_config: schedule, parameterisation and time grid taken from %s; "
                 "sampler %r replaces its algorithm%s",
@@ -318,9 +332,18 @@ class DDPMParallelConverter(DDPMConverter):
 
 
 class DDIMConverter(BetaTableConverter):
+    """DDIMScheduler → ``ddim``. diffusers' step goes from timestep t to t − N//n whatever the spacing listed next;
+    where the spacing's strides are not N//n (linspace; trailing with n not dividing N, e.g. n = 30: 1.3e-3 ×
+    scale) the twin does the same (``diffusers_prev_timestep``, a quirk option: ``sampler="ddim"`` without it
+    steps between grid points)."""
+
     name = "DDIMScheduler"
     sampler = "ddim"
     accepts = {**BetaTableConverter.accepts, **CLIPPING, **THRESHOLDING, "set_alpha_to_one": ANY}
+    quirk_options = frozenset({"diffusers_prev_timestep"})
+
+    def sampler_keys(self, cfg):
+        return {"sampler": "ddim", "sampler_options": {"diffusers_prev_timestep": True}}
 
 
 class DDIMParallelConverter(DDIMConverter):
@@ -330,14 +353,16 @@ class DDIMParallelConverter(DDIMConverter):
 class PNDMConverter(BetaTableConverter):
     name = "PNDMScheduler"
     sampler = "pndm"
-    quirk_options = frozenset({"entry"})
+    quirk_options = frozenset({"entry", "diffusers_stage_target"})
     view = "ve"
     accepts = {**BetaTableConverter.accepts, "set_alpha_to_one": ANY, "skip_prk_steps": ANY}
 
     def sampler_keys(self, cfg):
         prk = not cfg.get("skip_prk_steps", False)
-        # its counter restarts at the first call a pipeline makes (img2img), so does its warm-up
-        return {"sampler": "pndm", "sampler_options": {"prk_warmup": prk, **({} if prk else {"entry": "restart"})}}
+        # its counter restarts at the first call a pipeline makes (img2img), so does its warm-up; its first RK stage
+        # steps to t_i − (N//n)//2, not to the midpoint the next call evaluates at (they differ for odd N//n)
+        quirk = {"diffusers_stage_target": True} if prk else {"entry": "restart"}
+        return {"sampler": "pndm", "sampler_options": {"prk_warmup": prk, **quirk}}
 
     def closest_sampler(self):
         return "pndm"
@@ -858,10 +883,36 @@ class UniPCConverter(_MultistepFamily):
         return out
 
     sampler = "unipc"
-    accepts = {**_MultistepFamily.accepts, "solver_type": ("bh1", "bh2"), "disable_corrector": ANY}
+    accepts = {
+        **_MultistepFamily.accepts,
+        "solver_type": ("bh1", "bh2"),
+        "disable_corrector": ANY,
+        "predict_x0": ANY,  # reaches the sampler by name (False: UniPC's noise-prediction form)
+    }
 
     def sampler_keys(self, cfg):
         return {"sampler": "unipc", "sampler_options": {"variant": cfg.get("solver_type", "bh2")}}
+
+    def convert(self, cfg, sampler=None, sampler_options=None):
+        out = super().convert(cfg, sampler, sampler_options)
+        if out.get("sampler") != "unipc":
+            # UniPC's solver_type (bh1/bh2) names its B(h); another sampler with a solver_type option (DPM-Solver's
+            # midpoint/heun) would read it by name as its own, so it keeps its default
+            out["solver_type"] = None
+        return out
+
+    def unsupported_combination(self, cfg):
+        if cfg.get("predict_x0", True):
+            return None
+        if cfg.get("thresholding"):
+            return (
+                "predict_x0=False with thresholding=True: diffusers' UniPC thresholds x̂0 only in its data-prediction "
+                "form and ignores the flag here, while unisde would apply it; set thresholding=False (what diffusers "
+                "does) or predict_x0=True"
+            )
+        if cfg.get("prediction_type") == "flow_prediction":
+            return "predict_x0=False with prediction_type='flow_prediction': diffusers refuses it too"
+        return None
 
 
 class EDMEulerConverter(Converter):
@@ -1230,6 +1281,94 @@ class DDIMInverseConverter(BetaTableConverter):
         return "ddim_inverse"
 
 
+class RefusingByName:
+    """Mixin: ``_REFUSALS = {flag: reason}``; a value of a listed flag that ``accepts`` does not list is refused with
+    its reason (before the generic check, whose message gives none)."""
+
+    _REFUSALS: ClassVar[dict[str, str]] = {}
+
+    def check_flags(self, cfg, twin):
+        defaults = self.defaults()
+        for flag, reason in self._REFUSALS.items():
+            if flag not in cfg or flag not in defaults or _same(cfg[flag], defaults[flag]):
+                continue
+            allowed = self.accepts.get(flag, ())
+            if flag in self.accepts and (allowed is ANY or any(_same(cfg[flag], v) for v in allowed)):
+                continue
+            raise ConversionError(
+                f"{self.name} flag {flag}={cfg[flag]!r} is not supported by unisde's conversion: {reason}"
+            )
+        return super().check_flags(cfg, twin)
+
+
+class DPMSolverMultistepInverseConverter(RefusingByName, BetaTableConverter):
+    """DPMSolverMultistepInverseScheduler (DPM-Solver++ inversion, used by DiffEdit) → ``inverse`` around
+    ``dpmsolver++``: the multistep exponential integrator (Lu et al. 2022b [DPMSolver++]) run from data towards noise
+    on an increasing grid, where its formulas hold unchanged with h < 0. Its (default, only converted) linspace
+    spacing visits the indices round(linspace(0, N − 1, n + 1)) upwards, the model evaluated at the first n: from
+    index 0 (the table's σ_min, not the data itself) to N − 1. That is the ``linspace_multistep`` grid ending at index
+    0 (``final_sigmas_type="sigma_min"``) walked upwards by ``inverse``, whose inner ``dpmsolver++`` takes
+    ``solver_order``, ``solver_type``, ``algorithm_type`` (``dpmsolver++``, ``dpmsolver``), ``lower_order_final`` and
+    ``euler_at_final`` from the config (``invert_options``). Refused by name, with the reason: the leading and
+    trailing spacings, the Karras/exponential/Beta/flow σ grids, the SDE algorithm types, learned variances and a
+    ``lambda_min_clipped`` other than −∞ (see ``_REFUSALS``)."""
+
+    name = "DPMSolverMultistepInverseScheduler"
+    sampler = "inverse"
+    SOLVER_KEYS = ("solver_order", "solver_type", "algorithm_type", "lower_order_final", "euler_at_final")
+    accepts = {
+        **BETA_KEYS,
+        "prediction_type": PREDICTIONS,
+        **THRESHOLDING,
+        "timestep_spacing": ("linspace",),
+        "steps_offset": ANY,  # read by the leading spacing only
+        "flow_shift": ANY,  # read with use_flow_sigmas only
+        "solver_order": (1, 2, 3),
+        "algorithm_type": ("dpmsolver++", "dpmsolver"),
+        "solver_type": ("midpoint", "heun"),
+        "lower_order_final": ANY,
+        "euler_at_final": ANY,
+    }
+    _REFUSALS = {
+        "timestep_spacing": "its leading spacing evaluates at i·⌊N/(n + 1)⌋ (+ steps_offset) and then jumps to "
+        "index N − 1, and its trailing spacing starts above index 0 and ends with the zero-length step "
+        "N − 1 → N − 1; no unisde grid walked upwards visits either (supported: 'linspace')",
+        "use_karras_sigmas": "its Karras σ grid ends with the zero-length step σ_max → σ_max and feeds the model "
+        "rounded timesteps; no unisde grid walked upwards reproduces it",
+        "use_exponential_sigmas": "its exponential σ grid ends with the zero-length step σ_max → σ_max and feeds "
+        "the model truncated timesteps; no unisde grid walked upwards reproduces it",
+        "use_beta_sigmas": "its Beta σ grid ends with the zero-length step σ_max → σ_max; no unisde grid walked "
+        "upwards reproduces it",
+        "use_flow_sigmas": "its flow grid decreases (from τ ≈ 1 towards 0), so the 'inverse' scheduler then "
+        "samples rather than inverts, ending with a zero-length step",
+        "algorithm_type": "the SDE forms draw fresh noise, and a stochastic sampler has no inverse (run upwards "
+        "their noise weight √(1 − e^{−2h}) has h < 0: NaN in diffusers)",
+        "variance_type": "a learned variance's extra channels are not converted for inversion",
+        "lambda_min_clipped": "clipping λ moves the grid's top below index N − 1, which the linspace grid walked "
+        "upwards does not follow",
+        "prediction_type": "flow_prediction needs use_flow_sigmas, which is refused",
+    }
+
+    def schedule_keys(self, cfg):
+        return {"time_grid": "linspace_multistep", "final_sigmas_type": "sigma_min"}
+
+    def explicit_grid(self, cfg):
+        return True  # the grid walked upwards must stay the class's, whatever sampler= inverts
+
+    def sampler_keys(self, cfg):
+        if "dpmsolver++" not in list_samplers():
+            raise ConversionError(
+                f"{self.name} converts to sampler 'inverse' around 'dpmsolver++', which is not installed "
+                "(pip install plugins/unisde-dpmsolver)"
+            )
+        defaults = self.defaults()
+        options = {key: cfg.get(key, defaults[key]) for key in self.SOLVER_KEYS}
+        return {"sampler": "inverse", "sampler_options": {"invert": "dpmsolver++", "invert_options": options}}
+
+    def closest_sampler(self):
+        return "inverse"
+
+
 class FlowMatchEulerConverter(Converter):
     """FlowMatch Euler (SD3, Flux, Wan, LTX, CogView4): the rectified flow, flow prediction, the ``flow_match`` grid
     with the config's shift options, and DDIM with η = 0 — which on the rectified flow is the Euler step
@@ -1326,15 +1465,30 @@ class FlowMatchLCMConverter(FlowMatchEulerConverter):
 
 
 class LTXEulerAncestralRFConverter(FlowMatchEulerConverter):
-    """LTXEulerAncestralRFScheduler (ComfyUI's ``sample_euler_ancestral_RF``): with ``num_inference_steps`` it takes
-    FlowMatch Euler's default grid (shift 1; its config has no shift keys), and its step goes down to
+    """LTXEulerAncestralRFScheduler (ComfyUI's ``sample_euler_ancestral_RF``): its step goes down to
     σ_d = σ′(1 + (σ′/σ − 1) η), then forward-noises to σ′ with ``s_noise`` · z: ``ddim`` with ``ancestral="rf"``.
-    Its ComfyUI path, ``set_timesteps(sigmas=[…, 0])`` (levels used as given, the terminal 0 listed as a timestep),
-    is not converted: a UnifiedScheduler's flow ``sigmas`` are base levels without the end point."""
+    With ``num_inference_steps`` it takes the grid of ``FlowMatchEulerDiscreteScheduler.from_config`` of its own
+    config — FlowMatch's shift keys included when it was made from a FlowMatch config, as its docs suggest for LTX
+    pipelines — so those keys are its keys here too. Its ComfyUI path, ``set_timesteps(sigmas=[…, 0])`` (or
+    ``timesteps=``, an alias), uses the levels as given, the last as the end point, which it also lists as a
+    timestep whose step keeps the sample: ``sigmas_convention="flow_levels"``."""
 
     name = "LTXEulerAncestralRFScheduler"
     sampler = "ddim"
-    accepts = {"num_train_timesteps": ANY, "eta": ANY, "s_noise": ANY}
+    accepts = {
+        **FlowMatchEulerConverter.accepts,
+        "stochastic_sampling": ANY,  # read by FlowMatch's step only, which this class never takes
+        "num_train_timesteps": ANY,
+        "eta": ANY,
+        "s_noise": ANY,
+    }
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {**FlowMatchEulerConverter.defaults(), **super().defaults()}
+
+    def schedule_keys(self, cfg):
+        return {**super().schedule_keys(cfg), "sigmas_convention": "flow_levels"}
 
     def unsupported_combination(self, cfg):
         eta, s_noise = float(cfg.get("eta", 1.0)), float(cfg.get("s_noise", 1.0))
@@ -1426,12 +1580,6 @@ class _BetaRefusing(BetaTableConverter, Refusing):
 
 REFUSING = (
     _refusing("IPNDMScheduler", _IPNDM_REFUSAL, closest="ipndm"),
-    _refusing("DPMSolverMultistepInverseScheduler", f"DPM-Solver inversion: {_NO_TWIN_YET}", base=_BetaRefusing),
-    _refusing("UnCLIPScheduler", f"UnCLIP's DDPM variant: {_NO_TWIN_YET}", closest="ddpm"),
-    _refusing("CogVideoXDDIMScheduler", f"CogVideoX DDIM: {_NO_TWIN_YET}", base=_BetaRefusing),
-    _refusing("CogVideoXDPMScheduler", f"CogVideoX DPM: {_NO_TWIN_YET}", base=_BetaRefusing, closest="unipc"),
-    _refusing("ScoreSdeVpScheduler", f"score-SDE VP (continuous β): {_NO_TWIN_YET}", closest="pc"),
-    _refusing("DDPMWuerstchenScheduler", f"Würstchen's DDPM: {_NO_TWIN_YET}", closest="ddpm"),
     _refusing("DiscreteDDIMScheduler", f"discrete DDIM: {_NO_TWIN_YET}", base=_BetaRefusing),
     _refusing("KarrasVeScheduler", f"the stochastic Karras VE sampler: {_NO_TWIN_YET}", closest="edm"),
     _refusing(
@@ -1477,6 +1625,7 @@ BUILTIN_CONVERTERS = (
     LCMConverter,
     TCDConverter,
     DDIMInverseConverter,
+    DPMSolverMultistepInverseConverter,
     FlowMatchEulerConverter,
     FlowMatchHeunConverter,
     FlowMatchLCMConverter,

@@ -24,14 +24,22 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from unisde._tensor import DTYPE, unknown_name_error
-from unisde.core.kernels import lincomb
+from unisde.core.kernels import lincomb, t_from_flow_sigma
 from unisde.core.schedule import NoiseSchedule
-from unisde.grids import build_grid, get_grid, list_grids
+from unisde.grids import append_final, build_grid, get_grid, list_grids
 from unisde.parameterizations import schedule_coefficients
 from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, denoised_from_output, fed_timesteps
 from unisde.plugins import get_parameterization, get_sampler
-from unisde.sampling import check_sampler_output, finite_probe, non_finite_origin, probe_is_deferred
+from unisde.sampling import (
+    all_finite,
+    check_sampler_output,
+    finite_probe,
+    non_finite_origin,
+    probe_is_complete,
+    probe_is_deferred,
+)
 
+SIGMAS_CONVENTIONS = ("ve", "flow", "flow_levels")  # see UnifiedScheduler's sigmas_convention
 COMPATIBLE_SCHEDULERS = [
     "DDPMScheduler",
     "DDIMScheduler",
@@ -60,6 +68,7 @@ class _LoopState:
     continue a loop that was running when it was made."""
 
     sampler = eval_times = a = b = c_in = t_list = fused = index_times = None
+    noop_from = None  # the evaluation index of the source's zero-length last step (set_timesteps), if it has one
     step_index = begin_index = loop = loop_next = runs = None
     run_index = run_calls = 0
     copied_mid_loop = False
@@ -134,11 +143,23 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         original_inference_steps, timestep_scaling: LCM/TCD keys (the ``lcm`` grid and sampler read them by name).
         noise_sampler_seed: DPMSolverSDEScheduler's seed of the Brownian path (the ``dpmpp_sde`` sampler reads it by
             name; None: the step generator's initial seed).
+        final_sigmas_type: ``"zero"`` (the grid ends on the clean data) or ``"sigma_min"``: on a table at index 0 (the
+            multistep classes' σ_min), on a continuous schedule with σ(0) > 0 at that level (Würstchen's
+            ᾱ(0) = 1 − 10⁻⁴), as the least positive time, since an end point t = 0 means the data.
+        snr_shift_scale, scaler, s, beta_min, beta_max: CogVideoX's, Würstchen's and ScoreSdeVp's schedule keys, kept
+            from a converted config so that converting back is lossless; the conversion writes their schedule into
+            ``schedule``, and without it they are a ValueError (never silently ignored).
         sigmas_convention: what ``set_timesteps(sigmas=...)`` and ``scheduler.sigmas`` mean: ``"ve"``, the VE-view
             noise level σ̃ = σ/s of diffusers' Euler/Heun/DPM/EDM pipelines (one per grid point); ``"flow"``, the
             flow noise level τ = σ/(s + σ) ∈ [0, 1] of FlowMatch pipelines (t itself on the rectified flow; one per
             model evaluation, aligned with ``timesteps``, plus the end point; ``sigmas`` passed to
-            ``set_timesteps`` are the grid's base levels, shifted as the source scheduler shifts them).
+            ``set_timesteps`` are the grid's base levels, shifted as the source scheduler shifts them, a last 0
+            included: FlowMatch Euler then evaluates there too, a zero-length step that keeps the sample;
+            ``timesteps`` alone are fed as given and their levels τ = timestep/N shifted, as FlowMatch Euler takes
+            them); ``"flow_levels"``, as ``"flow"`` except that ``sigmas`` (or ``timesteps``, an alias) passed to
+            ``set_timesteps`` are ComfyUI's levels, used as given and unshifted, the last one the end point (0 or
+            not), where the source evaluates the model once more for a step that keeps the sample;
+            ``scheduler.sigmas`` then lists them as given (LTXEulerAncestralRFScheduler).
         view: the variables the sampler solves the probability-flow ODE in, for samplers with a ``view`` option
             (``edm``, ``ode``, ``lms``, ``dpm_2``, ``ipndm``, ``pndm`` …, which read it by name; ``sampler_options``
             override it): ``"ve"`` (x/s against σ̃, as diffusers' Euler/Heun/LMS/KDPM2/PNDM classes step, also on a
@@ -240,6 +261,11 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         sampling_eps: float = 1e-5,
         correct_steps: int = 1,
         noise_sampler_seed: int | None = None,
+        snr_shift_scale: float | None = None,
+        scaler: float | None = None,
+        s: float | None = None,
+        beta_min: float | None = None,
+        beta_max: float | None = None,
         predictor_order: int = 2,
         corrector_order: int = 2,
         tau_func: Any = None,
@@ -290,14 +316,24 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             raise unknown_name_error("add_noise_level", add_noise_level, ("timestep", "step_index"))
         if timesteps_convention not in ("model", "train_index"):
             raise unknown_name_error("timesteps_convention", timesteps_convention, ("model", "train_index"))
-        if sigmas_convention not in ("ve", "flow"):
-            raise unknown_name_error("sigmas_convention", sigmas_convention, ("ve", "flow"))
+        if sigmas_convention not in SIGMAS_CONVENTIONS:
+            raise unknown_name_error("sigmas_convention", sigmas_convention, SIGMAS_CONVENTIONS)
         if view not in (None, "auto", "ve", "flow"):
             raise unknown_name_error("view", view, ("auto", "ve", "flow"))
         if init_noise not in ("marginal", "sigma", "unit"):
             raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma", "unit"))
         if timestep_spacing not in ("leading", "trailing", "linspace"):
             raise unknown_name_error("timestep_spacing", timestep_spacing, ("leading", "trailing", "linspace"))
+        recorded = {"snr_shift_scale": snr_shift_scale, "scaler": scaler, "s": s, "beta_min": beta_min}
+        recorded["beta_max"] = beta_max
+        given = sorted(k for k, v in recorded.items() if v is not None)
+        if given and schedule is None:  # kept from a converted config; its converter wrote their schedule
+            raise ValueError(
+                f"{', '.join(given)}: schedule keys of CogVideoX's, Würstchen's or ScoreSdeVp's scheduler, which a "
+                "UnifiedScheduler reads only through the schedule their conversion writes; convert the source "
+                "config (UnifiedScheduler.from_config(source_config)) or pass schedule= (e.g. {'name': "
+                "'wuerstchen-cosine', 'scaler': 1.0, 's': 0.008})"
+            )
         if schedule is not None:
             self.noise_schedule = NoiseSchedule.from_config(schedule)
         else:
@@ -388,6 +424,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             for key in foreign_keys(given, name):
                 cfg.pop(key)  # another class's keys, which the source ignores (see foreign_keys)
             cfg.update({k: v for k, v in derived.items() if k not in kwargs})
+            if "sampler_options" in derived and "sampler_options" in kwargs:  # the source's under the caller's
+                kwargs["sampler_options"] = derived["sampler_options"]
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ diffusers contract
@@ -492,6 +530,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             final, keep_final = 1.0 / sched.num_train_timesteps, not getattr(sampler, "encodes", False)
         if cfg.final_sigmas_type == "sigma_min" and sched.is_discrete:
             final = 1.0 / sched.num_train_timesteps  # the multistep schedulers' last step ends at the table's σ_min
+        elif cfg.final_sigmas_type == "sigma_min" and float(sched.sigma(0.0)) > 0:
+            # a continuous schedule's smallest level σ(0) > 0 (Würstchen's ᾱ(0) = 1 − 10⁻⁴): an end point at t = 0
+            # means the clean data (grid_coefficients), so end at the least positive time, whose level is σ(0)
+            final = math.ulp(0.0)
         options = self._grid_options(mu, original_inference_steps=original_inference_steps, strength=strength)
         if timesteps is not None and cfg.timesteps_convention == "train_index":
             # CMStochasticIterative's set_timesteps(timesteps=[22, 0]): descending indices of the training
@@ -508,13 +550,26 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"timesteps must be in descending order, got {given}")
             options["train_indices"], num_inference_steps, timesteps = [int(v) for v in given[::-1]], len(given), None
         given_model_t = None  # FlowMatch's timesteps passed with sigmas: fed to the model as given (CogView4)
-        if cfg.sigmas_convention == "flow":
+        grid = None
+        given_levels = cfg.sigmas_convention == "flow_levels" and (sigmas is not None or timesteps is not None)
+        if given_levels:
+            # ComfyUI's levels, used as given; the last is the end point (see the sigmas_convention docs)
+            levels = self._given_flow_levels(sigmas if sigmas is not None else timesteps, num_inference_steps, mu)
+            times = t_from_flow_sigma(sched, torch.from_numpy(levels))
+            grid = append_final(times[:-1], float(times[-1]), sched)
+        elif cfg.sigmas_convention == "flow":
             if timesteps is not None and sigmas is None:
-                raise ValueError(
-                    "this scheduler follows FlowMatch conventions: pass sigmas (flow noise levels in "
-                    "[0, 1]) or num_inference_steps, not timesteps alone (timesteps are taken only "
-                    "together with sigmas, as the model's timesteps)"
-                )
+                if options.get("levels", "flowmatch") != "flowmatch":
+                    raise ValueError(
+                        "this scheduler's flow levels (UniPC / DPM-Solver multistep with use_flow_sigmas) take no "
+                        "custom timesteps: pass num_inference_steps (or sigmas, where the source class takes them)"
+                    )
+                # FlowMatch Euler (LTXConditionPipeline): the timesteps are fed as given, their levels τ = t/N (in
+                # float32, as diffusers divides) go through the shifts like base sigmas
+                ts32 = np.asarray(
+                    timesteps.detach().cpu() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.float64
+                ).astype(np.float32)
+                sigmas = ts32 / np.float32(cfg.num_train_timesteps)
             if sigmas is not None:  # the grid's base levels, shifted by the grid as the source scheduler does
                 sigmas = sigmas.tolist() if hasattr(sigmas, "tolist") else list(sigmas)
                 if num_inference_steps is not None and num_inference_steps != len(sigmas):
@@ -536,22 +591,34 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 options["base_sigmas"], num_inference_steps, sigmas = [float(v) for v in sigmas], len(sigmas), None
         if keep_final:
             options["keep_final"] = True
-        grid = build_grid(
-            sched,
-            param,
-            num_inference_steps=num_inference_steps,
-            timesteps=timesteps,
-            sigmas=sigmas,
-            kind=self._grid_kind(),
-            final_time=final,
-            **options,
-        )
+        if grid is None:
+            grid = build_grid(
+                sched,
+                param,
+                num_inference_steps=num_inference_steps,
+                timesteps=timesteps,
+                sigmas=sigmas,
+                kind=self._grid_kind(),
+                final_time=final,
+                **options,
+            )
+        # The source's zero-length last step: FlowMatch Euler given base sigmas ending in 0 (the flow grid made that
+        # 0 its end point, so the grid has one level fewer than given) and LTXEulerAncestralRF given levels both list
+        # the end point as a timestep too; the model is evaluated there and the step keeps the sample. The sampler
+        # never sees it (a zero-length step would divide by 0 in most); step() answers it.
+        noop_tail = given_levels
+        if cfg.sigmas_convention == "flow" and "base_sigmas" in options:
+            noop_tail = grid.numel() == len(options["base_sigmas"])
         eval_t = sampler.prepare(grid)
+        if noop_tail:
+            n_sampler, eval_t = len(eval_t), torch.cat([eval_t, grid[-1:]])
         a, b = param.coefficients(sched, eval_t)
         c_in = param.input_scale(sched, eval_t)
         model_t = param.model_time(sched, eval_t)
         if given_model_t is not None:  # per grid point as given; between grid points (midpoints) interpolated
-            knots = np.concatenate([given_model_t, param.model_time(sched, grid[-1:]).numpy()])
+            knots = given_model_t  # with the no-op evaluation, the last one is the end point's
+            if not noop_tail:
+                knots = np.concatenate([given_model_t, param.model_time(sched, grid[-1:]).numpy()])
             model_t = torch.from_numpy(np.interp(eval_t.numpy(), grid.numpy()[::-1], knots[::-1])).to(DTYPE)
         starts = getattr(sampler, "step_starts", None)  # "round_steps": the first evaluation of each step
         fed = fed_timesteps(model_t, sched, cfg.timestep_rounding, starts)  # the solver keeps the exact times
@@ -563,11 +630,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._a, self._b, self._c_in = [float(v) for v in a], [float(v) for v in b], [float(v) for v in c_in]
         self._state.fused = self._fused_steps(sampler)
         if cfg.add_noise_level == "step_index":
-            self._state.index_times = self._index_times(sampler, eval_t, grid)
+            self._state.index_times = self._index_times(sampler, eval_t[:n_sampler] if noop_tail else eval_t, grid)
+        self._state.noop_from = n_sampler if noop_tail else None
         self._t_list = [float(v) for v in fed]
         self.timesteps = fed.to(device)
-        if cfg.sigmas_convention == "flow":  # τ = σ/(s + σ) per evaluation, then the end point
-            points = torch.cat([eval_t, grid[-1:]])
+        if cfg.sigmas_convention != "ve":  # τ = σ/(s + σ) per evaluation, then the end point
+            # (LTXEulerAncestralRF's given levels: as given, the end point once, its no-op evaluation's level)
+            points = eval_t if noop_tail and cfg.sigmas_convention == "flow_levels" else torch.cat([eval_t, grid[-1:]])
             s_all, sig_all = sched.s(points), sched.sigma(points)  # exact: τ = 1 at t = 1 on the rectified flow
             if float(grid[-1]) == 0.0:
                 s_all[-1], sig_all[-1] = 1.0, 0.0
@@ -581,13 +650,46 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 ]
             )
             self.sigmas = ve.to(torch.float32).to(device)
-        self.num_inference_steps = int(grid.numel() - 1)
+        # FlowMatch Euler counts its zero-length step (num_inference_steps = len(sigmas given)), LTXEulerAncestralRF not
+        self.num_inference_steps = int(grid.numel() - 1) + int(noop_tail and cfg.sigmas_convention == "flow")
         self._step_index = None
         self._begin_index = None
         self._finite_flags = []
         self._runs = None
         self._loop = None
         self._loop_next = None
+
+    @staticmethod
+    def _given_flow_levels(levels, num_inference_steps, mu) -> np.ndarray:
+        """``sigmas_convention="flow_levels"``: the levels passed to ``set_timesteps`` (list, array or tensor), in
+        float32 as LTXEulerAncestralRFScheduler holds them (float64 array of float32 values), checked: 1-D, at
+        least two (one step), in [0, 1], strictly decreasing; ``num_inference_steps``, if given, one fewer."""
+        if isinstance(levels, torch.Tensor):
+            levels = levels.detach().cpu()
+        try:
+            values = np.asarray(levels, dtype=np.float64).astype(np.float32).astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"set_timesteps(sigmas=...): flow levels must be numbers, got {levels!r}") from None
+        shown = values.tolist()[:8]
+        if values.ndim != 1 or values.size < 2:
+            raise ValueError(
+                f"set_timesteps(sigmas={shown}): ComfyUI-style flow levels are a 1-D list of at least two levels, "
+                "the last one the end point (e.g. [1.0, …, 0.0])"
+            )
+        if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any() or (np.diff(values) >= 0).any():
+            raise ValueError(f"set_timesteps(sigmas={shown}): flow levels must decrease strictly within [0, 1]")
+        if num_inference_steps is not None and num_inference_steps != values.size - 1:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} but {values.size} levels were given, i.e. "
+                f"{values.size - 1} steps (the last level is the end point)"
+            )
+        if mu is not None:
+            raise ValueError(
+                f"set_timesteps(mu={mu}) with explicit levels: this scheduler (LTXEulerAncestralRFScheduler) uses "
+                "the levels as given, unshifted, so mu cannot apply (diffusers' class ignores it there); pass the "
+                "shifted levels themselves, or num_inference_steps with mu"
+            )
+        return values
 
     @staticmethod
     def _index_times(sampler, eval_t: torch.Tensor, grid: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -732,7 +834,21 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             # a deferred flag, read at the last step; on the CPU the new sample's probe below covers the output
             self._check_finite(model_output, k, st)
         sampler = st.sampler
-        if st.fused is not None and extra is None and (not eta or "eta" in sampler.user_options):
+        per_token_timesteps = kwargs.get("per_token_timesteps")
+        if per_token_timesteps is not None:  # LTXConditionPipeline: every token at its own level
+            prev, raw, denoised = self._per_token_step(model_output, sample, per_token_timesteps, st), None, None
+            st.loop = None
+        elif k == st.noop_from:
+            # the source's zero-length last step (see set_timesteps): the sample stays; x̂0 at the end point is
+            # still what the model says, for pred_original_sample
+            prev, raw = sample, None
+            denoised = (
+                denoised_from_output(sample, model_output, st.a[k], st.b[k])
+                if self.config.return_pred_original_sample
+                else None
+            )
+            st.loop = None
+        elif st.fused is not None and extra is None and (not eta or "eta" in sampler.user_options):
             # the sampler's affine step straight from the model output (see _fused_steps); a pipeline's eta > 0
             # changes a deterministic step into a stochastic one and takes the loop below
             alpha, beta = st.fused[k]
@@ -740,7 +856,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             st.loop = None
         else:
             raw = denoised_from_output(sample, model_output, st.a[k], st.b[k])
-            denoised = raw if self._clip is None and self._threshold is None else self._postprocess(raw)
+            if self._clip is None and self._threshold is None:
+                denoised = raw
+            elif self._threshold is None and not sampler.reads_raw_denoised and raw is not model_output:
+                # a fresh x̂0 that the sampler does not need unclipped: clipped in place, one buffer less
+                denoised = raw = raw.clamp_(-self._clip, self._clip)
+            else:
+                denoised = self._postprocess(raw)
             if use_clipped_model_output is not None and "use_clipped_model_output" in sampler.opts:
                 sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
             prev = self._advance(k, sample, denoised, raw, extra, generator, eta, st)
@@ -758,15 +880,40 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 st.finite_flags.append(("sample", k, ok))
         st.step_index = k + 1
         shown = getattr(sampler, "output_denoised", None)  # LCM: x̂0 after its boundary condition
-        if shown is not None:
+        if shown is not None and k != st.noop_from:
             denoised = shown
         if st.step_index == len(st.t_list):
             self._finish(prev, st)
         if not self.config.return_pred_original_sample:  # the source class's output has no x̂0 (FlowMatch Euler)
-            return UnifiedSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+            return UnifiedSchedulerOutput.of(prev) if return_dict else (prev,)
         if not return_dict:
             return prev, denoised
-        return UnifiedSchedulerOutput(prev_sample=prev, pred_original_sample=denoised)
+        return UnifiedSchedulerOutput.of(prev, denoised)
+
+    def _per_token_step(self, model_output, sample, per_token_timesteps, st) -> torch.Tensor:
+        """FlowMatch Euler's step with ``per_token_timesteps`` (LTXConditionPipeline's conditioning tokens sit at
+        lower levels than the rest): token j goes from its own level τ_j = timestep_j / N down to the largest level
+        of ``sigmas`` below it (10⁻⁶ tolerance), x_j + (τ_j − τ'_j) F_j, in float32 and left there, as diffusers
+        computes it. The sign is the source's: with per-token timesteps it steps by τ − τ' > 0, and the pipeline
+        passes F = −u. Only FlowMatch Euler's own step (deterministic ``ddim`` on a flow grid) has this form; any
+        other sampler is refused rather than stepped at one level for all tokens."""
+        if (
+            self.config.sigmas_convention == "ve"
+            or self.config.sampler != "ddim"
+            or self.config.parameterization != "flow_prediction"
+            or st.fused is None  # ddim's one-pass affine step: η = 0, no x̂0 returned or clipped
+        ):
+            raise ValueError(
+                "step(per_token_timesteps=...): per-token levels (LTXConditionPipeline) are reproduced for "
+                "FlowMatchEulerDiscreteScheduler's own step only (its conversion: sampler 'ddim', eta=0, on a "
+                f"flow grid); this scheduler runs sampler {self.config.sampler!r}"
+                + ("" if self.config.sigmas_convention != "ve" else " on a VE-view grid")
+                + ". Use the FlowMatch Euler conversion for this pipeline"
+            )
+        tau = torch.as_tensor(per_token_timesteps, device=sample.device) / self.config.num_train_timesteps
+        levels = self.sigmas.to(sample.device)[:, None, None]
+        below = ((levels < tau[None] - 1e-6) * levels).max(dim=0).values
+        return sample.to(torch.float32) + (tau - below)[..., None] * model_output
 
     def _owned_state(self, what: str = "step()") -> _LoopState:
         """The current loop state, claimed by the calling thread when nobody owns it yet (a copy); a ValueError
@@ -805,6 +952,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 st.loop, prev = None, done.value
             else:
                 st.loop_next = k + 1
+            # read during the send only: not kept alive through the next model call
+            sampler.raw_denoised = sampler.extra = None
             check_sampler_output(sampler, prev, sample, k)
         except Exception as exc:
             st.loop, st.step_index = None, None
@@ -853,7 +1002,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                     f"the sample returned by {describe_origin('sampler', st.sampler)} at step {k} (timestep "
                     f"{st.t_list[k]:.6g}) contained NaN or inf although the model output's probe was finite"
                 )
-        if not bool(torch.isfinite(prev).all()):
+        # on the CPU, step()'s probe of this very sample just read all of it when the probe is complete
+        complete = not probe_is_deferred(prev) and probe_is_complete(prev)
+        if not complete and not all_finite(prev):
             st.step_index = None
             raise ValueError(
                 f"the final sample contains NaN or inf: a model output, or the sampler's arithmetic, at or "
@@ -1070,6 +1221,19 @@ class UnifiedSchedulerOutput(BaseOutput):
         OrderedDict.__setitem__(self, "prev_sample", self.prev_sample)
         if self.pred_original_sample is not None:
             OrderedDict.__setitem__(self, "pred_original_sample", self.pred_original_sample)
+
+    @classmethod
+    def of(cls, prev_sample: torch.Tensor, pred_original_sample: torch.Tensor | None = None):
+        """The object the constructor makes (both fields as attributes, the non-None ones as keys, in order), without
+        the dataclass ``__init__`` and BaseOutput's ``__setattr__``: step() builds one per call, and this takes a
+        third of the time."""
+        out = cls.__new__(cls)
+        object.__setattr__(out, "prev_sample", prev_sample)
+        object.__setattr__(out, "pred_original_sample", pred_original_sample)
+        OrderedDict.__setitem__(out, "prev_sample", prev_sample)
+        if pred_original_sample is not None:
+            OrderedDict.__setitem__(out, "pred_original_sample", pred_original_sample)
+        return out
 
 
 @dataclass

@@ -185,6 +185,11 @@ def _respace(out, spacing):
             ramp = np.linspace(0, 1, m)
             out = (hi ** (1 / 7.0) + ramp * (lo ** (1 / 7.0) - hi ** (1 / 7.0))) ** 7.0
         elif spacing == "exponential":
+            if not lo > 0:
+                raise ValueError(
+                    f"flow grid: exponential σ spacing needs a last level above 0 (log-spaced), got {lo}; sigmas "
+                    "passed to set_timesteps with this spacing cannot end in 0 (diffusers fails on log 0 there too)"
+                )
             out = np.exp(np.linspace(math.log(hi), math.log(lo), m))
         else:  # beta(0.6, 0.6) quantiles (Lee et al. 2024), as diffusers' use_beta_sigmas
             import scipy.stats
@@ -195,12 +200,18 @@ def _respace(out, spacing):
 
 
 def _flow_match(schedule: NoiseSchedule, n: int, **options) -> torch.Tensor:
+    """The evaluation times of the flow levels. A last level of exactly 0 — base sigmas passed with their end point,
+    as ComfyUI writes them, which every shift keeps at 0 — is the grid's end point rather than an evaluation, so the
+    grid then has one time fewer than it was given levels (FlowMatch Euler lists that 0 as a timestep too: its step
+    there has length 0, which :class:`unisde.UnifiedScheduler` adds back as a no-op evaluation). UniPC's and
+    DPM-Solver's flow levels take no 0 (their log-SNR steps would divide by it)."""
     tau = flow_sigmas(n, **options)
-    if (tau <= 0).any() or (tau > 1).any():
+    if options.get("levels", "flowmatch") == "flowmatch" and len(tau) > 1 and float(tau[-1]) == 0.0:
+        tau = tau[:-1]
+    if not torch.isfinite(tau).all() or (tau <= 0).any() or (tau > 1).any():
         raise ValueError(
-            f"flow grid: noise levels must lie in (0, 1], got {tau.tolist()[:8]}; sigmas passed to "
-            "set_timesteps are the levels the model is evaluated at, without the terminal 0 (the end "
-            "point is added)"
+            f"flow grid: noise levels must lie in (0, 1] (a 0 only as the last of the sigmas passed to "
+            f"set_timesteps, the end point), got {flow_sigmas(n, **options).tolist()[:8]}"
         )
     return t_from_flow_sigma(schedule, tau)
 

@@ -322,16 +322,19 @@ def _make_target(
         if schedule is None:
             raise ValueError("a model or denoiser needs its schedule (a name, a dict or a NoiseSchedule)")
         sched = schedule if isinstance(schedule, NoiseSchedule) else NoiseSchedule.from_config(schedule)
-        param = None
+        param, max_batch = None, 512
         if isinstance(model, _Analytic):
             dist = model
-            denoise = _function_denoiser(lambda x, t: dist.denoise(x, t, sched))
+            fast = _fast_schedule(sched)
+            denoise = _function_denoiser(lambda x, t: dist.denoise(x, t, fast))
             shape = tuple(shape or dist.event_shape)
             if tuple(shape) != tuple(dist.event_shape):
                 raise ValueError(
                     f"shape {tuple(shape)} does not match the distribution's event shape {tuple(dist.event_shape)}"
                 )
             dtype = DTYPE
+            # an exact denoiser's cost is mostly fixed per call: evaluate whole rounds at once (≈ 8 MiB per row block)
+            max_batch = max(512, 2**20 // max(1, dist.dim))
         elif denoiser is not None:
             if shape is None:
                 raise ValueError("a denoiser needs the sample shape (shape=(C, H, W) or (d,))")
@@ -355,6 +358,7 @@ def _make_target(
             {},
             parameterization=param,
             label=type(model).__name__ if model is not None else "denoiser",
+            max_batch=max_batch,
         )
         if baseline_grid is not None:
             from unisde.plugins import get_grid
@@ -442,8 +446,9 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- the optimiser
 @dataclass
 class OptimizedGrid:
-    """An optimised grid and how well it does. Errors are the mean over a batch of the per-sample RMS difference
-    between the sampler's final sample and the reference solution (in data units)."""
+    """An optimised grid and how well it does. Errors summarise over a batch (``objective``: their mean, or with
+    ``"rms"`` their root mean square) the per-sample RMS difference between the sampler's final sample and the
+    reference solution (in data units)."""
 
     times: list
     sampler: str
@@ -466,10 +471,15 @@ class OptimizedGrid:
     final_time: float = 0.0
     model_evaluations: int = 0
     method: str = "dp+cd"
+    objective: str = "mean"  # how per-sample errors are summarised (optimize_grid's objective)
+    start: str = "dp"  # where the coordinate descent started: the DP path, "baseline" or a named grid
 
     @property
     def steps(self) -> int:
         return len(self.times)
+
+    def _error_name(self) -> str:
+        return "mean per-sample RMS" if self.objective == "mean" else "RMS over the batch of per-sample RMS"
 
     def scheduler_kwargs(self) -> dict:
         """The UnifiedScheduler config keys that select this grid (and its sampler)."""
@@ -511,7 +521,7 @@ class OptimizedGrid:
         ]
         lines += [
             f"  default grid {self.baseline_grid!r}: [{', '.join(f'{t:.4f}' for t in self.baseline_times)}]",
-            f"  error vs reference (mean per-sample RMS)  {head:>18}  held-out ({self.holdout})",
+            f"  error vs reference ({self._error_name()})  {head:>18}  held-out ({self.holdout})",
         ]
         lines += [
             f"    {name:<38}  {cal:>18.5g}  {hold:>{len(f'held-out ({self.holdout})')}.5g}" for name, cal, hold in rows
@@ -548,7 +558,7 @@ class OptimizedGrid:
             f"held-out starts\n"
             f"- reference: the PF-ODE solved by {self.reference['solver']} in {self.reference['steps']} steps "
             f"(halving the step changes it by {self.reference['halving_change']:.2g}, relative)\n\n"
-            "Error against the reference (mean per-sample RMS, data units):\n\n"
+            f"Error against the reference ({self._error_name()}, data units):\n\n"
             f"| grid at NFE {self.nfe} | calibration | held-out |\n|---|---:|---:|\n{table}\n{CARD_END}\n"
         )
 
@@ -568,29 +578,43 @@ def _fmt_step(v: float) -> str:
     return str(int(round(v))) if abs(v - round(v)) < 1e-9 else f"{v:.4g}"
 
 
-def _fast_schedule(schedule: NoiseSchedule) -> NoiseSchedule:
-    """A shallow copy of ``schedule`` whose ``t_from_log_snr`` (and so ``t_from_sigma``) remembers its values.
+def _remembered(fn):
+    """``fn`` (an element-wise function of a float64 tensor) remembering its value per distinct element."""
+    cache: dict = {}
 
-    Samplers invert σ̃ → t in ``prepare`` (EDM's churn level, RK stages); the optimiser prepares thousands of
-    two-point grids over the same few candidates, and a schedule without a closed-form inverse bisects each time.
-    The values are the schedule's own (the bisection is element-wise, so batching does not change them)."""
+    def evaluate(t):
+        t = torch.as_tensor(t, dtype=DTYPE)
+        values, inverse = torch.unique(t.reshape(-1), return_inverse=True)
+        keys = values.tolist()
+        missing = [k for k in keys if k not in cache]
+        if missing:
+            cache.update(zip(missing, fn(torch.tensor(missing, dtype=DTYPE)).reshape(-1).tolist()))
+        return torch.tensor([cache[k] for k in keys], dtype=DTYPE)[inverse].reshape(t.shape)
+
+    return evaluate
+
+
+def _fast_schedule(schedule: NoiseSchedule) -> NoiseSchedule:
+    """A shallow copy of ``schedule`` whose s(t), σ(t) and ``t_from_log_snr`` (and so ``t_from_sigma``) remember
+    their values.
+
+    Samplers evaluate s and σ in ``prepare`` and invert σ̃ → t (EDM's churn level, RK stages); the optimiser
+    prepares thousands of two-point grids over the same few candidates, and an exact denoiser evaluates s and σ at
+    every call, at a few hundred distinct times: on a table each is a spline lookup (a bisection for the inverse)
+    whose fixed cost per call was half of a fit. The values are the schedule's own (every one is element-wise, so
+    evaluating the distinct times alone does not change them)."""
     import copy
 
     fast = copy.copy(schedule)
     original = schedule.t_from_log_snr
-    cache: dict = {}
+    inverse = _remembered(original)
 
     def t_from_log_snr(lam):
         lam = torch.as_tensor(lam, dtype=DTYPE)
-        if not bool(torch.isfinite(lam).all()):
-            return original(lam)
-        keys = [float(v) for v in lam.reshape(-1)]
-        missing = sorted(set(k for k in keys if k not in cache))
-        if missing:
-            cache.update(zip(missing, (float(v) for v in original(torch.tensor(missing, dtype=DTYPE)))))
-        return torch.tensor([cache[k] for k in keys], dtype=DTYPE).reshape(lam.shape)
+        return inverse(lam) if bool(torch.isfinite(lam).all()) else original(lam)
 
     fast.t_from_log_snr = t_from_log_snr
+    fast._s, fast._sigma = _remembered(schedule._s), _remembered(schedule._sigma)
     return fast
 
 
@@ -698,6 +722,9 @@ def optimize_grid(
     progress: bool = False,
     max_sweeps: int = 6,
     cd_rule: str = "halves",
+    objective: str = "mean",
+    starts: tuple = (),
+    descents: int = 1,
 ) -> OptimizedGrid:
     """Find the evaluation times that minimise ``sampler``'s error at ``nfe`` model evaluations (module doc).
 
@@ -711,6 +738,17 @@ def optimize_grid(
     candidates: size of the DP's candidate lattice; refine: coordinate descent on the full error afterwards
         (at most ``max_sweeps`` sweeps per step size; ``cd_rule="halves"`` accepts a move only when it lowers the
         error of both halves of the calibration batch, ``"mean"`` when it lowers their mean).
+    objective: how a batch's per-sample errors e_b (RMS over the sample's coordinates) are summarised, in the DP
+        costs, the descent and every reported error: ``"mean"`` (mean of e_b) or ``"rms"`` (√(mean of e_b²), the
+        trajectory metric of ``unisde bench`` divided by √d, which weighs the worst starts more).
+    starts: names of registered grids (e.g. ``("uniform_lambda", "karras")``) tried, with the DP path and the
+        baseline grid, as starts of the coordinate descent (times snapped to training indices on a table). A
+        multistep sampler's DP path optimises its first-order base, and a grid made for the full method can be a
+        better start.
+    descents: the descent runs from each of the ``descents`` starts with the smallest calibration error (among the
+        DP path, and with ``starts`` the baseline and the named grids), and the best end wins (``start`` of the
+        result names where it started): the error is not convex in the times, and one descent stops in the first
+        local minimum it meets.
     reference_substeps / reference_rtol: RK4 steps per candidate interval of the reference, and the halving test's
         relative tolerance.
     t_max / t_min: the first evaluation time (default 1, the prior) and the smallest candidate (default: the
@@ -728,6 +766,7 @@ def optimize_grid(
         ("calibration", calibration, 1),
         ("holdout", holdout, 1),
         ("candidates", candidates, 4),
+        ("descents", descents, 1),
         ("reference_substeps", 1 if reference_substeps == "auto" else reference_substeps, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -739,6 +778,16 @@ def optimize_grid(
         raise ValueError(f"reference_rtol must lie in (0, 1), got {reference_rtol!r}")
     if cd_rule not in ("halves", "mean"):
         raise ValueError(f"cd_rule must be 'halves' or 'mean', got {cd_rule!r}")
+    if objective not in ("mean", "rms"):
+        raise ValueError(f"objective must be 'mean' or 'rms', got {objective!r}")
+    if isinstance(starts, str) or not all(isinstance(g, str) for g in starts):
+        raise ValueError(f"starts must be a list of grid names, got {starts!r}")
+    if GRID_NAME in starts:
+        raise ValueError(f"starts must be spacing rules, not the stored {GRID_NAME!r} grid")
+    for g in starts:
+        from unisde.plugins import get_grid
+
+        get_grid(g)  # an unknown name fails here, before any work
     sampler_cls = get_sampler(sampler)
     if sampler_options is not None and not isinstance(sampler_options, dict):
         raise ValueError(f"sampler_options must be a dict, got {type(sampler_options).__name__}")
@@ -824,7 +873,7 @@ def optimize_grid(
     hold = slice(K, K + holdout)
 
     def full_error(times_list, part, grids=None):
-        """Mean per-sample RMS error of full runs on each grid (lists of times), on batch ``part``."""
+        """Per-sample RMS errors (B,) of full runs on each grid (lists of times), on batch ``part``."""
         loops = []
         for times in times_list:
             grid = (
@@ -838,6 +887,10 @@ def optimize_grid(
         ends = _drive(loops, target, counter=counter)
         return [_rms(e, x_ref[M][part]) for e in ends]
 
+    def agg(e: torch.Tensor) -> torch.Tensor:
+        """The objective's summary of per-sample errors ``e`` (see ``objective``)."""
+        return e.mean() if objective == "mean" else e.pow(2).mean().sqrt()
+
     # 2. DP over the candidates with the sampler's own one-step errors as costs.
     cost = torch.full((M + 1, M + 1), math.inf, dtype=DTYPE)
     nodes = torch.cat([cand, torch.tensor([final], dtype=DTYPE)])
@@ -850,25 +903,35 @@ def optimize_grid(
             loops.append((smp, xi.clone(), eval_t))
         ends = _drive(loops, target, first=(xi, d_ref[i][cal], r_ref[i][cal], float(cand[i])), counter=counter)
         for j, e in zip(range(i + 1, M + 1), ends):
-            cost[i, j] = _rms(e, x_ref[j][cal]).mean()
+            cost[i, j] = agg(_rms(e, x_ref[j][cal]))
     path = _shortest_path(cost, n)
     dp_times = [float(nodes[p]) for p in path[:-1]]
 
     base_times = [float(t) for t in base_grid[:-1]]
     (base_cal,) = full_error([base_times], cal, grids=[base_grid])
     (dp_cal,) = full_error([dp_times], cal)
-    times, best = list(dp_times), dp_cal
+    tried = [("dp", list(dp_times), dp_cal)]
+    if starts:  # the DP path, the baseline and the named grids, as starts of the descent
+        named = {"baseline": base_times}
+        for name in starts:
+            named[name] = [float(t) for t in make_grid(sched, n, name, final_time=final)[:-1]]
+        named = {name: _snap(sched, ts, final, t_max) for name, ts in named.items()}
+        named = {name: ts for name, ts in named.items() if ts is not None}
+        for (name, ts), e in zip(named.items(), full_error(list(named.values()), cal)):
+            tried.append((name, ts, e))
+    tried.sort(key=lambda item: float(agg(item[2])))
     halves = (slice(0, (K + 1) // 2), slice((K + 1) // 2, K)) if K >= 2 and cd_rule == "halves" else (slice(0, K),)
 
     def better(new, old):
-        """A move must lower the mean error of the calibration batch and of each of its halves (a guard against
-        fitting a few starts)."""
-        return all(float(new[h].mean()) < float(old[h].mean()) * (1 - 1e-9) for h in halves) and float(
-            new.mean()
-        ) < float(old.mean()) * (1 - 1e-9)
+        """A move must lower the error (``objective``) of the calibration batch and of each of its halves (a guard
+        against fitting a few starts)."""
+        return all(float(agg(new[h])) < float(agg(old[h])) * (1 - 1e-9) for h in halves) and float(agg(new)) < float(
+            agg(old)
+        ) * (1 - 1e-9)
 
-    # 3. Coordinate descent on the full error of the calibration batch.
-    if refine and n > 1:
+    def descend(times, best):
+        """3. Coordinate descent on the full error of the calibration batch, from ``times`` (error ``best``)."""
+        times = list(times)
         to_u, from_u = _lattice(target, t_max, t_min)
         u = [to_u(t) for t in times]
         deltas = [4.0 / M, 2.0 / M, 1.0 / M, 0.5 / M, 0.25 / M]
@@ -894,7 +957,7 @@ def optimize_grid(
                 errs = full_error(trials, cal)
                 improving = {}
                 for (k, t_new), e in zip(moves, errs):
-                    if better(e, best) and (k not in improving or float(e.mean()) < float(improving[k][1].mean())):
+                    if better(e, best) and (k not in improving or float(agg(e)) < float(agg(improving[k][1]))):
                         improving[k] = (t_new, e)
                 if not improving:
                     break
@@ -903,20 +966,24 @@ def optimize_grid(
                     combined[k] = t_new
                 ok = all(combined[i] > combined[i + 1] for i in range(n - 1))
                 e_comb = full_error([combined], cal)[0] if ok and len(improving) > 1 else None
-                k_best = min(improving, key=lambda k: float(improving[k][1].mean()))
+                k_best = min(improving, key=lambda k: float(agg(improving[k][1])))
                 if e_comb is not None and better(e_comb, improving[k_best][1]):
                     times, best = combined, e_comb
                 else:
                     times[k_best], best = improving[k_best]
                 u = [to_u(t) for t in times]
-            else:
-                continue
         bar.close()
+        return times, best
+
+    start, times, best = tried[0]
+    if refine and n > 1:
+        finals = [(name, *descend(ts, e)) for name, ts, e in tried[:descents]]
+        start, times, best = min(finals, key=lambda item: float(agg(item[2])))
 
     (base_hold,) = full_error([base_times], hold, grids=[base_grid])
     dp_hold, opt_hold = full_error([dp_times, times], hold)
     base_cal, dp_cal, best, base_hold, dp_hold, opt_hold = (
-        float(v.mean()) for v in (base_cal, dp_cal, best, base_hold, dp_hold, opt_hold)
+        float(agg(v)) for v in (base_cal, dp_cal, best, base_hold, dp_hold, opt_hold)
     )
     if target.scheduler is not None:  # what was measured is what the pipeline will run
         check = _unified(
@@ -959,6 +1026,8 @@ def optimize_grid(
         final_time=float(final),
         model_evaluations=int(counter[0]),
         method="dp+cd" if refine else "dp",
+        objective=objective,
+        start=start,
     )
 
 
@@ -1061,6 +1130,18 @@ def _refine(schedule: NoiseSchedule, cand: torch.Tensor, substeps: int, final: f
     out.append(float(cand[-1]))
     out.append(final)
     return torch.tensor(out, dtype=DTYPE)
+
+
+def _snap(schedule: NoiseSchedule, times: list, final: float, t_max: float) -> list | None:
+    """``times`` clipped to (final, t_max] and snapped to training indices on a table (t = (i + 1)/N); None when
+    they are no longer strictly decreasing (two times on one index)."""
+    out = [min(float(t), t_max) for t in times]
+    if schedule.is_discrete:
+        N = schedule.num_train_timesteps
+        out = [(round(t * N - 1) + 1) / N for t in out]
+    if any(not a > b for a, b in zip(out, out[1:])) or not out[-1] > final:
+        return None
+    return out
 
 
 def _shortest_path(cost: torch.Tensor, n: int) -> list[int]:

@@ -160,4 +160,5 @@ def denoised_from_output(sample: torch.Tensor, model_output: torch.Tensor, a: fl
         return torch.add(sample, model_output, alpha=b)
     if abs(a) > 256.0 and sample.dtype == torch.float16:
         return torch.add(sample, model_output, alpha=b / a).mul_(a)
-    return torch.add(sample * a, model_output, alpha=b)
+    # in place on the fresh product: the same kernel as torch.add(sample * a, …) without a second buffer
+    return (sample * a).add_(model_output, alpha=b)

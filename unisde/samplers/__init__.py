@@ -6,10 +6,13 @@ from unisde.samplers.consistency import CMStochasticSampler, LCMSampler, TCDSamp
 from unisde.samplers.ddim import DDIMSampler
 from unisde.samplers.ddpm import DDPMSampler
 from unisde.samplers.deis import DEISSampler
+from unisde.samplers.dpm_adaptive import DPMAdaptiveSampler
+from unisde.samplers.dpm_fast import DPMFastSampler
 from unisde.samplers.dpm_singlestep import DPMSolverSinglestepSampler
 from unisde.samplers.dpmpp_sde import DPMPP2SAncestralSampler, DPMPPSDESampler
 from unisde.samplers.edm import EDMSampler
 from unisde.samplers.er_sde import ERSDESampler
+from unisde.samplers.gradient_estimation import GradientEstimationSampler
 from unisde.samplers.inverse import DDIMInverseSampler, InverseSampler
 from unisde.samplers.ipndm import IPNDMSampler, IPNDMVSampler
 from unisde.samplers.kdpm2 import DPM2AncestralSampler, DPM2Sampler
@@ -53,6 +56,9 @@ BUILTIN_SAMPLERS: tuple = (
     RestartSampler,
     SASolverSampler,
     CMStochasticSampler,
+    DPMFastSampler,
+    DPMAdaptiveSampler,  # adaptive: left out of list_samplers(), run by unisde.sampling.sample_adaptive
+    GradientEstimationSampler,
     *MENU_SAMPLERS,  # k-diffusion / ComfyUI names of the samplers above with options fixed (euler, heun, …)
 )
 
@@ -94,4 +100,7 @@ __all__ = [
     "RestartSampler",
     "SASolverSampler",
     "CMStochasticSampler",
+    "DPMFastSampler",
+    "DPMAdaptiveSampler",
+    "GradientEstimationSampler",
 ]

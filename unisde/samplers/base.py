@@ -133,6 +133,8 @@ class Sampler(abc.ABC):
     default_grid: the time grid used when the user does not choose one: ``"config"`` (the diffusers config's
         ``timestep_spacing``), or a registered grid name (``unisde.grids``).
     stochastic: whether the loop draws noise (so a generator matters).
+    reads_raw_denoised: whether the loop reads :attr:`raw_denoised` (x̂0 before clipping; DDIM's ε̂ does). False
+        lets a driver clip x̂0 in place, one sample-sized buffer less per step; True (the default) is always safe.
 
     Instance attribute set by ``prepare`` where it applies
     -------------------------------------------------------
@@ -148,6 +150,7 @@ class Sampler(abc.ABC):
     order: ClassVar[int] = 1
     default_grid: ClassVar[str] = "config"
     stochastic: ClassVar[bool] = False
+    reads_raw_denoised: ClassVar[bool] = True
     description: ClassVar[str] = ""
 
     def __init__(self, schedule: NoiseSchedule, **options):

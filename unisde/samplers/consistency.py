@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from unisde.core.kernels import lincomb, schedule_coefficients
+from unisde.core.kernels import lincomb, lincomb_, schedule_coefficients
 from unisde.samplers.base import Option, Sampler, positive, unit_interval
 
 
@@ -133,26 +133,28 @@ class TCDSampler(Sampler):
         self.s_next, self.sigma_next = self.floats(s[1:]), self.floats(sigma[1:])
         self.next_timestep = self.floats(self.schedule.timestep(grid[1:])) if self.schedule.is_discrete else None
         self._intermediate = {}
+        self.intermediates(self.opts["eta"])  # the option's γ now; a pipeline's other eta at its first step
         return grid[:-1]
 
-    def intermediate(self, k: int, gamma: float) -> tuple[float, float]:
-        """(s, σ) at TCD's intermediate time of step k: s = (1 − γ) t', or on a table the index ⌊(1 − γ) τ'⌋ of
-        the next timestep τ' (cached per γ; a pipeline's eta is known only while the loop runs)."""
-        key = (k, gamma)
-        if key not in self._intermediate:
-            if self.grid[k + 1] == 0.0:  # the clean-data end point: s = (1 − γ) · 0
-                t_s = 0.0
-            elif self.next_timestep is not None:  # diffusers' floor((1 − γ) τ'), computed in float32 as there
-                index = int(torch.floor((1.0 - gamma) * torch.tensor(round(self.next_timestep[k]))))
-                t_s = (index + 1) / self.schedule.num_train_timesteps
-            else:
-                t_s = (1.0 - gamma) * self.grid[k + 1]
-            if t_s == 0.0:
-                self._intermediate[key] = (1.0, 0.0)
-            else:
-                s, sigma = schedule_coefficients(self.schedule, torch.tensor([t_s], dtype=torch.float64))
-                self._intermediate[key] = (float(s[0]), float(sigma[0]))
-        return self._intermediate[key]
+    def intermediates(self, gamma: float) -> list[tuple[float, float]]:
+        """(s, σ) at TCD's intermediate time of every step k: s = (1 − γ) t', or on a table the index ⌊(1 − γ) τ'⌋
+        of the next timestep τ'. One evaluation of the schedule for all steps, cached per γ (a pipeline's eta is
+        known only while the loop runs)."""
+        table = self._intermediate.get(gamma)
+        if table is None:
+            times = []
+            for k in range(len(self.s_t)):
+                if self.grid[k + 1] == 0.0:  # the clean-data end point: s = (1 − γ) · 0
+                    times.append(0.0)
+                elif self.next_timestep is not None:  # diffusers' floor((1 − γ) τ'), computed in float32 as there
+                    index = int(torch.floor((1.0 - gamma) * torch.tensor(round(self.next_timestep[k]))))
+                    times.append((index + 1) / self.schedule.num_train_timesteps)
+                else:
+                    times.append((1.0 - gamma) * self.grid[k + 1])
+            s, sigma = schedule_coefficients(self.schedule, torch.tensor(times, dtype=torch.float64))
+            table = [(1.0, 0.0) if t == 0.0 else (a, b) for t, a, b in zip(times, self.floats(s), self.floats(sigma))]
+            self._intermediate[gamma] = table
+        return table
 
     def loop(self, x, start=0):
         n = len(self.s_t)
@@ -161,14 +163,14 @@ class TCDSampler(Sampler):
             gamma = self.eta_value()
             if not 0.0 <= gamma <= 1.0:
                 raise ValueError(f"sampler 'tcd': γ (eta) must lie in [0, 1], got {gamma!r} (from the pipeline's eta)")
-            s_s, sigma_s = self.intermediate(k, gamma)
+            s_s, sigma_s = self.intermediates(gamma)[k]
             # x_s = s_s x̂0 + σ_s ε̂ with ε̂ = (x − s_t x̂0)/σ_t: the DDIM step to the intermediate time
             direction = sigma_s / self.sigma_t[k]
             x_s = lincomb(x, direction, denoised, s_s - direction * self.s_t[k])
             if gamma > 0 and k < n - 1:
                 ratio = self.s_next[k] / s_s
                 std = math.sqrt(max(self.sigma_next[k] ** 2 - (ratio * sigma_s) ** 2, 0.0))
-                x = lincomb(x_s, ratio, self.noise_like(x), std)
+                x = lincomb_(x_s, ratio, self.noise_like(x), std)  # in x_s's buffer: a temporary of this step
             else:
                 x = x_s
         return x

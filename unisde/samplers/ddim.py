@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from unisde.core.kernels import lincomb, posterior_coefficients, rf_ancestral_step
 from unisde.samplers.base import Option, Sampler, non_negative
 
@@ -46,14 +48,25 @@ class DDIMSampler(Sampler):
         "s_noise": Option(
             1.0, (float,), "scale of the drawn noise (the deterministic part is unchanged)", non_negative
         ),
+        "diffusers_prev_timestep": Option(
+            False,
+            (bool,),
+            "diffusers' DDIMScheduler step target on a β table: from training index j to j − N//n (the table's "
+            "end below 0), not to the next grid point; the two differ where the spacing's strides are not N//n "
+            "(linspace; trailing with n not dividing N), and the next step then reads that sample as one at the "
+            "next grid point (set by the DDIMScheduler converter)",
+        ),
     }
 
     def prepare(self, grid):
         self.grid = self.floats(grid)
         s, sigma = self.grid_coefficients(grid, exact=True)  # data-prediction form: finite at s = 0
-        posterior = posterior_coefficients(s[:-1], sigma[:-1], s[1:], sigma[1:])[3]
+        s_next, sigma_next = s[1:], sigma[1:]
+        if self.opts["diffusers_prev_timestep"]:
+            s_next, sigma_next = self._diffusers_targets(grid, s_next, sigma_next)
+        posterior = posterior_coefficients(s[:-1], sigma[:-1], s_next, sigma_next)[3]
         self.s_t, self.sigma_t = self.floats(s[:-1]), self.floats(sigma[:-1])
-        self.s_n, self.var_n = self.floats(s[1:]), self.floats(sigma[1:] ** 2)
+        self.s_n, self.var_n = self.floats(s_next), self.floats(sigma_next**2)
         self.posterior = self.floats(posterior)
         self.tau = self.floats(sigma / (s + sigma))  # flow levels (rf ancestral); 0 at the clean end point
         self.flow_scale_n = self.floats(s[1:] + sigma[1:])
@@ -62,6 +75,24 @@ class DDIMSampler(Sampler):
             ratios = [math.sqrt(v) / sg for v, sg in zip(self.var_n, self.sigma_t)]
             self.affine_steps = [(r, s_n - r * s_t) for r, s_n, s_t in zip(ratios, self.s_n, self.s_t)]
         return grid[:-1]
+
+    def _diffusers_targets(self, grid, s_next, sigma_next):
+        """(s, σ) at diffusers DDIM's step targets: training index j_i − N//n of each evaluation's index j_i
+        (t = (j + 1)/N), the grid's end point where that is below 0 (``diffusers_prev_timestep``)."""
+        sched, n = self.schedule, grid.numel() - 1
+        if not (sched.is_discrete and sched.num_train_timesteps):
+            raise ValueError("sampler 'ddim': diffusers_prev_timestep=True needs a β table (training indices)")
+        big_n = sched.num_train_timesteps
+        stride = big_n // n
+        s_next, sigma_next = s_next.clone(), sigma_next.clone()
+        for i, t in enumerate(self.grid[:-1]):
+            j = round(t * big_n - 1) - stride
+            if j >= 0:
+                target = torch.tensor([(j + 1) / big_n], dtype=grid.dtype)
+                s_next[i], sigma_next[i] = (v[0] for v in self.grid_coefficients(target, exact=True))
+            else:
+                s_next[i], sigma_next[i] = s_next[-1], sigma_next[-1]
+        return s_next, sigma_next
 
     def rf_std(self, i: int, eta: float) -> float:
         """c of ComfyUI's euler_ancestral_RF step i: down to τ_d = τ'(1 + (τ'/τ − 1)η), forward noise to τ'."""

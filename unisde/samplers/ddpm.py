@@ -27,6 +27,7 @@ class DDPMSampler(Sampler):
     name = "ddpm"
     description = "DDPM ancestral sampling (posterior step); Euler–Maruyama on the reverse SDE up to O(Δt²)"
     stochastic = True
+    reads_raw_denoised = False  # the posterior mean uses the clipped x̂0 alone
     default_grid = "config"
     options = {
         "variance_type": Option("fixed_small", (str,), "posterior variance choice", choices=VARIANCE_TYPES),

@@ -32,10 +32,13 @@ covers min(3, n − 1) steps, so the last step is always PLMS and no call falls 
 
 diffusers computes where a step lands from the timestep it is fed: t − N//n (PLMS, as DDIM) and t − (N//n)//2
 (the first RK stage). That is the next call's timestep on evenly spaced grids (leading, trailing with n | N)
-with an even N//n, where the two agree to float32 rounding; with linspace spacing or an odd N//n (n = 8: 125)
-diffusers moves the sample to one timestep and evaluates the model at another, while this loop steps between
-its own evaluation points (the timesteps still agree). Its v_prediction combines the raw v outputs and
-converts them with the step's start sample; this loop combines ε̂ (the method's variable), as for PLMS.
+with an even N//n, where the two agree to float32 rounding. With an odd N//n (n = 8 on 1000 indices: 125) the
+first RK stage moves the sample from t_i to t_i − 62 (875 → 813) while the next call evaluates at the midpoint
+t_{i+1} + 62 (812): ``diffusers_stage_target=True`` (set by ``from_config`` of a PNDM config) steps there too; by
+default this loop steps between its own evaluation points. With linspace spacing (or trailing with n ∤ N) the
+PLMS step t − N//n also misses the next timestep; that is not reproduced (the timesteps still agree). Its
+v_prediction combines the raw v outputs and converts them with the step's start sample; this loop combines ε̂
+(the method's variable), as for PLMS.
 
 The loop keeps the ε̂ history locally. Entered mid-grid (img2img) at a call k > 0, it has neither the first
 sample nor earlier ε̂: it takes DDIM's step from its own evaluation point to the end of call k's step (for k = 1,
@@ -92,6 +95,13 @@ class PNDMSampler(Sampler):
             "fed the next timestep, leaves the sample one grid step behind the timesteps it is fed)",
             choices=("ddim", "restart"),
         ),
+        "diffusers_stage_target": Option(
+            False,
+            (bool,),
+            "with the PRK warm-up on a table: the first RK stage moves the sample to the index t_i − (N//n)//2, "
+            "as diffusers' PNDMScheduler does, while the next call evaluates at the midpoint index "
+            "t_{i+1} + (N//n)//2 (the two differ when N//n is odd or the spacing uneven); False: to the midpoint",
+        ),
         "view": view_option(),
     }
 
@@ -101,16 +111,21 @@ class PNDMSampler(Sampler):
         and 1 are the warm-up (both step t_0 → t_1), call j ≥ 2 steps t_{j−1} → t_j. With the PRK warm-up calls
         4i … 4i + 3 are RK step i (all from t_i), then call 4P + j' steps t_{P+j'} → t_{P+j'+1} (P RK steps)."""
         self.grid = self.floats(grid)
+        if self.opts["diffusers_stage_target"] or self.opts["entry"] == "restart":
+            self._check_diffusers_strides(grid)
         s, level = self.view_coefficients(grid)  # below s is the view's scale c (s itself in the VE view); c ℓ = σ
         s, sigma = self.floats(s), self.floats(s * level)
         n = grid.numel() - 1
         self.prk_steps = min(3, n - 1) if self.opts["prk_warmup"] else 0
-        mids = self._midpoints(grid, self.prk_steps)  # point n + 1 + i: the midpoint of PRK step i
+        # point n + 1 + i: the midpoint m_i of PRK step i; point n + 1 + P + i: the first stage's target (m_i, or
+        # diffusers' index t_i − (N//n)//2 with diffusers_stage_target)
+        mids, targets = self._midpoints(grid, self.prk_steps)
         times = torch.cat([grid, mids])
         if self.prk_steps:  # RK4 step i from t_i: calls at t_i, m_i, m_i, t_{i+1}, each stage stepping from t_i
-            s_mid, level_mid = self.view_coefficients(mids)
+            s_mid, level_mid = self.view_coefficients(torch.cat([mids, targets]))
             s, sigma = s + self.floats(s_mid), sigma + self.floats(s_mid * level_mid)
-            steps = [(i, b) for i in range(self.prk_steps) for b in (n + 1 + i, n + 1 + i, i + 1, i + 1)]
+            p = n + 1 + self.prk_steps
+            steps = [(i, b) for i in range(self.prk_steps) for b in (p + i, n + 1 + i, i + 1, i + 1)]
             evals = [e for i in range(self.prk_steps) for e in (i, n + 1 + i, n + 1 + i, i + 1)]
             steps += [(j, j + 1) for j in range(self.prk_steps, n)]  # then PLMS, call j at t_j
             evals += list(range(self.prk_steps, n))
@@ -210,23 +225,50 @@ class PNDMSampler(Sampler):
         return x
 
     def _midpoints(self, grid, count):
-        """Times of the midpoint calls of PRK steps 0 … count−1 (float64). On a table whose step ends t_{i+1} are
-        training indices j (t = (j + 1)/N): index j + (N // n) // 2, diffusers' PNDM rule, so the model gets
-        diffusers' timesteps (the middle of the step on an evenly spaced grid; linspace's steps are N/n ± 1,
-        its midpoints are still diffusers'); where that misses the step, the index (j_i + j_{i+1}) // 2. Elsewhere
-        (closed forms, fractional grids) the mid time (t_i + t_{i+1})/2."""
-        sched, n, out = self.schedule, grid.numel() - 1, []
+        """Times of the midpoint calls of PRK steps 0 … count−1 and of their first stages' targets (float64). On a
+        table whose step ends t_{i+1} are training indices j (t = (j + 1)/N): index j + (N // n) // 2, diffusers'
+        PNDM rule, so the model gets diffusers' timesteps (the middle of the step on an evenly spaced grid;
+        linspace's steps are N/n ± 1, its midpoints are still diffusers'); where that misses the step, the index
+        (j_i + j_{i+1}) // 2. Elsewhere (closed forms, fractional grids) the mid time (t_i + t_{i+1})/2. The target
+        is the midpoint, or with ``diffusers_stage_target`` on a table diffusers' j_i − (N // n) // 2 (its
+        ``_step_prk`` steps the fed timestep back by that much): one index above the midpoint call when N // n is
+        odd (n = 8 on 1000 indices: 813 against 812)."""
+        sched, n, out, targets = self.schedule, grid.numel() - 1, [], []
         big_n = sched.num_train_timesteps if sched.is_discrete and sched.num_train_timesteps else None
         for hi, lo in zip(self.grid[:count], self.grid[1 : count + 1]):
             if big_n is not None:
                 j_hi, j_lo = hi * big_n - 1, lo * big_n - 1
                 if j_lo >= 0 and abs(j_hi - round(j_hi)) < 1e-6 and abs(j_lo - round(j_lo)) < 1e-6:
                     j_hi, j_lo = round(j_hi), round(j_lo)
-                    mid = j_lo + (big_n // n) // 2
+                    half = (big_n // n) // 2
+                    mid = j_lo + half
                     out.append(((mid if mid < j_hi else (j_hi + j_lo) // 2) + 1) / big_n)
+                    target = j_hi - half
+                    use = self.opts["diffusers_stage_target"] and j_lo <= target < j_hi
+                    targets.append((target + 1) / big_n if use else out[-1])
                     continue
             out.append(0.5 * (hi + lo))
-        return torch.tensor(out, dtype=grid.dtype, device=grid.device)
+            targets.append(out[-1])
+        return tuple(torch.tensor(v, dtype=grid.dtype, device=grid.device) for v in (out, targets))
+
+    def _check_diffusers_strides(self, grid):
+        """The twin of diffusers' PNDMScheduler steps between grid points; diffusers steps from t to t − N//n
+        whatever the spacing lists next. Where the two differ (linspace; trailing with n not dividing N) the twin
+        would silently give other images: a ValueError before any work instead."""
+        sched, n = self.schedule, grid.numel() - 1
+        if not (sched.is_discrete and sched.num_train_timesteps) or n < 2:
+            return
+        big_n = sched.num_train_timesteps
+        index = [round(t * big_n - 1) for t in self.grid[:-1]]
+        strides = {a - b for a, b in zip(index, index[1:])}
+        if strides != {big_n // n}:
+            raise ValueError(
+                f"PNDMScheduler's twin cannot run this grid: diffusers' PNDM steps from t to t − N//n = t − "
+                f"{big_n // n}, but the spacing lists strides {sorted(strides)} (linspace, or trailing with "
+                f"num_inference_steps={n} not dividing {big_n}), so its samples land between its own timesteps; "
+                "use timestep_spacing='leading' (or a step count that divides N), or pass sampler='pndm' for "
+                "PLMS between the grid points"
+            )
 
     @staticmethod
     def _transfer(coefs, denoised, eps, delta=None):

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from unisde.core.kernels import lincomb, reverse_sde_increments, zero_terminal_snr
 from unisde.samplers.base import Option, Sampler, non_negative
 
@@ -53,6 +55,13 @@ class SDESampler(Sampler):
             "euler_maruyama (in t) or exponential (exact linear part, x̂0 frozen per step: stable at few steps)",
             choices=("euler_maruyama", "exponential"),
         ),
+        "fixed_dt": Option(
+            False,
+            (bool,),
+            "Euler–Maruyama with Δ = 1/n for each of the n steps whatever the grid's spacing, every step one (no "
+            "final denoising): diffusers' ScoreSdeVpScheduler, whose step_pred takes dt = −1/n between evaluation "
+            "times linspace(1, ε, n) that lie (1 − ε)/(n − 1) apart",
+        ),
     }
 
     def prepare(self, grid):
@@ -64,11 +73,15 @@ class SDESampler(Sampler):
                 "has σ = 0"
             )
         # Euler–Maruyama: f Δ, g² Δ/σ² (multiplies s D − x) and g √Δ at each t_i
-        f_dt, g2_dt_var, g_sqrt_dt = reverse_sde_increments(self.schedule, grid, sigma)
+        fixed = self.opts["fixed_dt"]
+        if fixed and self.opts["method"] != "euler_maruyama":
+            raise ValueError("sampler 'sde': fixed_dt=True applies to method='euler_maruyama' only")
+        dt = torch.full_like(grid[:-1], 1.0 / (grid.numel() - 1)) if fixed else None
+        f_dt, g2_dt_var, g_sqrt_dt = reverse_sde_increments(self.schedule, grid, sigma, dt)
         self.f_dt, self.g2_dt_var, self.g_sqrt_dt = self.floats(f_dt), self.floats(g2_dt_var), self.floats(g_sqrt_dt)
         self.s_t = self.floats(s[:-1])
         self.s_end = float(s[-1])
-        self.final_denoise = float(sigma[-1]) == 0.0
+        self.final_denoise = float(sigma[-1]) == 0.0 and not fixed
         # exponential method: log q = log(σ̃'/σ̃) (−inf into σ' = 0), s'/s, s' and σ' per step
         vp_sigma = sigma / s
         self.log_q = self.floats((vp_sigma[1:] / vp_sigma[:-1]).log())

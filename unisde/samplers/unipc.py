@@ -16,6 +16,13 @@ R_{ij} = r_j^{i} and b_i = i! φ_{i+1}(−h)-type coefficients divided by B(h) (
 steps left (diffusers' rule for UniPC); a step to σ = 0 is first order and returns x = s_end D. This is
 diffusers' UniPCMultistepScheduler (data prediction), whose configs convert to it.
 
+``predict_x0=False`` is UniPC's noise-prediction form (Zhao et al. 2023, Algorithms 5–6 [UniPC]; diffusers'
+``predict_x0=False``): every formula above with s and σ exchanged and h → −h, on ε̂ = (x − s D)/σ instead of D —
+the base x_ = (s_{k+1}/s_k) x_k − σ_{k+1} (e^h − 1) ε̂_k, B(h) = e^h − 1 (bh2) or h (bh1), the same ratios r_i and
+the weights ρ at −h, as :func:`unisde.core.kernels.exponential_integrator_coefficients` (σ, s) gives them. Its step
+to σ = 0 is the limit x = s_end D; diffusers' returns NaN there (σ_{k+1} (e^h − 1) = 0 · ∞ with
+``final_sigmas_type="zero"``), so only its ``"sigma_min"`` runs have a last step to match.
+
 The loop keeps D_k, D_{k−1}, … as a local history, so each step runs at min(table order, evaluations so far) —
 from the start of the grid, and again from wherever an img2img pipeline enters it — and every prediction the
 loop made itself is corrected at the next evaluation with the weights of the order it was made at (as
@@ -29,7 +36,7 @@ import math
 
 import numpy as np
 
-from unisde.core.kernels import exponential_integrator_coefficients, exponential_integrator_step
+from unisde.core.kernels import exponential_integrator_coefficients, exponential_integrator_step, lincomb
 from unisde.samplers.base import Option, Sampler
 
 VARIANTS = ("bh1", "bh2")
@@ -85,6 +92,12 @@ class UniPCSampler(Sampler):
             True, (bool,), "lower the order to the number of steps left (diffusers' UniPC rule)"
         ),
         "disable_corrector": Option((), (list, tuple), "step indices whose prediction is not corrected", _step_indices),
+        "predict_x0": Option(
+            True,
+            (bool,),
+            "True: data prediction (the multistep history holds D); False: UniPC's noise-prediction form on "
+            "ε̂ = (x − s D)/σ (diffusers' predict_x0, which a UniPC config fills)",
+        ),
     }
 
     def prepare(self, grid):
@@ -94,21 +107,28 @@ class UniPCSampler(Sampler):
         s, sigma = self.grid_coefficients(grid)
         n = grid.numel() - 1
         top, variant = self.opts["solver_order"], self.opts["variant"]
-        h, x_coef, d_coef = (self.floats(v) for v in exponential_integrator_coefficients(s, sigma))
+        data = self.opts["predict_x0"]
+        u = s if data else sigma  # the pair (u, w) of the exponential integrator: (s, σ), or (σ, s) on ε̂
+        h, x_coef, d_coef = (self.floats(v) for v in exponential_integrator_coefficients(u, sigma if data else s))
+        s_f, sig_f = self.floats(s), self.floats(sigma)
+        self.eps_coefs = None if data else [(1.0 / sig_f[k], -s_f[k] / sig_f[k]) for k in range(n)]
         self.x_coef, self.d_coef = x_coef, d_coef
         lam = [math.log(float(si)) - math.log(float(gi)) if float(gi) > 0 else math.inf for si, gi in zip(s, sigma)]
         self.orders, self.ratios, self.scale, self.rho_p, self.rho_c = [], [], [], [], []
         for k in range(n):
             finite = math.isfinite(h[k])  # σ_{k+1} = 0: e^{−h} = 0, x = s_end D exactly; no difference is finite
+            if not finite and not data:  # the limit on ε̂: x' = (s'/s)(x − σ ε̂) = s' D (0 · ∞ otherwise)
+                self.d_coef[k] = -s_f[k + 1] * sig_f[k] / s_f[k]
             order = min(top, n - k) if self.opts["lower_order_final"] else top
             order = min(order, k + 1) if finite else 1
             self.orders.append(order)
-            self.ratios.append([(lam[k - i] - lam[k]) / h[k] for i in range(1, order)])
+            step = lam[k + 1] - lam[k]  # h in λ' whatever the form: the ratios r_i are the same in both
+            self.ratios.append([(lam[k - i] - lam[k]) / step for i in range(1, order)])
             tables = [
                 _weights(h[k], self.ratios[k][: p - 1], p, variant, False) if finite else (0.0, 0.0, [])
                 for p in range(1, order + 1)
             ]
-            self.scale.append(-float(s[k + 1]) * tables[0][1])  # −s_{k+1} B(h)
+            self.scale.append(-float(u[k + 1]) * tables[0][1])  # −s_{k+1} B(h) (−σ_{k+1} B(−h) on ε̂)
             self.rho_p.append([rho for _, _, rho in tables])
             self.rho_c.append(
                 [_weights(h[k], self.ratios[k][: p - 1], p, variant, True)[2] for p in range(1, order + 1)]
@@ -124,6 +144,8 @@ class UniPCSampler(Sampler):
         x_last, last_order = None, 0  # the previous step of this loop: where it started, its order
         for k in range(start, len(self.orders)):
             x, denoised = yield x
+            if self.eps_coefs is not None:  # the noise-prediction form works on ε̂ = (x − s D)/σ
+                denoised = lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])
             if x_last is not None and self.correct[k]:  # UniC for step k − 1, with D_k at its prediction x_k
                 x = self._unic(k - 1, last_order, x_last, history, denoised)
             history = [denoised, *history[: self.opts["solver_order"] - 1]]

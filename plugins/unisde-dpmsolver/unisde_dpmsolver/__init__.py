@@ -145,11 +145,36 @@ class DPMSolverPlusPlus(Sampler):
             "generator's initial seed, as diffusers' CosineDPMSolverMultistep; needs torchsde)",
             choices=("gaussian", "brownian_tree"),
         ),
+        "exact_zero_snr": Option(
+            False,
+            (bool,),
+            "data-prediction forms on a zero-terminal-SNR schedule: step from s(1) = 0 itself (λ' = −∞, so the first "
+            "step is x' = s' D (+ σ' z) and the next one runs at first order, r = ∞), as diffusers' "
+            "CogVideoXDPMScheduler does; default: from the capped s(t_end) (diffusers' DPMSolverMultistep sets "
+            "ᾱ_{N−1} = 2⁻²⁴ there)",
+        ),
+        "discard_draw": Option(
+            False,
+            (bool,),
+            "SDE forms: before each step that runs above first order, draw one noise sample from the generator "
+            "and discard it (diffusers' CogVideoXDPMScheduler computes the first-order step with one draw, then "
+            "replaces it by the second-order step with a second draw)",
+        ),
     }
 
     @classmethod
     def validate_options(cls, options: dict) -> dict:
         opts = super().validate_options(options)
+        if opts.get("exact_zero_snr") and not opts["algorithm_type"].endswith("++"):
+            raise ValueError(
+                f"sampler 'dpmsolver++': exact_zero_snr=True applies to the data-prediction forms only; "
+                f"algorithm_type={opts['algorithm_type']!r} divides by s, which is 0 there"
+            )
+        if opts.get("discard_draw") and not opts["algorithm_type"].startswith("sde"):
+            raise ValueError(
+                f"sampler 'dpmsolver++': discard_draw=True applies to the SDE forms only, and "
+                f"algorithm_type={opts['algorithm_type']!r} draws no noise"
+            )
         if opts["algorithm_type"] == "sde-dpmsolver" and opts["solver_order"] == 3:
             raise ValueError(
                 "sampler 'dpmsolver++': algorithm_type='sde-dpmsolver' has no third-order form (diffusers "
@@ -180,7 +205,7 @@ class DPMSolverPlusPlus(Sampler):
         u_{k+1}(1 − e^{−H_k}) v_k + …, with H = Δ log(u/w): (s, σ) for dpmsolver++, (s, σ²/s) for sde-dpmsolver++
         (H = 2h), (σ, s) for dpmsolver and sde-dpmsolver (H = −h; the SDE doubles the v weights)."""
         self.grid = self.floats(grid)
-        s, sigma = self.grid_coefficients(grid)
+        s, sigma = self.grid_coefficients(grid, exact=bool(self.opts.get("exact_zero_snr")))
         n = grid.numel() - 1
         o = self.opts
         algorithm = o["algorithm_type"]
@@ -296,6 +321,8 @@ class DPMSolverPlusPlus(Sampler):
             x_next = exponential_integrator_step(x, self.ratio[k], value, weights[0])  # first order (DDIM)
             for previous, weight in zip(history[1:], weights[1:]):  # the multistep corrections
                 x_next.add_(previous, alpha=weight)
+            if self.opts.get("discard_draw") and len(weights) > 1 and self.noise_sampler is None:
+                self.noise_like(x)  # CogVideoXDPMScheduler's draw for the first-order step it then replaces
             if self.noise_std[k] > 0.0:
                 if brownian is not None and self.noise_sampler is None:
                     noise = brownian(x, *self.ve_steps[k], self.generator)

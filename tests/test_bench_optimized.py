@@ -1,0 +1,119 @@
+"""Optimised-grid contestants of `unisde bench` (issue 12): fitted on calibration starts of their own, raced on
+starts they never saw, stored as a valid `optimized` grid that a scheduler config carries.
+
+The accuracy section runs here with only the optimised contestants (the other contestant lists patched empty), on
+the 2-D mixture, the DDPM table and NFE 5, with a small fit: a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unisde.bench import accuracy
+from unisde.bench.optimized import FitSettings, label
+from unisde.bench.run import BenchConfig
+from unisde.bench.targets import make_target
+
+SMALL = FitSettings(samplers=(("unipc", {}),), calibration_2d=48, holdout=16, candidates=20, starts=("karras",))
+
+
+class _Spy:
+    """Records the rows every exact-denoiser call sees at t = 1 (the first evaluation of a fit's grids, of its
+    reference solve, and of the raced grid, which all start at t = 1), by phase: fitting or racing."""
+
+    def __init__(self, dist):
+        self.denoise, self.phase = dist.denoise, "race"
+        self.rows = {"fit": [], "race": []}
+
+    def __call__(self, x, t, schedule):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        first = t == 1.0
+        if bool(first.any()):
+            self.rows[self.phase].append(x.reshape(x.shape[0], -1)[first].to(torch.float64))
+        return self.denoise(x, t, schedule)
+
+
+@pytest.fixture(scope="module")
+def raced():
+    dist = make_target("mixture-2d")
+    spy = _Spy(dist)
+    fitted = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dist, "denoise", spy)
+        mp.setattr(accuracy, "make_target", lambda name: dist)
+        mp.setattr(accuracy, "unisde_contestants", lambda *args: [])
+        mp.setattr(accuracy, "diffusers_contestants", lambda *args: ([], []))
+        mp.setattr(accuracy, "kdiffusion_contestants", lambda *args: ([], []))
+        original = accuracy.optimized_contestants
+
+        def fitting(*args, **kwargs):
+            spy.phase = "fit"
+            try:
+                out = original(*args, **kwargs)
+            finally:
+                spy.phase = "race"
+            fitted.extend(out)
+            return out
+
+        mp.setattr(accuracy, "optimized_contestants", fitting)
+        cfg = BenchConfig.quick_preset(
+            targets=("mixture-2d",),
+            schedules=("ddpm",),
+            nfe=(5, 20),
+            n_trajectory=64,
+            sections=("accuracy",),
+            fit=SMALL,
+        )
+        records, _, errors = accuracy._accuracy(cfg, lambda msg: None)
+    return records, errors, fitted, spy
+
+
+def _distances(a, b):
+    return (a[:, None] - b[None]).pow(2).sum(-1).sqrt()  # exact (torch.cdist's matrix form rounds at ~1e-8)
+
+
+def test_the_optimised_contestant_is_scored_on_starts_it_was_not_fitted_on(raced):
+    records, errors, fitted, spy = raced
+    assert not errors, errors
+    assert len(fitted) == 1 and fitted[0].budget == 5  # fitted at NFE ≤ max_nfe only, not at 20
+    (rec,) = [r for r in records if r["sampler"] == label("unipc", {})]
+    assert rec["library"] == "unisde" and rec["nfe"] == 5 and rec["model_calls"] <= 5
+    assert rec["metric"] == "trajectory" and rec["distance"] > 0
+    fit = rec["fit"]
+    seeds = {accuracy._SEED_TRAJECTORY, accuracy._SEED_NOISE, accuracy._SEED_REFERENCE}
+    assert fit["seed"] == SMALL.seed and fit["seed"] not in seeds and fit["calibration"] == 48
+    # The starts themselves: what the fit's denoiser saw at t = 1 (calibration + its own held-out batch) and what
+    # the race's did (the bench's fixed batch and its two zero rows) share no row.
+    fit_rows = torch.unique(torch.cat(spy.rows["fit"]), dim=0)
+    race_rows = torch.unique(torch.cat(spy.rows["race"]), dim=0)
+    assert fit_rows.shape[0] == 48 + 16 and race_rows.shape[0] == 64 + 1
+    assert float(_distances(fit_rows, race_rows).min()) > 1e-3
+    z_race = torch.randn(64, 2, generator=torch.Generator().manual_seed(accuracy._SEED_TRAJECTORY), dtype=torch.float64)
+    assert float(_distances(z_race, race_rows).min(1).values.max()) < 1e-12  # the race scored the bench's batch
+
+
+def test_the_fitted_grid_is_a_valid_optimized_grid_that_a_scheduler_config_round_trips(raced, tmp_path):
+    from unisde import UnifiedScheduler
+    from unisde.grids import get_grid
+
+    records, _, fitted, _ = raced
+    scheduler, fit = fitted[0].scheduler, fitted[0].fit
+    times = fit["times"]
+    assert get_grid("optimized").validate({"times": times}) == {"times": times}
+    assert times[0] == 1.0 and all(1.0 >= a > b > 0 for a, b in zip(times, times[1:]))
+    assert all(abs(t * 1000 - round(t * 1000)) < 1e-9 for t in times)  # on training indices of the table
+    assert scheduler.config.time_grid == "optimized" and scheduler.config.time_grid_options == {"times": times}
+    scheduler.set_timesteps(len(times))
+    again = UnifiedScheduler.from_config(json.loads(scheduler.to_json_string()))
+    scheduler.save_pretrained(tmp_path)
+    loaded = UnifiedScheduler.from_pretrained(tmp_path)
+    for other in (again, loaded):
+        assert (other.config.sampler, other.config.time_grid) == ("unipc", "optimized")
+        other.set_timesteps(len(times))
+        assert other.timesteps.tolist() == scheduler.timesteps.tolist()
+        assert other._sampler.grid == scheduler._sampler.grid == times + [0.0]
+    with pytest.raises(ValueError, match=f"stores {len(times)} evaluation times"):
+        loaded.set_timesteps(len(times) + 1)

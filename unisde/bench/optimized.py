@@ -1,0 +1,208 @@
+r"""Optimised-grid contestants of the accuracy race (issue 12): for every target, schedule and NFE budget up to
+:attr:`FitSettings.max_nfe`, a time grid fitted by :func:`unisde.grids.optimize.optimize_grid` (GITS dynamic
+programming + coordinate descent, Chen et al. 2024 [GITS]) for each of a few strong low-NFE unisde samplers,
+raced as the registered ``optimized`` grid — a ``UnifiedScheduler`` config that ``save_pretrained`` carries.
+
+Held-out rule: a grid is fitted on *calibration* starts drawn from :attr:`FitSettings.seed`, never on the starts it
+is scored on. On mixtures the race scores it by the trajectory error on the bench's fixed batch (seed
+``_SEED_TRAJECTORY`` of :mod:`unisde.bench.accuracy`); on Gaussian targets by the exact W₂ of its output law, which
+no batch enters. The fit sees the model (the exact denoiser, as any grid optimiser sees its network) but never the
+data law itself: its objective is the error against the model's own probability-flow ODE from the calibration
+starts, the quantity a user can measure on a trained network.
+
+Objective: ``rms`` — the root mean square over the calibration batch of the per-sample error, which is the bench's
+trajectory metric (RMS over the batch of ‖x_out − x_ref‖) divided by √d. On a mixture that metric is dominated by
+the few starts near a boundary between modes, whose trajectories a coarse grid sends to the wrong mode, so the 2-D
+target's calibration batch is large (the denoiser is cheap there). The coordinate descent starts from the best of
+the DP path, the sampler's default grid and the λ-uniform and Karras grids (a multistep sampler's DP path optimises
+its first-order base only).
+
+The last evaluation time on a schedule whose sampling range reaches t = 0 (EDM: σ̃ = σ_min at t = 0, the end point
+t = 0 standing for clean data) is at least :attr:`FitSettings.t_min`, since a stored grid's times lie in (0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from unisde.bench.contestants import Contestant, _unified
+
+GRID = "optimized"
+FIT_SEED = 20_240_601
+"""Seed of the calibration starts (and of the optimiser's own held-out batch, drawn after them): never one of the
+seeds the accuracy section scores with (:data:`unisde.bench.accuracy._SEED_TRAJECTORY`, ``_SEED_NOISE``)."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How the optimised-grid contestants are fitted. ``samplers``: (name, options) pairs, each fitted at every
+    budget ≤ ``max_nfe``; an empty tuple races none."""
+
+    samplers: tuple = (("unipc", {}), ("dpmsolver++", {"solver_order": 3}), ("ipndm", {}))
+    max_nfe: int = 10
+    calibration: int = 64  # calibration starts on targets with d > 2
+    calibration_2d: int = 1024  # … on 2-D targets
+    holdout: int = 64  # the optimiser's own held-out starts (reported with the fit; the race scores elsewhere)
+    candidates: int = 60
+    objective: str = "rms"
+    starts: tuple = ("uniform_lambda", "karras")
+    reference_rtol: float = 1e-3
+    t_min: float = 1e-3  # the smallest evaluation time where the schedule's own range starts at t = 0
+    seed: int = FIT_SEED
+    note: str = ""  # said in the report (e.g. how the quick preset shrinks the fit)
+    extra: dict = field(default_factory=dict)  # further optimize_grid keywords
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+FULL_FIT = FitSettings()
+QUICK_FIT = FitSettings(
+    samplers=(("unipc", {}),),
+    calibration=16,
+    calibration_2d=64,
+    holdout=8,
+    candidates=20,
+    starts=(),
+    reference_rtol=1e-2,
+    note="quick preset: a reduced fit — one sampler (unipc), 20 candidate times, 16 calibration starts (64 on the "
+    "2-D target), at most 2 descent sweeps per step size, no extra descent starts",
+    extra={"max_sweeps": 2},
+)
+
+
+def label(sampler: str, options: dict) -> str:
+    """The race label of an optimised-grid contestant, e.g. ``dpmsolver++[solver_order=3, grid=optimized]``."""
+    bits = [f"{k}={v}" for k, v in options.items()] + [f"grid={GRID}"]
+    return f"{sampler}[{', '.join(bits)}]"
+
+
+@dataclass
+class Fitted:
+    """One fitted contestant: raced at ``budget`` only. ``scheduler`` is the built scheduler, or the exception that
+    stopped the fit or the build (reported as a failed run); ``fit`` the record's fit summary."""
+
+    contestant: Contestant
+    budget: int
+    scheduler: object
+    fit: dict
+
+
+def fit_contestant(cfg: dict, dist, schedule, sampler: str, options: dict, budget: int, settings: FitSettings):
+    """Fit ``sampler`` (with ``options``) at NFE ``budget`` on the exact model of ``dist`` under the noise schedule
+    ``schedule`` of the diffusers config ``cfg``; returns (scheduler, fit summary). The scheduler is
+    ``UnifiedScheduler.from_config(cfg, sampler=…, time_grid="optimized", time_grid_options={"times": …})``, checked
+    to evaluate exactly the fitted grid with the fitted number of model calls (ValueError otherwise)."""
+    from unisde.grids import default_time_range, make_grid
+    from unisde.grids.optimize import optimize_grid
+
+    lo, _ = default_time_range(schedule)
+    calibration = settings.calibration_2d if dist.dim <= 2 else settings.calibration
+    started = time.perf_counter()
+    result = optimize_grid(
+        dist,
+        schedule=schedule,
+        sampler=sampler,
+        sampler_options=dict(options),
+        nfe=budget,
+        calibration=calibration,
+        holdout=settings.holdout,
+        seed=settings.seed,
+        candidates=settings.candidates,
+        objective=settings.objective,
+        starts=tuple(settings.starts),
+        reference_rtol=settings.reference_rtol,
+        t_min=lo if lo > 0 else settings.t_min,
+        **settings.extra,
+    )
+    seconds = time.perf_counter() - started
+    scheduler = _unified(cfg, **result.scheduler_kwargs())
+    scheduler.set_timesteps(result.steps)
+    fitted = make_grid(schedule, result.steps, GRID, final_time=result.final_time, times=result.times)
+    if len(scheduler.timesteps) != result.nfe or scheduler._sampler.grid != [float(v) for v in fitted]:
+        raise ValueError(
+            f"the scheduler evaluates {scheduler._sampler.grid} with {len(scheduler.timesteps)} calls, not the "
+            f"fitted grid {[float(v) for v in fitted]} with {result.nfe}"
+        )
+    rd = math.sqrt(dist.dim)  # the optimiser's errors are per coordinate; the race's are whole vectors
+    summary = {
+        "times": [float(t) for t in result.times],
+        "seed": settings.seed,
+        "calibration": calibration,
+        "objective": settings.objective,
+        "start": result.start,
+        "calibration_error": result.calibration_error * rd,
+        "holdout_error": result.holdout_error * rd,
+        "default_holdout_error": result.baseline_holdout_error * rd,
+        "reference_halving_change": result.reference["halving_change"],
+        "seconds": seconds,
+    }
+    return scheduler, summary
+
+
+def optimized_contestants(cfg: dict, dist, schedule, budgets, settings: FitSettings | None) -> list[Fitted]:
+    """The fitted contestants of one target and schedule: every sampler of ``settings`` at every budget ≤
+    ``settings.max_nfe`` (none when ``settings`` is None). A fit that fails is returned with its exception."""
+    if settings is None:
+        return []
+    out = []
+    for budget in budgets:
+        if budget > settings.max_nfe:
+            continue
+        for sampler, options in settings.samplers:
+            name = label(sampler, options)
+            try:
+                scheduler, fit = fit_contestant(cfg, dist, schedule, sampler, options, budget, settings)
+            except Exception as exc:  # a sampler the optimiser cannot fit here is reported, not fatal
+                scheduler, fit = exc, {}
+
+            def make(scheduler=scheduler):
+                return scheduler
+
+            out.append(Fitted(Contestant("unisde", name, make), budget, scheduler, fit))
+    return out
+
+
+def markdown_lines(results: dict) -> list[str]:
+    """The report's section on the optimised-grid contestants: how they were fitted, and per (schedule, target,
+    NFE) the best of them with its grid (nothing when none was raced)."""
+    setup = (results.get("setup") or {}).get("optimized_grids")
+    records = [r for r in results.get("accuracy") or [] if "fit" in r]
+    if not setup or not records:
+        return []
+    samplers = ", ".join(label(name, dict(options)) for name, options in setup["samplers"])
+    lines = [
+        "### Optimised time grids",
+        "",
+        f"Contestants {samplers} at every NFE ≤ {setup['max_nfe']}: for each target, schedule and NFE the grid is "
+        "fitted by `unisde.grids.optimize.optimize_grid` (GITS dynamic programming over "
+        f"{setup['candidates']} candidate times, then coordinate descent on the sampler's full error, started from "
+        "the best of the DP path, the default grid"
+        + (f" and the {', '.join(setup['starts'])} grids" if setup["starts"] else "")
+        + f") on {setup['calibration']} calibration starts ({setup['calibration_2d']} on the 2-D target) of seed "
+        f"{setup['seed']}, against the PF-ODE solved by RK4 to a relative {setup['reference_rtol']:g} (halving test), "
+        f"objective `{setup['objective']}` (RMS over the starts of the per-sample error: the trajectory metric / √d). "
+        "The race then scores the grid on starts it never saw: the fixed trajectory batch on mixtures, the exact "
+        "output law on the Gaussian. The grid is the registered `optimized` grid of a `UnifiedScheduler` config. "
+        f"Fitting took {sum(r['fit']['seconds'] for r in records):.0f} s in all."
+        + (f" Note — {setup['note']}." if setup.get("note") else ""),
+        "",
+        "| schedule | target | NFE | best optimised contestant | error | calibration error | descent start | "
+        "grid times t | fit (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    best: dict = {}
+    for r in records:
+        key = (r["schedule"], r["target"], r["nfe"])
+        if math.isfinite(r["distance"]) and (key not in best or r["distance"] < best[key]["distance"]):
+            best[key] = r
+    for (schedule, target, nfe), r in sorted(best.items()):
+        fit = r["fit"]
+        times = ", ".join(f"{t:.4g}" for t in fit["times"])
+        lines.append(
+            f"| {schedule} | {target} | {nfe} | {r['sampler']} | {r['distance']:.3e} | "
+            f"{fit['calibration_error']:.3e} | {fit['start']} | {times} | {fit['seconds']:.1f} |"
+        )
+    return lines + [""]
