@@ -304,7 +304,7 @@ def test_cogvideox_ddim_alpha_to_one_eta_and_clipping():
     model's x̂0 leaves [−1, 1]) and ignores a pipeline's eta, as the twin does (eta pinned to 0)."""
     ref = diffusers.CogVideoXDDIMScheduler(set_alpha_to_one=False)
     uni = convert(ref, "ddim")
-    assert uni.config.clip_sample is False and uni.sampler_options == {"eta": 0.0}
+    assert uni.config.clip_sample is False and uni.sampler_options == {"eta": 0.0, "diffusers_prev_timestep": True}
     ref.set_timesteps(8)
     x0 = ref.step(model(start(), ref.timesteps[0]), ref.timesteps[0], start()).pred_original_sample
     assert float(x0.abs().max()) > 1.5

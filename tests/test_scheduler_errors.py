@@ -163,8 +163,8 @@ def full_loop(sched):
         (dict(prediction_type="v_predicton"), r"Did you mean 'v_prediction'\?"),
         (
             dict(sampler="ddim", sampler_options={"etaa": 1.0}),
-            r"unknown option\(s\) \['etaa'\] for sampler 'ddim'; valid options: ancestral, eta, s_noise, "
-            r"use_clipped_model_output\. Did you mean 'eta'\?",
+            r"unknown option\(s\) \['etaa'\] for sampler 'ddim'; valid options: ancestral, "
+            r"diffusers_prev_timestep, eta, s_noise, use_clipped_model_output\. Did you mean 'eta'\?",
         ),
         (dict(sampler="edm", sampler_options={"s_chrun": 1.0}), r"valid options: .*s_churn.*Did you mean 's_churn'\?"),
         (dict(sampler="ddim", sampler_options={"eta": "one"}), r"option eta must be float, got 'one' \(str\)"),
