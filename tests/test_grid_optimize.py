@@ -280,3 +280,34 @@ def test_cli_optimises_the_bundled_checkpoint(tmp_path, capsys):
     pipe = DiffusionPipeline.from_pretrained(str(folder))
     assert pipe.scheduler.config.time_grid == "optimized"
     assert pipe.scheduler.config.time_grid_options["times"] == record["times"]
+
+
+def test_descents_from_several_starts_never_end_worse_than_the_dp_path_alone():
+    # every start descends (descents ≥ the number of starts), the DP path among them, and the best end wins
+    common = dict(schedule="vp-linear", sampler="dpmsolver++", nfe=5, calibration=16, holdout=16, candidates=24)
+    plain = optimize_grid(MIX, **common, objective="rms")
+    multi = optimize_grid(MIX, **common, objective="rms", starts=("uniform_lambda", "karras"), descents=4)
+    assert (plain.start, plain.objective) == ("dp", "rms")
+    assert multi.start in ("dp", "baseline", "uniform_lambda", "karras")
+    assert multi.calibration_error <= plain.calibration_error * (1 + 1e-12)
+    assert multi.calibration_error <= min(multi.dp_calibration_error, multi.baseline_calibration_error)
+    assert "RMS over the batch" in multi.summary()
+    # the two objectives summarise the same per-sample errors of the baseline grid: RMS > mean (unequal errors)
+    mean = optimize_grid(MIX, **common, refine=False)
+    rms = optimize_grid(MIX, **common, refine=False, objective="rms")
+    assert rms.baseline_times == mean.baseline_times
+    assert rms.baseline_holdout_error > mean.baseline_holdout_error > 0
+
+
+def test_new_search_options_fail_before_any_work():
+    for kwargs, match in (
+        ({"objective": "max"}, "objective must be 'mean' or 'rms', got 'max'"),
+        ({"starts": "karras"}, "starts must be a list of grid names"),
+        ({"starts": ("optimized",)}, "starts must be spacing rules"),
+        ({"starts": ("karas",)}, "karas"),
+        ({"descents": 0}, "descents must be an integer >= 1, got 0"),
+    ):
+        net = _Counting(lambda x, t: x)
+        with pytest.raises(ValueError, match=match):
+            optimize_grid(denoiser=net, schedule="vp-linear", shape=(2,), nfe=4, **kwargs)
+        assert net.calls == 0
