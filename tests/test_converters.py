@@ -235,3 +235,16 @@ def test_pndm_twin_refuses_strides_diffusers_steps_off_its_grid(spacing, n):
     plain = UnifiedScheduler.from_config(ref.config, sampler="pndm")
     plain.set_timesteps(n)
     assert len(plain.timesteps) == n + 1
+
+
+def test_deis_flow_config_is_refused_with_its_reason_and_the_direct_route_runs():
+    import diffusers
+
+    ref = diffusers.DEISMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    with pytest.raises(ValueError, match=r"use_flow_sigmas=True .* repeats its last flow level"):
+        UnifiedScheduler.from_config(ref.config)
+    direct = UnifiedScheduler(
+        schedule="rectified-flow", prediction_type="flow_prediction", time_grid="flow_match", sampler="deis"
+    )
+    direct.set_timesteps(5)
+    assert len(direct.timesteps) == 5

@@ -622,6 +622,13 @@ class DEISConverter(BetaTableConverter):
     )
 
     def check_flags(self, cfg, twin):
+        if cfg.get("use_flow_sigmas"):
+            raise ConversionError(
+                f"{self.name} flag use_flow_sigmas=True is not supported by unisde's conversion: diffusers' DEIS "
+                "repeats its last flow level (a zero-length final step), so its result keeps ≈ 1/n of the noise; "
+                "to sample this flow model with DEIS, build UnifiedScheduler(schedule='rectified-flow', "
+                "prediction_type='flow_prediction', time_grid='flow_match', sampler='deis') directly"
+            )
         flags = (
             ("use_karras_sigmas", "karras"),
             ("use_exponential_sigmas", "exponential"),
