@@ -117,3 +117,24 @@ def test_the_fitted_grid_is_a_valid_optimized_grid_that_a_scheduler_config_round
         assert other._sampler.grid == scheduler._sampler.grid == times + [0.0]
     with pytest.raises(ValueError, match=f"stores {len(times)} evaluation times"):
         loaded.set_timesteps(len(times) + 1)
+
+
+def test_a_fit_is_shared_by_configs_with_the_same_noise_schedule():
+    # the rectified flow with shift 1 and 3: the same forward process, so one fit serves both configs
+    from unisde.bench.accuracy import accuracy_config
+    from unisde.bench.contestants import _unified
+    from unisde.bench.optimized import optimized_contestants
+
+    dist, fits = make_target("mixture-2d"), {}
+    runs = []
+    for schedule in ("flow", "flow-shift3"):
+        cfg = accuracy_config(schedule)
+        runs.append(optimized_contestants(cfg, dist, _unified(cfg).noise_schedule, (4, 20), SMALL, fits))
+    (first,), (second,) = runs
+    assert len(fits) == 1 and first.budget == second.budget == 4
+    assert first.fit["seconds"] > 0 and "reused" not in first.fit
+    assert second.fit["reused"] and second.fit["seconds"] == 0.0 and second.fit["times"] == first.fit["times"]
+    assert first.scheduler.config.shift != second.scheduler.config.shift  # each raced from its own config
+    first.scheduler.set_timesteps(4)
+    second.scheduler.set_timesteps(4)
+    assert first.scheduler._sampler.grid == second.scheduler._sampler.grid

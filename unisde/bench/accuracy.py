@@ -253,6 +253,7 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
     records, floors, errors = [], [], []
     # schedule -> (config, [(contestant, scheduler or exception)], timestep cache, σ̃ cache), shared by targets
     built: dict = {}
+    fits: dict = {}  # optimised grids by (target, noise schedule, contestant, NFE), shared by schedules (flow shifts)
     if not kdiffusion_available():
         log("accuracy: k-diffusion is not installed (pip install 'unisde[bench]'), so its samplers are skipped")
 
@@ -349,7 +350,7 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
             # Optimised grids, fitted here on calibration starts of their own (unisde.bench.optimized) and raced
             # at their budget only.
             started = time.perf_counter()
-            fitted = optimized_contestants(base, dist, ref_sched.noise_schedule, budgets, cfg.fit)
+            fitted = optimized_contestants(base, dist, ref_sched.noise_schedule, budgets, cfg.fit, fits)
             for f in fitted:
                 race(f.contestant, f.scheduler, (f.budget,), {"fit": f.fit})
             if fitted:
