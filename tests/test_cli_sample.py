@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from unisde.cli import main
+from unisde.cli.sample import image_grid
 from unisde.demo import BUNDLED_CHECKPOINT
 
 
@@ -173,3 +174,49 @@ def test_a_folder_that_is_not_a_pipeline(monkeypatch, capsys, tmp_path):
     _no_weights_loaded(monkeypatch)
     assert main(["sample", str(tmp_path), "--sampler", "ddim", "--steps", "2"]) == 2
     assert "no model_index.json" in capsys.readouterr().err
+
+
+def test_an_adaptive_sampler_runs_on_the_bundled_unconditional_pipeline(tmp_path, capsys):
+    """dpm_adaptive has no grid for a pipeline loop: the command runs unisde.sampling.sample_adaptive on the UNet
+    over the --steps grid's interval and records the NFE it took; the images equal that call's output."""
+    from diffusers import DiffusionPipeline
+
+    from unisde.diffusers.scheduler import UnifiedScheduler
+    from unisde.sampling import sample_adaptive
+
+    out = tmp_path / "adaptive.png"
+    options = '{"rtol": 0.05, "atol": 0.05}'
+    argv = ["sample", str(BUNDLED_CHECKPOINT), "--sampler", "dpm_adaptive", "--steps", "10", "--num_images", "2"]
+    assert main([*argv, "--out", str(out), "--sampler_options", options, "--seed", "3"]) == 0
+    record = json.loads((tmp_path / "adaptive.json").read_text())
+    assert record["scheduler_config"]["sampler"] == "dpm_adaptive" and record["adaptive"]["nfe"] > 0
+    assert f"{record['adaptive']['nfe']} model evaluations" in capsys.readouterr().out
+
+    pipe = DiffusionPipeline.from_pretrained(str(BUNDLED_CHECKPOINT))
+    source = UnifiedScheduler.from_config(dict(pipe.scheduler.config), sampler="ddim")
+    generator = torch.Generator().manual_seed(3)
+    size = pipe.unet.config.sample_size
+    noise = torch.randn((2, pipe.unet.config.in_channels, size, size), generator=generator)
+    with torch.no_grad():
+        x, info = sample_adaptive(
+            pipe.unet,
+            noise,
+            schedule=source.noise_schedule,
+            parameterization=source.parameterization,
+            sampler="dpm_adaptive",
+            num_inference_steps=10,
+            sampler_options=json.loads(options),
+            generator=generator,
+        )
+    assert info == record["adaptive"]
+    expected = pipe.numpy_to_pil((x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy())
+    got = Image.open(out)
+    assert got.tobytes() == image_grid(expected).tobytes()
+
+
+def test_an_adaptive_sampler_on_a_text_pipeline_is_refused_before_loading(tiny_sd_folder, monkeypatch, capsys):
+    _no_weights_loaded(monkeypatch)
+    argv = ["sample", str(tiny_sd_folder), "--sampler", "dpm_adaptive", "--steps", "4", "--prompt", "a cat"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot run inside StableDiffusionPipeline's fixed-step loop" in err and len(err.splitlines()) == 1

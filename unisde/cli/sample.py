@@ -44,12 +44,34 @@ def _pipeline_class(path: str):
     return cls
 
 
+def _is_adaptive(name: str) -> bool:
+    from unisde.plugins import list_adaptive_samplers
+
+    return name in list_adaptive_samplers()
+
+
+def _check_adaptive_pipeline(cls, sampler: str) -> None:
+    """An adaptive-step sampler (``dpm_adaptive``) has no time grid for a pipeline's loop: it runs through
+    :func:`unisde.sampling.sample_adaptive` on the pipeline's UNet, which this command does for the unconditional
+    UNet pipelines (components ``unet`` and ``scheduler``: DDPMPipeline, DDIMPipeline); anything else is refused."""
+    import inspect
+
+    components = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    if components != {"unet", "scheduler"}:
+        raise ValueError(
+            f"sampler {sampler!r} chooses its evaluation times from the model's outputs, so it cannot run inside "
+            f"{cls.__name__}'s fixed-step loop; unisde sample runs it on unconditional UNet pipelines (DDPMPipeline, "
+            f"DDIMPipeline); for {cls.__name__} call unisde.sampling.sample_adaptive with a denoiser of your own"
+        )
+
+
 def _validate(args):
     import inspect
 
-    from unisde.plugins import get_sampler, list_grids
+    from unisde.plugins import get_adaptive_sampler, get_sampler, list_grids
 
-    get_sampler(args.sampler)
+    adaptive = _is_adaptive(args.sampler)
+    sampler_cls = get_adaptive_sampler(args.sampler) if adaptive else get_sampler(args.sampler)
     options = None
     if args.sampler_options is not None:
         try:
@@ -58,7 +80,7 @@ def _validate(args):
             raise ValueError(f"--sampler_options is not JSON: {exc}") from None
         if not isinstance(options, dict):
             raise ValueError(f"--sampler_options must be a JSON object, got {type(options).__name__}")
-        get_sampler(args.sampler).validate_options(options)
+        sampler_cls.validate_options(options)
     if args.grid is not None and args.grid not in list_grids():
         from unisde._tensor import unknown_name_error
 
@@ -70,6 +92,8 @@ def _validate(args):
     if not os.path.isdir(out_dir):
         raise ValueError(f"--out {args.out!r}: folder {out_dir!r} does not exist")
     cls = _pipeline_class(args.pipeline)
+    if cls is not None and adaptive:
+        _check_adaptive_pipeline(cls, args.sampler)
     if cls is not None:
         takes_prompt = "prompt" in inspect.signature(cls.__call__).parameters
         if args.prompt is not None and not takes_prompt:
@@ -102,14 +126,6 @@ def run(args):
 
     options = _validate(args)  # every check before any weight is loaded
     overrides = {"time_grid": args.grid} if args.grid else {}
-    pipe = load_pipeline(args.pipeline, args.sampler, sampler_options=options, **overrides)
-    call = {"num_inference_steps": args.steps, "generator": torch.Generator().manual_seed(args.seed)}
-    if args.prompt is not None:
-        call["prompt"] = [args.prompt] * args.num_images
-    else:
-        call["batch_size"] = args.num_images
-    images = pipe(**call).images
-    image_grid(images).save(args.out)
     record = {
         "pipeline": args.pipeline,
         "sampler": args.sampler,
@@ -117,9 +133,63 @@ def run(args):
         "seed": args.seed,
         "prompt": args.prompt,
         "num_images": args.num_images,
-        "scheduler_config": {k: v for k, v in dict(pipe.scheduler.config).items()},
     }
+    if _is_adaptive(args.sampler):
+        images, info, config = _sample_adaptive(args, options, overrides)
+        record["adaptive"] = info
+    else:
+        pipe = load_pipeline(args.pipeline, args.sampler, sampler_options=options, **overrides)
+        call = {"num_inference_steps": args.steps, "generator": torch.Generator().manual_seed(args.seed)}
+        if args.prompt is not None:
+            call["prompt"] = [args.prompt] * args.num_images
+        else:
+            call["batch_size"] = args.num_images
+        images = pipe(**call).images
+        config = dict(pipe.scheduler.config)
+    image_grid(images).save(args.out)
+    record["scheduler_config"] = config
     with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
         json.dump(record, fh, indent=2, default=str)
     print(f"wrote {args.out} ({len(images)} images) and {os.path.splitext(args.out)[0]}.json")
     return 0
+
+
+def _sample_adaptive(args, options, overrides):
+    """An adaptive-step sampler on an unconditional UNet pipeline: the schedule and parameterisation of its scheduler
+    config (converted as ``UnifiedScheduler.from_config`` does), ``unisde.sampling.sample_adaptive`` on its UNet over
+    the interval of the ``--steps`` grid, and DDPMPipeline's image post-processing. Returns (images, the sampler's
+    info: NFE, accepted and rejected steps, the scheduler config that holds the schedule)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from unisde.diffusers.scheduler import UnifiedScheduler
+    from unisde.sampling import sample_adaptive
+
+    pipe = DiffusionPipeline.from_pretrained(args.pipeline)
+    _check_adaptive_pipeline(type(pipe), args.sampler)  # a Hub id's class is known only now
+    # the schedule, parameterisation and grid of the pipeline's scheduler (sampler= takes only those from it)
+    source = UnifiedScheduler.from_config(dict(pipe.scheduler.config), sampler="ddim", **overrides)
+    unet = pipe.unet
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn((args.num_images, unet.config.in_channels, *size), generator=generator)
+    with torch.no_grad():
+        x, info = sample_adaptive(
+            unet,
+            noise,
+            schedule=source.noise_schedule,
+            parameterization=source.parameterization,
+            sampler=args.sampler,
+            num_inference_steps=args.steps,
+            time_grid=overrides.get("time_grid"),
+            sampler_options=options,
+            generator=generator,
+        )
+    image = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
+    config = {**dict(source.config), "sampler": args.sampler, "sampler_options": options or {}}
+    print(
+        f"{args.sampler}: {info['nfe']} model evaluations ({info['n_accept']} steps accepted, "
+        f"{info['n_reject']} rejected)"
+    )
+    return pipe.numpy_to_pil(image), info, config
