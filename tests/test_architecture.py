@@ -1,5 +1,6 @@
 """The layout's rules, checked from the source: no import cycles between unisde's modules (imports inside
-functions included), and no library module imports the command-line interface."""
+functions included), no library module imports the command-line interface, samplers never import the
+parameterisations, and every source a docstring cites resolves in docs/references.md."""
 
 from __future__ import annotations
 
@@ -78,3 +79,40 @@ def test_library_modules_do_not_import_the_cli():
         if not name.startswith("unisde.cli") and any(d.startswith("unisde.cli") for d in deps)
     ]
     assert not offenders, offenders
+
+
+def test_samplers_see_the_schedule_and_denoised_not_the_parameterisation():
+    """A sampler gets the schedule and x̂0 (ε̂ / score through the shared kernels), never the parameterisation object:
+    no sampler module imports unisde.parameterizations."""
+    offenders = [
+        name
+        for name, deps in graph().items()
+        if name.startswith("unisde.samplers") and any(d.startswith("unisde.parameterizations") for d in deps)
+    ]
+    assert not offenders, offenders
+
+
+def test_every_cited_source_is_in_docs_references():
+    """Docstrings cite sources as "Author year, eq. N [KEY]"; every KEY so cited is an entry of docs/references.md
+    (a paper heading, a list entry or a derivation note), and no docstring cites the notes a user never sees."""
+    import re
+
+    text = (ROOT.parent / "docs" / "references.md").read_text()
+    keys = set(re.findall(r"^(?:#+ |- |\| )\[([^\]]+)\]", text, re.M)) | set(re.findall(r" and \[([^\]]+)\]", text))
+    cite = re.compile(
+        r"(?:\b\d{4}[a-z]?|\beqs?\. ?[\w.–-]+|§ ?[\w.]+|\b(?:Algorithm|Table|Appendix|App\.|Theorem|Fig\.) ?\w+)"
+        r"[^\[\n]{0,40}\[([A-Z][A-Za-z0-9+\-]*)\]"
+    )
+    unresolved = sorted(
+        {
+            f"{path.relative_to(ROOT.parent)}: [{match.group(1)}]"
+            for path in ROOT.rglob("*.py")
+            for match in cite.finditer(path.read_text())
+            if match.group(1) not in keys
+        }
+    )
+    assert not unresolved, unresolved
+    stale = sorted(
+        str(p.relative_to(ROOT.parent)) for p in ROOT.rglob("*.py") if re.search(r"seed 000|DESIGN §", p.read_text())
+    )
+    assert not stale, stale

@@ -40,10 +40,19 @@ def run(sched, x, n, seed=0):
     return x
 
 
+# Classes whose __init__ has required arguments (none of them a Gaussian diffusion): built with valid values, so
+# that they are converted (and refused) like every other class rather than skipped.
+REQUIRED_ARGUMENTS = {
+    "AmusedScheduler": {"mask_token_id": 1},
+    "VQDiffusionScheduler": {"num_vec_classes": 10},
+    "RFD4ProteinaScheduler": {"schedule_mode": "log", "noise_mode": "1/t", "tsr_k": 1.0, "tsr_sigma": 1.0},
+}
+
+
 def instance(name):
     cls = getattr(diffusers.schedulers, name)
     try:
-        return cls()
+        return cls(**REQUIRED_ARGUMENTS.get(name, {}))
     except Exception as exc:  # noqa: BLE001 - a class that cannot be built with defaults has no config to convert
         pytest.skip(f"{name}() cannot be constructed with its defaults here: {exc}")
 
@@ -237,14 +246,42 @@ def test_pndm_twin_refuses_strides_diffusers_steps_off_its_grid(spacing, n):
     assert len(plain.timesteps) == n + 1
 
 
-def test_deis_flow_config_is_refused_with_its_reason_and_the_direct_route_runs():
+def test_deis_flow_config_converts_and_an_epsilon_flow_config_is_refused_with_its_reason():
+    """DEIS with use_flow_sigmas converts, its zero-length last step kept (live parity:
+    tests/test_flow_singlestep_deis_sasolver.py); with an ε model diffusers reads α = 1 − σ, which unisde refuses."""
+    ref = diffusers.DEISMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    uni = UnifiedScheduler.from_config(ref.config)
+    assert uni.config.sampler == "deis" and uni.config.final_sigmas_type == "repeat_last"
+    uni.set_timesteps(5)
+    assert len(uni.timesteps) == 5 and float(uni.sigmas[-1]) == float(uni.sigmas[-2]) > 0
+    with pytest.raises(ConversionError, match=r"use_flow_sigmas=True with prediction_type='epsilon'"):
+        UnifiedScheduler.from_config(diffusers.DEISMultistepScheduler(use_flow_sigmas=True).config)
+
+
+@pytest.mark.parametrize(
+    "source, sampler",
+    [
+        ("DEISMultistepScheduler", "dpmsolver++"),  # DEIS's solver_type='logrho' is not dpmsolver++'s solver_type
+        ("SASolverScheduler", "dpmsolver++"),  # its algorithm_type='data_prediction' neither
+        ("UniPCMultistepScheduler", "dpmsolver_singlestep"),  # UniPC's solver_type='bh2'
+        ("DPMSolverMultistepScheduler", "deis"),  # solver_order=3 is DPM-Solver's order, not DEIS's
+    ],
+)
+def test_sampler_replacing_the_algorithm_takes_none_of_the_sources_same_named_flags(source, sampler):
+    """from_config(cfg, sampler=another algorithm) takes the schedule, parameterisation and grid only: a source key
+    sharing its name with an option of the new sampler means the source's algorithm, so the sampler's defaults
+    apply, as in a fresh UnifiedScheduler (and the caller's sampler_options on top)."""
     import diffusers
 
-    ref = diffusers.DEISMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
-    with pytest.raises(ValueError, match=r"use_flow_sigmas=True .* repeats its last flow level"):
-        UnifiedScheduler.from_config(ref.config)
-    direct = UnifiedScheduler(
-        schedule="rectified-flow", prediction_type="flow_prediction", time_grid="flow_match", sampler="deis"
-    )
-    direct.set_timesteps(5)
-    assert len(direct.timesteps) == 5
+    from unisde.plugins import get_sampler
+
+    cls = getattr(diffusers, source)
+    cfg = cls(solver_order=3).config if "solver_order" in cls().config else cls().config
+    uni = UnifiedScheduler.from_config(cfg, sampler=sampler)
+    shared = [k for k in cfg if k in get_sampler(sampler).options]
+    assert shared, "the case must have a same-named key"
+    defaults = {k: spec.default for k, spec in get_sampler(sampler).options.items()}
+    fresh = UnifiedScheduler(sampler=sampler).sampler_options  # what a fresh scheduler runs the sampler with
+    assert {**defaults, **uni.sampler_options} == {**defaults, **fresh}
+    chosen = UnifiedScheduler.from_config(cfg, sampler=sampler, sampler_options={"lower_order_final": False})
+    assert chosen.sampler_options["lower_order_final"] is False

@@ -271,7 +271,7 @@ def test_sa_solver_img2img_entry():
     "flags, match",
     [
         ({"use_karras_sigmas": True}, "zero-length step"),
-        ({"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, "zero-length step"),
+        ({"use_flow_sigmas": True}, "use_flow_sigmas=True with prediction_type='epsilon'"),
         ({"algorithm_type": "noise_prediction"}, "data-prediction form"),
         ({"tau_func": lambda t: 0.5}, "tau_window"),
         ({"variance_type": "learned_range"}, "learned variance"),

@@ -329,6 +329,21 @@ def test_compatibles_and_convert_back():
     assert torch.equal(back.timesteps, ref.timesteps)
 
 
+def test_choosing_another_sampler_says_so_in_one_log_line(caplog):
+    """from_config(cfg, sampler=X) takes only the schedule, parameterisation and grid from the source, and says so
+    in one INFO line of the "unisde" logger naming the source class and the sampler; converting it as is says
+    nothing."""
+    ref = diffusers.KDPM2DiscreteScheduler(use_karras_sigmas=True)  # alive: its config is traced to its class
+    cfg = ref.config
+    with caplog.at_level(logging.INFO, logger="unisde"):
+        UnifiedScheduler.from_config(cfg)
+        assert not [r for r in caplog.records if r.name == "unisde"]
+        UnifiedScheduler.from_config(cfg, sampler="ddim")
+    lines = [r.getMessage() for r in caplog.records if r.name == "unisde"]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "taken from KDPM2DiscreteScheduler" in lines[0] and "sampler 'ddim' replaces its algorithm" in lines[0]
+
+
 @pytest.mark.parametrize("name", COMPATIBLE_SCHEDULERS)
 def test_from_config_of_every_compatible_scheduler_is_silent(name):
     cls = getattr(diffusers, name)

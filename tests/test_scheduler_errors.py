@@ -77,6 +77,33 @@ def test_custom_timesteps_outside_the_table():
     assert torch.equal(first_step(sched), reference_first_step())
 
 
+@pytest.mark.parametrize(
+    "schedule, sigmas, message",
+    [
+        (None, [1e6, 1.0, 0.0], r"sigmas\[0\] = 1e\+06 lies outside the schedule's VE-view noise levels \[0\.01"),
+        (None, [1.0, 1e-4, 0.0], r"sigmas\[1\] = 0\.0001 lies outside .*\[0\.01\d*, 157\.4"),
+        ("ve", [1e6, 1.0, 0.0], r"sigmas\[0\] = 1e\+06 lies outside .*\[0\.01, 50\]"),
+        ("ve", [1.0, 0.001, 0.0], r"sigmas\[1\] = 0\.001 lies outside .*\[0\.01, 50\]"),
+        (None, [0.0, 0.0], r"sigmas\[0\] = 0: a zero noise level may only be the last entry"),
+        (None, [5.0, 0.0, 1.0, 0.0], r"sigmas\[1\] = 0: a zero noise level may only be the last entry"),
+    ],
+)
+def test_custom_sigmas_outside_the_schedule(schedule, sigmas, message):
+    """Levels the schedule does not have were clamped silently (``[1e6, 1, 0]`` ran from σ̃_max) and ``[0, 0]``
+    gave a one-step grid at timestep −1; both front doors now refuse them, naming the entry and the range."""
+    sched = UnifiedScheduler(sampler="euler", schedule=schedule)
+    sched.set_timesteps(5)
+    before = sched.timesteps.clone()
+    with pytest.raises(ValueError, match=message):
+        sched.set_timesteps(sigmas=sigmas)
+    assert torch.equal(sched.timesteps, before)
+    with pytest.raises(ValueError, match=message):
+        unisde.sample(model, sample(), sampler="euler", schedule=schedule or sched.noise_schedule, sigmas=sigmas)
+    # the schedule's own levels (float32, as scheduler.sigmas holds them) are within range at both ends
+    sched.set_timesteps(sigmas=sched.sigmas.tolist())
+    torch.testing.assert_close(sched.timesteps, before, rtol=1e-5, atol=1e-4)
+
+
 def test_timestep_not_on_the_grid():
     sched = UnifiedScheduler(sampler="ddim")
     sched.set_timesteps(5)

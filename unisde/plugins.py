@@ -403,8 +403,22 @@ def list_converters() -> list[str]:
 
 
 def list_samplers() -> list[str]:
-    """Names of every registered sampler that runs on a time grid (every one :func:`get_sampler` returns), sorted."""
-    return sorted(name for name, entry in _collect()["sampler"].items() if not getattr(entry.obj, "adaptive", False))
+    """Names of every registered sampler that runs on a time grid with one x̂0 per evaluation, sorted: every one
+    :func:`get_sampler` returns except those needing the unconditional x̂0 too (:func:`list_guided_samplers`), so
+    every name here runs in :class:`unisde.UnifiedScheduler` and :func:`unisde.sample` with any model."""
+    return sorted(
+        name
+        for name, entry in _collect()["sampler"].items()
+        if not getattr(entry.obj, "adaptive", False) and not getattr(entry.obj, "needs_uncond", False)
+    )
+
+
+def list_guided_samplers() -> list[str]:
+    """Names of the registered samplers that need the unconditional x̂0 as well as the guided one (class attribute
+    ``needs_uncond = True``: the CFG++ samplers, :mod:`unisde.samplers.cfg_pp`), sorted. :func:`get_sampler` returns
+    them and :func:`unisde.sample` runs them with a denoiser (or model) returning (guided, unconditional);
+    :class:`unisde.UnifiedScheduler` refuses them."""
+    return sorted(name for name, entry in _collect()["sampler"].items() if getattr(entry.obj, "needs_uncond", False))
 
 
 def list_adaptive_samplers() -> list[str]:

@@ -111,6 +111,55 @@ def non_finite_origin(
     )
 
 
+def split_denoised(sampler, out, like: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(guided x̂0, unconditional x̂0 or None) from what the denoiser returned at evaluation ``k``: the pair (D, U) for a
+    sampler with ``needs_uncond`` (CFG++), one tensor for every other sampler, each of the sample's shape; otherwise a
+    ValueError naming the sampler and what to pass."""
+    needs = getattr(sampler, "needs_uncond", False)
+    name = getattr(sampler, "name", type(sampler).__name__)
+    pair = isinstance(out, (tuple, list))
+    if needs and not pair:
+        from unisde.plugins import get_sampler
+
+        got = "a single tensor" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        base = name.removesuffix("_cfg_pp")  # the CFG++ samplers' base sampler, by ComfyUI's naming
+        known = base != name and _registered(get_sampler, base)
+        hint = f", or sampler {base!r} with the guided x̂0 alone" if known else ""
+        raise ValueError(
+            f"sampler {name!r} (CFG++) needs the unconditional x̂0 as well as the guided one, but the denoiser "
+            f"returned {got} at evaluation {k}: pass denoiser=lambda x, t: (guided, unconditional), e.g. "
+            "(u + w·(c − u), u) with c, u the conditional and unconditional x̂0, or a model returning (guided output, "
+            f"unconditional output){hint}"
+        )
+    if pair and not needs:
+        from unisde.plugins import list_guided_samplers
+
+        raise ValueError(
+            f"the denoiser returned a {type(out).__name__} of {len(out)} at evaluation {k}, but sampler {name!r} takes "
+            "one x̂0: return the guided x̂0 alone (classifier-free guidance combined), or use a sampler that reads the "
+            f"unconditional x̂0 too: {list_guided_samplers()}"
+        )
+    parts = tuple(out) if pair else (out,)
+    if len(parts) != (2 if needs else 1) or any(
+        not isinstance(p, torch.Tensor) or p.shape != like.shape for p in parts
+    ):
+        got = tuple(tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__ for p in parts)
+        raise ValueError(
+            f"the denoiser returned {got if pair else got[0]} at evaluation {k}; expected "
+            + ("(guided x̂0, unconditional x̂0), each" if needs else "x̂0")
+            + f" of the sample's shape {tuple(like.shape)}"
+        )
+    return (parts[0], parts[1]) if needs else (parts[0], None)
+
+
+def _registered(get_sampler, name: str) -> bool:
+    try:
+        get_sampler(name)
+    except ValueError:
+        return False
+    return True
+
+
 def run_loop(
     sampler,
     x: torch.Tensor,
@@ -121,6 +170,9 @@ def run_loop(
 ) -> torch.Tensor:
     """Drive ``sampler.loop`` from evaluation ``start``: ``denoise(x, k)`` returns x̂0 at evaluation k (the k-th of
     the times ``sampler.prepare`` returned); returns the loop's final sample. ``sampler.prepare`` must have run.
+    For a sampler with ``needs_uncond`` (the CFG++ samplers) ``denoise`` returns the pair (guided x̂0, unconditional
+    x̂0) and the unconditional one is set as ``sampler.uncond_denoised`` during the send; a single tensor there, or a
+    pair for any other sampler, is a ValueError at the first evaluation, before any step.
 
     Every sample the loop hands back must be a tensor of x's shape, dtype and device (else a ValueError naming the
     sampler and its distribution). With ``check_finite`` x̂0 and each new sample are probed for NaN/inf as
@@ -137,27 +189,26 @@ def run_loop(
     check_sampler_output(sampler, x, like, start)
     k = start
     while True:
-        denoised = denoise(x, k)
-        if not isinstance(denoised, torch.Tensor) or denoised.shape != x.shape:
-            got = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
-            raise ValueError(
-                f"the denoiser returned {got} at evaluation {k}; expected x̂0 of the sample's shape {tuple(x.shape)}"
-            )
+        denoised, uncond = split_denoised(sampler, denoise(x, k), x, k)
         if check_finite:
-            ok = finite_probe(denoised)
-            if ok is False:
-                raise ValueError(
-                    f"the denoised estimate (model output) at evaluation {k} contains NaN or inf; "
-                    "sampling stopped before it reached the sample"
-                )
-            if ok is not True:
-                deferred.append((k, "the denoised estimate (model output)", ok))
+            for estimate, what in ((denoised, "denoised estimate"), (uncond, "unconditional denoised estimate")):
+                ok = True if estimate is None else finite_probe(estimate)
+                if ok is False:
+                    raise ValueError(
+                        f"the {what} (model output) at evaluation {k} contains NaN or inf; "
+                        "sampling stopped before it reached the sample"
+                    )
+                if ok is not True:
+                    deferred.append((k, f"the {what} (model output)", ok))
         if callback is not None:
             callback(k, x, denoised)
+        sampler.uncond_denoised = uncond  # CFG++ samplers read it during this send; None for the others
         try:
             new, done = loop.send((x, denoised)), False
         except StopIteration as stop:
             new, done = stop.value, True
+        finally:
+            sampler.uncond_denoised = None  # never left for a later send or another driver
         check_sampler_output(sampler, new, like, k)
         if check_finite:
             ok = finite_probe(new)
@@ -203,6 +254,11 @@ def sample(
     denoiser: instead of ``model``, ``denoiser(x, t) -> x̂0`` with t the time in [0, 1] (e.g.
         :class:`unisde.analytic.Gaussian`'s exact denoiser); then ``parameterization`` only sets the timestep
         convention of ``timesteps``.
+    A CFG++ sampler (``unisde.plugins.list_guided_samplers()``: ``euler_cfg_pp``, ``dpmpp_2m_cfg_pp``, …;
+        :mod:`unisde.samplers.cfg_pp`) needs the unconditional x̂0 as well as the guided one: its ``denoiser``
+        returns the pair (guided x̂0, unconditional x̂0), e.g. ``(u + w * (c - u), u)``, or its ``model`` the pair of
+        raw outputs (guided, unconditional), each converted to x̂0 with the same coefficients. A single tensor there,
+        or a pair for any other sampler, is a ValueError at the first evaluation, before any step.
     schedule: a name, a dict or a :class:`NoiseSchedule`; parameterization: a registered name or instance.
     sampler / sampler_options: any registered sampler and its options; ``"dpm_adaptive"`` (adaptive step size,
         no fixed grid) runs :func:`sample_adaptive` on the interval of the grid described here.
@@ -273,11 +329,22 @@ def sample(
 
 def _denoised_from_model(model, smp, x: torch.Tensor, c_in: float, model_t: torch.Tensor, a: float, b: float):
     """x̂0 from one call of a network-shaped ``model(model_input, model_timestep)`` at x with the parameterisation's
-    input scale ``c_in``, fed timestep ``model_t`` and output coefficients x̂0 = a x + b F (Python floats)."""
+    input scale ``c_in``, fed timestep ``model_t`` and output coefficients x̂0 = a x + b F (Python floats). A pair of
+    outputs of one shape (guided, unconditional: the CFG++ samplers') gives the pair of x̂0, checked by
+    :func:`split_denoised`."""
     out = model(x * c_in if c_in != 1.0 else x, model_t.to(x.device))
     out = getattr(out, "sample", out)
+    if isinstance(out, (tuple, list)) and len(out) == 2:
+        pair = [getattr(o, "sample", o) for o in out]
+        if all(isinstance(o, torch.Tensor) for o in pair) and pair[0].shape == pair[1].shape:
+            uncond = _denoised_from_output(smp, x, pair[1], a, b)
+            return _denoised_from_output(smp, x, pair[0], a, b), uncond  # guided last: its extra channels stay
     if isinstance(out, tuple):
         out = out[0]
+    return _denoised_from_output(smp, x, out, a, b)
+
+
+def _denoised_from_output(smp, x: torch.Tensor, out: torch.Tensor, a: float, b: float) -> torch.Tensor:
     if out.shape != x.shape and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
         out, smp.extra = torch.split(out, x.shape[1], dim=1)  # a learned variance in the extra channels
     out = out.to(x.dtype)

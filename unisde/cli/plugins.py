@@ -8,6 +8,15 @@ def add_arguments(parser):
     pass
 
 
+def _note(obj) -> str:
+    """Where a sampler runs when not everywhere: adaptive step size, or needing the unconditional x̂0 (CFG++)."""
+    if getattr(obj, "adaptive", False):
+        return "adaptive steps: unisde.sample, not UnifiedScheduler"
+    if getattr(obj, "needs_uncond", False):
+        return "needs the unconditional x̂0 (CFG++): unisde.sample, not UnifiedScheduler"
+    return ""
+
+
 def run(args):
     import warnings
 
@@ -16,8 +25,10 @@ def run(args):
     with warnings.catch_warnings():  # reported below, one line each, instead of as warnings
         warnings.simplefilter("ignore", RuntimeWarning)
         table, conflicts, failures = plugin_table(), plugin_conflicts(), plugin_failures()
-    rows = [(kind, e.name, ", ".join(e.aliases), e.distribution, e.version, e.plugin) for kind, e in table]
-    header = ("kind", "name", "aliases", "distribution", "version", "plugin")
+    rows = [
+        (kind, e.name, ", ".join(e.aliases), e.distribution, e.version, e.plugin, _note(e.obj)) for kind, e in table
+    ]
+    header = ("kind", "name", "aliases", "distribution", "version", "plugin", "runs")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())

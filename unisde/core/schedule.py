@@ -660,7 +660,7 @@ def read_schedule_config(path) -> dict:
     path = os.fsdecode(os.fspath(path))
     if os.path.isdir(path):
         for candidate in ("scheduler_config.json", os.path.join("scheduler", "scheduler_config.json")):
-            if os.path.isfile(os.path.join(path, candidate)):
+            if os.path.lexists(os.path.join(path, candidate)):  # checked below: a link to /dev/zero is named
                 path = os.path.join(path, candidate)
                 break
         else:
@@ -1222,8 +1222,7 @@ class TabulatedSchedule(NoiseSchedule):
     def _index_timestep(self, t):
         log_sigma = 0.5 * self.log_snr(t).neg()
         table = self.table_log_sigma.to(t.device)
-        idx = torch.arange(table.numel(), dtype=DTYPE, device=t.device)
-        out = _interp(log_sigma, table, idx)
+        out = _interp(log_sigma, table, None)  # the fractional index; no table-sized arange (10⁶-step tables)
         linear = t * self.num_train_timesteps - 1
         # Below the first entry, and in a zero-terminal-SNR last interval (σ̃ → ∞), the index is linear in t;
         # exactly at a table entry it is that entry's integer index.
@@ -1244,25 +1243,33 @@ class TabulatedSchedule(NoiseSchedule):
         use_linear = (ts == torch.round(ts)) | (ts < 0)
         if not torch.isfinite(table[-1]):
             use_linear |= ts > n - 2
-            table = torch.cat([table[:-1], table[-2:-1] + 1.0])  # placeholder, never used on that interval
-        log_sigma = _interp(ts.clamp(min=0), torch.arange(n, dtype=DTYPE, device=ts.device), table)
+        # Linear in the index between table entries, gathered per timestep (no table-sized temporaries); a
+        # zero-terminal-SNR last entry (+∞) is replaced by a placeholder, never used on that interval.
+        pos = ts.clamp(0, n - 1)
+        i = pos.floor().clamp(max=max(n - 2, 0)).long()
+        lo, hi = table[i], table[(i + 1).clamp(max=n - 1)]
+        hi = torch.where(torch.isfinite(hi), hi, lo + 1.0)
+        log_sigma = lo + (pos - i.to(pos.dtype)) * (hi - lo)
         t_frac = self.t_from_sigma(torch.exp(log_sigma))
         return torch.where(use_linear, linear, t_frac)
 
 
 def _interp(x, xp, fp):
-    """Piecewise-linear interpolation of (xp, fp) at x (xp non-decreasing), clamped at the ends.
+    """Piecewise-linear interpolation of (xp, fp) at x (xp non-decreasing), clamped at the ends; ``fp=None`` means
+    fp = 0, 1, …, len(xp) − 1 (the fractional position in xp) without building it.
 
     Where xp repeats (a table whose float32 ᾱ entries tie), x equal to the repeated value maps to the last of
     the run (``searchsorted(right=True)``), and a zero-width interval contributes its left value.
     """
     if xp.numel() == 1:
-        return fp[0].expand_as(x).clone()
+        return torch.zeros_like(x) if fp is None else fp[0].expand_as(x).clone()
     xc = x.clamp(xp[0], xp[-1])
     i = torch.searchsorted(xp, xc.contiguous(), right=True).clamp(1, xp.numel() - 1) - 1
     width = xp[i + 1] - xp[i]
     safe = torch.where(width > 0, width, torch.ones_like(width))
     w = torch.where(width > 0, (xc - xp[i]) / safe, torch.zeros_like(xc))
+    if fp is None:
+        return i.to(x.dtype) + w
     return fp[i] + w * (fp[i + 1] - fp[i])
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import math
 from typing import Any, ClassVar
 
 from unisde.core.schedule import BETA_SCHEDULES
@@ -266,6 +267,10 @@ class Converter:
                 own = twin_keys.get("sampler_options") or {}
                 own = {k: v for k, v in own.items() if k not in self.quirk_options}  # no quirks off the twin
                 out["sampler_options"] = {**own, **(sampler_options or {})}
+            else:
+                # another algorithm: the source's keys that share a name with one of its options (DEIS's
+                # solver_type='logrho' and dpmsolver++'s solver_type) mean the source's algorithm, not this one
+                out[SOURCE_OPTIONS_DROPPED] = True
             logger.info(
                 "UnifiedScheduler.from_config: schedule, parameterisation and time grid taken from %s; "
                 "sampler %r replaces its algorithm%s",
@@ -274,6 +279,9 @@ class Converter:
                 f" (unused solver flags: {', '.join(unused)})" if unused else "",
             )
         return out
+
+
+SOURCE_OPTIONS_DROPPED = "_source_options_dropped"  # a key of convert()'s answer, for UnifiedScheduler.from_config
 
 
 class Refusing(Converter):
@@ -595,11 +603,109 @@ class DPMSolverSDEConverter(_KarrasFamily):
         return "dpmpp_sde"
 
 
-class DEISConverter(BetaTableConverter):
+class _FlowSigmas:
+    """The ``use_flow_sigmas=True`` branch of the β-table classes that take it (DPMSolverMultistep, UniPC,
+    DPMSolverSinglestep, DEIS, SASolver): they then run on the rectified flow and ignore the β table — the
+    ``flow_match`` grid with ``levels=flow_levels`` (the class's own base levels, shifted by ``flow_shift``; μ and
+    ``shift_terminal`` where the class takes them), flow prediction (α = 1 − σ, σ_t = σ), ``scheduler.sigmas`` in flow
+    levels, the model fed ⌊τ N⌋ as int64 (``timestep_rounding="floor"``, their int64 cast of σ·N) and the start from
+    z itself (``init_noise="unit"``, their ``init_noise_sigma`` = 1). A mixin before :class:`BetaTableConverter`;
+    each class calls :meth:`_flow_schedule_keys` from its ``schedule_keys``. Flags are read only where the class takes
+    them (a foreign key in a config is ignored, as the class ignores it)."""
+
+    flow_levels: ClassVar[str] = "dpmsolver"
+    FLOW_ACCEPTS: ClassVar[dict] = {
+        "prediction_type": PREDICTIONS + ("flow_prediction",),
+        "use_flow_sigmas": ANY,
+        "flow_shift": ANY,
+        "use_dynamic_shifting": ANY,
+        "time_shift_type": ("exponential",),
+    }
+
+    def _own(self, cfg, key, default=None):
+        """The config's value of ``key`` where the class takes that flag, else ``default``."""
+        return cfg.get(key, default) if key in self.defaults() else default
+
+    def _flow_refusal(self, cfg) -> str | None:
+        """Why the config's flow flags have no twin (None: they have one, or the config does not use them)."""
+        prediction = self._own(cfg, "prediction_type", "epsilon")
+        if not self._own(cfg, "use_flow_sigmas"):
+            if prediction == "flow_prediction":
+                return (
+                    "prediction_type='flow_prediction' needs use_flow_sigmas=True (diffusers would read a velocity "
+                    "against the β table's σ)"
+                )
+            if self._own(cfg, "use_dynamic_shifting"):
+                return "use_dynamic_shifting=True applies only with use_flow_sigmas=True"
+            return None
+        if prediction != "flow_prediction":
+            return (
+                f"use_flow_sigmas=True with prediction_type={prediction!r}: diffusers converts that output with "
+                "α = 1 − σ, which unisde converts only for flow_prediction (supported: 'flow_prediction')"
+            )
+        for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"):
+            if self._own(cfg, flag):
+                return (
+                    f"use_flow_sigmas=True with {flag}=True: diffusers spaces the β table's VE σ and then reads "
+                    "them as flow levels; unisde does not reproduce that mix"
+                )
+        if self._own(cfg, "final_sigmas_type", "zero") != "zero":
+            return (
+                f"use_flow_sigmas=True with final_sigmas_type={cfg.get('final_sigmas_type')!r}: diffusers' last "
+                "step then ends at a β-table σ_min read as a flow level (or a zero-length step); supported: 'zero'"
+            )
+        if not float(self._own(cfg, "flow_shift", 1.0)) > 0:
+            return f"flow_shift={cfg.get('flow_shift')!r} must be > 0"
+        return None
+
+    def _flow_schedule_keys(self, cfg) -> dict | None:
+        """The flow twin's schedule, parameterisation, grid and conventions; None when the config does not use flow
+        sigmas. A refused flow combination is a ConversionError (a schedule flag: no ``sampler=`` stands in)."""
+        problem = self._flow_refusal(cfg)
+        if problem:
+            raise ConversionError(
+                f"{self.name} flag {problem}; it changes the schedule or time grid, so no sampler= can stand in for it"
+            )
+        if not self._own(cfg, "use_flow_sigmas"):
+            return None
+        options = {"levels": self.flow_levels, "shift": float(self._own(cfg, "flow_shift", 1.0))}
+        schedule = {"name": "rectified-flow", "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
+        return {
+            "schedule": schedule,
+            "parameterization": "flow_prediction",
+            "time_grid": "flow_match",
+            "time_grid_options": options,
+            "sigmas_convention": "flow",
+            "init_noise": "unit",
+            "timestep_rounding": "floor",
+        }
+
+    def explicit_grid(self, cfg):
+        return bool(self._own(cfg, "use_flow_sigmas")) or super().explicit_grid(cfg)
+
+    def convert(self, cfg, sampler=None, sampler_options=None):
+        out = super().convert(cfg, sampler, sampler_options)
+        if out.get("final_sigmas_type") == "repeat_last" and not self.is_twin(cfg, sampler, sampler_options):
+            # DEIS's/SA-Solver's zero-length last step is a quirk of their algorithm, not of the grid: another
+            # sampler ends on the data
+            out["final_sigmas_type"] = "zero"
+        return out
+
+
+class DEISConverter(_FlowSigmas, BetaTableConverter):
     """DEISMultistepScheduler → ``deis`` (log ρ multistep, orders 1–3, ``lower_order_final``): diffusers' multistep
     spacings (n + 1 points without index 0 for leading/linspace) and its last step to the table's σ_min (index 0),
     i.e. ``final_sigmas_type="sigma_min"``. diffusers maps algorithm_type dpmsolver/dpmsolver++ and solver_type
-    midpoint/heun/bh1/bh2 to deis/logrho, and so does the conversion."""
+    midpoint/heun/bh1/bh2 to deis/logrho, and so does the conversion.
+
+    With ``use_flow_sigmas=True`` it runs on the rectified flow (:class:`_FlowSigmas`) with DPM-Solver multistep's
+    levels (``levels="dpmsolver"``: its ``set_timesteps`` computes the same ones, μ setting the shift to e^μ), and,
+    a quirk the twin keeps, appends its last level again: the last of its n steps is the zero-length step
+    τ_{n−1} → τ_{n−1} (``final_sigmas_type="repeat_last"``), whose log ρ weights vanish, so the result keeps the
+    noise of that level (τ_{n−1} ≈ shift/n for shift·n ≫ 1) and ``lower_order_final`` lowers the order of the last
+    two steps counting that one. ``sampler=`` another algorithm ends on the data instead. Parity there is to rounding
+    in float64; in float32 diffusers' own result moves by ≈ 5·10⁻⁵ × scale (its float32 levels give α = 1 − σ at
+    σ ≈ 0.999 a 10⁻⁵ error, which its form (α_t/α_s) x − σ_t(e^h − 1) ε̂ amplifies), the twin's by ≈ 3·10⁻⁷."""
 
     name = "DEISMultistepScheduler"
     sampler = "deis"
@@ -614,6 +720,7 @@ class DEISConverter(BetaTableConverter):
         "use_karras_sigmas": (False,),
         "use_exponential_sigmas": (False,),
         "use_beta_sigmas": (False,),
+        **_FlowSigmas.FLOW_ACCEPTS,
     }
     _GRID_REFUSAL = (
         "diffusers' DEIS ends such a grid with a zero-length step (σ_min → σ_min) that leaves the sample "
@@ -622,13 +729,6 @@ class DEISConverter(BetaTableConverter):
     )
 
     def check_flags(self, cfg, twin):
-        if cfg.get("use_flow_sigmas"):
-            raise ConversionError(
-                f"{self.name} flag use_flow_sigmas=True is not supported by unisde's conversion: diffusers' DEIS "
-                "repeats its last flow level (a zero-length final step), so its result keeps ≈ 1/n of the noise; "
-                "to sample this flow model with DEIS, build UnifiedScheduler(schedule='rectified-flow', "
-                "prediction_type='flow_prediction', time_grid='flow_match', sampler='deis') directly"
-            )
         flags = (
             ("use_karras_sigmas", "karras"),
             ("use_exponential_sigmas", "exponential"),
@@ -644,13 +744,16 @@ class DEISConverter(BetaTableConverter):
         return super().check_flags(cfg, twin)
 
     def schedule_keys(self, cfg):
+        flow = self._flow_schedule_keys(cfg)
+        if flow is not None:
+            return {**flow, "final_sigmas_type": "repeat_last"}
         return {**super().schedule_keys(cfg), "final_sigmas_type": "sigma_min"}
 
     def sampler_keys(self, cfg):
         return {"sampler": "deis"}  # solver_order and lower_order_final reach it by option name
 
 
-class SASolverConverter(BetaTableConverter):
+class SASolverConverter(_FlowSigmas, BetaTableConverter):
     """SASolverScheduler → ``sa_solver`` (Xue et al. 2023 [SASolver]; data prediction, predictor and corrector orders
     1–3, ``lower_order_final``): diffusers' multistep spacings (n + 1 points without index 0 for leading/linspace,
     its default linspace) and its last step to the table's σ_min (index 0), i.e. ``final_sigmas_type="sigma_min"``.
@@ -658,8 +761,16 @@ class SASolverConverter(BetaTableConverter):
     times (200 + ½)/N … (800 + 1½)/N of those indices (index i sits at t = (i + 1)/N). Refused by name: a custom
     ``tau_func`` (a Python callable, which a config cannot carry; pass sampler_options tau/tau_window instead),
     ``algorithm_type="noise_prediction"``, learned variances (diffusers slices 3 channels and draws noise shaped
-    like the whole output) and the Karras/exponential/Beta/flow σ grids, which diffusers ends with a zero-length
-    step."""
+    like the whole output) and the Karras/exponential/Beta σ grids, which diffusers ends with a zero-length step
+    (σ_min → σ_min) and feeds rounded or truncated timesteps.
+
+    With ``use_flow_sigmas=True`` it runs on the rectified flow (:class:`_FlowSigmas`) with DPM-Solver multistep's
+    levels (``levels="dpmsolver"``: its ``set_timesteps`` computes the same ones) and, a quirk the twin keeps,
+    appends its last level again: the last of its n steps is the zero-length step τ_{n−1} → τ_{n−1}
+    (``final_sigmas_type="repeat_last"``) — the corrector of the step before still runs there, then the predictor's
+    weights and noise vanish — so the result keeps the noise of that level (τ_{n−1} ≈ shift/n for shift·n ≫ 1) and
+    ``lower_order_final`` counts that step. Its ``tau_func`` then reads the model timestep ⌊τ N⌋, so 200 … 800 is
+    ``tau_window`` [200/N, 801/N) in τ = t. ``sampler=`` another algorithm ends on the data instead."""
 
     name = "SASolverScheduler"
     sampler = "sa_solver"
@@ -676,8 +787,7 @@ class SASolverConverter(BetaTableConverter):
         "use_karras_sigmas": (False,),
         "use_exponential_sigmas": (False,),
         "use_beta_sigmas": (False,),
-        "use_flow_sigmas": (False,),
-        "flow_shift": ANY,  # read only with use_flow_sigmas
+        **_FlowSigmas.FLOW_ACCEPTS,
     }
     _REFUSALS = {
         "use_karras_sigmas": "its Karras σ grid ends with a zero-length step (σ_min → σ_min) that leaves the sample "
@@ -686,8 +796,6 @@ class SASolverConverter(BetaTableConverter):
         "the sample at σ_min instead of denoising it",
         "use_beta_sigmas": "its Beta σ grid ends with a zero-length step (σ_min → σ_min) that leaves the sample at "
         "σ_min instead of denoising it",
-        "use_flow_sigmas": "its flow grid ends with a zero-length step at its last level (τ ≈ 1/n, shifted), so the "
-        "result keeps that much noise instead of being denoised",
         "algorithm_type": "unisde's sa_solver is SA-Solver's data-prediction form (the default "
         "'data_prediction'); the noise-prediction form is not implemented",
         "tau_func": "a Python callable cannot be converted; pass sampler='sa_solver' with sampler_options "
@@ -706,17 +814,23 @@ class SASolverConverter(BetaTableConverter):
         return super().check_flags(cfg, twin)
 
     def schedule_keys(self, cfg):
+        flow = self._flow_schedule_keys(cfg)
+        if flow is not None:
+            return {**flow, "final_sigmas_type": "repeat_last"}
         return {**super().schedule_keys(cfg), "final_sigmas_type": "sigma_min"}
 
     def sampler_keys(self, cfg):
         n = int(cfg.get("num_train_timesteps", 1000))
+        # tau_func's 200 ≤ timestep ≤ 800 in the sampler's time t: table index i sits at t = (i + 1)/N (half-index
+        # margins), a flow level τ = t is fed ⌊τ N⌋, so τ ∈ [200/N, 801/N)
+        window = [200 / n, math.nextafter(801 / n, 0.0)] if cfg.get("use_flow_sigmas") else [200.5 / n, 801.5 / n]
         return {
             "sampler": "sa_solver",
             "sampler_options": {
                 "predictor_order": int(cfg.get("predictor_order", 2)),
                 "corrector_order": int(cfg.get("corrector_order", 2)),
                 "tau": 1.0,
-                "tau_window": [200.5 / n, 801.5 / n],
+                "tau_window": window,
                 "lower_order_final": bool(cfg.get("lower_order_final", True)),
             },
         }
@@ -735,14 +849,11 @@ _IPNDM_REFUSAL = (
 )
 
 
-class _MultistepFamily(BetaTableConverter):
+class _MultistepFamily(_FlowSigmas, BetaTableConverter):
     """DPMSolverMultistep and UniPC: leading/linspace over n + 1 points without index 0.
 
     With ``use_flow_sigmas=True`` (Wan 2.1 ships UniPC so, with ``flow_shift=3.0``) they run on the rectified flow
-    and ignore the β table: the ``flow_match`` grid with ``levels="unipc"`` / ``"dpmsolver"`` (their own base levels
-    and ``flow_shift``; μ / ``shift_terminal`` where the class takes them), flow prediction, ``scheduler.sigmas`` in
-    flow levels, the model fed ⌊τ N⌋ as int64 (``timestep_rounding="floor"``) and the start from z itself
-    (``init_noise="unit"``), as those classes do.
+    (:class:`_FlowSigmas`) with ``levels="unipc"`` / ``"dpmsolver"`` (their own base levels).
 
     ``use_exponential_sigmas`` / ``use_beta_sigmas`` space σ̃ between the table's ends (``uniform_lambda``; the
     ``diffusers_sigmas`` grid with Beta(0.6, 0.6) quantiles) and feed the model the int64 truncation of each level's
@@ -762,85 +873,33 @@ class _MultistepFamily(BetaTableConverter):
         "final_sigmas_type": ("zero", "sigma_min"),
         "solver_order": (1, 2, 3),
         "lower_order_final": ANY,
-        "prediction_type": PREDICTIONS + ("flow_prediction",),
-        "use_flow_sigmas": ANY,
-        "flow_shift": ANY,
-        "use_dynamic_shifting": ANY,
-        "time_shift_type": ("exponential",),
+        **_FlowSigmas.FLOW_ACCEPTS,
         "shift_terminal": ANY,
     }
-    FLOW_LEVELS: ClassVar[dict] = {"UniPCMultistepScheduler": "unipc", "DPMSolverMultistepScheduler": "dpmsolver"}
-
-    def _flow_refusal(self, cfg) -> str | None:
-        prediction = cfg.get("prediction_type", "epsilon")
-        if not cfg.get("use_flow_sigmas"):
-            if prediction == "flow_prediction":
-                return (
-                    "prediction_type='flow_prediction' needs use_flow_sigmas=True (diffusers would read a velocity "
-                    "against the β table's σ)"
-                )
-            if cfg.get("use_dynamic_shifting"):
-                return "use_dynamic_shifting=True applies only with use_flow_sigmas=True"
-            return None
-        if prediction != "flow_prediction":
-            return (
-                f"use_flow_sigmas=True with prediction_type={prediction!r}: diffusers converts that output with "
-                "α = 1 − σ, which unisde converts only for flow_prediction (supported: 'flow_prediction')"
-            )
-        for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"):
-            if cfg.get(flag):
-                return (
-                    f"use_flow_sigmas=True with {flag}=True: diffusers spaces the β table's VE σ and then reads "
-                    "them as flow levels; unisde does not reproduce that mix"
-                )
-        if cfg.get("final_sigmas_type", "zero") != "zero":
-            return (
-                f"use_flow_sigmas=True with final_sigmas_type={cfg.get('final_sigmas_type')!r}: diffusers' last "
-                "step then ends at a β-table σ_min read as a flow level (or a zero-length step); supported: 'zero'"
-            )
-        if not float(cfg.get("flow_shift", 1.0)) > 0:
-            return f"flow_shift={cfg.get('flow_shift')!r} must be > 0"
-        return None
 
     def schedule_keys(self, cfg):
-        problem = self._flow_refusal(cfg)
-        if problem:
+        flow = self._flow_schedule_keys(cfg)
+        if flow is not None:
+            return flow
+        respaced = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
+        flag = next((f for f in respaced if cfg.get(f)), None)
+        if flag and cfg.get("final_sigmas_type", "zero") == "sigma_min":
             raise ConversionError(
-                f"{self.name} flag {problem}; it changes the schedule or time grid, so no sampler= can stand in for it"
+                f"{self.name} flag final_sigmas_type='sigma_min' with {flag}=True is not supported by unisde's "
+                "conversion: that grid already ends at the table's σ_min, so diffusers' last step is the "
+                "zero-length σ_min → σ_min step, which leaves the sample noisy instead of denoising it "
+                "(supported: final_sigmas_type='zero')"
             )
-        if not cfg.get("use_flow_sigmas"):
-            respaced = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
-            flag = next((f for f in respaced if cfg.get(f)), None)
-            if flag and cfg.get("final_sigmas_type", "zero") == "sigma_min":
-                raise ConversionError(
-                    f"{self.name} flag final_sigmas_type='sigma_min' with {flag}=True is not supported by unisde's "
-                    "conversion: that grid already ends at the table's σ_min, so diffusers' last step is the "
-                    "zero-length σ_min → σ_min step, which leaves the sample noisy instead of denoising it "
-                    "(supported: final_sigmas_type='zero')"
-                )
-            out = super().schedule_keys(cfg)
-            if cfg.get("use_exponential_sigmas") or cfg.get("use_beta_sigmas"):
-                # diffusers casts these levels' fractional _sigma_to_t indices to int64 (truncation) for the model
-                out["timestep_rounding"] = "floor"
-            return out
-        options = {"levels": self.FLOW_LEVELS[self.name], "shift": float(cfg.get("flow_shift", 1.0))}
-        schedule = {"name": "rectified-flow", "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000))}
-        return {
-            "schedule": schedule,
-            "parameterization": "flow_prediction",
-            "time_grid": "flow_match",
-            "time_grid_options": options,
-            "sigmas_convention": "flow",
-            "init_noise": "unit",
-            "timestep_rounding": "floor",
-        }
-
-    def explicit_grid(self, cfg):
-        return bool(cfg.get("use_flow_sigmas")) or super().explicit_grid(cfg)
+        out = super().schedule_keys(cfg)
+        if cfg.get("use_exponential_sigmas") or cfg.get("use_beta_sigmas"):
+            # diffusers casts these levels' fractional _sigma_to_t indices to int64 (truncation) for the model
+            out["timestep_rounding"] = "floor"
+        return out
 
 
 class DPMSolverMultistepConverter(_MultistepFamily):
     name = "DPMSolverMultistepScheduler"
+    flow_levels = "dpmsolver"
 
     def schedule_keys(self, cfg):
         out = super().schedule_keys(cfg)
@@ -882,6 +941,7 @@ class UniPCConverter(_MultistepFamily):
     twin's is finite, so those runs have no diffusers result to match."""
 
     name = "UniPCMultistepScheduler"
+    flow_levels = "unipc"
 
     def schedule_keys(self, cfg):
         out = super().schedule_keys(cfg)
@@ -1135,11 +1195,18 @@ class ScoreSdeVeConverter(Converter):
         return False
 
 
-class DPMSolverSinglestepConverter(BetaTableConverter):
+class DPMSolverSinglestepConverter(_FlowSigmas, BetaTableConverter):
     """Singlestep DPM-Solver(++): the multistep schedulers' linspace over n + 1 points without index 0 (the class has
     no ``timestep_spacing``), Karras or exponential σ; every algorithm/solver flag reaches the sampler by name. As the
     multistep classes, it feeds the model rounded timesteps on Karras σ and truncated ones (its int64 cast) on
-    exponential σ while stepping between the exact levels."""
+    exponential σ while stepping between the exact levels.
+
+    With ``use_flow_sigmas=True`` it runs on the rectified flow (:class:`_FlowSigmas`) with DPM-Solver multistep's
+    levels (``levels="dpmsolver"``: its ``set_timesteps`` computes the same ones, μ setting the shift to e^μ) and its
+    last step into σ = 0 (``final_sigmas_type="zero"``, the only value it pairs with flow levels without reading a
+    β-table σ_min as one; so ``algorithm_type="dpmsolver"``, which diffusers allows only with ``"sigma_min"`` and
+    whose noise form has no flow prediction there, does not arise). Its ``set_timesteps(timesteps=...)`` then uses
+    only their number; the twin refuses custom timesteps instead."""
 
     name = "DPMSolverSinglestepScheduler"
     sampler = "dpmsolver_singlestep"
@@ -1154,9 +1221,13 @@ class DPMSolverSinglestepConverter(BetaTableConverter):
         "lower_order_final": ANY,
         "solver_type": ("midpoint", "heun"),
         "algorithm_type": ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"),
+        **_FlowSigmas.FLOW_ACCEPTS,
     }
 
     def schedule_keys(self, cfg):
+        flow = self._flow_schedule_keys(cfg)
+        if flow is not None:
+            return flow
         out = super().schedule_keys(cfg)
         if out["time_grid"] not in ("karras", "uniform_lambda"):
             out["time_grid"] = "linspace_multistep"
@@ -1165,6 +1236,16 @@ class DPMSolverSinglestepConverter(BetaTableConverter):
         else:
             out["timestep_rounding"] = "floor"
         return out
+
+    def unsupported_combination(self, cfg):
+        if cfg.get("algorithm_type") == "dpmsolver" and cfg.get("final_sigmas_type", "zero") == "zero":
+            return (
+                "algorithm_type='dpmsolver' with final_sigmas_type='zero': diffusers refuses that pair (its noise form "
+                "cannot step to σ = 0), so a config holding it has no diffusers result to reproduce (and with "
+                "use_flow_sigmas, which needs 'zero', diffusers' noise form takes no flow_prediction output either); "
+                "use algorithm_type='dpmsolver++', or final_sigmas_type='sigma_min' without flow sigmas"
+            )
+        return None
 
     @staticmethod
     def _diffusers_slip(cfg) -> bool:

@@ -29,7 +29,7 @@ from unisde.core.schedule import NoiseSchedule
 from unisde.grids import append_final, build_grid, get_grid, list_grids
 from unisde.parameterizations import schedule_coefficients
 from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, denoised_from_output, fed_timesteps
-from unisde.plugins import get_parameterization, get_sampler
+from unisde.plugins import get_parameterization, get_sampler, list_samplers
 from unisde.sampling import (
     all_finite,
     check_sampler_output,
@@ -40,6 +40,7 @@ from unisde.sampling import (
 )
 
 SIGMAS_CONVENTIONS = ("ve", "flow", "flow_levels")  # see UnifiedScheduler's sigmas_convention
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min", "repeat_last")  # see UnifiedScheduler's final_sigmas_type
 COMPATIBLE_SCHEDULERS = [
     "DDPMScheduler",
     "DDIMScheduler",
@@ -145,7 +146,10 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             name; None: the step generator's initial seed).
         final_sigmas_type: ``"zero"`` (the grid ends on the clean data) or ``"sigma_min"``: on a table at index 0 (the
             multistep classes' σ_min), on a continuous schedule with σ(0) > 0 at that level (Würstchen's
-            ᾱ(0) = 1 − 10⁻⁴), as the least positive time, since an end point t = 0 means the data.
+            ᾱ(0) = 1 − 10⁻⁴), as the least positive time, since an end point t = 0 means the data; or
+            ``"repeat_last"``: the grid ends at its last evaluation time again, a zero-length last step that keeps
+            the sample at that noise level (diffusers' DEIS and SA-Solver append their last flow level again; set by
+            their converters; only for samplers with ``takes_zero_length_end``).
         snr_shift_scale, scaler, s, beta_min, beta_max: CogVideoX's, Würstchen's and ScoreSdeVp's schedule keys, kept
             from a converted config so that converting back is lossless; the conversion writes their schedule into
             ``schedule``, and without it they are a ValueError (never silently ignored).
@@ -320,6 +324,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             raise unknown_name_error("sigmas_convention", sigmas_convention, SIGMAS_CONVENTIONS)
         if view not in (None, "auto", "ve", "flow"):
             raise unknown_name_error("view", view, ("auto", "ve", "flow"))
+        if final_sigmas_type not in FINAL_SIGMAS_TYPES:
+            raise unknown_name_error("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
         if init_noise not in ("marginal", "sigma", "unit"):
             raise unknown_name_error("init_noise", init_noise, ("marginal", "sigma", "unit"))
         if timestep_spacing not in ("leading", "trailing", "linspace"):
@@ -358,6 +364,14 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         param_options.update(parameterization_options or {})
         self.parameterization = get_parameterization(param_name, **param_options)
         self.sampler_cls = get_sampler(sampler)
+        if getattr(self.sampler_cls, "needs_uncond", False):
+            raise ValueError(
+                f"sampler {sampler!r} needs the unconditional prediction as well as the guided one (CFG++), which "
+                "diffusers pipelines do not pass to step(): they combine classifier-free guidance themselves. Use "
+                f"unisde.sample(..., sampler={sampler!r}) with a denoiser returning (guided x̂0, unconditional x̂0) "
+                "or a model returning (guided output, unconditional output); in a pipeline use a sampler of "
+                "unisde.list_samplers()"
+            )
         self.sampler_options = self._sampler_options(sampler_options)
         # Validate now so a bad option fails at construction, before any work.
         self._state = _LoopState()
@@ -401,7 +415,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         by the converter registered for its class (:mod:`unisde.diffusers.converters`): without ``sampler=`` to
         the unisde sampler that reproduces it, with ``sampler=`` keeping only its schedule, parameterisation and
         time grid. A class or flag unisde cannot honour is a ValueError saying what to do instead."""
-        from unisde.diffusers.converters import convert, foreign_keys, source_class
+        from unisde.diffusers.converters import SOURCE_OPTIONS_DROPPED, convert, foreign_keys, source_class
 
         source = config if config is not None and hasattr(config, "config") and not isinstance(config, dict) else None
         if source is not None:
@@ -423,6 +437,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 derived.pop("prediction_type", None)
             for key in foreign_keys(given, name):
                 cfg.pop(key)  # another class's keys, which the source ignores (see foreign_keys)
+            if derived.pop(SOURCE_OPTIONS_DROPPED, False):  # sampler= another algorithm: its defaults, not the source's
+                for key in get_sampler(derived["sampler"]).options:
+                    cfg.pop(key, None)
             cfg.update({k: v for k, v in derived.items() if k not in kwargs})
             if "sampler_options" in derived and "sampler_options" in kwargs:  # the source's under the caller's
                 kwargs["sampler_options"] = derived["sampler_options"]
@@ -524,6 +541,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         cfg = self.config
         sched, param = self.noise_schedule, self.parameterization
         sampler = self.sampler_cls(sched, **self.sampler_options)
+        repeat_last = cfg.final_sigmas_type == "repeat_last"
+        if repeat_last and not getattr(sampler, "takes_zero_length_end", False):
+            raise ValueError(
+                f"final_sigmas_type='repeat_last' (a zero-length last step) with sampler {sampler.name!r}, whose step "
+                "formulas do not take a step of length 0; use final_sigmas_type='zero', or a sampler that takes it: "
+                f"{', '.join(n for n in list_samplers() if getattr(get_sampler(n), 'takes_zero_length_end', False))}"
+            )
         final, keep_final = 0.0, False
         if getattr(sampler, "final_from_config", False) and not cfg.set_alpha_to_one and sched.is_discrete:
             # diffusers' DDIM/PNDM end at ᾱ_0 (index 0), a zero-length step when the grid already evaluates there
@@ -602,12 +626,14 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 final_time=final,
                 **options,
             )
+            if repeat_last:  # DEIS's/SA-Solver's flow σ: the last level appended again (their zero-length last step)
+                grid = append_final(grid[:-1], float(grid[-2]), sched, zero_length_end=True)
         # The source's zero-length last step: FlowMatch Euler given base sigmas ending in 0 (the flow grid made that
         # 0 its end point, so the grid has one level fewer than given) and LTXEulerAncestralRF given levels both list
         # the end point as a timestep too; the model is evaluated there and the step keeps the sample. The sampler
         # never sees it (a zero-length step would divide by 0 in most); step() answers it.
         noop_tail = given_levels
-        if cfg.sigmas_convention == "flow" and "base_sigmas" in options:
+        if cfg.sigmas_convention == "flow" and "base_sigmas" in options and not repeat_last:
             noop_tail = grid.numel() == len(options["base_sigmas"])
         eval_t = sampler.prepare(grid)
         if noop_tail:

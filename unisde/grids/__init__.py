@@ -182,6 +182,10 @@ def append_final(
     return times
 
 
+SIGMAS_RANGE_RTOL = 1e-4
+"""Relative tolerance of custom ``sigmas`` against the schedule's range (see :func:`grid_from_sigmas`)."""
+
+
 def grid_from_sigmas(schedule: NoiseSchedule, sigmas, final_time: float = 0.0) -> torch.Tensor:
     """Grid from custom VE-view noise levels σ̃ (descending; a trailing 0 marks the clean-data end point)."""
     sig = torch.as_tensor(np.asarray(sigmas, dtype=np.float64), dtype=DTYPE)
@@ -193,6 +197,23 @@ def grid_from_sigmas(schedule: NoiseSchedule, sigmas, final_time: float = 0.0) -
         sig = sig[:-1]
     if sig.numel() == 0:
         raise ValueError("sigmas must contain at least one positive noise level")
+    if (sig == 0).any():
+        i = int((sig == 0).nonzero()[0])
+        raise ValueError(
+            f"sigmas[{i}] = 0: a zero noise level may only be the last entry (the clean-data end point); "
+            f"got {np.asarray(sigmas, dtype=np.float64).tolist()}"
+        )
+    # The levels the schedule has, from its first time (a table's index 0, t = 1/N; t = 0 otherwise) to t_end:
+    # t_from_sigma clamps anything outside, which would silently run other levels than the ones asked for. Levels
+    # within SIGMAS_RANGE_RTOL of an end (float32 copies of scheduler.sigmas) are taken as that end.
+    lo_t = 1.0 / schedule.num_train_timesteps if schedule.is_discrete else 0.0
+    lo, hi = (float(v) for v in schedule.ve_sigma(torch.tensor([lo_t, schedule.t_end], dtype=DTYPE)))
+    for i, v in enumerate(sig.tolist()):
+        if v > hi * (1 + SIGMAS_RANGE_RTOL) or v < lo * (1 - SIGMAS_RANGE_RTOL):
+            raise ValueError(
+                f"sigmas[{i}] = {v:.6g} lies outside the schedule's VE-view noise levels [{lo:.6g}, {hi:.6g}] "
+                f"({schedule!r}); pass levels within that range (a trailing 0 marks the clean-data end point)"
+            )
     return append_final(schedule.t_from_sigma(sig), final_time, schedule)
 
 

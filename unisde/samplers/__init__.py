@@ -2,6 +2,7 @@
 
 from unisde.plugins import hookimpl
 from unisde.samplers.base import Option, Sampler, grid_coefficients
+from unisde.samplers.cfg_pp import CFG_PP_SAMPLERS
 from unisde.samplers.consistency import CMStochasticSampler, LCMSampler, TCDSampler
 from unisde.samplers.ddim import DDIMSampler
 from unisde.samplers.ddpm import DDPMSampler
@@ -13,6 +14,7 @@ from unisde.samplers.dpmpp_sde import DPMPP2SAncestralSampler, DPMPPSDESampler
 from unisde.samplers.edm import EDMSampler
 from unisde.samplers.er_sde import ERSDESampler
 from unisde.samplers.gradient_estimation import GradientEstimationSampler
+from unisde.samplers.heunpp2 import HeunPP2Sampler
 from unisde.samplers.inverse import DDIMInverseSampler, InverseSampler
 from unisde.samplers.ipndm import IPNDMSampler, IPNDMVSampler
 from unisde.samplers.kdpm2 import DPM2AncestralSampler, DPM2Sampler
@@ -26,6 +28,7 @@ from unisde.samplers.res_multistep import ResMultistepSampler
 from unisde.samplers.restart import RestartSampler
 from unisde.samplers.sa_solver import SASolverSampler
 from unisde.samplers.sde import SDESampler
+from unisde.samplers.seeds import SEEDS2Sampler, SEEDS3Sampler
 from unisde.samplers.unipc import UniPCSampler
 
 BUILTIN_SAMPLERS: tuple = (
@@ -59,7 +62,11 @@ BUILTIN_SAMPLERS: tuple = (
     DPMFastSampler,
     DPMAdaptiveSampler,  # adaptive: left out of list_samplers(), run by unisde.sampling.sample_adaptive
     GradientEstimationSampler,
+    HeunPP2Sampler,
+    SEEDS2Sampler,
+    SEEDS3Sampler,
     *MENU_SAMPLERS,  # k-diffusion / ComfyUI names of the samplers above with options fixed (euler, heun, …)
+    *CFG_PP_SAMPLERS,  # need the unconditional x̂0: left out of list_samplers(), run by unisde.sample only
 )
 
 
@@ -103,4 +110,7 @@ __all__ = [
     "DPMFastSampler",
     "DPMAdaptiveSampler",
     "GradientEstimationSampler",
+    "HeunPP2Sampler",
+    "SEEDS2Sampler",
+    "SEEDS3Sampler",
 ]

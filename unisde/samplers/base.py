@@ -28,7 +28,9 @@ Life cycle:
    multistep method then builds its history up again from there). During a ``send`` the driver also sets
    :attr:`generator`, :attr:`pipeline_eta`, :attr:`raw_denoised` (x̂0 before clipping) and :attr:`extra` (extra
    output channels, e.g. a learned variance), and :meth:`noise_like` draws from the current generator (or the
-   ``noise_sampler`` the functional API was given).
+   ``noise_sampler`` the functional API was given). A sampler with ``needs_uncond = True`` (the CFG++ samplers,
+   :mod:`unisde.samplers.cfg_pp`) receives the guided x̂0 as ``denoised`` and reads the unconditional one from
+   :attr:`uncond_denoised` (:meth:`Sampler.unconditional`), which only :func:`unisde.sample` sets.
 """
 
 from __future__ import annotations
@@ -135,6 +137,14 @@ class Sampler(abc.ABC):
     stochastic: whether the loop draws noise (so a generator matters).
     reads_raw_denoised: whether the loop reads :attr:`raw_denoised` (x̂0 before clipping; DDIM's ε̂ does). False
         lets a driver clip x̂0 in place, one sample-sized buffer less per step; True (the default) is always safe.
+    takes_zero_length_end: whether ``prepare`` takes a grid whose last step has length 0 (t_n = t_{n−1}) and the loop
+        then keeps the sample over it (finite weights, no division by the step): the grid of
+        ``final_sigmas_type="repeat_last"`` (diffusers' DEIS and SA-Solver on flow σ).
+    needs_uncond: whether the loop needs the unconditional x̂0 as well as the guided one (CFG++, Chung et al. 2024
+        [CFGpp]): the driver then sets :attr:`uncond_denoised` at every evaluation. Only :func:`unisde.sample` (a
+        denoiser or model returning the pair) does; :class:`unisde.UnifiedScheduler` refuses such a sampler (diffusers
+        pipelines combine the guidance themselves and pass only the guided output), and ``list_samplers()`` leaves
+        it out (``unisde.plugins.list_guided_samplers()`` lists it).
 
     Instance attribute set by ``prepare`` where it applies
     -------------------------------------------------------
@@ -151,6 +161,8 @@ class Sampler(abc.ABC):
     default_grid: ClassVar[str] = "config"
     stochastic: ClassVar[bool] = False
     reads_raw_denoised: ClassVar[bool] = True
+    takes_zero_length_end: ClassVar[bool] = False
+    needs_uncond: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
     def __init__(self, schedule: NoiseSchedule, **options):
@@ -163,6 +175,7 @@ class Sampler(abc.ABC):
         self.pipeline_eta: float | None = None
         self.raw_denoised: torch.Tensor | None = None
         self.extra: torch.Tensor | None = None
+        self.uncond_denoised: torch.Tensor | None = None
         self.affine_steps: list[tuple[float, float]] | None = None
 
     @classmethod
@@ -231,6 +244,29 @@ class Sampler(abc.ABC):
         if default_key in self.user_options or self.pipeline_eta is None:
             return float(self.opts[default_key])
         return float(self.pipeline_eta)
+
+    def unconditional(self, denoised: torch.Tensor) -> torch.Tensor:
+        """The x̂0 a step runs on: for a CFG++ sampler (``needs_uncond``) the unconditional x̂0 at the evaluation just
+        received (:attr:`uncond_denoised`), for every other sampler ``denoised`` itself (the same object, so a base
+        loop written with this call is unchanged). A ValueError where a driver did not set it: only
+        :func:`unisde.sample` / :func:`unisde.sampling.run_loop` pass the pair."""
+        if not self.needs_uncond:
+            return denoised
+        if self.uncond_denoised is None:
+            raise ValueError(
+                f"sampler {self.name!r} needs the unconditional x̂0 as well as the guided one (CFG++), and the code "
+                "driving its loop did not provide it; run it with unisde.sample(..., denoiser=lambda x, t: (guided, "
+                "unconditional)) or unisde.sampling.run_loop with a denoise(x, k) returning that pair"
+            )
+        return self.uncond_denoised
+
+    @staticmethod
+    def add_guidance(x: torch.Tensor, denoised: torch.Tensor, uncond: torch.Tensor, weight: float) -> torch.Tensor:
+        """x + weight·(D − U) in place on ``x`` (a fresh buffer of the loop): the guidance term of a CFG++ step whose
+        base update ran on the unconditional x̂0 U (:mod:`unisde.samplers.cfg_pp`); nothing when U is D itself."""
+        if uncond is denoised or weight == 0.0:
+            return x
+        return x.add_(denoised, alpha=weight).add_(uncond, alpha=-weight)
 
     def entry_step(self, start: int) -> int:
         """The step whose first model evaluation is evaluation number ``start`` (a loop can only be entered at

@@ -101,6 +101,12 @@ class DDIMSampler(Sampler):
         # the forward noise from τ_d to τ' in the flow view, times its scale s' + σ' (= σ'/τ') in model space
         return self.flow_scale_n[i] * rf_ancestral_step(self.tau[i], self.tau[i + 1], eta)[2]
 
+    def renoise_denoised(self, denoised):
+        """The x̂0 whose ε̂ = (x − s x̂0)/σ carries the sample to the next noise level: the unclipped one (diffusers'
+        default; the clipped one with ``use_clipped_model_output``). The CFG++ variant returns the unconditional x̂0
+        here (:class:`unisde.samplers.cfg_pp.DDIMCFGPPSampler`)."""
+        return denoised if self.opts["use_clipped_model_output"] or self.raw_denoised is None else self.raw_denoised
+
     def loop(self, x, start=0):
         for i in range(start, len(self.s_t)):
             x, denoised = yield x
@@ -111,12 +117,10 @@ class DDIMSampler(Sampler):
                 std = eta * math.sqrt(self.posterior[i]) if eta > 0 else 0.0
             # x' = s' x̂0 + √(σ'² − std²) ε̂ + std z with ε̂ = (x − s x̂0)/σ
             direction = math.sqrt(max(self.var_n[i] - std * std, 0.0)) / self.sigma_t[i]
-            x0_for_eps = (
-                denoised if self.opts["use_clipped_model_output"] or self.raw_denoised is None else self.raw_denoised
-            )
+            x0_for_eps = self.renoise_denoised(denoised)
             if x0_for_eps is denoised:  # no clipping in between: two passes
                 x_next = lincomb(x, direction, denoised, self.s_n[i] - direction * self.s_t[i])
-            else:  # ε̂ from the unclipped x̂0, the clipped one for the data term (diffusers' default)
+            else:  # ε̂ from another x̂0 (unclipped: diffusers' default; unconditional: CFG++) than the data term's
                 x_next = lincomb(x, direction, x0_for_eps, -direction * self.s_t[i])
                 x_next.add_(denoised, alpha=self.s_n[i])
             if eta > 0 and self.opts["ancestral"] == "ddim":

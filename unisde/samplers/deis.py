@@ -16,7 +16,9 @@ grid, in float64 (:func:`logrho_weights`; diffusers evaluates the same closed fo
 ε̂_k, ε̂_{k−1}, … as a local history, so each step runs at min(``solver_order``, evaluations so far) — from the
 start, and again from wherever an img2img pipeline
 enters the grid — and ``lower_order_final`` lowers the last steps to the number of steps left when the grid has
-fewer than 15 steps (diffusers' rule). One model evaluation per step; x = s x̃ in the model's own space, the step
+fewer than 15 steps (diffusers' rule). A zero-length last step (ρ_n = ρ_{n−1}: diffusers' DEIS appends its last flow
+level again, ``final_sigmas_type="repeat_last"``) has every weight 0 and keeps the sample; it counts as a step for
+``lower_order_final``, as there. One model evaluation per step; x = s x̃ in the model's own space, the step
 written as x_{k+1} = a x_k + b D_k + s_{k+1} Σ_{j≥1} c_{k,j} ε̂_{k−j} with ε̂ = (x − s D)/σ, so that no x/s is formed
 (float32 keeps its digits where s ≪ 1, e.g. at the start of a cosine table, σ̃ ≈ 2·10⁴).
 """
@@ -67,6 +69,8 @@ class DEISSampler(Sampler):
     name = "deis"
     description = "DEIS multistep (log ρ Adams–Bashforth on ε̂ in ρ = σ̃, orders 1–4): diffusers' DEISMultistep"
     default_grid = "uniform_lambda"
+    # a zero-length last step (ρ_{k+1} = ρ_k, diffusers' flow σ): every weight ∫_{ρ_k}^{ρ_k} … dρ is 0 and a = 1
+    takes_zero_length_end = True
     options = {
         "solver_order": Option(
             2, (int,), "multistep order 1 … 4 (diffusers: 1–3); a diffusers config's solver_order fills it", _order

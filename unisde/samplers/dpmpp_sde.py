@@ -101,6 +101,7 @@ class _TwoStageDPMPP(Sampler):
         mids = [plan[0] if plan[0] is not None else 1.0 for plan in plans]
         t_mid = self.schedule.t_from_sigma(torch.tensor(mids, dtype=torch.float64))
         s_mid = self.floats(self.scales_and_sigmas(t_mid)[0])
+        self.scales = s_f  # s along the grid (the CFG++ guidance weight s_{i+1})
         s_noise = self.opts["s_noise"]
         times, self.step_starts, self.steps = [], {}, []
         for i, (ve_mid, (down1, up1), (down2, up2), mix) in enumerate(plans):
@@ -127,7 +128,8 @@ class _TwoStageDPMPP(Sampler):
         self.start_loop()
         for i in range(self.entry_step(start), len(self.steps)):
             first, (c_x, c_d, c_m), noise = self.steps[i]
-            x, denoised = yield x  # D_i at σ̃_i
+            x, guided = yield x  # D_i at σ̃_i
+            denoised = self.unconditional(guided)  # CFG++: both stages run on U (else D itself)
             if first is None:  # one stage: x̃ = step(x̃_i, D_i; σ̃_i → σ̃_down)
                 x_next = exponential_integrator_step(x, c_x, denoised, c_d)
             else:
@@ -136,12 +138,13 @@ class _TwoStageDPMPP(Sampler):
                 if noise_mid > 0:
                     x_mid.add_(self.draw(x, i, 0), alpha=noise_mid)
                 _, denoised_mid = yield x_mid  # D_m at the intermediate level σ̃_m
+                denoised_mid = self.unconditional(denoised_mid)
                 x_next = exponential_integrator_step(x, c_x, denoised_mid, c_m)
                 if c_d != 0.0:
                     x_next.add_(denoised, alpha=c_d)
             if noise > 0:  # ancestral: back up from σ̃_down to σ̃_{i+1}
                 x_next.add_(self.draw(x, i, 1), alpha=noise)
-            x = x_next
+            x = self.add_guidance(x_next, guided, denoised, self.scales[i + 1])  # CFG++: + s_{i+1} (D_i − U_i)
         return x
 
 

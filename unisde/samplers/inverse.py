@@ -134,6 +134,11 @@ class InverseSampler(Sampler):
             raise ValueError(
                 f"sampler 'inverse': cannot invert {inner_cls.name!r}, which already runs from data to noise"
             )
+        if getattr(inner_cls, "needs_uncond", False):
+            raise ValueError(
+                f"sampler 'inverse': cannot invert {inner_cls.name!r}: it needs the unconditional x̂0 beside the guided "
+                "one (CFG++), which this sampler's loop does not pass on; invert its base sampler"
+            )
         self.inner = inner_cls(schedule, **(self.opts["invert_options"] or {}))
         self.default_grid = self.inner.default_grid
 

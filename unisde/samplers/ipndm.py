@@ -75,6 +75,9 @@ class IPNDMSampler(Sampler):
                 f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve[:-1]}"
             )
         self.eps_coefs = [(1.0 / sigma[k], -s[k] / sigma[k]) for k in range(n)]
+        # the data coefficient of the view at each level, s (VE: c = s; flow: c − cℓ = s + σ − σ): the weight of
+        # D − U in a CFG++ step run on U (unisde.samplers.cfg_pp)
+        self.data_scales = [c - c * v if self.view == "flow" else c for c, v in zip(s, ve)]
         self.steps = []
         for k in range(n):
             tables = []
@@ -95,12 +98,14 @@ class IPNDMSampler(Sampler):
     def loop(self, x, start=0):
         history = []  # d_k, d_{k−1}, … (newest first): this loop's Adams–Bashforth history
         for k in range(start, len(self.steps)):
-            x, denoised = yield x
+            x, guided = yield x
+            denoised = self.unconditional(guided)  # CFG++: the step (and the history of d) runs on U (else D itself)
             history = [self._eps(k, x, denoised), *history[: self.opts["max_order"] - 1]]
             a, b, weights = self.steps[k][min(len(history), len(self.steps[k])) - 1]
             x = denoised * b if a == 0.0 else lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j}
             for w, d in zip(weights, history[1:]):
                 x = x.add_(d, alpha=w)
+            x = self.add_guidance(x, guided, denoised, self.data_scales[k + 1])
         return x
 
     def _eps(self, k, x, denoised):

@@ -10,6 +10,8 @@ sampler with some options fixed or other defaults — one algorithm, one impleme
     uni_pc           = ``unipc`` with variant="bh1"         (ComfyUI's ``uni_pc``)
     uni_pc_bh2       = ``unipc`` with variant="bh2"         (ComfyUI's ``uni_pc_bh2``)
     res_multistep_ancestral = ``res_multistep`` with η = 1 by default (ComfyUI's)
+    sa_solver_pece   = ``sa_solver`` with pece=True         (ComfyUI's ``sa_solver_pece``: the corrected sample
+                                                            evaluated again; [SASolver])
 
 ComfyUI's ``*_gpu`` names (dpmpp_sde_gpu, dpmpp_2m_sde_gpu, dpmpp_3m_sde_gpu) draw the same noise law on the GPU
 and are aliases of their samplers.
@@ -27,6 +29,7 @@ from unisde.samplers.base import Sampler
 from unisde.samplers.ddim import DDIMSampler
 from unisde.samplers.edm import EDMSampler
 from unisde.samplers.res_multistep import ResMultistepSampler
+from unisde.samplers.sa_solver import SASolverSampler
 from unisde.samplers.unipc import UniPCSampler
 
 
@@ -48,8 +51,8 @@ def preset(
             spec = dataclasses.replace(spec, default=spec.validate(f"preset {name!r}", key, defaults[key]))
         options[key] = spec
 
-    def validate_options(cls, given: dict) -> dict:
-        return {**Sampler.validate_options.__func__(cls, given), **fixed}
+    def validate_options(cls, given: dict) -> dict:  # the base's own checks and settings, on the preset's options
+        return {**base.validate_options.__func__(cls, given), **fixed}
 
     return type(
         base.__name__ + "_" + name,
@@ -93,6 +96,13 @@ ResMultistepAncestralSampler = preset(
     defaults={"eta": 1.0},
 )
 
+SASolverPECESampler = preset(
+    SASolverSampler,
+    "sa_solver_pece",
+    "ComfyUI sa_solver_pece: SA-Solver in PECE mode, the corrected sample evaluated again (2 calls per step)",
+    fixed={"pece": True},
+)
+
 MENU_SAMPLERS = (
     EulerSampler,
     HeunSampler,
@@ -100,4 +110,5 @@ MENU_SAMPLERS = (
     UniPCBH1Sampler,
     UniPCBH2Sampler,
     ResMultistepAncestralSampler,
+    SASolverPECESampler,
 )

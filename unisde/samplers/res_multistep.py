@@ -85,7 +85,7 @@ class ResMultistepSampler(Sampler):
                 f"sampler {self.name!r} needs positive noise levels at every evaluation time; grid σ̃ = {ve_f[:-1]}"
             )
         eta, s_noise = self.opts["eta"], self.opts["s_noise"]
-        self.steps, previous_h = [], float("inf")
+        self.steps, self.guidance, previous_h = [], [], float("inf")
         for i in range(n):
             down, up = ancestral_step(ve_f[i], ve_f[i + 1], eta)
             pair_s = s[i : i + 2]
@@ -98,13 +98,17 @@ class ResMultistepSampler(Sampler):
             else:
                 slope = s_f[i + 1] * (h / previous_h) * exponential_integrator_corrections(h)[0]
             self.steps.append((ratio, first, slope, s_f[i + 1] * s_noise * up))
+            # the CFG++ variant's weights of D − U after a step run on U: s_{i+1} on a first-order step, (σ_T/σ_i) s_i
+            # on a second-order one (ComfyUI adds D − U to x̃ before its exponential step there; cfg_pp module)
+            self.guidance.append((s_f[i + 1], s_f[i + 1] if down == 0.0 else ratio * s_f[i]))
             previous_h = h
         return grid[:-1]
 
     def loop(self, x, start=0):
         previous = None  # D_{i−1}: this loop's history (entered mid-grid, the first step is first order)
         for i in range(start, len(self.steps)):
-            x, denoised = yield x
+            x, guided = yield x
+            denoised = self.unconditional(guided)  # CFG++: the step runs on U (else D itself)
             ratio, first, slope, noise = self.steps[i]
             if previous is not None and slope != 0.0:  # (1 − e^{−h}) D_i + w (D_i − D_{i−1}), w = slope/s_{i+1}
                 x_next = exponential_integrator_step(x, ratio, denoised, first + slope).add_(previous, alpha=-slope)
@@ -112,5 +116,6 @@ class ResMultistepSampler(Sampler):
                 x_next = exponential_integrator_step(x, ratio, denoised, first)
             if noise > 0:  # ancestral: back up from σ̃_down to σ̃_{i+1} with fresh noise
                 x_next = x_next.add_(self.noise_like(x_next), alpha=noise)
+            x_next = self.add_guidance(x_next, guided, denoised, self.guidance[i][previous is not None])
             previous, x = denoised, x_next
         return x

@@ -32,8 +32,28 @@ the generator, also where τ = 0 (as diffusers does, so the stream stays aligned
 of the loop (and from wherever an img2img pipeline enters it): the predictor at step k runs at
 min(``predictor_order``, k + 1), the corrector of step k at min(``corrector_order``, k + 2); with
 ``lower_order_final`` both also at most the number of steps left (+1 for the corrector), diffusers' rule. A step
-to σ = 0 (the clean-data end point) is first order and returns x = s_end D (no noise, no correction after it).
+to σ = 0 (the clean-data end point) is first order and returns x = s_end D (no noise, no correction after it). A
+zero-length last step (λ_n = λ_{n−1}: diffusers' SA-Solver appends its last flow level again,
+``final_sigmas_type="repeat_last"``) keeps the sample: its weights and noise vanish; it counts for
+``lower_order_final`` and draws its noise, as there.
 This is diffusers' SASolverScheduler with ``algorithm_type="data_prediction"``, whose configs convert to it.
+
+``pece=True`` (the ``sa_solver_pece`` preset, ComfyUI's ``sample_sa_solver_pece``; [SASolver]'s
+predict–evaluate–correct–evaluate mode): the corrected sample is evaluated again, one more model call per corrected
+step, and that D replaces the prediction's D_{k+1} in the history — the next predictor starts from the corrected
+sample's own evaluation, and the next corrector interpolates through it. At τ = 0 this is the Adams–Bashforth–Moulton
+PECE pair; the corrector of the last step before σ = 0 then matters (its re-evaluation gives the output
+x = s_end D), where without PECE it is discarded. Model calls: t_0, then t_k twice for k = 1 … n − 1 (2n − 1). Entered
+mid-grid at step k the loop starts afresh, with nothing to correct: one call at t_k, the second of the two listed
+(a pipeline entering at ``t_start * order`` lands there).
+
+Where unisde differs from ComfyUI's ``sample_sa_solver[_pece]`` (same family, other defaults and rules): ComfyUI's
+orders default to 3 (predictor) and 4 (corrector; unisde takes 1–3), its order-2 weights are the plain Lagrange ones
+unless ``simple_order_2`` (which is diffusers' modification above, the one unisde uses), it lowers the orders
+earlier at the end (at evaluation k the predictor at most n − 1 − k and the corrector n − k, against diffusers'
+n − k and n − k + 2), it judges τ's window by the
+σ at the step's end (σ_{k+1} between the σ of 20 % and 80 % of the model's range) where unisde takes the step's start
+time in ``tau_window``, and it draws noise only where τ > 0.
 """
 
 from __future__ import annotations
@@ -41,6 +61,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from unisde.core.kernels import lincomb
 from unisde.samplers.base import Option, Sampler, non_negative
@@ -105,6 +126,9 @@ class SASolverSampler(Sampler):
     )
     default_grid = "linspace_multistep"
     stochastic = True
+    # a zero-length last step (λ_{k+1} = λ_k, diffusers' flow σ): the predictor's moments, noise and order-2 shift are
+    # 0 and its x weight 1; its corrector, whose nodes would coincide, never runs (no evaluation follows)
+    takes_zero_length_end = True
     options = {
         "predictor_order": Option(2, (int,), "stochastic Adams–Bashforth order 1, 2 or 3", _order),
         "corrector_order": Option(2, (int,), "stochastic Adams–Moulton order 1, 2 or 3", _order),
@@ -119,7 +143,17 @@ class SASolverSampler(Sampler):
         "lower_order_final": Option(
             True, (bool,), "orders at most the number of steps left (+1 for the corrector), diffusers' rule"
         ),
+        "pece": Option(
+            False,
+            (bool,),
+            "PECE: evaluate the corrected sample again (one more call per corrected step) and use that D from there "
+            "on (ComfyUI's sa_solver_pece)",
+        ),
     }
+
+    @property
+    def order(self):  # diffusers' `order`: model calls per step
+        return 2 if self.opts["pece"] else 1
 
     def prepare(self, grid):
         """Per step k: τ_k, the x weight e^{−τ²h} σ_{k+1}/σ_k, the noise std σ_{k+1} √(1 − e^{−2τ²h}), and for every
@@ -152,6 +186,9 @@ class SASolverSampler(Sampler):
                     for p in range(1, top_p + 1)
                 ]
             )
+            if h == 0.0:  # the zero-length last step: no evaluation follows it to correct with
+                self.corr.append(None)
+                continue
             top_c = min(C, n - k + 1, k + 2) if few else min(C, k + 2)
             # the corrector's nodes: λ_{k+1} (its own evaluation), λ_k, λ_{k−1}, …
             self.corr.append(
@@ -160,7 +197,16 @@ class SASolverSampler(Sampler):
                     for q in range(1, top_c + 1)
                 ]
             )
-        return grid[:-1]
+        if not o["pece"]:
+            self.step_starts = None  # one call per step
+            return grid[:-1]
+        # PECE: evaluation k ≥ 1 at the prediction, then at the corrected sample (where step k − 1 has a corrector:
+        # all in a run); a fresh loop can start only where nothing is to be corrected: at t_0 or a second call
+        times, self.step_starts = [self.grid[0]], {0: 0}
+        for k in range(1, n):
+            times.extend([self.grid[k]] * (1 if self.corr[k - 1] is None else 2))
+            self.step_starts[len(times) - 1] = k
+        return torch.tensor(times, dtype=torch.float64)
 
     @staticmethod
     def _weights(nodes: list[float], h: float, c: float, s_t: float) -> list[float]:
@@ -177,7 +223,7 @@ class SASolverSampler(Sampler):
         depth = max(self.opts["predictor_order"], self.opts["corrector_order"])
         x_last = noise_last = None
         last_order = 0  # the corrector order of the previous step (0: not correctable)
-        for k in range(start, len(self.pred)):
+        for k in range(self.entry_step(start), len(self.pred)):
             x, denoised = yield x
             if x_last is not None and last_order:  # the corrector of step k − 1, with D_k at its prediction x_k
                 weights = self.corr[k - 1][last_order - 1]
@@ -186,6 +232,8 @@ class SASolverSampler(Sampler):
                     x.add_(previous, alpha=weight)
                 if self.noise_std[k - 1] > 0.0:
                     x.add_(noise_last, alpha=self.noise_std[k - 1])
+                if self.opts["pece"]:  # evaluate the corrected x_k: its D_k replaces the prediction's from here on
+                    x, denoised = yield x
             history = [denoised, *history[: depth - 1]]
             noise = self.noise_like(x)  # one draw per step, also where τ = 0 (diffusers' stream)
             run = len(history)  # evaluations of this loop so far

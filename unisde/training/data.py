@@ -110,7 +110,13 @@ def load_image_dataset(
         return datasets.load_dataset(
             _FILE_BUILDERS[exts.pop()], data_files={split: files}, split=split, cache_dir=cache_dir
         )
-    return datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+    try:
+        return datasets.load_dataset(dataset_name, dataset_config_name, split=split, cache_dir=cache_dir)
+    except FileNotFoundError as exc:  # datasets' DatasetNotFoundError too: a user error, not a traceback
+        raise ValueError(
+            f"--dataset_name {dataset_name!r}: no such dataset ({exc}); give a Hub dataset id, a local dataset "
+            f"folder or script, --train_data_dir for a folder of images, or --train_files"
+        ) from exc
 
 
 def find_image_column(dataset, image_column: str | None = None) -> str:

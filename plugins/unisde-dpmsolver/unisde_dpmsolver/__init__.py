@@ -224,6 +224,8 @@ class DPMSolverPlusPlus(Sampler):
         prefactor, scale = self.floats(u[1:]), 2.0 if algorithm == "sde-dpmsolver" else 1.0
         few = o["lower_order_final"] and n < 15
         self.eps_coefs = [(1.0 / sig_f[k], -s_f[k] / sig_f[k]) for k in range(n)] if noise_prediction else None
+        # (σ_{k+1}/σ_k) s_k: the x weight's share of ε̂ moved to U by the CFG++ variant (DPMPP2MCFGPPSampler)
+        self.renoise_scales = [self.ratio[k] * s_f[k] for k in range(n)]
         self.weights, self.noise_std = [], []
         self.brownian_range = None
         if o["noise"] == "brownian_tree":  # one path over the schedule's σ̃ range (and the grid's, if wider)
@@ -311,7 +313,8 @@ class DPMSolverPlusPlus(Sampler):
         # a fresh Brownian path per loop, seeded by the generator of its first draw (diffusers: per set_timesteps)
         brownian = BrownianTreeNoise(*self.brownian_range) if self.brownian_range else None
         for k in range(start, len(self.weights)):
-            x, denoised = yield x
+            x, guided = yield x
+            denoised = self.unconditional(guided)  # CFG++: the step and the history run on U (else D itself)
             if self.eps_coefs is None:
                 value = denoised
             else:  # ε̂ = (x − s D)/σ
@@ -321,6 +324,8 @@ class DPMSolverPlusPlus(Sampler):
             x_next = exponential_integrator_step(x, self.ratio[k], value, weights[0])  # first order (DDIM)
             for previous, weight in zip(history[1:], weights[1:]):  # the multistep corrections
                 x_next.add_(previous, alpha=weight)
+            # CFG++ (data prediction): D in the current slot, ε̂ from U: + (w_0 + (σ_{k+1}/σ_k) s_k)(D − U)
+            x_next = self.add_guidance(x_next, guided, denoised, weights[0] + self.renoise_scales[k])
             if self.opts.get("discard_draw") and len(weights) > 1 and self.noise_sampler is None:
                 self.noise_like(x)  # CogVideoXDPMScheduler's draw for the first-order step it then replaces
             if self.noise_std[k] > 0.0:
@@ -406,8 +411,49 @@ class KDiffusionDPMPP3MSDE(KDiffusionDPMPPSDE):
     fixed = {**KDiffusionDPMPPSDE.fixed, "solver_order": 3, "solver_type": "heun"}
 
 
+class DPMPP2MCFGPPSampler(DPMSolverPlusPlus):
+    r"""``dpmpp_2m_cfg_pp``: ComfyUI's ``sample_dpmpp_2m_cfg_pp`` [ComfyUI], DPM-Solver++(2M) with CFG++ (Chung et al.
+    2024 [CFGpp]; :mod:`unisde.samplers.cfg_pp`). With D the guided and U the unconditional x̂0 (``needs_uncond``: run
+    it with ``unisde.sample`` and a denoiser returning (D, U)), in the VE view x̃ = x/s:
+
+        x̃_{i+1} = D_i + e^{−h}(x̃_i − U_i) + (1 − e^{−h})/(2 r_i) (D_i − U_{i−1}),      r_i = h_{i−1}/h_i,
+
+    the first step and a step to σ = 0 without the last term: the 2M step with D_i in the current slot and U in the
+    history, its x term renoising with ε̂_U = (x − s U)/σ instead of ε̂_D, i.e. plus (σ_{i+1}/σ_i) s_i (D_i − U_i) (the
+    loop adds (w_0 + (σ_{i+1}/σ_i) s_i)(D_i − U_i) to the step run on U, w_0 the weight of the current slot). With
+    U = D it is ``dpmpp_2m``. In model space and λ' = log(s/σ) on every schedule, as this plugin's other forms
+    (ComfyUI steps in −log σ of its own sigmas, which on flow models is log t)."""
+
+    name = "dpmpp_2m_cfg_pp"
+    aliases = ()
+    needs_uncond = True
+    default_grid = "karras"
+    description = (
+        "ComfyUI sample_dpmpp_2m_cfg_pp: DPM-Solver++(2M), guided x̂0 for the data term, unconditional x̂0 for ε̂ and "
+        "the history"
+    )
+    options = {}
+    # k-diffusion's / ComfyUI's 2M: midpoint form, every step at the order its history allows
+    fixed = {
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "exact_quadratic": False,
+        "algorithm_type": "dpmsolver++",
+        "lower_order_final": False,
+        "euler_at_final": False,
+        "noise": "gaussian",
+        "exact_zero_snr": False,
+        "discard_draw": False,
+    }
+
+    @classmethod
+    def validate_options(cls, options: dict) -> dict:
+        return {**cls.fixed, **super(DPMSolverPlusPlus, cls).validate_options(options)}
+
+
 @unisde.hookimpl
 def unisde_register_samplers(register):
     register(DPMSolverPlusPlus)
     register(KDiffusionDPMPPSDE)
     register(KDiffusionDPMPP3MSDE)
+    register(DPMPP2MCFGPPSampler)
