@@ -84,14 +84,14 @@ class DDIMSampler(Sampler):
             raise ValueError("sampler 'ddim': diffusers_prev_timestep=True needs a β table (training indices)")
         big_n = sched.num_train_timesteps
         stride = big_n // n
+        targets = [round(t * big_n - 1) - stride for t in self.grid[:-1]]
+        inside = [i for i, j in enumerate(targets) if j >= 0]
         s_next, sigma_next = s_next.clone(), sigma_next.clone()
-        for i, t in enumerate(self.grid[:-1]):
-            j = round(t * big_n - 1) - stride
-            if j >= 0:
-                target = torch.tensor([(j + 1) / big_n], dtype=grid.dtype)
-                s_next[i], sigma_next[i] = (v[0] for v in self.grid_coefficients(target, exact=True))
-            else:
-                s_next[i], sigma_next[i] = s_next[-1], sigma_next[-1]
+        s_next[:], sigma_next[:] = s_next[-1].item(), sigma_next[-1].item()  # below index 0: the grid's end point
+        if inside:  # one coefficient call for every target (set_timesteps cost, not the step's)
+            times = torch.tensor([(targets[i] + 1) / big_n for i in inside], dtype=grid.dtype)
+            s_in, sigma_in = self.grid_coefficients(times, exact=True)
+            s_next[inside], sigma_next[inside] = s_in, sigma_in
         return s_next, sigma_next
 
     def rf_std(self, i: int, eta: float) -> float:

@@ -80,7 +80,10 @@ class EDMSampler(Sampler):
         # move the first evaluation from t = 1 to the cap t_end, the very point the flow view is exact at
         churned = ve_hat > ve * (1 + 1e-12)
         ve_hat = torch.where(churned, ve_hat, ve)
-        t_hat = torch.where(churned, self.schedule.t_from_sigma(ve_hat.clamp(min=1e-300)), grid)
+        if bool(churned.any()):  # inverting σ̃ is a bisection: only where there is churn
+            t_hat = torch.where(churned, self.schedule.t_from_sigma(ve_hat.clamp(min=1e-300)), grid)
+        else:
+            t_hat = grid
         s_hat = torch.where(churned, self.scales_and_sigmas(t_hat)[0], s)
         # the ODE's variables: (c, ℓ) on the grid and at the churned times (unisde.core.kernels.view_coefficients)
         c, level = self.view_coefficients(grid)

@@ -26,6 +26,8 @@ polynomials in σ̃ would span the capped σ̃ = 4096 (rectified flow, 5 / 10 st
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from unisde.core.kernels import pf_ode_derivative
@@ -38,10 +40,15 @@ def _lms_order(value):
     return None if value in ORDERS else f"must be one of {', '.join(map(str, ORDERS))}"
 
 
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre(points: int):
+    """Gauss–Legendre nodes and weights on [−1, 1] (computed once per count: set_timesteps asks for them per step)."""
+    return np.polynomial.legendre.leggauss(points)
+
+
 def adams_bashforth_weights(nodes: list[float], start: float, end: float) -> tuple[float, ...]:
     """∫_start^end L_j(τ) dτ for the Lagrange basis L_j of ``nodes`` (node 0 is the current point), float64."""
-    p = len(nodes)
-    x, w = np.polynomial.legendre.leggauss(max(p, 1))  # exact for degree ≤ 2p − 1 ≥ p − 1
+    x, w = _gauss_legendre(max(len(nodes), 1))  # exact for degree ≤ 2p − 1 ≥ p − 1
     half = 0.5 * (end - start)
     tau = start + half * (x + 1.0)
     weights = []
