@@ -162,6 +162,11 @@ def test_menu_names_fix_their_options():
     assert get_sampler("euler_ancestral")(sched, eta=0.5).opts["eta"] == 0.5
     assert get_sampler("uni_pc")(sched).opts["variant"] == "bh1"
     assert get_sampler("uni_pc_bh2")(sched).opts["variant"] == "bh2"
+    exp_heun = {"eta": 0.0, "s_noise": 0.0, "r": 1.0, "variant": "phi_2"}
+    assert get_sampler("exp_heun_2_x0")(sched).opts == get_sampler("seeds_2")(sched, **exp_heun).opts
+    assert get_sampler("exp_heun_2_x0_sde")(sched).opts == get_sampler("seeds_2")(sched, r=1.0, variant="phi_2").opts
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['r'\] for sampler 'exp_heun_2_x0_sde'"):
+        get_sampler("exp_heun_2_x0_sde")(sched, r=0.5)
 
 
 @pytest.mark.parametrize(

@@ -439,3 +439,24 @@ def test_bad_options_are_clear_value_errors(name, bad, match):
         get_sampler(name)(NoiseSchedule.edm(), **bad)
     with pytest.raises(ValueError, match=match):  # at construction, before any work
         UnifiedScheduler(sampler=name, sampler_options=bad)
+
+
+@pytest.mark.parametrize("case", ["vp-table", "edm"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_dpmpp_2m_sde_heun_is_k_diffusions_heun_form(k_sampling, case, eta):
+    """ComfyUI's ``dpmpp_2m_sde_heun`` (and ``_gpu``): k-diffusion's ``sample_dpmpp_2m_sde(solver_type="heun")``,
+    the same draws, ≤ 1e-10 in float64; its solver_type is fixed."""
+    plugin_samplers()
+    assert get_sampler("dpmpp_2m_sde_heun_gpu") is get_sampler("dpmpp_2m_sde_heun")
+    assert "solver_type" not in get_sampler("dpmpp_2m_sde_heun").options
+    sched = SCHEDULES[case]()
+    grid = make_grid(sched, 10, "karras")
+    ours, theirs, _ = against_k_diffusion(
+        k_sampling.sample_dpmpp_2m_sde,
+        "dpmpp_2m_sde_heun",
+        {"eta": eta},
+        sched,
+        grid,
+        {"eta": eta, "solver_type": "heun"},
+    )
+    assert float((ours - theirs).abs().max()) <= 1e-10 * float(theirs.abs().max())

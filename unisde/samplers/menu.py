@@ -10,11 +10,15 @@ sampler with some options fixed or other defaults — one algorithm, one impleme
     uni_pc           = ``unipc`` with variant="bh1"         (ComfyUI's ``uni_pc``)
     uni_pc_bh2       = ``unipc`` with variant="bh2"         (ComfyUI's ``uni_pc_bh2``)
     res_multistep_ancestral = ``res_multistep`` with η = 1 by default (ComfyUI's)
+    exp_heun_2_x0    = ``seeds_2`` with r = 1, η = 0, φ₂     (ComfyUI's ``sample_exp_heun_2_x0``)
+    exp_heun_2_x0_sde = ``seeds_2`` with r = 1, φ₂ default  (ComfyUI's ``sample_exp_heun_2_x0_sde``)
+    dpmpp_2m_sde_heun = ``dpmpp_2m_sde`` with solver_type="heun" (k-diffusion / ComfyUI; in the unisde-dpmsolver
+                                                            plugin, beside its base)
     sa_solver_pece   = ``sa_solver`` with pece=True         (ComfyUI's ``sa_solver_pece``: the corrected sample
                                                             evaluated again; [SASolver])
 
-ComfyUI's ``*_gpu`` names (dpmpp_sde_gpu, dpmpp_2m_sde_gpu, dpmpp_3m_sde_gpu) draw the same noise law on the GPU
-and are aliases of their samplers.
+ComfyUI's ``*_gpu`` names (dpmpp_sde_gpu, dpmpp_2m_sde_gpu, dpmpp_2m_sde_heun_gpu, dpmpp_3m_sde_gpu) draw the
+same noise law on the GPU and are aliases of their samplers.
 
 Each is registered as a sampler of its own, so ``sampler="euler"`` works everywhere a sampler name does. A fixed
 option is not an option of the preset (passing it is the usual unknown-option error); a changed default stays an
@@ -30,14 +34,21 @@ from unisde.samplers.ddim import DDIMSampler
 from unisde.samplers.edm import EDMSampler
 from unisde.samplers.res_multistep import ResMultistepSampler
 from unisde.samplers.sa_solver import SASolverSampler
+from unisde.samplers.seeds import SEEDS2Sampler
 from unisde.samplers.unipc import UniPCSampler
 
 
 def preset(
-    base: type[Sampler], name: str, description: str, *, fixed: dict | None = None, defaults: dict | None = None
+    base: type[Sampler],
+    name: str,
+    description: str,
+    *,
+    fixed: dict | None = None,
+    defaults: dict | None = None,
+    aliases: tuple = (),
 ) -> type[Sampler]:
-    """A sampler class that runs ``base`` under the name ``name`` with the options in ``fixed`` set (and removed
-    from its options) and the defaults in ``defaults`` changed."""
+    """A sampler class that runs ``base`` under the name ``name`` (and ``aliases``) with the options in ``fixed``
+    set (and removed from its options) and the defaults in ``defaults`` changed."""
     fixed, defaults = dict(fixed or {}), dict(defaults or {})
     unknown = sorted((set(fixed) | set(defaults)) - set(base.options))
     if unknown:
@@ -59,7 +70,7 @@ def preset(
         (base,),
         {
             "name": name,
-            "aliases": (),
+            "aliases": tuple(aliases),
             "description": description,
             "options": options,
             "validate_options": classmethod(validate_options),
@@ -96,6 +107,22 @@ ResMultistepAncestralSampler = preset(
     defaults={"eta": 1.0},
 )
 
+ExpHeun2X0Sampler = preset(
+    SEEDS2Sampler,
+    "exp_heun_2_x0",
+    "ComfyUI exp_heun_2_x0: exponential Heun in x̂0 and log-SNR (SEEDS-2 with the stage at the step's end, r = 1, "
+    "deterministic, φ₂ weights by default)",
+    fixed={"eta": 0.0, "s_noise": 0.0, "r": 1.0},
+    defaults={"variant": "phi_2"},
+)
+ExpHeun2X0SDESampler = preset(
+    SEEDS2Sampler,
+    "exp_heun_2_x0_sde",
+    "ComfyUI exp_heun_2_x0_sde: stochastic exponential Heun (SEEDS-2 with r = 1, η = 1, φ₂ weights by default)",
+    fixed={"r": 1.0},
+    defaults={"variant": "phi_2"},
+)
+
 SASolverPECESampler = preset(
     SASolverSampler,
     "sa_solver_pece",
@@ -111,4 +138,6 @@ MENU_SAMPLERS = (
     UniPCBH2Sampler,
     ResMultistepAncestralSampler,
     SASolverPECESampler,
+    ExpHeun2X0Sampler,
+    ExpHeun2X0SDESampler,
 )

@@ -80,6 +80,7 @@ from unisde.grids import default_time_range
 from unisde.samplers import Option, Sampler
 from unisde.samplers.base import non_negative, positive
 from unisde.samplers.brownian import BrownianTreeNoise
+from unisde.samplers.menu import preset
 
 __version__ = "0.1.0"
 
@@ -451,9 +452,19 @@ class DPMPP2MCFGPPSampler(DPMSolverPlusPlus):
         return {**cls.fixed, **super(DPMSolverPlusPlus, cls).validate_options(options)}
 
 
+KDiffusionDPMPP2MSDEHeun = preset(
+    KDiffusionDPMPPSDE,
+    "dpmpp_2m_sde_heun",
+    "k-diffusion / ComfyUI dpmpp_2m_sde with solver_type='heun' (ComfyUI's dpmpp_2m_sde_heun)",
+    fixed={"solver_type": "heun"},
+    aliases=("dpmpp_2m_sde_heun_gpu",),
+)
+
+
 @unisde.hookimpl
 def unisde_register_samplers(register):
     register(DPMSolverPlusPlus)
     register(KDiffusionDPMPPSDE)
     register(KDiffusionDPMPP3MSDE)
+    register(KDiffusionDPMPP2MSDEHeun)
     register(DPMPP2MCFGPPSampler)
