@@ -80,7 +80,7 @@ OWN_LOOPS = {
     "UnCLIPScheduler": (
         _own_loop_unclip,
         torch.float32,
-        "; its last step weighs x̂0 by its float32 β_0/(1 − ᾱ_0) = 1 + O(1e-3) (tests/test_converters_remaining.py)",
+        "; with clipping its float32 α = 1 − β of the first step moves √α by 2e-5 (tests/test_converters_remaining.py)",
     ),
     "DDPMWuerstchenScheduler": (_own_loop_wuerstchen, torch.float32, ""),
     "ScoreSdeVpScheduler": (_own_loop_score_sde_vp, torch.float64, ", float64"),

@@ -185,7 +185,18 @@ class UnCLIPConverter(RefusingByName, BetaTableConverter):
     sampler's), x̂0 clipped to ``clip_sample_range`` (``clip_sample``), no noise on the step from index 0. Its
     pipelines pass ``prev_timestep`` = the next timestep (None at the last, which then ends on the data), the step
     the twin takes; called without it diffusers steps t → t − 1 whatever the grid, which only a pipeline-less loop
-    does."""
+    does.
+
+    A quirk the twin keeps (``diffusers_last_x0_weight``, a quirk option: ``sampler="ddpm"`` with other options steps
+    exactly): its last step, index 0 → data, weighs x̂0 by √1 · β_0/(1 − ᾱ_0) with β_0 and ᾱ_0 from its float32
+    table. That is 1 in exact arithmetic, but the table stores ᾱ_0 = 1 − β_0 rounded to float32, so with the cosine
+    table's β_0 = 4.1e-5 the weight is 1 − 5.3e-4 (N = 1000), in any arithmetic precision; the converter computes it
+    as the class does (:func:`unclip_last_x0_weight`). Not reproduced: the class's float32 α = 1 − β of a step with
+    β = 1 − ᾱ_t/ᾱ_{t'} rounds ᾱ_t/ᾱ_{t'} ≈ 5e-8 (the first step, from ᾱ_999 = 2.4e-9) to a multiple of 6e-8, an
+    error of its float32 step arithmetic (absent when it runs on float64 tables) that moves √α, the sample's weight,
+    by 2e-5 and the state by 2e-5 of the scale where clipping bounds x̂0. Nor, on other steps t → t − 1 (its
+    timesteps have gaps of 1 where (N − 1)/(n − 1) < 2, n > 500 for N = 1000; its pipelines take 7 to 25 steps), its
+    use of the table's β_t there as well: 9e-6 × scale at n = 600, 5e-5 at n = N, float32 or float64."""
 
     name = "UnCLIPScheduler"
     sampler = "ddpm"
@@ -201,15 +212,32 @@ class UnCLIPConverter(RefusingByName, BetaTableConverter):
         "prediction_type": "the class converts only ε and x0 outputs (diffusers raises for others)",
         "beta_schedule": "the class builds only the squaredcos_cap_v2 table (diffusers raises for others)",
     }
+    quirk_options = frozenset({"diffusers_last_x0_weight"})
 
     def schedule_keys(self, cfg):
         return {"beta_schedule": "squaredcos_cap_v2", "time_grid": "linspace"}
 
     def sampler_keys(self, cfg):
-        return {"sampler": "ddpm", "sampler_options": {"variance_type": cfg.get("variance_type", "fixed_small_log")}}
+        options = {
+            "variance_type": cfg.get("variance_type", "fixed_small_log"),
+            "diffusers_last_x0_weight": unclip_last_x0_weight(cfg),
+        }
+        return {"sampler": "ddpm", "sampler_options": options}
 
     def closest_sampler(self):
         return "ddpm"
+
+
+def unclip_last_x0_weight(cfg: dict) -> float:
+    r"""The x̂0 weight of UnCLIPScheduler's step from index 0 into the data, computed as its ``step`` computes it:
+    √ᾱ_{−1} β_0/(1 − ᾱ_0) with ᾱ_{−1} = 1 and β_0, ᾱ_0 = 1 − β_0 from its float32 table (Ho et al. 2020, eq. 7
+    [DDPM], whose exact value is 1), in float32 arithmetic. A Python float holding that float32 value."""
+    from unisde.core.schedule import diffusers_betas
+
+    n = cfg.get("num_train_timesteps", 1000)
+    betas = diffusers_betas({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": n})
+    alpha_prod_0 = torch.cumprod(1.0 - betas, dim=0)[0]
+    return float((torch.tensor(1.0) ** 0.5 * betas[0]) / (1 - alpha_prod_0))
 
 
 # ---------------------------------------------------------------------------------------------- score-SDE VP

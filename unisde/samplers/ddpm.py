@@ -11,6 +11,11 @@ and App. E): it agrees with Euler–Maruyama on it up to O(Δt²) per step (test
 ``variance_type``: fixed_small (the posterior variance), fixed_large (σ²_{t|t'}), learned (the model's extra
 channels are the variance) or learned_range (they interpolate log-variance between the two, Nichol & Dhariwal
 2021, eq. 15).
+
+``diffusers_last_x0_weight`` (a quirk of diffusers' UnCLIPScheduler, set by its converter): that class weighs x̂0 on
+its step from training index 0 into the data by β_0/(1 − ᾱ_0) of its float32 table, 1 in exact arithmetic (the
+posterior mean there is x̂0) but 1 − 5.3e-4 for its default cosine table, because the table stores ᾱ_0 = 1 − β_0
+rounded to float32; the option multiplies that step's x̂0 weight by the given number.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from unisde.core.kernels import lincomb, posterior_coefficients
-from unisde.samplers.base import Option, Sampler
+from unisde.samplers.base import Option, Sampler, positive
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 
@@ -31,6 +36,13 @@ class DDPMSampler(Sampler):
     default_grid = "config"
     options = {
         "variance_type": Option("fixed_small", (str,), "posterior variance choice", choices=VARIANCE_TYPES),
+        "diffusers_last_x0_weight": Option(
+            1.0,
+            (float,),
+            "factor on the x̂0 weight (exactly 1) of the step from training index 0 into the data: diffusers' "
+            "UnCLIPScheduler's β_0/(1 − ᾱ_0) from its float32 table (set by its converter); needs a β table",
+            positive,
+        ),
     }
 
     def prepare(self, grid):
@@ -49,6 +61,12 @@ class DDPMSampler(Sampler):
             self.draw = [bool(v > 0) for v in self.schedule.timestep(times)]
         else:
             self.draw = [True] * (len(self.grid) - 2) + [False]
+        weight = self.opts["diffusers_last_x0_weight"]
+        if weight != 1.0:
+            if not self.schedule.is_discrete:
+                raise ValueError("sampler 'ddpm': diffusers_last_x0_weight needs a β table (training indices)")
+            if not self.draw[-1] and self.grid[-1] == 0.0:  # the step from index 0 into the data, where diffusers'
+                self.coef_x0[-1] *= weight  # x̂0 weight √1 · β_0/(1 − ᾱ_0) is 1 only in exact arithmetic
         return times
 
     def loop(self, x, start=0):
