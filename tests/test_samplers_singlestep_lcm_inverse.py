@@ -300,6 +300,18 @@ def test_lcm_and_tcd_convert_from_their_default_configs():
         assert UnifiedScheduler.from_config({**ref.config, "_class_name": cls.__name__}).config.sampler == name
 
 
+def test_tcds_final_step_on_the_table_is_a_quirk_of_the_twin_only():
+    """diffusers' TCD ends at the table's first index instead of the data: the twin keeps it, and so does
+    sampler='tcd' with no other options; TCD with another γ, or another sampler, ends on the data."""
+    ref = diffusers.TCDScheduler()
+    assert UnifiedScheduler.from_config(ref).sampler_options == {"diffusers_final_step": True}
+    assert UnifiedScheduler.from_config(ref, sampler="tcd").sampler_options == {"diffusers_final_step": True}
+    other = UnifiedScheduler.from_config(ref, sampler="tcd", sampler_options={"eta": 0.5})
+    assert other.sampler_options == {"eta": 0.5}
+    other.set_timesteps(4)
+    assert other._sampler.grid[-1] == 0.0
+
+
 def test_lcm_runs_any_model_and_tcd_gamma_zero_is_ddim():
     """Samplers see only x̂0: LCM (without its boundary condition) on a Gaussian's exact denoiser is a linear
     Gaussian chain x_{k+1} = s_{k+1} D(x_k) + σ_{k+1} z whose final law is known exactly (mean and variance by
