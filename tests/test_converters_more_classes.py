@@ -305,10 +305,12 @@ def flow_error(sched, grid, options) -> float:
 @pytest.mark.parametrize("predictor_order, corrector_order, expected", MEASURED)
 def test_sa_solver_ode_converges_at_order_min_p_plus_1_q(case, predictor_order, corrector_order, expected):
     """τ = 0 (the PF-ODE): predictor order p with corrector order q converges at order min(p + 1, q), measured
-    from 64 to 128 steps (the grid's last point is kept as the end, so no final step to σ = 0 masks it)."""
+    from 64 to 128 steps (the grid's last point is kept as the end, so no final step to σ = 0 masks it), with the
+    twin's order-2 weights (``simple_order_2``; the exact ones: tests/test_samplers_seeds_heunpp2_pece.py)."""
     sched = NoiseSchedule.from_diffusers_config({}) if case.startswith("vp-table") else NoiseSchedule.vp_linear()
     kind = case.split("/")[1]
     options = {"predictor_order": predictor_order, "corrector_order": corrector_order, "tau": 0.0}
+    options["simple_order_2"] = True
     errs = []
     for n in (32, 64, 128):
         g = make_grid(sched, n + 1, kind)

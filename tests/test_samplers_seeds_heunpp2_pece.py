@@ -1,15 +1,16 @@
 r"""heunpp2, seeds_2, seeds_3 and sa_solver_pece (ComfyUI's sampler menu): reference loops in float64, convergence
 orders on the exact Gaussian probability-flow ODE, the data law of the stochastic ones (exactly and by Monte Carlo),
-the step API against the functional API, mid-grid entry and option validation.
+the step API against the functional API, mid-grid entry and option validation; SA-Solver's law on the rectified flow
+at few steps and its conversion's order-2 form.
 
 Reference loops: ComfyUI (``comfy/k_diffusion/sampling.py``) is not installable here, so the loops below are written
 in this file from the formulas — Heun++'s weighted three-stage slope (``sample_heunpp2``), SEEDS-2/3's exponential
 stages with an Ornstein–Uhlenbeck noise path in λ (Gonzalez et al. 2023; ``sample_seeds_2/3``), SA-Solver's
-stochastic Adams predictor and corrector in PECE mode (Xue et al. 2023; ``sample_sa_solver_pece``) with diffusers'
-order rules (those of unisde's ``sa_solver``) — as plain float64 loops over the noise levels of a view (σ̃ in the VE
-view, τ in the flow view) with the exact denoiser of that view, independent of the samplers' structure (no tables,
-no model-space coefficients; SA-Solver's Lagrange integrals by scipy's adaptive quadrature where unisde uses closed
-moments). ``unisde.sample`` runs the same levels through the schedule's times in the model's own space on several
+stochastic Adams predictor and corrector in PECE mode (Xue et al. 2023; ``sample_sa_solver_pece``) with unisde's
+order rules (diffusers', a step to σ = 0 not counted) — as plain float64 loops over the noise levels of a view (σ̃ in
+the VE view, τ in the flow view) with the exact denoiser of that view, independent of the samplers' structure (no
+tables, no model-space coefficients; SA-Solver's Lagrange integrals by scipy's adaptive quadrature where unisde uses
+closed moments). ``unisde.sample`` runs the same levels through the schedule's times in the model's own space on several
 schedules and reproduces them to 1e-10, with the same noise draws through ``noise_sampler``.
 
 Ground truth: data N(μ, v0 I); the PF-ODE's flow is x̃(σ̃) = μ + (x̃(σ̃_0) − μ) √((v0 + σ̃²)/(v0 + σ̃_0²)). The
@@ -139,24 +140,25 @@ def lagrange_integral(nodes, i, h, c):
     return quad(lambda u: math.exp(c * u) * basis(u), -h, 0.0, epsabs=0, epsrel=1e-13, limit=200)[0]
 
 
-def adams_weights(nodes, h, c):
-    """SA-Solver's D weights c ∫ e^{cu} ℓ_i(u) du (Xue et al. 2023, eqs. 15/18, data prediction, VE view s = 1),
-    with diffusers' order-2 rule: the slope term's exponential weight replaced by h²/2."""
+def adams_weights(nodes, h, c, simple=False):
+    """SA-Solver's D weights c ∫ e^{cu} ℓ_i(u) du (Xue et al. 2023, eqs. 15/18, data prediction, VE view s = 1);
+    ``simple``: diffusers' order-2 rule, the slope term's exponential weight replaced by h²/2."""
     weights = [c * lagrange_integral(nodes, i, h, c) for i in range(len(nodes))]
-    if len(nodes) == 2:
+    if simple and len(nodes) == 2:
         slope = quad(lambda u: math.exp(c * u) * (u + h), -h, 0.0, epsabs=0, epsrel=1e-13)[0]
         shift = c * (h * h / 2 - slope) / (nodes[0] - nodes[1])
         weights = [weights[0] + shift, weights[1] - shift]
     return weights
 
 
-def reference_sa_solver_pece(x, sigmas, taus, p_order=2, c_order=2, draws=None, pece=True):
+def reference_sa_solver_pece(x, sigmas, taus, p_order=2, c_order=2, draws=None, pece=True, simple=False):
     """SA-Solver in the VE view (λ = −log σ̃), PECE mode: at each evaluation k ≥ 1 the corrector of step k − 1
     (stochastic Adams–Moulton through D_k at the prediction and the earlier D's, with step k − 1's noise), then the
     corrected sample evaluated again and its D in the history, then the predictor (stochastic Adams–Bashforth) with
     a fresh draw; orders ramp up from the start and, as diffusers, fall to the number of steps left (+1 for the
-    corrector). ``taus[k]`` is step k's τ."""
+    corrector), a last step to σ̃ = 0 not counted. ``taus[k]`` is step k's τ."""
     n = len(sigmas) - 1
+    last = n - 1 if sigmas[n] == 0 else n  # the steps lower_order_final counts
     lam = [-math.log(v) if v > 0 else math.inf for v in sigmas]
     history, x_last, z_last = [], None, None
     for k in range(n):
@@ -164,9 +166,9 @@ def reference_sa_solver_pece(x, sigmas, taus, p_order=2, c_order=2, draws=None, 
         if x_last is not None:
             tau, h = taus[k - 1], lam[k] - lam[k - 1]
             c = 1 + tau * tau
-            q = min(c_order, k + 1, n - k + 2)
+            q = min(c_order, k + 1, last - k + 2)
             nodes = [lam[k - j] - lam[k] for j in range(q)]
-            w = adams_weights(nodes, h, c)
+            w = adams_weights(nodes, h, c, simple)
             x = math.exp(-tau * tau * h) * sigmas[k] / sigmas[k - 1] * x_last + sum(
                 wi * di for wi, di in zip(w, [d, *history])
             )
@@ -180,9 +182,9 @@ def reference_sa_solver_pece(x, sigmas, taus, p_order=2, c_order=2, draws=None, 
         else:
             tau, h = taus[k], lam[k + 1] - lam[k]
             c = 1 + tau * tau
-            p = min(p_order, k + 1, n - k)
+            p = min(p_order, k + 1, last - k)
             nodes = [lam[k - j] - lam[k + 1] for j in range(p)]
-            w = adams_weights(nodes, h, c)
+            w = adams_weights(nodes, h, c, simple)
             x_next = math.exp(-tau * tau * h) * sigmas[k + 1] / sigmas[k] * x + sum(
                 wi * di for wi, di in zip(w, history)
             )
@@ -396,17 +398,32 @@ LOW, HIGH = sorted(ORDER_CASES), ["vp-linear/uniform_lambda", "vp-table/karras"]
         ("seeds_2", {"eta": 0.0}, 2, (16, 32, 64, 128), LOW),
         ("seeds_2", {"eta": 0.0, "variant": "phi_2", "r": 1.0}, 2, (16, 32, 64, 128), LOW),
         ("seeds_3", {"eta": 0.0}, 3, (64, 128, 256), HIGH),
-        ("sa_solver_pece", {"tau": 0.0, "lower_order_final": False}, 2, (64, 128, 256), HIGH),
+        ("sa_solver_pece", {"tau": 0.0, "lower_order_final": False}, 2, (256, 512), HIGH),
+        ("sa_solver", {"tau": 0.0, "lower_order_final": False}, 2, (512, 1024), HIGH),
+        ("sa_solver_pece", {"tau": 0.0, "lower_order_final": False, "simple_order_2": True}, 2, (64, 128, 256), HIGH),
         ("sa_solver_pece", {"tau": 0.0, "lower_order_final": False, "corrector_order": 3}, 3, (32, 64, 128), HIGH),
     ],
-    ids=["heunpp2", "seeds_2-ode", "seeds_2-ode-phi2-r1", "seeds_3-ode", "pece-ode-2-2", "pece-ode-2-3"],
+    ids=[
+        "heunpp2",
+        "seeds_2-ode",
+        "seeds_2-ode-phi2-r1",
+        "seeds_3-ode",
+        "pece-ode-2-2",
+        "pec-ode-2-2",
+        "pece-ode-2-2-simple",
+        "pece-ode-2-3",
+    ],
 )
 def test_deterministic_convergence_order(name, options, order, ns, cases):
     """Measured orders over each doubling. heunpp2 is first order: its slope weights (ℓ_{i+1}/(3ℓ_0), …) do not meet
     Heun's second-order condition. seeds_2/3 at η = 0 are exponential Runge–Kutta integrators of orders 2 and 3;
     sa_solver_pece at τ = 0 the Adams–Bashforth–Moulton PECE pair, of order min(p + 1, q) (lower_order_final off, so
     that the last steps keep the order). The third-order ones are measured where their errors stay above the EDM
-    case's floor (≈ 8e-8 from 64 steps on, the same for dpmsolver_singlestep's order 3)."""
+    case's floor (≈ 8e-8 from 64 steps on, the same for dpmsolver_singlestep's order 3). The 2-2 pair's exact weights
+    err 4–20× less than diffusers' order-2 form (``simple_order_2``) from 32 to 512 steps, a smaller h² term whose
+    order shows from 256 steps on (measured 1.2–1.7 below 256, 1.88 and 1.91 from 256 to 512); without PECE the
+    error changes sign near 64 steps and the order shows from 512 steps on (1.87 and 1.91 from 512 to 1024; with
+    ``simple_order_2`` measured in tests/test_converters_more_classes.py)."""
     for case in cases:
         errs, orders = measured_orders(name, options, case, ns)
         assert all(order - 0.2 < p < order + 0.6 for p in orders), (case, errs, orders)
@@ -521,6 +538,91 @@ def test_monte_carlo_through_the_scheduler(name, options, n):
     count = values.numel()
     assert abs(float(values.mean()) - m_exact) < 4 * math.sqrt(v_exact / count)
     assert abs(float(values.var()) - v_exact) < 4 * v_exact * math.sqrt(2.0 / count)
+
+
+# ============================================================================ SA-Solver on the rectified flow
+# Exact output law (exact_moments, from the prior at t = 1) on the flow_match grid, relative variance error
+# |var/v0 − 1| at 5 / 10 / 20 steps (the mean is exact to the capped start's 1e-5):
+#   sa_solver       shift 1: 0.48 / 0.21 / 0.064   shift 3: 0.83 / 0.41 / 0.072
+#   sa_solver_pece  shift 1: 0.35 / 0.047 / 0.006  shift 3: 0.80 / 0.37 / 0.035
+# Before (order 2 in diffusers' h²/2 form over the step into the grid's last level shift·1/N, λ 1–2 → 5–7):
+# variance 75 / 20 / 0.65 and 16 / 24 / 4.3 (PECE 5300 / 114 / 0.71 and 490 / 500 / 8.7) for v0 = 0.25.
+# Other stochastic samplers at 10 steps, shift 1 / 3: er_sde 0.04 / 0.03, seeds_2 0.18 / 0.43, euler_ancestral
+# 0.43 / 0.59, dpmpp_2m_sde 1.9 / 1.8. At shift 3 and 10 steps the last interior step (t 0.278 → 0.0089, 4.7 in λ)
+# is first order, a floor the PF-ODE (τ = 0) shares: 0.37.
+FLOW_LAW = [
+    ("sa_solver", 1.0, 0.25, 0.08),
+    ("sa_solver", 3.0, 0.45, 0.09),
+    ("sa_solver_pece", 1.0, 0.06, 0.01),
+    ("sa_solver_pece", 3.0, 0.42, 0.05),
+]
+
+
+@pytest.mark.parametrize("name, shift, bound_10, bound_20", FLOW_LAW, ids=[f"{c[0]}-shift{c[1]:g}" for c in FLOW_LAW])
+def test_sa_solver_lands_on_the_data_law_on_the_rectified_flow_at_few_steps(name, shift, bound_10, bound_20):
+    """SA-Solver's exact output law on the rectified flow (flow_match grid) at 5, 10 and 20 steps: the variance error
+    shrinks with the steps and stays below the measured values above plus a margin; the mean is exact up to the
+    capped start."""
+    sched = NoiseSchedule.from_name("rectified-flow")
+    errs = []
+    for n in (5, 10, 20):
+        m, v = exact_moments(name, sched, make_grid(sched, n, "flow_match", shift=shift))
+        assert abs(m - MU) < 3e-5, (n, m)
+        errs.append(abs(v / V0 - 1))
+    assert errs[0] > errs[1] > errs[2] and errs[1] < bound_10 and errs[2] < bound_20, errs
+
+
+@pytest.mark.parametrize(
+    "case, kind, n", [("rectified-flow", "flow_match", 10), ("edm", "karras", 10)], ids=["flow_match", "edm-karras"]
+)
+def test_sa_solver_exact_order_2_weights_beat_the_h2_form_on_long_steps(case, kind, n):
+    """The exact order-2 integrals (the default) against diffusers' h²/2 form (``simple_order_2``, the twin's) where
+    steps are long in λ against the history's spacing: relative variance error measured 0.21 vs 0.85 (flow_match,
+    shift 1) and 0.85 vs 11.7 (EDM, Karras), sa_solver at 10 steps."""
+    sched = NoiseSchedule.from_name(case)
+    grid = make_grid(sched, n, kind)
+    exact, simple = (
+        abs(exact_moments("sa_solver", sched, grid, {"simple_order_2": flag})[1] / V0 - 1) for flag in (False, True)
+    )
+    assert 3 * exact < simple, (exact, simple)
+
+
+@pytest.mark.parametrize("options", [{}, {"predictor_order": 3, "corrector_order": 3}, {"lower_order_final": False}])
+def test_sa_solver_step_to_zero_does_not_count_for_the_orders(options):
+    """A grid ending on clean data is the grid ending at its last level σ_min > 0 followed by x = s_end D: the step
+    to σ = 0 changes no earlier order, so with ``lower_order_final`` the step into σ_min runs at order 1 on both
+    (diffusers' own grids end at σ_min; counting the step to σ = 0 ran that jump in λ at order 2)."""
+    sched = NoiseSchedule.from_name("rectified-flow")
+    grid = make_grid(sched, 6, "flow_match", shift=3.0)
+    assert float(grid[-1]) == 0.0
+    dist = Gaussian(torch.full((4,), MU, dtype=F64), torch.tensor(V0, dtype=F64))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, dtype=F64, generator=gen)
+    draws = [torch.randn(2, 4, dtype=F64, generator=gen) for _ in range(len(grid) - 1)]
+
+    def run(g):
+        smp = get_sampler("sa_solver")(sched, **options)
+        t_list = [torch.tensor(float(t), dtype=F64) for t in smp.prepare(g)]
+        taken = iter(draws)
+        smp.noise_sampler = lambda like: next(taken)
+        return run_loop(smp, x, lambda y, k: dist.denoise(y, t_list[k], sched))
+
+    to_zero, to_min = run(grid), run(grid[:-1])
+    torch.testing.assert_close(to_zero, dist.denoise(to_min, grid[-2], sched), rtol=1e-12, atol=1e-12)
+
+
+def test_sa_solver_conversion_sets_the_h2_form_only_on_the_twin():
+    """SASolverScheduler's order-2 form is ``simple_order_2=True`` on its twin and on ``sampler="sa_solver"`` with
+    other options (the class's algorithm); another sampler (``sa_solver_pece``) and unisde's own default take the
+    exact integrals."""
+    from diffusers import SASolverScheduler
+
+    config = SASolverScheduler().config
+    assert UnifiedScheduler.from_config(config)._sampler.opts["simple_order_2"] is True
+    other = UnifiedScheduler.from_config(config, sampler="sa_solver", sampler_options={"tau": 0.5})
+    assert other._sampler.opts["simple_order_2"] is True
+    assert UnifiedScheduler.from_config(config, sampler="sa_solver_pece")._sampler.opts["simple_order_2"] is False
+    assert UnifiedScheduler(sampler="sa_solver")._sampler.opts["simple_order_2"] is False
 
 
 # ============================================================================ step API = functional API

@@ -758,7 +758,9 @@ class SASolverConverter(_FlowSigmas, BetaTableConverter):
     1–3, ``lower_order_final``): diffusers' multistep spacings (n + 1 points without index 0 for leading/linspace,
     its default linspace) and its last step to the table's σ_min (index 0), i.e. ``final_sigmas_type="sigma_min"``.
     Its default ``tau_func`` (τ = 1 for model timesteps 200 … 800, else 0) is ``tau=1`` with ``tau_window`` the
-    times (200 + ½)/N … (800 + 1½)/N of those indices (index i sits at t = (i + 1)/N). Refused by name: a custom
+    times (200 + ½)/N … (800 + 1½)/N of those indices (index i sits at t = (i + 1)/N); its order-2 weights (the
+    slope term's exponential weight replaced by h²/2) are ``simple_order_2=True``, which ``sampler="sa_solver"`` with
+    other options keeps (the class's algorithm) and another sampler does not. Refused by name: a custom
     ``tau_func`` (a Python callable, which a config cannot carry; pass sampler_options tau/tau_window instead),
     ``algorithm_type="noise_prediction"``, learned variances (diffusers slices 3 channels and draws noise shaped
     like the whole output) and the Karras/exponential/Beta σ grids, which diffusers ends with a zero-length step
@@ -832,6 +834,8 @@ class SASolverConverter(_FlowSigmas, BetaTableConverter):
                 "tau": 1.0,
                 "tau_window": window,
                 "lower_order_final": bool(cfg.get("lower_order_final", True)),
+                # its order-2 weights (h²/2 for the slope term's exponential weight), not the exact integrals
+                "simple_order_2": True,
             },
         }
 
@@ -1321,6 +1325,8 @@ class TCDConverter(LCMConverter):
 
     def schedule_keys(self, cfg):
         return {**super().schedule_keys(cfg), "clip_sample": False, "thresholding": False}
+
+    quirk_options = frozenset({"diffusers_final_step"})
 
     def sampler_keys(self, cfg):
         return {"sampler": "tcd", "sampler_options": {"diffusers_final_step": True}}

@@ -18,25 +18,37 @@ c = 1 + τ², u = λ − λ_t and ℓ_i the Lagrange basis through the nodes u_j
   *predicted* x_{k+1}, so it costs no evaluation — is known, through D_{k+1}, D_k, …, D_{k−q+2}, with the same
   ξ_k; the corrected sample replaces x_{k+1} before the next predictor (as UniPC's corrector).
 
-At order 2 both add, as diffusers' SASolverScheduler does, (h²/2 − ∫_{−h}^0 e^{cu}(u + h) du)/Δ · c s_t to the
-newest weight and subtract it from the other (Δ the distance in λ of the two nodes): the slope term's exponential
-weight replaced by the plain h²/2, an O(h³) change that keeps the order ("similar to UniPC", for few steps).
+These are the exact integrals of [SASolver] eqs. 15/18 (ComfyUI's default). With ``simple_order_2`` (diffusers'
+SASolverScheduler, whose conversion sets it; ComfyUI's ``simple_order_2``) both add at order 2
+(h²/2 − ∫_{−h}^0 e^{cu}(u + h) du)/Δ · c s_t to the newest weight and subtract it from the other (Δ the distance in
+λ of the two nodes): the slope term's exponential weight replaced by the plain h²/2, an O(h³) change that keeps the
+order ("similar to UniPC", for few steps) but grows like h²/Δ where the exact term stays below h/(cΔ), so that a
+step long in λ against the spacing of its history extrapolates D with weights of tens (measured below).
 
 With τ = 0 the predictor-corrector pair converges at order min(p + 1, q) on the exact Gaussian PF-ODE (measured
-in tests/test_converters_more_classes.py). τ is ``tau`` at the steps whose start time lies in ``tau_window`` =
-[t_lo, t_hi] and 0 elsewhere (a piecewise constant τ(t): stochasticity in the middle of the process only, as the
-authors sample); diffusers' default ``tau_func`` (τ = 1 for model timesteps 200 … 800 of a 1000-entry table) is
-``tau_window=[0.2005, 0.8015]`` — index i sits at t = (i + 1)/N, and the half-index margins make a rounded
+in tests/test_converters_more_classes.py and tests/test_samplers_seeds_heunpp2_pece.py). τ is ``tau`` at the steps
+whose start time lies in ``tau_window`` = [t_lo, t_hi] and 0 elsewhere (a piecewise constant τ(t): stochasticity in
+the middle of the process only, as the authors sample); diffusers' default ``tau_func`` (τ = 1 for model timesteps
+200 … 800 of a 1000-entry table) is ``tau_window=[0.2005, 0.8015]`` — index i sits at t = (i + 1)/N, and the
+half-index margins make a rounded
 timestep fall on the same side. Each step draws one noise tensor from
 the generator, also where τ = 0 (as diffusers does, so the stream stays aligned). Orders ramp up from the start
 of the loop (and from wherever an img2img pipeline enters it): the predictor at step k runs at
 min(``predictor_order``, k + 1), the corrector of step k at min(``corrector_order``, k + 2); with
-``lower_order_final`` both also at most the number of steps left (+1 for the corrector), diffusers' rule. A step
-to σ = 0 (the clean-data end point) is first order and returns x = s_end D (no noise, no correction after it). A
+``lower_order_final`` both also at most the number of steps left (+1 for the corrector), diffusers' rule, where a
+last step to σ = 0 (the clean-data end point) does not count: that step is x = s_end D, with no order, no noise and no
+correction after it, so the step before it, into the grid's smallest σ > 0, is the last that extrapolates and runs at
+order 1 — as the last step of diffusers' own grids, which end at that σ_min, does (ComfyUI's ``sample_sa_solver``
+lowers its predictor so too). That step is the longest in λ: the ``flow_match`` grid's last level shift·1/N sits at
+λ ≈ 5–7, the level before it at λ ≈ 1–2. On the rectified flow with Gaussian data of variance 0.25, the exact output
+law at 5 and 10 steps (tests/test_samplers_seeds_heunpp2_pece.py) had variance 75 and 20 (PECE 5300 and 114) with
+that step counted as not the last and the h²/2 form, 2.1 and 1.7 with the exact weights, and has 0.13 and 0.30 (PECE
+0.16 and 0.26) with the step to σ = 0 not counted. A
 zero-length last step (λ_n = λ_{n−1}: diffusers' SA-Solver appends its last flow level again,
 ``final_sigmas_type="repeat_last"``) keeps the sample: its weights and noise vanish; it counts for
 ``lower_order_final`` and draws its noise, as there.
-This is diffusers' SASolverScheduler with ``algorithm_type="data_prediction"``, whose configs convert to it.
+With ``simple_order_2`` this is diffusers' SASolverScheduler with ``algorithm_type="data_prediction"``, whose
+configs convert to it.
 
 ``pece=True`` (the ``sa_solver_pece`` preset, ComfyUI's ``sample_sa_solver_pece``; [SASolver]'s
 predict–evaluate–correct–evaluate mode): the corrected sample is evaluated again, one more model call per corrected
@@ -48,10 +60,9 @@ mid-grid at step k the loop starts afresh, with nothing to correct: one call at 
 (a pipeline entering at ``t_start * order`` lands there).
 
 Where unisde differs from ComfyUI's ``sample_sa_solver[_pece]`` (same family, other defaults and rules): ComfyUI's
-orders default to 3 (predictor) and 4 (corrector; unisde takes 1–3), its order-2 weights are the plain Lagrange ones
-unless ``simple_order_2`` (which is diffusers' modification above, the one unisde uses), it lowers the orders
-earlier at the end (at evaluation k the predictor at most n − 1 − k and the corrector n − k, against diffusers'
-n − k and n − k + 2), it judges τ's window by the
+orders default to 3 (predictor) and 4 (corrector; unisde takes 1–3), on a grid ending at σ = 0 it lowers the
+corrector one step earlier (at evaluation k at most n − 1 − k for the predictor, as unisde, and n − k for the
+corrector, where unisde allows n − k + 1), it judges τ's window by the
 σ at the step's end (σ_{k+1} between the σ of 20 % and 80 % of the model's range) where unisde takes the step's start
 time in ``tau_window``, and it draws noise only where τ > 0.
 """
@@ -141,7 +152,16 @@ class SASolverSampler(Sampler):
             _window,
         ),
         "lower_order_final": Option(
-            True, (bool,), "orders at most the number of steps left (+1 for the corrector), diffusers' rule"
+            True,
+            (bool,),
+            "orders at most the number of steps left (+1 for the corrector), diffusers' rule; a last step to σ = 0 "
+            "(x = s_end D) not counted",
+        ),
+        "simple_order_2": Option(
+            False,
+            (bool,),
+            "diffusers' order-2 weights: the slope term's exponential weight replaced by h²/2 (its SASolverScheduler, "
+            "whose conversion sets it; ComfyUI's simple_order_2); False: the exact integrals of [SASolver] eqs. 15/18",
         ),
         "pece": Option(
             False,
@@ -166,6 +186,9 @@ class SASolverSampler(Sampler):
         P, C, few = o["predictor_order"], o["corrector_order"], o["lower_order_final"]
         lo, hi = (float(v) for v in o["tau_window"])
         lam = [math.log(si / gi) if gi > 0 else math.inf for si, gi in zip(s, sigma)]
+        # lower_order_final counts the steps that extrapolate: not a last step to σ = 0 (x = s_end D, no order)
+        last = n - 1 if sigma[n] == 0.0 else n
+        simple = o["simple_order_2"]
         self.x_coef, self.noise_std, self.pred, self.corr = [], [], [], []
         for k in range(n):
             tau = o["tau"] if lo <= self.grid[k] <= hi else 0.0
@@ -179,21 +202,21 @@ class SASolverSampler(Sampler):
             h = lam[k + 1] - lam[k]
             self.x_coef.append(math.exp(-tau * tau * h) * sigma[k + 1] / sigma[k])
             self.noise_std.append(sigma[k + 1] * math.sqrt(-math.expm1(-2.0 * tau * tau * h)))
-            top_p = min(P, n - k, k + 1) if few else min(P, k + 1)  # nodes λ_k … λ_{k−p+1} exist for p ≤ k + 1
+            top_p = min(P, last - k, k + 1) if few else min(P, k + 1)  # nodes λ_k … λ_{k−p+1} exist for p ≤ k + 1
             self.pred.append(
                 [
-                    self._weights([lam[k - j] - lam[k + 1] for j in range(p)], h, c, s[k + 1])
+                    self._weights([lam[k - j] - lam[k + 1] for j in range(p)], h, c, s[k + 1], simple)
                     for p in range(1, top_p + 1)
                 ]
             )
             if h == 0.0:  # the zero-length last step: no evaluation follows it to correct with
                 self.corr.append(None)
                 continue
-            top_c = min(C, n - k + 1, k + 2) if few else min(C, k + 2)
+            top_c = min(C, last - k + 1, k + 2) if few else min(C, k + 2)
             # the corrector's nodes: λ_{k+1} (its own evaluation), λ_k, λ_{k−1}, …
             self.corr.append(
                 [
-                    self._weights([lam[k + 1 - j] - lam[k + 1] for j in range(q)], h, c, s[k + 1])
+                    self._weights([lam[k + 1 - j] - lam[k + 1] for j in range(q)], h, c, s[k + 1], simple)
                     for q in range(1, top_c + 1)
                 ]
             )
@@ -209,10 +232,10 @@ class SASolverSampler(Sampler):
         return torch.tensor(times, dtype=torch.float64)
 
     @staticmethod
-    def _weights(nodes: list[float], h: float, c: float, s_t: float) -> list[float]:
-        """D weights c s_t ∫ e^{cu} ℓ_i(u) du (newest node first), with diffusers' order-2 modification."""
+    def _weights(nodes: list[float], h: float, c: float, s_t: float, simple: bool) -> list[float]:
+        """D weights c s_t ∫ e^{cu} ℓ_i(u) du (newest node first); ``simple``: diffusers' order-2 modification."""
         weights = [c * s_t * w for w in adams_weights(nodes, h, c)]
-        if len(nodes) == 2:
+        if simple and len(nodes) == 2:
             slope = (h * c - 1.0 + math.exp(-c * h)) / (c * c)  # ∫_{−h}^{0} e^{cu} (u + h) du
             shift = c * s_t * (0.5 * h * h - slope) / (nodes[0] - nodes[1])
             weights = [weights[0] + shift, weights[1] - shift]
