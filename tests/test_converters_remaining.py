@@ -7,6 +7,8 @@ step and over the whole loop, and a refusal naming every flag a conversion does 
 * CogVideoXDDIMScheduler / CogVideoXDPMScheduler → ``ddim`` / ``dpmsolver++`` (SDE 2M) on the SNR-shifted table.
 * DDPMWuerstchenScheduler → ``ddpm`` on the ``wuerstchen-cosine`` schedule; UnCLIPScheduler → ``ddpm``;
   ScoreSdeVpScheduler → ``sde`` with ``fixed_dt`` (Euler–Maruyama, dt = −1/n).
+* DPMSolverMultistep / UniPC / DPMSolverSinglestep with Karras, exponential, Beta or λ-uniform σ̃: the model is fed
+  diffusers' own timesteps, bit for bit (its float32 log-table index, rounded or truncated).
 
 Parity is max |x_unisde − x_diffusers| over the trajectory's max |x|. Where diffusers' float32 arithmetic is itself
 the larger error (a step from σ̃ = 0.01 upwards, ε read at σ = 0.01, a noise-form step with x weight ≈ 40) the
@@ -578,3 +580,73 @@ def test_new_classes_convert_back_losslessly():
         back = cls.from_config(uni.config)
         for key, value in kwargs.items():
             assert back.config[key] == value, (cls.__name__, key)
+
+
+# ---------------------------------------------------------------------------------------------- respaced σ̃ timesteps
+RESPACED_TABLES = {
+    "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+    "linear": {"beta_schedule": "linear"},
+    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
+}
+RESPACED = [
+    ("DPMSolverMultistepScheduler", "use_karras_sigmas"),
+    ("DPMSolverMultistepScheduler", "use_exponential_sigmas"),
+    ("DPMSolverMultistepScheduler", "use_beta_sigmas"),
+    ("DPMSolverMultistepScheduler", "use_lu_lambdas"),
+    ("UniPCMultistepScheduler", "use_karras_sigmas"),
+    ("UniPCMultistepScheduler", "use_exponential_sigmas"),
+    ("UniPCMultistepScheduler", "use_beta_sigmas"),
+    ("DPMSolverSinglestepScheduler", "use_karras_sigmas"),
+    ("DPMSolverSinglestepScheduler", "use_exponential_sigmas"),
+]
+
+
+@pytest.mark.parametrize("table", RESPACED_TABLES, ids=str)
+@pytest.mark.parametrize("cls, flag", RESPACED, ids=[f"{c[:-9]}-{f[4:]}" for c, f in RESPACED])
+def test_respaced_sigmas_feed_diffusers_timesteps_exactly(cls, flag, table):
+    """diffusers rounds (Karras, λ-uniform) or int64-truncates (exponential, Beta; every flag of DPMSolverMultistep on
+    the cosine table) the index its ``_sigma_to_t`` computes for each of its float64 σ̃ against its float32 log-σ̃
+    table; SD's and the cosine table's σ̃_max land at 998.9999997 there (fed 998, the exact index 999). The twin's
+    timesteps are diffusers' own, values and dtype, at 5, 10, 20, 25 and 50 steps, and every state of the plain
+    ``step()`` loop on a model that reads its timestep agrees to 1e-5 of the scale (float32; measured ≤ 4.1e-6, where
+    the exact index's 999 cost up to 2.2e-3). On the cosine table DPMSolverMultistep's truncated Karras/λ timesteps
+    repeat 998 at the start, so diffusers' step counter would start at the second (and run past its σ's): both loops
+    start at index 0 there, as img2img pipelines do with set_begin_index(0)."""
+    for n in (5, 10, 20, 25, 50):
+        ref = getattr(diffusers, cls)(**RESPACED_TABLES[table], **{flag: True})
+        uni = UnifiedScheduler.from_config(ref.config)
+        assert uni.config.timestep_rounding in ("diffusers_round", "diffusers_floor")
+        states = []
+        for sched in (ref, uni):
+            sched.set_timesteps(n)
+            if int(sched.timesteps[0]) == int(sched.timesteps[1]):
+                sched.set_begin_index(0)
+            x, out = start(), []
+            for t in sched.timesteps:
+                x = sched.step(model(x, t), t, x).prev_sample
+                out.append(x)
+            states.append(out)
+        assert ref.timesteps.dtype == uni.timesteps.dtype == torch.int64
+        assert torch.equal(ref.timesteps, uni.timesteps), (n, ref.timesteps, uni.timesteps)
+        # the σ̃ the sampler steps with are unisde's own float64 levels, which agree with diffusers' float32 ones
+        torch.testing.assert_close(uni.sigmas.double(), ref.sigmas.double(), rtol=1e-6, atol=0)
+        errs = errors(*states)
+        assert max(errs) <= TOL, (n, [f"{e:.2g}" for e in errs])
+
+
+def test_diffusers_index_rounding_needs_its_flag_and_its_grid():
+    """``timestep_rounding="diffusers_floor"`` feeds the indices of the σ̃ of one respacing flag: without one it is
+    refused at construction, and on a grid with other levels at ``set_timesteps``, before any step."""
+    common = {"sampler": "dpmsolver++", "timestep_rounding": "diffusers_floor"}
+    with pytest.raises(ValueError, match="exactly one of use_karras_sigmas"):
+        UnifiedScheduler(time_grid="uniform_lambda", **common)
+    uni = UnifiedScheduler(time_grid="karras", use_exponential_sigmas=True, **common)
+    with pytest.raises(ValueError, match="time grid 'karras' has other levels"):
+        uni.set_timesteps(10)
+    ok = UnifiedScheduler(time_grid="uniform_lambda", use_exponential_sigmas=True, **common)
+    ok.set_timesteps(10)
+    ref = diffusers.DPMSolverMultistepScheduler(use_exponential_sigmas=True)  # its default table: linear
+    ref.set_timesteps(10)
+    assert torch.equal(ok.timesteps, ref.timesteps)
+    ok.set_timesteps(timesteps=[900, 500, 100])  # given timesteps: fed as given (floored)
+    assert ok.timesteps.tolist() == [900, 500, 100]

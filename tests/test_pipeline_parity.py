@@ -109,6 +109,9 @@ VARIANTS = [
     ("DPMSinglestep-Karras", "DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
     ("UniPC-trailing", "UniPCMultistepScheduler", {"timestep_spacing": "trailing"}),
     ("UniPC-Karras", "UniPCMultistepScheduler", {"use_karras_sigmas": True}),
+    # the model fed diffusers' truncated float32-table index (998 at SD's σ̃_max, not the exact index's 999)
+    ("DPM++2M-exponential", "DPMSolverMultistepScheduler", {"use_exponential_sigmas": True}),
+    ("UniPC-beta", "UniPCMultistepScheduler", {"use_beta_sigmas": True}),
     # its Brownian path seeded by the config (with None diffusers draws the seed from the global RNG)
     ("DPMSolverSDE", "DPMSolverSDEScheduler", {"noise_sampler_seed": 3}),
 ]

@@ -861,10 +861,15 @@ class _MultistepFamily(_FlowSigmas, BetaTableConverter):
 
     ``use_exponential_sigmas`` / ``use_beta_sigmas`` space σ̃ between the table's ends (``uniform_lambda``; the
     ``diffusers_sigmas`` grid with Beta(0.6, 0.6) quantiles) and feed the model the int64 truncation of each level's
-    fractional index (``timestep_rounding="floor"``). diffusers computes that index against a float32 log-σ̃ table,
-    which on some tables (SD's scaled_linear) puts σ̃_max at 998.9999997 instead of 999, so its first timestep is
-    998 where unisde's is 999; every other timestep and every σ̃ agree. A respacing flag with
-    ``final_sigmas_type="sigma_min"`` is refused (zero-length last step)."""
+    fractional index (``timestep_rounding="diffusers_floor"``); Karras σ̃ (and DPM-Solver's λ-uniform ones) the
+    rounded index (``"diffusers_round"``; DPMSolverMultistep skips that rounding on the cosine table, so its int64
+    cast truncates them: ``"diffusers_floor"``, and they repeat 998 at the start). The twin steps between its
+    float64 levels (which agree with diffusers' σ̃ to ~1e-7) but feeds the model the index diffusers computes for its
+    own float64 σ̃ against its float32 log-σ̃ table
+    (:func:`unisde.grids.diffusers_float32.diffusers_table_respaced_timesteps`), which on some tables (SD's
+    scaled_linear, the cosine one) puts σ̃_max at 998.9999997 and so feeds 998 where the exact index gives 999: the
+    timesteps are diffusers' own, bit for bit. A respacing flag with ``final_sigmas_type="sigma_min"`` is
+    refused (zero-length last step)."""
 
     spacing_grids = {"leading": "leading_multistep", "linspace": "linspace_multistep"}
     accepts = {
@@ -897,7 +902,7 @@ class _MultistepFamily(_FlowSigmas, BetaTableConverter):
         out = super().schedule_keys(cfg)
         if cfg.get("use_exponential_sigmas") or cfg.get("use_beta_sigmas"):
             # diffusers casts these levels' fractional _sigma_to_t indices to int64 (truncation) for the model
-            out["timestep_rounding"] = "floor"
+            out["timestep_rounding"] = "diffusers_floor"
         return out
 
 
@@ -907,11 +912,11 @@ class DPMSolverMultistepConverter(_MultistepFamily):
 
     def schedule_keys(self, cfg):
         out = super().schedule_keys(cfg)
-        # diffusers rounds the model's timesteps on Karras/λ-uniform σ (not on the cosine table), not the σ's
-        if (cfg.get("use_karras_sigmas") or cfg.get("use_lu_lambdas")) and cfg.get(
-            "beta_schedule"
-        ) != "squaredcos_cap_v2":
-            out["timestep_rounding"] = "round"
+        # diffusers rounds the model's timesteps on Karras/λ-uniform σ, not the σ's; on the cosine table it skips
+        # the rounding, and its int64 cast truncates them
+        if cfg.get("use_karras_sigmas") or cfg.get("use_lu_lambdas"):
+            cosine = cfg.get("beta_schedule") == "squaredcos_cap_v2"
+            out["timestep_rounding"] = "diffusers_floor" if cosine else "diffusers_round"
         return out
 
     sampler = "dpmsolver++"
@@ -949,8 +954,8 @@ class UniPCConverter(_MultistepFamily):
 
     def schedule_keys(self, cfg):
         out = super().schedule_keys(cfg)
-        if cfg.get("use_karras_sigmas"):  # diffusers rounds the model's timesteps on Karras σ, not the σ's
-            out["timestep_rounding"] = "round"
+        if cfg.get("use_karras_sigmas"):
+            out["timestep_rounding"] = "diffusers_round"  # diffusers rounds the model's timesteps on Karras σ
         return out
 
     sampler = "unipc"
@@ -1203,7 +1208,8 @@ class DPMSolverSinglestepConverter(_FlowSigmas, BetaTableConverter):
     """Singlestep DPM-Solver(++): the multistep schedulers' linspace over n + 1 points without index 0 (the class has
     no ``timestep_spacing``), Karras or exponential σ; every algorithm/solver flag reaches the sampler by name. As the
     multistep classes, it feeds the model rounded timesteps on Karras σ and truncated ones (its int64 cast) on
-    exponential σ while stepping between the exact levels.
+    exponential σ, each level's index as diffusers computes it (``"diffusers_round"`` / ``"diffusers_floor"``, see
+    :class:`_MultistepFamily`), while stepping between the exact levels.
 
     With ``use_flow_sigmas=True`` it runs on the rectified flow (:class:`_FlowSigmas`) with DPM-Solver multistep's
     levels (``levels="dpmsolver"``: its ``set_timesteps`` computes the same ones, μ setting the shift to e^μ) and its
@@ -1236,9 +1242,9 @@ class DPMSolverSinglestepConverter(_FlowSigmas, BetaTableConverter):
         if out["time_grid"] not in ("karras", "uniform_lambda"):
             out["time_grid"] = "linspace_multistep"
         elif cfg.get("use_karras_sigmas"):
-            out["timestep_rounding"] = "round"
+            out["timestep_rounding"] = "diffusers_round"
         else:
-            out["timestep_rounding"] = "floor"
+            out["timestep_rounding"] = "diffusers_floor"
         return out
 
     def unsupported_combination(self, cfg):

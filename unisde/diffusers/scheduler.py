@@ -28,7 +28,12 @@ from unisde.core.kernels import lincomb, t_from_flow_sigma
 from unisde.core.schedule import NoiseSchedule
 from unisde.grids import append_final, build_grid, get_grid, list_grids
 from unisde.parameterizations import schedule_coefficients
-from unisde.parameterizations.base import TIMESTEP_ROUNDINGS, denoised_from_output, fed_timesteps
+from unisde.parameterizations.base import (
+    DIFFUSERS_INDEX_ROUNDINGS,
+    TIMESTEP_ROUNDINGS,
+    denoised_from_output,
+    fed_timesteps,
+)
 from unisde.plugins import get_parameterization, get_sampler, list_samplers
 from unisde.sampling import (
     all_finite,
@@ -182,7 +187,13 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             the rounded/floored timestep while the step uses the exact time — diffusers' DPM-Solver/UniPC multistep
             round on Karras/λ-uniform σ tables and cast flow τ·N to int64 (set by their converters);
             ``"round_steps"``: only each step's first evaluation is rounded (diffusers' KDPM2 on Karras σ rounds its
-            grid points, not its midpoints).
+            grid points, not its midpoints). ``"diffusers_round"`` / ``"diffusers_floor"``: at the grid points of
+            ``set_timesteps(num_inference_steps)`` the rounded / int64-truncated index that diffusers'
+            DPMSolverMultistep, DPMSolverSinglestep and UniPC compute for the σ̃ of the config's respacing flag (exactly
+            one of ``use_karras_sigmas``, ``use_exponential_sigmas``, ``use_beta_sigmas``, ``use_lu_lambdas``) against
+            their float32 log-σ̃ table (:func:`unisde.grids.diffusers_float32.diffusers_table_respaced_timesteps`:
+            SD's σ̃_max at 998.9999997, fed 998), elsewhere (custom timesteps or sigmas, other evaluations) as
+            ``"round"`` / ``"floor"`` (set by their converters).
         shift, base_shift, max_shift, base_image_seq_len, max_image_seq_len, use_dynamic_shifting, time_shift_type,
             shift_terminal: FlowMatch keys; the ``flow_match`` grid reads the first ones, pipelines read the rest
             (Flux computes ``mu`` from them).
@@ -316,6 +327,19 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"return_pred_original_sample must be True or False, got {return_pred_original_sample!r}")
         if timestep_rounding not in TIMESTEP_ROUNDINGS:
             raise unknown_name_error("timestep_rounding", timestep_rounding, TIMESTEP_ROUNDINGS)
+        respacing_flags = {
+            "use_karras_sigmas": use_karras_sigmas,
+            "use_exponential_sigmas": use_exponential_sigmas,
+            "use_beta_sigmas": use_beta_sigmas,
+            "use_lu_lambdas": use_lu_lambdas,
+        }
+        if timestep_rounding in DIFFUSERS_INDEX_ROUNDINGS and sum(map(bool, respacing_flags.values())) != 1:
+            set_flags = [k for k, v in respacing_flags.items() if v] or "none"
+            raise ValueError(
+                f"timestep_rounding={timestep_rounding!r} feeds the model the index diffusers computes for the σ̃ of "
+                f"one respacing flag, so exactly one of {', '.join(respacing_flags)} must be True (set: {set_flags}); "
+                f"without one use timestep_rounding={timestep_rounding.removeprefix('diffusers_')!r}"
+            )
         if add_noise_level not in ("timestep", "step_index"):
             raise unknown_name_error("add_noise_level", add_noise_level, ("timestep", "step_index"))
         if timesteps_convention not in ("model", "train_index"):
@@ -540,6 +564,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 )
         cfg = self.config
         sched, param = self.noise_schedule, self.parameterization
+        # diffusers' indices of its own respaced σ̃ apply to the grid of num_inference_steps, not to given values
+        own_levels = timesteps is None and sigmas is None and cfg.timestep_rounding in DIFFUSERS_INDEX_ROUNDINGS
         sampler = self.sampler_cls(sched, **self.sampler_options)
         repeat_last = cfg.final_sigmas_type == "repeat_last"
         if repeat_last and not getattr(sampler, "takes_zero_length_end", False):
@@ -646,6 +672,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             if not noop_tail:
                 knots = np.concatenate([given_model_t, param.model_time(sched, grid[-1:]).numpy()])
             model_t = torch.from_numpy(np.interp(eval_t.numpy(), grid.numpy()[::-1], knots[::-1])).to(DTYPE)
+        if own_levels:
+            model_t = self._diffusers_indices(sched, grid, eval_t, model_t)
         starts = getattr(sampler, "step_starts", None)  # "round_steps": the first evaluation of each step
         fed = fed_timesteps(model_t, sched, cfg.timestep_rounding, starts)  # the solver keeps the exact times
         # Commit only now: a failure above leaves the scheduler as it was. The new loop's state replaces the old one
@@ -684,6 +712,35 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._runs = None
         self._loop = None
         self._loop_next = None
+
+    def _diffusers_indices(self, sched, grid, eval_t, model_t) -> torch.Tensor:
+        """``timestep_rounding="diffusers_round"/"diffusers_floor"``: ``model_t`` with its values at the grid's n
+        levels (all points but the end point) replaced by the fractional indices diffusers computes for its own σ̃ of
+        the config's respacing flag (``diffusers_table_respaced_timesteps``), which the rounding then rounds or
+        truncates. The grid's levels must be those σ̃ (to 1e-6 relative), or the indices would be another grid's."""
+        from unisde.grids.diffusers_float32 import diffusers_table_respaced_timesteps
+
+        cfg = self.config
+        flags = {
+            "use_karras_sigmas": "karras",
+            "use_exponential_sigmas": "exponential",
+            "use_beta_sigmas": "beta",
+            "use_lu_lambdas": "lu",
+        }
+        flag = next(f for f in flags if cfg[f])  # exactly one: checked at construction
+        n = int(grid.numel()) - 1
+        levels, index = diffusers_table_respaced_timesteps(sched, n, flags[flag])
+        own = (sched.ve_sigma(grid[:n]) / torch.from_numpy(levels) - 1).abs()
+        if not bool((own <= 1e-6).all()):
+            raise ValueError(
+                f"timestep_rounding={cfg.timestep_rounding!r} with {flag}=True feeds the indices of diffusers' "
+                f"{flags[flag]} σ̃, but the time grid {self._grid_kind()!r} has other levels (relative difference "
+                f"{float(own.max()):.2g}); use the grid the conversion of {flag} gives, or "
+                f"timestep_rounding={cfg.timestep_rounding.removeprefix('diffusers_')!r}"
+            )
+        at_level = {t: i for i, t in enumerate(grid[:n].tolist())}  # evaluations at a level take its index
+        fed = [index[at_level[t]] if t in at_level else m for t, m in zip(eval_t.tolist(), model_t.tolist())]
+        return torch.tensor(fed, dtype=DTYPE)
 
     @staticmethod
     def _given_flow_levels(levels, num_inference_steps, mu) -> np.ndarray:

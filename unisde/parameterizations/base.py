@@ -124,7 +124,10 @@ def as_time(t) -> torch.Tensor:
 __all__ = ["Parameterization", "schedule_coefficients", "eps_from_denoised", "score_from_denoised", "DTYPE"]
 
 
-TIMESTEP_ROUNDINGS = (None, "round", "floor", "round_steps")
+TIMESTEP_ROUNDINGS = (None, "round", "floor", "round_steps", "diffusers_round", "diffusers_floor")
+# The roundings whose values the scheduler first replaces, on its own grid, by the fractional indices diffusers'
+# multistep β-table schedulers compute for their respaced σ (unisde.grids.diffusers_float32)
+DIFFUSERS_INDEX_ROUNDINGS = ("diffusers_round", "diffusers_floor")
 
 
 def fed_timesteps(
@@ -134,10 +137,14 @@ def fed_timesteps(
     DPM-Solver/UniPC on Karras σ) or floored (``"floor"``: their int64 cast of flow timesteps) when a twin needs it
     while its solver keeps the exact times; ``"round_steps"`` rounds only the evaluations that start a step (the
     indices ``step_starts``; all when None) and keeps the others exact — diffusers' KDPM2 schedulers round their
-    Karras grid points but not their midpoints. int64 when every value is a training index, float32 otherwise (the
-    dtypes diffusers' schedulers hand to pipelines)."""
+    Karras grid points but not their midpoints. ``"diffusers_round"`` / ``"diffusers_floor"`` round / floor here as
+    ``"round"`` / ``"floor"``; ``UnifiedScheduler.set_timesteps`` first replaces the values at its grid points by
+    the indices diffusers computes against its float32 log-σ̃ table (see there). int64 when every value is a
+    training index, float32 otherwise (the dtypes diffusers' schedulers hand to pipelines)."""
     if rounding not in TIMESTEP_ROUNDINGS:
         raise ValueError(f"timestep rounding must be one of {TIMESTEP_ROUNDINGS}, got {rounding!r}")
+    if rounding in DIFFUSERS_INDEX_ROUNDINGS:
+        rounding = rounding.removeprefix("diffusers_")
     if rounding == "floor":
         model_t = torch.floor(model_t)
     elif rounding == "round" or rounding == "round_steps" and step_starts is None:
