@@ -24,6 +24,7 @@ import math
 
 import pytest
 import torch
+from law_checks import monte_carlo_through_the_scheduler
 from scipy.integrate import quad
 
 import unisde
@@ -521,23 +522,9 @@ def test_stochastic_samplers_land_on_the_data_law(name, options, ns, bound, case
     ids=["seeds_2", "seeds_3", "sa_solver_pece"],
 )
 def test_monte_carlo_through_the_scheduler(name, options, n):
-    """32k values through UnifiedScheduler (ε-model of the Gaussian on diffusers' default DDPM table, its real
-    generator noise): the sample mean and variance are within 4 standard errors of the chain's exact law (computed
-    as above on the same grid), which itself is within 0.05 of N(μ, v0)."""
-    uni = UnifiedScheduler(sampler=name, sampler_options=options)
-    uni.set_timesteps(n)
-    dist = Gaussian(torch.full((16,), MU), torch.tensor(V0), event_shape=(1, 4, 4))
-    model = dist.as_model("epsilon", uni.noise_schedule)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2000, 1, 4, 4, generator=gen, dtype=F64) * uni.init_noise_sigma
-    for t in uni.timesteps:
-        x = uni.step(model(uni.scale_model_input(x, t), t), t, x, generator=gen).prev_sample
-    values = x.flatten()
-    m_exact, v_exact = exact_moments(name, uni.noise_schedule, torch.tensor(uni._sampler.grid, dtype=F64), options)
-    assert abs(m_exact - MU) < 0.05 and abs(v_exact - V0) < 0.05, (m_exact, v_exact)
-    count = values.numel()
-    assert abs(float(values.mean()) - m_exact) < 4 * math.sqrt(v_exact / count)
-    assert abs(float(values.var()) - v_exact) < 4 * v_exact * math.sqrt(2.0 / count)
+    """32k values through UnifiedScheduler land within 4 standard errors of the chain's exact law
+    (:func:`law_checks.monte_carlo_through_the_scheduler`)."""
+    monte_carlo_through_the_scheduler(name, options, n, exact_moments, MU, V0)
 
 
 # ============================================================================ SA-Solver on the rectified flow
