@@ -8,6 +8,32 @@ import torch
 
 from unisde.analytic import Gaussian
 from unisde.diffusers.scheduler import UnifiedScheduler
+from unisde.plugins import get_sampler
+from unisde.sampling import run_loop
+
+
+def exact_moments(name, sched, grid, options=None, mu=0.5, v0=0.25):
+    """(mean, variance) of sampler ``name``'s 1-d output for data N(mu, v0), started from the exact marginal at t_0
+    (s(t_0) mu, s² v0 + σ²): the loop is affine in its Gaussian inputs, so one run with zero draws that require grad
+    gives both exactly."""
+    smp = get_sampler(name)(sched, **(options or {}))
+    times = smp.prepare(grid)
+    t0 = float(grid[0])
+    s, sig = float(sched.s(t0)), float(sched.sigma(t0))
+    start = torch.full((1, 1), s * mu, dtype=torch.float64, requires_grad=True)
+    draws = []
+
+    def zero_noise(like):
+        draws.append(torch.zeros_like(like, requires_grad=True))
+        return draws[-1]
+
+    smp.noise_sampler = zero_noise
+    dist = Gaussian(torch.full((1,), mu), torch.tensor(v0))
+    t_list = [torch.tensor(float(t), dtype=torch.float64) for t in times]
+    out = run_loop(smp, start, lambda x, k: dist.denoise(x, t_list[k], sched))
+    grads = torch.autograd.grad(out.sum(), [start, *draws], allow_unused=True)
+    var = float(grads[0]) ** 2 * (s * s * v0 + sig * sig) + sum(float(g) ** 2 for g in grads[1:] if g is not None)
+    return float(out.detach()), var
 
 
 def monte_carlo_through_the_scheduler(name, options, n, exact_moments, mu, v0):

@@ -24,7 +24,7 @@ import math
 
 import pytest
 import torch
-from law_checks import monte_carlo_through_the_scheduler
+from law_checks import exact_moments, monte_carlo_through_the_scheduler
 from scipy.integrate import quad
 
 import unisde
@@ -461,27 +461,6 @@ def test_heunpp2_weights_act_in_the_flow_view():
 
 
 # ============================================================================ the data law (stochastic)
-def exact_moments(name, sched, grid, options=None):
-    """(mean, variance) of the sampler's 1-d output started from the exact marginal at t_0: the loop is affine in its
-    Gaussian inputs, so one run with zero draws that require grad gives both exactly."""
-    smp = get_sampler(name)(sched, **(options or {}))
-    times = smp.prepare(grid)
-    t0 = float(grid[0])
-    s, sig = float(sched.s(t0)), float(sched.sigma(t0))
-    start = torch.full((1, 1), s * MU, dtype=F64, requires_grad=True)
-    draws = []
-
-    def zero_noise(like):
-        draws.append(torch.zeros_like(like, requires_grad=True))
-        return draws[-1]
-
-    smp.noise_sampler = zero_noise
-    dist = Gaussian(torch.full((1,), MU), torch.tensor(V0))
-    t_list = [torch.tensor(float(t), dtype=F64) for t in times]
-    out = run_loop(smp, start, lambda x, k: dist.denoise(x, t_list[k], sched))
-    grads = torch.autograd.grad(out.sum(), [start, *draws], allow_unused=True)
-    var = float(grads[0]) ** 2 * (s * s * V0 + sig * sig) + sum(float(g) ** 2 for g in grads[1:] if g is not None)
-    return float(out.detach()), var
 
 
 LAW_CASES = {

@@ -47,6 +47,7 @@ t_1, t_{m,1}, …, t_{n−1} (one call on a one-stage step), as diffusers lists 
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -80,9 +81,9 @@ class _TwoStageDPMPP(Sampler):
     def stochastic(self):
         return self.opts["eta"] > 0
 
+    @abc.abstractmethod
     def levels(self, ve_i: float, ve_next: float):
         """(σ̃_m or None for a one-stage step, stage 1's (σ̃_down, σ̃_up), stage 2's (σ̃_down, σ̃_up), weight of D_m)."""
-        raise NotImplementedError
 
     def prepare(self, grid):
         """Per step i, in model space: the intermediate time t_m, stage 1's weights (a, b) and noise scale

@@ -37,6 +37,7 @@ there are those of the capped t_end (σ̃ = σ/s ≤ 4096, as ``dpmpp_sde``; Com
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -64,14 +65,14 @@ class _SEEDS(Sampler):
     def stochastic(self):
         return self.opts["eta"] > 0 and self.opts["s_noise"] > 0
 
+    @abc.abstractmethod
     def fractions(self) -> list[float]:
         """The stages' positions r_j ∈ (0, 1] in λ within a step (ascending)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stage_weights(self, j: int, H: float, r: list[float]) -> list[float]:
         """Stage j's (j = len(r): the step's result) D weights per unit s_j, for D_s, D_1, …, with H = (1 + η)h
         and r the fractions (r_j of the stage itself = 1 for the result)."""
-        raise NotImplementedError
 
     def prepare(self, grid):
         """Per step i: for each stage and the result, (x weight, D weights, noise scale, OU decay and increment
