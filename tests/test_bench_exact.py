@@ -110,6 +110,95 @@ def test_stochastic_exact_law_matches_monte_carlo(library):
     _moments_agree(x, law.mean, law.cov)
 
 
+@pytest.mark.parametrize("library", ["unisde", "diffusers"])
+def test_brownian_tree_exact_law_matches_the_tree(library):
+    """dpmpp_sde / DPMSolverSDE draw the noise of a step's two stages as increments of one Brownian path over
+    overlapping intervals (correlated). The law read off a prescribed path (exact.PrescribedBrownian) matches 20k
+    runs of torchsde's own tree (4 trees), both libraries give one law, and the law of independent draws per query
+    (what the noise_sampler hook would feed) is another one, which the same runs reject."""
+    from contextlib import contextmanager
+
+    dist = _gaussian(3)
+    peer_config = dict(diffusers.DPMSolverSDEScheduler.from_config(accuracy_config("ddpm")).config)
+    twin_config = {**peer_config, "_class_name": "DPMSolverSDEScheduler"}  # the bench's ≡ twin: sampler dpmpp_sde
+    twin, model = _setup(dist, twin_config)
+    assert twin.config.sampler == "dpmpp_sde"
+
+    def make():
+        if library == "unisde":
+            return _setup(dist, twin_config)[0]
+        return diffusers.DPMSolverSDEScheduler.from_config(peer_config)
+
+    assert exact.feeds_noise(make())
+    law = exact.affine_law(make(), model, dist.event_shape, 4)
+    assert law.draws >= 6 and law.relevant_draws >= 6 and law.residual < 1e-12
+    ref = exact.affine_law(twin, model, dist.event_shape, 4)
+    assert torch.allclose(law.cov, ref.cov, rtol=1e-5, atol=1e-9) and torch.allclose(law.mean, ref.mean, atol=1e-9)
+    xs = []
+    for k in range(4):
+        torch.manual_seed(k)  # diffusers seeds its tree from the global generator; unisde from the step's generator
+        z = torch.randn(5000, 3, generator=torch.Generator().manual_seed(10 + k), dtype=F64)
+        xs.append(exact.run_scheduler(make(), model, z, 4, seed=20 + k)[0])
+    x = torch.cat(xs)
+    _moments_agree(x, law.mean, law.cov)
+
+    @contextmanager
+    def independent(scheduler, feeder):  # every query its own draw, through the hook
+        scheduler._sampler.noise_sampler = lambda like: feeder(like.shape, like.dtype, like.device)
+        yield
+
+    original = exact._noise_source
+    exact._noise_source = independent
+    try:
+        other = exact.affine_law(twin, model, dist.event_shape, 4)
+    finally:
+        exact._noise_source = original
+    with pytest.raises(AssertionError):
+        _moments_agree(x, other.mean, other.cov)
+
+
+def test_sampling_metric_drives_brownian_samplers_by_a_seeded_exact_path(monkeypatch):
+    """Under the sampling metric a Brownian-tree sampler (DPMSolverSDE, the dpmpp_sde twin) runs on a
+    PrescribedBrownian path of seeded draws — the tree's law (previous test), none of torchsde's per-query cost:
+    torchsde is never called, and the distance is reproducible."""
+    import torchsde
+
+    from unisde.bench.accuracy import _SamplingMetric
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchsde's tree was queried")
+
+    monkeypatch.setattr(torchsde, "BrownianInterval", refuse)
+    dist = GaussianMixture(
+        [0.6, 0.4], torch.tensor([[0.8, 0.0], [-0.8, 0.2]], dtype=F64), torch.tensor([0.03, 0.05], dtype=F64)
+    )
+    peer_config = dict(diffusers.DPMSolverSDEScheduler.from_config(accuracy_config("ddpm")).config)
+    twin, model = _setup(dist, {**peer_config, "_class_name": "DPMSolverSDEScheduler"})
+    sampling = _SamplingMetric(dist, 500, 16)
+    for scheduler in (diffusers.DPMSolverSDEScheduler.from_config(peer_config), twin):
+        first = sampling.measure(exact.Prepared(scheduler, 4), model)
+        again = sampling.measure(exact.Prepared(scheduler, 4), model)
+        assert math.isfinite(first["distance"]) and first["distance"] == again["distance"] and first["model_calls"] == 7
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_exact_model_on_a_table_gives_the_schedules_own_values(prediction):
+    """ExactModel remembers s(t) and σ(t) of a table per time (spline lookups): its outputs equal the denoiser and
+    conversion evaluated on the schedule itself, bit for bit, at training and fractional timesteps, repeated."""
+    dist = GaussianMixture(
+        [0.7, 0.3], torch.tensor([[0.5, -0.2, 0.1], [-0.4, 0.3, 0.0]], dtype=F64), torch.tensor([0.05, 0.02], dtype=F64)
+    )
+    scheduler, model = _setup(dist, {**accuracy_config("ddpm"), "prediction_type": prediction})
+    param, sched = scheduler.parameterization, scheduler.noise_schedule
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for ts in (999.0, 500.5, 0.0, 37.25, 999.0, 500.5):
+        timestep = torch.tensor(ts, dtype=F64)
+        t, c_in = model._time(timestep)
+        xs = x / c_in
+        expected = param.from_denoised(dist.denoise(xs, t, sched), xs, t, sched)
+        assert torch.equal(model(x, timestep), expected), ts
+
+
 def test_true_zero_and_convergence_order():
     """On a rectified flow the start N(0, I) at t = 1 is the exact prior, so an exact PF-ODE solve reproduces the
     data law: its W₂ (the prior floor) is 0 to rounding, and samplers converge to it at their order."""

@@ -238,6 +238,32 @@ def test_inverses(schedule):
     assert float((schedule.t_from_sigma(schedule.ve_sigma(t)) - t).abs().max()) < 1e-9
 
 
+@pytest.mark.parametrize("name", ["ddpm-linear", "ddpm-cosine", "zero-snr", "ncsn-table", "vp-linear"])
+def test_blocked_bisection_is_one_halving_at_a_time_bit_for_bit(make_schedule, name):
+    """The base class's t_from_log_snr walks its 64 halvings in blocks of up to 8 (all midpoints of a block in one
+    log_snr call): the result equals the plain bisection's exactly, for a scalar, small and large batches (k = 1),
+    out-of-range λ and a λ hit exactly at a knot."""
+    from unisde.core.schedule import NoiseSchedule
+
+    sched = make_schedule(name)
+
+    def one_at_a_time(lam):
+        lo, hi = torch.zeros_like(lam), torch.full_like(lam, sched.t_end)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            above = sched.log_snr(mid) > lam
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
+    g = torch.Generator().manual_seed(3)
+    knot = float(sched.log_snr(torch.tensor(0.5, dtype=F64)))
+    for shape in ((), (1,), (7,), (50,), (700,)):
+        lam = torch.rand(shape, generator=g, dtype=F64) * 40 - 20
+        if lam.numel() >= 3:
+            lam.view(-1)[:3] = torch.tensor([100.0, -100.0, knot], dtype=F64)
+        assert torch.equal(NoiseSchedule._t_from_log_snr(sched, lam), one_at_a_time(lam)), shape
+
+
 # ---------------------------------------------------------------------------------------------- diffusers parity
 @pytest.mark.parametrize(
     "config",

@@ -46,7 +46,10 @@ Overhead, pipeline, training
 torch runs single-threaded throughout (``torch.set_num_threads(1)``, restored afterwards): a step is a handful
 of element-wise kernels on 131k elements and the benchmark models are small, so intra-op threading buys little,
 while on a shared machine (the 2-core CI box this was written on) threads spinning against other processes made
-the same call up to 10× slower and noisy. Both sides of every ratio run under the same setting.
+the same call up to 10× slower and noisy. Both sides of every ratio run under the same setting. The accuracy
+section, whose numbers do not depend on timing, runs its cells (target × schedule) in ``BenchConfig.workers``
+such single-threaded processes (two in the full and medium presets, ``--workers``): the same records, in the same
+order, as one process gives; the speed sections run after it, alone.
 
 :func:`run_benchmarks` returns the JSON-able results; :func:`render_markdown` and :func:`plot_accuracy` turn
 them into ``BENCHMARKS.md`` and its figure.

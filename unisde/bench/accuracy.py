@@ -7,8 +7,12 @@ without sampling noise wherever the mathematics allows (:mod:`unisde.bench.exact
 * ``trajectory`` — other targets, deterministic contestants: RMS over a fixed batch of ‖x_out − x_ref‖ against
   the converged PF-ODE solution from the same starts; ``floor`` is the reference's own convergence error.
 * ``sliced-w2`` — the rest (stochastic contestants on mixtures, and anything whose run is not affine on a
-  Gaussian target, e.g. pc's batch-averaged Langevin step, or DPMSolverSDE's Brownian tree): sliced W₂ between
-  n generated and n exact samples, ``floor`` the same distance between two independent exact sets.
+  Gaussian target, e.g. pc's batch-averaged Langevin step): sliced W₂ between n generated and n exact samples,
+  ``floor`` the same distance between two independent exact sets. A Brownian-tree sampler (DPMSolverSDE, unisde's
+  ``dpmpp_sde``) has its path prescribed (:class:`unisde.bench.exact.PrescribedBrownian`: the exact law of its
+  correlated increments), on Gaussian targets as draws of the exact law and under the sampling metric as seeded
+  draws in place of torchsde's tree — the same law, at one sample-sized draw per new level where the tree's queries
+  cost ~60 (a third of the 64-D mixture's DDPM cell).
 
 Every contestant starts from the same standard normal z (scaled by its scheduler's ``init_noise_sigma``; k-diffusion's
 functions, :mod:`unisde.bench.kdiffusion`, by the first level σ̃_max of their grid, as k-diffusion does).
@@ -29,6 +33,7 @@ import torch
 
 from unisde.bench import exact
 from unisde.bench.contestants import (
+    FLOW_SHIFTS,
     _unified,
     base_config,
     diffusers_contestants,
@@ -37,7 +42,7 @@ from unisde.bench.contestants import (
     steps_for_nfe,
     unisde_contestants,
 )
-from unisde.bench.metrics import projection_directions, sliced_w2
+from unisde.bench.metrics import projection_directions, sliced_w2, sorted_projections
 from unisde.bench.optimized import optimized_contestants
 from unisde.bench.targets import ExactModel, make_target
 
@@ -48,6 +53,7 @@ _SEED_NOISE = 1234  # starting noise z (shared by every contestant)
 _SEED_TRAJECTORY = 4242  # the fixed batch of starts of the trajectory metric
 _SEED_REFERENCE = 2024  # the exact reference set Y
 _SEED_FLOOR = 7000  # independent exact sets for the noise floor
+_SEED_BROWNIAN = 5151  # the Brownian path of a Brownian-tree sampler under the sampling metric (exact.run_scheduler)
 
 AFFINE_TOL = 1e-5
 """Largest relative residual of the affine check (exact.affine_law) for which the exact law is used. Runs in
@@ -86,6 +92,8 @@ class _SamplingMetric:
             return
         dist, n = self.dist, self.n
         self.reference = dist.sample(n, torch.Generator().manual_seed(_SEED_REFERENCE), dtype=torch.float64)
+        # sorted once: every stochastic contestant of every schedule is compared with this set
+        self.reference_sorted = sorted_projections(self.reference, self.directions)
         pair = []
         for r in range(3):
             a = dist.sample(n, torch.Generator().manual_seed(_SEED_FLOOR + 2 * r), dtype=torch.float64)
@@ -100,10 +108,10 @@ class _SamplingMetric:
     def measure(self, prepared: exact.Prepared, model) -> dict:
         self._prepare()
         model.nfe = 0
-        x, _, _ = exact.run_scheduler(prepared, model, self.z)
+        x, _, _ = exact.run_scheduler(prepared, model, self.z, brownian_seed=_SEED_BROWNIAN)
         return {
             "metric": "sliced-w2",
-            "distance": sliced_w2(x, self.reference, self.directions),
+            "distance": sliced_w2(x, self.reference, self.directions, self.reference_sorted),
             "floor": self.floor,
             "floor_sd": self.floor_sd,
             "exact": False,
@@ -131,7 +139,7 @@ def _fit_budget(scheduler, budget: int, attempt):
 
 
 def _sampled(scheduler, model, budget: int, sampling: _SamplingMetric, note: str) -> dict | None:
-    """The sampling metric at the budget, for a contestant whose noise cannot be prescribed (a Brownian tree)."""
+    """The sampling metric at the budget, for a contestant whose noise cannot be prescribed."""
 
     def attempt(prepared):
         rec = sampling.measure(prepared, model)
@@ -147,7 +155,7 @@ def measure_gaussian(scheduler, model, dist, budget: int, sampling: _SamplingMet
     """One record's metric fields on a Gaussian target: the exact law when the run is affine to rounding, else
     (and for a scheduler whose noise cannot be prescribed) the sampling metric."""
     if not exact.feeds_noise(scheduler):
-        return _sampled(scheduler, model, budget, sampling, "noise not prescribable (Brownian tree): sampling metric")
+        return _sampled(scheduler, model, budget, sampling, "noise not prescribable: sampling metric")
 
     def attempt(prepared):
         law = exact.affine_law(prepared, model, dist.event_shape)
@@ -210,7 +218,7 @@ def measure_mixture(
     (two extra rows, z = 0 with and without random draws, tell whether the draws reach the output), else the
     sampling metric."""
     if not exact.feeds_noise(scheduler):
-        return _sampled(scheduler, model, budget, sampling, "noise not prescribable (Brownian tree): sampling metric")
+        return _sampled(scheduler, model, budget, sampling, "noise not prescribable: sampling metric")
     event, d = dist.event_shape, dist.dim
     rows = z_traj.shape[0] + 2
     z = torch.cat([z_traj.reshape(-1, d), torch.zeros(2, d, dtype=torch.float64)]).reshape(rows, *event)
@@ -249,13 +257,96 @@ def measure_mixture(
 
 
 def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
-    """(records, floors, errors) of the accuracy section."""
-    records, floors, errors = [], [], []
-    # schedule -> (config, [(contestant, scheduler or exception)], timestep cache, σ̃ cache), shared by targets
-    built: dict = {}
-    fits: dict = {}  # optimised grids by (target, noise schedule, contestant, NFE), shared by schedules (flow shifts)
+    """(records, floors, errors) of the accuracy section: its cells run in this process, or, with ``cfg.workers``
+    > 1, as jobs in that many worker processes (:func:`_in_workers`), with the same records in the same order."""
     if not kdiffusion_available():
         log("accuracy: k-diffusion is not installed (pip install 'unisde[bench]'), so its samplers are skipped")
+    jobs = _jobs(cfg)
+    workers = min(int(getattr(cfg, "workers", 1) or 1), len(jobs))
+    if workers > 1:
+        records, floors, errors = _in_workers(cfg, jobs, workers, log)
+    else:
+        records, floors, errors = _cells(cfg, tuple(cfg.targets), tuple(cfg.schedules), log)
+        for floor in floors:
+            floor.pop("_sampled")
+    for line in summary_lines(records):
+        log(line)
+    return records, floors, errors
+
+
+_SEED_CELL = 31337
+"""torch's global generator is seeded with this for each (target, schedule) cell (and restored afterwards): a peer
+that draws from it (DPMSolverSDE's Brownian-tree seed without a ``noise_sampler_seed``) gets the same noise whether
+the cells run one after another or in worker processes."""
+
+
+def _jobs(cfg: BenchConfig) -> list[tuple[str, tuple]]:
+    """The accuracy section as independent jobs (target, schedules), costliest first (the workers take them in this
+    order): one per target and schedule, the rectified flow with and without a shift together (they share their
+    optimised-grid fits)."""
+    flows = tuple(s for s in cfg.schedules if s in FLOW_SHIFTS)
+    groups = [(s,) for s in cfg.schedules if s not in FLOW_SHIFTS] + ([flows] if flows else [])
+    weight = {"ddpm": 3.0, "edm": 1.0}  # contestants: ~400 on the DDPM table, ~130 on EDM, ~200 per flow schedule
+    jobs = [(t, g) for t in cfg.targets for g in groups]
+    return sorted(jobs, key=lambda j: -(2.0 if j[0] == "mixture-8x8" else 1.0) * sum(weight.get(s, 1.5) for s in j[1]))
+
+
+_WORKER_BUILT: dict = {}  # a worker process's contestants per (schedule, grid variants), kept across its jobs
+
+
+def _job(cfg: BenchConfig, target: str, schedules: tuple) -> tuple[list, list, list, list]:
+    """One job in a worker process: (records, floors, errors, log lines)."""
+    torch.set_num_threads(1)
+    lines: list = []
+    return (*_cells(cfg, (target,), schedules, lines.append, _WORKER_BUILT), lines)
+
+
+def _in_workers(cfg: BenchConfig, jobs: list, workers: int, log) -> tuple[list, list, list]:
+    """Run ``jobs`` in ``workers`` fresh processes (spawned: nothing of this process's threads or state is
+    inherited) and merge their results into the order and the floors of one sequential run: records and errors by
+    (target, schedule) as ``cfg`` lists them, one floor row per target (its seconds and reference solves summed
+    over its jobs)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    log(f"accuracy: {len(jobs)} jobs (target × schedule) in {workers} worker processes")
+    done: dict = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_job, cfg, target, group): (target, group) for target, group in jobs}
+        for future in as_completed(futures):
+            key = futures[future]
+            records, floors, errors, lines = future.result()
+            for line in lines:
+                log(line)
+            done[key] = (records, floors, errors)
+    order = {s: i for i, s in enumerate(cfg.schedules)}
+    keys = sorted(done, key=lambda k: (list(cfg.targets).index(k[0]), order[k[1][0]]))
+    records = [r for k in keys for r in done[k][0]]
+    errors = [e for k in keys for e in done[k][2]]
+    floors = []
+    for target in cfg.targets:
+        parts = [done[k][1][0] for k in keys if k[0] == target]
+        merged = dict(parts[0])
+        merged["seconds"] = sum(p["seconds"] for p in parts)
+        if "reference_solves" in merged:
+            merged["reference_solves"] = sum(p["reference_solves"] for p in parts)
+        sampled = [p for p in parts if p["_sampled"]]
+        if sampled:  # the same exact sets in every job: any job that used the sampling metric has its floor
+            merged.update(floor=sampled[0]["floor"], floor_sd=sampled[0]["floor_sd"])
+        merged.pop("_sampled")
+        floors.append(merged)
+    return records, floors, errors
+
+
+def _cells(
+    cfg: BenchConfig, targets: tuple, schedules: tuple, log, built: dict | None = None
+) -> tuple[list, list, list]:
+    """(records, floors, errors) of the cells ``targets`` × ``schedules``, one after another; a floor row per target
+    (with ``_sampled``: whether the sampling metric was used, so its floor is in the row)."""
+    records, floors, errors = [], [], []
+    # schedule -> (config, [(contestant, scheduler or exception)], timestep cache, σ̃ cache), shared by targets
+    built = {} if built is None else built
+    fits: dict = {}  # optimised grids by (target, noise schedule, contestant, NFE), shared by schedules (flow shifts)
 
     def contestants_of(schedule: str, variants: bool):
         key = (schedule, variants)
@@ -272,12 +363,12 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
             built[key] = (base, entries, {}, {})
         return built[key]
 
-    for target_name in cfg.targets:
+    for target_name in targets:
         dist = make_target(target_name)
         kind = target_kind(dist)
         n_samples, budgets, variants = cfg.for_target(target_name)
         n_traj = int(getattr(cfg, "n_trajectory", None) or (1024 if dist.dim <= 2 else 256))
-        sampling = _SamplingMetric(dist, n_samples, cfg.projections)
+        sampling = _SamplingMetric(dist, n_samples, cfg.projections_for(target_name))
         refs = None
         if kind == "mixture":
             refs = exact.ReferenceCache(dist, *((1e-8, 1e-6) if cfg.quick else (1e-9, 1e-7)))
@@ -285,79 +376,82 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
             n_traj, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_TRAJECTORY), dtype=torch.float64
         )
         target_started = time.perf_counter()
-        for schedule in cfg.schedules:
-            base, entries, times, ve_times = contestants_of(schedule, variants)
-            ref_sched = _unified(base)
-            model = ExactModel(dist, ref_sched.parameterization, ref_sched.noise_schedule)
-            if isinstance(getattr(model, "_times", None), dict):
-                model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
-                model._ve_times = ve_times  # … and t(σ̃) of k-diffusion's calls
-            started = time.perf_counter()
+        for schedule in schedules:
+            # a cell's own seed of the global generator (see _SEED_CELL), the caller's state restored afterwards
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_SEED_CELL)
+                base, entries, times, ve_times = contestants_of(schedule, variants)
+                ref_sched = _unified(base)
+                model = ExactModel(dist, ref_sched.parameterization, ref_sched.noise_schedule)
+                if isinstance(getattr(model, "_times", None), dict):
+                    model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
+                    model._ve_times = ve_times  # … and t(σ̃) of k-diffusion's calls
+                started = time.perf_counter()
 
-            def race(c, scheduler, budgets, extra=None, schedule=schedule, model=model):
-                """Record ``c``'s metric at each budget (a failure as an error row)."""
-                if isinstance(scheduler, Exception):
-                    errors.append(
-                        {
-                            "library": c.library,
-                            "sampler": c.label,
-                            "schedule": schedule,
-                            "target": target_name,
-                            **({"nfe": budgets[0]} if len(budgets) == 1 else {}),
-                            "error": f"{type(scheduler).__name__}: {scheduler}"[:300],
-                        }
-                    )
-                    return
-                for budget in budgets:
-                    try:
-                        if kind == "gaussian":
-                            rec = measure_gaussian(scheduler, model, dist, budget, sampling)
-                        else:
-                            rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling)
-                    except Exception as exc:
+                def race(c, scheduler, budgets, extra=None, schedule=schedule, model=model):
+                    """Record ``c``'s metric at each budget (a failure as an error row)."""
+                    if isinstance(scheduler, Exception):
                         errors.append(
                             {
                                 "library": c.library,
                                 "sampler": c.label,
                                 "schedule": schedule,
                                 "target": target_name,
-                                "nfe": budget,
-                                "error": f"{type(exc).__name__}: {exc}"[:300],
+                                **({"nfe": budgets[0]} if len(budgets) == 1 else {}),
+                                "error": f"{type(scheduler).__name__}: {scheduler}"[:300],
                             }
                         )
-                        continue
-                    if rec is None:
-                        continue  # the sampler's smallest run needs more calls than the budget
-                    records.append(
-                        {
-                            "library": c.library,
-                            "sampler": c.label,
-                            "target": target_name,
-                            "schedule": schedule,
-                            "nfe": budget,
-                            **rec,
-                            **({"twin_of": c.twin_of} if c.twin_of else {}),
-                            **(extra or {}),
-                        }
-                    )
+                        return
+                    for budget in budgets:
+                        try:
+                            if kind == "gaussian":
+                                rec = measure_gaussian(scheduler, model, dist, budget, sampling)
+                            else:
+                                rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling)
+                        except Exception as exc:
+                            errors.append(
+                                {
+                                    "library": c.library,
+                                    "sampler": c.label,
+                                    "schedule": schedule,
+                                    "target": target_name,
+                                    "nfe": budget,
+                                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                                }
+                            )
+                            continue
+                        if rec is None:
+                            continue  # the sampler's smallest run needs more calls than the budget
+                        records.append(
+                            {
+                                "library": c.library,
+                                "sampler": c.label,
+                                "target": target_name,
+                                "schedule": schedule,
+                                "nfe": budget,
+                                **rec,
+                                **({"twin_of": c.twin_of} if c.twin_of else {}),
+                                **(extra or {}),
+                            }
+                        )
 
-            for c, scheduler in entries:
-                race(c, scheduler, budgets)
-            log(
-                f"accuracy: {target_name} / {schedule}: {len(entries)} contestants in "
-                f"{time.perf_counter() - started:.1f} s"
-            )
-            # Optimised grids, fitted here on calibration starts of their own (unisde.bench.optimized) and raced
-            # at their budget only.
-            started = time.perf_counter()
-            fitted = optimized_contestants(base, dist, ref_sched.noise_schedule, budgets, cfg.fit, fits)
-            for f in fitted:
-                race(f.contestant, f.scheduler, (f.budget,), {"fit": f.fit})
-            if fitted:
+                for c, scheduler in entries:
+                    race(c, scheduler, budgets)
                 log(
-                    f"accuracy: {target_name} / {schedule}: {len(fitted)} optimised grids fitted and raced in "
+                    f"accuracy: {target_name} / {schedule}: {len(entries)} contestants in "
                     f"{time.perf_counter() - started:.1f} s"
                 )
+                # Optimised grids, fitted here on calibration starts of their own (unisde.bench.optimized) and raced
+                # at their budget only.
+                started = time.perf_counter()
+                fitted = optimized_contestants(base, dist, ref_sched.noise_schedule, budgets, cfg.fit, fits)
+                for f in fitted:
+                    race(f.contestant, f.scheduler, (f.budget,), {"fit": f.fit})
+                if fitted:
+                    log(
+                        f"accuracy: {target_name} / {schedule}: {len(fitted)} optimised grids fitted and raced in "
+                        f"{time.perf_counter() - started:.1f} s"
+                    )
         floor = {
             "target": target_name,
             "kind": kind,
@@ -379,9 +473,8 @@ def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
             floor.update(floor=sf["floor"], floor_sd=sf["floor_sd"])
         else:
             floor.update(floor=0.0, floor_sd=0.0)
+        floor["_sampled"] = sampling._ready
         floors.append(floor)
-    for line in summary_lines(records):
-        log(line)
     return records, floors, errors
 
 

@@ -14,12 +14,13 @@ columns of A off one batched run in float64 (where the map is affine to rounding
 draw 0 (→ b), row i has z = e_i (→ b + column i of A_z), and for every draw that matters one row per unit vector
 of that draw (→ the columns of A_j), fed through a :class:`NoiseFeeder` that replaces the sampler's noise
 draws (unisde samplers: the ``noise_sampler`` hook of :func:`unisde.sample`; diffusers schedulers: their
-module's ``randn_tensor``, swapped for the duration of the run). The draws are counted first (a one-row run),
-draws the output does not depend on (EulerDiscrete draws noise it never adds when ``s_churn = 0``) are found by
-one probe row each and get no columns, and one more row with a random start and random draws checks the whole
-construction: its output must equal b + A (z, w) to rounding (``residual``). A sampler that fails the check
-is not affine (a batch-dependent step size, clipping, float32 arithmetic inside) and is measured by the sampling
-metric instead.
+module's ``randn_tensor``, swapped for the duration of the run; a Brownian tree's increments, DPMSolverSDE's and
+unisde's ``dpmpp_sde``: a Brownian path built from the draws with its exact law, :class:`PrescribedBrownian`).
+The draws are counted first (a one-row run), draws the output does not depend on (EulerDiscrete draws noise it
+never adds when ``s_churn = 0``) are found by one probe row each and get no columns, and one more row with a random
+start and random draws checks the whole construction: its output must equal b + A (z, w) to rounding
+(``residual``). A sampler that fails the check is not affine (a batch-dependent step size, clipping, float32
+arithmetic inside) and is measured by the sampling metric instead.
 
 The distances to the data law are then closed forms (Dowson & Landau 1982; Givens & Shortt 1984, Prop. 7):
 
@@ -68,7 +69,7 @@ from __future__ import annotations
 
 import math
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -290,17 +291,94 @@ class NoiseFeeder:
         return torch.zeros(shape, dtype=dtype, device=device)
 
 
+class _Draws(NoiseFeeder):
+    """Standard normal draws from a generator seeded with ``seed`` (float64, then cast)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, shape, dtype, device) -> torch.Tensor:
+        self.count += 1
+        return torch.randn(tuple(shape), generator=self.generator, dtype=DTYPE).to(dtype=dtype, device=device)
+
+
+class PrescribedBrownian:
+    """Stands in for diffusers' ``BrownianTreeNoiseSampler`` (DPMSolverSDE's noise, and unisde's ``dpmpp_sde``,
+    which queries the same class, :mod:`unisde.samplers.brownian`) in a run whose draws a :class:`NoiseFeeder`
+    prescribes: one Brownian path W over the queried levels, built from the feeder's draws ξ (each a standard normal
+    per row) with the exact joint law of Brownian motion — W = 0 at the interval's low end; a level beyond the
+    known ones extends the path by √Δ ξ; a level between two known ones l < u < r is the Brownian bridge
+
+        W(u) = W(l) + (u − l)/(r − l) · (W(r) − W(l)) + √((u − l)(r − u)/(r − l)) · ξ.
+
+    A query returns the normalised increment (W(t₁) − W(t₀))/√|t₁ − t₀|, as the tree does: standard normal, and
+    correlated with the others as overlapping intervals are (a two-stage step queries [σ̃_m, σ̃_i] and
+    [σ̃_{i+1}, σ̃_i]). The run stays affine in the draws, so :func:`affine_law` reads off the exact output law of the
+    sampler driven by exact Brownian motion — the law torchsde's tree samples (it resolves query points to 1e-6).
+    Replacing each query by an independent draw (the ``noise_sampler`` hook) would measure another sampler."""
+
+    def __init__(self, feeder: NoiseFeeder, x: torch.Tensor, sigma_min, sigma_max, seed=None, transform=None):
+        self.feeder, self.transform = feeder, transform or (lambda v: v)
+        self.shape, self.dtype, self.device = tuple(x.shape), x.dtype, x.device
+        ends = [float(self.transform(torch.as_tensor(v))) for v in (sigma_min, sigma_max)]
+        self.path = {min(ends): torch.zeros(self.shape, dtype=DTYPE)}  # W at each level fixed so far
+
+    def _at(self, u: float) -> torch.Tensor:
+        if u in self.path:
+            return self.path[u]
+        left = max((k for k in self.path if k < u), default=None)
+        right = min((k for k in self.path if k > u), default=None)
+        xi = self.feeder(self.shape, DTYPE, "cpu").to(DTYPE)
+        if right is None:
+            w = self.path[left] + math.sqrt(u - left) * xi
+        elif left is None:  # below the interval's low end: the same path extended downwards
+            w = self.path[right] - math.sqrt(right - u) * xi
+        else:
+            a, b = u - left, right - u
+            w = self.path[left] + (a / (a + b)) * (self.path[right] - self.path[left]) + math.sqrt(a * b / (a + b)) * xi
+        self.path[u] = w
+        return w
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        t0, t1 = (float(self.transform(torch.as_tensor(v))) for v in (sigma, sigma_next))
+        z = (self._at(t1) - self._at(t0)) / math.sqrt(abs(t1 - t0))
+        return z.to(dtype=self.dtype, device=self.device)
+
+
+_BROWNIAN_MODULE = "diffusers.schedulers.scheduling_dpmsolver_sde"
+
+
 def feeds_noise(scheduler) -> bool:
     """Whether :func:`run_scheduler` can replace every noise draw of ``scheduler``: unisde samplers through
-    their ``noise_sampler`` hook, diffusers schedulers through their module's ``randn_tensor`` (a module without
-    one draws no noise that way; any other draw shows up in :func:`affine_law`'s check row). DPMSolverSDE's
-    Brownian tree cannot be prescribed."""
+    their ``noise_sampler`` hook (a Brownian-noise sampler through :class:`PrescribedBrownian`), diffusers
+    schedulers through their module's ``randn_tensor`` and ``BrownianTreeNoiseSampler`` (a module without them draws
+    no noise that way; any other draw shows up in :func:`affine_law`'s check row). A module that uses a Brownian
+    tree other than through ``BrownianTreeNoiseSampler`` cannot be prescribed."""
     if isinstance(scheduler, Prepared):
         scheduler = scheduler.snapshot
     if hasattr(scheduler, "_sampler") or hasattr(scheduler, "sample_exact"):
         return True  # sample_exact: k-diffusion's deterministic functions draw no noise that reaches the output
     module = sys.modules.get(type(scheduler).__module__)
-    return module is not None and not any("BrownianTree" in name for name in vars(module))
+    if module is None:
+        return False
+    return hasattr(module, "BrownianTreeNoiseSampler") or not any("BrownianTree" in name for name in vars(module))
+
+
+@contextmanager
+def _patched(module, name: str, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def _brownian(feeder: NoiseFeeder):
+    return lambda x, sigma_min, sigma_max, seed=None, transform=None: PrescribedBrownian(
+        feeder, x, sigma_min, sigma_max, seed, transform
+    )
 
 
 @contextmanager
@@ -310,6 +388,12 @@ def _noise_source(scheduler, feeder: NoiseFeeder | None):
         return
     if hasattr(scheduler, "_sampler"):  # UnifiedScheduler: the sampler's hook (set after set_timesteps)
         sampler = scheduler._sampler
+        if hasattr(sampler, "brownian_range"):  # Brownian noise (dpmpp_sde): its path, not independent draws
+            import importlib
+
+            with _patched(importlib.import_module(_BROWNIAN_MODULE), "BrownianTreeNoiseSampler", _brownian(feeder)):
+                yield
+            return
         sampler.noise_sampler = lambda like: feeder(like.shape, like.dtype, like.device)
         try:
             yield
@@ -319,19 +403,16 @@ def _noise_source(scheduler, feeder: NoiseFeeder | None):
     module = sys.modules[type(scheduler).__module__]
     if not feeds_noise(scheduler):
         raise ValueError(f"{type(scheduler).__name__} draws noise that cannot be prescribed")
-    if not hasattr(module, "randn_tensor"):
-        yield
-        return
-    original = module.randn_tensor
 
     def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
         return feeder(tuple(shape), dtype or DTYPE, device or "cpu")
 
-    module.randn_tensor = randn_tensor
-    try:
+    with ExitStack() as stack:
+        if hasattr(module, "randn_tensor"):
+            stack.enter_context(_patched(module, "randn_tensor", randn_tensor))
+        if hasattr(module, "BrownianTreeNoiseSampler"):
+            stack.enter_context(_patched(module, "BrownianTreeNoiseSampler", _brownian(feeder)))
         yield
-    finally:
-        module.randn_tensor = original
 
 
 class StartRecorder:
@@ -399,12 +480,16 @@ def run_scheduler(
     num_inference_steps: int | None = None,
     feeder: NoiseFeeder | None = None,
     seed: int = 4321,
+    brownian_seed: int | None = None,
 ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """The generic diffusers loop (x = z · init_noise_sigma; x = step(model(scale_model_input(x, t), t), t, x))
     with every noise draw taken from ``feeder`` when given (else the seeded generator). ``scheduler`` may be a
     :class:`Prepared` one (then ``num_inference_steps`` is its own); one with a ``sample_exact(model, z)`` method
-    runs its own loop instead. Returns the final sample (B, d) in float64 and the start (τ₀, y₀ (B, d)) of the
-    first model call."""
+    runs its own loop instead. ``brownian_seed`` (without ``feeder``): a Brownian-tree sampler's path is a
+    :class:`PrescribedBrownian` of standard normal draws from a generator with this seed instead of torchsde's tree
+    — the same law (``test_brownian_tree_exact_law_matches_the_tree``) for one sample-sized draw per new level,
+    where the tree draws ~60 per query. Returns the final sample (B, d) in float64 and the start (τ₀, y₀ (B, d))
+    of the first model call."""
     if isinstance(scheduler, Prepared):
         scheduler = scheduler.fresh()
     else:
@@ -418,7 +503,17 @@ def run_scheduler(
     recorder = StartRecorder(model)
     extra = {"generator": torch.Generator().manual_seed(seed)} if _accepts_generator(scheduler) else {}
     x = z * scheduler.init_noise_sigma
-    with _noise_source(scheduler, feeder):
+    with ExitStack() as stack:
+        stack.enter_context(_noise_source(scheduler, feeder))
+        if feeder is None and brownian_seed is not None and feeds_noise(scheduler):
+            import importlib
+
+            path = _brownian(_Draws(brownian_seed))
+            module = importlib.import_module(_BROWNIAN_MODULE)  # unisde's dpmpp_sde queries this class too
+            own = sys.modules[type(scheduler).__module__]  # or a module importing it
+            for where in {module, own}:
+                if hasattr(where, "BrownianTreeNoiseSampler"):
+                    stack.enter_context(_patched(where, "BrownianTreeNoiseSampler", path))
         for t in scheduler.timesteps:
             out = recorder(scheduler.scale_model_input(x, t), t)
             x = scheduler.step(out, t, x, **extra).prev_sample

@@ -31,6 +31,11 @@ FULL_NFE = (4, 5, 6, 8, 10, 20, 50)  # the NFE at which the issue sets accuracy 
 QUICK_NFE = (10,)
 
 
+def default_workers() -> int:
+    """Worker processes of the full and medium presets' accuracy section: two, or one on a one-core machine."""
+    return min(2, os.cpu_count() or 1)
+
+
 @dataclass
 class BenchConfig:
     """What to run. ``quick()`` and ``full()`` are the two presets of ``unisde bench``."""
@@ -40,7 +45,10 @@ class BenchConfig:
     schedules: tuple = SCHEDULES
     n_samples: int = 2000  # samples per distance on the 64-D targets
     n_samples_2d: int = 20000  # … on the 2-D target (cheap; its floor is dominated by mode-weight noise)
-    projections: int = 256
+    projections: int = 256  # random slicing directions on the 64-D targets (Monte Carlo over the sphere)
+    # evenly spaced slicing angles on the 2-D target: a periodic trapezoid rule, within 1e-5 (relative) of the
+    # integral over every direction (256: 2e-7) where the distance's sampling noise is ~40 % (floor sd / floor)
+    projections_2d: int = 64
     grid_variants: bool = True  # also try other time grids / spacings for every contestant
     nfe_64d: tuple | None = None  # NFE budgets on the 64-D targets (None: ``nfe``)
     grid_variants_64d: bool | None = None  # grid variants on the 64-D targets (None: ``grid_variants``)
@@ -59,16 +67,27 @@ class BenchConfig:
     sections: tuple = SECTIONS
     quick: bool = False
     fit: FitSettings | None = FULL_FIT  # optimised-grid contestants (unisde.bench.optimized); None: none
+    # processes running the accuracy section's cells (unisde.bench.accuracy._in_workers; each single-threaded, the
+    # same records as one process); the speed sections always run alone, after it. The workers are spawned, so a
+    # script calling run_benchmarks with workers > 1 needs multiprocessing's `if __name__ == "__main__":` guard
+    workers: int = 1
 
     @classmethod
     def full(cls, **overrides) -> "BenchConfig":
-        return cls(**overrides)
+        """Every target, schedule and NFE with grid variants; the accuracy cells on up to two cores."""
+        return cls(**{"workers": default_workers(), **overrides})
 
     @classmethod
     def medium(cls, **overrides) -> "BenchConfig":
         """Every NFE with grid variants on the 2-D target (5000 samples); on the 64-D targets 500 samples, NFE 5, 10,
         20, 50 and default grids."""
-        base = dict(n_samples=500, n_samples_2d=5000, nfe_64d=(5, 10, 20, 50), grid_variants_64d=False)
+        base = dict(
+            n_samples=500,
+            n_samples_2d=5000,
+            nfe_64d=(5, 10, 20, 50),
+            grid_variants_64d=False,
+            workers=default_workers(),
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -114,6 +133,7 @@ class BenchConfig:
             "n_samples",
             "n_samples_2d",
             "projections",
+            "projections_2d",
             "overhead_inference_steps",
             "overhead_loops",
             "pipeline_steps",
@@ -121,6 +141,7 @@ class BenchConfig:
             "pipeline_reps",
             "training_batch",
             "training_steps",
+            "workers",
         ):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
@@ -151,6 +172,10 @@ class BenchConfig:
             return self.n_samples_2d, tuple(self.nfe), self.grid_variants
         variants = self.grid_variants if self.grid_variants_64d is None else self.grid_variants_64d
         return self.n_samples, tuple(self.nfe_64d or self.nfe), variants
+
+    def projections_for(self, name: str) -> int:
+        """Slicing directions of the sampling metric on target ``name``."""
+        return self.projections_2d if name == "mixture-2d" else self.projections
 
 
 def _version(distribution: str) -> str | None:
@@ -196,6 +221,7 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         "n_samples_2d": cfg.n_samples_2d,
         "nfe_64d": list(cfg.nfe_64d or cfg.nfe),
         "projections": cfg.projections,
+        "projections_2d": cfg.projections_2d,
         "grid_variants": cfg.grid_variants,
         "optimized_grids": cfg.fit.describe() if cfg.fit is not None else None,
         "overhead_pairs": [p[0] for p in overhead_pairs(cfg.overhead_pairs)],
@@ -211,5 +237,6 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
         "threads": 1,
+        "workers": cfg.workers if "accuracy" in cfg.sections else 1,
     }
     return results

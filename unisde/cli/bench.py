@@ -46,6 +46,13 @@ def add_arguments(parser):
         "--no-grid-variants", action="store_true", help="run every contestant on its default time grid only"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes for the accuracy section's cells (default: 2 for full and medium, or 1 on one core; 1 for "
+        "quick); each runs single-threaded and the results are the same",
+    )
+    parser.add_argument(
         "--no-optimized-grids",
         action="store_true",
         help="race no optimised-grid contestants (their fits take part of the accuracy section's time)",
@@ -74,6 +81,8 @@ def run(args):
         overrides["sections"] = _csv(args.sections)
     if args.no_grid_variants:
         overrides["grid_variants"] = False
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     if args.no_optimized_grids:
         overrides["fit"] = None
     preset = "quick" if args.quick else (args.preset or "full")
