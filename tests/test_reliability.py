@@ -23,6 +23,7 @@ from unisde.analytic import Gaussian
 from unisde.core.kernels import schedule_coefficients
 from unisde.diffusers.scheduler import UnifiedScheduler
 from unisde.samplers.ddim import DDIMSampler
+from unisde.samplers.edm import EDMSampler
 
 SHAPE = (2, 2, 4, 4)
 
@@ -114,6 +115,56 @@ def test_a_sampler_returning_garbage_is_named_with_its_distribution(faulty, faul
     # the functional API checks the same
     with pytest.raises(ValueError, match=ORIGIN):
         unisde.sample(toy_model, start(), sampler="faulty", num_inference_steps=4)
+
+
+class FaultyHeunSampler(EDMSampler):
+    """EDM's Heun whose first predictor (the inner point returned after evaluation 0) is NaN."""
+
+    name = "faulty_heun"
+    aliases = ()
+
+    def loop(self, x, start=0):
+        inner = super().loop(x, start)
+        x = next(inner)
+        k = start
+        while True:
+            x, denoised = yield x
+            try:
+                x = inner.send((x, denoised))
+            except StopIteration as stop:
+                return stop.value
+            if k == 0:
+                x = x * float("nan")
+            k += 1
+
+
+def test_a_nan_inner_point_of_a_two_stage_sampler_is_named_at_the_steps_end():
+    """Inner points (Heun's predictor) are not probed on their own: the step's end finds the NaN one model
+    evaluation later and names the sampler, not the model output it was fed."""
+    module = types.SimpleNamespace()
+
+    @unisde.hookimpl
+    def unisde_register_samplers(register):
+        register(FaultyHeunSampler)
+
+    module.unisde_register_samplers = unisde_register_samplers
+    name = plugins.register_plugin(module, name="faulty-heun-plugin", distribution="faulty-dist", version="9.9")
+    try:
+        sched = UnifiedScheduler(sampler="faulty_heun")
+        sched.set_timesteps(3)
+        assert 0 in sched._state.unprobed
+        x = start()
+        t0, t1 = sched.timesteps[:2]
+        x = sched.step(toy_model(sched.scale_model_input(x, t0), t0), t0, x).prev_sample  # not probed
+        assert torch.isnan(x).all()
+        with pytest.raises(
+            ValueError,
+            match=r"sample passed in at step 1 .* inner point of a multi-stage step that sampler 'faulty_heun' "
+            r"\(plugin 'faulty-heun-plugin', distribution faulty-dist 9\.9\) returned from finite model outputs",
+        ):
+            sched.step(toy_model(sched.scale_model_input(x, t1), t1), t1, x)
+    finally:
+        plugins.unregister_plugin(name)
 
 
 def test_a_sampler_failing_at_its_last_step_is_named(faulty):

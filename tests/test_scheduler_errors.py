@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import unisde
-from unisde.diffusers.scheduler import UnifiedScheduler
+from unisde.diffusers.scheduler import MAX_STAGES_UNPROBED, UnifiedScheduler
 
 SHAPE = (1, 2, 4, 4)
 
@@ -149,7 +149,9 @@ def test_bad_model_output(bad, message):
 @pytest.mark.parametrize("sampler", unisde.list_samplers())
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
 def test_non_finite_model_output_names_the_step(sampler, bad_value):
-    """A NaN/inf output at step k is a ValueError naming k and its timestep; the sample is never updated."""
+    """A NaN/inf output at step k is a ValueError naming k and its timestep: at once where step k ends a step of
+    the sampler, at the end of that step where k returns an inner point (Heun's predictor, KDPM2's midpoint: one
+    model evaluation later; heunpp2's, two), never later."""
     sched = UnifiedScheduler(sampler=sampler)
     sched.set_timesteps(4)
     x = sample()
@@ -159,8 +161,14 @@ def test_non_finite_model_output_names_the_step(sampler, bad_value):
     t = sched.timesteps[k_bad]
     out = model(x, t)
     out[0, 0, 1, 2] = bad_value
+    unprobed = sched._state.unprobed
     with pytest.raises(ValueError, match=rf"step {k_bad} \(timestep {float(t):.6g}\) contains NaN or inf"):
-        sched.step(out, t, x)
+        k = k_bad
+        x = sched.step(out, t, x).prev_sample
+        while k in unprobed:  # the step's end probe finds it
+            k += 1
+            x = sched.step(model(x, sched.timesteps[k]), sched.timesteps[k], x).prev_sample
+    assert k <= k_bad + MAX_STAGES_UNPROBED - 1
     # usable afterwards: a new loop on the same scheduler equals a fresh scheduler's loop
     sched.set_timesteps(4)
     fresh = UnifiedScheduler(sampler=sampler)

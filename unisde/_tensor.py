@@ -25,6 +25,40 @@ def as_float64(value, name: str = "value", device=None) -> torch.Tensor:
     return out
 
 
+_SCALARS: dict[tuple[float, bool], torch.Tensor] = {}
+_SCALARS_KEPT = 8192
+
+
+def scalar_operand(c: float, like: torch.Tensor):
+    """The Python float ``c`` as the operand of a multiplication with ``like``: a cached CPU 0-dim tensor (float64 for
+    float64 samples, float32 otherwise) where ``like`` is on the CPU or a CUDA device, else ``c`` itself.
+
+    Why: a Python float is wrapped into a fresh scalar tensor on every call, which costs more than the product of
+    a small sample (x · c at 8×1×8×8: 3.0 µs, against 1.4 µs with the cached operand). The result is bit for bit
+    the same: the kernel computes in the sample's arithmetic type (float for float32, float16 and bfloat16;
+    double for float64), to which either form of ``c`` is rounded identically. A CPU 0-dim tensor is a scalar to a
+    CUDA kernel (read on the host: no transfer, no synchronisation). The cached tensors are only ever read."""
+    if not isinstance(c, float) or not (like.is_cpu or like.is_cuda):
+        return c
+    key = (c, like.dtype == torch.float64)
+    operand = _SCALARS.get(key)
+    if operand is None:
+        if len(_SCALARS) >= _SCALARS_KEPT:  # coefficients of grids long gone
+            _SCALARS.clear()
+        operand = _SCALARS[key] = torch.tensor(c, dtype=DTYPE if key[1] else torch.float32)
+    return operand
+
+
+def scaled(x: torch.Tensor, c: float) -> torch.Tensor:
+    """c · x as a new tensor (``x * c``, faster: :func:`scalar_operand`)."""
+    return torch.mul(x, scalar_operand(c, x))
+
+
+def scaled_(x: torch.Tensor, c: float) -> torch.Tensor:
+    """``x`` multiplied by c in place (``x.mul_(c)``, faster: :func:`scalar_operand`)."""
+    return x.mul_(scalar_operand(c, x))
+
+
 def check_unit_interval(t: torch.Tensor, name: str = "t") -> None:
     """Raise a ValueError naming the first entry of ``t`` outside [0, 1]."""
     if t.numel() == 0:

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from unisde._tensor import scaled, scaled_
 from unisde.core.schedule import NoiseSchedule
 
 
@@ -147,7 +148,7 @@ def lincomb(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Ten
         return torch.add(x, y, alpha=cy)
     if abs(cx + cy - 1.0) <= 1e-12:  # rounding of float64 coefficients, far below any sample dtype's resolution
         return torch.lerp(x, y, cy)
-    return (x * cx).add_(y, alpha=cy)  # in place on the fresh product: one allocation, two passes
+    return scaled(x, cx).add_(y, alpha=cy)  # in place on the fresh product: one allocation, two passes
 
 
 def lincomb_(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
@@ -157,7 +158,7 @@ def lincomb_(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Te
         return x.add_(y, alpha=cy)
     if abs(cx + cy - 1.0) <= 1e-12:
         return x.lerp_(y, cy)
-    return x.mul_(cx).add_(y, alpha=cy)
+    return scaled_(x, cx).add_(y, alpha=cy)
 
 
 def pf_ode_derivative(x_ve: torch.Tensor, denoised: torch.Tensor, ve: float) -> torch.Tensor:

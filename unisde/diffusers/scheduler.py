@@ -44,6 +44,7 @@ from unisde.sampling import (
     probe_is_deferred,
 )
 
+MAX_STAGES_UNPROBED = 3  # the longest step whose inner points step() leaves to the step's end probe
 SIGMAS_CONVENTIONS = ("ve", "flow", "flow_levels")  # see UnifiedScheduler's sigmas_convention
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min", "repeat_last")  # see UnifiedScheduler's final_sigmas_type
 COMPATIBLE_SCHEDULERS = [
@@ -75,12 +76,14 @@ class _LoopState:
 
     sampler = eval_times = a = b = c_in = t_list = fused = index_times = None
     noop_from = None  # the evaluation index of the source's zero-length last step (set_timesteps), if it has one
+    unprobed = frozenset()  # evaluations returning a multi-stage step's inner point, not probed (_inner_evaluations)
     step_index = begin_index = loop = loop_next = runs = None
     run_index = run_calls = 0
     copied_mid_loop = False
 
     def __init__(self, owner: int | None = None, owner_name: str = ""):
         self.finite_flags = []  # ("model" | "sample", step, 0-dim bool tensor) on devices other than the CPU
+        self.inner_outputs = []  # (evaluation, model output) of the unprobed evaluations since the last probe
         if owner is not None:
             self.owner, self.owner_name = owner, owner_name
 
@@ -91,6 +94,7 @@ class _LoopState:
         if state.pop("loop", None) is not None:
             state["copied_mid_loop"] = True
         state["finite_flags"] = []
+        state["inner_outputs"] = []
         return state
 
 
@@ -411,6 +415,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._threshold = (dynamic_thresholding_ratio, sample_max_value) if thresholding else None
         self._clip = float(clip_sample_range) if clip_sample and not thresholding else None
         self._check = bool(check_finite)
+        self._returns_x0 = return_pred_original_sample
         self.timesteps = None
         self.num_inference_steps = None
         self.sigmas = None
@@ -686,6 +691,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         if cfg.add_noise_level == "step_index":
             self._state.index_times = self._index_times(sampler, eval_t[:n_sampler] if noop_tail else eval_t, grid)
         self._state.noop_from = n_sampler if noop_tail else None
+        self._state.unprobed = self._inner_evaluations(sampler, n_sampler if noop_tail else len(eval_t))
         self._t_list = [float(v) for v in fed]
         self.timesteps = fed.to(device)
         if cfg.sigmas_convention != "ve":  # τ = σ/(s + σ) per evaluation, then the end point
@@ -791,6 +797,25 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 levels[k] = float(grid[step + 1])
         return times, levels
 
+    @staticmethod
+    def _inner_evaluations(sampler, count: int) -> frozenset:
+        """The evaluations (of the sampler's ``count``) after which the sampler returns a point inside a step of
+        several evaluations (Heun's Euler predictor, KDPM2's midpoint, a Langevin corrector's iterate), not the
+        step's result, in steps of at most :data:`MAX_STAGES_UNPROBED` evaluations: ``step()`` does not probe
+        these for NaN (half the probes of a two-stage method; a Langevin level's many iterates are each probed). A
+        non-finite inner point makes the sample at the step's next evaluation non-finite, where the probe finds it
+        at most two model evaluations later, and the error names the model output of an inner evaluation (kept
+        until then: references, no copies) when it was the cause, else the sampler that returned the point."""
+        starts = getattr(sampler, "step_starts", None)
+        if not starts:
+            return frozenset()
+        bounds = sorted(k for k in starts if k < count) + [count]
+        inner = set()
+        for first, end in zip(bounds, bounds[1:]):
+            if end - first <= MAX_STAGES_UNPROBED:
+                inner.update(range(first, end - 1))
+        return frozenset(inner)
+
     def _fused_steps(self, sampler) -> list[tuple[float, float]] | None:
         """Per evaluation k, x' = α_k x + β_k F straight from the model output F, when nothing needs x̂0: the
         sampler's step is x' = c_x x + c_D x̂0 (``Sampler.affine_steps``), x̂0 = a x + b F is not post-processed
@@ -866,32 +891,23 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 "step() called before set_timesteps(); call scheduler.set_timesteps(num_inference_steps) first"
             )
-        st = self._owned_state("step()")
+        st = self._state
+        if st.__dict__.get("owner") != threading.get_ident():  # not yet claimed, or another thread's loop
+            st = self._owned_state("step()")
         if st.copied_mid_loop:
             raise ValueError(
                 "this scheduler was copied (copy.deepcopy or pickle) in the middle of a sampling loop, which "
                 "a copy cannot continue; call set_timesteps on the copy first"
             )
-        if not isinstance(model_output, torch.Tensor) or not model_output.is_floating_point():
-            raise ValueError(
-                f"model_output must be a floating-point tensor, got "
-                f"{getattr(model_output, 'dtype', type(model_output).__name__)}"
-            )
-        if not isinstance(sample, torch.Tensor) or not sample.is_floating_point():
-            raise ValueError(
-                f"sample must be a floating-point tensor, got {getattr(sample, 'dtype', type(sample).__name__)}"
-            )
-        if sample.is_meta or model_output.is_meta:
-            raise ValueError(
-                "the sample or model output is on the meta device (a tensor without data, as a model "
-                "initialised with init_empty_weights / device='meta' returns): load real weights and move "
-                "the model and the sample to a real device before sampling"
-            )
-        if model_output.device != sample.device:
-            raise ValueError(
-                f"model_output is on {model_output.device} but the sample is on {sample.device}; "
-                "move both to one device"
-            )
+        if not (
+            isinstance(model_output, torch.Tensor)
+            and isinstance(sample, torch.Tensor)
+            and model_output.is_floating_point()
+            and sample.is_floating_point()
+            and model_output.device == sample.device
+            and not sample.is_meta
+        ):
+            _reject_step_inputs(model_output, sample)
         if st.step_index is None:
             self._init_step_index(timestep, st)
         k = st.step_index
@@ -917,7 +933,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             # a deferred flag, read at the last step; on the CPU the new sample's probe below covers the output
             self._check_finite(model_output, k, st)
         sampler = st.sampler
-        per_token_timesteps = kwargs.get("per_token_timesteps")
+        per_token_timesteps = kwargs.get("per_token_timesteps") if kwargs else None
         if per_token_timesteps is not None:  # LTXConditionPipeline: every token at its own level
             prev, raw, denoised = self._per_token_step(model_output, sample, per_token_timesteps, st), None, None
             st.loop = None
@@ -925,11 +941,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             # the source's zero-length last step (see set_timesteps): the sample stays; x̂0 at the end point is
             # still what the model says, for pred_original_sample
             prev, raw = sample, None
-            denoised = (
-                denoised_from_output(sample, model_output, st.a[k], st.b[k])
-                if self.config.return_pred_original_sample
-                else None
-            )
+            denoised = denoised_from_output(sample, model_output, st.a[k], st.b[k]) if self._returns_x0 else None
             st.loop = None
         elif st.fused is not None and extra is None and (not eta or "eta" in sampler.user_options):
             # the sampler's affine step straight from the model output (see _fused_steps); a pipeline's eta > 0
@@ -949,16 +961,16 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             if use_clipped_model_output is not None and "use_clipped_model_output" in sampler.opts:
                 sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
             prev = self._advance(k, sample, denoised, raw, extra, generator, eta, st)
-        if self._check:
+        if self._check and k in st.unprobed:
+            if sample.is_cpu:  # to name it if the step's end finds NaN (_non_finite_reason); elsewhere its flag does
+                st.inner_outputs.append((k, model_output))
+        elif self._check:
             ok = finite_probe(prev)
             if ok is False:
                 st.step_index, st.loop = None, None
-                raise ValueError(
-                    "sampling stopped: "
-                    + non_finite_origin(
-                        f"step {k} (timestep {st.t_list[k]:.6g})", sample, model_output, "model output", raw, sampler
-                    )
-                )
+                raise ValueError("sampling stopped: " + self._non_finite_reason(k, sample, model_output, raw, st))
+            if st.inner_outputs:
+                st.inner_outputs = []
             if ok is not True:
                 st.finite_flags.append(("sample", k, ok))
         st.step_index = k + 1
@@ -967,11 +979,33 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             denoised = shown
         if st.step_index == len(st.t_list):
             self._finish(prev, st)
-        if not self.config.return_pred_original_sample:  # the source class's output has no x̂0 (FlowMatch Euler)
+        if not self._returns_x0:  # the source class's output has no x̂0 (FlowMatch Euler)
             return UnifiedSchedulerOutput.of(prev) if return_dict else (prev,)
         if not return_dict:
             return prev, denoised
         return UnifiedSchedulerOutput.of(prev, denoised)
+
+    @staticmethod
+    def _non_finite_reason(k, sample, model_output, raw, st) -> str:
+        """Why the sample returned at evaluation k is not finite (:func:`unisde.sampling.non_finite_origin`); where
+        the sample passed in is the unprobed inner point the sampler returned at k − 1 (:meth:`_inner_evaluations`),
+        that evaluation is named."""
+        where = f"step {k} (timestep {st.t_list[k]:.6g})"
+        if k - 1 in st.unprobed and not all_finite(sample):
+            for j, output in st.inner_outputs:
+                if not all_finite(output):
+                    return (
+                        f"the model output at step {j} (timestep {st.t_list[j]:.6g}) contains NaN or inf (found at "
+                        f"the end of its step, {where})"
+                    )
+            from unisde.plugins import describe_origin
+
+            return (
+                f"the sample passed in at {where} contains NaN or inf: it is an inner point of a multi-stage step "
+                f"that {describe_origin('sampler', st.sampler)} returned from finite model outputs (inner points "
+                "are checked at the step's end)"
+            )
+        return non_finite_origin(where, sample, model_output, "model output", raw, st.sampler)
 
     def _per_token_step(self, model_output, sample, per_token_timesteps, st) -> torch.Tensor:
         """FlowMatch Euler's step with ``per_token_timesteps`` (LTXConditionPipeline's conditioning tokens sit at
@@ -1289,6 +1323,28 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
 
 # Saved pipelines record a scheduler by its class's module; keep naming the stable public path (unisde/scheduler.py).
 UnifiedScheduler.__module__ = "unisde.scheduler"
+
+
+def _reject_step_inputs(model_output, sample) -> None:
+    """The ValueError for step() inputs that are not floating-point tensors on one real device."""
+    if not isinstance(model_output, torch.Tensor) or not model_output.is_floating_point():
+        raise ValueError(
+            f"model_output must be a floating-point tensor, got "
+            f"{getattr(model_output, 'dtype', type(model_output).__name__)}"
+        )
+    if not isinstance(sample, torch.Tensor) or not sample.is_floating_point():
+        raise ValueError(
+            f"sample must be a floating-point tensor, got {getattr(sample, 'dtype', type(sample).__name__)}"
+        )
+    if sample.is_meta or model_output.is_meta:
+        raise ValueError(
+            "the sample or model output is on the meta device (a tensor without data, as a model "
+            "initialised with init_empty_weights / device='meta' returns): load real weights and move "
+            "the model and the sample to a real device before sampling"
+        )
+    raise ValueError(
+        f"model_output is on {model_output.device} but the sample is on {sample.device}; move both to one device"
+    )
 
 
 @dataclass

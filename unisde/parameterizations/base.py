@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from unisde._tensor import DTYPE, as_float64
+from unisde._tensor import DTYPE, as_float64, scaled, scaled_
 from unisde.core.kernels import schedule_coefficients
 from unisde.core.schedule import NoiseSchedule, _expand_like
 
@@ -162,10 +162,10 @@ def denoised_from_output(sample: torch.Tensor, model_output: torch.Tensor, a: fl
     passes. In float16 with |a| > 256 it is formed as a (x + (b/a) F): a·x alone overflows (a = 1/s = 4096 at a
     zero-terminal-SNR start turns |x| > 16 into inf) while x + (b/a) F ≈ s x̂0 stays small."""
     if a == 0.0:
-        return model_output if b == 1.0 else model_output * b
+        return model_output if b == 1.0 else scaled(model_output, b)
     if a == 1.0:  # flow prediction on a rectified flow: x̂0 = x − σ u, one pass
         return torch.add(sample, model_output, alpha=b)
     if abs(a) > 256.0 and sample.dtype == torch.float16:
-        return torch.add(sample, model_output, alpha=b / a).mul_(a)
+        return scaled_(torch.add(sample, model_output, alpha=b / a), a)
     # in place on the fresh product: the same kernel as torch.add(sample * a, …) without a second buffer
-    return (sample * a).add_(model_output, alpha=b)
+    return scaled(sample, a).add_(model_output, alpha=b)

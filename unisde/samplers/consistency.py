@@ -47,6 +47,7 @@ import math
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import lincomb, lincomb_, schedule_coefficients
 from unisde.samplers.base import Option, Sampler, positive, unit_interval
 
@@ -77,9 +78,9 @@ class LCMSampler(Sampler):
         self.c_skip, self.c_out = [], []
         for value in tau:
             if self.opts["boundary_condition"]:
-                scaled, sd2 = value * self.opts["timestep_scaling"], self.opts["sigma_data"] ** 2
-                self.c_skip.append(sd2 / (scaled * scaled + sd2))
-                self.c_out.append(scaled / math.sqrt(scaled * scaled + sd2))
+                scaled_time, sd2 = value * self.opts["timestep_scaling"], self.opts["sigma_data"] ** 2
+                self.c_skip.append(sd2 / (scaled_time * scaled_time + sd2))
+                self.c_out.append(scaled_time / math.sqrt(scaled_time * scaled_time + sd2))
             else:
                 self.c_skip.append(0.0)
                 self.c_out.append(1.0)
@@ -224,5 +225,8 @@ class CMStochasticSampler(Sampler):
         for k in range(start, len(self.scale)):
             x, denoised = yield x
             z = self.noise_like(x) if self.draw else None  # drawn also where its weight is 0 (diffusers' stream)
-            x = denoised * self.scale[k] if self.noise[k] == 0.0 else lincomb(denoised, self.scale[k], z, self.noise[k])
+            if self.noise[k] == 0.0:
+                x = scaled(denoised, self.scale[k])
+            else:
+                x = lincomb(denoised, self.scale[k], z, self.noise[k])
         return x

@@ -52,6 +52,7 @@ import math
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import exponential_integrator_coefficients, exponential_integrator_step, rf_ancestral_step
 from unisde.samplers.base import Option, Sampler, non_negative, positive, view_option
 from unisde.samplers.dpm_singlestep import DPMSolverSinglestepSampler
@@ -213,7 +214,7 @@ class DPMFastSampler(Sampler):
                 if base is None:
                     base = x
                 a, b = self.eps_coefs[k]
-                values.append((x * a).add_(denoised, alpha=b))
+                values.append(scaled(x, a).add_(denoised, alpha=b))
                 x = exponential_integrator_step(base, ratio, values[0], weights[0])
                 for value, weight in zip(values[1:], weights[1:]):
                     if weight != 0.0:

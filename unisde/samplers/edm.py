@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import lincomb
 from unisde.samplers.base import Option, Sampler, non_negative, positive, view_option
 
@@ -91,7 +92,7 @@ class EDMSampler(Sampler):
         c_hat, level_hat = torch.where(churned, c_at_hat, c), torch.where(churned, level_at_hat, level)
         heun = o["solver"] == "heun"
         self.two_stage = [heun and float(level[i + 1]) > 0 for i in range(n)]
-        self.euler, self.correction, self.churn = [], [], []
+        self.euler, self.correction, self.folded, self.churn = [], [], [], []
         times, self.step_starts = [], {}
         for i in range(n):
             self.step_starts[len(times)] = i
@@ -119,6 +120,12 @@ class EDMSampler(Sampler):
                     -out_scale * half / vn if vn > 0 else 0.0,
                 )
             )
+            # the same correction when the sample passed back is the predictor itself (a pipeline's usual loop):
+            # x̂ is (x_pred − e1 D̂)/e0's partner, so D̂ = (x_pred − e0 x̂)/e1 folds into the x̂ and x_pred terms
+            # and the step takes three terms (x̂, x_pred, D') instead of four
+            (w_hat, w_d_hat, w_pred, w_d), (e0, e1) = self.correction[-1], self.euler[-1]
+            folded = (w_hat - w_d_hat * e0 / e1, w_pred + w_d_hat / e1, w_d)
+            self.folded.append(folded if self.two_stage[i] and e1 != 0.0 else None)
             self.churn.append(std * float(s_hat[i + 1]) if std > 0 else 0.0)
         return torch.tensor(times, dtype=torch.float64)
 
@@ -126,12 +133,15 @@ class EDMSampler(Sampler):
         for i in range(self.entry_step(start), len(self.euler)):
             x, denoised = yield x  # at σ̂_i: the churn of step i was added at the end of step i − 1
             x_hat, denoised_hat = x, denoised
-            x = lincomb(x_hat, self.euler[i][0], denoised_hat, self.euler[i][1])
+            x = x_pred = lincomb(x_hat, self.euler[i][0], denoised_hat, self.euler[i][1])
             if self.two_stage[i]:
                 x, denoised = yield x
-                a, b, c, d = self.correction[i]
-                x_next = x_hat * a
-                x = x_next.add_(denoised_hat, alpha=b).add_(x, alpha=c).add_(denoised, alpha=d)
+                if x is x_pred and self.folded[i] is not None:
+                    a, c, d = self.folded[i]
+                    x = scaled(x_hat, a).add_(x, alpha=c).add_(denoised, alpha=d)
+                else:  # a pipeline changed the sample between the two evaluations (inpainting's blend)
+                    a, b, c, d = self.correction[i]
+                    x = scaled(x_hat, a).add_(denoised_hat, alpha=b).add_(x, alpha=c).add_(denoised, alpha=d)
             if self.churn[i] > 0:
                 x = x.add_(self.noise_like(x), alpha=self.churn[i])
         return x

@@ -35,6 +35,7 @@ constant-step weights are exact there) and σ̃ would start at the cap 4096.
 
 from __future__ import annotations
 
+from unisde._tensor import scaled
 from unisde.core.kernels import lincomb
 from unisde.samplers.base import Option, Sampler, view_option
 from unisde.samplers.lms import adams_bashforth_weights
@@ -102,7 +103,7 @@ class IPNDMSampler(Sampler):
             denoised = self.unconditional(guided)  # CFG++: the step (and the history of d) runs on U (else D itself)
             history = [self._eps(k, x, denoised), *history[: self.opts["max_order"] - 1]]
             a, b, weights = self.steps[k][min(len(history), len(self.steps[k])) - 1]
-            x = denoised * b if a == 0.0 else lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j}
+            x = scaled(denoised, b) if a == 0.0 else lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j}
             for w, d in zip(weights, history[1:]):
                 x = x.add_(d, alpha=w)
             x = self.add_guidance(x, guided, denoised, self.data_scales[k + 1])

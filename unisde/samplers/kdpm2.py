@@ -38,6 +38,7 @@ import math
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import lincomb, rf_ancestral_step
 from unisde.samplers.base import Option, Sampler, non_negative, positive, view_option
 
@@ -56,7 +57,7 @@ def ancestral_step(ve_from: float, ve_to: float, eta: float) -> tuple[float, flo
 
 def _affine(x: torch.Tensor, cx: float, y: torch.Tensor, cy: float) -> torch.Tensor:
     """cx·x + cy·y, exactly cy·y where cx = 0 (a step to σ̃ = 0 is D itself, whatever x holds)."""
-    return y * cy if cx == 0.0 else lincomb(x, cx, y, cy)
+    return scaled(y, cy) if cx == 0.0 else lincomb(x, cx, y, cy)
 
 
 class DPM2Sampler(Sampler):
@@ -115,7 +116,7 @@ class DPM2Sampler(Sampler):
                 x_i = x
                 x_mid, denoised_mid = yield lincomb(x_i, a, denoised, b)  # at the midpoint σ̃_m = √(σ̃_i σ̃_T)
                 c_x, c_m, c_d = second
-                x = (x_i * c_x).add_(x_mid, alpha=c_m).add_(denoised_mid, alpha=c_d)
+                x = scaled(x_i, c_x).add_(x_mid, alpha=c_m).add_(denoised_mid, alpha=c_d)
             if self.noise[i] > 0:  # ancestral: back up to σ̃_{i+1} with fresh noise
                 x = x.add_(self.noise_like(x), alpha=self.noise[i])
         return x

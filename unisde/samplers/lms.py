@@ -30,6 +30,7 @@ import functools
 
 import numpy as np
 
+from unisde._tensor import scaled
 from unisde.core.kernels import pf_ode_derivative
 from unisde.samplers.base import Option, Sampler, view_option
 
@@ -104,10 +105,10 @@ class LMSSampler(Sampler):
         index_order = self.opts["entry_order"] == "index"
         for k in range(start, len(self.weights)):
             x, denoised = yield x
-            x_ve = x * (1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else x
+            x_ve = scaled(x, 1.0 / self.s_t[k]) if self.s_t[k] != 1.0 else x
             derivatives = [pf_ode_derivative(x_ve, denoised, self.ve[k]), *derivatives[: self.opts["lms_order"] - 1]]
             order = len(self.weights[k]) if index_order else min(len(derivatives), len(self.weights[k]))
             for w, d in zip(self.weights[k][order - 1], derivatives):  # x̃_{k+1} = x̃_k + Σ_j c_{k,j} d_{k−j}
                 x_ve = x_ve.add(d, alpha=w)
-            x = x_ve * self.s_n[k] if self.s_n[k] != 1.0 else x_ve
+            x = scaled(x_ve, self.s_n[k]) if self.s_n[k] != 1.0 else x_ve
         return x

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import pf_ode_derivative
 from unisde.samplers.base import Option, Sampler, view_option
 
@@ -107,12 +108,12 @@ class ODESampler(Sampler):
             if stages == 1 and ve[0] > 0 and ve[0] + h <= 0:
                 # Euler to σ̃ = 0 lands on D exactly: x̃ + (0 − σ̃)(x̃ − D)/σ̃ = D.
                 x, denoised = yield x
-                x = denoised * scale[1] if scale[1] != 1.0 else denoised
+                x = scaled(denoised, scale[1]) if scale[1] != 1.0 else denoised
                 continue
             k = []  # the stage derivatives k_j = f(x̃_i + h Σ_m a_jm k_m, σ̃_i + c_j h)
             for j in range(stages):
                 x, denoised = yield x
-                x_ve = x * (1.0 / scale[j])
+                x_ve = scaled(x, 1.0 / scale[j])
                 if j == 0:
                     x_start = x_ve
                 k.append(pf_ode_derivative(x_ve, denoised, ve[j]))
@@ -122,5 +123,5 @@ class ODESampler(Sampler):
                 for w, k_m in zip(weights, k):
                     if w != 0.0:
                         x_next = x_next + k_m * (w * h)
-                x = x_next * scale[j + 1]
+                x = scaled(x_next, scale[j + 1])
         return x

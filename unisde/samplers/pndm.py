@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import lincomb
 from unisde.samplers.base import Option, Sampler, view_option
 
@@ -180,7 +181,7 @@ class PNDMSampler(Sampler):
                 for stage, weight in ((1, 1 / 3), (2, 1 / 3), (3, 1 / 6)):
                     x, denoised = yield x
                     delta = self._eps(k + stage, x, denoised).sub_(eps_a)
-                    total = delta * weight if total is None else total.add_(delta, alpha=weight)
+                    total = scaled(delta, weight) if total is None else total.add_(delta, alpha=weight)
                     x = self._transfer(self.transfer[k + stage], denoised_a, eps_a, total if stage == 3 else delta)
                 k += 4
         elif start == 0:  # warm-up (diffusers' skip_prk_steps): Heun's method in the DDIM transfer for t_0 → t_1
@@ -218,7 +219,7 @@ class PNDMSampler(Sampler):
             weights = AB_WEIGHTS[len(eps_history) - 1]
             delta = None  # ε̂_AB − ε̂_k = (w_0 − 1) ε̂_k + Σ_{j≥1} w_j ε̂_{k−j}  (the weights sum to 1)
             if len(eps_history) > 1:
-                delta = eps_history[0] * (weights[0] - 1.0)
+                delta = scaled(eps_history[0], weights[0] - 1.0)
                 for w, e in zip(weights[1:], eps_history[1:]):
                     delta.add_(e, alpha=w)
             x = self._transfer(self.transfer[k], denoised, eps_history[0], delta)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import posterior_coefficients
 from unisde.samplers.base import Option, Sampler, non_negative, view_option
 from unisde.samplers.edm import EDMSampler
@@ -160,7 +161,7 @@ class RestartSampler(Sampler):
             if j == first:  # entered mid-segment: the sub-loop's evaluation of that main step
                 sub_start = next(k for k, i in seg.heun.step_starts.items() if i == step - seg.first_step)
             if seg.std > 0:  # restart: the forward jump from σ̃_min up to σ̃_max
-                x = (x * seg.scale).add_(self.noise_like(x), alpha=seg.std)
+                x = scaled(x, seg.scale).add_(self.noise_like(x), alpha=seg.std)
             elif seg.scale != 1.0:
                 x = x * seg.scale
             x = yield from seg.heun.loop(x, sub_start)

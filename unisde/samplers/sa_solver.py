@@ -74,6 +74,7 @@ import math
 import numpy as np
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import lincomb
 from unisde.samplers.base import Option, Sampler, non_negative
 
@@ -261,9 +262,10 @@ class SASolverSampler(Sampler):
             noise = self.noise_like(x)  # one draw per step, also where τ = 0 (diffusers' stream)
             run = len(history)  # evaluations of this loop so far
             weights = self.pred[k][min(run, len(self.pred[k])) - 1]
-            x_next = (
-                denoised * weights[0] if self.x_coef[k] == 0.0 else lincomb(x, self.x_coef[k], denoised, weights[0])
-            )
+            if self.x_coef[k] == 0.0:
+                x_next = scaled(denoised, weights[0])
+            else:
+                x_next = lincomb(x, self.x_coef[k], denoised, weights[0])
             for previous, weight in zip(history[1:], weights[1:]):
                 x_next.add_(previous, alpha=weight)
             if self.noise_std[k] > 0.0:

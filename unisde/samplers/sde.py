@@ -38,6 +38,7 @@ import math
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import lincomb, reverse_sde_increments, zero_terminal_snr
 from unisde.samplers.base import Option, Sampler, non_negative
 
@@ -98,16 +99,16 @@ class SDESampler(Sampler):
         for i in range(start, n):
             x, denoised = yield x
             if i == n - 1 and self.final_denoise:  # into σ = 0 the score is singular: return x̂0 = D
-                return denoised * self.s_end if self.s_end != 1.0 else denoised
+                return scaled(denoised, self.s_end) if self.s_end != 1.0 else denoised
             eta = self.eta_value()
             if exponential or self.exact_step[i]:
                 x = self._exponential_step(i, x, denoised, eta)
                 continue
             # x' = x − [f x − (1 + η²)/2 · g² (s D − x)/σ²] Δ + η g √Δ z
             w = 0.5 * (1.0 + eta * eta) * self.g2_dt_var[i]
-            x_next = x * (1.0 - self.f_dt[i] - w) + denoised * (w * self.s_t[i])
+            x_next = scaled(x, 1.0 - self.f_dt[i] - w) + scaled(denoised, w * self.s_t[i])
             if eta > 0:  # also on a last step to σ > 0 (a grid ending early): the target there is p_{t_end}
-                x_next = x_next + self.noise_like(x) * (eta * self.g_sqrt_dt[i])
+                x_next = x_next + scaled(self.noise_like(x), eta * self.g_sqrt_dt[i])
             x = x_next
         return x
 

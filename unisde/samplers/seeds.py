@@ -42,6 +42,7 @@ import math
 
 import torch
 
+from unisde._tensor import scaled
 from unisde.core.kernels import exponential_integrator_corrections, lincomb
 from unisde.samplers.base import Option, Sampler, non_negative
 
@@ -131,7 +132,7 @@ class _SEEDS(Sampler):
                         out.add_(d, alpha=w)
                 if noise > 0.0:  # N(λ_j) = e^{−gap} N(λ_{j−1}) + √(1 − e^{−2 gap}) z
                     z = self.noise_like(x_s)
-                    path = z * std if path is None else path.mul_(decay).add_(z, alpha=std)
+                    path = scaled(z, std) if path is None else path.mul_(decay).add_(z, alpha=std)
                     out.add_(path, alpha=noise)
                 if j == len(plan) - 1:
                     x = out
