@@ -71,6 +71,10 @@ class BenchConfig:
     # same records as one process); the speed sections always run alone, after it. The workers are spawned, so a
     # script calling run_benchmarks with workers > 1 needs multiprocessing's `if __name__ == "__main__":` guard
     workers: int = 1
+    # where the speed sections run ("cpu", "cuda", "cuda:1"); off the CPU: absolute step times and the pipeline
+    # ratio at SD-latent size (:meth:`on_device`), each timed call synchronised with the device
+    device: str = "cpu"
+    pipeline_model: str = "digits"  # "digits": the bundled 8×8 UNet; "sd-latent": a random 4×64×64 UNet
 
     @classmethod
     def full(cls, **overrides) -> "BenchConfig":
