@@ -108,7 +108,38 @@ def _pairs(cfg: BenchConfig, log) -> list:
     return out
 
 
-def _time_pair(peer, mine, sample, model_output, steps: int, loops: int, seconds: float) -> tuple[float, float, int]:
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch.device the speed sections can time on: the CPU, or an accelerator present here; else a
+    ValueError naming it and what to do (before any work)."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if where.type == "cpu":
+        return where
+    if where.type != "cuda":
+        raise ValueError(f"device {device!r}: the speed sections time on cpu or cuda (a CUDA GPU), not {where.type}")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r}: torch.cuda.is_available() is False here (no CUDA GPU, or a CPU build of torch "
+            f"{torch.__version__}); run `unisde bench --device cuda` on a machine with one, or leave --device out"
+        )
+    if where.index is not None and where.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s) here")
+    return where
+
+
+def synchronizer(device: torch.device):
+    """A callable that waits for ``device``'s queued work (``torch.cuda.synchronize``): every timed call on an
+    accelerator is bracketed by two, so its time is the work it queued, not the launch alone. A no-op on the CPU."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _time_pair(
+    peer, mine, sample, model_output, steps: int, loops: int, seconds: float, device: torch.device | None = None
+) -> tuple[float, float, int]:
     """Mean seconds per ``step()`` call of each side over one sampling loop of ``steps`` inference steps.
 
     The two schedulers walk their loops in lockstep, call by call, the order alternating, each ``step()`` timed
@@ -116,7 +147,11 @@ def _time_pair(peer, mine, sample, model_output, steps: int, loops: int, seconds
     ``loops`` loops run (at least one; no new one starts once ``seconds`` have passed since the warm-up began).
     Per call index k the median over loops is taken, and these medians are summed over the loop: robust to a stray
     slow call and to the two populations of a two-stage method (a predictor call and a corrector call differ) where
-    the median of all calls would jump between them; the first and last calls (loop start, final checks) count."""
+    the median of all calls would jump between them; the first and last calls (loop start, final checks) count.
+    On an accelerator (``device``) the timesteps live there, as a pipeline puts them, and each call is timed from
+    a synchronised device to a synchronised device (:func:`synchronizer`)."""
+    device = device or sample.device
+    sync = synchronizer(device)
     kinds = (peer, mine)
     gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)]
     kw = [({"generator": g} if _accepts(s.step, "generator") else {}) for s, g in zip(kinds, gens)]
@@ -124,7 +159,7 @@ def _time_pair(peer, mine, sample, model_output, steps: int, loops: int, seconds
     started, flip, measured = time.perf_counter(), False, -1  # loop -1: the warm-up
     while measured < loops and (measured < 1 or time.perf_counter() - started < seconds):
         for s in kinds:
-            s.set_timesteps(steps)
+            s.set_timesteps(steps, device=device)
         length = min(len(peer.timesteps), len(mine.timesteps))
         times = [[0.0] * length, [0.0] * length]
         for i in range(length):
@@ -135,8 +170,10 @@ def _time_pair(peer, mine, sample, model_output, steps: int, loops: int, seconds
                 t = s.timesteps[i]
                 # FlowMatch pipelines call no scale_model_input (the class has none): the model sees x as is
                 x = s.scale_model_input(sample, t) if hasattr(type(s), "scale_model_input") else sample
+                sync()
                 t0 = time.perf_counter()
                 s.step(model_output, t, x, **kw[j])
+                sync()
                 times[j][i] = time.perf_counter() - t0
         if measured >= 0:  # the first loop warms both up and is not counted
             per_loop[0].append(times[0])
@@ -201,14 +238,21 @@ def _noise_per_call(scheduler, sample, model_output, steps: int) -> tuple[float,
     return state["drawn"] / sample.numel() / calls, state["tree_s"] / calls
 
 
-def _randn_seconds(shape) -> float:
-    """Median time of one ``torch.randn(shape, generator=…)`` (float32): what one sample-sized noise draw costs."""
+def _randn_seconds(shape, device: torch.device | None = None) -> float:
+    """Median time of one sample-sized noise draw (float32) as the schedulers draw it (diffusers' ``randn_tensor``
+    with a CPU generator: drawn on the CPU, then moved to ``device``)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device = device or torch.device("cpu")
+    sync = synchronizer(device)
     g = torch.Generator().manual_seed(0)
-    torch.randn(shape, generator=g)
+    randn_tensor(shape, generator=g, device=device)
     times = []
     for _ in range(7):
+        sync()
         t0 = time.perf_counter()
-        torch.randn(shape, generator=g)
+        randn_tensor(shape, generator=g, device=device)
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -242,20 +286,21 @@ def _miss_note(rec: dict, noise: tuple, randn_s: float, unchecked: float | None)
 
 def _overhead(cfg: BenchConfig, log) -> list:
     """``step()`` time of every pair in ``cfg.overhead_pairs`` at every size in ``cfg.overhead_shapes``."""
+    device = check_device(cfg.device)
     out = []
     with warnings.catch_warnings():
         # torchsde warns when a float32 query point falls outside its float64 interval by rounding (both sides)
         warnings.simplefilter("ignore")
         for shape in cfg.overhead_shapes:
             g = torch.Generator().manual_seed(0)
-            sample = torch.randn(shape, generator=g)
-            model_output = torch.randn(shape, generator=g)
+            sample = torch.randn(shape, generator=g).to(device)
+            model_output = torch.randn(shape, generator=g).to(device)
             size = "×".join(map(str, shape))
-            randn_s = _randn_seconds(shape)
+            randn_s = _randn_seconds(shape, device)
             for row, peer, mine in _pairs(cfg, log):
                 label, cls_name = row[0], row[1]
                 steps, loops, seconds = cfg.overhead_inference_steps, cfg.overhead_loops, cfg.overhead_seconds
-                d, u, measured = _time_pair(peer, mine, sample, model_output, steps, loops, seconds)
+                d, u, measured = _time_pair(peer, mine, sample, model_output, steps, loops, seconds, device)
                 target = overhead_target(label)
                 rec = {
                     "sampler": label,
@@ -270,13 +315,14 @@ def _overhead(cfg: BenchConfig, log) -> list:
                     "steps": cfg.overhead_inference_steps,
                     "calls": len(peer.timesteps),
                     "loops": measured,
+                    "device": str(device),
                 }
                 if not rec["met"]:  # say why, in numbers
                     noise = tuple(_noise_per_call(s, sample, model_output, steps) for s in (peer, mine))
                     unchecked = None
                     if noise[0][0] * randn_s + noise[0][1] < 0.5 * d:  # not noise-bound: time it without the probe
                         bare = _unified(peer.config, check_finite=False)
-                        d2, u2, _ = _time_pair(peer, bare, sample, model_output, steps, loops, seconds)
+                        d2, u2, _ = _time_pair(peer, bare, sample, model_output, steps, loops, seconds, device)
                         unchecked = u2 / d2
                     rec["note"] = _miss_note(rec, noise, randn_s, unchecked)
                 out.append(rec)
@@ -477,11 +523,46 @@ def load_digits_unet() -> tuple[torch.nn.Module, str]:
     )
 
 
+PIPELINE_MODELS = ("digits", "sd-latent")
+"""The UNets the pipeline section can run (:func:`pipeline_unet`)."""
+SD_LATENT_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 64),
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    norm_num_groups=8,
+)
+"""The UNet of the pipeline section at SD-latent size (``pipeline_model="sd-latent"``): Stable Diffusion's latent
+shape (4 × 64 × 64) on a small random UNet2DModel, so that the scheduler's share of a step is larger than with
+SD's own UNet (the ratio is a bound for the real pipeline)."""
+
+
+def pipeline_unet(kind: str) -> tuple[torch.nn.Module, str]:
+    """(UNet, description) of the pipeline section: ``digits`` — the bundled 8×8 UNet; ``sd-latent`` — a random
+    UNet at SD-latent size (:data:`SD_LATENT_UNET`, seeded)."""
+    if kind == "digits":
+        return load_digits_unet()
+    if kind == "sd-latent":
+        from diffusers import UNet2DModel
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            unet = UNet2DModel(**SD_LATENT_UNET)
+        channels = ", ".join(map(str, SD_LATENT_UNET["block_out_channels"]))
+        return unet, f"random UNet2DModel at SD-latent size (4×64×64; block_out_channels {channels})"
+    raise unknown_name_error("pipeline model", kind, PIPELINE_MODELS)
+
+
 def _pipeline(cfg: BenchConfig, log) -> dict:
     from diffusers import DDPMPipeline, DDPMScheduler
 
-    unet, what = load_digits_unet()
-    unet.eval()
+    device = check_device(cfg.device)
+    sync = synchronizer(device)
+    unet, what = pipeline_unet(cfg.pipeline_model)
+    unet.eval().to(device)
     peer = DDPMScheduler.from_config(base_config("ddpm"))
     mine = _unified(peer.config)
     pipes = [DDPMPipeline(unet=unet, scheduler=peer), DDPMPipeline(unet=unet, scheduler=mine)]
@@ -490,12 +571,13 @@ def _pipeline(cfg: BenchConfig, log) -> dict:
     times = [[], []]
 
     def run(i, rep):
+        sync()
         t0 = time.perf_counter()
         pipes[i](
             batch_size=cfg.pipeline_batch,
             generator=torch.Generator().manual_seed(rep),
             num_inference_steps=cfg.pipeline_steps,
-            output_type="np",
+            output_type="np",  # the images come back to the host: the device's work is done when this returns
         )
         return time.perf_counter() - t0
 
@@ -529,7 +611,26 @@ def _pipeline(cfg: BenchConfig, log) -> dict:
         "num_inference_steps": cfg.pipeline_steps,
         "batch_size": cfg.pipeline_batch,
         "unet": what,
+        "device": str(device),
     }
+
+
+def device_settings(device: str) -> dict:
+    """The :class:`~unisde.bench.run.BenchConfig` settings of ``unisde bench --device DEVICE``: the speed sections
+    on that device — absolute ``step()`` times of every twin pair at SD-latent size (2×4×64×64, 20 inference steps)
+    and the DDPMPipeline ratio at SD-latent size (batch 2: classifier-free guidance's; a random UNet,
+    :data:`SD_LATENT_UNET`), each timed call synchronised with the device. The accuracy section is
+    device-independent (exact float64 arithmetic) and not part of it; the peak memory of one step is the CPU
+    allocator's. The device is checked first (:func:`check_device`): a ValueError before any work."""
+    check_device(device)
+    return dict(
+        device=device,
+        sections=("overhead", "pipeline"),
+        overhead_shapes=(MEMORY_SHAPE,),
+        pipeline_model="sd-latent",
+        pipeline_batch=2,
+        pipeline_steps=50,
+    )
 
 
 def _training(cfg: BenchConfig, log) -> dict:

@@ -53,6 +53,13 @@ def add_arguments(parser):
         "quick); each runs single-threaded and the results are the same",
     )
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the speed sections run: cpu (default: every section) or cuda / cuda:N — then absolute step() "
+        "times of every twin at SD-latent size and the DDPMPipeline ratio at SD-latent size (sections overhead and "
+        "pipeline; a clear error where no CUDA GPU is present)",
+    )
+    parser.add_argument(
         "--no-optimized-grids",
         action="store_true",
         help="race no optimised-grid contestants (their fits take part of the accuracy section's time)",
@@ -65,8 +72,12 @@ def run(args):
     import sys
 
     from unisde.bench import BenchConfig, plot_accuracy, render_markdown, run_benchmarks
+    from unisde.bench.speed import check_device, device_settings
+    from unisde.grids.optimize import write_texts_atomic
 
     overrides = {}
+    if check_device(args.device).type != "cpu":
+        overrides.update(device_settings(args.device))
     if args.nfe:
         try:
             overrides["nfe"] = _csv(args.nfe, int)
@@ -101,11 +112,12 @@ def run(args):
     written = plot_accuracy(results, plot_path)
     rel = os.path.relpath(written, out_dir).replace(os.sep, "/") if written else None
     command = "unisde bench" + ("" if preset == "full" else f" --preset {preset}")
-    with open(args.output, "w", encoding="utf-8") as fh:
-        fh.write(render_markdown(results, rel, command))
+    if cfg.device != "cpu":
+        command += f" --device {cfg.device}"
+    files = {args.output: render_markdown(results, rel, command)}
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1, allow_nan=True)
+        files[args.json] = json.dumps(results, indent=1, allow_nan=True)
+    write_texts_atomic(files)  # never a half-written report
     print(
         f"wrote {args.output}"
         + (f", {written}" if written else "")

@@ -1162,7 +1162,7 @@ def _shortest_path(cost: torch.Tensor, n: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- saving
-def _atomic_texts(files: dict) -> None:
+def write_texts_atomic(files: dict) -> None:
     """Write every {path: text} through temporary files in the same folders, then ``os.replace`` them all; on a
     failure before the replacements no file is touched and the temporaries are removed."""
     temps = {}
@@ -1221,7 +1221,7 @@ def save_grid(result: OptimizedGrid, folder: str) -> None:
     index["scheduler"] = ["unisde.scheduler", "UnifiedScheduler"]
     card_path = os.path.join(folder, "README.md")
     card = open(card_path, encoding="utf-8").read() if os.path.isfile(card_path) else ""
-    _atomic_texts(
+    write_texts_atomic(
         {
             cfg_path: scheduler.to_json_string(),
             index_path: json.dumps(index, indent=2, sort_keys=True) + "\n",
