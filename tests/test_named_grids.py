@@ -34,7 +34,7 @@ from unisde.diffusers.scheduler import UnifiedScheduler
 from unisde.grids import list_grids, make_grid
 
 NAMED = ("exponential", "normal", "sgm_uniform", "simple", "ddim_uniform", "beta", "kl_optimal", "linear_quadratic")
-NAMED += ("ays", "diffusers_sigmas")
+NAMED += ("ays", "diffusers_sigmas", "polyexponential")
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 SCHEDULES = {
     "sd-table": lambda: NoiseSchedule.from_name("scaled-linear"),
@@ -80,6 +80,18 @@ def test_exponential_is_k_diffusions_exponential(name, k_sampling):
     assert ref[-1] == 0 and grid[-1] == 0
     torch.testing.assert_close(sig, ref[:-1], rtol=1e-6, atol=0)  # k-diffusion's linspace is float32
     torch.testing.assert_close(make_grid(schedule, 9, "exponential"), make_grid(schedule, 9, "uniform_lambda"))
+
+
+@pytest.mark.parametrize("name", ["sd-table", "edm", "rectified-flow"])
+@pytest.mark.parametrize("rho", [1.0, 2.0, 3.5])
+def test_polyexponential_is_k_diffusions_polyexponential(name, rho, k_sampling):
+    schedule = SCHEDULES[name]()
+    sig, grid = levels(schedule, "polyexponential", 9, rho=rho)
+    lo, hi = float(schedule.ve_sigma(grid[-2])), float(schedule.ve_sigma(grid[0]))
+    ref = k_sampling.get_sigmas_polyexponential(9, lo, hi, rho=rho, device="cpu").double()
+    torch.testing.assert_close(sig, ref[:-1], rtol=2e-6, atol=0)  # k-diffusion's ramp is float32
+    if rho == 1.0:
+        torch.testing.assert_close(make_grid(schedule, 9, "polyexponential"), make_grid(schedule, 9, "exponential"))
 
 
 def test_normal_and_sgm_uniform_are_uniform_in_t(sd):
@@ -189,7 +201,8 @@ def test_ays_gives_the_published_levels_at_10_steps_and_log_linear_interpolation
 
 
 # ============================================================================ shape of every grid
-FIRST_AT_T_MAX = {"exponential", "normal", "sgm_uniform", "simple", "beta", "kl_optimal", "linear_quadratic"}
+FIRST_AT_T_MAX = {"exponential", "polyexponential", "normal", "sgm_uniform", "simple", "beta", "kl_optimal"}
+FIRST_AT_T_MAX |= {"linear_quadratic"}
 
 
 @pytest.mark.parametrize("name", ["sd-table", "edm", "rectified-flow"])

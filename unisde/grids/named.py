@@ -12,6 +12,8 @@ the UIs' σ lists. Where a UI's definition gives another number of points than t
 
 * ``exponential``: σ̃ uniform in log between σ̃(t_max) and σ̃(t_min) (k-diffusion's ``get_sigmas_exponential``), the
   same grid as ``uniform_lambda`` (λ = −2 log σ̃) under the name the menus use.
+* ``polyexponential``: log σ̃ along the ramp (1 − k/(n − 1))^ρ between log σ̃(t_min) and log σ̃(t_max)
+  (k-diffusion's ``get_sigmas_polyexponential``; ρ = 1, its default, is ``exponential``).
 * ``normal``: n times uniform in t from t_max to t_min (ComfyUI's "normal": uniform in the model's timestep between
   the timesteps of σ_max and σ_min). Where σ(t_min) = 0 (ComfyUI: |σ| ≤ 1e-5) the n + 1 points from t_max to t_min
   are taken and the last, σ = 0, is the end point.
@@ -174,6 +176,17 @@ def _kl_optimal(schedule: NoiseSchedule, n: int, t_min=None, t_max=None) -> torc
     return _with_ends(_sigma_times(schedule, sig), t_max, t_min)
 
 
+def _polyexponential(schedule: NoiseSchedule, n: int, t_min=None, t_max=None, rho=1.0) -> torch.Tensor:
+    """log σ̃_k = log σ̃_min + r_k^ρ (log σ̃_max − log σ̃_min), r_k = 1 − k/(n − 1) (n = 1: σ̃_max): k-diffusion's
+    ``get_sigmas_polyexponential`` [KDiffusion]; ρ = 1 is ``exponential``, ρ > 1 puts the steps closer together
+    toward σ̃_min."""
+    t_min, t_max = time_range(schedule, t_min, t_max)
+    smax, smin = float(schedule.ve_sigma(t_max)), float(schedule.ve_sigma(t_min))
+    ramp = np.linspace(1.0, 0.0, n) ** rho if n > 1 else np.ones(1)
+    sig = np.exp(ramp * (math.log(smax) - math.log(smin)) + math.log(smin))
+    return _with_ends(_sigma_times(schedule, sig), t_max, t_min)
+
+
 def linear_quadratic_levels(n: int, threshold_noise: float = 0.025, linear_steps: int | None = None) -> np.ndarray:
     """Mochi's x_0 … x_{n−1} (float64, increasing from 0): x_k = k·thr/L for k < L, then q k² + l k + c with
     q = (L − thr·n)/(L Q²), l = thr/L − 2(L − thr·n)/Q², c = q L² (Q = n − L), which meets the line at k = L with
@@ -331,6 +344,12 @@ NAMED_GRIDS = (
         _uniform_lambda,
         dict(RANGE),
         "σ̃ uniform in log between the range's ends (k-diffusion/ComfyUI 'exponential'; = uniform_lambda)",
+    ),
+    Grid(
+        "polyexponential",
+        _polyexponential,
+        {**RANGE, "rho": Option(1.0, (float,), "ρ: the power of the log-σ̃ ramp (1: exponential)", positive)},
+        "k-diffusion's polyexponential: log σ̃ along a ρ-th power ramp between the range's ends",
     ),
     Grid("normal", _normal, dict(RANGE), "ComfyUI 'normal': uniform in t between t(σ_max) and t(σ_min)"),
     Grid(
