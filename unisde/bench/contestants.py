@@ -62,12 +62,14 @@ SAMPLER_VARIANTS = {
         {"algorithm_type": "sde-dpmsolver++"},
     ),
 }
+POLYEXPONENTIAL = ("polyexponential", {"rho": 2.0})  # the ρ of k-diffusion's polyexponential peers (kdiffusion.py)
 UNISDE_GRIDS = {
-    "ddpm": (None, "trailing", "karras", "uniform_lambda"),
-    "edm": (None, "uniform_lambda"),
-    "flow": (None, "uniform_lambda", "karras"),
-    "flow-shift3": (None, "uniform_lambda", "karras"),
+    "ddpm": (None, "trailing", "karras", "uniform_lambda", POLYEXPONENTIAL),
+    "edm": (None, "uniform_lambda", POLYEXPONENTIAL),
+    "flow": (None, "uniform_lambda", "karras", POLYEXPONENTIAL),
+    "flow-shift3": (None, "uniform_lambda", "karras", POLYEXPONENTIAL),
 }
+"""Time-grid variants of every unisde sampler per schedule: a grid name, or (name, options)."""
 
 
 def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Contestant]:
@@ -78,11 +80,15 @@ def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Co
     for name in list_samplers():
         for options in SAMPLER_VARIANTS.get(name, ({},)):
             for grid in UNISDE_GRIDS[schedule] if grid_variants else (None,):
-                bits = [f"{k}={v}" for k, v in options.items()] + ([f"grid={grid}"] if grid else [])
+                grid, grid_options = grid if isinstance(grid, tuple) else (grid, {})
+                shown = grid + "".join(f"({k}={v})" for k, v in grid_options.items()) if grid else None
+                bits = [f"{k}={v}" for k, v in options.items()] + ([f"grid={shown}"] if grid else [])
                 label = name + (f"[{', '.join(bits)}]" if bits else "")
                 kwargs = {"sampler": name, "sampler_options": dict(options)}
                 if grid is not None:
                     kwargs["time_grid"] = grid
+                    if grid_options:
+                        kwargs["time_grid_options"] = dict(grid_options)
                 out.append(Contestant("unisde", label, lambda kw=kwargs: _unified(cfg, **kw)))
     return out
 
