@@ -43,6 +43,11 @@ Overhead, pipeline, training
   ``train_unconditional.py`` writes it (randint timesteps, ``add_noise``, ε-MSE, backward, grad-norm clip at
   1, AdamW(β = (0.95, 0.999), weight decay 1e-6)), on two identical copies of one UNet, steps interleaved.
 
+On an accelerator (``unisde bench --device cuda``, :func:`unisde.bench.speed.device_settings`): the ``step()``
+times of every twin pair at SD-latent size and the DDPMPipeline ratio at SD-latent size (batch 2, a random UNet
+at 4×64×64), each timed call bracketed by ``torch.cuda.synchronize``; a device that is not present is a ValueError
+before any work. The tests never need one (the same code path runs on the CPU in ``tests/test_bench_device.py``).
+
 torch runs single-threaded throughout (``torch.set_num_threads(1)``, restored afterwards): a step is a handful
 of element-wise kernels on 131k elements and the benchmark models are small, so intra-op threading buys little,
 while on a shared machine (the 2-core CI box this was written on) threads spinning against other processes made
