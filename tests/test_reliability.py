@@ -53,28 +53,34 @@ class FaultySampler(DDIMSampler):
     fault = "nan"
 
     def loop(self, x, start=0):
-        inner = super().loop(x, start)
-        x = next(inner)
-        k = start
-        while True:
-            x, denoised = yield x
-            try:
-                x = inner.send((x, denoised))
-                done = False
-            except StopIteration as stop:
-                x, done = stop.value, True
-            if k == 1 or done:
-                x = {
-                    "nan": lambda: x * float("nan"),
-                    "none": lambda: None,
-                    "shape": lambda: x[:1],
-                    "dtype": lambda: x.double(),
-                    "raise": lambda: 1 / 0,
-                    "ok": lambda: x,
-                }[self.fault]()
-            if done:
-                return x
-            k += 1
+        faults = {
+            "nan": lambda x: x * float("nan"),
+            "none": lambda x: None,
+            "shape": lambda x: x[:1],
+            "dtype": lambda x: x.double(),
+            "raise": lambda x: 1 / 0,
+            "ok": lambda x: x,
+        }
+        return (yield from corrupted(super().loop(x, start), start, {1}, faults[self.fault], at_return=True))
+
+
+def corrupted(inner, start, at, fault, at_return=False):
+    """The sampler loop ``inner`` with what it returns after the model evaluations ``at`` (and, with
+    ``at_return``, its final sample) replaced by ``fault(x)``."""
+    x = next(inner)
+    k = start
+    while True:
+        x, denoised = yield x
+        try:
+            x = inner.send((x, denoised))
+            done = False
+        except StopIteration as stop:
+            x, done = stop.value, True
+        if k in at or done and at_return:
+            x = fault(x)
+        if done:
+            return x
+        k += 1
 
 
 @pytest.fixture
@@ -124,18 +130,7 @@ class FaultyHeunSampler(EDMSampler):
     aliases = ()
 
     def loop(self, x, start=0):
-        inner = super().loop(x, start)
-        x = next(inner)
-        k = start
-        while True:
-            x, denoised = yield x
-            try:
-                x = inner.send((x, denoised))
-            except StopIteration as stop:
-                return stop.value
-            if k == 0:
-                x = x * float("nan")
-            k += 1
+        return (yield from corrupted(super().loop(x, start), start, {0}, lambda x: x * float("nan")))
 
 
 def test_a_nan_inner_point_of_a_two_stage_sampler_is_named_at_the_steps_end():
