@@ -7,7 +7,10 @@ Accuracy
 Every contestant samples the same exact model — the analytic denoiser of :mod:`unisde.analytic` wrapped as
 the raw output of an ε-model (diffusers' default DDPM table: linear β, 1000 steps) or of the EDM-preconditioned
 model (EDMEulerScheduler's σ ∈ [0.002, 80], Karras et al. 2022, eqs. 7–8, Table 1 [EDM])
-— so the only error left is the sampler's. It is measured without sampling noise wherever possible
+— so the only error left is the sampler's. The two bundled trained checkpoints (``digits-vp``: the DDPM table and ε;
+``digits-flow``: the rectified flow) are targets too, each on its own schedule: the trajectory error against the
+network's own probability-flow ODE solved from the same starts, with the Fréchet distance to the real digits
+alongside (:func:`unisde.bench.accuracy.measure_checkpoint`). It is measured without sampling noise wherever possible
 (:mod:`unisde.bench.exact`): on Gaussian targets the exact W₂ (and KL) of the sampler's exact output law
 N(b, A Aᵀ) — the sampler is affine in its start and noise draws, which are prescribed — for deterministic and
 stochastic contestants alike; on other targets the trajectory error of deterministic contestants against the

@@ -14,6 +14,15 @@ without sampling noise wherever the mathematics allows (:mod:`unisde.bench.exact
   draws in place of torchsde's tree — the same law, at one sample-sized draw per new level where the tree's queries
   cost ~60 (a third of the 64-D mixture's DDPM cell).
 
+Trained checkpoints (``digits-vp``, ``digits-flow``; :func:`measure_checkpoint`) have no closed form: the trajectory
+metric is taken against the network's own PF-ODE (:class:`unisde.bench.exact.NetworkODE`, float64, the same solver
+and convergence check), and ``frechet`` — the Fréchet distance to the real digits (:class:`_FrechetMetric`) — is the
+metric of stochastic contestants and stands alongside the trajectory error of the records the report compares. Their
+cost sets their sizes (:class:`unisde.bench.run.BenchConfig`'s ``checkpoint_*`` fields): a float64 call of the UNet
+costs ~2 ms per sample on one core and each reference start ~1700 calls, so the trajectory batch is small, every
+contestant starts at the schedule's first time (trailing spacing on the DDPM table: one reference start for most of
+them), the unisde twins run at two NFE, and stochastic contestants at one.
+
 Every contestant starts from the same standard normal z (scaled by its scheduler's ``init_noise_sigma``; k-diffusion's
 functions, :mod:`unisde.bench.kdiffusion`, by the first level σ̃_max of their grid, as k-diffusion does).
 ``x̂0`` clipping (DDPMScheduler's ``clip_sample=True`` default, an image heuristic) is switched off for every
@@ -44,7 +53,7 @@ from unisde.bench.contestants import (
 )
 from unisde.bench.metrics import projection_directions, sliced_w2, sorted_projections
 from unisde.bench.optimized import optimized_contestants
-from unisde.bench.targets import ExactModel, make_target
+from unisde.bench.targets import CHECKPOINTS, Checkpoint, CheckpointModel, ExactModel, make_target
 
 if TYPE_CHECKING:
     from unisde.bench.run import BenchConfig
@@ -60,7 +69,10 @@ AFFINE_TOL = 1e-5
 float64 reach ~1e-14; schedulers that compute in float32 inside (diffusers' Euler family upcasts to float32)
 reach ~1e-7, which moves W₂ by about that much; a non-affine run (batch-averaged step sizes) is off by 1e-2."""
 
-PRIMARY_METRIC = {"gaussian": "w2", "mixture": "trajectory"}
+PRIMARY_METRIC = {"gaussian": "w2", "mixture": "trajectory", "checkpoint": "trajectory"}
+SAMPLING_METRICS = ("sliced-w2", "frechet")
+"""Metrics with sampling noise (compared against their floor, as information): sliced W₂ to exact samples, and on
+the trained checkpoints the Fréchet distance to the real digits."""
 
 
 def accuracy_config(schedule: str) -> dict:
@@ -74,8 +86,37 @@ def accuracy_config(schedule: str) -> dict:
     return cfg
 
 
+def checkpoint_config(base: dict, spacing: str | None) -> dict:
+    """The race config on a trained checkpoint: ``base`` (:func:`accuracy_config`) with ``timestep_spacing`` set to
+    ``spacing`` where the config has that key (the DDPM table; None: unchanged). With ``"trailing"`` every contestant
+    starts at the table's last index, as the linspace-spaced schedulers and k-diffusion's grids do, so all share one
+    start and one reference solve; diffusers' default ``"leading"`` starts each NFE at its own index (t = 0.75 at
+    NFE 4 … 0.98 at NFE 50), and each start costs its own float64 solve of the network's ODE."""
+    if spacing is None or "timestep_spacing" not in base:
+        return base
+    out = {**base, "timestep_spacing": spacing}
+    if "_use_default_values" in out:
+        out["_use_default_values"] = [k for k in out["_use_default_values"] if k != "timestep_spacing"]
+    return out
+
+
+def _encodes(contestant) -> bool:
+    """Whether a unisde contestant's sampler encodes (runs data → noise, e.g. ``ddim_inverse``)."""
+    from unisde.plugins import get_sampler
+
+    if contestant.library != "unisde" or contestant.twin_of:
+        return False
+    try:
+        return bool(getattr(get_sampler(contestant.label.split("[")[0]), "encodes", False))
+    except ValueError:
+        return False
+
+
 def target_kind(dist) -> str:
-    """``gaussian`` (one component: affine exact denoiser) or ``mixture``."""
+    """``gaussian`` (one component: affine exact denoiser), ``mixture``, or ``checkpoint`` (a trained network,
+    :class:`unisde.bench.targets.Checkpoint`)."""
+    if isinstance(dist, Checkpoint):
+        return "checkpoint"
     return "gaussian" if dist.num_components == 1 else "mixture"
 
 
@@ -256,11 +297,231 @@ def measure_mixture(
     }
 
 
+class _FrechetMetric:
+    """The sample-quality metric of a trained checkpoint: the Fréchet distance (:class:`exact.FrechetReference`, the
+    FID formula of Heusel et al. 2017 on the raw 64-d pixels, as ``unisde demo`` reports it) between the n samples a
+    contestant makes from the fixed batch of starts ``z`` (n, *event) and the 1797 real digits
+    (:func:`unisde.training.data.real_digits`, [−1, 1]); samples are clipped to [−1, 1] first, as a pipeline's
+    image output is. ``floor``: :func:`unisde.demo.real_floor` at this n (n real digits against the other 1797 − n),
+    mean and sd over three splits — what a perfect sampler would score with n samples. ``model`` (set by the race):
+    the checkpoint model the FD runs use (:attr:`BenchConfig.checkpoint_fd_dtype`). Prepared lazily."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z, self.n = z, z.shape[0]
+        self.model = None
+        self._ready = False
+
+    def _prepare(self):
+        if self._ready:
+            return
+        from unisde.demo import real_floor
+        from unisde.training.data import real_digits
+
+        real = real_digits(8).to(torch.float64).reshape(-1, 64)
+        self.real = exact.FrechetReference(real)
+        floors = [real_floor(real.numpy(), self.n, seed) for seed in range(3)]
+        self.floor, self.floor_sd = statistics.fmean(floors), statistics.stdev(floors)
+        self._ready = True
+
+    def distance(self, x: torch.Tensor) -> float:
+        """FD of the samples x (n, …) to the real digits (inf when any sample is not finite)."""
+        self._prepare()
+        x = x.to(torch.float64).reshape(x.shape[0], -1)
+        if not torch.isfinite(x).all():
+            return math.inf
+        return self.real.distance(x.clamp(-1.0, 1.0))
+
+    def fields(self, x: torch.Tensor) -> dict:
+        """The FD fields of a record measured on the FD batch."""
+        return {
+            "frechet": self.distance(x),
+            "frechet_floor": self.floor,
+            "frechet_floor_sd": self.floor_sd,
+            "n_frechet": self.n,
+            "frechet_dtype": str(self.z.dtype).replace("torch.", ""),
+        }
+
+    def _run(self, prepared, feeder=None, brownian_seed=None) -> tuple[torch.Tensor, int]:
+        self.model.nfe = 0
+        x, _, _ = exact.run_scheduler(prepared, self.model, self.z, feeder=feeder, brownian_seed=brownian_seed)
+        return x, self.model.nfe
+
+    def measure(self, prepared: exact.Prepared, model=None) -> dict:
+        """The FD of a run whose noise cannot be prescribed (its own seeded generator, as
+        :meth:`_SamplingMetric.measure`), on :attr:`model` (the race's ``model`` argument is not used)."""
+        self._prepare()
+        x, calls = self._run(prepared, brownian_seed=_SEED_BROWNIAN)
+        fields = self.fields(x)
+        return {
+            "metric": "frechet",
+            "distance": fields["frechet"],
+            "floor": self.floor,
+            "floor_sd": self.floor_sd,
+            "exact": False,
+            "model_calls": calls,
+            **fields,
+        }
+
+    def sampled(self, scheduler, budget: int) -> dict | None:
+        """A stochastic contestant's record at ``budget``: the FD of its n samples, its noise draws seeded standard
+        normals (:class:`_CheckpointFeeder`, the same for every contestant)."""
+        self._prepare()
+
+        def attempt(prepared):
+            x, calls = self._run(prepared, feeder=_CheckpointFeeder(self.n, self.z[0].numel(), probes=False))
+            return (x, calls), calls
+
+        prepared, result = _fit_budget(scheduler, budget, attempt)
+        if prepared is None:
+            return None
+        x, calls = result
+        fields = self.fields(x)
+        return {
+            "num_inference_steps": prepared.num_inference_steps,
+            "stochastic": True,
+            "model_calls": calls,
+            "metric": "frechet",
+            "distance": fields["frechet"],
+            "floor": self.floor,
+            "floor_sd": self.floor_sd,
+            "exact": False,
+            **fields,
+        }
+
+    def alongside(self, scheduler, record: dict) -> dict:
+        """The FD fields of a deterministic ``record``: its contestant rerun with the record's steps on the FD batch
+        (a ValueError if the rerun's model calls differ from the record's)."""
+        self._prepare()
+        prepared = exact.Prepared(scheduler, record["num_inference_steps"])
+        x, calls = self._run(prepared, feeder=_CheckpointFeeder(self.n, self.z[0].numel(), probes=False))
+        if calls != record["model_calls"]:
+            raise ValueError(f"FD rerun of {record['sampler']} made {calls} model calls, not {record['model_calls']}")
+        return self.fields(x)
+
+    def describe(self) -> dict:
+        self._prepare()
+        return {"floor": self.floor, "floor_sd": self.floor_sd, "n": self.n}
+
+
+class _CheckpointFeeder(exact.NoiseFeeder):
+    """The noise of a checkpoint run on n starts: standard normal draws (seeded) for the n samples — a stochastic
+    contestant's own noise, the same for every contestant — and with ``probes`` two more rows, both started at z = 0:
+    zeros for row n and random draws for row n + 1, so that a run whose last two rows differ is stochastic."""
+
+    def __init__(self, n: int, d: int, probes: bool = True, seed: int = _SEED_BROWNIAN):
+        super().__init__()
+        self.n, self.d, self.probes = n, d, probes
+        self.gen, self.probe = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(99)
+
+    def __call__(self, shape, dtype, device):
+        j = self.count
+        self.count += 1
+        rows = self.n + (2 if self.probes else 0)
+        if math.prod(shape) != rows * self.d:
+            raise ValueError(f"noise draw {j} has shape {tuple(shape)}, not one row per sample of the batch")
+        w = torch.zeros(rows, self.d, dtype=torch.float64)
+        w[: self.n] = torch.randn(self.n, self.d, generator=self.gen, dtype=torch.float64)
+        if self.probes:
+            w[-1] = torch.randn(self.d, generator=self.probe, dtype=torch.float64)
+        return w.reshape(shape).to(dtype=dtype, device=device)
+
+
+def measure_checkpoint(
+    scheduler,
+    model,
+    budget: int,
+    z: torch.Tensor,
+    refs: exact.ReferenceCache,
+    fd: _FrechetMetric,
+    state: dict,
+    stochastic_budgets: tuple | None = None,
+) -> dict | None:
+    """One record's metric fields on a trained checkpoint. The contestant's first run, on the trajectory batch ``z``
+    (n starts, float64) plus two probe rows, tells whether its noise reaches its output (remembered in ``state``,
+    one dict per contestant: a deterministic one's later runs take the n starts alone, a stochastic one's later
+    budgets need no trajectory run at all; determinism is a property of the algorithm, not of its step count).
+    Deterministic: the trajectory error against the network's own PF-ODE solved from the same starts (``refs``); its
+    FD is added afterwards, for the records the report compares (:meth:`_FrechetMetric.alongside`). Stochastic (or
+    noise that cannot be prescribed): the FD of its samples on the FD batch (:meth:`_FrechetMetric.sampled`), at the
+    budgets in ``stochastic_budgets`` only (None: all; elsewhere None is returned)."""
+    fd_budget = stochastic_budgets is None or budget in stochastic_budgets
+    if not exact.feeds_noise(scheduler):
+        if not fd_budget:
+            return None
+        return _sampled(scheduler, fd.model, budget, fd, "noise not prescribable: Fréchet distance only")
+    if state.get("stochastic"):
+        return fd.sampled(scheduler, budget) if fd_budget else None
+    n, d, event = z.shape[0], model.checkpoint.dim, model.checkpoint.event_shape
+    probes = "stochastic" not in state
+    starts = z.reshape(n, d).to(torch.float64)
+    if probes:
+        starts = torch.cat([starts, torch.zeros(2, d, dtype=torch.float64)])
+    starts = starts.reshape(starts.shape[0], *event)
+
+    def attempt(prepared):
+        feeder = _CheckpointFeeder(n, d, probes=probes)
+        model.nfe = 0
+        x, tau0, y0 = exact.run_scheduler(prepared, model, starts, feeder=feeder)
+        return (x, tau0, y0, feeder.count, model.nfe), model.nfe
+
+    prepared, result = _fit_budget(scheduler, budget, attempt)
+    if prepared is None:
+        return None
+    x, tau0, y0, draws, calls = result
+    if probes:
+        scale = max(1.0, float(x[-2].abs().max()))
+        state["stochastic"] = float((x[-1] - x[-2]).abs().max()) > 1e-12 * scale
+    if state["stochastic"]:
+        return fd.sampled(scheduler, budget) if fd_budget else None
+    ref = refs.get(tau0, y0[:n])
+    return {
+        "num_inference_steps": prepared.num_inference_steps,
+        "draws": draws,
+        "stochastic": False,
+        "start_sigma": math.tan(tau0) if tau0 < math.pi / 2 else math.inf,
+        "model_calls": calls,
+        "metric": "trajectory",
+        "distance": exact.trajectory_error(x[:n], ref.x),
+        "floor": max(ref.error, 1e-15),
+        "floor_sd": 0.0,
+        "reference_error": ref.error,
+        "n_trajectory": n,
+        "exact": True,
+    }
+
+
+def _fd_alongside(records: list, runs: dict, fd: _FrechetMetric, errors: list):
+    """Add the FD (:meth:`_FrechetMetric.alongside`) to the records the report compares on one checkpoint: at each
+    NFE the best deterministic unisde record and the best peer record on the trajectory metric. ``runs``: the
+    scheduler of each (library, label, NFE)."""
+    for nfe in sorted({r["nfe"] for r in records}):
+        mine = [r for r in records if r["nfe"] == nfe]
+        for rec in (best(mine, "unisde", "trajectory"), best(mine, PEER_LIBRARIES, "trajectory")):
+            if rec is None or "frechet" in rec:
+                continue
+            try:
+                rec.update(fd.alongside(runs[(rec["library"], rec["sampler"], nfe)], rec))
+            except Exception as exc:
+                errors.append(
+                    {
+                        "library": rec["library"],
+                        "sampler": rec["sampler"],
+                        "schedule": rec["schedule"],
+                        "target": rec["target"],
+                        "nfe": nfe,
+                        "error": f"FD rerun: {type(exc).__name__}: {exc}"[:300],
+                    }
+                )
+
+
 def _accuracy(cfg: BenchConfig, log) -> tuple[list, list, list]:
     """(records, floors, errors) of the accuracy section: its cells run in this process, or, with ``cfg.workers``
     > 1, as jobs in that many worker processes (:func:`_in_workers`), with the same records in the same order."""
     if not kdiffusion_available():
         log("accuracy: k-diffusion is not installed (pip install 'unisde[bench]'), so its samplers are skipped")
+    for name in cfg.targets:
+        if name in CHECKPOINTS and CHECKPOINTS[name].schedule not in cfg.schedules:
+            log(f"accuracy: {name} skipped: it runs on the schedule it was trained with, {CHECKPOINTS[name].schedule}")
     jobs = _jobs(cfg)
     workers = min(int(getattr(cfg, "workers", 1) or 1), len(jobs))
     if workers > 1:
@@ -287,8 +548,25 @@ def _jobs(cfg: BenchConfig) -> list[tuple[str, tuple]]:
     flows = tuple(s for s in cfg.schedules if s in FLOW_SHIFTS)
     groups = [(s,) for s in cfg.schedules if s not in FLOW_SHIFTS] + ([flows] if flows else [])
     weight = {"ddpm": 3.0, "edm": 1.0}  # contestants: ~400 on the DDPM table, ~130 on EDM, ~200 per flow schedule
-    jobs = [(t, g) for t in cfg.targets for g in groups]
-    return sorted(jobs, key=lambda j: -(2.0 if j[0] == "mixture-8x8" else 1.0) * sum(weight.get(s, 1.5) for s in j[1]))
+    jobs = []
+    for t in cfg.targets:
+        if t in CHECKPOINTS:  # on its own schedule only (none when that schedule is not run)
+            own = CHECKPOINTS[t].schedule
+            jobs += [(t, (own,))] if own in cfg.schedules else []
+        else:
+            jobs += [(t, g) for g in groups]
+
+    def cost(job):
+        if job[0] in CHECKPOINTS:
+            return _CHECKPOINT_JOB_WEIGHT.get(job[0], 2.0)
+        return (2.0 if job[0] == "mixture-8x8" else 1.0) * sum(weight.get(s, 1.5) for s in job[1])
+
+    return sorted(jobs, key=lambda j: -cost(j))
+
+
+_CHECKPOINT_JOB_WEIGHT = {"digits-vp": 2.3, "digits-flow": 1.6}
+"""A checkpoint job's cost on the scale of :func:`_jobs`, where one unit is ~75 s of one core at the full preset (a
+2-D mixture's DDPM job is 3): measured 170 s and 122 s."""
 
 
 _WORKER_BUILT: dict = {}  # a worker process's contestants per (schedule, grid variants), kept across its jobs
@@ -325,11 +603,14 @@ def _in_workers(cfg: BenchConfig, jobs: list, workers: int, log) -> tuple[list, 
     errors = [e for k in keys for e in done[k][2]]
     floors = []
     for target in cfg.targets:
-        parts = [done[k][1][0] for k in keys if k[0] == target]
+        parts = [done[k][1][0] for k in keys if k[0] == target and done[k][1]]
+        if not parts:  # a checkpoint target whose schedule is not run
+            continue
         merged = dict(parts[0])
         merged["seconds"] = sum(p["seconds"] for p in parts)
         if "reference_solves" in merged:
             merged["reference_solves"] = sum(p["reference_solves"] for p in parts)
+            merged["reference_max_error"] = max(p["reference_max_error"] for p in parts)
         sampled = [p for p in parts if p["_sampled"]]
         if sampled:  # the same exact sets in every job: any job that used the sampling metric has its floor
             merged.update(floor=sampled[0]["floor"], floor_sd=sampled[0]["floor_sd"])
@@ -348,14 +629,22 @@ def _cells(
     built = {} if built is None else built
     fits: dict = {}  # optimised grids by (target, noise schedule, contestant, NFE), shared by schedules (flow shifts)
 
-    def contestants_of(schedule: str, variants: bool):
-        key = (schedule, variants)
+    only = getattr(cfg, "contestants", None)
+
+    def contestants_of(schedule: str, variants: bool, checkpoint: bool = False):
+        key = (schedule, variants, None if only is None else tuple(only), checkpoint)
         if key not in built:
             base = accuracy_config(schedule)
+            if checkpoint:
+                base = checkpoint_config(base, cfg.checkpoint_spacing)
             peers, twins = diffusers_contestants(schedule, base, variants)
             k_peers, k_twins = kdiffusion_contestants(schedule, base, variants)
             entries = []
             for c in unisde_contestants(schedule, base, variants) + twins + k_twins + peers + k_peers:
+                if only is not None and c.label not in only:
+                    continue
+                if checkpoint and _encodes(c):  # an encoder runs data → noise: not a sampler of the network
+                    continue
                 try:
                     entries.append((c, c.make()))
                 except Exception as exc:  # a peer that cannot be built on this schedule is reported, not fatal
@@ -364,28 +653,63 @@ def _cells(
         return built[key]
 
     for target_name in targets:
+        target_schedules = schedules
+        if target_name in CHECKPOINTS:  # a trained checkpoint runs on the schedule it was trained with only
+            target_schedules = tuple(s for s in schedules if s == CHECKPOINTS[target_name].schedule)
+            if not target_schedules:
+                continue
         dist = make_target(target_name)
         kind = target_kind(dist)
         n_samples, budgets, variants = cfg.for_target(target_name)
-        n_traj = int(getattr(cfg, "n_trajectory", None) or (1024 if dist.dim <= 2 else 256))
-        sampling = _SamplingMetric(dist, n_samples, cfg.projections_for(target_name))
+        fit_settings = cfg.fit
         refs = None
-        if kind == "mixture":
-            refs = exact.ReferenceCache(dist, *((1e-8, 1e-6) if cfg.quick else (1e-9, 1e-7)))
-        z_traj = torch.randn(
-            n_traj, *dist.event_shape, generator=torch.Generator().manual_seed(_SEED_TRAJECTORY), dtype=torch.float64
-        )
+        if kind == "checkpoint":
+            # one fixed batch of starts: its first n_traj rows the trajectory batch, its first n_samples the FD batch
+            n_traj = int(cfg.checkpoint_trajectory)
+            z_all = torch.randn(
+                max(n_samples, n_traj),
+                *dist.event_shape,
+                generator=torch.Generator().manual_seed(_SEED_TRAJECTORY),
+                dtype=torch.float64,
+            )
+            z_traj = z_all[:n_traj]
+            fd_dtype = getattr(torch, cfg.checkpoint_fd_dtype)
+            sampling = _FrechetMetric(z_all[:n_samples].to(fd_dtype))
+            states: dict = {}  # (library, label) -> {"stochastic": …}, found by the first run
+            runs: dict = {}  # (library, label, NFE) -> scheduler, for the FD reruns
+            ode = exact.NetworkODE(dist.raw, dist.parameterization.name, dist.schedule, dist.event_shape)
+            refs = exact.ReferenceCache(
+                ode, *cfg.checkpoint_rtol, start_rtol=cfg.checkpoint_start_rtol, tau_rtol=cfg.checkpoint_start_rtol
+            )
+            fit_settings = cfg.checkpoint_fit
+        else:
+            n_traj = int(getattr(cfg, "n_trajectory", None) or (1024 if dist.dim <= 2 else 256))
+            sampling = _SamplingMetric(dist, n_samples, cfg.projections_for(target_name))
+            if kind == "mixture":
+                refs = exact.ReferenceCache(dist, *((1e-8, 1e-6) if cfg.quick else (1e-9, 1e-7)))
+            z_traj = torch.randn(
+                n_traj,
+                *dist.event_shape,
+                generator=torch.Generator().manual_seed(_SEED_TRAJECTORY),
+                dtype=torch.float64,
+            )
         target_started = time.perf_counter()
-        for schedule in schedules:
+        for schedule in target_schedules:
             # a cell's own seed of the global generator (see _SEED_CELL), the caller's state restored afterwards
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_SEED_CELL)
-                base, entries, times, ve_times = contestants_of(schedule, variants)
+                base, entries, times, ve_times = contestants_of(schedule, variants, kind == "checkpoint")
                 ref_sched = _unified(base)
-                model = ExactModel(dist, ref_sched.parameterization, ref_sched.noise_schedule)
+                model_class = CheckpointModel if kind == "checkpoint" else ExactModel
+                model = model_class(dist, ref_sched.parameterization, ref_sched.noise_schedule)
                 if isinstance(getattr(model, "_times", None), dict):
                     model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
                     model._ve_times = ve_times  # … and t(σ̃) of k-diffusion's calls
+                if kind == "checkpoint":  # the FD runs' model: the same network in checkpoint_fd_dtype
+                    sampling.model = CheckpointModel(
+                        dist, ref_sched.parameterization, ref_sched.noise_schedule, dtype=fd_dtype
+                    )
+                    sampling.model._times, sampling.model._ve_times = times, ve_times
                 started = time.perf_counter()
 
                 def race(c, scheduler, budgets, extra=None, schedule=schedule, model=model):
@@ -402,10 +726,19 @@ def _cells(
                             }
                         )
                         return
+                    if kind == "checkpoint":
+                        runs.update({(c.library, c.label, b): scheduler for b in budgets})
+                        twin_nfe = cfg.checkpoint_twin_nfe
+                        if c.twin_of and twin_nfe is not None and extra is None:
+                            budgets = tuple(b for b in budgets if b in twin_nfe)
                     for budget in budgets:
                         try:
                             if kind == "gaussian":
                                 rec = measure_gaussian(scheduler, model, dist, budget, sampling)
+                            elif kind == "checkpoint":
+                                state = states.setdefault((c.library, c.label), {})
+                                s_nfe = cfg.checkpoint_stochastic_nfe
+                                rec = measure_checkpoint(scheduler, model, budget, z_traj, refs, sampling, state, s_nfe)
                             else:
                                 rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling)
                         except Exception as exc:
@@ -444,13 +777,24 @@ def _cells(
                 # Optimised grids, fitted here on calibration starts of their own (unisde.bench.optimized) and raced
                 # at their budget only.
                 started = time.perf_counter()
-                fitted = optimized_contestants(base, dist, ref_sched.noise_schedule, budgets, cfg.fit, fits)
+                if only is not None and not any("grid=optimized" in label for label in only):
+                    fit_settings = None
+                fitted = optimized_contestants(base, dist, ref_sched.noise_schedule, budgets, fit_settings, fits)
+                fitted = [f for f in fitted if only is None or f.contestant.label in only]
                 for f in fitted:
                     race(f.contestant, f.scheduler, (f.budget,), {"fit": f.fit})
                 if fitted:
                     log(
                         f"accuracy: {target_name} / {schedule}: {len(fitted)} optimised grids fitted and raced in "
                         f"{time.perf_counter() - started:.1f} s"
+                    )
+                if kind == "checkpoint":
+                    started = time.perf_counter()
+                    cell = [r for r in records if r["target"] == target_name and r["schedule"] == schedule]
+                    _fd_alongside(cell, runs, sampling, errors)
+                    log(
+                        f"accuracy: {target_name} / {schedule}: FD of the compared records in "
+                        f"{time.perf_counter() - started:.1f} s ({refs.solves} reference solves)"
                     )
         floor = {
             "target": target_name,
@@ -467,7 +811,21 @@ def _cells(
                 reference_rtol=refs.rtol,
                 reference_check_rtol=refs.check_rtol,
                 reference_solves=refs.solves,
+                reference_max_error=refs.max_error,
             )
+        if kind == "checkpoint":
+            floor.update(
+                schedule=target_schedules[0],
+                model=dist.description,
+                metric_sampled="frechet",
+                reference_start_rtol=refs.start_rtol,
+                optimized_grids=fit_settings is not None,
+                spacing=cfg.checkpoint_spacing if "timestep_spacing" in base else None,
+                frechet_dtype=cfg.checkpoint_fd_dtype,
+                twin_nfe=None if cfg.checkpoint_twin_nfe is None else list(cfg.checkpoint_twin_nfe),
+                stochastic_nfe=None if cfg.checkpoint_stochastic_nfe is None else list(cfg.checkpoint_stochastic_nfe),
+            )
+            sampling._prepare()
         if sampling._ready:
             sf = sampling.describe()
             floor.update(floor=sf["floor"], floor_sd=sf["floor_sd"])
@@ -601,7 +959,10 @@ def comparisons(records: list) -> list[dict]:
 
 
 def _label(r: dict | None) -> str:
-    return "—" if r is None else f"{r['distance']:.3e} ({contestant_name(r)})"
+    if r is None:
+        return "—"
+    fd = f"; FD {r['frechet']:.3f}" if "frechet" in r and r.get("metric") != "frechet" else ""
+    return f"{r['distance']:.3e} ({contestant_name(r)}{fd})"
 
 
 def summary_lines(records: list) -> list[str]:

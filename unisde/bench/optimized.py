@@ -112,23 +112,32 @@ class Fitted:
 
 
 def _calibration(dist, settings: FitSettings) -> int:
+    if getattr(dist, "network", None) is not None:  # a trained checkpoint (unisde.bench.targets.Checkpoint)
+        return settings.calibration
     if dist.num_components == 1:
         return settings.calibration_gaussian
     return settings.calibration_2d if dist.dim <= 2 else settings.calibration
 
 
 def fit_grid(dist, schedule, sampler: str, options: dict, budget: int, settings: FitSettings):
-    """Fit ``sampler`` (with ``options``) at NFE ``budget`` on the exact model of ``dist`` under the noise schedule
-    ``schedule``: the :class:`unisde.grids.optimize.OptimizedGrid` and the records' fit summary (errors in the
-    race's units, whole vectors)."""
+    """Fit ``sampler`` (with ``options``) at NFE ``budget`` on the exact model of ``dist`` (or the network of a
+    trained :class:`unisde.bench.targets.Checkpoint`) under the noise schedule ``schedule``: the
+    :class:`unisde.grids.optimize.OptimizedGrid` and the records' fit summary (errors in the race's units, whole
+    vectors)."""
     from unisde.grids import default_time_range
     from unisde.grids.optimize import optimize_grid
 
     lo, _ = default_time_range(schedule)
     calibration = _calibration(dist, settings)
+    # a trained checkpoint is fitted as the network it is (its float64 UNet, parameterisation and sample shape)
+    network = getattr(dist, "network", None)
+    model_kwargs = (
+        {} if network is None else {"parameterization": dist.parameterization.name, "shape": dist.event_shape}
+    )
     started = time.perf_counter()
     result = optimize_grid(
-        dist,
+        dist if network is None else network,
+        **model_kwargs,
         schedule=schedule,
         sampler=sampler,
         sampler_options=dict(options),

@@ -16,7 +16,9 @@ METRIC_NAMES = {
     "w2": "exact W₂ to the data law",
     "trajectory": "trajectory RMS error vs converged PF-ODE",
     "sliced-w2": "sliced W₂ to exact samples",
+    "frechet": "Fréchet distance to the real digits",
 }
+SAMPLING_METRICS = ("sliced-w2", "frechet")  # metrics with sampling noise (unisde.bench.accuracy.SAMPLING_METRICS)
 
 
 def _primary(records: list) -> dict:
@@ -25,7 +27,7 @@ def _primary(records: list) -> dict:
     out: dict = {}
     for r in records:
         key, metric = (r["schedule"], r["target"]), r.get("metric", "sliced-w2")
-        if metric != "sliced-w2":
+        if metric not in SAMPLING_METRICS:
             out[key] = metric
         else:
             out.setdefault(key, metric)
@@ -87,6 +89,18 @@ def agreement_rows(records: list) -> list:
     return rows
 
 
+def _record_cell(r: dict | None) -> str:
+    """A best-record cell: its value and contestant, and on a trained checkpoint its FD alongside."""
+    from unisde.bench.accuracy import contestant_name
+
+    if r is None:
+        return "—"
+    out = f"{_fmt(r['distance'])} ({contestant_name(r)}"
+    if "frechet" in r and r.get("metric") != "frechet":
+        out += f"; FD {_fmt(r['frechet'])}"
+    return out + ")"
+
+
 def _fmt(x: float | None) -> str:
     if x is None:
         return "—"
@@ -134,7 +148,7 @@ def plot_accuracy(results: dict, path: str) -> str | None:
             )
             if pts:
                 ax.plot(*zip(*pts), color=colors.get(lib, "gray"), lw=2.2, marker="o", label=f"best {lib}")
-        if metric == "sliced-w2" and mine:
+        if metric in SAMPLING_METRICS and mine:
             ax.axhline(mine[0]["floor"], color="k", ls="--", lw=1, label="noise floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -184,6 +198,20 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         f"{setup.get('projections_2d', setup.get('projections', '?'))} evenly spaced angles on the 2-D one (a "
         "trapezoid rule on a periodic integrand: 64 angles are within 1e-5, relative, of the integral over all "
         "directions, far below the sampling noise).",
+        "* **trained checkpoints** (`digits-vp`, `digits-flow`: the two bundled digits UNets, each raced on the "
+        "schedule it was trained with): no closed form, so the ground truth is the network's own probability-flow "
+        "ODE. A deterministic contestant is measured by the **trajectory** error of a fixed batch of starts against "
+        "that ODE solved from the same starts (network and solve in float64 — its sinusoidal time embedding too; "
+        "adaptive Dormand–Prince in the network's own time t, *floor*: the RMS difference to a looser solve, "
+        "tolerances in the targets table). The **Fréchet distance** (FD: "
+        "Gaussian fits, ‖μ − μ′‖² + tr(C + C′ − 2(C C′)^½), squared pixel units, as `unisde demo` reports it) of a "
+        "larger fixed batch, clipped to [−1, 1], to the 1797 real digits in 64-d pixel space is shown alongside for "
+        "the records the comparison table names (the best unisde and the best peer at each NFE, rerun on that batch), "
+        "and is the metric of stochastic contestants, against its floor (n real digits against the other 1797 − n, "
+        "mean ± sd of three splits). The batch sizes, the NFE of the twins and of the stochastic contestants are in "
+        "the targets table; they are set by cost (a float64 call of the UNet costs ~2 ms per sample on one core, and "
+        "a reference start ~1700 calls), which also keeps optimised grids off the checkpoints by default (one reduced "
+        "fit of `unipc` took 18 s at NFE 5 and 62 s at NFE 10 on one core; `BenchConfig.checkpoint_fit` enables them).",
         "",
         "NFE counts every model call (the model counts them); each contestant runs the largest `num_inference_steps` "
         "whose calls fit the budget.",
@@ -227,6 +255,28 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         lines += ["| target | kind | metric | NFE budgets | grid variants | details |", "|---|---|---|---|---|---|"]
         for f in floors:
             detail = []
+            if f.get("kind") == "checkpoint":
+                twins, stoch = f.get("twin_nfe"), f.get("stochastic_nfe")
+                detail.append(
+                    f"{f.get('model', 'trained checkpoint')}; on schedule `{f.get('schedule', '?')}` only"
+                    + (f", every contestant with `timestep_spacing={f['spacing']}`" if f.get("spacing") else "")
+                    + f". Trajectory batch: {f.get('n_trajectory')} starts, float64, against the network's PF-ODE at "
+                    f"rtol {f.get('reference_rtol', 0):g} (checked at {f.get('reference_check_rtol', 0):g}: largest "
+                    f"reference error {_fmt(f.get('reference_max_error'))}; {f.get('reference_solves', 0)} solves). "
+                    f"FD batch: {f['n']} starts ({f.get('frechet_dtype', 'float64')} network), floor "
+                    f"{_fmt(f.get('floor'))} ± {_fmt(f.get('floor_sd'))}; FD of the compared records"
+                    + (f", and of stochastic contestants at NFE {', '.join(map(str, stoch))} only" if stoch else "")
+                    + (f"; unisde twins at NFE {', '.join(map(str, twins))} only" if twins else "")
+                    + "; "
+                    + ("optimised grids raced" if f.get("optimized_grids") else "no optimised grids")
+                    + f"; {f.get('seconds', 0):.0f} s (one core)"
+                )
+                lines.append(
+                    f"| {f['target']} | checkpoint | trajectory (FD alongside) | "
+                    f"{', '.join(map(str, f.get('nfe', [])))} | {'yes' if f.get('grid_variants') else 'no'} | "
+                    f"{'; '.join(detail)} |"
+                )
+                continue
             if f.get("n_trajectory"):
                 detail.append(
                     f"trajectory batch {f['n_trajectory']}, reference rtol {f.get('reference_rtol', 0):g} "
@@ -256,7 +306,9 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
             "",
             "On Gaussian targets the last column repeats the comparison on the discretisation error alone "
             "(W₂ to the exact PF-ODE solve from each contestant's own start law, among the contestants that "
-            "start from the least mismatched start law), which the prior floor does not blur at high NFE.",
+            "start from the least mismatched start law), which the prior floor does not blur at high NFE. On the "
+            "trained checkpoints each record also shows its Fréchet distance to the real digits (FD; its floor is in "
+            "the targets table).",
             "",
             "| schedule | target | metric | NFE | best unisde | best peer | ratio | target | verdict | "
             "discretisation error only: unisde / peer (ratio) |",
@@ -279,10 +331,8 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
                 else "—"
             )
             lines.append(
-                f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | "
-                f"{_fmt(u['distance']) + ' (' + u['sampler'] + ')' if u else '—'} | "
-                f"{_fmt(p['distance']) + ' (' + contestant_name(p) + ')' if p else '—'} | {ratio} | "
-                f"≤ {r['target_ratio']} | {verdict} | {solver} |"
+                f"| {r['schedule']} | {r['target']} | {r['metric']} | {r['nfe']} | {_record_cell(u)} | "
+                f"{_record_cell(p)} | {ratio} | ≤ {r['target_ratio']} | {verdict} | {solver} |"
             )
         lines.append("")
     info_rows = [r for r in rows if not r["primary"]]
@@ -291,7 +341,8 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
             "### Stochastic contestants on the sampling metric",
             "",
             "Best unisde vs best peer among contestants measured by sliced W₂ (no exact law: stochastic "
-            "samplers on mixtures, non-affine runs). Differences within twice the floor's sd are sampling noise.",
+            "samplers on mixtures, non-affine runs) or, on the trained checkpoints, by the Fréchet distance to the "
+            "real digits (stochastic samplers). Differences within twice the floor's sd are sampling noise.",
             "",
             "| schedule | target | NFE | best unisde | best peer | ratio | floor (± sd) | note |",
             "|---|---|---|---|---|---|---|---|",
@@ -336,9 +387,17 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
     for schedule, target in sorted({(r["schedule"], r["target"]) for r in records}):
         mine = [r for r in records if r["schedule"] == schedule and r["target"] == target]
         nfes = sorted(budgets.get(target) or {r["nfe"] for r in mine})
+        trained = any(f["target"] == target and f.get("kind") == "checkpoint" for f in floors)
         lines += [
             f"**{target} · {schedule}** (value of the row's metric; *italic*: stochastic; — = the sampler's "
-            "smallest run exceeds the budget; prior floor / reference error in the last column)",
+            "smallest run exceeds the budget"
+            + (
+                ", or not raced there: twins and stochastic contestants run at the NFE of the targets table, and the "
+                "FD alongside is measured for the compared records"
+                if trained
+                else ""
+            )
+            + "; prior floor / reference error in the last column)",
             "",
             "| library | sampler | metric | " + " | ".join(f"NFE {n}" for n in nfes) + " | floor |",
             "|---|---|---|" + "---|" * len(nfes) + "---|",
@@ -346,6 +405,9 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         table: dict = {}
         for r in mine:
             table.setdefault((r["library"], r["sampler"], r.get("metric", "sliced-w2")), {})[r["nfe"]] = r
+            if "frechet" in r and r.get("metric") != "frechet":  # a checkpoint's FD, alongside the trajectory error
+                fd = {"distance": r["frechet"], "floor": r["frechet_floor"], "stochastic": False}
+                table.setdefault((r["library"], r["sampler"], "frechet (alongside)"), {})[r["nfe"]] = fd
         for (lib, label, metric), row in sorted(
             table.items(), key=lambda kv: (kv[0][0] != "unisde", kv[0][1], kv[0][2])
         ):

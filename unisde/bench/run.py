@@ -17,14 +17,16 @@ from unisde.bench.optimized import FULL_FIT, QUICK_FIT, FitSettings
 from unisde.bench.speed import (
     MEMORY_SHAPE,
     OVERHEAD_SHAPES,
+    PIPELINE_MODELS,
     QUICK_OVERHEAD_PAIRS,
     _memory,
     _overhead,
     _pipeline,
     _training,
+    check_device,
     overhead_pairs,
 )
-from unisde.bench.targets import TARGETS
+from unisde.bench.targets import CHECKPOINTS, TARGETS
 
 SECTIONS = ("accuracy", "overhead", "pipeline", "training")
 FULL_NFE = (4, 5, 6, 8, 10, 20, 50)  # the NFE at which the issue sets accuracy targets (unisde.bench.accuracy)
@@ -72,9 +74,27 @@ class BenchConfig:
     # script calling run_benchmarks with workers > 1 needs multiprocessing's `if __name__ == "__main__":` guard
     workers: int = 1
     # where the speed sections run ("cpu", "cuda", "cuda:1"); off the CPU: absolute step times and the pipeline
-    # ratio at SD-latent size (:meth:`on_device`), each timed call synchronised with the device
+    # ratio at SD-latent size (:func:`unisde.bench.speed.device_settings`), each timed call synchronised
     device: str = "cpu"
     pipeline_model: str = "digits"  # "digits": the bundled 8×8 UNet; "sd-latent": a random 4×64×64 UNet
+    # The trained checkpoint targets (unisde.bench.targets.CHECKPOINTS: digits-vp, digits-flow), each raced on the
+    # schedule it was trained with (unisde.bench.accuracy.measure_checkpoint). A float64 call of the digits UNet
+    # costs ~2 ms per sample single-threaded (4× float32), and each reference start ~1700 calls: these defaults keep
+    # the two checkpoint jobs near 5 core-minutes at the full preset.
+    checkpoint_nfe: tuple | None = None  # NFE budgets (None: ``nfe``)
+    checkpoint_trajectory: int = 4  # starts of the trajectory batch (float64 runs; the reference PF-ODE solves)
+    checkpoint_samples: int = 128  # starts of the Fréchet-distance batch (the trajectory batch is its first rows)
+    checkpoint_fd_dtype: str = "float32"  # the network's dtype in the FD runs (as a pipeline runs it)
+    checkpoint_twin_nfe: tuple | None = (5, 10)  # NFE at which unisde twins are raced on them (None: every NFE)
+    checkpoint_stochastic_nfe: tuple | None = (10,)  # NFE at which stochastic contestants get their FD (None: all)
+    checkpoint_spacing: str | None = "trailing"  # timestep_spacing of the DDPM-table race (None: diffusers' leading)
+    checkpoint_grid_variants: bool = False  # grid variants on the checkpoints (off: their cost)
+    # the reference solve's rtol = atol, and the looser check solve's: on the digits UNets the error grows ~rtol^0.85
+    # (4–6e-4 at 1e-6 against a 1e-7 solve), so a 3× looser check bounds it (a 10× one, ~1e-2, would not resolve NFE 50)
+    checkpoint_rtol: tuple = (1e-6, 3e-6)
+    checkpoint_start_rtol: float = 1e-6  # a start within this (relative) of a solved one reuses its reference
+    checkpoint_fit: FitSettings | None = None  # optimised-grid contestants on the checkpoints (None: none; cost)
+    contestants: tuple | None = None  # race only the contestants with these labels (None: every one; tests)
 
     @classmethod
     def full(cls, **overrides) -> "BenchConfig":
@@ -84,11 +104,12 @@ class BenchConfig:
     @classmethod
     def medium(cls, **overrides) -> "BenchConfig":
         """Every NFE with grid variants on the 2-D target (5000 samples); on the 64-D targets 500 samples, NFE 5, 10,
-        20, 50 and default grids."""
+        20, 50 and default grids; the trained checkpoints at NFE 5, 10, 20, 50."""
         base = dict(
             n_samples=500,
             n_samples_2d=5000,
             nfe_64d=(5, 10, 20, 50),
+            checkpoint_nfe=(5, 10, 20, 50),
             grid_variants_64d=False,
             workers=default_workers(),
         )
@@ -97,6 +118,9 @@ class BenchConfig:
 
     @classmethod
     def quick_preset(cls, **overrides) -> "BenchConfig":
+        """``unisde bench --quick`` (≤ 60 s): NFE 10 on the 2-D mixture, 10 and 20 on the 64-D Gaussian, default grids,
+        small samples and a reduced optimised-grid fit. No trained-checkpoint target (a float64 UNet race does not fit
+        the minute; ``--targets digits-vp,digits-flow`` adds them)."""
         base = dict(
             nfe=QUICK_NFE,
             nfe_64d=(10, 20),
@@ -146,11 +170,15 @@ class BenchConfig:
             "training_batch",
             "training_steps",
             "workers",
+            "checkpoint_trajectory",
         ):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
         overhead_pairs(self.overhead_pairs)  # unknown labels: a ValueError listing the valid ones
+        check_device(self.device)  # a device that is not here: a ValueError naming it, before any work
+        if self.pipeline_model not in PIPELINE_MODELS:
+            raise unknown_name_error("pipeline model", self.pipeline_model, PIPELINE_MODELS)
         if not self.overhead_shapes or any(
             not isinstance(s, (tuple, list)) or not s or any(not isinstance(n, int) or n < 1 for n in s)
             for s in (*self.overhead_shapes, self.memory_shape)
@@ -165,6 +193,28 @@ class BenchConfig:
             raise ValueError(f"n_trajectory must be a positive integer, got {self.n_trajectory!r}")
         if min(self.n_samples, self.n_samples_2d) < 2:
             raise ValueError(f"n_samples must be at least 2, got {min(self.n_samples, self.n_samples_2d)}")
+        if not isinstance(self.checkpoint_samples, int) or self.checkpoint_samples < 2:
+            raise ValueError(f"checkpoint_samples must be an integer >= 2, got {self.checkpoint_samples!r}")
+        if self.checkpoint_nfe is not None and (
+            not self.checkpoint_nfe or any(not isinstance(n, int) or n < 1 for n in self.checkpoint_nfe)
+        ):
+            raise ValueError(
+                f"checkpoint_nfe must be a non-empty list of positive integers, got {list(self.checkpoint_nfe)}"
+            )
+        if self.checkpoint_fd_dtype not in ("float32", "float64"):
+            raise ValueError(f"checkpoint_fd_dtype must be 'float32' or 'float64', got {self.checkpoint_fd_dtype!r}")
+        if self.checkpoint_spacing not in (None, "leading", "trailing", "linspace"):
+            raise ValueError(
+                f"checkpoint_spacing must be None, 'leading', 'trailing' or 'linspace', got {self.checkpoint_spacing!r}"
+            )
+        for key in ("checkpoint_twin_nfe", "checkpoint_stochastic_nfe"):
+            value = getattr(self, key)
+            if value is not None and any(not isinstance(n, int) or n < 1 for n in value):
+                raise ValueError(f"{key} must be None or a list of positive integers, got {list(value)}")
+        if len(self.checkpoint_rtol) != 2 or not 0 < self.checkpoint_rtol[0] < self.checkpoint_rtol[1] < 1:
+            raise ValueError(
+                f"checkpoint_rtol must be (rtol, check_rtol) with 0 < rtol < check_rtol < 1, got {self.checkpoint_rtol}"
+            )
         if self.nfe_64d is not None and (
             not self.nfe_64d or any(not isinstance(n, int) or n < 1 for n in self.nfe_64d)
         ):
@@ -172,6 +222,8 @@ class BenchConfig:
 
     def for_target(self, name: str) -> tuple[int, tuple, bool]:
         """(samples, NFE budgets, grid variants) used on target ``name``."""
+        if name in CHECKPOINTS:
+            return self.checkpoint_samples, tuple(self.checkpoint_nfe or self.nfe), self.checkpoint_grid_variants
         if name == "mixture-2d":
             return self.n_samples_2d, tuple(self.nfe), self.grid_variants
         variants = self.grid_variants if self.grid_variants_64d is None else self.grid_variants_64d
@@ -228,6 +280,20 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         "projections_2d": cfg.projections_2d,
         "grid_variants": cfg.grid_variants,
         "optimized_grids": cfg.fit.describe() if cfg.fit is not None else None,
+        "contestants": list(cfg.contestants) if cfg.contestants is not None else None,
+        "checkpoints": {
+            "nfe": list(cfg.checkpoint_nfe or cfg.nfe),
+            "samples": cfg.checkpoint_samples,
+            "trajectory": cfg.checkpoint_trajectory,
+            "fd_dtype": cfg.checkpoint_fd_dtype,
+            "twin_nfe": None if cfg.checkpoint_twin_nfe is None else list(cfg.checkpoint_twin_nfe),
+            "stochastic_nfe": None if cfg.checkpoint_stochastic_nfe is None else list(cfg.checkpoint_stochastic_nfe),
+            "spacing": cfg.checkpoint_spacing,
+            "grid_variants": cfg.checkpoint_grid_variants,
+            "reference_rtol": list(cfg.checkpoint_rtol),
+            "start_rtol": cfg.checkpoint_start_rtol,
+            "optimized_grids": cfg.checkpoint_fit.describe() if cfg.checkpoint_fit is not None else None,
+        },
         "overhead_pairs": [p[0] for p in overhead_pairs(cfg.overhead_pairs)],
         "overhead_shapes": [list(s) for s in cfg.overhead_shapes],
         "overhead_inference_steps": cfg.overhead_inference_steps,
@@ -242,5 +308,8 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s)",
         "threads": 1,
         "workers": cfg.workers if "accuracy" in cfg.sections else 1,
+        "device": cfg.device,
+        "device_name": torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device != "cpu" else None,
+        "pipeline_model": cfg.pipeline_model,
     }
     return results

@@ -36,7 +36,10 @@ def add_arguments(parser):
     )
     parser.add_argument("--nfe", default=None, help="comma-separated NFE budgets (overrides the preset)")
     parser.add_argument(
-        "--targets", default=None, help="comma-separated targets: mixture-2d, mixture-8x8, gaussian-8x8"
+        "--targets",
+        default=None,
+        help="comma-separated targets: mixture-2d, mixture-8x8, gaussian-8x8 (exact models) and the bundled "
+        "trained checkpoints digits-vp, digits-flow",
     )
     parser.add_argument("--samples", type=int, default=None, help="samples per distance (overrides the preset)")
     parser.add_argument(
