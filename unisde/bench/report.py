@@ -9,7 +9,7 @@ import os
 # The targets the issue sets (measured in the same run, reported in BENCHMARKS.md).
 OVERHEAD_TARGET = 0.8  # unisde/diffusers step() time (FlowMatch Euler: unisde.bench.speed.OVERHEAD_TARGETS)
 PIPELINE_TARGET = 1.0
-TRAINING_TARGET = 0.97
+TRAINING_TARGET = 1.0  # samples/s of unisde's training step over the diffusers-example loop's (the issue's ≥ 1.0)
 
 
 METRIC_NAMES = {
@@ -565,7 +565,7 @@ def render_markdown(results: dict, plot_relpath: str | None = None, command: str
             f"{train['steps']} interleaved steps each, median. unisde: `unisde.training.make_train_step` (ε, "
             "uniform_index); diffusers: the train_unconditional.py loop body.",
             "",
-            "| unisde (samples/s) | diffusers loop (samples/s) | ratio | target ≥ 0.97 |",
+            f"| unisde (samples/s) | diffusers loop (samples/s) | ratio | target ≥ {TRAINING_TARGET} |",
             "|---|---|---|---|",
             f"| {train['unisde_samples_per_s']:.1f} | {train['diffusers_samples_per_s']:.1f} | {train['ratio']:.3f} | "
             f"{'yes' if train['ratio'] >= TRAINING_TARGET else '**no**'} |",
