@@ -8,6 +8,7 @@ that equals (or, against the exact Gaussian denoiser, statistically matches) wha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -83,18 +84,27 @@ def corrupted(inner, start, at, fault, at_return=False):
         k += 1
 
 
-@pytest.fixture
-def faulty():
+@contextlib.contextmanager
+def registered(sampler_cls, plugin_name: str):
+    """``sampler_cls`` registered by a plugin ``plugin_name`` of distribution faulty-dist 9.9, for the block."""
     module = types.SimpleNamespace()
 
     @unisde.hookimpl
     def unisde_register_samplers(register):
-        register(FaultySampler)
+        register(sampler_cls)
 
     module.unisde_register_samplers = unisde_register_samplers
-    name = plugins.register_plugin(module, name="faulty-plugin", distribution="faulty-dist", version="9.9")
-    yield FaultySampler
-    plugins.unregister_plugin(name)
+    name = plugins.register_plugin(module, name=plugin_name, distribution="faulty-dist", version="9.9")
+    try:
+        yield sampler_cls
+    finally:
+        plugins.unregister_plugin(name)
+
+
+@pytest.fixture
+def faulty():
+    with registered(FaultySampler, "faulty-plugin"):
+        yield FaultySampler
     FaultySampler.fault = "nan"
 
 
@@ -136,15 +146,7 @@ class FaultyHeunSampler(EDMSampler):
 def test_a_nan_inner_point_of_a_two_stage_sampler_is_named_at_the_steps_end():
     """Inner points (Heun's predictor) are not probed on their own: the step's end finds the NaN one model
     evaluation later and names the sampler, not the model output it was fed."""
-    module = types.SimpleNamespace()
-
-    @unisde.hookimpl
-    def unisde_register_samplers(register):
-        register(FaultyHeunSampler)
-
-    module.unisde_register_samplers = unisde_register_samplers
-    name = plugins.register_plugin(module, name="faulty-heun-plugin", distribution="faulty-dist", version="9.9")
-    try:
+    with registered(FaultyHeunSampler, "faulty-heun-plugin"):
         sched = UnifiedScheduler(sampler="faulty_heun")
         sched.set_timesteps(3)
         assert 0 in sched._state.unprobed
@@ -158,8 +160,6 @@ def test_a_nan_inner_point_of_a_two_stage_sampler_is_named_at_the_steps_end():
             r"\(plugin 'faulty-heun-plugin', distribution faulty-dist 9\.9\) returned from finite model outputs",
         ):
             sched.step(toy_model(sched.scale_model_input(x, t1), t1), t1, x)
-    finally:
-        plugins.unregister_plugin(name)
 
 
 def test_a_sampler_failing_at_its_last_step_is_named(faulty):

@@ -23,6 +23,7 @@ import math
 import pytest
 import torch
 from diffusers import DEISMultistepScheduler, IPNDMScheduler, KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
+from law_checks import exact_moments as law_exact_moments
 
 import unisde
 from unisde import NoiseSchedule, get_sampler
@@ -526,27 +527,9 @@ def test_functional_api_lands_on_the_exact_flow(name):
 
 # ============================================================================ dpm_2_ancestral: the data law
 def exact_moments(sched, grid, options=None):
-    """(mean, variance) of dpm_2_ancestral's 1-d output from the exact marginal at t_0: the loop is affine in its
-    inputs for a Gaussian denoiser, so one run with zero noise draws that require grad gives both exactly."""
-    smp = get_sampler("dpm_2_ancestral")(sched, **(options or {}))
-    times = smp.prepare(grid)
-    t0 = float(grid[0])
-    s, sig = float(sched.s(t0)), float(sched.sigma(t0))
-    start = torch.full((1, 1), s * MU, dtype=torch.float64, requires_grad=True)
-    draws = []
-
-    def zero_noise(like):
-        z = torch.zeros_like(like, requires_grad=True)
-        draws.append(z)
-        return z
-
-    smp.noise_sampler = zero_noise
-    dist = Gaussian(torch.full((1,), MU), torch.tensor(V0))
-    t_list = [torch.tensor(float(t), dtype=torch.float64) for t in times]
-    out = run_loop(smp, start, lambda x, k: dist.denoise(x, t_list[k], sched))
-    grads = torch.autograd.grad(out.sum(), [start] + draws)
-    var = float(grads[0]) ** 2 * (s * s * V0 + sig * sig) + sum(float(g) ** 2 for g in grads[1:])
-    return float(out.detach()), var
+    """(mean, variance) of dpm_2_ancestral's 1-d output from the exact marginal at t_0, exactly
+    (:func:`law_checks.exact_moments`)."""
+    return law_exact_moments("dpm_2_ancestral", sched, grid, options, MU, V0)
 
 
 @pytest.mark.parametrize("case", ["vp-table/karras", "edm/karras"])

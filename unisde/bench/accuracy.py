@@ -252,6 +252,26 @@ class _LastRowFeeder(exact.NoiseFeeder):
         return w.reshape(shape).to(dtype=dtype, device=device)
 
 
+def _fed_run(scheduler, model, starts: torch.Tensor, budget: int, make_feeder):
+    """(prepared scheduler, (x, τ₀, y₀, draws, model calls)) of the largest run of ``scheduler`` from ``starts``
+    within ``budget`` model calls, every noise draw from a fresh ``make_feeder()``; (None, None) where none fits."""
+
+    def attempt(prepared):
+        feeder = make_feeder()
+        model.nfe = 0
+        x, tau0, y0 = exact.run_scheduler(prepared, model, starts, feeder=feeder)
+        return (x, tau0, y0, feeder.count, model.nfe), model.nfe
+
+    return _fit_budget(scheduler, budget, attempt)
+
+
+def _probe_rows_differ(x: torch.Tensor) -> bool:
+    """Whether the last two rows of a run (both started at z = 0, the last one alone fed random draws) differ: the
+    draws reach the output, so the contestant is stochastic."""
+    scale = max(1.0, float(x[-2].abs().max()))
+    return float((x[-1] - x[-2]).abs().max()) > 1e-12 * scale
+
+
 def measure_mixture(
     scheduler, model, dist, budget: int, z_traj: torch.Tensor, refs: exact.ReferenceCache, sampling: _SamplingMetric
 ) -> dict | None:
@@ -264,18 +284,11 @@ def measure_mixture(
     rows = z_traj.shape[0] + 2
     z = torch.cat([z_traj.reshape(-1, d), torch.zeros(2, d, dtype=torch.float64)]).reshape(rows, *event)
 
-    def attempt(prepared):
-        feeder = _LastRowFeeder(rows, d)
-        model.nfe = 0
-        x, tau0, y0 = exact.run_scheduler(prepared, model, z, feeder=feeder)
-        return (x, tau0, y0, feeder.count, model.nfe), model.nfe
-
-    prepared, result = _fit_budget(scheduler, budget, attempt)
+    prepared, result = _fed_run(scheduler, model, z, budget, lambda: _LastRowFeeder(rows, d))
     if prepared is None:
         return None
     x, tau0, y0, draws, calls = result
-    scale = max(1.0, float(x[-2].abs().max()))
-    stochastic = float((x[-1] - x[-2]).abs().max()) > 1e-12 * scale
+    stochastic = _probe_rows_differ(x)
     base = {
         "num_inference_steps": prepared.num_inference_steps,
         "draws": draws,
@@ -458,19 +471,12 @@ def measure_checkpoint(
         starts = torch.cat([starts, torch.zeros(2, d, dtype=torch.float64)])
     starts = starts.reshape(starts.shape[0], *event)
 
-    def attempt(prepared):
-        feeder = _CheckpointFeeder(n, d, probes=probes)
-        model.nfe = 0
-        x, tau0, y0 = exact.run_scheduler(prepared, model, starts, feeder=feeder)
-        return (x, tau0, y0, feeder.count, model.nfe), model.nfe
-
-    prepared, result = _fit_budget(scheduler, budget, attempt)
+    prepared, result = _fed_run(scheduler, model, starts, budget, lambda: _CheckpointFeeder(n, d, probes=probes))
     if prepared is None:
         return None
     x, tau0, y0, draws, calls = result
     if probes:
-        scale = max(1.0, float(x[-2].abs().max()))
-        state["stochastic"] = float((x[-1] - x[-2]).abs().max()) > 1e-12 * scale
+        state["stochastic"] = _probe_rows_differ(x)
     if state["stochastic"]:
         return fd.sampled(scheduler, budget) if fd_budget else None
     ref = refs.get(tau0, y0[:n])

@@ -149,12 +149,12 @@ class ExactModel:
         if isinstance(sigma_ve, torch.Tensor):
             flat = sigma_ve.reshape(-1)
             if flat.numel() > 1 and not bool((flat == flat[0]).all()):
-                raise ValueError("ExactModel.denoise_ve needs one noise level σ̃ for the whole batch")
+                raise ValueError(f"{type(self).__name__}.denoise_ve needs one noise level σ̃ for the whole batch")
             value = float(flat[0])
         else:
             value = float(sigma_ve)
         if not value > 0:
-            raise ValueError(f"ExactModel.denoise_ve needs a noise level σ̃ > 0, got {value}")
+            raise ValueError(f"{type(self).__name__}.denoise_ve needs a noise level σ̃ > 0, got {value}")
         if value not in self._ve_times:
             t = self.schedule.t_from_sigma(torch.tensor(value, dtype=torch.float64)).reshape(())
             self._ve_times[value] = (t, float(self.schedule.s(t)))
@@ -332,9 +332,9 @@ class CheckpointModel(ExactModel):
     """A trained checkpoint with the face the race expects of a model (:class:`ExactModel`'s): ``model(model_input,
     timestep)`` → the network's raw output (what a pipeline feeds it, passed through; the network runs in ``dtype``,
     float64 by default, and the output is returned in the input's dtype), ``nfe`` counting every call,
-    ``parameterization`` / ``schedule`` (the bench's, checked to be the checkpoint's own), ``denoise_ve`` for
-    k-diffusion's functions, and ``distribution`` (``denoise(x, t, schedule)``, the network in ``dtype``) for the
-    unisde twins run as k-diffusion's are."""
+    ``parameterization`` / ``schedule`` (the bench's, checked to be the checkpoint's own), ``denoise_ve``
+    (inherited, on ``distribution``) for k-diffusion's functions, and ``distribution`` (``denoise(x, t,
+    schedule)``, the network in ``dtype``) for the unisde twins run as k-diffusion's are."""
 
     def __init__(self, checkpoint: Checkpoint, parameterization, schedule, dtype=torch.float64):
         checkpoint.check_schedule(schedule, parameterization)
@@ -345,26 +345,6 @@ class CheckpointModel(ExactModel):
         self.nfe = 0
         self._times: dict = {}
         self._ve_times: dict = {}
-
-    def denoise_ve(self, x_ve: torch.Tensor, sigma_ve) -> torch.Tensor:
-        """D(x̃; σ̃) of the network (Karras et al. 2022, eq. 3 [EDM]): x̂0 at x = s(t) x̃, t = t(σ̃). Counted in
-        ``nfe``."""
-        if isinstance(sigma_ve, torch.Tensor):
-            flat = sigma_ve.reshape(-1)
-            if flat.numel() > 1 and not bool((flat == flat[0]).all()):
-                raise ValueError("CheckpointModel.denoise_ve needs one noise level σ̃ for the whole batch")
-            value = float(flat[0])
-        else:
-            value = float(sigma_ve)
-        if not value > 0:
-            raise ValueError(f"CheckpointModel.denoise_ve needs a noise level σ̃ > 0, got {value}")
-        if value not in self._ve_times:
-            t = self.schedule.t_from_sigma(torch.tensor(value, dtype=torch.float64)).reshape(())
-            self._ve_times[value] = (t, float(self.schedule.s(t)))
-        t, s = self._ve_times[value]
-        self.nfe += 1
-        x0 = self.checkpoint.denoise(x_ve.to(torch.float64) * s, t, self.schedule, self.dtype)
-        return x0.to(x_ve.dtype)
 
     def __call__(self, model_input: torch.Tensor, timestep, *args, **kwargs) -> torch.Tensor:
         self.nfe += 1

@@ -822,7 +822,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         and not returned (``return_pred_original_sample=False``), so α = c_x + c_D a and β = c_D b (float64).
         One pass per step where α = 1, as FlowMatch Euler's x + (σ' − σ) u; None when this does not apply."""
         steps = sampler.affine_steps
-        if steps is None or self.config.return_pred_original_sample or self._clip is not None:
+        if steps is None or self._returns_x0 or self._clip is not None:
             return None
         if self._threshold is not None:
             return None
