@@ -138,3 +138,32 @@ def test_a_fit_is_shared_by_configs_with_the_same_noise_schedule():
     first.scheduler.set_timesteps(4)
     second.scheduler.set_timesteps(4)
     assert first.scheduler._sampler.grid == second.scheduler._sampler.grid
+
+
+def test_gaussian_targets_also_fit_the_high_nfe_samplers_up_to_their_own_limit():
+    # above max_nfe only samplers_gaussian_high, only on a Gaussian target, only up to max_nfe_gaussian (the 2-D
+    # mixture's race at NFE 20 above fits nothing: test_the_optimised_contestant_is_scored_on_starts_it_was_not_…)
+    from dataclasses import replace
+
+    from unisde.bench.accuracy import accuracy_config
+    from unisde.bench.contestants import _unified
+    from unisde.bench.optimized import optimized_contestants
+
+    settings = replace(
+        SMALL,
+        samplers_gaussian_high=(("dpmsolver++", {}),),
+        max_nfe_gaussian=12,
+        calibration_gaussian=8,
+        holdout=4,
+        descents_gaussian=1,
+        starts=(),
+    )
+    cfg = accuracy_config("flow")
+    gaussian = make_target("gaussian-8x8")
+    fitted = optimized_contestants(cfg, gaussian, _unified(cfg).noise_schedule, (4, 12, 20), settings)
+    assert [(f.budget, f.contestant.label) for f in fitted] == [(4, label("unipc", {})), (12, label("dpmsolver++", {}))]
+    high = fitted[1]
+    assert not isinstance(high.scheduler, Exception), high.scheduler
+    assert high.fit["holdout_error"] <= high.fit["default_holdout_error"]
+    high.scheduler.set_timesteps(len(high.fit["times"]))
+    assert len(high.scheduler.timesteps) == 12 and high.scheduler.config.time_grid == "optimized"

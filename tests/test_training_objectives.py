@@ -234,3 +234,27 @@ def test_make_train_step_learns():
         loss = step(batch, gen)
         assert loss.ndim == 0 and torch.isfinite(loss)
     assert eval_loss() < 0.7 * before
+
+
+def test_adamw_is_torchs_adamw_fused_on_the_cpu_with_the_same_update():
+    from unisde.training.objectives import adamw
+
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)]
+    models[1].load_state_dict(models[0].state_dict())
+    hyper = dict(lr=1e-2, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    ours = adamw(models[0].parameters(), **hyper)
+    plain = torch.optim.AdamW(models[1].parameters(), **hyper)
+    assert ours.defaults["fused"] is True and not plain.defaults.get("fused")
+    x = torch.randn(16, 5)
+    for _ in range(5):
+        for model, opt in zip(models, (ours, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(models[0].weight, torch.nn.Linear(5, 3).weight)
+    # parameter groups are taken as torch takes them
+    groups = [{"params": [models[0].weight]}, {"params": [models[0].bias], "lr": 0.0}]
+    assert [g["lr"] for g in adamw(groups, lr=1e-3).param_groups] == [1e-3, 0.0]

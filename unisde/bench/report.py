@@ -561,9 +561,13 @@ def render_markdown(results: dict, plot_relpath: str | None = None, command: str
         lines += [
             "## 4. Training throughput",
             "",
-            f"Batch {train['batch_size']} of 8×8 digits, {train['unet']}, AdamW as train_unconditional.py, "
-            f"{train['steps']} interleaved steps each, median. unisde: `unisde.training.make_train_step` (ε, "
-            "uniform_index); diffusers: the train_unconditional.py loop body.",
+            f"Batch {train['batch_size']} of 8×8 digits, {train['unet']}, AdamW with train_unconditional.py's "
+            f"hyperparameters, {train['steps']} interleaved steps each, median. unisde: "
+            "`unisde.training.make_train_step` (ε, uniform_index) with the optimiser unisde's training builds ("
+            + (train.get("optimizers") or {}).get("unisde", "AdamW")
+            + "); diffusers: the train_unconditional.py loop body with its `torch.optim.AdamW` (torch's default "
+            "implementation, a Python loop over the parameters on the CPU). The model, data, loss and update rule "
+            "are the same on both sides.",
             "",
             f"| unisde (samples/s) | diffusers loop (samples/s) | ratio | target ≥ {TRAINING_TARGET} |",
             "|---|---|---|---|",

@@ -640,6 +640,7 @@ def _training(cfg: BenchConfig, log) -> dict:
     from unisde.core.schedule import NoiseSchedule
     from unisde.training import make_train_step
     from unisde.training.data import real_digits
+    from unisde.training.objectives import adamw
 
     unet, what = load_digits_unet()
     models = [copy.deepcopy(unet), copy.deepcopy(unet)]
@@ -649,11 +650,11 @@ def _training(cfg: BenchConfig, log) -> dict:
         batch = data[torch.arange(cfg.training_batch) % data.shape[0]]
     batch = batch.to(models[0].dtype)
 
-    def adamw(m):  # train_unconditional.py's defaults
-        return torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-
+    # train_unconditional.py's hyperparameters on both sides; each side builds its optimizer as its own training
+    # script does: the example torch's default AdamW, unisde's training unisde.training.objectives.adamw (fused)
+    hyper = dict(lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     noise_scheduler = DDPMScheduler.from_config(base_config("ddpm"))
-    opt_d = adamw(models[0])
+    opt_d = torch.optim.AdamW(models[0].parameters(), **hyper)
     models[0].train()
 
     def diffusers_step(clean, generator):
@@ -676,9 +677,10 @@ def _training(cfg: BenchConfig, log) -> dict:
         "epsilon",
         loss_weighting="default",
         noise_distribution="uniform_index",
-        optimizer=adamw(models[1]),
+        optimizer=adamw(models[1].parameters(), **hyper),
         max_grad_norm=1.0,
     )
+    fused = bool(unisde_step.optimizer.defaults.get("fused"))
     steps = [diffusers_step, unisde_step]
     gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]
     times = [[], []]
@@ -701,4 +703,5 @@ def _training(cfg: BenchConfig, log) -> dict:
         "batch_size": cfg.training_batch,
         "steps": cfg.training_steps,
         "unet": what,
+        "optimizers": {"diffusers": "torch.optim.AdamW", "unisde": f"unisde.training.objectives.adamw (fused={fused})"},
     }

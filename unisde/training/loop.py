@@ -45,6 +45,7 @@ from unisde.training.objectives import (
     FLOW_NOISE_DISTRIBUTIONS,
     WEIGHTING_SCHEMES,
     DenoisingScoreMatching,
+    adamw,
     canonical_loss_weighting,
     canonical_noise_distribution,
     check_flow_density_options,
@@ -624,7 +625,7 @@ def train(args, *, before_commit=None) -> TrainResult:
             model_cls=UNet2DModel,
             model_config=model.config,
         )
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         model.parameters(),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
