@@ -100,3 +100,27 @@ def test_bad_calls_are_clear_errors():
         unisde.sample(None, torch.zeros(1, 2), num_inference_steps=3)
     with pytest.raises(ValueError, match="exactly one of num_inference_steps, timesteps or sigmas"):
         unisde.sample(lambda x, t: x, torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize(
+    "sampler, options",
+    [("ddim", {"eta": 1.0}), ("ddim", {"eta": 0.7, "ancestral": "rf"}), ("dpm_2_ancestral", {}), ("lcm", {})],
+)
+def test_a_callers_noise_is_never_written_to_and_gives_the_samplers_own_draws_values(sampler, options):
+    # ancestral steps form the next sample in their own fresh draw's buffer (Sampler.noised); a draw handed in by
+    # a noise_sampler must come back untouched, and the same draws must give the same sample bit for bit
+    schedule = NoiseSchedule.vp_linear()
+    model, _ = _model(schedule, "epsilon")
+    noise = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    kwargs = dict(schedule=schedule, sampler=sampler, num_inference_steps=6, sampler_options=options)
+    own = unisde.sample(model, noise, generator=torch.Generator().manual_seed(1), **kwargs)
+    replay, handed = torch.Generator().manual_seed(1), []
+
+    def noise_sampler(like):
+        z = torch.randn(like.shape, generator=replay, dtype=like.dtype)
+        handed.append((z, z.clone()))
+        return z
+
+    given = unisde.sample(model, noise, noise_sampler=noise_sampler, **kwargs)
+    assert handed and all(torch.equal(z, kept) for z, kept in handed)
+    assert torch.equal(own, given)

@@ -42,7 +42,7 @@ from typing import Any, Callable, ClassVar, Generator
 
 import torch
 
-from unisde._tensor import closest
+from unisde._tensor import closest, scaled, scaled_
 from unisde.core.kernels import (  # noqa: F401
     grid_coefficients,
     lincomb,
@@ -238,6 +238,18 @@ class Sampler(abc.ABC):
         return randn_tensor(
             sample.shape, generator=generator or self.generator, device=sample.device, dtype=sample.dtype
         )
+
+    def noised(self, like: torch.Tensor, std: float, *terms) -> torch.Tensor:
+        """std·z + Σ c·y over ``terms`` ((y, c) pairs, c a Python float) for a fresh standard normal draw z shaped
+        like ``like`` (:meth:`noise_like`): an ancestral step's next sample. Formed in the draw's own buffer when the
+        sampler draws it (one sample-sized allocation per step, the draw's, where a combination followed by an added
+        draw takes two); a caller's noise (the functional API's ``noise_sampler``) is never written to. The same
+        kernels in the same order either way, so the same values."""
+        z = self.noise_like(like)
+        out = scaled_(z, std) if self.noise_sampler is None else scaled(z, std)
+        for y, c in terms:
+            out.add_(y, alpha=c)
+        return out
 
     def eta_value(self, default_key: str = "eta") -> float:
         """The stochasticity to use: the sampler option when the user set it, else a pipeline's ``eta``."""

@@ -99,10 +99,8 @@ class LCMSampler(Sampler):
             self.output_denoised = f
             if k == n - 1:  # the last step returns f itself and draws no noise (diffusers' LCMScheduler)
                 x = f
-            elif self.noise_sampler is None:  # a fresh draw of its own: combined in the draw's buffer (one less)
-                x = lincomb_(self.noise_like(x), self.sigma_next[k], f, self.s_next[k])
-            else:  # the caller's noise (the functional API's noise_sampler) is never written to
-                x = lincomb(f, self.s_next[k], self.noise_like(x), self.sigma_next[k])
+            else:  # formed in its own fresh draw's buffer (a caller's noise is never written to)
+                x = self.noised(x, self.sigma_next[k], (f, self.s_next[k]))
         return x
 
 

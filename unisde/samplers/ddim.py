@@ -118,14 +118,17 @@ class DDIMSampler(Sampler):
             # x' = s' x̂0 + √(σ'² − std²) ε̂ + std z with ε̂ = (x − s x̂0)/σ
             direction = math.sqrt(max(self.var_n[i] - std * std, 0.0)) / self.sigma_t[i]
             x0_for_eps = self.renoise_denoised(denoised)
-            if x0_for_eps is denoised:  # no clipping in between: two passes
-                x_next = lincomb(x, direction, denoised, self.s_n[i] - direction * self.s_t[i])
+            if x0_for_eps is denoised:  # no clipping in between: two terms
+                terms = ((x, direction), (denoised, self.s_n[i] - direction * self.s_t[i]))
             else:  # ε̂ from another x̂0 (unclipped: diffusers' default; unconditional: CFG++) than the data term's
-                x_next = lincomb(x, direction, x0_for_eps, -direction * self.s_t[i])
-                x_next.add_(denoised, alpha=self.s_n[i])
-            if eta > 0 and self.opts["ancestral"] == "ddim":
-                x_next.add_(self.noise_like(x), alpha=std * self.opts["s_noise"])
-            elif eta > 0 and self.tau[i + 1] > 0 and self.opts["s_noise"] > 0:  # rf: no draw into the clean end
-                x_next.add_(self.noise_like(x), alpha=std * self.opts["s_noise"])
-            x = x_next
+                terms = ((x, direction), (x0_for_eps, -direction * self.s_t[i]), (denoised, self.s_n[i]))
+            # (rf: no draw into the clean end)
+            draws = eta > 0 and (self.opts["ancestral"] == "ddim" or (self.tau[i + 1] > 0 and self.opts["s_noise"] > 0))
+            if draws:
+                x = self.noised(x, std * self.opts["s_noise"], *terms)
+            else:
+                (y0, c0), (y1, c1), *rest = terms
+                x = lincomb(y0, c0, y1, c1)
+                for y, c in rest:
+                    x.add_(y, alpha=c)
         return x

@@ -112,13 +112,16 @@ class DPM2Sampler(Sampler):
             x, denoised = yield x  # at σ̃_i
             if second is None:  # Euler to σ̃ = 0
                 x = _affine(x, a, denoised, b)
+                if self.noise[i] > 0:  # ancestral: back up to σ̃_{i+1} with fresh noise
+                    x = x.add_(self.noise_like(x), alpha=self.noise[i])
             else:
                 x_i = x
                 x_mid, denoised_mid = yield lincomb(x_i, a, denoised, b)  # at the midpoint σ̃_m = √(σ̃_i σ̃_T)
                 c_x, c_m, c_d = second
-                x = scaled(x_i, c_x).add_(x_mid, alpha=c_m).add_(denoised_mid, alpha=c_d)
-            if self.noise[i] > 0:  # ancestral: back up to σ̃_{i+1} with fresh noise
-                x = x.add_(self.noise_like(x), alpha=self.noise[i])
+                if self.noise[i] > 0:  # ancestral: back up to σ̃_{i+1} with fresh noise
+                    x = self.noised(x_i, self.noise[i], (x_i, c_x), (x_mid, c_m), (denoised_mid, c_d))
+                else:
+                    x = scaled(x_i, c_x).add_(x_mid, alpha=c_m).add_(denoised_mid, alpha=c_d)
         return x
 
 
