@@ -694,3 +694,30 @@ def test_any_configuration_is_a_clear_error_or_a_finite_result(case):
     twin = UnifiedScheduler.from_config(sched.config)
     twin.set_timesteps(steps)
     assert torch.equal(twin.timesteps, sched.timesteps) and _same_schedule(twin.noise_schedule, sched.noise_schedule)
+
+
+@pytest.mark.parametrize("skip_prk_steps", [True, False])
+def test_pndm_reads_the_models_eps_without_writing_to_it(skip_prk_steps):
+    """An ε-model's output is PNDM's ε̂ itself (Sampler.model_eps: no pass re-forming it from x̂0), kept in its
+    history and never written to; the run agrees with one that re-forms ε̂ (the functional API) to rounding."""
+    import diffusers
+
+    ref = diffusers.PNDMScheduler(skip_prk_steps=skip_prk_steps)
+    sched = UnifiedScheduler.from_config(ref.config)
+    sched.set_timesteps(8)
+    model = gaussian_model(sched, torch.float64)
+    x = start((4, 8), dtype=torch.float64) * sched.init_noise_sigma
+    outputs = []
+    for t in sched.timesteps:
+        out = model(sched.scale_model_input(x, t), t)
+        outputs.append((out, out.clone()))
+        x = sched.step(out, t, x).prev_sample
+    assert all(torch.equal(out, kept) for out, kept in outputs)
+    again = UnifiedScheduler.from_config(ref.config)
+    again._eps_output = False  # ε̂ re-formed as (x − s x̂0)/σ
+    again.set_timesteps(8)
+    y = start((4, 8), dtype=torch.float64) * again.init_noise_sigma
+    for t in again.timesteps:
+        y = again.step(model(again.scale_model_input(y, t), t), t, y).prev_sample
+    torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(x, y)  # the shortcut was taken: the two differ by rounding

@@ -416,6 +416,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._clip = float(clip_sample_range) if clip_sample and not thresholding else None
         self._check = bool(check_finite)
         self._returns_x0 = return_pred_original_sample
+        # the model output is ε̂ itself where the model predicts ε and x̂0 is not clipped or thresholded
+        self._eps_output = self.parameterization.name == "epsilon" and self._clip is None and self._threshold is None
         self.timesteps = None
         self.num_inference_steps = None
         self.sigmas = None
@@ -960,7 +962,9 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                 denoised = self._postprocess(raw)
             if use_clipped_model_output is not None and "use_clipped_model_output" in sampler.opts:
                 sampler.opts["use_clipped_model_output"] = bool(use_clipped_model_output)
-            prev = self._advance(k, sample, denoised, raw, extra, generator, eta, st)
+            # the model's own ε where x̂0 was made from it unchanged: a sampler needing ε̂ may take it (Sampler.model_eps)
+            eps = model_output if self._eps_output and extra is None else None
+            prev = self._advance(k, sample, denoised, raw, extra, generator, eta, st, eps)
         if self._check and k in st.unprobed:
             if sample.is_cpu:  # to name it if the step's end finds NaN (_non_finite_reason); elsewhere its flag does
                 st.inner_outputs.append((k, model_output))
@@ -1051,7 +1055,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             "call set_timesteps in the thread that steps."
         )
 
-    def _advance(self, k, sample, denoised, raw, extra, generator, eta, state=None):
+    def _advance(self, k, sample, denoised, raw, extra, generator, eta, state=None, model_eps=None):
         """Send evaluation k's (sample, x̂0) into the sampler's loop and return the sample it asks for next (or its
         final sample), checked to be a tensor like the sample. A loop is (re)started when evaluation k is not the
         one the running loop waits for: the first call, or a pipeline entering the grid mid-way (img2img). An
@@ -1059,6 +1063,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         st = self._state if state is None else state
         sampler = st.sampler
         sampler.generator, sampler.pipeline_eta, sampler.raw_denoised, sampler.extra = generator, eta, raw, extra
+        sampler.model_eps = model_eps
         try:
             if st.loop is None or k != st.loop_next:
                 st.loop = sampler.loop(sample, k)
@@ -1070,7 +1075,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
             else:
                 st.loop_next = k + 1
             # read during the send only: not kept alive through the next model call
-            sampler.raw_denoised = sampler.extra = None
+            sampler.raw_denoised = sampler.extra = sampler.model_eps = None
             check_sampler_output(sampler, prev, sample, k)
         except Exception as exc:
             st.loop, st.step_index = None, None

@@ -26,8 +26,10 @@ Life cycle:
    correctors) lists each of them, as diffusers' Heun lists its timesteps twice.
 3. ``loop(x, start)`` runs from evaluation ``start`` (0, or where an img2img pipeline enters the grid; a
    multistep method then builds its history up again from there). During a ``send`` the driver also sets
-   :attr:`generator`, :attr:`pipeline_eta`, :attr:`raw_denoised` (x̂0 before clipping) and :attr:`extra` (extra
-   output channels, e.g. a learned variance), and :meth:`noise_like` draws from the current generator (or the
+   :attr:`generator`, :attr:`pipeline_eta`, :attr:`raw_denoised` (x̂0 before clipping), :attr:`extra` (extra
+   output channels, e.g. a learned variance) and :attr:`model_eps` (the model's own output where it predicts ε
+   and x̂0 was made from it unchanged, else None: ε̂ = (x − s x̂0)/σ to rounding, without the pass that forms it;
+   the caller's tensor, never to be written to), and :meth:`noise_like` draws from the current generator (or the
    ``noise_sampler`` the functional API was given). A sampler with ``needs_uncond = True`` (the CFG++ samplers,
    :mod:`unisde.samplers.cfg_pp`) receives the guided x̂0 as ``denoised`` and reads the unconditional one from
    :attr:`uncond_denoised` (:meth:`Sampler.unconditional`), which only :func:`unisde.sample` sets.
@@ -175,6 +177,7 @@ class Sampler(abc.ABC):
         self.pipeline_eta: float | None = None
         self.raw_denoised: torch.Tensor | None = None
         self.extra: torch.Tensor | None = None
+        self.model_eps: torch.Tensor | None = None
         self.uncond_denoised: torch.Tensor | None = None
         self.affine_steps: list[tuple[float, float]] | None = None
 

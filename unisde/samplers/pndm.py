@@ -80,6 +80,7 @@ class PNDMSampler(Sampler):
     description = "PLMS: 4th-order Adams–Bashforth on ε̂ in DDIM's transfer, diffusers' PNDM (RK warm-up optional)"
     default_grid = "config"
     final_from_config = True  # honours set_alpha_to_one=False (end at index 0), as diffusers' PNDM does
+    eps_is_model_eps = False  # set by prepare: whether ε̂ of the view is the model's ε (see _eps)
     options = {
         "prk_warmup": Option(
             False,
@@ -141,6 +142,7 @@ class PNDMSampler(Sampler):
             self.transfer_here.append((s[b], sigma[b], sigma[b] - s[b] * sigma[e] / s[e]))
             self.eps_coefs.append((1.0 / sigma[e], -s[e] / sigma[e]))
         self.restart = self._restart_steps(s, sigma, evals) if not self.prk_steps else []
+        self.eps_is_model_eps = self.view == "ve"  # c = s: ε̂ is the forward process's ε (the flow view's is not)
         return times[torch.tensor(evals)]
 
     @staticmethod
@@ -180,7 +182,7 @@ class PNDMSampler(Sampler):
                 total = None  # Σ w_j (ε̂_j − ε̂_i) with weights 1/3, 1/3, 1/6 (ε̂_i's 1/6 makes them sum to 1)
                 for stage, weight in ((1, 1 / 3), (2, 1 / 3), (3, 1 / 6)):
                     x, denoised = yield x
-                    delta = self._eps(k + stage, x, denoised).sub_(eps_a)
+                    delta = torch.sub(self._eps(k + stage, x, denoised), eps_a)
                     total = scaled(delta, weight) if total is None else total.add_(delta, alpha=weight)
                     x = self._transfer(self.transfer[k + stage], denoised_a, eps_a, total if stage == 3 else delta)
                 k += 4
@@ -282,5 +284,9 @@ class PNDMSampler(Sampler):
         return x if delta is None else x.add_(delta, alpha=k)
 
     def _eps(self, k, x, denoised):
-        """ε̂ = (x − s D)/σ at call k's evaluation point."""
+        """ε̂ = (x − c D)/σ at call k's evaluation point (c the view's scale), called during the send of that
+        evaluation: in the VE view (c = s) the model's own ε where the driver passes it (:attr:`model_eps`; the
+        caller's tensor, read only), as diffusers' PNDM reads it."""
+        if self.model_eps is not None and self.eps_is_model_eps:
+            return self.model_eps
         return lincomb(x, self.eps_coefs[k][0], denoised, self.eps_coefs[k][1])
