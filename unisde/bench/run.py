@@ -85,7 +85,7 @@ class BenchConfig:
     checkpoint_trajectory: int = 4  # starts of the trajectory batch (float64 runs; the reference PF-ODE solves)
     checkpoint_samples: int = 128  # starts of the Fréchet-distance batch (the trajectory batch is its first rows)
     checkpoint_fd_dtype: str = "float32"  # the network's dtype in the FD runs (as a pipeline runs it)
-    checkpoint_twin_nfe: tuple | None = (5, 10)  # NFE at which unisde twins are raced on them (None: every NFE)
+    checkpoint_twin_nfe: tuple | None = None  # NFE at which unisde twins are raced on them (None: every NFE)
     checkpoint_stochastic_nfe: tuple | None = (10,)  # NFE at which stochastic contestants get their FD (None: all)
     checkpoint_spacing: str | None = "trailing"  # timestep_spacing of the DDPM-table race (None: diffusers' leading)
     checkpoint_grid_variants: bool = False  # grid variants on the checkpoints (off: their cost)

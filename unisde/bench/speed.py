@@ -189,8 +189,9 @@ _RANDOM_OPS = frozenset({"normal", "normal_", "randn", "randn_like"})
 def _noise_per_call(scheduler, sample, model_output, steps: int) -> tuple[float, float]:
     """Per ``step()`` call over one loop of ``steps`` inference steps, untimed: (standard normal numbers drawn outside
     any Brownian tree, in units of the sample's size — torch's random ops counted by a dispatch mode; seconds spent
-    in Brownian-tree queries — diffusers' ``BrownianTreeNoiseSampler``, which unisde's ``dpmpp_sde`` queries too,
-    timed in a second loop without the dispatch mode)."""
+    in Brownian-tree queries — diffusers' ``BrownianTreeNoiseSampler`` (torchsde), timed in a second loop without the
+    dispatch mode; unisde's ``dpmpp_sde`` draws the same numbers from its own tree, :mod:`unisde.samplers.brownian`,
+    whose draws are counted as plain draws)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     try:

@@ -1077,10 +1077,11 @@ class CosineDPMSolverMultistepConverter(EDMDPMSolverMultistepConverter):
     ``edm`` parameterisation with ``c_noise="atan"`` and the config's ``prediction_type``. With σ_data = 1 this is
     v-prediction on the cosine process s = cos(πτ/2), σ = sin(πτ/2) fed τ = 2/π · atan σ̃ — hence the name. The
     solver is always SDE-DPM-Solver++ 1–2M (Lu et al. 2022b [DPMSolver++]), its noise the increments of one
-    Brownian path over [σ_min, σ_max] seeded by the step generator's ``initial_seed()`` (torchsde; a fresh random
-    seed without a generator, so only seeded runs repeat), queried at the σ̃ levels computed in float32 as the class
-    computes them (the grids' ``float32`` option). ``solver_order=3`` is refused: the class has no
-    third-order step (its ``step()`` fails there)."""
+    Brownian path over [σ_min, σ_max] seeded by the step generator's ``initial_seed()``
+    (:mod:`unisde.samplers.brownian`: torchsde's path bit for bit; a fresh random seed without a generator, so only
+    seeded runs repeat), queried at the σ̃ levels computed in float32 as the class computes them (the grids'
+    ``float32`` option). ``solver_order=3`` is refused: the class has no third-order step (its ``step()`` fails
+    there)."""
 
     name = "CosineDPMSolverMultistepScheduler"
     accepts = {

@@ -143,7 +143,7 @@ class DPMSolverPlusPlus(Sampler):
             (str,),
             "the SDE forms' fresh noise: gaussian (drawn from the step's generator, as diffusers' "
             "DPMSolverMultistep) or brownian_tree (increments of one Brownian path over σ̃ seeded by the "
-            "generator's initial seed, as diffusers' CosineDPMSolverMultistep; needs torchsde)",
+            "generator's initial seed, as diffusers' CosineDPMSolverMultistep, bit for bit)",
             choices=("gaussian", "brownian_tree"),
         ),
         "exact_zero_snr": Option(
