@@ -106,6 +106,25 @@ QUICK_FIT = FitSettings(
 )
 
 
+CHECKPOINT_FIT = FitSettings(
+    samplers=(("unipc", {}),),
+    calibration=8,
+    holdout=4,
+    candidates=20,
+    starts=(),
+    descents=1,
+    descents_64d=1,
+    samplers_gaussian_high=(),
+    reference_rtol=1e-2,
+    note="on the trained checkpoints a reduced fit (a float64 UNet call costs ~2 ms per sample): one sampler (unipc), "
+    "20 candidate times, 8 calibration starts, at most 2 descent sweeps per step size, no extra descent starts",
+    extra={"max_sweeps": 2},
+)
+"""The fit of the trained checkpoint targets (``BenchConfig.checkpoint_fit``): ~15 s per NFE on one core. Measured on
+digits-flow, a larger one (16 starts, 30 candidates, 3 sweeps, gradient estimation too) took 5× as long and won
+the same cells (NFE 8 and 10)."""
+
+
 def label(sampler: str, options: dict) -> str:
     """The race label of an optimised-grid contestant, e.g. ``dpmsolver++[solver_order=3, grid=optimized]``."""
     bits = [f"{k}={v}" for k, v in options.items()] + [f"grid={GRID}"]

@@ -170,6 +170,7 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
     from unisde.bench.optimized import markdown_lines as optimized_markdown
 
     setup = results.get("setup", {})
+    ckpt_fit = (setup.get("checkpoints") or {}).get("optimized_grids")
     records = results.get("accuracy") or []
     lines = [
         "## 1. Accuracy per model evaluation",
@@ -210,8 +211,16 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         "and is the metric of stochastic contestants, against its floor (n real digits against the other 1797 − n, "
         "mean ± sd of three splits). The batch sizes, the NFE of the twins and of the stochastic contestants are in "
         "the targets table; they are set by cost (a float64 call of the UNet costs ~2 ms per sample on one core, and "
-        "a reference start ~1700 calls), which also keeps optimised grids off the checkpoints by default (one reduced "
-        "fit of `unipc` took 18 s at NFE 5 and 62 s at NFE 10 on one core; `BenchConfig.checkpoint_fit` enables them).",
+        "a reference start ~1700 calls), which also keeps the optimised grids on the checkpoints to a reduced fit "
+        "(`BenchConfig.checkpoint_fit`: "
+        + (
+            f"{', '.join(e[0] for e in ckpt_fit['samplers'])} at NFE ≤ {ckpt_fit['max_nfe']}, "
+            f"{ckpt_fit['calibration']} calibration starts, {ckpt_fit['candidates']} candidate times, "
+            f"the PF-ODE reference to a relative {ckpt_fit['reference_rtol']:g}"
+            if ckpt_fit
+            else "off in this run"
+        )
+        + ").",
         "",
         "NFE counts every model call (the model counts them); each contestant runs the largest `num_inference_steps` "
         "whose calls fit the budget.",

@@ -13,7 +13,7 @@ import torch
 from unisde._tensor import unknown_name_error
 from unisde.bench.accuracy import _accuracy
 from unisde.bench.contestants import SCHEDULES, kdiffusion_available
-from unisde.bench.optimized import FULL_FIT, QUICK_FIT, FitSettings
+from unisde.bench.optimized import CHECKPOINT_FIT, FULL_FIT, QUICK_FIT, FitSettings
 from unisde.bench.speed import (
     MEMORY_SHAPE,
     OVERHEAD_SHAPES,
@@ -93,7 +93,7 @@ class BenchConfig:
     # (4–6e-4 at 1e-6 against a 1e-7 solve), so a 3× looser check bounds it (a 10× one, ~1e-2, would not resolve NFE 50)
     checkpoint_rtol: tuple = (1e-6, 3e-6)
     checkpoint_start_rtol: float = 1e-6  # a start within this (relative) of a solved one reuses its reference
-    checkpoint_fit: FitSettings | None = None  # optimised-grid contestants on the checkpoints (None: none; cost)
+    checkpoint_fit: FitSettings | None = CHECKPOINT_FIT  # optimised-grid contestants on the checkpoints (None: none)
     contestants: tuple | None = None  # race only the contestants with these labels (None: every one; tests)
 
     @classmethod
