@@ -276,10 +276,9 @@ class BrownianTreeNoise:
         if stand_in is not None:
             self.stand_in = stand_in(sample, self.ve_lo, self.ve_hi, seed=seed)
             return
-        # the interval in float32, as diffusers' sampler holds σ_min and σ_max (torch.as_tensor of a float)
+        # the interval in float32, as diffusers' sampler holds σ_min and σ_max (torch.as_tensor of a float); σ_min <
+        # σ_max, so the sign of an increment is the query's own
         lo, hi = float(np.float32(self.ve_lo)), float(np.float32(self.ve_hi))
-        self.sign = 1.0 if lo < hi else -1.0
-        lo, hi = min(lo, hi), max(lo, hi)
         self.batched = isinstance(seed, Sequence)
         if self.batched:
             if len(seed) != sample.shape[0]:
@@ -304,7 +303,7 @@ class BrownianTreeNoise:
         # diffusers' √|t1 − t0| of 0-dim float32 tensors (torch's float32 sqrt is not always correctly rounded)
         scale = (b - a).abs().sqrt().item()
         a, b = a.item(), b.item()
-        ta, tb, sign = (a, b, self.sign) if a < b else (b, a, -self.sign)
+        ta, tb, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
         tree = self.trees[0]
         start, end = tree.root.start, tree.root.end
         ta, tb = min(max(ta, start), end), min(max(tb, start), end)

@@ -127,8 +127,7 @@ class DDIMSampler(Sampler):
             if draws:
                 x = self.noised(x, std * self.opts["s_noise"], *terms)
             else:
-                (y0, c0), (y1, c1), *rest = terms
-                x = lincomb(y0, c0, y1, c1)
-                for y, c in rest:
+                x = lincomb(*terms[0], *terms[1])
+                for y, c in terms[2:]:
                     x.add_(y, alpha=c)
         return x
