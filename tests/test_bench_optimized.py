@@ -8,6 +8,7 @@ the 2-D mixture, the DDPM table and NFE 5, with a small fit: a few seconds.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -167,3 +168,77 @@ def test_gaussian_targets_also_fit_the_high_nfe_samplers_up_to_their_own_limit()
     assert high.fit["holdout_error"] <= high.fit["default_holdout_error"]
     high.scheduler.set_timesteps(len(high.fit["times"]))
     assert len(high.scheduler.timesteps) == 12 and high.scheduler.config.time_grid == "optimized"
+
+
+def test_a_samplers_budgets_select_the_nfe_it_is_fitted_at():
+    # (name, options) at every NFE <= max_nfe; (name, options, most) up to most; (name, options, (NFE, ...)) at those
+    from dataclasses import replace
+
+    from unisde.bench.optimized import fitted_at
+
+    settings = replace(
+        SMALL, samplers=(("unipc", {}), ("gradient_estimation", {}, 6), ("ipndm", {}, (8, 10))), max_nfe=10
+    )
+    chosen = {n: [e[0] for e in settings.samplers if fitted_at(e, n, settings)] for n in (4, 6, 8, 10, 20)}
+    assert chosen == {
+        4: ["unipc", "gradient_estimation"],
+        6: ["unipc", "gradient_estimation"],
+        8: ["unipc", "ipndm"],
+        10: ["unipc", "ipndm"],
+        20: [],
+    }
+
+
+def test_checkpoint_fits_are_chosen_per_checkpoint_validated_and_reported():
+    from dataclasses import replace
+
+    from unisde.bench.optimized import settings_for
+    from unisde.bench.report import checkpoint_fit_text
+    from unisde.bench.run import describe_fit
+    from unisde.bench.targets import CHECKPOINTS
+
+    fits = BenchConfig().checkpoint_fit
+    assert set(fits) == set(CHECKPOINTS)
+    assert all(settings.network_dtype == "float32" for settings in fits.values())
+    assert settings_for(fits, "digits-vp").samplers[0] == ("unipc", {})
+    assert settings_for(SMALL, "digits-vp") is SMALL and settings_for(None, "digits-vp") is None
+    assert settings_for({"digits-flow": SMALL}, "digits-vp") is None  # a checkpoint left out: no fit there
+    with pytest.raises(ValueError, match="'digits'.*digits-vp"):
+        BenchConfig(checkpoint_fit={"digits": SMALL}).validate()
+    with pytest.raises(ValueError, match="network_dtype must be 'float32' or 'float64', got 'float16'"):
+        BenchConfig(checkpoint_fit=replace(SMALL, network_dtype="float16")).validate()
+    with pytest.raises(ValueError, match="checkpoint_fit must hold FitSettings, got dict"):
+        BenchConfig(checkpoint_fit={"digits-vp": {"calibration": 8}}).validate()
+    text = checkpoint_fit_text(describe_fit(fits))
+    assert "digits-flow: gradient_estimation (NFE ≤ 6), ipndm (NFE 8, 10) at NFE ≤ 10, 64 calibration starts" in text
+    assert "the network in float32" in text
+    assert checkpoint_fit_text(describe_fit(SMALL)).startswith("each checkpoint: unipc at NFE ≤ 10")
+
+
+def test_a_checkpoint_is_fitted_on_its_float32_network_when_asked():
+    # network_dtype="float32": every model call of the fit goes to the checkpoint's float32 UNet, none to the float64
+    # one that the race scores with (and "float64", the default, the other way round)
+    from dataclasses import replace
+
+    from unisde.bench.optimized import fit_grid
+    from unisde.bench.targets import Checkpoint
+
+    dist = Checkpoint("digits-flow")
+    calls = {"float32": 0, "float64": 0}
+    hooks = [
+        net.register_forward_hook(lambda module, args, out, key=key: calls.__setitem__(key, calls[key] + 1))
+        for net, key in ((dist.network32, "float32"), (dist.network, "float64"))
+    ]
+    tiny = replace(
+        SMALL, calibration=2, holdout=2, candidates=8, starts=(), reference_rtol=0.1, extra={"max_sweeps": 1}
+    )
+    try:
+        result, fit = fit_grid(dist, dist.schedule, "ddim", {}, 3, replace(tiny, network_dtype="float32"))
+        assert calls["float32"] > 0 and calls["float64"] == 0
+        assert fit["calibration"] == 2 and len(fit["times"]) == 3 and math.isfinite(fit["holdout_error"])
+        calls.update(float32=0)
+        fit_grid(dist, dist.schedule, "ddim", {}, 3, tiny)
+        assert calls["float64"] > 0 and calls["float32"] == 0
+    finally:
+        for hook in hooks:
+            hook.remove()

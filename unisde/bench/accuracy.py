@@ -52,7 +52,7 @@ from unisde.bench.contestants import (
     unisde_contestants,
 )
 from unisde.bench.metrics import projection_directions, sliced_w2, sorted_projections
-from unisde.bench.optimized import optimized_contestants
+from unisde.bench.optimized import optimized_contestants, settings_for
 from unisde.bench.targets import CHECKPOINTS, Checkpoint, CheckpointModel, ExactModel, make_target
 
 if TYPE_CHECKING:
@@ -570,9 +570,9 @@ def _jobs(cfg: BenchConfig) -> list[tuple[str, tuple]]:
     return sorted(jobs, key=lambda j: -cost(j))
 
 
-_CHECKPOINT_JOB_WEIGHT = {"digits-vp": 2.3, "digits-flow": 1.6}
-"""A checkpoint job's cost on the scale of :func:`_jobs`, where one unit is ~75 s of one core at the full preset (a
-2-D mixture's DDPM job is 3): measured 170 s and 122 s."""
+_CHECKPOINT_JOB_WEIGHT = {"digits-vp": 4.5, "digits-flow": 3.5}
+"""A checkpoint job's cost on the scale of :func:`_jobs`, where one unit is ~80 s of one core at the full preset (a
+2-D mixture's DDPM job is 3): measured 359 s and 270 s, their optimised-grid fits included."""
 
 
 _WORKER_BUILT: dict = {}  # a worker process's contestants per (schedule, grid variants), kept across its jobs
@@ -687,7 +687,7 @@ def _cells(
             refs = exact.ReferenceCache(
                 ode, *cfg.checkpoint_rtol, start_rtol=cfg.checkpoint_start_rtol, tau_rtol=cfg.checkpoint_start_rtol
             )
-            fit_settings = cfg.checkpoint_fit
+            fit_settings = settings_for(cfg.checkpoint_fit, target_name)
         else:
             n_traj = int(getattr(cfg, "n_trajectory", None) or (1024 if dist.dim <= 2 else 256))
             sampling = _SamplingMetric(dist, n_samples, cfg.projections_for(target_name))

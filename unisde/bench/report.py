@@ -21,6 +21,24 @@ METRIC_NAMES = {
 SAMPLING_METRICS = ("sliced-w2", "frechet")  # metrics with sampling noise (unisde.bench.accuracy.SAMPLING_METRICS)
 
 
+def checkpoint_fit_text(fit: dict) -> str:
+    """The checkpoints' optimised-grid fit in words, from the setup's ``checkpoints.optimized_grids``: one
+    FitSettings' fields, or a mapping of them by checkpoint name."""
+    from unisde.bench.optimized import budgets_text
+
+    if "samplers" in fit:  # one for every checkpoint
+        fit = {"each checkpoint": fit}
+    parts = []
+    for name, settings in fit.items():
+        samplers = ", ".join(entry[0] + budgets_text(entry) for entry in settings["samplers"])
+        parts.append(
+            f"{name}: {samplers} at NFE ≤ {settings['max_nfe']}, {settings['calibration']} calibration starts, "
+            f"{settings['candidates']} candidate times, the network in {settings.get('network_dtype', 'float64')}, "
+            f"the PF-ODE reference to a relative {settings['reference_rtol']:g}"
+        )
+    return "; ".join(parts)
+
+
 def _primary(records: list) -> dict:
     """{(schedule, target): the metric that carries the comparison}: the noise-free one (w2 or trajectory) when any
     record has it, else sliced-w2."""
@@ -213,13 +231,7 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         "the targets table; they are set by cost (a float64 call of the UNet costs ~2 ms per sample on one core, and "
         "a reference start ~1700 calls), which also keeps the optimised grids on the checkpoints to a reduced fit "
         "(`BenchConfig.checkpoint_fit`: "
-        + (
-            f"{', '.join(e[0] for e in ckpt_fit['samplers'])} at NFE ≤ {ckpt_fit['max_nfe']}, "
-            f"{ckpt_fit['calibration']} calibration starts, {ckpt_fit['candidates']} candidate times, "
-            f"the PF-ODE reference to a relative {ckpt_fit['reference_rtol']:g}"
-            if ckpt_fit
-            else "off in this run"
-        )
+        + (checkpoint_fit_text(ckpt_fit) if ckpt_fit else "off in this run")
         + ").",
         "",
         "NFE counts every model call (the model counts them); each contestant runs the largest `num_inference_steps` "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -13,7 +13,7 @@ import torch
 from unisde._tensor import unknown_name_error
 from unisde.bench.accuracy import _accuracy
 from unisde.bench.contestants import SCHEDULES, kdiffusion_available
-from unisde.bench.optimized import CHECKPOINT_FIT, FULL_FIT, QUICK_FIT, FitSettings
+from unisde.bench.optimized import CHECKPOINT_FITS, FULL_FIT, QUICK_FIT, FitSettings
 from unisde.bench.speed import (
     MEMORY_SHAPE,
     OVERHEAD_SHAPES,
@@ -93,7 +93,9 @@ class BenchConfig:
     # (4–6e-4 at 1e-6 against a 1e-7 solve), so a 3× looser check bounds it (a 10× one, ~1e-2, would not resolve NFE 50)
     checkpoint_rtol: tuple = (1e-6, 3e-6)
     checkpoint_start_rtol: float = 1e-6  # a start within this (relative) of a solved one reuses its reference
-    checkpoint_fit: FitSettings | None = CHECKPOINT_FIT  # optimised-grid contestants on the checkpoints (None: none)
+    # optimised-grid contestants on the checkpoints: one FitSettings for both, one per checkpoint name (a name left
+    # out: none there), or None (none)
+    checkpoint_fit: FitSettings | dict | None = field(default_factory=lambda: dict(CHECKPOINT_FITS))
     contestants: tuple | None = None  # race only the contestants with these labels (None: every one; tests)
 
     @classmethod
@@ -219,6 +221,14 @@ class BenchConfig:
             not self.nfe_64d or any(not isinstance(n, int) or n < 1 for n in self.nfe_64d)
         ):
             raise ValueError(f"nfe_64d must be a non-empty list of positive integers, got {list(self.nfe_64d)}")
+        fits = self.checkpoint_fit if isinstance(self.checkpoint_fit, dict) else {None: self.checkpoint_fit}
+        for name, settings in fits.items():
+            if name is not None and name not in CHECKPOINTS:
+                raise unknown_name_error("checkpoint of checkpoint_fit", name, tuple(CHECKPOINTS))
+            if settings is not None and not isinstance(settings, FitSettings):
+                raise ValueError(f"checkpoint_fit must hold FitSettings, got {type(settings).__name__}")
+            if settings is not None and settings.network_dtype not in ("float32", "float64"):
+                raise ValueError(f"network_dtype must be 'float32' or 'float64', got {settings.network_dtype!r}")
 
     def for_target(self, name: str) -> tuple[int, tuple, bool]:
         """(samples, NFE budgets, grid variants) used on target ``name``."""
@@ -241,6 +251,14 @@ def _version(distribution: str) -> str | None:
         return version(distribution)
     except PackageNotFoundError:
         return None
+
+
+def describe_fit(fit) -> dict | None:
+    """``BenchConfig.checkpoint_fit`` as the results' setup keeps it: a FitSettings' fields, a mapping of them by
+    checkpoint name, or None."""
+    if isinstance(fit, dict):
+        return {name: settings.describe() for name, settings in fit.items()}
+    return None if fit is None else fit.describe()
 
 
 def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
@@ -292,7 +310,7 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
             "grid_variants": cfg.checkpoint_grid_variants,
             "reference_rtol": list(cfg.checkpoint_rtol),
             "start_rtol": cfg.checkpoint_start_rtol,
-            "optimized_grids": cfg.checkpoint_fit.describe() if cfg.checkpoint_fit is not None else None,
+            "optimized_grids": describe_fit(cfg.checkpoint_fit),
         },
         "overhead_pairs": [p[0] for p in overhead_pairs(cfg.overhead_pairs)],
         "overhead_shapes": [list(s) for s in cfg.overhead_shapes],
