@@ -10,6 +10,7 @@ The sample passed in and out always lives in the model's own space x = s x0 + σ
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import threading
@@ -119,6 +120,74 @@ def _state_field(name: str, doc: str = ""):
         lambda self, value: setattr(self._state, name, value),
         doc=doc or f"The current loop state's {name}.",
     )
+
+
+def _grid_key(scheduler, *args) -> tuple | None:
+    """What ``set_timesteps``' tables depend on besides the scheduler's config, sampler and options: its arguments
+    (but ``device``), each with its type, lists and arrays by their values; None (nothing cached) for inputs that
+    are not plain numbers or 1-D sequences of them."""
+    key = []
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            key.append((str(value.dtype), tuple(value.shape), tuple(value.reshape(-1).tolist())))
+        elif isinstance(value, np.ndarray):
+            key.append((str(value.dtype), value.shape, tuple(value.reshape(-1).tolist())))
+        elif isinstance(value, (list, tuple)):
+            if not all(type(v) in (int, float) for v in value):
+                return None
+            key.append((type(value).__name__, tuple((type(v).__name__, v) for v in value)))
+        elif value is None or type(value) in (int, float, bool):
+            key.append((type(value).__name__, value))
+        else:
+            return None
+    return tuple(key)
+
+
+class _GridTables:
+    """The tables one ``set_timesteps`` call computed (a few ms: schedule interpolants at every evaluation, the
+    sampler's ``prepare``), kept so that the next call with the same inputs — a pipeline calls it once per image
+    with the same arguments — takes microseconds. It is used only while the scheduler's config, noise schedule,
+    parameterisation, sampler class and sampler options are the very ones it was computed with. Each use gets a
+    new loop state and a deep copy of the sampler as ``prepare`` left it (sharing only the immutable noise
+    schedule), so nothing a sampling loop writes reaches another loop; the tables themselves are only read."""
+
+    def __init__(self, scheduler, key: tuple, state: "_LoopState", timesteps, sigmas, num_inference_steps: int):
+        self.key = key
+        self.sources = (
+            scheduler._internal_dict,
+            scheduler.noise_schedule,
+            scheduler.parameterization,
+            scheduler.sampler_cls,
+        )
+        self.options = copy.deepcopy(scheduler.sampler_options)
+        self.sampler = copy.deepcopy(state.sampler, {id(state.sampler.schedule): state.sampler.schedule})
+        self.tables = {
+            name: getattr(state, name)
+            for name in ("eval_times", "a", "b", "c_in", "t_list", "fused", "index_times", "noop_from", "unprobed")
+            if name in state.__dict__
+        }
+        self.timesteps, self.sigmas, self.num_inference_steps = timesteps, sigmas, num_inference_steps
+
+    def serves(self, scheduler, key: tuple) -> bool:
+        sources = (
+            scheduler._internal_dict,
+            scheduler.noise_schedule,
+            scheduler.parameterization,
+            scheduler.sampler_cls,
+        )
+        if key != self.key or any(a is not b for a, b in zip(sources, self.sources)):
+            return False
+        try:
+            return bool(scheduler.sampler_options == self.options)
+        except Exception:  # options that do not compare (tensors): computed afresh
+            return False
+
+    def loop_state(self) -> "_LoopState":
+        state = _LoopState(threading.get_ident(), threading.current_thread().name)
+        state.__dict__.update(self.tables)
+        state.sampler = copy.deepcopy(self.sampler, {id(self.sampler.schedule): self.sampler.schedule})
+        return state
 
 
 class UnifiedScheduler(SchedulerMixin, ConfigMixin):
@@ -569,6 +638,11 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                     "set_timesteps(device='meta'): the meta device holds no data; pass the device the "
                     "model and the sample are on"
                 )
+        key = _grid_key(self, num_inference_steps, timesteps, sigmas, mu, original_inference_steps, strength)
+        cached = self.__dict__.get("_grid_cache")
+        if key is not None and cached is not None and cached.serves(self, key):
+            self._commit_grid(cached, device)
+            return
         cfg = self.config
         sched, param = self.noise_schedule, self.parameterization
         # diffusers' indices of its own respaced σ̃ apply to the grid of num_inference_steps, not to given values
@@ -695,14 +769,14 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         self._state.noop_from = n_sampler if noop_tail else None
         self._state.unprobed = self._inner_evaluations(sampler, n_sampler if noop_tail else len(eval_t))
         self._t_list = [float(v) for v in fed]
-        self.timesteps = fed.to(device)
+        timesteps_cpu = fed
         if cfg.sigmas_convention != "ve":  # τ = σ/(s + σ) per evaluation, then the end point
             # (LTXEulerAncestralRF's given levels: as given, the end point once, its no-op evaluation's level)
             points = eval_t if noop_tail and cfg.sigmas_convention == "flow_levels" else torch.cat([eval_t, grid[-1:]])
             s_all, sig_all = sched.s(points), sched.sigma(points)  # exact: τ = 1 at t = 1 on the rectified flow
             if float(grid[-1]) == 0.0:
                 s_all[-1], sig_all[-1] = 1.0, 0.0
-            self.sigmas = (sig_all / (s_all + sig_all)).to(torch.float32).to(device)
+            sigmas_cpu = (sig_all / (s_all + sig_all)).to(torch.float32)
         else:
             s_all, sig_all = schedule_coefficients(sched, grid)
             ve = torch.cat(
@@ -711,15 +785,28 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                     torch.zeros(1, dtype=DTYPE) if float(grid[-1]) == 0 else sig_all[-1:] / s_all[-1:],
                 ]
             )
-            self.sigmas = ve.to(torch.float32).to(device)
+            sigmas_cpu = ve.to(torch.float32)
         # FlowMatch Euler counts its zero-length step (num_inference_steps = len(sigmas given)), LTXEulerAncestralRF not
-        self.num_inference_steps = int(grid.numel() - 1) + int(noop_tail and cfg.sigmas_convention == "flow")
-        self._step_index = None
-        self._begin_index = None
-        self._finite_flags = []
-        self._runs = None
-        self._loop = None
-        self._loop_next = None
+        steps = int(grid.numel() - 1) + int(noop_tail and cfg.sigmas_convention == "flow")
+        # kept before the loop runs: the sampler is still as prepare() left it
+        self._grid_cache = key and _GridTables(self, key, self._state, timesteps_cpu, sigmas_cpu, steps)
+        self.num_inference_steps = steps
+        # copies: a caller writing into its timesteps must not reach the kept tables
+        self.timesteps, self.sigmas = timesteps_cpu.to(device, copy=True), sigmas_cpu.to(device, copy=True)
+
+    def __getstate__(self):
+        # a copy (copy.deepcopy, pickle) computes its own tables at its first set_timesteps
+        state = dict(self.__dict__)
+        state.pop("_grid_cache", None)
+        return state
+
+    def _commit_grid(self, tables: "_GridTables", device) -> None:
+        """``set_timesteps`` with the inputs of the last call that computed its tables: a new loop state holding
+        them and a copy of the prepared sampler (:class:`_GridTables`), the public tensors copied to ``device``."""
+        self._state = tables.loop_state()
+        self.timesteps = tables.timesteps.to(device, copy=True)
+        self.sigmas = tables.sigmas.to(device, copy=True)
+        self.num_inference_steps = tables.num_inference_steps
 
     def _diffusers_indices(self, sched, grid, eval_t, model_t) -> torch.Tensor:
         """``timestep_rounding="diffusers_round"/"diffusers_floor"``: ``model_t`` with its values at the grid's n
