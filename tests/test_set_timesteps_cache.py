@@ -181,3 +181,20 @@ def test_a_sampler_keeping_loop_state_on_itself_starts_each_reused_loop_clean():
         torch.testing.assert_close(_loop(scheduler), expected, rtol=0, atol=0)
     finally:
         plugins.unregister_plugin(name)
+
+
+def test_a_plugin_registered_between_calls_recomputes_the_tables():
+    # a grid or sampler registered at run time may replace what the tables were computed with
+    from unisde import plugins
+
+    scheduler = UnifiedScheduler.from_config(CONFIG, sampler="ddim")
+    scheduler.set_timesteps(10)
+    kept = scheduler._grid_cache
+    scheduler.set_timesteps(10)
+    assert scheduler._grid_cache is kept
+    name = plugins.register_plugin(object(), name="empty-plugin")
+    try:
+        scheduler.set_timesteps(10)
+        assert scheduler._grid_cache is not kept
+    finally:
+        plugins.unregister_plugin(name)

@@ -328,6 +328,13 @@ def plugin_failures() -> list[PluginFailure]:
     return list(_state["load_failures"]) + list(_state["hook_failures"])
 
 
+def registry_snapshot() -> dict:
+    """The registry of every plugin's samplers, grids, schedules, parameterisations and converters, as now: a new
+    object after any plugin is registered or unregistered (or :func:`reset`), so that what was computed from one
+    registry can tell by identity that the registry has changed."""
+    return _collect()
+
+
 def _lookup(kind: str, name: str) -> Entry:
     registry = _collect()
     table = registry[kind]

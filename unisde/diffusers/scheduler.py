@@ -35,7 +35,7 @@ from unisde.parameterizations.base import (
     denoised_from_output,
     fed_timesteps,
 )
-from unisde.plugins import get_parameterization, get_sampler, list_samplers
+from unisde.plugins import get_parameterization, get_sampler, list_samplers, registry_snapshot
 from unisde.sampling import (
     all_finite,
     check_sampler_output,
@@ -144,22 +144,30 @@ def _grid_key(scheduler, *args) -> tuple | None:
     return tuple(key)
 
 
+def _grid_sources(scheduler) -> tuple:
+    """The objects ``set_timesteps``' tables are computed from, compared by identity (:class:`_GridTables`): the
+    config, noise schedule, parameterisation and sampler class, and the plugin registry its grid comes from."""
+    return (
+        scheduler._internal_dict,
+        scheduler.noise_schedule,
+        scheduler.parameterization,
+        scheduler.sampler_cls,
+        registry_snapshot(),
+    )
+
+
 class _GridTables:
     """The tables one ``set_timesteps`` call computed (a few ms: schedule interpolants at every evaluation, the
     sampler's ``prepare``), kept so that the next call with the same inputs — a pipeline calls it once per image
     with the same arguments — takes microseconds. It is used only while the scheduler's config, noise schedule,
-    parameterisation, sampler class and sampler options are the very ones it was computed with. Each use gets a
+    parameterisation, sampler class, sampler options and the plugin registry are the very ones it was computed
+    with. Each use gets a
     new loop state and a deep copy of the sampler as ``prepare`` left it (sharing only the immutable noise
     schedule), so nothing a sampling loop writes reaches another loop; the tables themselves are only read."""
 
     def __init__(self, scheduler, key: tuple, state: "_LoopState", timesteps, sigmas, num_inference_steps: int):
         self.key = key
-        self.sources = (
-            scheduler._internal_dict,
-            scheduler.noise_schedule,
-            scheduler.parameterization,
-            scheduler.sampler_cls,
-        )
+        self.sources = _grid_sources(scheduler)
         self.options = copy.deepcopy(scheduler.sampler_options)
         self.sampler = copy.deepcopy(state.sampler, {id(state.sampler.schedule): state.sampler.schedule})
         self.tables = {
@@ -170,12 +178,7 @@ class _GridTables:
         self.timesteps, self.sigmas, self.num_inference_steps = timesteps, sigmas, num_inference_steps
 
     def serves(self, scheduler, key: tuple) -> bool:
-        sources = (
-            scheduler._internal_dict,
-            scheduler.noise_schedule,
-            scheduler.parameterization,
-            scheduler.sampler_cls,
-        )
+        sources = _grid_sources(scheduler)
         if key != self.key or any(a is not b for a, b in zip(sources, self.sources)):
             return False
         try:
