@@ -210,9 +210,13 @@ def test_checkpoint_fits_are_chosen_per_checkpoint_validated_and_reported():
     with pytest.raises(ValueError, match="checkpoint_fit must hold FitSettings, got dict"):
         BenchConfig(checkpoint_fit={"digits-vp": {"calibration": 8}}).validate()
     text = checkpoint_fit_text(describe_fit(fits))
-    assert "digits-flow: gradient_estimation (NFE ≤ 6), ipndm (NFE 8, 10) at NFE ≤ 10, 64 calibration starts" in text
-    assert "the network in float32" in text
-    assert checkpoint_fit_text(describe_fit(SMALL)).startswith("each checkpoint: unipc at NFE ≤ 10")
+    assert (
+        "digits-flow: gradient_estimation[grid=optimized] (NFE ≤ 6), ipndm[grid=optimized] (NFE 8, 10) at NFE ≤ 10, "
+        "64 calibration starts, 30 candidate times, the network in float32" in text
+    )
+    assert "unipc[solver_order=3, grid=optimized] (NFE 6)" in text
+    assert "descents from the 2 best of the DP path, the default grid and the uniform_lambda, karras" in text
+    assert checkpoint_fit_text(describe_fit(SMALL)).startswith("each checkpoint: unipc[grid=optimized] at NFE ≤ 10")
 
 
 def test_a_checkpoint_is_fitted_on_its_float32_network_when_asked():

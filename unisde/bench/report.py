@@ -24,16 +24,23 @@ SAMPLING_METRICS = ("sliced-w2", "frechet")  # metrics with sampling noise (unis
 def checkpoint_fit_text(fit: dict) -> str:
     """The checkpoints' optimised-grid fit in words, from the setup's ``checkpoints.optimized_grids``: one
     FitSettings' fields, or a mapping of them by checkpoint name."""
-    from unisde.bench.optimized import budgets_text
+    from unisde.bench.optimized import budgets_text, label
 
     if "samplers" in fit:  # one for every checkpoint
         fit = {"each checkpoint": fit}
     parts = []
     for name, settings in fit.items():
-        samplers = ", ".join(entry[0] + budgets_text(entry) for entry in settings["samplers"])
+        samplers = ", ".join(label(entry[0], dict(entry[1])) + budgets_text(entry) for entry in settings["samplers"])
         parts.append(
             f"{name}: {samplers} at NFE ≤ {settings['max_nfe']}, {settings['calibration']} calibration starts, "
-            f"{settings['candidates']} candidate times, the network in {settings.get('network_dtype', 'float64')}, "
+            f"{settings['candidates']} candidate times"
+            + (
+                f", descents from the {settings['descents_64d']} best of the DP path, the default grid and the "
+                f"{', '.join(settings['starts'])} grids"
+                if settings.get("starts")
+                else ""
+            )
+            + f", the network in {settings.get('network_dtype', 'float64')}, "
             f"the PF-ODE reference to a relative {settings['reference_rtol']:g}"
         )
     return "; ".join(parts)
