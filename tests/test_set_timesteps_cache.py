@@ -127,8 +127,8 @@ def test_an_input_that_is_not_plain_numbers_is_never_kept():
         assert scheduler._grid_cache is kept
     from unisde.diffusers.scheduler import _grid_key
 
-    assert _grid_key(scheduler, [[999, 500]]) is None and _grid_key(scheduler, "10") is None
-    assert _grid_key(scheduler, 10) != _grid_key(scheduler, 10.0)
+    assert _grid_key([[999, 500]]) is None and _grid_key("10") is None
+    assert _grid_key(10) != _grid_key(10.0)
 
 
 def test_copies_compute_their_own_tables():

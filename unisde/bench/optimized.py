@@ -117,8 +117,8 @@ CHECKPOINT_FIT = replace(
     candidates=30,
     extra={"max_sweeps": 3},
     note="on the trained checkpoints the network is fitted in float32 (4–6× faster per sample than the float64 UNet "
-    "the race scores): 30 candidate times, 64 calibration starts, at most 3 descent sweeps per step size, no extra "
-    "descent starts, the samplers chosen per checkpoint by their held-out errors",
+    "the race scores): 30 candidate times, 64 calibration starts, at most 3 descent sweeps per step size, the "
+    "samplers (and on digits-vp extra descent starts) chosen per checkpoint by their held-out errors",
 )
 """The fit of the trained checkpoint targets, before :data:`CHECKPOINT_FITS` chooses the samplers of each. The
 network is fitted in float32: fitted on 8 starts of the float64 UNet (~2 ms per sample), unipc's grids lost to

@@ -122,7 +122,7 @@ def _state_field(name: str, doc: str = ""):
     )
 
 
-def _grid_key(scheduler, *args) -> tuple | None:
+def _grid_key(*args) -> tuple | None:
     """What ``set_timesteps``' tables depend on besides the scheduler's config, sampler and options: its arguments
     (but ``device``), each with its type, lists and arrays by their values; None (nothing cached) for inputs that
     are not plain numbers or 1-D sequences of them."""
@@ -156,20 +156,25 @@ def _grid_sources(scheduler) -> tuple:
     )
 
 
+def _sampler_copy(sampler):
+    """A deep copy of ``sampler`` that shares its (immutable) noise schedule."""
+    return copy.deepcopy(sampler, {id(sampler.schedule): sampler.schedule})
+
+
 class _GridTables:
     """The tables one ``set_timesteps`` call computed (a few ms: schedule interpolants at every evaluation, the
     sampler's ``prepare``), kept so that the next call with the same inputs — a pipeline calls it once per image
     with the same arguments — takes microseconds. It is used only while the scheduler's config, noise schedule,
     parameterisation, sampler class, sampler options and the plugin registry are the very ones it was computed
-    with. Each use gets a
-    new loop state and a deep copy of the sampler as ``prepare`` left it (sharing only the immutable noise
-    schedule), so nothing a sampling loop writes reaches another loop; the tables themselves are only read."""
+    with. Each use gets a new loop state and a deep copy of the sampler as ``prepare`` left it (sharing only the
+    immutable noise schedule), so nothing a sampling loop writes reaches another loop; the tables themselves are
+    only read."""
 
     def __init__(self, scheduler, key: tuple, state: "_LoopState", timesteps, sigmas, num_inference_steps: int):
         self.key = key
         self.sources = _grid_sources(scheduler)
         self.options = copy.deepcopy(scheduler.sampler_options)
-        self.sampler = copy.deepcopy(state.sampler, {id(state.sampler.schedule): state.sampler.schedule})
+        self.sampler = _sampler_copy(state.sampler)
         self.tables = {
             name: getattr(state, name)
             for name in ("eval_times", "a", "b", "c_in", "t_list", "fused", "index_times", "noop_from", "unprobed")
@@ -189,7 +194,7 @@ class _GridTables:
     def loop_state(self) -> "_LoopState":
         state = _LoopState(threading.get_ident(), threading.current_thread().name)
         state.__dict__.update(self.tables)
-        state.sampler = copy.deepcopy(self.sampler, {id(self.sampler.schedule): self.sampler.schedule})
+        state.sampler = _sampler_copy(self.sampler)
         return state
 
 
@@ -641,7 +646,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
                     "set_timesteps(device='meta'): the meta device holds no data; pass the device the "
                     "model and the sample are on"
                 )
-        key = _grid_key(self, num_inference_steps, timesteps, sigmas, mu, original_inference_steps, strength)
+        key = _grid_key(num_inference_steps, timesteps, sigmas, mu, original_inference_steps, strength)
         cached = self.__dict__.get("_grid_cache")
         if key is not None and cached is not None and cached.serves(self, key):
             self._commit_grid(cached, device)
@@ -792,7 +797,8 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         # FlowMatch Euler counts its zero-length step (num_inference_steps = len(sigmas given)), LTXEulerAncestralRF not
         steps = int(grid.numel() - 1) + int(noop_tail and cfg.sigmas_convention == "flow")
         # kept before the loop runs: the sampler is still as prepare() left it
-        self._grid_cache = key and _GridTables(self, key, self._state, timesteps_cpu, sigmas_cpu, steps)
+        tables = None if key is None else _GridTables(self, key, self._state, timesteps_cpu, sigmas_cpu, steps)
+        self._grid_cache = tables
         self.num_inference_steps = steps
         # copies: a caller writing into its timesteps must not reach the kept tables
         self.timesteps, self.sigmas = timesteps_cpu.to(device, copy=True), sigmas_cpu.to(device, copy=True)
