@@ -246,3 +246,81 @@ def test_a_checkpoint_is_fitted_on_its_float32_network_when_asked():
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_a_weights_entry_races_the_fitted_weights_beside_the_sampler_whose_grid_they_were_fitted_on():
+    from dataclasses import replace
+
+    from unisde.bench.accuracy import accuracy_config
+    from unisde.bench.contestants import _unified
+    from unisde.bench.optimized import fits_weights, markdown_lines, optimized_contestants, weights_label
+
+    settings = replace(
+        SMALL, samplers=(("gradient_estimation", {}), ("unipc", {})), weights=(("gradient_estimation", {}, 4),)
+    )
+    assert fits_weights("gradient_estimation", {}, 4, settings) and not fits_weights(
+        "gradient_estimation", {}, 5, settings
+    )
+    assert not fits_weights("unipc", {}, 4, settings)
+    dist, fits, runs = make_target("mixture-2d"), {}, []
+    for schedule in ("flow", "flow-shift3"):
+        cfg = accuracy_config(schedule)
+        runs.append(optimized_contestants(cfg, dist, _unified(cfg).noise_schedule, (4, 5), settings, fits))
+    first = runs[0]
+    name = weights_label("gradient_estimation", {})
+    assert name == "fitted[base=gradient_estimation, grid=optimized]"
+    assert [(f.budget, f.contestant.label) for f in first] == [
+        (4, label("gradient_estimation", {})),
+        (4, name),
+        (4, label("unipc", {})),
+        (5, label("gradient_estimation", {})),
+        (5, label("unipc", {})),
+    ]
+    base, weights = first[0], first[1]
+    for f in (base, weights):
+        assert not isinstance(f.scheduler, Exception), f.scheduler
+    result, fit = fits[next(k for k in fits if k[2] == name and k[3] == 4)]
+    # the base is the grid fitted before the weights, the weights run on theirs; the seconds add up to the fit's
+    assert base.fit["times"] == result.weights_base["times"] and weights.fit["times"] == result.times
+    assert base.fit["holdout_error"] == pytest.approx(result.weights_base["holdout_error"] * math.sqrt(2))
+    assert base.fit["seconds"] + weights.fit["seconds"] == pytest.approx(fit["seconds"])
+    assert weights.fit["calibration_error"] <= base.fit["calibration_error"] * (1 + 1e-12)
+    assert weights.fit["weights"] == result.sampler_options["weights"]
+    assert weights.scheduler.config.sampler == "fitted" and base.scheduler.config.sampler == "gradient_estimation"
+    weights.scheduler.set_timesteps(len(weights.fit["times"]))
+    assert weights.scheduler._sampler.opts["weights"] == tuple(map(tuple, result.sampler_options["weights"]))
+    # the shifted flow reuses both (one fit), each raced from its own config
+    again = runs[1]
+    assert [f.contestant.label for f in again] == [f.contestant.label for f in first]
+    assert again[0].fit["reused"] and again[1].fit["reused"] and again[1].fit["seconds"] == 0.0
+    assert again[1].fit["weights"] == weights.fit["weights"]
+    # the report says what the weights entries did
+    records = [
+        {
+            "schedule": "flow",
+            "target": "mixture-2d",
+            "nfe": f.budget,
+            "sampler": f.contestant.label,
+            "distance": 0.1,
+            "fit": f.fit,
+        }
+        for f in first
+    ]
+    text = "\n".join(markdown_lines({"setup": {"optimized_grids": settings.describe()}, "accuracy": records}))
+    assert (
+        "then on the grids of gradient_estimation[grid=optimized] (NFE ≤ 4) the weights of the multistep sampler"
+        in text
+    )
+
+
+def test_weights_entries_must_name_a_fitted_sampler():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="weights entry 'ipndm'.*is not one of the samplers fitted"):
+        replace(SMALL, weights=(("ipndm", {}, 6),))
+    with pytest.raises(ValueError, match="weights entry 'unipc' with options {'solver_order': 3}"):
+        replace(SMALL, weights=(("unipc", {"solver_order": 3}, 6),))
+    with pytest.raises(ValueError, match="weights_rounds must be an integer >= 1, got 0"):
+        replace(SMALL, weights_rounds=0)
+    with pytest.raises(ValueError, match="weights_history must be an integer >= 1, got True"):
+        replace(SMALL, weights_history=True)

@@ -38,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from unisde.bench.contestants import Contestant, _unified
+from unisde.grids.optimize import WEIGHTS_SAMPLER
 
 GRID = "optimized"
 FIT_SEED = 20_240_601
@@ -61,6 +62,11 @@ class FitSettings:
         ("gradient_estimation", {}, 6),
     )
     max_nfe: int = 10
+    # (name, options, budgets) entries of ``samplers`` whose fits at those budgets go on to fit the weights of the
+    # ``fitted`` sampler on the grid (optimize_grid's fit_weights), both raced
+    weights: tuple = ()
+    weights_history: int = 3
+    weights_rounds: int = 2  # weight fits, the times descended again for the weights between two
     # On Gaussian targets (a fit there takes seconds) these samplers are also fitted at budgets above ``max_nfe`` up
     # to ``max_nfe_gaussian``: at NFE 20 an optimised DPM-Solver++(2M) / UniPC-3 grid beats the polyexponential and
     # Karras grids that the peers' best configurations use
@@ -85,11 +91,27 @@ class FitSettings:
     note: str = ""  # said in the report (e.g. how the quick preset shrinks the fit)
     extra: dict = field(default_factory=dict)  # further optimize_grid keywords
 
+    def __post_init__(self):
+        names = {(entry[0], json.dumps(dict(entry[1]), sort_keys=True)) for entry in self.samplers}
+        for entry in self.weights:
+            if (entry[0], json.dumps(dict(entry[1]), sort_keys=True)) not in names:
+                raise ValueError(
+                    f"weights entry {entry[0]!r} with options {dict(entry[1])} is not one of the samplers fitted "
+                    f"({', '.join(label(e[0], dict(e[1])) for e in self.samplers) or 'none'}): the weights are "
+                    "fitted on that sampler's grid"
+                )
+        for name in ("weights_history", "weights_rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
     def describe(self) -> dict:
         return asdict(self)
 
 
-FULL_FIT = FitSettings()
+# On the 64-D mixture at NFE 4 the weights fitted from gradient estimation's take its trajectory error on the race's
+# batch from 0.78 to 0.52 (rectified flow), 0.77 to 0.61 (EDM) and 0.66 to 0.59 (DDPM table), for 1-2 s a fit
+FULL_FIT = FitSettings(weights=(("gradient_estimation", {}, 6),))
 QUICK_FIT = FitSettings(
     samplers=(("unipc", {}),),
     calibration=16,
@@ -138,8 +160,15 @@ CHECKPOINT_FITS = {
         descents_64d=2,
     ),
     # on the rectified flow gradient estimation leads the held-out errors at NFE ≤ 6 (0.76/0.47/0.24 against
-    # unipc's 0.84/0.56/0.31) and iPNDM from NFE 8 (0.14/0.068 against 0.20/0.10)
-    "digits-flow": replace(CHECKPOINT_FIT, samplers=(("gradient_estimation", {}, 6), ("ipndm", {}, (8, 10)))),
+    # unipc's 0.84/0.56/0.31) and iPNDM from NFE 8 (0.14/0.068 against 0.20/0.10); the weights fitted on gradient
+    # estimation's grids lower them to 0.52/0.27/0.21, in one round (a second, after descending the times again for
+    # the weights, gave 0.21 at NFE 6 as well, for 20 s more)
+    "digits-flow": replace(
+        CHECKPOINT_FIT,
+        samplers=(("gradient_estimation", {}, 6), ("ipndm", {}, (8, 10))),
+        weights=(("gradient_estimation", {}, 6),),
+        weights_rounds=1,
+    ),
 }
 """The optimised-grid fits of the trained checkpoints (``BenchConfig.checkpoint_fit``), by checkpoint: the samplers of
 each are those with the smallest held-out error (the fit's own 16 starts, never the race's) when unipc, unipc-3,
@@ -156,6 +185,15 @@ def fitted_at(entry: tuple, budget: int, settings: FitSettings) -> bool:
     return budget <= budgets if isinstance(budgets, int) else budget in budgets
 
 
+def fits_weights(sampler: str, options: dict, budget: int, settings: FitSettings) -> bool:
+    """Whether the fit of ``sampler`` (with ``options``) at NFE ``budget`` goes on to fit the ``fitted`` sampler's
+    weights (an entry of ``settings.weights``)."""
+    return any(
+        entry[0] == sampler and dict(entry[1]) == dict(options) and fitted_at(entry, budget, settings)
+        for entry in settings.weights
+    )
+
+
 def settings_for(fit, target: str) -> FitSettings | None:
     """The :class:`FitSettings` of ``target`` from a ``BenchConfig.checkpoint_fit`` value: a FitSettings for every
     checkpoint, a mapping from checkpoint names (a name it lacks: no fit there), or None."""
@@ -166,6 +204,13 @@ def label(sampler: str, options: dict) -> str:
     """The race label of an optimised-grid contestant, e.g. ``dpmsolver++[solver_order=3, grid=optimized]``."""
     bits = [f"{k}={v}" for k, v in options.items()] + [f"grid={GRID}"]
     return f"{sampler}[{', '.join(bits)}]"
+
+
+def weights_label(sampler: str, options: dict) -> str:
+    """The race label of the ``fitted`` weights on the grid of ``sampler``, e.g.
+    ``fitted[base=gradient_estimation, grid=optimized]`` (the weights themselves are in the record's fit)."""
+    base = sampler + (f"({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+    return f"{WEIGHTS_SAMPLER}[base={base}, grid={GRID}]"
 
 
 @dataclass
@@ -193,11 +238,11 @@ def _descents(dist, settings: FitSettings) -> int:
     return settings.descents if dist.dim <= 2 else settings.descents_64d
 
 
-def fit_grid(dist, schedule, sampler: str, options: dict, budget: int, settings: FitSettings):
+def fit_grid(dist, schedule, sampler: str, options: dict, budget: int, settings: FitSettings, weights=False):
     """Fit ``sampler`` (with ``options``) at NFE ``budget`` on the exact model of ``dist`` (or the network of a
-    trained :class:`unisde.bench.targets.Checkpoint`) under the noise schedule ``schedule``: the
-    :class:`unisde.grids.optimize.OptimizedGrid` and the records' fit summary (errors in the race's units, whole
-    vectors)."""
+    trained :class:`unisde.bench.targets.Checkpoint`) under the noise schedule ``schedule`` (and with ``weights``
+    the ``fitted`` sampler's weights on its grid after it): the :class:`unisde.grids.optimize.OptimizedGrid` and the
+    records' fit summary (errors in the race's units, whole vectors)."""
     from unisde.grids import default_time_range
     from unisde.grids.optimize import optimize_grid
 
@@ -227,22 +272,40 @@ def fit_grid(dist, schedule, sampler: str, options: dict, budget: int, settings:
         descents=_descents(dist, settings),
         reference_rtol=settings.reference_rtol,
         t_min=lo if lo > 0 else settings.t_min,
+        **(
+            {
+                "fit_weights": True,
+                "weights_history": settings.weights_history,
+                "weights_rounds": settings.weights_rounds,
+            }
+            if weights
+            else {}
+        ),
         **settings.extra,
     )
-    rd = math.sqrt(dist.dim)  # the optimiser's errors are per coordinate; the race's are whole vectors
+    return result, fit_summary(result, dist, settings, time.perf_counter() - started)
+
+
+def fit_summary(result, dist, settings: FitSettings, seconds: float) -> dict:
+    """A race record's ``fit``: the grid, its errors in the race's units (whole vectors, where the optimiser's are
+    per coordinate) and the fit's seconds; with fitted weights also the weights and the fit's iterations."""
+    rd = math.sqrt(dist.dim)
     summary = {
         "times": [float(t) for t in result.times],
         "seed": settings.seed,
-        "calibration": calibration,
+        "calibration": result.calibration,
         "objective": settings.objective,
         "start": result.start,
         "calibration_error": result.calibration_error * rd,
         "holdout_error": result.holdout_error * rd,
         "default_holdout_error": result.baseline_holdout_error * rd,
         "reference_halving_change": result.reference["halving_change"],
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }
-    return result, summary
+    if result.weights_base is not None:
+        summary["weights"] = result.sampler_options["weights"]
+        summary["weights_iterations"] = result.weights_base["iterations"]
+    return summary
 
 
 def optimized_scheduler(cfg: dict, schedule, result):
@@ -286,23 +349,42 @@ def optimized_contestants(
         else:
             continue
         for sampler, options, *_ in samplers:
-            name = label(sampler, options)
-            key = (dist, json.dumps(schedule.to_config(), sort_keys=True), name, budget)  # dist by identity
+            weights = fits_weights(sampler, options, budget, settings)
+            names = [label(sampler, options)] + ([weights_label(sampler, options)] if weights else [])
+            key = (dist, json.dumps(schedule.to_config(), sort_keys=True), names[-1], budget)  # dist by identity
             try:
                 if key in fits:
                     result, fit = fits[key]
                     fit = {**fit, "seconds": 0.0, "reused": True}
                 else:
-                    result, fit = fits[key] = fit_grid(dist, schedule, sampler, options, budget, settings)
-                scheduler = optimized_scheduler(cfg, schedule, result)
+                    result, fit = fits[key] = fit_grid(dist, schedule, sampler, options, budget, settings, weights)
+                # with weights: the sampler on its own grid (the fit's first part), then the weights on theirs
+                results = [result.base(), result] if weights else [result]
+                fit_of = [fit] if not weights else [_base_fit(result, dist, settings, fit), _weights_fit(result, fit)]
+                built = [(optimized_scheduler(cfg, schedule, r), f) for r, f in zip(results, fit_of)]
             except Exception as exc:  # a sampler the optimiser cannot fit here is reported, not fatal
-                scheduler, fit = exc, {}
+                built = [(exc, {})] * len(names)
+            for name, (scheduler, fit) in zip(names, built):
 
-            def make(scheduler=scheduler):
-                return scheduler
+                def make(scheduler=scheduler):
+                    return scheduler
 
-            out.append(Fitted(Contestant("unisde", name, make), budget, scheduler, fit))
+                out.append(Fitted(Contestant("unisde", name, make), budget, scheduler, fit))
     return out
+
+
+def _base_fit(result, dist, settings: FitSettings, fit: dict) -> dict:
+    """The fit summary of the sampler on its own grid, from a fit that went on to fit weights: its share of the
+    seconds is all but the weights' (so the two records' seconds add up to the fit's)."""
+    base = fit_summary(result.base(), dist, settings, fit["seconds"])
+    if not fit.get("reused"):
+        base["seconds"] = fit["seconds"] - result.weights_base["seconds"]
+    return {**base, **({"reused": True} if fit.get("reused") else {})}
+
+
+def _weights_fit(result, fit: dict) -> dict:
+    """The fit summary of the fitted weights: the weight fit's own seconds (0 when the fit is reused)."""
+    return {**fit, "seconds": 0.0 if fit.get("reused") else result.weights_base["seconds"]}
 
 
 def budgets_text(entry) -> str:
@@ -311,6 +393,22 @@ def budgets_text(entry) -> str:
         return ""
     budgets = entry[2]
     return f" (NFE ≤ {budgets})" if isinstance(budgets, int) else f" (NFE {', '.join(map(str, budgets))})"
+
+
+def weights_text(settings: dict) -> str:
+    """What a fit's ``weights`` entries add (as JSON keeps the settings), e.g. ``; then the weights of `fitted`
+    on gradient_estimation's grids (NFE ≤ 6)…``; ``""`` without entries."""
+    entries = settings.get("weights") or ()
+    if not entries:
+        return ""
+    on = ", ".join(label(entry[0], dict(entry[1])) + budgets_text(entry) for entry in entries)
+    rounds = settings.get("weights_rounds", 2)
+    return (
+        f"; then on the grids of {on} the weights of the multistep sampler `fitted` (at most "
+        f"{settings.get('weights_history', 3)} derivatives per step) by least squares"
+        + (f" in {rounds} rounds, the times descended again for the weights between them" if rounds > 1 else "")
+        + ", both raced"
+    )
 
 
 def markdown_lines(results: dict) -> list[str]:
@@ -327,6 +425,7 @@ def markdown_lines(results: dict) -> list[str]:
         "",
         f"Contestants {samplers} at every NFE ≤ {setup['max_nfe']}"
         + (f", and on the Gaussian target {high} at NFE ≤ {setup['max_nfe_gaussian']}" if high else "")
+        + weights_text(setup)
         + ": for each target, schedule and NFE the grid is "
         "fitted by `unisde.grids.optimize.optimize_grid` (GITS dynamic programming over "
         f"{setup['candidates']} candidate times, then coordinate descent on the sampler's full error"

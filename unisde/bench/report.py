@@ -24,7 +24,7 @@ SAMPLING_METRICS = ("sliced-w2", "frechet")  # metrics with sampling noise (unis
 def checkpoint_fit_text(fit: dict) -> str:
     """The checkpoints' optimised-grid fit in words, from the setup's ``checkpoints.optimized_grids``: one
     FitSettings' fields, or a mapping of them by checkpoint name."""
-    from unisde.bench.optimized import budgets_text, label
+    from unisde.bench.optimized import budgets_text, label, weights_text
 
     if "samplers" in fit:  # one for every checkpoint
         fit = {"each checkpoint": fit}
@@ -41,7 +41,7 @@ def checkpoint_fit_text(fit: dict) -> str:
                 else ""
             )
             + f", the network in {settings.get('network_dtype', 'float64')}, "
-            f"the PF-ODE reference to a relative {settings['reference_rtol']:g}"
+            f"the PF-ODE reference to a relative {settings['reference_rtol']:g}" + weights_text(settings)
         )
     return "; ".join(parts)
 
@@ -237,9 +237,7 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         "mean ± sd of three splits). The batch sizes, the NFE of the twins and of the stochastic contestants are in "
         "the targets table; they are set by cost (a float64 call of the UNet costs ~2 ms per sample on one core, and "
         "a reference start ~1700 calls), which also keeps the optimised grids on the checkpoints to a reduced fit "
-        "(`BenchConfig.checkpoint_fit`: "
-        + (checkpoint_fit_text(ckpt_fit) if ckpt_fit else "off in this run")
-        + ").",
+        "(`BenchConfig.checkpoint_fit`: " + (checkpoint_fit_text(ckpt_fit) if ckpt_fit else "off in this run") + ").",
         "",
         "NFE counts every model call (the model counts them); each contestant runs the largest `num_inference_steps` "
         "whose calls fit the budget.",

@@ -48,6 +48,15 @@ def add_arguments(parser):
         help="halving test tolerance (relative RMS change of the reference end points; default 0.01)",
     )
     p.add_argument("--no_refine", action="store_true", help="dynamic programming only (no coordinate descent)")
+    p.add_argument(
+        "--fit_weights",
+        action="store_true",
+        help="then fit the weights of the multistep sampler 'fitted' on the grid (least squares), which the pipeline "
+        "then samples with",
+    )
+    p.add_argument(
+        "--weights_history", type=int, default=3, help="with --fit_weights: the most x̂0's a step weighs (default 3)"
+    )
     p.add_argument("--save", action="store_true", help="store the grid in PIPELINE (scheduler config + model card)")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
 
@@ -77,6 +86,8 @@ def _validate(args) -> dict:
         raise ValueError(f"--reference_rtol must lie in (0, 1), got {args.reference_rtol}")
     if args.nfe < 1:
         raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
+    if args.weights_history < 1:
+        raise ValueError(f"--weights_history must be >= 1, got {args.weights_history}")
     if args.calibration < 1:
         raise ValueError(f"--calibration must be >= 1 (the batch the grid is fitted on), got {args.calibration}")
     if args.holdout < 1:
@@ -106,6 +117,8 @@ def run(args):
         reference_substeps=args.reference_substeps,
         reference_rtol=args.reference_rtol,
         refine=not args.no_refine,
+        fit_weights=args.fit_weights,
+        weights_history=args.weights_history,
         progress=True,
     )
     print(result.summary())
@@ -118,7 +131,7 @@ def run(args):
         result.save(args.pipeline)
         print(
             f"saved: {os.path.join(args.pipeline, 'scheduler', 'scheduler_config.json')} now samples with "
-            f"{args.sampler!r} on time_grid='optimized' (call the pipeline with num_inference_steps="
+            f"{result.sampler!r} on time_grid='optimized' (call the pipeline with num_inference_steps="
             f"{result.steps}); the model card records the errors"
         )
     return 0

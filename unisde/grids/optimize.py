@@ -73,6 +73,7 @@ from unisde.plugins import hookimpl
 from unisde.samplers.base import Option
 
 GRID_NAME = "optimized"
+WEIGHTS_SAMPLER = "fitted"  # the sampler whose weights fit_weights fits (unisde.samplers.fitted)
 CARD_BEGIN = "<!-- unisde-grid:begin -->"
 CARD_END = "<!-- unisde-grid:end -->"
 
@@ -473,13 +474,43 @@ class OptimizedGrid:
     method: str = "dp+cd"
     objective: str = "mean"  # how per-sample errors are summarised (optimize_grid's objective)
     start: str = "dp"  # where the coordinate descent started: the DP path, "baseline" or a named grid
+    # with fit_weights: the sampler whose grid was fitted first, its times and errors there, the weight fit's
+    # Levenberg–Marquardt iterations, rounds and seconds ({"sampler", "sampler_options", "times",
+    # "calibration_error", "holdout_error", "iterations", "rounds", "seconds"})
+    weights_base: dict | None = None
 
     @property
     def steps(self) -> int:
         return len(self.times)
 
+    def base(self) -> "OptimizedGrid":
+        """With fitted weights: the grid fitted for ``weights_base``'s sampler before them, as its own result (the
+        same reference, baseline and DP errors); without: this result."""
+        from dataclasses import replace
+
+        wb = self.weights_base
+        if wb is None:
+            return self
+        return replace(
+            self,
+            times=list(wb["times"]),
+            sampler=wb["sampler"],
+            sampler_options=dict(wb["sampler_options"]),
+            calibration_error=wb["calibration_error"],
+            holdout_error=wb["holdout_error"],
+            method=self.method.replace("+weights", ""),
+            weights_base=None,
+        )
+
     def _error_name(self) -> str:
         return "mean per-sample RMS" if self.objective == "mean" else "RMS over the batch of per-sample RMS"
+
+    def _weights_rows(self) -> list:
+        """The report row of the sampler whose grid the weights were fitted on (none without weights)."""
+        wb = self.weights_base
+        if wb is None:
+            return []
+        return [(f"{wb['sampler']} on its optimised grid", wb["calibration_error"], wb["holdout_error"])]
 
     def scheduler_kwargs(self) -> dict:
         """The UnifiedScheduler config keys that select this grid (and its sampler)."""
@@ -517,6 +548,7 @@ class OptimizedGrid:
         rows = [
             ("default grid", self.baseline_calibration_error, self.baseline_holdout_error),
             ("dynamic programming", self.dp_calibration_error, self.dp_holdout_error),
+            *self._weights_rows(),
             (f"optimised ({self.method})", self.calibration_error, self.holdout_error),
         ]
         lines += [
@@ -540,6 +572,7 @@ class OptimizedGrid:
         rows = [
             ("default (`%s`)" % self.baseline_grid, self.baseline_calibration_error, self.baseline_holdout_error),
             ("dynamic programming only", self.dp_calibration_error, self.dp_holdout_error),
+            *self._weights_rows(),
             (f"**optimised** ({self.method})", self.calibration_error, self.holdout_error),
         ]
         table = "\n".join(f"| {name} | {cal:.5g} | {hold:.5g} |" for name, cal, hold in rows)
@@ -553,7 +586,14 @@ class OptimizedGrid:
             f"- times t: `[{ts}]` (then the end point t = {self.final_time:g})\n"
             + (f"- model timesteps: `[{steps}]`\n" if steps else "")
             + f"- found by dynamic programming over {self.candidates} candidate times (GITS)"
-            + (" then coordinate descent on the sampler's full error" if self.method == "dp+cd" else "")
+            + (" then coordinate descent on the sampler's full error" if self.method.startswith("dp+cd") else "")
+            + (
+                f" for `{self.weights_base['sampler']}`, then the weights of the multistep sampler `fitted` by least "
+                "squares (Levenberg–Marquardt)"
+                + (", the times descended again for the weights" if self.weights_base.get("rounds", 1) > 1 else "")
+                if self.weights_base
+                else ""
+            )
             + f", on {self.calibration} calibration starts (seed {self.seed}); scored on {self.holdout} "
             f"held-out starts\n"
             f"- reference: the PF-ODE solved by {self.reference['solver']} in {self.reference['steps']} steps "
@@ -725,6 +765,9 @@ def optimize_grid(
     objective: str = "mean",
     starts: tuple = (),
     descents: int = 1,
+    fit_weights: bool = False,
+    weights_history: int = 3,
+    weights_rounds: int = 2,
 ) -> OptimizedGrid:
     """Find the evaluation times that minimise ``sampler``'s error at ``nfe`` model evaluations (module doc).
 
@@ -749,6 +792,11 @@ def optimize_grid(
         DP path, and with ``starts`` the baseline and the named grids), and the best end wins (``start`` of the
         result names where it started): the error is not convex in the times, and one descent stops in the first
         local minimum it meets.
+    fit_weights: after the times, fit the weights of the multistep sampler ``fitted`` (:mod:`unisde.samplers.fitted`) on
+        them (module doc, step 4); the result then samples with ``fitted`` and those weights, and ``weights_base``
+        records ``sampler``'s errors on its own fitted grid. ``weights_history``: the most x̂0's a step weighs (≥ 1);
+        ``weights_rounds``: how many times the weights are fitted, the times descended again for the weights between
+        two fits.
     reference_substeps / reference_rtol: RK4 steps per candidate interval of the reference, and the halving test's
         relative tolerance.
     t_max / t_min: the first evaluation time (default 1, the prior) and the smallest candidate (default: the
@@ -767,6 +815,8 @@ def optimize_grid(
         ("holdout", holdout, 1),
         ("candidates", candidates, 4),
         ("descents", descents, 1),
+        ("weights_history", weights_history, 1),
+        ("weights_rounds", weights_rounds, 1),
         ("reference_substeps", 1 if reference_substeps == "auto" else reference_substeps, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -842,6 +892,14 @@ def optimize_grid(
             f"sampler {sampler!r} evaluates at increasing times (it runs from data to noise); grid "
             "optimisation needs a sampler that solves the PF-ODE towards the data"
         )
+    if not isinstance(fit_weights, bool):
+        raise ValueError(f"fit_weights must be True or False, got {fit_weights!r}")
+    if fit_weights and len(probe_t) != base_grid.numel() - 1:
+        raise ValueError(
+            f"fit_weights needs a sampler with one model evaluation per step, since the fitted sampler takes one; "
+            f"{sampler!r} takes {len(probe_t)} on {base_grid.numel() - 1} steps here (fit the grid of ddim, unipc, "
+            "ipndm, gradient_estimation or dpmsolver++ instead)"
+        )
     _drive(
         [(probe, x_probe, probe_t)],
         _Target(
@@ -872,20 +930,23 @@ def optimize_grid(
     cal = slice(0, K)
     hold = slice(K, K + holdout)
 
-    def full_error(times_list, part, grids=None):
-        """Per-sample RMS errors (B,) of full runs on each grid (lists of times), on batch ``part``."""
+    def ends_of(runs, part):
+        """The final samples of each (sampler, grid) of ``runs`` from the starts ``part``, run together."""
         loops = []
-        for times in times_list:
-            grid = (
-                make_grid(sched, len(times), GRID_NAME, final_time=final, times=[float(t) for t in times])
-                if grids is None
-                else grids[len(loops)]
-            )
-            smp = sampler_cls(fast, **sampler_options)
+        for smp, grid in runs:
             eval_t = smp.prepare(grid)
             loops.append((smp, z[part] * target.start_scale(float(eval_t[0])), eval_t))
-        ends = _drive(loops, target, counter=counter)
-        return [_rms(e, x_ref[M][part]) for e in ends]
+        return _drive(loops, target, counter=counter)
+
+    def grid_of(times):
+        return make_grid(sched, len(times), GRID_NAME, final_time=final, times=[float(t) for t in times])
+
+    def full_error(times_list, part, grids=None, make=None):
+        """Per-sample RMS errors (B,) of full runs on each grid (lists of times), on batch ``part``, of the sampler
+        ``make()`` builds (default: ``sampler`` with ``sampler_options``)."""
+        make = make or (lambda: sampler_cls(fast, **sampler_options))
+        grids = [grid_of(times) for times in times_list] if grids is None else grids
+        return [_rms(e, x_ref[M][part]) for e in ends_of([(make(), grid) for grid in grids], part)]
 
     def agg(e: torch.Tensor) -> torch.Tensor:
         """The objective's summary of per-sample errors ``e`` (see ``objective``)."""
@@ -929,8 +990,9 @@ def optimize_grid(
             agg(old)
         ) * (1 - 1e-9)
 
-    def descend(times, best):
-        """3. Coordinate descent on the full error of the calibration batch, from ``times`` (error ``best``)."""
+    def descend(times, best, make=None):
+        """3. Coordinate descent on the full error of the calibration batch, from ``times`` (error ``best``), of the
+        sampler ``make()`` builds (default: ``sampler``)."""
         times = list(times)
         to_u, from_u = _lattice(target, t_max, t_min)
         u = [to_u(t) for t in times]
@@ -954,7 +1016,7 @@ def optimize_grid(
                             moves.append((k, t_new))
                 if not trials:
                     break
-                errs = full_error(trials, cal)
+                errs = full_error(trials, cal, make=make)
                 improving = {}
                 for (k, t_new), e in zip(moves, errs):
                     if better(e, best) and (k not in improving or float(agg(e)) < float(agg(improving[k][1]))):
@@ -965,7 +1027,7 @@ def optimize_grid(
                 for k, (t_new, _) in improving.items():
                     combined[k] = t_new
                 ok = all(combined[i] > combined[i + 1] for i in range(n - 1))
-                e_comb = full_error([combined], cal)[0] if ok and len(improving) > 1 else None
+                e_comb = full_error([combined], cal, make=make)[0] if ok and len(improving) > 1 else None
                 k_best = min(improving, key=lambda k: float(agg(improving[k][1])))
                 if e_comb is not None and better(e_comb, improving[k_best][1]):
                     times, best = combined, e_comb
@@ -985,6 +1047,55 @@ def optimize_grid(
     base_cal, dp_cal, best, base_hold, dp_hold, opt_hold = (
         float(agg(v)) for v in (base_cal, dp_cal, best, base_hold, dp_hold, opt_hold)
     )
+    weights_base = None
+    if fit_weights:  # 4. the fitted sampler's weights on these times, then the times for those weights
+        import time
+
+        started = time.perf_counter()
+        fitted_cls = get_sampler(WEIGHTS_SAMPLER)
+        weights_base = {
+            "sampler": sampler,
+            "sampler_options": dict(sampler_options),
+            "times": [float(t) for t in times],
+            "calibration_error": best,
+            "holdout_error": opt_hold,
+            "iterations": 0,
+            "rounds": weights_rounds,
+        }
+        rows, view = None, {}
+        # as many derivatives per step as the base sampler's own steps weigh, at least weights_history
+        base_tables = weight_starts(sampler_cls(fast, **sampler_options), grid_of(times), len(times))[0]
+        history = max([weights_history] + [len(row) for rows in base_tables for row in rows])
+        for round_ in range(weights_rounds):
+            if round_ > 0 and refine and n > 1:
+
+                def make(rows=rows):
+                    return fitted_cls(fast, weights=rows, **view)
+
+                (now,) = full_error([times], cal, make=make)
+                times, _ = descend(times, now, make=make)
+            grid = grid_of(times)
+            starts_w, view = weight_starts(sampler_cls(fast, **sampler_options), grid, history)
+            if rows is not None:  # the weights of the previous round, on the times descended for them
+                starts_w.append(rows)
+            rows, iterations = fit_weight_rows(
+                lambda tables, part, grid=grid: ends_of(
+                    [(fitted_cls(fast, weights=w, **view), grid) for w in tables], part
+                ),
+                x_ref[M][cal],
+                cal,
+                n,
+                history,
+                starts_w,
+            )
+            weights_base["iterations"] += iterations
+
+        def make(rows=rows):
+            return fitted_cls(fast, weights=rows, **view)
+
+        best, opt_hold = (float(agg(e)) for part in (cal, hold) for e in full_error([times], part, make=make))
+        sampler, sampler_options = WEIGHTS_SAMPLER, {"weights": [list(r) for r in rows], **view}
+        weights_base["seconds"] = time.perf_counter() - started
     if target.scheduler is not None:  # what was measured is what the pipeline will run
         check = _unified(
             target.scheduler_config,
@@ -1025,10 +1136,104 @@ def optimize_grid(
         model_timesteps=model_steps,
         final_time=float(final),
         model_evaluations=int(counter[0]),
-        method="dp+cd" if refine else "dp",
+        method=("dp+cd" if refine else "dp") + ("+weights" if fit_weights else ""),
         objective=objective,
         start=start,
+        weights_base=weights_base,
     )
+
+
+def weight_rows(free: list, n: int, history: int) -> tuple:
+    """The ``fitted`` sampler's weight table for n steps from its free weights: row i weighs the last
+    min(i + 1, ``history``) x̂0's, its last entry 1 minus the sum of the others (``free`` lists the others, oldest
+    first, step by step)."""
+    rows, k = [], 0
+    for i in range(n):
+        m = min(i + 1, history) - 1
+        head = [float(v) for v in free[k : k + m]]
+        k += m
+        rows.append(tuple(head) + (1.0 - math.fsum(head),))
+    return tuple(rows)
+
+
+def free_weights(rows: tuple) -> list:
+    """The inverse of :func:`weight_rows`: every entry of each row but its last."""
+    return [float(w) for row in rows for w in row[:-1]]
+
+
+def weight_starts(base, grid: torch.Tensor, history: int) -> tuple[list, dict]:
+    """Starts of the weight fit on ``grid`` and the ``fitted`` sampler's options besides the weights: the rows of
+    ``base`` (the sampler whose grid it is) with its view where it is a multistep method of the same family
+    (iPNDM, gradient estimation: :meth:`unisde.samplers.ipndm.IPNDMSampler.weight_rows`, so the fit starts from
+    its very steps), else Euler's and the variable-step Adams–Bashforth-2 rows of ``ipndm_v`` in the default view;
+    rows are cut to their newest ``history`` entries (renormalised)."""
+    from unisde.plugins import get_sampler
+    from unisde.samplers.ipndm import IPNDMSampler
+
+    if isinstance(base, IPNDMSampler):
+        tables, options = [base.weight_rows(grid)], {"view": base.opts["view"]}
+    else:
+        tables, options = [get_sampler("ipndm_v")(base.schedule, max_order=2).weight_rows(grid)], {}
+    euler = tuple((1.0,) for _ in range(grid.numel() - 1))
+    cut = [tuple(_renormalised(row[-history:]) for row in rows) for rows in tables]
+    return [euler, *cut], options
+
+
+def _renormalised(row: tuple) -> tuple:
+    total = math.fsum(row)
+    return row if total == 1.0 else tuple(w / total for w in row[:-1]) + (1.0 - math.fsum(w / total for w in row[:-1]),)
+
+
+def _padded(rows: tuple, history: int) -> tuple:
+    """Rows with zero weights in front up to min(i + 1, ``history``) entries (the free weights' layout)."""
+    return tuple((0.0,) * (min(i + 1, history) - len(row)) + tuple(row) for i, row in enumerate(rows))
+
+
+def fit_weight_rows(run, reference: torch.Tensor, part, n: int, history: int, start_rows: list, iterations: int = 30):
+    """Least-squares weights of the ``fitted`` sampler: Levenberg–Marquardt (Marquardt 1963 [LM]) on the free
+    weights (:func:`weight_rows`) minimising ‖x_end − x_ref‖² over the calibration batch ``part`` (the objective
+    ``rms`` squared), with forward-difference Jacobians (every perturbed table run together: one batched model call
+    per evaluation). Starts from the best of ``start_rows`` (weight tables). ``run(tables, part)`` returns the final
+    samples of each weight table. Returns (rows, iterations taken)."""
+    size = float(reference.numel())
+
+    def residuals(tables):
+        return [(e.to(DTYPE) - reference.to(DTYPE)).reshape(-1) / math.sqrt(size) for e in run(tables, part)]
+
+    def cost(r):
+        return float(r @ r)
+
+    starts = [weight_rows(free_weights(_padded(rows, history)), n, history) for rows in start_rows]
+    res = residuals(starts)
+    k = min(range(len(starts)), key=lambda j: cost(res[j]))
+    p = torch.tensor(free_weights(starts[k]), dtype=DTYPE)
+    r, f = res[k], cost(res[k])
+    if p.numel() == 0:
+        return starts[k], 0
+    damping, delta, done = 1e-3, 1e-4, 0
+    for done in range(1, iterations + 1):
+        trials = [p.clone() for _ in range(p.numel())]
+        for j, q in enumerate(trials):
+            q[j] += delta
+        perturbed = residuals([weight_rows(q.tolist(), n, history) for q in trials])
+        jac = torch.stack([(rj - r) / delta for rj in perturbed], 1)
+        normal, grad = jac.T @ jac, jac.T @ r
+        scale = torch.diag(normal).clamp_min(1e-12)
+        improved = False
+        while damping < 1e8:
+            step = torch.linalg.solve(normal + damping * torch.diag(scale), -grad)
+            q = p + step
+            (r_new,) = residuals([weight_rows(q.tolist(), n, history)])
+            f_new = cost(r_new)
+            if f_new < f:
+                improved, gain = True, (f - f_new) / f
+                p, r, f = q, r_new, f_new
+                damping = max(damping / 3, 1e-9)
+                break
+            damping *= 4
+        if not improved or gain < 1e-5:
+            break
+    return weight_rows(p.tolist(), n, history), done
 
 
 def _reference(

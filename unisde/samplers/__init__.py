@@ -13,6 +13,7 @@ from unisde.samplers.dpm_singlestep import DPMSolverSinglestepSampler
 from unisde.samplers.dpmpp_sde import DPMPP2SAncestralSampler, DPMPPSDESampler
 from unisde.samplers.edm import EDMSampler
 from unisde.samplers.er_sde import ERSDESampler
+from unisde.samplers.fitted import FittedSampler
 from unisde.samplers.gradient_estimation import GradientEstimationSampler
 from unisde.samplers.heunpp2 import HeunPP2Sampler
 from unisde.samplers.inverse import DDIMInverseSampler, InverseSampler
@@ -62,6 +63,7 @@ BUILTIN_SAMPLERS: tuple = (
     DPMFastSampler,
     DPMAdaptiveSampler,  # adaptive: left out of list_samplers(), run by unisde.sampling.sample_adaptive
     GradientEstimationSampler,
+    FittedSampler,
     HeunPP2Sampler,
     SEEDS2Sampler,
     SEEDS3Sampler,

@@ -62,6 +62,14 @@ class IPNDMSampler(Sampler):
         """b_{p,j} of step k at order p (the step size h multiplies them)."""
         return AB_WEIGHTS[order - 1]
 
+    def weight_rows(self, grid) -> tuple:
+        """The weights of each step of a full run on ``grid`` (d_k last), as the rows of the ``fitted`` sampler
+        (:mod:`unisde.samplers.fitted`), which with this sampler's view then takes the same steps."""
+        _, ve = self.view_coefficients(grid)
+        ve = self.floats(ve)
+        order = self.opts["max_order"]
+        return tuple(tuple(reversed(self.step_weights(ve, k, min(k + 1, order)))) for k in range(grid.numel() - 1))
+
     def prepare(self, grid):
         """Per step k and every order p ≤ min(k + 1, ``max_order``): x_{k+1} = a x_k + b D_k + Σ_{j≥1} w_j d_{k−j}, the
         update x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j} in model space with d_k's x̃-part folded into a, b (well

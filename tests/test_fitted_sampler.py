@@ -1,0 +1,217 @@
+"""The ``fitted`` sampler (a linear multistep method with weights fitted to a model) and the weight fit of
+``optimize_grid(fit_weights=True)`` (issue 12): the family it holds step for step, exactness for a constant x̂0,
+bad weights refused, a fit that never ends worse on its calibration starts than the sampler it started from, and
+weights that a scheduler config and a pipeline folder carry."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from unisde import UnifiedScheduler
+from unisde.analytic import Gaussian, GaussianMixture
+from unisde.bench.accuracy import accuracy_config
+from unisde.bench.contestants import _unified
+from unisde.grids import make_grid
+from unisde.grids.optimize import optimize_grid, weight_rows
+from unisde.plugins import get_sampler
+
+
+def _schedule(name: str):
+    return lambda: _unified(accuracy_config(name)).noise_schedule
+
+
+# the accuracy race's schedules: diffusers' default DDPM table, EDM's σ range, the rectified flow
+SCHEDULES = {name: _schedule(name) for name in ("ddpm", "edm", "flow")}
+
+
+def _run(sampler, grid, x, denoise):
+    """The sampler's loop from ``x`` on ``grid`` with the smooth non-linear denoiser ``denoise(x, t)``."""
+    times = sampler.prepare(grid.clone())
+    loop = sampler.loop(x.clone())
+    x = next(loop)
+    try:
+        for t in times:
+            x = loop.send((x, denoise(x, float(t))))
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the loop did not finish")
+
+
+def _smooth(x, t):
+    return 0.6 * torch.tanh(x) + 0.2 * t * torch.sin(x)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize(
+    "base, options",
+    [
+        ("gradient_estimation", {}),
+        ("gradient_estimation", {"ge_gamma": 1.7, "view": "ve"}),
+        ("ipndm", {}),
+        ("ipndm", {"max_order": 3, "view": "flow"}),
+        ("ipndm_v", {}),
+    ],
+)
+def test_it_takes_the_very_steps_of_the_multistep_methods_it_generalises(schedule, base, options):
+    sched = SCHEDULES[schedule]()
+    grid = make_grid(sched, 7, "karras" if schedule != "flow" else "flow_match")
+    base_sampler = get_sampler(base)(sched, **options)
+    rows = base_sampler.weight_rows(grid)
+    fitted = get_sampler("fitted")(sched, weights=rows, view=base_sampler.opts["view"])
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(_run(fitted, grid, x, _smooth), _run(base_sampler, grid, x, _smooth))
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_without_weights_every_step_is_ddims(schedule):
+    sched = SCHEDULES[schedule]()
+    grid = make_grid(sched, 6, "karras" if schedule != "flow" else "flow_match")
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ours = _run(get_sampler("fitted")(sched), grid, x, _smooth)  # view "auto": flow at zero SNR
+    ddim = _run(get_sampler("ddim")(sched), grid, x, _smooth)
+    torch.testing.assert_close(ours, ddim, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("view", ["ve", "flow"])
+def test_any_weights_summing_to_one_are_exact_for_a_constant_denoiser(schedule, view):
+    """With D ≡ c the PF-ODE's solution from (x, t_0) is s c + (σ/σ_0)(x − s_0 c): one DDIM step, whatever the
+    weights (their sum of 1 is what makes a constant derivative come out unchanged)."""
+    sched = SCHEDULES[schedule]()
+    grid = make_grid(sched, 6, "karras" if schedule != "flow" else "flow_match")
+    gen = torch.Generator().manual_seed(2)
+    free = (torch.rand(64, generator=gen, dtype=torch.float64) * 4 - 2).tolist()
+    rows = weight_rows(free, 6, 4)
+    c = torch.randn(2, 8, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 8, generator=gen, dtype=torch.float64) * 3
+    ours = _run(get_sampler("fitted")(sched, weights=rows, view=view), grid, x, lambda x, t: c)
+    exact = _run(get_sampler("ddim")(sched), grid[[0, -1]], x, lambda x, t: c)
+    torch.testing.assert_close(ours, exact, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ([[1.0], [0.5, 0.4]], "row 1 sums to 0.9"),
+        ([[1.0], [0.5, 0.5, 0.0]], "row 1 weighs 3 derivatives but step 1 has only 2"),
+        ([[1.0], []], "row 1 must be a non-empty list"),
+        ([[1.0], [True, 0.0]], "row 1 must hold finite numbers"),
+        ([[1.0], [float("nan"), 1.0]], "row 1 must hold finite numbers"),
+        ([[1.0], "ab"], "row 1 must be a non-empty list"),
+        ("abc", "must be list or tuple"),
+        (3, "must be list or tuple"),
+    ],
+)
+def test_bad_weights_are_refused_naming_the_row(weights, message):
+    with pytest.raises(ValueError, match=message):
+        UnifiedScheduler(sampler="fitted", sampler_options={"weights": weights})
+
+
+def test_weights_for_another_step_count_are_refused_at_set_timesteps():
+    scheduler = UnifiedScheduler(sampler="fitted", sampler_options={"weights": [[1.0], [-1.0, 2.0], [0.5, 0.5]]})
+    scheduler.set_timesteps(3)
+    with pytest.raises(ValueError, match="weights has 3 rows, one per step, but this grid has 5 steps"):
+        scheduler.set_timesteps(5)
+
+
+def test_entered_mid_grid_it_takes_euler_steps_until_its_history_holds_the_rows():
+    sched = SCHEDULES["ddpm"]()
+    grid = make_grid(sched, 5, "karras")
+    rows = ((1.0,), (-1.0, 2.0), (0.5, -1.5, 2.0), (0.2, -1.0, 1.8), (0.1, -0.6, 1.5))
+    fitted = get_sampler("fitted")(sched, weights=rows)
+    times = fitted.prepare(grid.clone())
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    loop = fitted.loop(x.clone(), start=2)
+    y = next(loop)
+    y = loop.send((y, _smooth(y, float(times[2]))))  # step 2 has one derivative: Euler's step
+    euler = get_sampler("ipndm")(sched, max_order=1)
+    euler.prepare(grid.clone())
+    by_euler = euler.loop(x.clone(), start=2)
+    z = next(by_euler)
+    z = by_euler.send((z, _smooth(z, float(times[2]))))
+    assert torch.equal(y, z)
+
+
+MIX = GaussianMixture([1.0, 1.0, 2.0], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]], [0.05, 0.1, 0.02])
+GAUSS = Gaussian(torch.zeros(32, dtype=torch.float64), torch.logspace(-2, 0.5, 32, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "dist, base", [(MIX, "gradient_estimation"), (MIX, "unipc"), (GAUSS, "ipndm")], ids=["mix-ge", "mix-unipc", "gauss"]
+)
+def test_the_weight_fit_never_ends_worse_on_its_calibration_starts_than_the_sampler_it_started_from(dist, base):
+    result = optimize_grid(
+        dist,
+        schedule=SCHEDULES["ddpm"](),
+        sampler=base,
+        nfe=4,
+        calibration=64,
+        holdout=64,
+        candidates=24,
+        seed=0,
+        objective="rms",
+        fit_weights=True,
+    )
+    assert result.sampler == "fitted" and result.method == "dp+cd+weights"
+    rows = result.sampler_options["weights"]
+    assert len(rows) == result.steps == 4 and all(abs(math.fsum(r) - 1.0) < 1e-9 for r in rows)
+    base_record = result.weights_base
+    assert base_record["sampler"] == base and base_record["iterations"] >= 1
+    assert result.calibration_error <= base_record["calibration_error"] * (1 + 1e-12)
+    if dist is GAUSS:  # no boundary between modes: the held-out error follows
+        assert result.holdout_error < base_record["holdout_error"]
+    before = result.base()
+    assert before.sampler == base and before.times == base_record["times"] and before.weights_base is None
+    assert before.holdout_error == base_record["holdout_error"]
+    assert f"{base} on its optimised grid" in result.summary()
+    # the weights run through a UnifiedScheduler config as measured: the grid, the sampler and its options
+    scheduler = result.scheduler(UnifiedScheduler().config)
+    assert scheduler.config.sampler == "fitted"
+    scheduler.set_timesteps(result.steps)
+    assert len(scheduler.timesteps) == result.nfe
+
+
+def test_weights_fit_bad_input_fails_before_any_work():
+    sched = SCHEDULES["ddpm"]()
+    common = dict(schedule=sched, nfe=6, calibration=4, holdout=4, candidates=8)
+    with pytest.raises(ValueError, match="one model evaluation per step"):
+        optimize_grid(MIX, sampler="edm", fit_weights=True, **common)
+    with pytest.raises(ValueError, match="fit_weights must be True or False"):
+        optimize_grid(MIX, sampler="ddim", fit_weights="yes", **common)
+    with pytest.raises(ValueError, match="weights_history must be an integer >= 1"):
+        optimize_grid(MIX, sampler="ddim", fit_weights=True, weights_history=0, **common)
+    with pytest.raises(ValueError, match="weights_rounds must be an integer >= 1"):
+        optimize_grid(MIX, sampler="ddim", fit_weights=True, weights_rounds=0, **common)
+
+
+def test_cli_fits_weights_and_saves_them_into_the_pipeline_folder(tmp_path, capsys):
+    from diffusers import DiffusionPipeline
+
+    from unisde.cli import main
+    from unisde.demo import BUNDLED_CHECKPOINT
+
+    folder = tmp_path / "digits"
+    shutil.copytree(BUNDLED_CHECKPOINT, folder, ignore=shutil.ignore_patterns("*.png"))
+    config_before = (folder / "scheduler" / "scheduler_config.json").read_text()
+    args = ["grid", "optimize", str(folder), "--sampler", "gradient_estimation", "--nfe", "4"]
+    assert main(args + ["--fit_weights", "--weights_history", "0", "--save"]) == 2
+    assert "--weights_history must be >= 1" in capsys.readouterr().err
+    assert (folder / "scheduler" / "scheduler_config.json").read_text() == config_before
+    small = ["--calibration", "4", "--holdout", "4", "--candidates", "16", "--json", str(tmp_path / "fit.json")]
+    assert main(args + small + ["--fit_weights", "--save"]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "fit.json").read_text())
+    assert "gradient_estimation on its optimised grid" in out and "samples with 'fitted'" in out
+    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    assert pipe.scheduler.config.sampler == "fitted"
+    assert pipe.scheduler.config.sampler_options == record["sampler_options"]
+    assert pipe.scheduler.config.time_grid_options["times"] == record["times"]
+    card = (folder / "README.md").read_text()
+    assert "then the weights of the multistep sampler `fitted`" in card
+    images = pipe(batch_size=1, num_inference_steps=len(record["times"]), output_type="np").images
+    assert images.shape[0] == 1 and bool(torch.isfinite(torch.as_tensor(images)).all())

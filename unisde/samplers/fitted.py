@@ -1,0 +1,88 @@
+r"""``fitted``: a linear multistep method on the probability-flow ODE whose weights are fitted to one model on one grid
+— iPNDM's step with a table of weights in place of Adams–Bashforth's, for any schedule.
+
+In a view's variables y = x/c against its noise level ℓ (x̃ = x/s and σ̃ in the VE view, y = x/(s + σ) and
+τ = σ/(s + σ) in the flow view; :func:`unisde.core.kernels.view_coefficients`) the PF-ODE reads dy/dℓ = d with
+d = (y − D)/ℓ (Karras et al. 2022, eq. 4 [EDM]), and step i (from ℓ_i to ℓ_{i+1}, one model evaluation) is
+
+    y_{i+1} = y_i + (ℓ_{i+1} − ℓ_i) Σ_j w_{i,j} d_{i−k+1+j},      Σ_j w_{i,j} = 1,
+
+the loop of :class:`unisde.samplers.ipndm.IPNDMSampler`. Weights summing to 1 keep every step exact when D is
+constant (d is then constant along the exact solution), whatever they are. The family holds Euler = DDIM (every row
+``(1,)``), the gradient-estimation sampler (rows ``(1 − γ, γ)``, Permenter & Yuan 2024 [GradEst]), iPNDM's
+constant-step and ``ipndm_v``'s variable-step Adams–Bashforth weights (Zhang & Chen 2023 [DEIS]); rows are oldest
+first (row i's last entry weighs d_i, the entry before d_{i−1}, …) and row i has at most i + 1 entries.
+
+The rows are fitted per model, grid and NFE by least squares against the model's own PF-ODE
+(:func:`unisde.grids.optimize.optimize_grid` with ``fit_weights=True``, starting from the weights of the sampler
+whose grid it fitted), as Bespoke solvers (Shaul et al. 2024 [Bespoke]) and S4S (Frankel et al. 2025 [S4S]) fit a
+solver's coefficients to a model instead of deriving them from a Taylor expansion. With the fitted grid (the
+``optimized`` grid's times) they are sampler options of the scheduler config, so ``save_pretrained`` carries them.
+Without ``weights`` every step is Euler's (DDIM). Entered mid-grid (img2img), a step whose row needs derivatives
+from before the entry takes the Euler step until the history holds them: fitted weights belong to the full run
+they were fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+
+from unisde.samplers.base import Option, view_option
+from unisde.samplers.ipndm import IPNDMSampler
+
+
+def _weights(value):
+    """None when ``value`` is a valid weight table (rows of finite numbers, each summing to 1), else why not."""
+    for i, row in enumerate(value):
+        if isinstance(row, (str, bytes)) or not isinstance(row, (list, tuple)) or not row:
+            return f"row {i} must be a non-empty list of numbers, got {row!r}"
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) for w in row):
+            return f"row {i} must hold finite numbers, got {list(row)!r}"
+        if len(row) > i + 1:
+            return f"row {i} weighs {len(row)} derivatives but step {i} has only {i + 1}"
+        if abs(math.fsum(row) - 1.0) > 1e-9:
+            return (
+                f"row {i} sums to {math.fsum(row)!r}, not 1 (the weights of an average of derivatives: a sum of 1 "
+                "keeps the step exact for a constant x̂0)"
+            )
+    return None
+
+
+class FittedSampler(IPNDMSampler):
+    name = "fitted"
+    description = "linear multistep on the PF-ODE with weights fitted to the model (iPNDM's step; Bespoke / S4S)"
+    default_grid = "config"
+    options = {
+        "weights": Option(
+            (),
+            (list, tuple),
+            "one row of derivative weights per step, oldest first, each summing to 1 (fitted by optimize_grid with "
+            "fit_weights=True); empty: Euler (DDIM) at every step",
+            _weights,
+        ),
+        "view": view_option(),
+    }
+
+    @classmethod
+    def validate_options(cls, options: dict) -> dict:
+        """The user's options plus the multistep loop's own settings: a history as long as the longest row."""
+        out = super().validate_options(options)
+        out["weights"] = tuple(tuple(float(w) for w in row) for row in out["weights"])
+        longest = max((len(row) for row in out["weights"]), default=1)
+        return {**out, "max_order": longest, "denoise_to_zero": False}
+
+    def prepare(self, grid):
+        steps = grid.numel() - 1
+        if self.opts["weights"] and len(self.opts["weights"]) != steps:
+            raise ValueError(
+                f"sampler 'fitted': weights has {len(self.opts['weights'])} rows, one per step, but this grid has "
+                f"{steps} steps; use the grid and step count the weights were fitted on (the config's "
+                "time_grid_options)"
+            )
+        return super().prepare(grid)
+
+    def step_weights(self, ve, k, order):
+        """Row k newest first; Euler's (1) where the loop has fewer derivatives than the row weighs (entered
+        mid-grid)."""
+        row = self.opts["weights"][k] if self.opts["weights"] else (1.0,)
+        return tuple(reversed(row)) if order >= len(row) else (1.0,)
