@@ -54,8 +54,10 @@ class FitSettings:
 
     samplers: tuple = (
         ("unipc", {}),
-        ("unipc", {"solver_order": 3}),
-        ("ipndm", {}),
+        # at NFE 4 unipc order 3 takes unipc's very steps (its third-order step never runs): the same grid and error
+        ("unipc", {"solver_order": 3}, (5, 6, 8, 10)),
+        # at NFE ≤ 6 iPNDM's fitted grids lost every cell to gradient estimation's weights (BENCHMARKS.md, full preset)
+        ("ipndm", {}, (8, 10)),
         # Euler with a gradient-estimation correction (Permenter & Yuan 2024 [GradEst]): on the 64-D mixture at
         # NFE 5 it sends the fewest starts to the wrong mode (a fifth less error than unipc on the rectified flow);
         # at NFE 10 it is far behind the multistep methods

@@ -34,6 +34,14 @@ Method (GITS: Chen et al. 2024, "On the trajectory regularity of ODE-based diffu
    improving moves are kept (all of them when their combination still improves, else the best one). The local
    costs of step 2 ignore how an early error is amplified or damped later, and a multistep method's history;
    this step sees both.
+4. **Weights** (``fit_weights=True``): the multistep sampler ``fitted`` (:mod:`unisde.samplers.fitted`, iPNDM's step
+   with one row of derivative weights per step, each summing to 1) takes the weights that minimise the squared
+   error of the final sample against the reference over the calibration batch, by Levenberg–Marquardt (Marquardt
+   1963 [LM]) from the best of Euler's rows and those of ``sampler`` where it is of that family (iPNDM, gradient
+   estimation: then it starts from ``sampler``'s very steps and cannot end worse on the calibration batch); with
+   ``weights_rounds`` > 1 the times are descended again (step 3) for the weights and the weights refitted. Fitting
+   a solver's coefficients to the model, not only its steps, follows Bespoke solvers (Shaul et al. 2024
+   [Bespoke]) and S4S (Frankel et al. 2025 [S4S]).
 
 The NFE is counted by preparing the sampler on a real grid: n is the largest number of grid times whose
 evaluations (``len(sampler.prepare(grid))``: Heun's last step to t = 0 is Euler, RK4 takes 4 per step) fit in the
@@ -60,6 +68,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -794,7 +803,8 @@ def optimize_grid(
         local minimum it meets.
     fit_weights: after the times, fit the weights of the multistep sampler ``fitted`` (:mod:`unisde.samplers.fitted`) on
         them (module doc, step 4); the result then samples with ``fitted`` and those weights, and ``weights_base``
-        records ``sampler``'s errors on its own fitted grid. ``weights_history``: the most x̂0's a step weighs (≥ 1);
+        records ``sampler``'s errors on its own fitted grid. ``weights_history``: the most derivatives a step weighs
+        (≥ 1; more where ``sampler``'s own steps weigh more);
         ``weights_rounds``: how many times the weights are fitted, the times descended again for the weights between
         two fits.
     reference_substeps / reference_rtol: RK4 steps per candidate interval of the reference, and the halving test's
@@ -1049,8 +1059,6 @@ def optimize_grid(
     )
     weights_base = None
     if fit_weights:  # 4. the fitted sampler's weights on these times, then the times for those weights
-        import time
-
         started = time.perf_counter()
         fitted_cls = get_sampler(WEIGHTS_SAMPLER)
         weights_base = {
@@ -1062,10 +1070,7 @@ def optimize_grid(
             "iterations": 0,
             "rounds": weights_rounds,
         }
-        rows, view = None, {}
-        # as many derivatives per step as the base sampler's own steps weigh, at least weights_history
-        base_tables = weight_starts(sampler_cls(fast, **sampler_options), grid_of(times), len(times))[0]
-        history = max([weights_history] + [len(row) for rows in base_tables for row in rows])
+        rows, view, history = None, {}, weights_history
         for round_ in range(weights_rounds):
             if round_ > 0 and refine and n > 1:
 
@@ -1075,7 +1080,9 @@ def optimize_grid(
                 (now,) = full_error([times], cal, make=make)
                 times, _ = descend(times, now, make=make)
             grid = grid_of(times)
-            starts_w, view = weight_starts(sampler_cls(fast, **sampler_options), grid, history)
+            starts_w, view = weight_starts(sampler_cls(fast, **sampler_options), grid)
+            # as many derivatives per step as the base sampler's own steps weigh, at least weights_history
+            history = max([history] + [len(row) for table in starts_w for row in table])
             if rows is not None:  # the weights of the previous round, on the times descended for them
                 starts_w.append(rows)
             rows, iterations = fit_weight_rows(
@@ -1145,7 +1152,7 @@ def optimize_grid(
 
 def weight_rows(free: list, n: int, history: int) -> tuple:
     """The ``fitted`` sampler's weight table for n steps from its free weights: row i weighs the last
-    min(i + 1, ``history``) x̂0's, its last entry 1 minus the sum of the others (``free`` lists the others, oldest
+    min(i + 1, ``history``) derivatives, its last entry 1 minus the sum of the others (``free`` lists the others, oldest
     first, step by step)."""
     rows, k = [], 0
     for i in range(n):
@@ -1161,12 +1168,12 @@ def free_weights(rows: tuple) -> list:
     return [float(w) for row in rows for w in row[:-1]]
 
 
-def weight_starts(base, grid: torch.Tensor, history: int) -> tuple[list, dict]:
+def weight_starts(base, grid: torch.Tensor) -> tuple[list, dict]:
     """Starts of the weight fit on ``grid`` and the ``fitted`` sampler's options besides the weights: the rows of
     ``base`` (the sampler whose grid it is) with its view where it is a multistep method of the same family
     (iPNDM, gradient estimation: :meth:`unisde.samplers.ipndm.IPNDMSampler.weight_rows`, so the fit starts from
-    its very steps), else Euler's and the variable-step Adams–Bashforth-2 rows of ``ipndm_v`` in the default view;
-    rows are cut to their newest ``history`` entries (renormalised)."""
+    its very steps), else Euler's and the variable-step Adams–Bashforth-2 rows of ``ipndm_v`` in the default
+    view."""
     from unisde.plugins import get_sampler
     from unisde.samplers.ipndm import IPNDMSampler
 
@@ -1175,13 +1182,7 @@ def weight_starts(base, grid: torch.Tensor, history: int) -> tuple[list, dict]:
     else:
         tables, options = [get_sampler("ipndm_v")(base.schedule, max_order=2).weight_rows(grid)], {}
     euler = tuple((1.0,) for _ in range(grid.numel() - 1))
-    cut = [tuple(_renormalised(row[-history:]) for row in rows) for rows in tables]
-    return [euler, *cut], options
-
-
-def _renormalised(row: tuple) -> tuple:
-    total = math.fsum(row)
-    return row if total == 1.0 else tuple(w / total for w in row[:-1]) + (1.0 - math.fsum(w / total for w in row[:-1]),)
+    return [euler, *tables], options
 
 
 def _padded(rows: tuple, history: int) -> tuple:
