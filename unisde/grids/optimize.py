@@ -69,7 +69,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -495,8 +495,6 @@ class OptimizedGrid:
     def base(self) -> "OptimizedGrid":
         """With fitted weights: the grid fitted for ``weights_base``'s sampler before them, as its own result (the
         same reference, baseline and DP errors); without: this result."""
-        from dataclasses import replace
-
         wb = self.weights_base
         if wb is None:
             return self
@@ -1071,14 +1069,15 @@ def optimize_grid(
             "rounds": weights_rounds,
         }
         rows, view, history = None, {}, weights_history
+
+        def fitted(rows):
+            """The fitted sampler with weight table ``rows``, in the base sampler's view (``view``)."""
+            return fitted_cls(fast, weights=rows, **view)
+
         for round_ in range(weights_rounds):
             if round_ > 0 and refine and n > 1:
-
-                def make(rows=rows):
-                    return fitted_cls(fast, weights=rows, **view)
-
-                (now,) = full_error([times], cal, make=make)
-                times, _ = descend(times, now, make=make)
+                (now,) = full_error([times], cal, make=lambda rows=rows: fitted(rows))
+                times, _ = descend(times, now, make=lambda rows=rows: fitted(rows))
             grid = grid_of(times)
             starts_w, view = weight_starts(sampler_cls(fast, **sampler_options), grid)
             # as many derivatives per step as the base sampler's own steps weigh, at least weights_history
@@ -1086,9 +1085,7 @@ def optimize_grid(
             if rows is not None:  # the weights of the previous round, on the times descended for them
                 starts_w.append(rows)
             rows, iterations = fit_weight_rows(
-                lambda tables, part, grid=grid: ends_of(
-                    [(fitted_cls(fast, weights=w, **view), grid) for w in tables], part
-                ),
+                lambda tables, part, grid=grid: ends_of([(fitted(w), grid) for w in tables], part),
                 x_ref[M][cal],
                 cal,
                 n,
@@ -1096,11 +1093,9 @@ def optimize_grid(
                 starts_w,
             )
             weights_base["iterations"] += iterations
-
-        def make(rows=rows):
-            return fitted_cls(fast, weights=rows, **view)
-
-        best, opt_hold = (float(agg(e)) for part in (cal, hold) for e in full_error([times], part, make=make))
+        best, opt_hold = (
+            float(agg(e)) for part in (cal, hold) for e in full_error([times], part, make=lambda: fitted(rows))
+        )
         sampler, sampler_options = WEIGHTS_SAMPLER, {"weights": [list(r) for r in rows], **view}
         weights_base["seconds"] = time.perf_counter() - started
     if target.scheduler is not None:  # what was measured is what the pipeline will run
