@@ -359,3 +359,57 @@ def test_memory_measure_counts_known_allocations():
     # kept (n) + the table (3n) + the last input x (n, held by the frame); the returned sample and the small
     # tensor (below min_bytes) are not counted
     assert held_bytes(holder, exclude=(out,), min_bytes=4 * n // 4) == 5 * n * 4
+
+
+def test_ancestral_table_error_measures_diffusers_float32_cancellation():
+    """KDPM2Ancestral's float32 σ̃_down = √(σ̃²_next − σ̃²_up) loses its digits where a step spans a large σ̃ ratio
+    (2 steps on the DDPM table); with many steps it is float32 rounding. The twin pair's report row says so."""
+    from diffusers import EulerDiscreteScheduler, KDPM2AncestralDiscreteScheduler
+
+    from unisde.bench.accuracy import ancestral_table_error
+    from unisde.bench.report import agreement_rows
+
+    ddpm = {"beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    peer = KDPM2AncestralDiscreteScheduler(**ddpm)
+    coarse, fine = ancestral_table_error(peer, 3), ancestral_table_error(peer, 50)
+    assert coarse > 1e-3 and fine < 1e-5, (coarse, fine)
+    assert ancestral_table_error(EulerDiscreteScheduler(**ddpm), 3) is None  # no tabulated ancestral steps
+    cell = {"schedule": "ddpm", "target": "t", "nfe": 6, "metric": "w2", "floor": 0.1, "exact": True}
+    records = [
+        {**cell, "library": "diffusers", "sampler": "KDPM2Ancestral", "distance": 1.0, "ancestral_table_error": coarse},
+        {**cell, "library": "unisde", "sampler": "≡KDPM2Ancestral", "twin_of": "KDPM2Ancestral", "distance": 1.01},
+        {**cell, "library": "diffusers", "sampler": "Euler", "distance": 1.0},
+        {**cell, "library": "unisde", "sampler": "≡Euler", "twin_of": "Euler", "distance": 1.01},
+    ]
+    rows = {r["peer_sampler"]: r for r in agreement_rows(records)}
+    assert not rows["KDPM2Ancestral"]["agree"] and "float32 σ̃_down" in rows["KDPM2Ancestral"]["reason"]
+    assert not rows["Euler"]["agree"] and rows["Euler"]["reason"] == ""  # no measurement, no excuse
+
+
+def test_a_late_start_is_scored_from_the_schedules_first_time():
+    """A contestant whose first model call comes after t = 1 (leading spacing; diffusers' flow σ's from 1 − 1/N) is
+    scored against the PF-ODE solved from t = 1 with the same starts: a 1-step PNDM at t = 1/1000 must not score ~0
+    (it scored 2e-3 on the 2-D mixture when its shorter path was its reference), and a twin pair still agrees."""
+    from unisde.bench.run import BenchConfig, run_benchmarks
+
+    labels = ("≡PNDM", "DDIM", "≡DDIM", "FlowMatchEuler", "UniPC-flow", "≡UniPC-flow")
+    cfg = BenchConfig(
+        targets=("mixture-2d",),
+        schedules=("ddpm", "flow"),
+        nfe=(4,),
+        sections=("accuracy",),
+        contestants=labels,
+        grid_variants=False,
+        fit=None,
+        n_trajectory=64,
+        n_samples_2d=500,
+    )
+    records = {(r["schedule"], r["sampler"]): r for r in run_benchmarks(cfg)["accuracy"]}
+    pndm = records["ddpm", "≡PNDM"]
+    assert pndm["num_inference_steps"] == 1 and pndm["start_sigma"] < 0.02 and pndm["late_start"]
+    assert pndm["distance"] > 0.5  # the output of one x̂0 step from noise at σ̃ = 0.01: no sample of the data
+    assert records["ddpm", "DDIM"]["late_start"] and records["flow", "UniPC-flow"]["late_start"]
+    assert not records["flow", "FlowMatchEuler"]["late_start"]
+    for schedule, peer in (("ddpm", "DDIM"), ("flow", "UniPC-flow")):
+        twin, ref = records[schedule, "≡" + peer]["distance"], records[schedule, peer]["distance"]
+        assert abs(twin - ref) <= 1e-3 * ref, (schedule, twin, ref)

@@ -205,6 +205,14 @@ class _Analytic:
         """
         p = self._on(xf.device)
         batch, d = xf.shape
+        if (
+            batch > 1
+            and not (s.requires_grad or sigma.requires_grad)
+            and bool((s == s[0]).all() & (sigma == sigma[0]).all())
+        ):
+            # one time for the whole batch (every sampler's call): the per-direction variances are one row,
+            # broadcast — the same values, elementwise, as the per-sample rows, for a fraction of the work
+            s, sigma = s[:1], sigma[:1]
         s2, var_noise = s * s, sigma * sigma
         run_max = torch.full((batch,), -math.inf, dtype=DTYPE, device=xf.device)
         run_sum = torch.zeros(batch, dtype=DTYPE, device=xf.device)

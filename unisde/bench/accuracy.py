@@ -5,7 +5,9 @@ without sampling noise wherever the mathematics allows (:mod:`unisde.bench.exact
   law (deterministic *and* stochastic contestants: the noise draws are prescribed), with KL alongside, and as
   ``floor`` the prior floor (what an exact PF-ODE solve from the same start law scores).
 * ``trajectory`` — other targets, deterministic contestants: RMS over a fixed batch of ‖x_out − x_ref‖ against
-  the converged PF-ODE solution from the same starts; ``floor`` is the reference's own convergence error.
+  the converged PF-ODE solution from the same starts (from the schedule's first time t = 1 with the same standard
+  normal starts for a contestant that starts later: :func:`scored_reference`); ``floor`` is the reference's own
+  convergence error.
 * ``sliced-w2`` — the rest (stochastic contestants on mixtures, and anything whose run is not affine on a
   Gaussian target, e.g. pc's batch-averaged Langevin step): sliced W₂ between n generated and n exact samples,
   ``floor`` the same distance between two independent exact sets. A Brownian-tree sampler (DPMSolverSDE, unisde's
@@ -164,6 +166,30 @@ class _SamplingMetric:
         return {"floor": self.floor, "floor_sd": self.floor_sd, "n": self.n}
 
 
+def ancestral_table_error(scheduler, steps: int) -> float | None:
+    """For a diffusers scheduler that tabulates its ancestral steps (KDPM2Ancestral's ``sigmas_down``), set for
+    ``steps``: the largest relative error of its float32 σ̃_down = √(σ̃_{i+1}² − σ̃_up²) against σ̃_down computed
+    without that cancellation in float64 from the class's own σ̃ table (:func:`unisde.samplers.kdpm2.ancestral_step`,
+    η = 1); None for a scheduler without such a table. Where σ̃_i/σ̃_{i+1} is large the subtraction loses most of
+    float32's digits (4 % at 2 steps on the DDPM table), which the twin, computing σ̃_down exactly, does not share."""
+    from unisde.samplers.kdpm2 import ancestral_step
+
+    if not hasattr(scheduler, "sigmas_down") or not hasattr(scheduler, "sigmas"):
+        return None
+    scheduler.set_timesteps(steps)
+
+    def per_step(table):  # the class interleaves its per-step table as [x0, x1, x1, x2, x2, …, xn]
+        return torch.cat([table[:1], table[1:-1:2]]).double().tolist()
+
+    sigmas, downs = per_step(scheduler.sigmas), per_step(scheduler.sigmas_down)
+    worst = 0.0
+    for ve_from, ve_to, down in zip(sigmas[:-1], sigmas[1:], downs):
+        exact_down = ancestral_step(ve_from, ve_to, 1.0)[0]
+        if exact_down > 0.0:
+            worst = max(worst, abs(down - exact_down) / exact_down)
+    return worst
+
+
 def _fit_budget(scheduler, budget: int, attempt):
     """Largest steps n whose counted calls fit ``budget``: ``attempt(prepared)`` runs a :class:`exact.Prepared`
     copy of the scheduler set for n and returns (result, calls). Returns (prepared, result) or (None, None)."""
@@ -272,12 +298,37 @@ def _probe_rows_differ(x: torch.Tensor) -> bool:
     return float((x[-1] - x[-2]).abs().max()) > 1e-12 * scale
 
 
+def first_angle(schedule) -> float:
+    """The angle τ = atan2(σ, s) of ``schedule`` at its first time t = 1 (π/2 where s(1) = 0): where a contestant
+    that starts at the schedule's start starts (:func:`scored_reference`)."""
+    one = torch.tensor(1.0, dtype=torch.float64)
+    return math.atan2(float(schedule.sigma(one)), float(schedule.s(one)))
+
+
+def scored_reference(refs: exact.ReferenceCache, tau0: float, y0: torch.Tensor, top: float, z: torch.Tensor):
+    """(reference, late) for a deterministic run whose first model call is at angle ``tau0`` with normalised sample
+    ``y0`` (B, d): the PF-ODE solved from that very start when it is the schedule's first angle ``top``; else — a late
+    start (leading spacing, σ̃ capped at 4096 on the rectified flow, diffusers' flow σ's from 1 − 1/N) — the PF-ODE
+    solved from ``top`` with the same standard normal starts ``z`` (B, d). A late start then pays what its shorter
+    path costs instead of being scored on that shorter path (a 1-step PNDM at t = 1/1000 would score ~0)."""
+    if tau0 >= top * (1.0 - 1e-9):
+        return refs.get(tau0, y0), False
+    return refs.get(top, z), True
+
+
 def measure_mixture(
-    scheduler, model, dist, budget: int, z_traj: torch.Tensor, refs: exact.ReferenceCache, sampling: _SamplingMetric
+    scheduler,
+    model,
+    dist,
+    budget: int,
+    z_traj: torch.Tensor,
+    refs: exact.ReferenceCache,
+    sampling: _SamplingMetric,
+    top: float,
 ) -> dict | None:
     """One record's metric fields on a non-Gaussian target: trajectory error for a deterministic contestant
-    (two extra rows, z = 0 with and without random draws, tell whether the draws reach the output), else the
-    sampling metric."""
+    (two extra rows, z = 0 with and without random draws, tell whether the draws reach the output) against
+    :func:`scored_reference` (``top``: the schedule's :func:`first_angle`), else the sampling metric."""
     if not exact.feeds_noise(scheduler):
         return _sampled(scheduler, model, budget, sampling, "noise not prescribable: sampling metric")
     event, d = dist.event_shape, dist.dim
@@ -297,9 +348,10 @@ def measure_mixture(
     }
     if stochastic:
         return {**base, **sampling.measure(prepared, model)}
-    ref = refs.get(tau0, y0[:-2])
+    ref, late = scored_reference(refs, tau0, y0[:-2], top, z_traj.reshape(-1, d))
     return {
         **base,
+        "late_start": late,
         "model_calls": calls,
         "metric": "trajectory",
         "distance": exact.trajectory_error(x[:-2], ref.x),
@@ -448,12 +500,14 @@ def measure_checkpoint(
     fd: _FrechetMetric,
     state: dict,
     stochastic_budgets: tuple | None = None,
+    top: float = math.pi / 2,
 ) -> dict | None:
     """One record's metric fields on a trained checkpoint. The contestant's first run, on the trajectory batch ``z``
     (n starts, float64) plus two probe rows, tells whether its noise reaches its output (remembered in ``state``,
     one dict per contestant: a deterministic one's later runs take the n starts alone, a stochastic one's later
     budgets need no trajectory run at all; determinism is a property of the algorithm, not of its step count).
-    Deterministic: the trajectory error against the network's own PF-ODE solved from the same starts (``refs``); its
+    Deterministic: the trajectory error against the network's own PF-ODE solved from the same starts (``refs``,
+    :func:`scored_reference`; ``top``: the schedule's :func:`first_angle`); its
     FD is added afterwards, for the records the report compares (:meth:`_FrechetMetric.alongside`). Stochastic (or
     noise that cannot be prescribed): the FD of its samples on the FD batch (:meth:`_FrechetMetric.sampled`), at the
     budgets in ``stochastic_budgets`` only (None: all; elsewhere None is returned)."""
@@ -479,9 +533,10 @@ def measure_checkpoint(
         state["stochastic"] = _probe_rows_differ(x)
     if state["stochastic"]:
         return fd.sampled(scheduler, budget) if fd_budget else None
-    ref = refs.get(tau0, y0[:n])
+    ref, late = scored_reference(refs, tau0, y0[:n], top, z.reshape(n, d).to(torch.float64))
     return {
         "num_inference_steps": prepared.num_inference_steps,
+        "late_start": late,
         "draws": draws,
         "stochastic": False,
         "start_sigma": math.tan(tau0) if tau0 < math.pi / 2 else math.inf,
@@ -709,6 +764,7 @@ def _cells(
                 ref_sched = _unified(base)
                 model_class = CheckpointModel if kind == "checkpoint" else ExactModel
                 model = model_class(dist, ref_sched.parameterization, ref_sched.noise_schedule)
+                top = first_angle(ref_sched.noise_schedule)
                 if isinstance(getattr(model, "_times", None), dict):
                     model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
                     model._ve_times = ve_times  # … and t(σ̃) of k-diffusion's calls
@@ -719,7 +775,7 @@ def _cells(
                     sampling.model._times, sampling.model._ve_times = times, ve_times
                 started = time.perf_counter()
 
-                def race(c, scheduler, budgets, extra=None, schedule=schedule, model=model):
+                def race(c, scheduler, budgets, extra=None, schedule=schedule, model=model, top=top):
                     """Record ``c``'s metric at each budget (a failure as an error row)."""
                     if isinstance(scheduler, Exception):
                         errors.append(
@@ -745,9 +801,11 @@ def _cells(
                             elif kind == "checkpoint":
                                 state = states.setdefault((c.library, c.label), {})
                                 s_nfe = cfg.checkpoint_stochastic_nfe
-                                rec = measure_checkpoint(scheduler, model, budget, z_traj, refs, sampling, state, s_nfe)
+                                rec = measure_checkpoint(
+                                    scheduler, model, budget, z_traj, refs, sampling, state, s_nfe, top
+                                )
                             else:
-                                rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling)
+                                rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling, top)
                         except Exception as exc:
                             errors.append(
                                 {
@@ -762,6 +820,10 @@ def _cells(
                             continue
                         if rec is None:
                             continue  # the sampler's smallest run needs more calls than the budget
+                        if c.library == "diffusers" and not c.twin_of:
+                            table_error = ancestral_table_error(scheduler, rec["num_inference_steps"])
+                            if table_error is not None:
+                                rec["ancestral_table_error"] = table_error
                         records.append(
                             {
                                 "library": c.library,
