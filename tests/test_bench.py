@@ -188,6 +188,8 @@ def test_bad_input_fails_before_work(capsys):
     assert main(["bench", "--quick", "--targets", "mixture-3d"]) == 2
     assert "mixture-2d" in capsys.readouterr().err
     assert main(["bench", "--quick", "--nfe", "0"]) == 2
+    with pytest.raises(ValueError, match="checkpoint_race_dtype"):
+        BenchConfig(checkpoint_race_dtype="float16").validate()
 
 
 # ------------------------------------------------------------------ the speed and memory sections' structure

@@ -1,7 +1,8 @@
 """The bundled trained checkpoints as accuracy targets of ``unisde bench`` (issue 12): ``digits-vp`` (ε-prediction on
 diffusers' default DDPM table) and ``digits-flow`` (rectified flow, flow prediction), each raced on its own schedule
-with its UNet in float64; deterministic contestants are measured by the trajectory error against the network's own
-converged PF-ODE, with the Fréchet distance to the real digits alongside; stochastic ones by the FD.
+with its UNet in float32 (the reference PF-ODE in float64, and what the race's dtype moves a score by measured);
+deterministic contestants are measured by the trajectory error against the network's own converged PF-ODE, with the
+Fréchet distance to the real digits alongside; stochastic ones by the FD.
 
 Reduced sizes throughout (a few contestants, one NFE, small batches): the benchmark's numbers are results, published
 in BENCHMARKS.md, not assertions."""
@@ -151,6 +152,10 @@ def test_checkpoint_records_carry_trajectory_fd_and_floor(results):
         f = floors[name]
         assert f["kind"] == "checkpoint" and f["metric"] == "trajectory" and f["n_trajectory"] == 3 and f["n"] == 24
         assert f["reference_solves"] >= 2 and f["floor"] > 0
+        # the race's float32 network against the float64 one, on the best unisde record: rounding, far below its error
+        rounding = f["race_rounding"]
+        assert f["race_dtype"] == "float32" and rounding["nfe"] == 5 and rounding["sampler"] in CONTESTANTS
+        assert 0 < rounding["rms"] and rounding["relative"] < 1e-3, rounding
     assert floors["digits-vp"]["spacing"] == "trailing" and floors["digits-flow"]["spacing"] is None  # no table
 
 

@@ -551,6 +551,31 @@ def measure_checkpoint(
     }
 
 
+def race_rounding(records: list, runs: dict, model: CheckpointModel, z: torch.Tensor) -> dict | None:
+    """What running a checkpoint race's network in ``model.dtype`` (float32) rather than float64 moves a score by:
+    the best deterministic unisde record at the largest NFE rerun on the trajectory batch ``z`` with the network in
+    float64, as {"nfe", "sampler", "rms": RMS of the two outputs' difference, "relative": that over the record's own
+    trajectory error}; None where there is no such record (or the race already runs in float64)."""
+    if model.dtype == torch.float64:
+        return None
+    mine = [r for r in records if r["library"] == "unisde" and r.get("metric") == "trajectory"]
+    if not mine:
+        return None
+    top = max(r["nfe"] for r in mine)
+    record = min((r for r in mine if r["nfe"] == top), key=lambda r: r["distance"])
+    scheduler = runs[("unisde", record["sampler"], top)]
+    wide = CheckpointModel(model.checkpoint, model.parameterization, model.schedule)
+    wide._times, wide._ve_times = model._times, model._ve_times
+    n, d = z.shape[0], model.checkpoint.dim
+    starts = z.reshape(n, *model.checkpoint.event_shape).to(torch.float64)
+    out = []
+    for net in (model, wide):
+        _, result = _fed_run(scheduler, net, starts, top, lambda: _CheckpointFeeder(n, d, probes=False))
+        out.append(result[0].reshape(n, d))
+    rms = exact.trajectory_error(out[0], out[1])
+    return {"nfe": top, "sampler": record["sampler"], "rms": rms, "relative": rms / record["distance"]}
+
+
 def _fd_alongside(records: list, runs: dict, fd: _FrechetMetric, errors: list):
     """Add the FD (:meth:`_FrechetMetric.alongside`) to the records the report compares on one checkpoint: at each
     NFE the best deterministic unisde record and the best peer record on the trajectory metric. ``runs``: the
@@ -762,8 +787,11 @@ def _cells(
                 torch.manual_seed(_SEED_CELL)
                 base, entries, times, ve_times = contestants_of(schedule, variants, kind == "checkpoint")
                 ref_sched = _unified(base)
-                model_class = CheckpointModel if kind == "checkpoint" else ExactModel
-                model = model_class(dist, ref_sched.parameterization, ref_sched.noise_schedule)
+                if kind == "checkpoint":  # the race's network in checkpoint_race_dtype, its reference in float64
+                    race_dtype = getattr(torch, cfg.checkpoint_race_dtype)
+                    model = CheckpointModel(dist, ref_sched.parameterization, ref_sched.noise_schedule, race_dtype)
+                else:
+                    model = ExactModel(dist, ref_sched.parameterization, ref_sched.noise_schedule)
                 top = first_angle(ref_sched.noise_schedule)
                 if isinstance(getattr(model, "_times", None), dict):
                     model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
@@ -861,6 +889,7 @@ def _cells(
                     started = time.perf_counter()
                     cell = [r for r in records if r["target"] == target_name and r["schedule"] == schedule]
                     _fd_alongside(cell, runs, sampling, errors)
+                    rounding = race_rounding(cell, runs, model, z_traj)
                     log(
                         f"accuracy: {target_name} / {schedule}: FD of the compared records in "
                         f"{time.perf_counter() - started:.1f} s ({refs.solves} reference solves)"
@@ -891,6 +920,8 @@ def _cells(
                 optimized_grids=fit_settings is not None,
                 spacing=cfg.checkpoint_spacing if "timestep_spacing" in base else None,
                 frechet_dtype=cfg.checkpoint_fd_dtype,
+                race_dtype=cfg.checkpoint_race_dtype,
+                race_rounding=rounding,
                 twin_nfe=None if cfg.checkpoint_twin_nfe is None else list(cfg.checkpoint_twin_nfe),
                 stochastic_nfe=None if cfg.checkpoint_stochastic_nfe is None else list(cfg.checkpoint_stochastic_nfe),
             )

@@ -82,7 +82,12 @@ class BenchConfig:
     # costs ~2 ms per sample single-threaded (4× float32), and each reference start ~1700 calls: these defaults keep
     # the two checkpoint jobs near 5 core-minutes at the full preset.
     checkpoint_nfe: tuple | None = None  # NFE budgets (None: ``nfe``)
-    checkpoint_trajectory: int = 4  # starts of the trajectory batch (float64 runs; the reference PF-ODE solves)
+    # starts of the trajectory batch: on 4 starts digits-flow's NFE 4/6 ratios read 0.67/0.60, on 8 0.76/0.68, on 16
+    # 0.74/0.74 (a few starts that change mode dominate the RMS). 8, with the race's network in float32 (4-6x faster
+    # per sample; what that moves a score by is measured and reported) and the reference PF-ODE solves in float64: on
+    # 16 the solves (~50 s per distinct start) took digits-vp's job from 510 to 750 s
+    checkpoint_trajectory: int = 8
+    checkpoint_race_dtype: str = "float32"  # the network's dtype in the contestants' trajectory runs
     checkpoint_samples: int = 128  # starts of the Fréchet-distance batch (the trajectory batch is its first rows)
     checkpoint_fd_dtype: str = "float32"  # the network's dtype in the FD runs (as a pipeline runs it)
     checkpoint_twin_nfe: tuple | None = None  # NFE at which unisde twins are raced on them (None: every NFE)
@@ -203,8 +208,9 @@ class BenchConfig:
             raise ValueError(
                 f"checkpoint_nfe must be a non-empty list of positive integers, got {list(self.checkpoint_nfe)}"
             )
-        if self.checkpoint_fd_dtype not in ("float32", "float64"):
-            raise ValueError(f"checkpoint_fd_dtype must be 'float32' or 'float64', got {self.checkpoint_fd_dtype!r}")
+        for key in ("checkpoint_fd_dtype", "checkpoint_race_dtype"):
+            if getattr(self, key) not in ("float32", "float64"):
+                raise ValueError(f"{key} must be 'float32' or 'float64', got {getattr(self, key)!r}")
         if self.checkpoint_spacing not in (None, "leading", "trailing", "linspace"):
             raise ValueError(
                 f"checkpoint_spacing must be None, 'leading', 'trailing' or 'linspace', got {self.checkpoint_spacing!r}"
@@ -304,6 +310,7 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
             "samples": cfg.checkpoint_samples,
             "trajectory": cfg.checkpoint_trajectory,
             "fd_dtype": cfg.checkpoint_fd_dtype,
+            "race_dtype": cfg.checkpoint_race_dtype,
             "twin_nfe": None if cfg.checkpoint_twin_nfe is None else list(cfg.checkpoint_twin_nfe),
             "stochastic_nfe": None if cfg.checkpoint_stochastic_nfe is None else list(cfg.checkpoint_stochastic_nfe),
             "spacing": cfg.checkpoint_spacing,
