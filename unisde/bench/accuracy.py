@@ -171,7 +171,8 @@ def ancestral_table_error(scheduler, steps: int) -> float | None:
     ``steps``: the largest relative error of its float32 σ̃_down = √(σ̃_{i+1}² − σ̃_up²) against σ̃_down computed
     without that cancellation in float64 from the class's own σ̃ table (:func:`unisde.samplers.kdpm2.ancestral_step`,
     η = 1); None for a scheduler without such a table. Where σ̃_i/σ̃_{i+1} is large the subtraction loses most of
-    float32's digits (4 % at 2 steps on the DDPM table), which the twin, computing σ̃_down exactly, does not share."""
+    float32's digits (on diffusers' default DDPM table 100 % at 2 steps, where it rounds to 0, and 0.3 % at 3),
+    which the twin, computing σ̃_down exactly, does not share."""
     from unisde.samplers.kdpm2 import ancestral_step
 
     if not hasattr(scheduler, "sigmas_down") or not hasattr(scheduler, "sigmas"):
@@ -500,7 +501,8 @@ def measure_checkpoint(
     fd: _FrechetMetric,
     state: dict,
     stochastic_budgets: tuple | None = None,
-    top: float = math.pi / 2,
+    *,
+    top: float,
 ) -> dict | None:
     """One record's metric fields on a trained checkpoint. The contestant's first run, on the trajectory batch ``z``
     (n starts, float64) plus two probe rows, tells whether its noise reaches its output (remembered in ``state``,
@@ -830,7 +832,7 @@ def _cells(
                                 state = states.setdefault((c.library, c.label), {})
                                 s_nfe = cfg.checkpoint_stochastic_nfe
                                 rec = measure_checkpoint(
-                                    scheduler, model, budget, z_traj, refs, sampling, state, s_nfe, top
+                                    scheduler, model, budget, z_traj, refs, sampling, state, s_nfe, top=top
                                 )
                             else:
                                 rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling, top)
