@@ -427,3 +427,25 @@ def test_bad_call_arguments_are_rejected():
         dist.sample(0)
     with pytest.raises(ValueError, match="unknown parameterization"):
         dist.as_model("epsilonn", schedule)
+
+
+@pytest.mark.parametrize("target", ["mixture-8x8", "mixture-2d"])
+def test_a_batch_at_one_time_takes_the_same_posterior_as_per_sample_times(target):
+    """Where the whole batch shares its time (every sampler call) the posterior broadcasts one row of per-direction
+    variances; the values are elementwise those of the per-sample rows, so the result is bitwise the same as the
+    per-sample path (which a batch whose s or σ requires grad still takes), for full-covariance and isotropic
+    mixtures; a batch of different times agrees row by row with single-time calls."""
+    from unisde.bench.targets import make_target
+
+    dist = make_target(target)
+    gen = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(64, dist.dim, generator=gen, dtype=torch.float64)
+    s, sigma = torch.full((64,), 0.3, dtype=torch.float64), torch.full((64,), 0.95, dtype=torch.float64)
+    shared = dist._posterior(x, s, sigma)
+    per_sample = dist._posterior(x, s.clone().requires_grad_(True), sigma)
+    assert torch.equal(shared[0], per_sample[0].detach()) and torch.equal(shared[1], per_sample[1].detach())
+    mixed_s = torch.linspace(0.2, 0.9, 64, dtype=torch.float64)
+    mixed = dist._posterior(x, mixed_s, sigma)
+    for i in (0, 31, 63):
+        one = dist._posterior(x[i : i + 1], mixed_s[i : i + 1], sigma[i : i + 1])
+        torch.testing.assert_close(mixed[1][i], one[1][0], rtol=1e-12, atol=1e-12)
