@@ -522,9 +522,8 @@ def measure_checkpoint(
         return fd.sampled(scheduler, budget) if fd_budget else None
     n, d, event = z.shape[0], model.checkpoint.dim, model.checkpoint.event_shape
     probes = "stochastic" not in state
-    starts = z.reshape(n, d).to(torch.float64)
-    if probes:
-        starts = torch.cat([starts, torch.zeros(2, d, dtype=torch.float64)])
+    flat = z.reshape(n, d).to(torch.float64)
+    starts = torch.cat([flat, torch.zeros(2, d, dtype=torch.float64)]) if probes else flat
     starts = starts.reshape(starts.shape[0], *event)
 
     prepared, result = _fed_run(scheduler, model, starts, budget, lambda: _CheckpointFeeder(n, d, probes=probes))
@@ -535,7 +534,7 @@ def measure_checkpoint(
         state["stochastic"] = _probe_rows_differ(x)
     if state["stochastic"]:
         return fd.sampled(scheduler, budget) if fd_budget else None
-    ref, late = scored_reference(refs, tau0, y0[:n], top, z.reshape(n, d).to(torch.float64))
+    ref, late = scored_reference(refs, tau0, y0[:n], top, flat)
     return {
         "num_inference_steps": prepared.num_inference_steps,
         "late_start": late,
@@ -563,19 +562,17 @@ def race_rounding(records: list, runs: dict, model: CheckpointModel, z: torch.Te
     mine = [r for r in records if r["library"] == "unisde" and r.get("metric") == "trajectory"]
     if not mine:
         return None
-    top = max(r["nfe"] for r in mine)
-    record = min((r for r in mine if r["nfe"] == top), key=lambda r: r["distance"])
-    scheduler = runs[("unisde", record["sampler"], top)]
-    wide = CheckpointModel(model.checkpoint, model.parameterization, model.schedule)
-    wide._times, wide._ve_times = model._times, model._ve_times
+    nfe = max(r["nfe"] for r in mine)
+    record = min((r for r in mine if r["nfe"] == nfe), key=lambda r: r["distance"])
+    scheduler = runs[("unisde", record["sampler"], nfe)]
     n, d = z.shape[0], model.checkpoint.dim
     starts = z.reshape(n, *model.checkpoint.event_shape).to(torch.float64)
     out = []
-    for net in (model, wide):
-        _, result = _fed_run(scheduler, net, starts, top, lambda: _CheckpointFeeder(n, d, probes=False))
+    for net in (model, model.in_dtype(torch.float64)):
+        _, result = _fed_run(scheduler, net, starts, nfe, lambda: _CheckpointFeeder(n, d, probes=False))
         out.append(result[0].reshape(n, d))
     rms = exact.trajectory_error(out[0], out[1])
-    return {"nfe": top, "sampler": record["sampler"], "rms": rms, "relative": rms / record["distance"]}
+    return {"nfe": nfe, "sampler": record["sampler"], "rms": rms, "relative": rms / record["distance"]}
 
 
 def _fd_alongside(records: list, runs: dict, fd: _FrechetMetric, errors: list):
@@ -799,10 +796,7 @@ def _cells(
                     model._times = times  # t(timestep) and c_in depend on the schedule only: share the inversions
                     model._ve_times = ve_times  # … and t(σ̃) of k-diffusion's calls
                 if kind == "checkpoint":  # the FD runs' model: the same network in checkpoint_fd_dtype
-                    sampling.model = CheckpointModel(
-                        dist, ref_sched.parameterization, ref_sched.noise_schedule, dtype=fd_dtype
-                    )
-                    sampling.model._times, sampling.model._ve_times = times, ve_times
+                    sampling.model = model.in_dtype(fd_dtype)
                 started = time.perf_counter()
 
                 def race(c, scheduler, budgets, extra=None, schedule=schedule, model=model, top=top):

@@ -346,6 +346,12 @@ class CheckpointModel(ExactModel):
         self._times: dict = {}
         self._ve_times: dict = {}
 
+    def in_dtype(self, dtype) -> "CheckpointModel":
+        """The same network and schedule with the network in ``dtype``, sharing this model's time inversions."""
+        other = CheckpointModel(self.checkpoint, self.parameterization, self.schedule, dtype)
+        other._times, other._ve_times = self._times, self._ve_times
+        return other
+
     def __call__(self, model_input: torch.Tensor, timestep, *args, **kwargs) -> torch.Tensor:
         self.nfe += 1
         return self.checkpoint.raw(model_input, timestep, self.dtype).to(model_input.dtype)
