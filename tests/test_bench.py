@@ -383,9 +383,34 @@ def test_ancestral_table_error_measures_diffusers_float32_cancellation():
         {**cell, "library": "diffusers", "sampler": "Euler", "distance": 1.0},
         {**cell, "library": "unisde", "sampler": "≡Euler", "twin_of": "Euler", "distance": 1.01},
     ]
+    # a pair whose median start agrees far within the tolerance (1e-3 × 1.01 here) while a few starts do not
+    few = {"median": 2e-6, "max": 3e-2, "starts": 1024}
+    records += [
+        {**cell, "library": "diffusers", "sampler": "DEIS", "distance": 1.0},
+        {
+            **cell,
+            "library": "unisde",
+            "sampler": "≡DEIS",
+            "twin_of": "DEIS",
+            "distance": 1.01,
+            "output_difference": few,
+        },
+        {**cell, "library": "diffusers", "sampler": "LMS", "distance": 1.0},
+        {
+            **cell,
+            "library": "unisde",
+            "sampler": "≡LMS",
+            "twin_of": "LMS",
+            "distance": 1.01,
+            "output_difference": {**few, "median": 2e-4},
+        },
+    ]
     rows = {r["peer_sampler"]: r for r in agreement_rows(records)}
     assert not rows["KDPM2Ancestral"]["agree"] and "float32 σ̃_down" in rows["KDPM2Ancestral"]["reason"]
     assert not rows["Euler"]["agree"] and rows["Euler"]["reason"] == ""  # no measurement, no excuse
+    assert "the median start's outputs differ by 2.0e-06" in rows["DEIS"]["reason"]
+    assert "largest of the 1024 by 3.0e-02" in rows["DEIS"]["reason"]
+    assert rows["LMS"]["reason"] == ""  # the median start itself is off by more than a tenth of the tolerance
 
 
 def test_a_late_start_is_scored_from_the_schedules_first_time():
@@ -415,3 +440,7 @@ def test_a_late_start_is_scored_from_the_schedules_first_time():
     for schedule, peer in (("ddpm", "DDIM"), ("flow", "UniPC-flow")):
         twin, ref = records[schedule, "≡" + peer]["distance"], records[schedule, peer]["distance"]
         assert abs(twin - ref) <= 1e-3 * ref, (schedule, twin, ref)
+        # the pair's final samples, start by start: diffusers' float32 arithmetic apart, the same
+        apart = records[schedule, "≡" + peer]["output_difference"]
+        assert apart["starts"] == 64 and 0 < apart["median"] <= apart["max"] < 1e-4, apart
+    assert "output_difference" not in records["ddpm", "DDIM"]  # only a twin's record compares

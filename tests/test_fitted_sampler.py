@@ -215,3 +215,132 @@ def test_cli_fits_weights_and_saves_them_into_the_pipeline_folder(tmp_path, caps
     assert "then the weights of the multistep sampler `fitted`" in card
     images = pipe(batch_size=1, num_inference_steps=len(record["times"]), output_type="np").images
     assert images.shape[0] == 1 and bool(torch.isfinite(torch.as_tensor(images)).all())
+
+
+# ---------------------------------------------------------------------------------------------- the corrector
+def _no_correction(rows):
+    return [list(r) + [0.0] for r in rows[:-1]]
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_a_corrector_row_of_the_steps_own_weights_and_a_zero_corrects_nothing(schedule):
+    sched = SCHEDULES[schedule]()
+    grid = make_grid(sched, 6, "karras" if schedule != "flow" else "flow_match")
+    rows = get_sampler("ipndm")(sched, max_order=3).weight_rows(grid)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    plain = _run(get_sampler("fitted")(sched, weights=rows), grid, x, _smooth)
+    idle = _run(get_sampler("fitted")(sched, weights=rows, corrector=_no_correction(rows)), grid, x, _smooth)
+    assert torch.equal(plain, idle)
+    trapezoid = get_sampler("fitted")(sched, weights=rows, corrector=[[0.5, 0.5]] * 5)
+    assert not torch.equal(plain, _run(trapezoid, grid, x, _smooth))
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+@pytest.mark.parametrize("view", ["ve", "flow"])
+def test_any_corrector_summing_to_one_is_exact_for_a_constant_denoiser(schedule, view):
+    sched = SCHEDULES[schedule]()
+    grid = make_grid(sched, 6, "karras" if schedule != "flow" else "flow_match")
+    gen = torch.Generator().manual_seed(5)
+    # weights within ±1/2: larger random rows amplify rounding by orders of magnitude per step (at ±2, 2e-8 where
+    # the predictor alone stays at 1e-13), which is the random method's instability, not a wrong correction
+    free = (torch.rand(64, generator=gen, dtype=torch.float64) - 0.5).tolist()
+    rows = weight_rows(free[:20], 6, 3)
+    corrector = [list(r) for r in weight_rows(free[20:], 6, 4)[1:]]  # row i weighs up to i + 2 derivatives
+    c = torch.randn(2, 8, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 8, generator=gen, dtype=torch.float64) * 3
+    sampler = get_sampler("fitted")(sched, weights=rows, corrector=corrector, view=view)
+    ours = _run(sampler, grid, x, lambda x, t: c)
+    exact = _run(get_sampler("ddim")(sched), grid[[0, -1]], x, lambda x, t: c)
+    torch.testing.assert_close(ours, exact, rtol=1e-9, atol=1e-9)
+
+
+def test_the_trapezoidal_corrector_makes_euler_second_order():
+    """Euler's predictor with the trapezoidal corrector (the x̂0 of the predicted point kept) is a second-order
+    method: halving the step quarters the difference between successive runs, where Euler's only halves it."""
+    sched = SCHEDULES["ddpm"]()
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def run(n, corrector):
+        grid = make_grid(sched, n + 1, "uniform_lambda")[:-1]  # to the smallest positive level: a fixed end
+        kw = {"corrector": [[0.5, 0.5]] * (n - 1)} if corrector else {}
+        return _run(get_sampler("fitted")(sched, weights=[[1.0]] * n, **kw), grid, x, _smooth)
+
+    for corrector, order in ((False, 1), (True, 2)):
+        diffs = [float((run(n, corrector) - run(2 * n, corrector)).norm()) for n in (64, 128, 256)]
+        rates = [math.log2(diffs[i] / diffs[i + 1]) for i in range(2)]
+        assert all(abs(r - order) < 0.15 for r in rates), (corrector, rates)
+
+
+@pytest.mark.parametrize(
+    "corrector, message",
+    [
+        ([[0.5, 0.4], [0.0, 0.5, 0.5]], "row 0 sums to 0.9"),
+        ([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5]], "row 0 weighs 3 derivatives but step 0 has only 2"),
+        ([[0.5, 0.5], []], "row 1 must be a non-empty list"),
+        ([[0.5, float("inf")]], "row 0 must hold finite numbers"),
+        ("abc", "must be list or tuple"),
+    ],
+)
+def test_bad_corrector_rows_are_refused_naming_the_row(corrector, message):
+    with pytest.raises(ValueError, match=message):
+        UnifiedScheduler(sampler="fitted", sampler_options={"corrector": corrector})
+
+
+def test_a_corrector_for_another_step_count_is_refused_at_set_timesteps():
+    scheduler = UnifiedScheduler(sampler="fitted", sampler_options={"corrector": [[0.5, 0.5], [0.5, 0.5]]})
+    scheduler.set_timesteps(3)
+    with pytest.raises(ValueError, match="corrector has 2 rows, one per step but the last, but this grid has 5 steps"):
+        scheduler.set_timesteps(5)
+
+
+def test_entered_mid_grid_the_corrector_waits_for_the_history_it_weighs():
+    """Entered at step 2, correction 3 weighs d_1 (from before the entry): skipped, the step is the predictor's
+    alone; correction 4 weighs d_2 and d_3, both in the loop's history: taken."""
+    sched = SCHEDULES["ddpm"]()
+    grid = make_grid(sched, 6, "karras")
+    rows = [[1.0]] * 6
+    corrector = [[0.5, 0.5], [0.5, 0.5], [0.2, 0.3, 0.5], [0.4, 0.6], [0.4, 0.6]]
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def steps(sampler, count):
+        times = sampler.prepare(grid.clone())
+        loop = sampler.loop(x.clone(), start=2)
+        y = next(loop)
+        for k in range(2, 2 + count):
+            y = loop.send((y, _smooth(y, float(times[k]))))
+        return y
+
+    with_corrector = get_sampler("fitted")(sched, weights=rows, corrector=corrector)
+    only_two_points = [[0.5, 0.5], [0.5, 0.5], [1.0, 0.0], [0.4, 0.6], [0.4, 0.6]]  # correction 3 off
+    reference = get_sampler("fitted")(sched, weights=rows, corrector=only_two_points)
+    assert torch.equal(steps(with_corrector, 3), steps(reference, 3))
+    assert not torch.equal(steps(with_corrector, 3), steps(get_sampler("fitted")(sched, weights=rows), 3))
+
+
+def test_the_corrector_fit_never_ends_worse_than_its_start_and_a_scheduler_config_carries_it():
+    kwargs = dict(
+        schedule=SCHEDULES["flow"](),
+        sampler="gradient_estimation",
+        nfe=4,
+        calibration=64,
+        holdout=64,
+        candidates=24,
+        seed=0,
+        objective="rms",
+        fit_weights=True,
+        weights_rounds=1,
+    )
+    result = optimize_grid(MIX, fit_corrector=True, **kwargs)
+    assert result.method == "dp+cd+weights+corrector" and result.base().method == "dp+cd"
+    corrector = result.sampler_options["corrector"]
+    assert len(corrector) == result.steps - 1 and all(abs(math.fsum(r) - 1.0) < 1e-9 for r in corrector)
+    assert result.calibration_error <= result.weights_base["calibration_error"] * (1 + 1e-12)
+    assert "and of its corrector" in result.markdown()
+    scheduler = result.scheduler(UnifiedScheduler().config)
+    assert scheduler.config.sampler_options["corrector"] == corrector
+    scheduler.set_timesteps(result.steps)
+    assert len(scheduler.timesteps) == result.nfe
+    with pytest.raises(ValueError, match="fit_corrector fits the corrector of the fitted weights"):
+        optimize_grid(MIX, **{**kwargs, "fit_weights": False}, fit_corrector=True)
+    with pytest.raises(ValueError, match="fit_corrector must be True or False"):
+        optimize_grid(MIX, **kwargs, fit_corrector=1)

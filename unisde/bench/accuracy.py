@@ -326,10 +326,13 @@ def measure_mixture(
     refs: exact.ReferenceCache,
     sampling: _SamplingMetric,
     top: float,
+    outputs: dict | None = None,
 ) -> dict | None:
     """One record's metric fields on a non-Gaussian target: trajectory error for a deterministic contestant
     (two extra rows, z = 0 with and without random draws, tell whether the draws reach the output) against
-    :func:`scored_reference` (``top``: the schedule's :func:`first_angle`), else the sampling metric."""
+    :func:`scored_reference` (``top``: the schedule's :func:`first_angle`), else the sampling metric. A
+    deterministic contestant's final samples go into ``outputs["x"]`` when it is given (for
+    :func:`twin_output_difference`)."""
     if not exact.feeds_noise(scheduler):
         return _sampled(scheduler, model, budget, sampling, "noise not prescribable: sampling metric")
     event, d = dist.event_shape, dist.dim
@@ -350,6 +353,8 @@ def measure_mixture(
     if stochastic:
         return {**base, **sampling.measure(prepared, model)}
     ref, late = scored_reference(refs, tau0, y0[:-2], top, z_traj.reshape(-1, d))
+    if outputs is not None:
+        outputs["x"] = x[:-2]
     return {
         **base,
         "late_start": late,
@@ -503,6 +508,7 @@ def measure_checkpoint(
     stochastic_budgets: tuple | None = None,
     *,
     top: float,
+    outputs: dict | None = None,
 ) -> dict | None:
     """One record's metric fields on a trained checkpoint. The contestant's first run, on the trajectory batch ``z``
     (n starts, float64) plus two probe rows, tells whether its noise reaches its output (remembered in ``state``,
@@ -512,7 +518,8 @@ def measure_checkpoint(
     :func:`scored_reference`; ``top``: the schedule's :func:`first_angle`); its
     FD is added afterwards, for the records the report compares (:meth:`_FrechetMetric.alongside`). Stochastic (or
     noise that cannot be prescribed): the FD of its samples on the FD batch (:meth:`_FrechetMetric.sampled`), at the
-    budgets in ``stochastic_budgets`` only (None: all; elsewhere None is returned)."""
+    budgets in ``stochastic_budgets`` only (None: all; elsewhere None is returned). ``outputs``: as in
+    :func:`measure_mixture`."""
     fd_budget = stochastic_budgets is None or budget in stochastic_budgets
     if not exact.feeds_noise(scheduler):
         if not fd_budget:
@@ -535,6 +542,8 @@ def measure_checkpoint(
     if state["stochastic"]:
         return fd.sampled(scheduler, budget) if fd_budget else None
     ref, late = scored_reference(refs, tau0, y0[:n], top, flat)
+    if outputs is not None:
+        outputs["x"] = x[:n]
     return {
         "num_inference_steps": prepared.num_inference_steps,
         "late_start": late,
@@ -549,6 +558,20 @@ def measure_checkpoint(
         "reference_error": ref.error,
         "n_trajectory": n,
         "exact": True,
+    }
+
+
+def twin_output_difference(twin: torch.Tensor, peer: torch.Tensor) -> dict:
+    """How far a twin's final samples lie from its peer's, start by start (the same starts): the median and the
+    largest per-start ‖x_twin − x_peer‖ (whole vectors, data units) over the ``starts``. A twin pair whose
+    trajectory errors differ by more than the tolerance while the median start agrees far within it is one whose
+    few starts near a boundary between modes amplify a small difference (the peer's float32 arithmetic)."""
+    diff = twin.to(torch.float64).reshape(twin.shape[0], -1) - peer.to(torch.float64).reshape(peer.shape[0], -1)
+    per_start = diff.norm(dim=1)
+    return {
+        "median": float(per_start.median()),
+        "max": float(per_start.max()),
+        "starts": int(per_start.numel()),
     }
 
 
@@ -819,6 +842,7 @@ def _cells(
                         if c.twin_of and twin_nfe is not None and extra is None:
                             budgets = tuple(b for b in budgets if b in twin_nfe)
                     for budget in budgets:
+                        out: dict = {}
                         try:
                             if kind == "gaussian":
                                 rec = measure_gaussian(scheduler, model, dist, budget, sampling)
@@ -826,10 +850,12 @@ def _cells(
                                 state = states.setdefault((c.library, c.label), {})
                                 s_nfe = cfg.checkpoint_stochastic_nfe
                                 rec = measure_checkpoint(
-                                    scheduler, model, budget, z_traj, refs, sampling, state, s_nfe, top=top
+                                    scheduler, model, budget, z_traj, refs, sampling, state, s_nfe, top=top, outputs=out
                                 )
                             else:
-                                rec = measure_mixture(scheduler, model, dist, budget, z_traj, refs, sampling, top)
+                                rec = measure_mixture(
+                                    scheduler, model, dist, budget, z_traj, refs, sampling, top, outputs=out
+                                )
                         except Exception as exc:
                             errors.append(
                                 {
@@ -844,6 +870,9 @@ def _cells(
                             continue
                         if rec is None:
                             continue  # the sampler's smallest run needs more calls than the budget
+                        # twins race before their peers (contestants_of): a peer's samples are kept only for a twin
+                        if "x" in out and (c.twin_of or (c.library != "unisde" and (False, c.label, budget) in finals)):
+                            finals[(c.library != "unisde", c.twin_of or c.label, budget)] = out["x"]
                         if c.library == "diffusers" and not c.twin_of:
                             table_error = ancestral_table_error(scheduler, rec["num_inference_steps"])
                             if table_error is not None:
@@ -861,8 +890,15 @@ def _cells(
                             }
                         )
 
+                finals: dict = {}  # (is a peer, peer label, NFE) -> final samples of the trajectory batch
+                first = len(records)
                 for c, scheduler in entries:
                     race(c, scheduler, budgets)
+                for rec in records[first:]:
+                    twin, peer = (finals.get((side, rec.get("twin_of"), rec["nfe"])) for side in (False, True))
+                    if twin is not None and peer is not None:
+                        rec["output_difference"] = twin_output_difference(twin, peer)
+                finals.clear()
                 log(
                     f"accuracy: {target_name} / {schedule}: {len(entries)} contestants in "
                     f"{time.perf_counter() - started:.1f} s"

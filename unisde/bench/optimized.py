@@ -71,6 +71,7 @@ class FitSettings:
     weights: tuple = ()
     weights_history: int = 3
     weights_rounds: int = 2  # weight fits, the times descended again for the weights between two
+    weights_corrector: bool = False  # fit the fitted sampler's corrector rows with its weights (fit_corrector)
     # On Gaussian targets (a fit there takes seconds) these samplers are also fitted at budgets above ``max_nfe`` up
     # to ``max_nfe_gaussian``: at NFE 20 an optimised DPM-Solver++(2M) / UniPC-3 grid beats the polyexponential and
     # Karras grids that the peers' best configurations use
@@ -281,6 +282,7 @@ def fit_grid(dist, schedule, sampler: str, options: dict, budget: int, settings:
                 "fit_weights": True,
                 "weights_history": settings.weights_history,
                 "weights_rounds": settings.weights_rounds,
+                "fit_corrector": settings.weights_corrector,
             }
             if weights
             else {}
@@ -309,6 +311,8 @@ def fit_summary(result, dist, settings: FitSettings, seconds: float) -> dict:
     if result.weights_base is not None:
         summary["weights"] = result.sampler_options["weights"]
         summary["weights_iterations"] = result.weights_base["iterations"]
+        if result.sampler_options.get("corrector"):
+            summary["corrector"] = result.sampler_options["corrector"]
     return summary
 
 
@@ -409,7 +413,9 @@ def weights_text(settings: dict) -> str:
     rounds = settings.get("weights_rounds", 2)
     return (
         f"; then on the grids of {on} the weights of the multistep sampler `fitted` (at most "
-        f"{settings.get('weights_history', 3)} derivatives per step) by least squares"
+        f"{settings.get('weights_history', 3)} derivatives per step)"
+        + (" and of its corrector" if settings.get("weights_corrector") else "")
+        + " by least squares"
         + (f" in {rounds} rounds, the times descended again for the weights between them" if rounds > 1 else "")
         + ", both raced"
     )

@@ -109,19 +109,28 @@ def agreement_rows(records: list) -> list:
                         "floor": r["floor"],
                         "tolerance": tol,
                         "agree": diff <= tol,
-                        "reason": "" if diff <= tol else _disagreement_reason(p),
+                        "reason": "" if diff <= tol else _disagreement_reason(p, r, tol),
                     }
                 )
     return rows
 
 
-def _disagreement_reason(peer: dict) -> str:
-    """Why a twin pair disagrees, where the peer's record measured it ('' otherwise)."""
+def _disagreement_reason(peer: dict, twin: dict, tolerance: float) -> str:
+    """Why a twin pair disagrees by ``tolerance`` or more, where the records measured it ('' otherwise): the peer's
+    float32 σ̃_down table, or a median start on which the two agree far within the tolerance (a few starts then
+    carry the difference)."""
     table_error = peer.get("ancestral_table_error")
     if table_error is not None and table_error > TWIN_RTOL / 10:
         return (
             f"diffusers' float32 σ̃_down = √(σ̃²_next − σ̃²_up) is off by {table_error:.1%} here (cancellation, "
             "measured against the same table in float64); the twin computes σ̃_down without it"
+        )
+    apart = twin.get("output_difference")
+    if apart is not None and apart["median"] <= tolerance / 10:
+        return (
+            f"the median start's outputs differ by {apart['median']:.1e} (a tenth of the tolerance is "
+            f"{tolerance / 10:.1e}) and the largest of the {apart['starts']} by {apart['max']:.1e}: a few starts "
+            "near a boundary between modes amplify a difference of the peer's float32 arithmetic"
         )
     return ""
 

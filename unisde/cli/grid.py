@@ -57,6 +57,12 @@ def add_arguments(parser):
     p.add_argument(
         "--weights_history", type=int, default=3, help="with --fit_weights: the most x̂0's a step weighs (default 3)"
     )
+    p.add_argument(
+        "--fit_corrector",
+        action="store_true",
+        help="with --fit_weights: fit a corrector with the weights (UniPC's free correction, fitted; no extra model "
+        "call)",
+    )
     p.add_argument("--save", action="store_true", help="store the grid in PIPELINE (scheduler config + model card)")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
 
@@ -88,6 +94,8 @@ def _validate(args) -> dict:
         raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
     if args.weights_history < 1:
         raise ValueError(f"--weights_history must be >= 1, got {args.weights_history}")
+    if args.fit_corrector and not args.fit_weights:
+        raise ValueError("--fit_corrector fits the corrector of the fitted weights: add --fit_weights")
     if args.calibration < 1:
         raise ValueError(f"--calibration must be >= 1 (the batch the grid is fitted on), got {args.calibration}")
     if args.holdout < 1:
@@ -119,6 +127,7 @@ def run(args):
         refine=not args.no_refine,
         fit_weights=args.fit_weights,
         weights_history=args.weights_history,
+        fit_corrector=args.fit_corrector,
         progress=True,
     )
     print(result.summary())

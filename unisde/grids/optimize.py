@@ -41,7 +41,9 @@ Method (GITS: Chen et al. 2024, "On the trajectory regularity of ODE-based diffu
    estimation: then it starts from ``sampler``'s very steps and cannot end worse on the calibration batch); with
    ``weights_rounds`` > 1 the times are descended again (step 3) for the weights and the weights refitted. Fitting
    a solver's coefficients to the model, not only its steps, follows Bespoke solvers (Shaul et al. 2024
-   [Bespoke]) and S4S (Frankel et al. 2025 [S4S]).
+   [Bespoke]) and S4S (Frankel et al. 2025 [S4S]). With ``fit_corrector=True`` the rows of ``fitted``'s corrector
+   (UniPC's free correction with fitted weights, as S4S fits a predictor–corrector pair) are fitted with them,
+   from no correction and from the trapezoidal rule.
 
 The NFE is counted by preparing the sampler on a real grid: n is the largest number of grid times whose
 evaluations (``len(sampler.prepare(grid))``: Heun's last step to t = 0 is Euler, RK4 takes 4 per step) fit in the
@@ -505,7 +507,7 @@ class OptimizedGrid:
             sampler_options=dict(wb["sampler_options"]),
             calibration_error=wb["calibration_error"],
             holdout_error=wb["holdout_error"],
-            method=self.method.replace("+weights", ""),
+            method=self.method.replace("+weights", "").replace("+corrector", ""),
             weights_base=None,
         )
 
@@ -595,8 +597,9 @@ class OptimizedGrid:
             + f"- found by dynamic programming over {self.candidates} candidate times (GITS)"
             + (" then coordinate descent on the sampler's full error" if self.method.startswith("dp+cd") else "")
             + (
-                f" for `{self.weights_base['sampler']}`, then the weights of the multistep sampler `fitted` by least "
-                "squares (Levenberg–Marquardt)"
+                f" for `{self.weights_base['sampler']}`, then the weights of the multistep sampler `fitted`"
+                + (" and of its corrector" if self.sampler_options.get("corrector") else "")
+                + " by least squares (Levenberg–Marquardt)"
                 + (", the times descended again for the weights" if self.weights_base.get("rounds", 1) > 1 else "")
                 if self.weights_base
                 else ""
@@ -775,6 +778,7 @@ def optimize_grid(
     fit_weights: bool = False,
     weights_history: int = 3,
     weights_rounds: int = 2,
+    fit_corrector: bool = False,
 ) -> OptimizedGrid:
     """Find the evaluation times that minimise ``sampler``'s error at ``nfe`` model evaluations (module doc).
 
@@ -804,7 +808,8 @@ def optimize_grid(
         records ``sampler``'s errors on its own fitted grid. ``weights_history``: the most derivatives a step weighs
         (≥ 1; more where ``sampler``'s own steps weigh more);
         ``weights_rounds``: how many times the weights are fitted, the times descended again for the weights between
-        two fits.
+        two fits. ``fit_corrector`` (with ``fit_weights``): fit the ``fitted`` sampler's corrector rows together with
+        its weights (UniPC's free correction with fitted weights, as S4S fits a predictor–corrector pair).
     reference_substeps / reference_rtol: RK4 steps per candidate interval of the reference, and the halving test's
         relative tolerance.
     t_max / t_min: the first evaluation time (default 1, the prior) and the smallest candidate (default: the
@@ -900,8 +905,11 @@ def optimize_grid(
             f"sampler {sampler!r} evaluates at increasing times (it runs from data to noise); grid "
             "optimisation needs a sampler that solves the PF-ODE towards the data"
         )
-    if not isinstance(fit_weights, bool):
-        raise ValueError(f"fit_weights must be True or False, got {fit_weights!r}")
+    for name, value in (("fit_weights", fit_weights), ("fit_corrector", fit_corrector)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if fit_corrector and not fit_weights:
+        raise ValueError("fit_corrector fits the corrector of the fitted weights: it needs fit_weights=True")
     if fit_weights and len(probe_t) != base_grid.numel() - 1:
         raise ValueError(
             f"fit_weights needs a sampler with one model evaluation per step, since the fitted sampler takes one; "
@@ -1068,35 +1076,39 @@ def optimize_grid(
             "iterations": 0,
             "rounds": weights_rounds,
         }
-        rows, view, history = None, {}, weights_history
+        pair, view, history = None, {}, weights_history
 
-        def fitted(rows):
-            """The fitted sampler with weight table ``rows``, in the base sampler's view (``view``)."""
-            return fitted_cls(fast, weights=rows, **view)
+        def fitted(pair):
+            """The fitted sampler with the (weights, corrector rows) ``pair``, in the base sampler's view (``view``)."""
+            return fitted_cls(fast, weights=pair[0], corrector=pair[1], **view)
 
         for round_ in range(weights_rounds):
             if round_ > 0 and refine and n > 1:
-                (now,) = full_error([times], cal, make=lambda rows=rows: fitted(rows))
-                times, _ = descend(times, now, make=lambda rows=rows: fitted(rows))
+                (now,) = full_error([times], cal, make=lambda pair=pair: fitted(pair))
+                times, _ = descend(times, now, make=lambda pair=pair: fitted(pair))
             grid = grid_of(times)
             starts_w, view = weight_starts(sampler_cls(fast, **sampler_options), grid)
             # as many derivatives per step as the base sampler's own steps weigh, at least weights_history
             history = max([history] + [len(row) for table in starts_w for row in table])
-            if rows is not None:  # the weights of the previous round, on the times descended for them
-                starts_w.append(rows)
-            rows, iterations = fit_weight_rows(
+            pair, iterations = fit_weight_rows(
                 lambda tables, part, grid=grid: ends_of([(fitted(w), grid) for w in tables], part),
                 x_ref[M][cal],
                 cal,
                 n,
                 history,
                 starts_w,
+                corrector=fit_corrector,
+                # the weights of the previous round, on the times descended for them
+                start_pairs=[pair] if pair is not None else [],
             )
             weights_base["iterations"] += iterations
         best, opt_hold = (
-            float(agg(e)) for part in (cal, hold) for e in full_error([times], part, make=lambda: fitted(rows))
+            float(agg(e)) for part in (cal, hold) for e in full_error([times], part, make=lambda: fitted(pair))
         )
-        sampler, sampler_options = WEIGHTS_SAMPLER, {"weights": [list(r) for r in rows], **view}
+        sampler = WEIGHTS_SAMPLER
+        sampler_options = {"weights": [list(r) for r in pair[0]], **view}
+        if fit_corrector:
+            sampler_options["corrector"] = [list(r) for r in pair[1]]
         weights_base["seconds"] = time.perf_counter() - started
     if target.scheduler is not None:  # what was measured is what the pipeline will run
         check = _unified(
@@ -1138,24 +1150,40 @@ def optimize_grid(
         model_timesteps=model_steps,
         final_time=float(final),
         model_evaluations=int(counter[0]),
-        method=("dp+cd" if refine else "dp") + ("+weights" if fit_weights else ""),
+        method=("dp+cd" if refine else "dp")
+        + ("+weights" if fit_weights else "")
+        + ("+corrector" if fit_corrector else ""),
         objective=objective,
         start=start,
         weights_base=weights_base,
     )
 
 
+def _rows(free: list, lengths: list) -> tuple:
+    """Rows of the given lengths from their free entries (``free``: every entry but each row's last, row by row);
+    each row's last entry is 1 minus the sum of the others."""
+    rows, k = [], 0
+    for length in lengths:
+        head = [float(v) for v in free[k : k + length - 1]]
+        k += length - 1
+        rows.append(tuple(head) + (1.0 - math.fsum(head),))
+    return tuple(rows)
+
+
+def _weight_lengths(n: int, history: int) -> list:
+    return [min(i + 1, history) for i in range(n)]
+
+
+def _corrector_lengths(n: int, history: int) -> list:
+    """Corrector row i weighs step i's derivatives and the new one: one more than predictor row i."""
+    return [min(i + 2, history + 1) for i in range(n - 1)]
+
+
 def weight_rows(free: list, n: int, history: int) -> tuple:
     """The ``fitted`` sampler's weight table for n steps from its free weights: row i weighs the last
     min(i + 1, ``history``) derivatives, its last entry 1 minus the sum of the others (``free`` lists the others, oldest
     first, step by step)."""
-    rows, k = [], 0
-    for i in range(n):
-        m = min(i + 1, history) - 1
-        head = [float(v) for v in free[k : k + m]]
-        k += m
-        rows.append(tuple(head) + (1.0 - math.fsum(head),))
-    return tuple(rows)
+    return _rows(free, _weight_lengths(n, history))
 
 
 def free_weights(rows: tuple) -> list:
@@ -1180,38 +1208,70 @@ def weight_starts(base, grid: torch.Tensor) -> tuple[list, dict]:
     return [euler, *tables], options
 
 
-def _padded(rows: tuple, history: int) -> tuple:
-    """Rows with zero weights in front up to min(i + 1, ``history``) entries (the free weights' layout)."""
-    return tuple((0.0,) * (min(i + 1, history) - len(row)) + tuple(row) for i, row in enumerate(rows))
+def _padded(rows: tuple, lengths: list) -> tuple:
+    """Rows with zero weights in front up to ``lengths`` entries (the free weights' layout)."""
+    return tuple((0.0,) * (length - len(row)) + tuple(row) for row, length in zip(rows, lengths))
 
 
-def fit_weight_rows(run, reference: torch.Tensor, part, n: int, history: int, start_rows: list, iterations: int = 30):
+def corrector_starts(rows: tuple) -> list:
+    """Starts of the corrector fit for predictor ``rows``: no correction (row i is predictor row i with a 0 for the
+    new derivative) and the trapezoidal rule (½ on step i's own derivative and ½ on the new one)."""
+    return [tuple(tuple(row) + (0.0,) for row in rows[:-1]), tuple((0.5, 0.5) for _ in rows[:-1])]
+
+
+def fit_weight_rows(
+    run,
+    reference: torch.Tensor,
+    part,
+    n: int,
+    history: int,
+    start_rows: list,
+    iterations: int = 30,
+    corrector: bool = False,
+    start_pairs: list = (),
+):
     """Least-squares weights of the ``fitted`` sampler: Levenberg–Marquardt (Marquardt 1963 [LM]) on the free
-    weights (:func:`weight_rows`) minimising ‖x_end − x_ref‖² over the calibration batch ``part`` (the objective
-    ``rms`` squared), with forward-difference Jacobians (every perturbed table run together: one batched model call
-    per evaluation). Starts from the best of ``start_rows`` (weight tables). ``run(tables, part)`` returns the final
-    samples of each weight table. Returns (rows, iterations taken)."""
+    weights (:func:`weight_rows`; with ``corrector`` also those of the corrector rows, one more entry each)
+    minimising ‖x_end − x_ref‖² over the calibration batch ``part`` (the objective ``rms`` squared), with
+    forward-difference Jacobians (every perturbed table run together: one batched model call per evaluation).
+    Starts from the best of ``start_rows`` (weight tables; with ``corrector`` each with no correction and with the
+    trapezoidal one, :func:`corrector_starts`) and of ``start_pairs``, (weights, corrector rows) pairs (a previous
+    round's). ``run(tables, part)`` returns the final samples of each
+    (weights, corrector rows) pair. Returns ((weights, corrector rows), iterations taken); the corrector rows are
+    empty without ``corrector``."""
     size = float(reference.numel())
+    w_len = _weight_lengths(n, history)
+    c_len = _corrector_lengths(n, history) if corrector else []
+    split = sum(w_len) - len(w_len)
 
-    def residuals(tables):
-        return [(e.to(DTYPE) - reference.to(DTYPE)).reshape(-1) / math.sqrt(size) for e in run(tables, part)]
+    def tables(free):
+        return _rows(free[:split], w_len), _rows(free[split:], c_len)
+
+    def residuals(free_list):
+        ends = run([tables(free) for free in free_list], part)
+        return [(e.to(DTYPE) - reference.to(DTYPE)).reshape(-1) / math.sqrt(size) for e in ends]
 
     def cost(r):
         return float(r @ r)
 
-    starts = [weight_rows(free_weights(_padded(rows, history)), n, history) for rows in start_rows]
+    starts = []
+    for rows in start_rows:
+        w = free_weights(_padded(rows, w_len))
+        padded = _rows(w, w_len)
+        starts += [w + free_weights(_padded(c, c_len)) for c in corrector_starts(padded)] if corrector else [w]
+    starts += [free_weights(_padded(w, w_len)) + free_weights(_padded(c, c_len)) for w, c in start_pairs]
     res = residuals(starts)
     k = min(range(len(starts)), key=lambda j: cost(res[j]))
-    p = torch.tensor(free_weights(starts[k]), dtype=DTYPE)
+    p = torch.tensor(starts[k], dtype=DTYPE)
     r, f = res[k], cost(res[k])
     if p.numel() == 0:
-        return starts[k], 0
+        return tables(starts[k]), 0
     damping, delta, done = 1e-3, 1e-4, 0
     for done in range(1, iterations + 1):
         trials = [p.clone() for _ in range(p.numel())]
         for j, q in enumerate(trials):
             q[j] += delta
-        perturbed = residuals([weight_rows(q.tolist(), n, history) for q in trials])
+        perturbed = residuals([q.tolist() for q in trials])
         jac = torch.stack([(rj - r) / delta for rj in perturbed], 1)
         normal, grad = jac.T @ jac, jac.T @ r
         scale = torch.diag(normal).clamp_min(1e-12)
@@ -1219,7 +1279,7 @@ def fit_weight_rows(run, reference: torch.Tensor, part, n: int, history: int, st
         while damping < 1e8:
             step = torch.linalg.solve(normal + damping * torch.diag(scale), -grad)
             q = p + step
-            (r_new,) = residuals([weight_rows(q.tolist(), n, history)])
+            (r_new,) = residuals([q.tolist()])
             f_new = cost(r_new)
             if f_new < f:
                 improved, gain = True, (f - f_new) / f
@@ -1229,7 +1289,7 @@ def fit_weight_rows(run, reference: torch.Tensor, part, n: int, history: int, st
             damping *= 4
         if not improved or gain < 1e-5:
             break
-    return weight_rows(p.tolist(), n, history), done
+    return tables(p.tolist()), done
 
 
 def _reference(

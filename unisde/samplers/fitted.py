@@ -18,9 +18,22 @@ The rows are fitted per model, grid and NFE by least squares against the model's
 whose grid it fitted), as Bespoke solvers (Shaul et al. 2024 [Bespoke]) and S4S (Frankel et al. 2025 [S4S]) fit a
 solver's coefficients to a model instead of deriving them from a Taylor expansion. With the fitted grid (the
 ``optimized`` grid's times) they are sampler options of the scheduler config, so ``save_pretrained`` carries them.
-Without ``weights`` every step is Euler's (DDIM). Entered mid-grid (img2img), a step whose row needs derivatives
-from before the entry takes the Euler step until the history holds them: fitted weights belong to the full run
-they were fitted on.
+Without ``weights`` every step is Euler's (DDIM).
+
+``corrector`` adds a fitted corrector, UniPC's free correction (Zhao et al. 2023, §3.1 [UniPC]) with fitted
+weights as S4S fits both halves of a predictor–corrector pair: once the model has been evaluated at the predicted
+y_{i+1}, that point is replaced by
+
+    y_{i+1} ← y_i + (ℓ_{i+1} − ℓ_i) Σ_j c_{i,j} d_{i−k+2+j},      Σ_j c_{i,j} = 1,
+
+whose last weight multiplies the new derivative d_{i+1} (evaluated at the predicted point, so the correction costs
+no model call); the x̂0 of that evaluation is kept, so d_{i+1} is recomputed at the corrected point and the next
+step predicts from there (UniPC keeps its model output the same way). Row i corrects the result of step i, so a
+grid of n steps has n − 1 rows (the last step's result is the sample) and row i has at most i + 2 entries. A row
+equal to step i's weights with a 0 appended is no correction; (…, 0, ½, ½) is the trapezoidal rule. Entered
+mid-grid (img2img), a step whose row needs derivatives from before the entry takes the Euler step, and a
+correction that needs them is skipped, until the history holds them: fitted weights belong to the full run they
+were fitted on.
 """
 
 from __future__ import annotations
@@ -31,15 +44,16 @@ from unisde.samplers.base import Option, view_option
 from unisde.samplers.ipndm import IPNDMSampler
 
 
-def _weights(value):
-    """None when ``value`` is a valid weight table (rows of finite numbers, each summing to 1), else why not."""
+def _weights(value, extra: int = 0):
+    """None when ``value`` is a valid weight table (rows of finite numbers, each summing to 1, row i at most
+    i + 1 + ``extra`` long), else why not."""
     for i, row in enumerate(value):
         if isinstance(row, (str, bytes)) or not isinstance(row, (list, tuple)) or not row:
             return f"row {i} must be a non-empty list of numbers, got {row!r}"
         if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) for w in row):
             return f"row {i} must hold finite numbers, got {list(row)!r}"
-        if len(row) > i + 1:
-            return f"row {i} weighs {len(row)} derivatives but step {i} has only {i + 1}"
+        if len(row) > i + 1 + extra:
+            return f"row {i} weighs {len(row)} derivatives but step {i} has only {i + 1 + extra}"
         if abs(math.fsum(row) - 1.0) > 1e-9:
             return (
                 f"row {i} sums to {math.fsum(row)!r}, not 1 (the weights of an average of derivatives: a sum of 1 "
@@ -60,6 +74,14 @@ class FittedSampler(IPNDMSampler):
             "fit_weights=True); empty: Euler (DDIM) at every step",
             _weights,
         ),
+        "corrector": Option(
+            (),
+            (list, tuple),
+            "one row of corrector weights per step but the last, oldest first, each summing to 1, its last entry on "
+            "the derivative at the predicted point (fitted by optimize_grid with fit_corrector=True); empty: no "
+            "correction",
+            lambda value: _weights(value, extra=1),
+        ),
         "view": view_option(),
     }
 
@@ -67,8 +89,10 @@ class FittedSampler(IPNDMSampler):
     def validate_options(cls, options: dict) -> dict:
         """The user's options plus the multistep loop's own settings: a history as long as the longest row."""
         out = super().validate_options(options)
-        out["weights"] = tuple(tuple(float(w) for w in row) for row in out["weights"])
-        longest = max((len(row) for row in out["weights"]), default=1)
+        for key in ("weights", "corrector"):
+            out[key] = tuple(tuple(float(w) for w in row) for row in out[key])
+        # the history holds what the longest predictor row and the corrector's older derivatives weigh
+        longest = max([len(row) for row in out["weights"]] + [len(row) - 1 for row in out["corrector"]] + [1])
         return {**out, "max_order": longest, "denoise_to_zero": False}
 
     def prepare(self, grid):
@@ -79,7 +103,42 @@ class FittedSampler(IPNDMSampler):
                 f"{steps} steps; use the grid and step count the weights were fitted on (the config's "
                 "time_grid_options)"
             )
-        return super().prepare(grid)
+        corrector = self.opts["corrector"]
+        if corrector and len(corrector) != steps - 1:
+            raise ValueError(
+                f"sampler 'fitted': corrector has {len(corrector)} rows, one per step but the last, but this grid has "
+                f"{steps} steps; use the grid and step count the weights were fitted on (the config's "
+                "time_grid_options)"
+            )
+        evaluations = super().prepare(grid)
+        s, ve = self.view_coefficients(grid)
+        s, ve = self.floats(s), self.floats(ve)
+        # correction i + 1 (of step i's result): y += (ℓ_{i+1} − ℓ_i)(c_new d_{i+1} + Σ_j (c_j − w_j) d_{i−j}),
+        # the corrected combination minus the predicted one, as a multiple of x = c y; None where the correction
+        # needs more history than the loop holds (entered mid-grid)
+        self.corrections = [None]
+        for i, row in enumerate(corrector):
+            predicted = self.step_weights(ve, i, len(self.opts["weights"][i]) if self.opts["weights"] else 1)
+            older = tuple(reversed(row[:-1]))  # newest first, as the loop's history
+            size = max(len(older), len(predicted))
+            pad = lambda w: tuple(w) + (0.0,) * (size - len(w))  # noqa: E731
+            scale = s[i + 1] * (ve[i + 1] - ve[i])
+            self.corrections.append(
+                (size, scale * row[-1], [scale * (c - w) for c, w in zip(pad(older), pad(predicted))])
+            )
+        return evaluations
+
+    def correct(self, k, x, denoised, history):
+        """Correction k (of step k − 1's result) where the corrector has a row for it and the history holds what it
+        weighs; the derivative of the kept x̂0 at the corrected point."""
+        d = self._eps(k, x, denoised)
+        if k == 0 or not self.opts["corrector"] or len(history) < self.corrections[k][0]:
+            return x, d
+        _, new, older = self.corrections[k]
+        x = x.add(d, alpha=new)  # a new tensor: the caller's sample is left as it was
+        for w, dj in zip(older, history):
+            x = x.add_(dj, alpha=w)
+        return x, self._eps(k, x, denoised)
 
     def step_weights(self, ve, k, order):
         """Row k newest first; Euler's (1) where the loop has fewer derivatives than the row weighs (entered

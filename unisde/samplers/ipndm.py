@@ -109,13 +109,20 @@ class IPNDMSampler(Sampler):
         for k in range(start, len(self.steps)):
             x, guided = yield x
             denoised = self.unconditional(guided)  # CFG++: the step (and the history of d) runs on U (else D itself)
-            history = [self._eps(k, x, denoised), *history[: self.opts["max_order"] - 1]]
+            x, d = self.correct(k, x, denoised, history)
+            history = [d, *history[: self.opts["max_order"] - 1]]
             a, b, weights = self.steps[k][min(len(history), len(self.steps[k])) - 1]
             x = scaled(denoised, b) if a == 0.0 else lincomb(x, a, denoised, b)  # x̃_{k+1} = x̃_k + h Σ_j b_{p,j} d_{k−j}
             for w, d in zip(weights, history[1:]):
                 x = x.add_(d, alpha=w)
             x = self.add_guidance(x, guided, denoised, self.data_scales[k + 1])
         return x
+
+    def correct(self, k, x, denoised, history):
+        """The sample and derivative step k goes on from, given the evaluation at x (``denoised``) and the older
+        derivatives (``history``, newest first): x itself and its d here; a corrector replaces them
+        (:class:`unisde.samplers.fitted.FittedSampler`)."""
+        return x, self._eps(k, x, denoised)
 
     def _eps(self, k, x, denoised):
         """d = (x − c D)/σ at evaluation k: the PF-ODE derivative (y − D)/ℓ, computed without x/c (ε̂ in the VE
