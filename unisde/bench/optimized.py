@@ -167,12 +167,14 @@ CHECKPOINT_FITS = {
     # on the rectified flow gradient estimation leads the held-out errors at NFE ≤ 6 (0.76/0.47/0.24 against
     # unipc's 0.84/0.56/0.31) and iPNDM from NFE 8 (0.14/0.068 against 0.20/0.10); the weights fitted on gradient
     # estimation's grids lower them to 0.52/0.27/0.21, in one round (a second, after descending the times again for
-    # the weights, gave 0.21 at NFE 6 as well, for 20 s more)
+    # the weights, gave 0.21 at NFE 6 as well, for 20 s more); fitted with a corrector, 0.56/0.25/0.19 where
+    # this preset's fit without one has 0.60/0.27/0.21 (15-40 s more a fit; Dec 2026)
     "digits-flow": replace(
         CHECKPOINT_FIT,
         samplers=(("gradient_estimation", {}, 6), ("ipndm", {}, (8, 10))),
         weights=(("gradient_estimation", {}, 6),),
         weights_rounds=1,
+        weights_corrector=True,
     ),
 }
 """The optimised-grid fits of the trained checkpoints (``BenchConfig.checkpoint_fit``), by checkpoint: the samplers of
