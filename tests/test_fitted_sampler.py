@@ -137,6 +137,8 @@ def test_entered_mid_grid_it_takes_euler_steps_until_its_history_holds_the_rows(
     assert torch.equal(y, z)
 
 
+# a small weight fit at NFE 4: what the fit tests share
+_WEIGHT_FIT = dict(nfe=4, calibration=64, holdout=64, candidates=24, seed=0, objective="rms", fit_weights=True)
 MIX = GaussianMixture([1.0, 1.0, 2.0], [[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]], [0.05, 0.1, 0.02])
 GAUSS = Gaussian(torch.zeros(32, dtype=torch.float64), torch.logspace(-2, 0.5, 32, dtype=torch.float64))
 
@@ -145,18 +147,7 @@ GAUSS = Gaussian(torch.zeros(32, dtype=torch.float64), torch.logspace(-2, 0.5, 3
     "dist, base", [(MIX, "gradient_estimation"), (MIX, "unipc"), (GAUSS, "ipndm")], ids=["mix-ge", "mix-unipc", "gauss"]
 )
 def test_the_weight_fit_never_ends_worse_on_its_calibration_starts_than_the_sampler_it_started_from(dist, base):
-    result = optimize_grid(
-        dist,
-        schedule=SCHEDULES["ddpm"](),
-        sampler=base,
-        nfe=4,
-        calibration=64,
-        holdout=64,
-        candidates=24,
-        seed=0,
-        objective="rms",
-        fit_weights=True,
-    )
+    result = optimize_grid(dist, schedule=SCHEDULES["ddpm"](), sampler=base, **_WEIGHT_FIT)
     assert result.sampler == "fitted" and result.method == "dp+cd+weights"
     rows = result.sampler_options["weights"]
     assert len(rows) == result.steps == 4 and all(abs(math.fsum(r) - 1.0) < 1e-9 for r in rows)
@@ -318,18 +309,7 @@ def test_entered_mid_grid_the_corrector_waits_for_the_history_it_weighs():
 
 
 def test_the_corrector_fit_never_ends_worse_than_its_start_and_a_scheduler_config_carries_it():
-    kwargs = dict(
-        schedule=SCHEDULES["flow"](),
-        sampler="gradient_estimation",
-        nfe=4,
-        calibration=64,
-        holdout=64,
-        candidates=24,
-        seed=0,
-        objective="rms",
-        fit_weights=True,
-        weights_rounds=1,
-    )
+    kwargs = dict(schedule=SCHEDULES["flow"](), sampler="gradient_estimation", **_WEIGHT_FIT, weights_rounds=1)
     result = optimize_grid(MIX, fit_corrector=True, **kwargs)
     assert result.method == "dp+cd+weights+corrector" and result.base().method == "dp+cd"
     corrector = result.sampler_options["corrector"]
