@@ -97,25 +97,22 @@ class FittedSampler(IPNDMSampler):
 
     def prepare(self, grid):
         steps = grid.numel() - 1
-        if self.opts["weights"] and len(self.opts["weights"]) != steps:
-            raise ValueError(
-                f"sampler 'fitted': weights has {len(self.opts['weights'])} rows, one per step, but this grid has "
-                f"{steps} steps; use the grid and step count the weights were fitted on (the config's "
-                "time_grid_options)"
-            )
         corrector = self.opts["corrector"]
-        if corrector and len(corrector) != steps - 1:
-            raise ValueError(
-                f"sampler 'fitted': corrector has {len(corrector)} rows, one per step but the last, but this grid has "
-                f"{steps} steps; use the grid and step count the weights were fitted on (the config's "
-                "time_grid_options)"
-            )
+        for name, rows, count, per in (
+            ("weights", self.opts["weights"], steps, "one per step"),
+            ("corrector", corrector, steps - 1, "one per step but the last"),
+        ):
+            if rows and len(rows) != count:
+                raise ValueError(
+                    f"sampler 'fitted': {name} has {len(rows)} rows, {per}, but this grid has {steps} steps; use the "
+                    "grid and step count the weights were fitted on (the config's time_grid_options)"
+                )
         evaluations = super().prepare(grid)
         s, ve = self.view_coefficients(grid)
         s, ve = self.floats(s), self.floats(ve)
         # correction i + 1 (of step i's result): y += (ℓ_{i+1} − ℓ_i)(c_new d_{i+1} + Σ_j (c_j − w_j) d_{i−j}),
-        # the corrected combination minus the predicted one, as a multiple of x = c y; None where the correction
-        # needs more history than the loop holds (entered mid-grid)
+        # the corrected combination minus the predicted one, as a multiple of x = c y, with the history it needs
+        # (the loop skips it with less: entered mid-grid); evaluation 0 corrects nothing
         self.corrections = [None]
         for i, row in enumerate(corrector):
             predicted = self.step_weights(ve, i, len(self.opts["weights"][i]) if self.opts["weights"] else 1)
