@@ -324,3 +324,37 @@ def test_weights_entries_must_name_a_fitted_sampler():
         replace(SMALL, weights_rounds=0)
     with pytest.raises(ValueError, match="weights_history must be an integer >= 1, got True"):
         replace(SMALL, weights_history=True)
+
+
+def test_a_weights_entry_with_evaluation_times_races_them_and_the_report_says_so():
+    from dataclasses import replace
+
+    from unisde.bench.accuracy import accuracy_config
+    from unisde.bench.contestants import _unified
+    from unisde.bench.optimized import markdown_lines, optimized_contestants, weights_label
+
+    settings = replace(
+        SMALL,
+        samplers=(("gradient_estimation", {}),),
+        weights=(("gradient_estimation", {}, 5),),
+        weights_rounds=1,
+        weights_evaluation_times=True,
+    )
+    cfg = accuracy_config("flow")
+    raced = optimized_contestants(cfg, make_target("mixture-2d"), _unified(cfg).noise_schedule, (5,), settings, {})
+    (weights,) = [f for f in raced if f.contestant.label == weights_label("gradient_estimation", {})]
+    assert not isinstance(weights.scheduler, Exception), weights.scheduler
+    told = weights.fit["evaluation_times"]  # moved at NFE 5 on this target (not at NFE 4)
+    assert len(told) == len(weights.fit["times"]) and told != weights.fit["times"]
+    weights.scheduler.set_timesteps(len(told))
+    assert list(weights.scheduler._sampler.opts["evaluation_times"]) == told
+    record = {"schedule": "flow", "target": "mixture-2d", "nfe": 5, "sampler": weights.contestant.label}
+    text = "\n".join(
+        markdown_lines(
+            {
+                "setup": {"optimized_grids": settings.describe()},
+                "accuracy": [{**record, "distance": 0.1, "fit": weights.fit}],
+            }
+        )
+    )
+    assert "then the times its evaluations are told by coordinate descent" in text

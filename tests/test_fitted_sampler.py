@@ -194,9 +194,14 @@ def test_cli_fits_weights_and_saves_them_into_the_pipeline_folder(tmp_path, caps
     assert "--weights_history must be >= 1" in capsys.readouterr().err
     assert (folder / "scheduler" / "scheduler_config.json").read_text() == config_before
     small = ["--calibration", "4", "--holdout", "4", "--candidates", "16", "--json", str(tmp_path / "fit.json")]
-    assert main(args + small + ["--fit_weights", "--save"]) == 0
+    assert main(args + ["--fit_evaluation_times", "--save"]) == 2
+    assert "--fit_evaluation_times fits the evaluation times of the fitted weights: add --fit_weights" in (
+        capsys.readouterr().err
+    )
+    assert main(args + small + ["--fit_weights", "--fit_evaluation_times", "--save"]) == 0
     out = capsys.readouterr().out
     record = json.loads((tmp_path / "fit.json").read_text())
+    assert record["method"].endswith("+weights+evaluation_times")
     assert "gradient_estimation on its optimised grid" in out and "samples with 'fitted'" in out
     pipe = DiffusionPipeline.from_pretrained(str(folder))
     assert pipe.scheduler.config.sampler == "fitted"
@@ -324,3 +329,157 @@ def test_the_corrector_fit_never_ends_worse_than_its_start_and_a_scheduler_confi
         optimize_grid(MIX, **{**kwargs, "fit_weights": False}, fit_corrector=True)
     with pytest.raises(ValueError, match="fit_corrector must be True or False"):
         optimize_grid(MIX, **kwargs, fit_corrector=1)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation times
+def _told(schedule: str):
+    """The schedule, a 4-step stored grid and its evaluation times."""
+    sched = SCHEDULES[schedule]()
+    times = [1.0, 0.7, 0.4, 0.15]
+    return sched, make_grid(sched, len(times), "optimized", times=times), times
+
+
+def _sample(sched, times, denoise, z, **options):
+    import unisde
+
+    return unisde.sample(
+        None,
+        z.clone(),
+        schedule=sched,
+        parameterization="epsilon",
+        sampler="fitted",
+        sampler_options=options,
+        time_grid="optimized",
+        grid_options={"times": times},
+        num_inference_steps=len(times),
+        denoiser=denoise,
+    )
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_evaluation_times_equal_to_the_grid_change_nothing(schedule):
+    sched, _, times = _told(schedule)
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    rows = [[1.0], [-0.5, 1.5], [0.1, -0.6, 1.5], [0.2, -0.4, 1.2]]
+    denoise = lambda x, t: _smooth(x, float(t[0]))  # noqa: E731
+    plain = _sample(sched, times, denoise, z, weights=rows)
+    assert torch.equal(_sample(sched, times, denoise, z, weights=rows, evaluation_times=times), plain)
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_each_evaluation_is_told_its_time_and_the_step_uses_the_grids(schedule):
+    """Euler (no weights) with the model told other times, against the PF-ODE's Euler step written out here in the
+    view's variables: y = x/s against σ̃ = σ/s (VE), y = x/(s + σ) against τ = σ/(s + σ) (flow)."""
+    sched, grid, times = _told(schedule)
+    told = [min(1.0, t * 1.03) if k % 2 == 0 else t * 0.95 for k, t in enumerate(times)]
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    calls = []
+
+    def denoise(x, t):
+        calls.append(float(t[0]))
+        return _smooth(x, float(t[0]))
+
+    got = _sample(sched, times, denoise, z, evaluation_times=told)
+    assert calls == pytest.approx(told, abs=0, rel=1e-15)
+    s, sigma = (v.tolist() for v in (sched.s(grid), sched.sigma(grid)))
+    s[-1], sigma[-1] = (1.0, 0.0) if float(grid[-1]) == 0.0 else (s[-1], sigma[-1])
+    flow = schedule == "flow"  # the fitted sampler's view "auto": flow where the schedule reaches zero SNR
+    scale = [a + b if flow else a for a, b in zip(s, sigma)]
+    level = [b / c for b, c in zip(sigma, scale)]
+    x = z * math.sqrt(s[0] ** 2 + sigma[0] ** 2)  # the noise of the grid's first time, not of the told one
+    for k, t_told in enumerate(told):
+        y = x / scale[k]
+        d = (y - _smooth(x, t_told)) / level[k]
+        x = scale[k + 1] * (y + (level[k + 1] - level[k]) * d)
+    torch.testing.assert_close(got, x, rtol=1e-12, atol=1e-12)
+
+
+def test_a_scheduler_with_evaluation_times_runs_what_the_functional_api_runs():
+    import unisde
+
+    sched, _, times = _told("edm")
+    cfg = accuracy_config("edm")
+    told = [t * 0.97 for t in times]
+    options = {"weights": [[1.0], [-0.5, 1.5], [0.1, -0.6, 1.5], [0.2, -0.4, 1.2]], "evaluation_times": told}
+    kwargs = dict(sampler="fitted", time_grid="optimized", time_grid_options={"times": times})
+    scheduler = _unified(cfg, sampler_options=options, **kwargs)
+    plain = _unified(cfg, sampler_options={"weights": options["weights"]}, **kwargs)
+    for sc in (scheduler, plain):
+        sc.set_timesteps(len(times))
+    # the starting noise belongs to the grid's first time (EDM's σ̃_max), not the first told time
+    assert scheduler.init_noise_sigma == plain.init_noise_sigma
+    param = scheduler.parameterization
+    expected = param.model_time(sched, torch.tensor(told, dtype=torch.float64))
+    torch.testing.assert_close(scheduler.timesteps.to(torch.float64), expected.to(torch.float64))
+    model = MIX_8.as_model(param, sched)
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    x = z * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    functional = unisde.sample(
+        model,
+        z.clone(),
+        schedule=sched,
+        parameterization=param,
+        sampler="fitted",
+        sampler_options=options,
+        time_grid="optimized",
+        grid_options={"times": times},
+        num_inference_steps=len(times),
+    )
+    torch.testing.assert_close(x, functional, rtol=1e-12, atol=1e-12)
+
+
+MIX_8 = GaussianMixture([1.0, 2.0], [[1.0] * 8, [-1.0] * 8], [0.1, 0.2])
+
+
+@pytest.mark.parametrize(
+    "told, message",
+    [
+        ([0.9, 0.95, 0.3, 0.1], "must decrease strictly"),
+        ([1.2, 0.5, 0.3, 0.1], r"in \(0, 1\]"),
+        ([0.9, 0.5, 0.3, 0.0], r"in \(0, 1\]"),
+        ([0.9, True, 0.3, 0.1], r"in \(0, 1\]"),
+    ],
+)
+def test_bad_evaluation_times_are_refused(told, message):
+    with pytest.raises(ValueError, match=message):
+        get_sampler("fitted")(SCHEDULES["flow"](), evaluation_times=told)
+
+
+def test_evaluation_times_for_another_step_count_are_refused_at_set_timesteps():
+    sched, grid, times = _told("ddpm")
+    sampler = get_sampler("fitted")(sched, evaluation_times=times[:-1])
+    with pytest.raises(ValueError, match="evaluation_times has 3 rows, one per step, but this grid has 4 steps"):
+        sampler.prepare(grid)
+
+
+def test_entered_mid_grid_evaluation_times_are_refused():
+    sched, grid, times = _told("ddpm")
+    sampler = get_sampler("fitted")(sched, evaluation_times=[t * 0.98 for t in times])
+    sampler.prepare(grid)
+    with pytest.raises(ValueError, match="cannot enter the grid at evaluation 2"):
+        next(sampler.loop(torch.zeros(1, 4, dtype=torch.float64), start=2))
+
+
+def test_the_evaluation_time_fit_never_ends_worse_than_the_weights_and_a_scheduler_config_carries_it():
+    kwargs = dict(schedule=SCHEDULES["ddpm"](), sampler="gradient_estimation", **_WEIGHT_FIT, weights_rounds=1)
+    result = optimize_grid(MIX, fit_evaluation_times=True, **kwargs)
+    assert result.method == "dp+cd+weights+evaluation_times" and result.base().method == "dp+cd"
+    record = result.weights_base["evaluation_times"]
+    # on this mixture and table the fit moves them, and lowers the calibration error below half the weights' alone
+    assert record["kept"] and result.calibration_error < 0.5 * record["calibration_error_before"]
+    told = result.sampler_options["evaluation_times"]
+    assert len(told) == result.steps and all(a > b for a, b in zip(told, told[1:])) and told != result.times
+    assert "the times its evaluations are told" in result.markdown()
+    # what the scheduler config carries is what was measured
+    scheduler = result.scheduler(accuracy_config("ddpm"))
+    assert scheduler.config.sampler_options["evaluation_times"] == told
+    scheduler.set_timesteps(result.steps)
+    assert len(scheduler.timesteps) == result.nfe
+    with pytest.raises(ValueError, match="fit_evaluation_times fits the evaluation times of the fitted sampler"):
+        optimize_grid(MIX, **{**kwargs, "fit_weights": False}, fit_evaluation_times=True)
+    with pytest.raises(ValueError, match="fit_evaluation_times must be True or False"):
+        optimize_grid(MIX, **kwargs, fit_evaluation_times="yes")
+    with pytest.raises(ValueError, match="evaluation_rounds must be an integer >= 1"):
+        optimize_grid(MIX, **kwargs, fit_evaluation_times=True, evaluation_rounds=0)

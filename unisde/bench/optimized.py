@@ -72,6 +72,7 @@ class FitSettings:
     weights_history: int = 3
     weights_rounds: int = 2  # weight fits, the times descended again for the weights between two
     weights_corrector: bool = False  # fit the fitted sampler's corrector rows with its weights (fit_corrector)
+    weights_evaluation_times: bool = False  # … and the times its evaluations are told (fit_evaluation_times)
     # On Gaussian targets (a fit there takes seconds) these samplers are also fitted at budgets above ``max_nfe`` up
     # to ``max_nfe_gaussian``: at NFE 20 an optimised DPM-Solver++(2M) / UniPC-3 grid beats the polyexponential and
     # Karras grids that the peers' best configurations use
@@ -168,13 +169,15 @@ CHECKPOINT_FITS = {
     # unipc's 0.84/0.56/0.31) and iPNDM from NFE 8 (0.14/0.068 against 0.20/0.10); the weights fitted on gradient
     # estimation's grids lower them to 0.52/0.27/0.21, in one round (a second, after descending the times again for
     # the weights, gave 0.21 at NFE 6 as well, for 20 s more); fitted with a corrector, 0.56/0.25/0.19 where
-    # this preset's fit without one has 0.60/0.27/0.21 (15-40 s more a fit; Dec 2026)
+    # this preset's fit without one has 0.60/0.27/0.21 (15-40 s more a fit; Dec 2026); with the times its
+    # evaluations are told fitted as well (2 rounds), 0.45/0.22/0.16 (25-130 s more a fit; Dec 2026)
     "digits-flow": replace(
         CHECKPOINT_FIT,
         samplers=(("gradient_estimation", {}, 6), ("ipndm", {}, (8, 10))),
         weights=(("gradient_estimation", {}, 6),),
         weights_rounds=1,
         weights_corrector=True,
+        weights_evaluation_times=True,
     ),
 }
 """The optimised-grid fits of the trained checkpoints (``BenchConfig.checkpoint_fit``), by checkpoint: the samplers of
@@ -285,6 +288,7 @@ def fit_grid(dist, schedule, sampler: str, options: dict, budget: int, settings:
                 "weights_history": settings.weights_history,
                 "weights_rounds": settings.weights_rounds,
                 "fit_corrector": settings.weights_corrector,
+                "fit_evaluation_times": settings.weights_evaluation_times,
             }
             if weights
             else {}
@@ -313,8 +317,9 @@ def fit_summary(result, dist, settings: FitSettings, seconds: float) -> dict:
     if result.weights_base is not None:
         summary["weights"] = result.sampler_options["weights"]
         summary["weights_iterations"] = result.weights_base["iterations"]
-        if result.sampler_options.get("corrector"):
-            summary["corrector"] = result.sampler_options["corrector"]
+        for key in ("corrector", "evaluation_times"):
+            if result.sampler_options.get(key):
+                summary[key] = result.sampler_options[key]
     return summary
 
 
@@ -418,6 +423,11 @@ def weights_text(settings: dict) -> str:
         f"{settings.get('weights_history', 3)} derivatives per step)"
         + (" and of its corrector" if settings.get("weights_corrector") else "")
         + " by least squares"
+        + (
+            ", then the times its evaluations are told by coordinate descent, the weights fitted again for them"
+            if settings.get("weights_evaluation_times")
+            else ""
+        )
         + (f" in {rounds} rounds, the times descended again for the weights between them" if rounds > 1 else "")
         + ", both raced"
     )

@@ -63,6 +63,12 @@ def add_arguments(parser):
         help="with --fit_weights: fit a corrector with the weights (UniPC's free correction, fitted; no extra model "
         "call)",
     )
+    p.add_argument(
+        "--fit_evaluation_times",
+        action="store_true",
+        help="with --fit_weights: also fit the time each model evaluation is told (Time-Shift sampler's coupling, "
+        "fitted), then the weights again for those times",
+    )
     p.add_argument("--save", action="store_true", help="store the grid in PIPELINE (scheduler config + model card)")
     p.add_argument("--json", default=None, help="also write the result as JSON to this file")
 
@@ -94,8 +100,9 @@ def _validate(args) -> dict:
         raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
     if args.weights_history < 1:
         raise ValueError(f"--weights_history must be >= 1, got {args.weights_history}")
-    if args.fit_corrector and not args.fit_weights:
-        raise ValueError("--fit_corrector fits the corrector of the fitted weights: add --fit_weights")
+    for flag in ("corrector", "evaluation_times"):
+        if getattr(args, f"fit_{flag}") and not args.fit_weights:
+            raise ValueError(f"--fit_{flag} fits the {flag.replace('_', ' ')} of the fitted weights: add --fit_weights")
     if args.calibration < 1:
         raise ValueError(f"--calibration must be >= 1 (the batch the grid is fitted on), got {args.calibration}")
     if args.holdout < 1:
@@ -128,6 +135,7 @@ def run(args):
         fit_weights=args.fit_weights,
         weights_history=args.weights_history,
         fit_corrector=args.fit_corrector,
+        fit_evaluation_times=args.fit_evaluation_times,
         progress=True,
     )
     print(result.summary())

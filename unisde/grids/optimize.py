@@ -507,7 +507,7 @@ class OptimizedGrid:
             sampler_options=dict(wb["sampler_options"]),
             calibration_error=wb["calibration_error"],
             holdout_error=wb["holdout_error"],
-            method=self.method.replace("+weights", "").replace("+corrector", ""),
+            method=self.method.replace("+weights", "").replace("+corrector", "").replace("+evaluation_times", ""),
             weights_base=None,
         )
 
@@ -600,6 +600,11 @@ class OptimizedGrid:
                 f" for `{self.weights_base['sampler']}`, then the weights of the multistep sampler `fitted`"
                 + (" and of its corrector" if self.sampler_options.get("corrector") else "")
                 + " by least squares (Levenberg–Marquardt)"
+                + (
+                    ", then the times its evaluations are told (`evaluation_times`) by coordinate descent"
+                    if self.sampler_options.get("evaluation_times")
+                    else ""
+                )
                 + (", the times descended again for the weights" if self.weights_base.get("rounds", 1) > 1 else "")
                 if self.weights_base
                 else ""
@@ -779,6 +784,8 @@ def optimize_grid(
     weights_history: int = 3,
     weights_rounds: int = 2,
     fit_corrector: bool = False,
+    fit_evaluation_times: bool = False,
+    evaluation_rounds: int = 2,
 ) -> OptimizedGrid:
     """Find the evaluation times that minimise ``sampler``'s error at ``nfe`` model evaluations (module doc).
 
@@ -810,6 +817,10 @@ def optimize_grid(
         ``weights_rounds``: how many times the weights are fitted, the times descended again for the weights between
         two fits. ``fit_corrector`` (with ``fit_weights``): fit the ``fitted`` sampler's corrector rows together with
         its weights (UniPC's free correction with fitted weights, as S4S fits a predictor–corrector pair).
+        ``fit_evaluation_times`` (with ``fit_weights``): then fit the time each model evaluation is told (the
+        ``fitted`` sampler's ``evaluation_times``, Time-Shift sampler's idea) by coordinate descent on their
+        logarithms from the grid's own, and the weights again for them, ``evaluation_rounds`` times at most (until a
+        round improves nothing); kept where they lower the calibration error.
     reference_substeps / reference_rtol: RK4 steps per candidate interval of the reference, and the halving test's
         relative tolerance.
     t_max / t_min: the first evaluation time (default 1, the prior) and the smallest candidate (default: the
@@ -830,6 +841,7 @@ def optimize_grid(
         ("descents", descents, 1),
         ("weights_history", weights_history, 1),
         ("weights_rounds", weights_rounds, 1),
+        ("evaluation_rounds", evaluation_rounds, 1),
         ("reference_substeps", 1 if reference_substeps == "auto" else reference_substeps, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -910,6 +922,12 @@ def optimize_grid(
             raise ValueError(f"{name} must be True or False, got {value!r}")
     if fit_corrector and not fit_weights:
         raise ValueError("fit_corrector fits the corrector of the fitted weights: it needs fit_weights=True")
+    if not isinstance(fit_evaluation_times, bool):
+        raise ValueError(f"fit_evaluation_times must be True or False, got {fit_evaluation_times!r}")
+    if fit_evaluation_times and not fit_weights:
+        raise ValueError(
+            "fit_evaluation_times fits the evaluation times of the fitted sampler: it needs fit_weights=True"
+        )
     if fit_weights and len(probe_t) != base_grid.numel() - 1:
         raise ValueError(
             f"fit_weights needs a sampler with one model evaluation per step, since the fitted sampler takes one; "
@@ -951,7 +969,8 @@ def optimize_grid(
         loops = []
         for smp, grid in runs:
             eval_t = smp.prepare(grid)
-            loops.append((smp, z[part] * target.start_scale(float(eval_t[0])), eval_t))
+            start = float(eval_t[0]) if smp.start_time is None else smp.start_time  # Sampler.start_time
+            loops.append((smp, z[part] * target.start_scale(start), eval_t))
         return _drive(loops, target, counter=counter)
 
     def grid_of(times):
@@ -1076,16 +1095,17 @@ def optimize_grid(
             "iterations": 0,
             "rounds": weights_rounds,
         }
-        pair, view, history = None, {}, weights_history
+        pair, view, history, told = None, {}, weights_history, []
 
-        def fitted(pair):
-            """The fitted sampler with the (weights, corrector rows) ``pair``, in the base sampler's view (``view``)."""
-            return fitted_cls(fast, weights=pair[0], corrector=pair[1], **view)
+        def fitted(pair, told=None):
+            """The fitted sampler with the (weights, corrector rows) ``pair``, in the base sampler's view (``view``),
+            its evaluations told the times ``told`` (default: those fitted so far; empty: the grid's own)."""
+            told = told_found if told is None else told
+            return fitted_cls(fast, weights=pair[0], corrector=pair[1], evaluation_times=told, **view)
 
-        for round_ in range(weights_rounds):
-            if round_ > 0 and refine and n > 1:
-                (now,) = full_error([times], cal, make=lambda pair=pair: fitted(pair))
-                times, _ = descend(times, now, make=lambda pair=pair: fitted(pair))
+        def fit_weights_on(times, pair):
+            """The (weights, corrector) pair fitted on ``times``, from the base sampler's weights and ``pair``."""
+            nonlocal view, history
             grid = grid_of(times)
             starts_w, view = weight_starts(sampler_cls(fast, **sampler_options), grid)
             # as many derivatives per step as the base sampler's own steps weigh, at least weights_history
@@ -1102,6 +1122,39 @@ def optimize_grid(
                 start_pairs=[pair] if pair is not None else [],
             )
             weights_base["iterations"] += iterations
+            return pair
+
+        told_found = []
+        for round_ in range(weights_rounds):
+            if round_ > 0 and refine and n > 1:
+                (now,) = full_error([times], cal, make=lambda pair=pair: fitted(pair))
+                times, _ = descend(times, now, make=lambda pair=pair: fitted(pair))
+            pair = fit_weights_on(times, pair)
+        if fit_evaluation_times:  # 5. the times the evaluations are told, then the weights again for them
+            grid = grid_of(times)
+            (now,) = full_error([times], cal, make=lambda: fitted(pair))
+            before = float(agg(now))
+            for _ in range(evaluation_rounds):
+                start = list(told_found or times)
+                told, now = _descend_told(
+                    lambda trials: ends_of([(fitted(pair, t), grid) for t in trials], cal),
+                    lambda e: _rms(e, x_ref[M][cal]),
+                    agg,
+                    better,
+                    start,
+                    now,
+                    t_max,
+                    max_sweeps,
+                )
+                if told == start:
+                    break
+                told_found = told
+                refit = fit_weights_on(times, pair)
+                (e_refit,) = full_error([times], cal, make=lambda: fitted(refit))
+                if not better(e_refit, now):
+                    break
+                pair, now = refit, e_refit
+            weights_base["evaluation_times"] = {"kept": bool(told_found), "calibration_error_before": before}
         best, opt_hold = (
             float(agg(e)) for part in (cal, hold) for e in full_error([times], part, make=lambda: fitted(pair))
         )
@@ -1109,6 +1162,8 @@ def optimize_grid(
         sampler_options = {"weights": [list(r) for r in pair[0]], **view}
         if fit_corrector:
             sampler_options["corrector"] = [list(r) for r in pair[1]]
+        if told_found:
+            sampler_options["evaluation_times"] = [float(t) for t in told_found]
         weights_base["seconds"] = time.perf_counter() - started
     if target.scheduler is not None:  # what was measured is what the pipeline will run
         check = _unified(
@@ -1152,11 +1207,52 @@ def optimize_grid(
         model_evaluations=int(counter[0]),
         method=("dp+cd" if refine else "dp")
         + ("+weights" if fit_weights else "")
-        + ("+corrector" if fit_corrector else ""),
+        + ("+corrector" if fit_corrector else "")
+        + ("+evaluation_times" if fit_evaluation_times else ""),
         objective=objective,
         start=start,
         weights_base=weights_base,
     )
+
+
+def _descend_told(run, errors, agg, better, times: list, best, t_max: float, max_sweeps: int):
+    """Coordinate descent on the times the ``fitted`` sampler's evaluations are told, t'_k = t_k e^{δ_k}, from the
+    grid's own (δ = 0, error ``best``): per sweep every δ_k ± step is tried (``run(list of told-time lists)`` →
+    final samples, ``errors(x)`` → per-sample errors, ``agg`` their summary), and the improving moves (``better``)
+    taken together when that is better still, else the best one; steps 0.1, 0.05, 0.02, 0.01, at most
+    ``max_sweeps`` sweeps each.
+    Told times stay in (0, ``t_max``] and decreasing. Returns (told times, their per-sample errors)."""
+    told = list(times)
+    for step in (0.1, 0.05, 0.02, 0.01):
+        for _ in range(max_sweeps):
+            trials, moves = [], []
+            for k in range(len(told)):
+                for sign in (-1.0, 1.0):
+                    trial = list(told)
+                    trial[k] = min(told[k] * math.exp(sign * step), t_max)
+                    if trial[k] != told[k] and all(a > b for a, b in zip(trial, trial[1:])):
+                        trials.append(trial)
+                        moves.append((k, trial[k]))
+            if not trials:
+                break
+            errs = [errors(x) for x in run(trials)]
+            improving = {}
+            for (k, t_new), e in zip(moves, errs):
+                if better(e, best) and (k not in improving or float(agg(e)) < float(agg(improving[k][1]))):
+                    improving[k] = (t_new, e)
+            if not improving:
+                break
+            k_best = min(improving, key=lambda k: float(agg(improving[k][1])))
+            combined = list(told)
+            for k, (t_new, _) in improving.items():
+                combined[k] = t_new
+            if len(improving) > 1 and all(a > b for a, b in zip(combined, combined[1:])):
+                (e_comb,) = [errors(x) for x in run([combined])]
+                if better(e_comb, improving[k_best][1]):
+                    told, best = combined, e_comb
+                    continue
+            told[k_best], best = improving[k_best]
+    return told, best
 
 
 def _rows(free: list, lengths: list) -> tuple:

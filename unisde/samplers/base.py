@@ -180,6 +180,9 @@ class Sampler(abc.ABC):
         self.model_eps: torch.Tensor | None = None
         self.uncond_denoised: torch.Tensor | None = None
         self.affine_steps: list[tuple[float, float]] | None = None
+        # set by ``prepare`` where the first model evaluation is not at the grid's first time (the fitted sampler's
+        # evaluation_times): the time the starting noise belongs to, which drivers scale it for
+        self.start_time: float | None = None
 
     @classmethod
     def validate_options(cls, options: dict) -> dict:

@@ -34,11 +34,21 @@ equal to step i's weights with a 0 appended is no correction; (…, 0, ½, ½) i
 mid-grid (img2img), a step whose row needs derivatives from before the entry takes the Euler step, and a
 correction that needs them is skipped, until the history holds them: fitted weights belong to the full run they
 were fitted on.
+
+``evaluation_times`` decouples the time each model evaluation is told from the grid time its sample is at: the
+model is evaluated at (y_i, t'_i) — its input scaling, timestep and output conversion all at t'_i — and the step
+uses that x̂0 as the grid's own, d_i = (y_i − D)/ℓ_i. This is the Time-Shift sampler's coupling of a state with a
+nearby time (Li et al. 2024 [TimeShift]), with the times fitted per model like the weights
+(``optimize_grid(fit_evaluation_times=True)``). The starting noise belongs to the grid's first time, which the
+drivers scale it for (``Sampler.start_time``). A run entered mid-grid (img2img) is refused: a pipeline noises its
+image to the first evaluation's timestep, which is not the grid time of that sample.
 """
 
 from __future__ import annotations
 
 import math
+
+import torch
 
 from unisde.samplers.base import Option, view_option
 from unisde.samplers.ipndm import IPNDMSampler
@@ -62,6 +72,15 @@ def _weights(value, extra: int = 0):
     return None
 
 
+def _evaluation_times(value):
+    """None when ``value`` is a valid list of evaluation times (finite, in (0, 1], strictly decreasing), else why."""
+    if any(isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1 for t in value):
+        return f"every time must be a number in (0, 1], got {list(value)!r}"
+    if any(a <= b for a, b in zip(value, value[1:])):
+        return f"the times must decrease strictly, got {list(value)!r}"
+    return None
+
+
 class FittedSampler(IPNDMSampler):
     name = "fitted"
     description = "linear multistep on the PF-ODE with weights fitted to the model (iPNDM's step; Bespoke / S4S)"
@@ -82,6 +101,13 @@ class FittedSampler(IPNDMSampler):
             "correction",
             lambda value: _weights(value, extra=1),
         ),
+        "evaluation_times": Option(
+            (),
+            (list, tuple),
+            "the time each model evaluation is told, one per step, in (0, 1] and decreasing (fitted by optimize_grid "
+            "with fit_evaluation_times=True); empty: the grid's own times",
+            _evaluation_times,
+        ),
         "view": view_option(),
     }
 
@@ -91,6 +117,7 @@ class FittedSampler(IPNDMSampler):
         out = super().validate_options(options)
         for key in ("weights", "corrector"):
             out[key] = tuple(tuple(float(w) for w in row) for row in out[key])
+        out["evaluation_times"] = tuple(float(t) for t in out["evaluation_times"])
         # the history holds what the longest predictor row and the corrector's older derivatives weigh
         longest = max([len(row) for row in out["weights"]] + [len(row) - 1 for row in out["corrector"]] + [1])
         return {**out, "max_order": longest, "denoise_to_zero": False}
@@ -101,6 +128,7 @@ class FittedSampler(IPNDMSampler):
         for name, rows, count, per in (
             ("weights", self.opts["weights"], steps, "one per step"),
             ("corrector", corrector, steps - 1, "one per step but the last"),
+            ("evaluation_times", self.opts["evaluation_times"], steps, "one per step"),
         ):
             if rows and len(rows) != count:
                 raise ValueError(
@@ -108,6 +136,9 @@ class FittedSampler(IPNDMSampler):
                     "grid and step count the weights were fitted on (the config's time_grid_options)"
                 )
         evaluations = super().prepare(grid)
+        if self.opts["evaluation_times"]:
+            self.start_time = float(grid[0])  # the noise is the grid's first time's; the model is told another
+            evaluations = torch.tensor(self.opts["evaluation_times"], dtype=evaluations.dtype)
         s, ve = self.view_coefficients(grid)
         s, ve = self.floats(s), self.floats(ve)
         # correction i + 1 (of step i's result): y += (ℓ_{i+1} − ℓ_i)(c_new d_{i+1} + Σ_j (c_j − w_j) d_{i−j}),
@@ -124,6 +155,15 @@ class FittedSampler(IPNDMSampler):
                 (size, scale * row[-1], [scale * (c - w) for c, w in zip(pad(older), pad(predicted))])
             )
         return evaluations
+
+    def loop(self, x, start=0):
+        if start > 0 and self.opts["evaluation_times"]:
+            raise ValueError(
+                f"sampler 'fitted' with evaluation_times cannot enter the grid at evaluation {start} (img2img): the "
+                "pipeline noises its image to that evaluation's time, not to the grid time the sampler steps from; "
+                "use the config without evaluation_times for img2img"
+            )
+        return (yield from super().loop(x, start))
 
     def correct(self, k, x, denoised, history):
         """Correction k (of step k − 1's result) where the corrector has a row for it and the history holds what it
