@@ -200,7 +200,7 @@ def test_checkpoint_fits_are_chosen_per_checkpoint_validated_and_reported():
     fits = BenchConfig().checkpoint_fit
     assert set(fits) == set(CHECKPOINTS)
     assert all(settings.network_dtype == "float32" for settings in fits.values())
-    assert settings_for(fits, "digits-vp").samplers[0] == ("unipc", {})
+    assert settings_for(fits, "digits-vp").samplers[0] == ("unipc", {}, 8)
     assert settings_for(SMALL, "digits-vp") is SMALL and settings_for(None, "digits-vp") is None
     assert settings_for({"digits-flow": SMALL}, "digits-vp") is None  # a checkpoint left out: no fit there
     with pytest.raises(ValueError, match="'digits'.*digits-vp"):

@@ -158,10 +158,12 @@ CHECKPOINT_FITS = {
     # 1.07/0.70/0.60/0.37/0.21, against iPNDM's 2.08/2.31/2.07/0.94/0.60 and gradient estimation's 2.15/1.38/1.00 at
     # NFE ≤ 6), but for unipc order 3 at NFE 6 (0.51). Two descents, from the best of the DP path and the
     # λ-uniform, Karras and t-uniform grids, find better minima there (NFE 4/5 calibration error 1.18/0.77 →
-    # 1.09/0.77, held-out 1.07/0.70 → 0.73/0.51); on digits-flow they end where the DP path's descent does
+    # 1.09/0.77, held-out 1.07/0.70 → 0.73/0.51); on digits-flow they end where the DP path's descent does. Not
+    # fitted at NFE 10: deis on its default grid meets the target there (0.260 against the best peer's 0.487, 0.54;
+    # unipc's fitted grid 0.163), and that fit took 123 s of one core, the most of any (full preset, Dec 2026)
     "digits-vp": replace(
         CHECKPOINT_FIT,
-        samplers=(("unipc", {}), ("unipc", {"solver_order": 3}, (6,))),
+        samplers=(("unipc", {}, 8), ("unipc", {"solver_order": 3}, (6,))),
         starts=("uniform_lambda", "karras", "uniform_t"),
         descents_64d=2,
     ),
