@@ -1051,23 +1051,18 @@ def optimize_grid(
                             moves.append((k, t_new))
                 if not trials:
                     break
-                errs = full_error(trials, cal, make=make)
-                improving = {}
-                for (k, t_new), e in zip(moves, errs):
-                    if better(e, best) and (k not in improving or float(agg(e)) < float(agg(improving[k][1]))):
-                        improving[k] = (t_new, e)
-                if not improving:
+                moved = _take_moves(
+                    times,
+                    moves,
+                    full_error(trials, cal, make=make),
+                    best,
+                    better,
+                    agg,
+                    lambda ts: full_error([ts], cal, make=make)[0],
+                )
+                if moved is None:
                     break
-                combined = list(times)
-                for k, (t_new, _) in improving.items():
-                    combined[k] = t_new
-                ok = all(combined[i] > combined[i + 1] for i in range(n - 1))
-                e_comb = full_error([combined], cal, make=make)[0] if ok and len(improving) > 1 else None
-                k_best = min(improving, key=lambda k: float(agg(improving[k][1])))
-                if e_comb is not None and better(e_comb, improving[k_best][1]):
-                    times, best = combined, e_comb
-                else:
-                    times[k_best], best = improving[k_best]
+                times, best = moved
                 u = [to_u(t) for t in times]
         bar.close()
         return times, best
@@ -1236,23 +1231,35 @@ def _descend_told(run, errors, agg, better, times: list, best, t_max: float, max
             if not trials:
                 break
             errs = [errors(x) for x in run(trials)]
-            improving = {}
-            for (k, t_new), e in zip(moves, errs):
-                if better(e, best) and (k not in improving or float(agg(e)) < float(agg(improving[k][1]))):
-                    improving[k] = (t_new, e)
-            if not improving:
+            moved = _take_moves(told, moves, errs, best, better, agg, lambda ts: errors(run([ts])[0]))
+            if moved is None:
                 break
-            k_best = min(improving, key=lambda k: float(agg(improving[k][1])))
-            combined = list(told)
-            for k, (t_new, _) in improving.items():
-                combined[k] = t_new
-            if len(improving) > 1 and all(a > b for a, b in zip(combined, combined[1:])):
-                (e_comb,) = [errors(x) for x in run([combined])]
-                if better(e_comb, improving[k_best][1]):
-                    told, best = combined, e_comb
-                    continue
-            told[k_best], best = improving[k_best]
+            told, best = moved
     return told, best
+
+
+def _take_moves(values: list, moves: list, errs: list, best, better, agg, error_of):
+    """One sweep of a coordinate descent on decreasing ``values``: of the trial ``moves`` (k, new value), whose
+    per-sample errors are ``errs``, those ``better`` than ``best``, taken together where the values stay decreasing
+    and that is better still (``error_of(values)``), else the best one (by ``agg``). Returns (values, errors), or
+    None when no move improves."""
+    improving = {}
+    for (k, v), e in zip(moves, errs):
+        if better(e, best) and (k not in improving or float(agg(e)) < float(agg(improving[k][1]))):
+            improving[k] = (v, e)
+    if not improving:
+        return None
+    k_best = min(improving, key=lambda k: float(agg(improving[k][1])))
+    combined = list(values)
+    for k, (v, _) in improving.items():
+        combined[k] = v
+    if len(improving) > 1 and all(a > b for a, b in zip(combined, combined[1:])):
+        e_comb = error_of(combined)
+        if better(e_comb, improving[k_best][1]):
+            return combined, e_comb
+    out = list(values)
+    out[k_best] = improving[k_best][0]
+    return out, improving[k_best][1]
 
 
 def _rows(free: list, lengths: list) -> tuple:
