@@ -308,8 +308,7 @@ def sample(
     )
     eval_t = smp.prepare(grid)
     smp.generator, smp.noise_sampler = generator, noise_sampler
-    # the noise's own time: the first evaluation's, or the grid's where the sampler evaluates elsewhere
-    t0 = eval_t[:1] if smp.start_time is None else torch.tensor([smp.start_time], dtype=torch.float64)
+    t0 = torch.tensor([smp.noise_time(eval_t[0])], dtype=torch.float64)
     s0, sigma0 = sched.s(t0), sched.sigma(t0)  # exact, also where s(1) = 0
     x = noise * float(torch.sqrt(s0**2 + sigma0**2))
     if denoiser is not None:

@@ -563,9 +563,7 @@ class UnifiedScheduler(SchedulerMixin, ConfigMixin):
         """Std of the starting noise in model space at the first evaluation time: √(s² + σ²) (the marginal's, for
         unit-variance data) by default; σ alone with ``init_noise="sigma"``, the convention of diffusers' Euler-type
         schedulers with linspace/trailing spacing (they start from σ̃_max · z in the VE view), kept by their twins."""
-        t = self._eval_times[0] if self._eval_times is not None else 1.0
-        if self._sampler is not None and self._sampler.start_time is not None:  # the grid's, not the evaluation's
-            t = self._sampler.start_time
+        t = self._sampler.noise_time(self._eval_times[0]) if self._eval_times is not None else 1.0
         s, sigma = self.noise_schedule.s(t), self.noise_schedule.sigma(t)
         if self.config.init_noise == "unit":  # diffusers' multistep flow classes: z itself, wherever the grid starts
             return 1.0

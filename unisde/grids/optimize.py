@@ -969,8 +969,7 @@ def optimize_grid(
         loops = []
         for smp, grid in runs:
             eval_t = smp.prepare(grid)
-            start = float(eval_t[0]) if smp.start_time is None else smp.start_time  # Sampler.start_time
-            loops.append((smp, z[part] * target.start_scale(start), eval_t))
+            loops.append((smp, z[part] * target.start_scale(smp.noise_time(eval_t[0])), eval_t))
         return _drive(loops, target, counter=counter)
 
     def grid_of(times):
@@ -1090,7 +1089,7 @@ def optimize_grid(
             "iterations": 0,
             "rounds": weights_rounds,
         }
-        pair, view, history, told = None, {}, weights_history, []
+        pair, view, history = None, {}, weights_history
 
         def fitted(pair, told=None):
             """The fitted sampler with the (weights, corrector rows) ``pair``, in the base sampler's view (``view``),

@@ -206,6 +206,11 @@ class Sampler(abc.ABC):
     def loop(self, x: torch.Tensor, start: int = 0) -> Generator[torch.Tensor, tuple, torch.Tensor]:
         """The algorithm: yield each sample to evaluate, receive ``(x, denoised)``, return the final sample."""
 
+    def noise_time(self, first_evaluation: float) -> float:
+        """The time whose marginal the starting noise is drawn at (drivers scale it by that time's √(s² + σ²)): the
+        first evaluation time ``first_evaluation``, or :attr:`start_time` where ``prepare`` set one."""
+        return float(first_evaluation) if self.start_time is None else self.start_time
+
     # ------------------------------------------------------------------ helpers for subclasses
     def floats(self, values: torch.Tensor) -> list[float]:
         """float64 tensor → list of Python floats (the per-step coefficient tables)."""
