@@ -338,12 +338,15 @@ def test_a_weights_entry_with_evaluation_times_races_them_and_the_report_says_so
         samplers=(("gradient_estimation", {}),),
         weights=(("gradient_estimation", {}, 5),),
         weights_rounds=1,
-        weights_evaluation_times=True,
+        weights_evaluation_times=(5,),
     )
     cfg = accuracy_config("flow")
-    raced = optimized_contestants(cfg, make_target("mixture-2d"), _unified(cfg).noise_schedule, (5,), settings, {})
-    (weights,) = [f for f in raced if f.contestant.label == weights_label("gradient_estimation", {})]
+    raced = optimized_contestants(cfg, make_target("mixture-2d"), _unified(cfg).noise_schedule, (4, 5), settings, {})
+    without, weights = [f for f in raced if f.contestant.label == weights_label("gradient_estimation", {})]
+    assert (without.budget, weights.budget) == (4, 5)
     assert not isinstance(weights.scheduler, Exception), weights.scheduler
+    assert "evaluation_times" not in without.fit  # weights fitted at NFE 4, the times told only at NFE 5
+    assert not without.scheduler._sampler.opts["evaluation_times"]
     told = weights.fit["evaluation_times"]  # moved at NFE 5 on this target (not at NFE 4)
     assert len(told) == len(weights.fit["times"]) and told != weights.fit["times"]
     weights.scheduler.set_timesteps(len(told))
@@ -357,4 +360,6 @@ def test_a_weights_entry_with_evaluation_times_races_them_and_the_report_says_so
             }
         )
     )
-    assert "then the times its evaluations are told by coordinate descent" in text
+    assert "by coordinate descent, the weights fitted again for them (NFE 5)" in text
+    with pytest.raises(ValueError, match="weights_evaluation_times must be True, False or a tuple of NFE budgets"):
+        replace(settings, weights_evaluation_times=(4.5,))

@@ -672,10 +672,10 @@ def _jobs(cfg: BenchConfig) -> list[tuple[str, tuple]]:
     return sorted(jobs, key=lambda j: -cost(j))
 
 
-_CHECKPOINT_JOB_WEIGHT = {"digits-vp": 5.8, "digits-flow": 6.5}
+_CHECKPOINT_JOB_WEIGHT = {"digits-vp": 5.8, "digits-flow": 5.9}
 """A checkpoint job's cost on the scale of :func:`_jobs`, where one unit is ~80 s of one core at the full preset (a
-2-D mixture's DDPM job is 3): measured ~460 s and 520 s, their optimised-grid fits included (digits-flow's weight,
-corrector and evaluation-time fits ~230 s of it; Dec 2026)."""
+2-D mixture's DDPM job is 3): measured ~460 s and ~475 s, their optimised-grid fits included (digits-flow's weight,
+corrector and evaluation-time fits ~170 s of it; Dec 2026)."""
 
 
 _WORKER_BUILT: dict = {}  # a worker process's contestants per (schedule, grid variants), kept across its jobs

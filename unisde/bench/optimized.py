@@ -57,7 +57,9 @@ class FitSettings:
         # unipc order 3 had 0.19/0.31 of the best peer's error on EDM/DDPM to the weights' 0.26/0.37: both met) —
         # BENCHMARKS.md, full preset, Dec 2026 — so unipc is fitted at NFE 8 and 10 only, where it leads most cells
         ("unipc", {}, (8, 10)),
-        ("unipc", {"solver_order": 3}, (8, 10)),
+        # order 3 at NFE 8 only: at NFE 10 it led one cell (the 2-D mixture on the DDPM table, 0.135 of the best
+        # peer's error, where unipc's fitted grid has 0.335) for 108 s of one core over the exact targets
+        ("unipc", {"solver_order": 3}, (8,)),
         # at NFE ≤ 6 iPNDM's fitted grids lost every cell to gradient estimation's weights (BENCHMARKS.md, full preset)
         ("ipndm", {}, (8, 10)),
         # Euler with a gradient-estimation correction (Permenter & Yuan 2024 [GradEst]): on the 64-D mixture at
@@ -72,7 +74,9 @@ class FitSettings:
     weights_history: int = 3
     weights_rounds: int = 2  # weight fits, the times descended again for the weights between two
     weights_corrector: bool = False  # fit the fitted sampler's corrector rows with its weights (fit_corrector)
-    weights_evaluation_times: bool = False  # … and the times its evaluations are told (fit_evaluation_times)
+    # … and the times its evaluations are told (fit_evaluation_times): True at every budget of ``weights``, or a tuple
+    # of the NFE where they are
+    weights_evaluation_times: bool | tuple = False
     # On Gaussian targets (a fit there takes seconds) these samplers are also fitted at budgets above ``max_nfe`` up
     # to ``max_nfe_gaussian``: at NFE 20 an optimised DPM-Solver++(2M) / UniPC-3 grid beats the polyexponential and
     # Karras grids that the peers' best configurations use
@@ -106,6 +110,11 @@ class FitSettings:
                     f"({', '.join(label(e[0], dict(e[1])) for e in self.samplers) or 'none'}): the weights are "
                     "fitted on that sampler's grid"
                 )
+        told = self.weights_evaluation_times
+        if not isinstance(told, bool) and not (
+            isinstance(told, tuple) and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in told)
+        ):
+            raise ValueError(f"weights_evaluation_times must be True, False or a tuple of NFE budgets, got {told!r}")
         for name in ("weights_history", "weights_rounds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -172,14 +181,16 @@ CHECKPOINT_FITS = {
     # estimation's grids lower them to 0.52/0.27/0.21, in one round (a second, after descending the times again for
     # the weights, gave 0.21 at NFE 6 as well, for 20 s more); fitted with a corrector, 0.56/0.25/0.19 where
     # this preset's fit without one has 0.60/0.27/0.21 (15-40 s more a fit; Dec 2026); with the times its
-    # evaluations are told fitted as well (2 rounds), 0.45/0.22/0.16 (25-130 s more a fit; Dec 2026)
+    # evaluations are told fitted as well (2 rounds), 0.45/0.22/0.16 (25-130 s more a fit; Dec 2026). Those times
+    # only at NFE 4 and 5: at NFE 6 their fit took 190 s (the most of any) and the race read 0.656 of the best peer
+    # with them, 0.580 without (full preset, Dec 2026)
     "digits-flow": replace(
         CHECKPOINT_FIT,
         samplers=(("gradient_estimation", {}, 6), ("ipndm", {}, (8, 10))),
         weights=(("gradient_estimation", {}, 6),),
         weights_rounds=1,
         weights_corrector=True,
-        weights_evaluation_times=True,
+        weights_evaluation_times=(4, 5),
     ),
 }
 """The optimised-grid fits of the trained checkpoints (``BenchConfig.checkpoint_fit``), by checkpoint: the samplers of
@@ -204,6 +215,12 @@ def fits_weights(sampler: str, options: dict, budget: int, settings: FitSettings
         entry[0] == sampler and dict(entry[1]) == dict(options) and fitted_at(entry, budget, settings)
         for entry in settings.weights
     )
+
+
+def tells_times(evaluation_times, budget: int) -> bool:
+    """Whether a weights fit at NFE ``budget`` fits the evaluation times too, for a
+    :attr:`FitSettings.weights_evaluation_times` value (a list where JSON kept it)."""
+    return budget in evaluation_times if isinstance(evaluation_times, (tuple, list)) else bool(evaluation_times)
 
 
 def settings_for(fit, target: str) -> FitSettings | None:
@@ -290,7 +307,7 @@ def fit_grid(dist, schedule, sampler: str, options: dict, budget: int, settings:
                 "weights_history": settings.weights_history,
                 "weights_rounds": settings.weights_rounds,
                 "fit_corrector": settings.weights_corrector,
-                "fit_evaluation_times": settings.weights_evaluation_times,
+                "fit_evaluation_times": tells_times(settings.weights_evaluation_times, budget),
             }
             if weights
             else {}
@@ -420,6 +437,7 @@ def weights_text(settings: dict) -> str:
         return ""
     on = ", ".join(label(entry[0], dict(entry[1])) + budgets_text(entry) for entry in entries)
     rounds = settings.get("weights_rounds", 2)
+    told_at = settings.get("weights_evaluation_times")
     return (
         f"; then on the grids of {on} the weights of the multistep sampler `fitted` (at most "
         f"{settings.get('weights_history', 3)} derivatives per step)"
@@ -427,7 +445,8 @@ def weights_text(settings: dict) -> str:
         + " by least squares"
         + (
             ", then the times its evaluations are told by coordinate descent, the weights fitted again for them"
-            if settings.get("weights_evaluation_times")
+            + (f" (NFE {', '.join(map(str, told_at))})" if isinstance(told_at, (tuple, list)) else "")
+            if told_at
             else ""
         )
         + (f" in {rounds} rounds, the times descended again for the weights between them" if rounds > 1 else "")
