@@ -444,3 +444,42 @@ def test_a_late_start_is_scored_from_the_schedules_first_time():
         apart = records[schedule, "≡" + peer]["output_difference"]
         assert apart["starts"] == 64 and 0 < apart["median"] <= apart["max"] < 1e-4, apart
     assert "output_difference" not in records["ddpm", "DDIM"]  # only a twin's record compares
+
+
+def test_stochastic_grid_variants_on_mixtures_are_sampled_up_to_their_nfe():
+    """On a mixture a stochastic unisde sampler on another time grid gets the sampling metric only up to
+    ``sampled_variants_max_nfe`` (beyond it no record); on its default grid, and a deterministic sampler on any grid,
+    at every NFE; the report says so."""
+    import dataclasses
+
+    from unisde.bench.report import render_markdown
+    from unisde.bench.run import BenchConfig, run_benchmarks
+
+    labels = ("euler_ancestral", "euler_ancestral[grid=karras]", "euler[grid=karras]")
+    cfg = BenchConfig(
+        targets=("mixture-2d",),
+        schedules=("flow",),
+        nfe=(4, 6),
+        sections=("accuracy",),
+        contestants=labels,
+        fit=None,
+        n_trajectory=32,
+        n_samples_2d=200,
+        sampled_variants_max_nfe=4,
+    )
+    results = run_benchmarks(cfg)
+    raced = {(r["sampler"], r["nfe"]): r["metric"] for r in results["accuracy"]}
+    assert raced == {
+        ("euler_ancestral", 4): "sliced-w2",
+        ("euler_ancestral", 6): "sliced-w2",
+        ("euler_ancestral[grid=karras]", 4): "sliced-w2",
+        ("euler[grid=karras]", 4): "trajectory",
+        ("euler[grid=karras]", 6): "trajectory",
+    }
+    assert "a stochastic sampler's other grids up to NFE 4" in render_markdown(results)
+    everywhere = run_benchmarks(dataclasses.replace(cfg, sampled_variants_max_nfe=None, nfe=(6,)))
+    assert {r["sampler"] for r in everywhere["accuracy"]} == set(labels)
+    assert "other grids up to NFE" not in render_markdown(everywhere)
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="sampled_variants_max_nfe must be None or a positive integer"):
+            dataclasses.replace(cfg, sampled_variants_max_nfe=bad).validate()

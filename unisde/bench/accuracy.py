@@ -327,12 +327,13 @@ def measure_mixture(
     sampling: _SamplingMetric,
     top: float,
     outputs: dict | None = None,
+    sample: bool = True,
 ) -> dict | None:
     """One record's metric fields on a non-Gaussian target: trajectory error for a deterministic contestant
     (two extra rows, z = 0 with and without random draws, tell whether the draws reach the output) against
-    :func:`scored_reference` (``top``: the schedule's :func:`first_angle`), else the sampling metric. A
-    deterministic contestant's final samples go into ``outputs["x"]`` when it is given (for
-    :func:`twin_output_difference`)."""
+    :func:`scored_reference` (``top``: the schedule's :func:`first_angle`), else the sampling metric (None, no
+    record, for a stochastic one when ``sample`` is False). A deterministic contestant's final samples go into
+    ``outputs["x"]`` when it is given (for :func:`twin_output_difference`)."""
     if not exact.feeds_noise(scheduler):
         return _sampled(scheduler, model, budget, sampling, "noise not prescribable: sampling metric")
     event, d = dist.event_shape, dist.dim
@@ -351,7 +352,7 @@ def measure_mixture(
         "start_sigma": math.tan(tau0) if tau0 < math.pi / 2 else math.inf,
     }
     if stochastic:
-        return {**base, **sampling.measure(prepared, model)}
+        return {**base, **sampling.measure(prepared, model)} if sample else None
     ref, late = scored_reference(refs, tau0, y0[:-2], top, z_traj.reshape(-1, d))
     if outputs is not None:
         outputs["x"] = x[:-2]
@@ -853,8 +854,18 @@ def _cells(
                                     scheduler, model, budget, z_traj, refs, sampling, state, s_nfe, top=top, outputs=out
                                 )
                             else:
+                                sampled_max = cfg.sampled_variants_max_nfe
                                 rec = measure_mixture(
-                                    scheduler, model, dist, budget, z_traj, refs, sampling, top, outputs=out
+                                    scheduler,
+                                    model,
+                                    dist,
+                                    budget,
+                                    z_traj,
+                                    refs,
+                                    sampling,
+                                    top,
+                                    outputs=out,
+                                    sample=not c.grid_variant or sampled_max is None or budget <= sampled_max,
                                 )
                         except Exception as exc:
                             errors.append(

@@ -37,12 +37,14 @@ def base_config(schedule: str) -> dict:
 @dataclass
 class Contestant:
     """One sampler configuration: ``make()`` builds a fresh scheduler; ``twin_of`` names the diffusers
-    contestant a unisde one is converted from (same algorithm), for the agreement table."""
+    contestant a unisde one is converted from (same algorithm), for the agreement table; ``grid_variant``: a unisde
+    sampler on a time grid other than its default (``BenchConfig.sampled_variants_max_nfe``)."""
 
     library: str
     label: str
     make: Callable
     twin_of: str | None = None
+    grid_variant: bool = False
 
 
 def _unified(cfg: dict, **kwargs):
@@ -89,7 +91,9 @@ def unisde_contestants(schedule: str, cfg: dict, grid_variants: bool) -> list[Co
                     kwargs["time_grid"] = grid
                     if grid_options:
                         kwargs["time_grid_options"] = dict(grid_options)
-                out.append(Contestant("unisde", label, lambda kw=kwargs: _unified(cfg, **kw)))
+                out.append(
+                    Contestant("unisde", label, lambda kw=kwargs: _unified(cfg, **kw), grid_variant=grid is not None)
+                )
     return out
 
 

@@ -273,6 +273,12 @@ def _accuracy_markdown(results: dict, plot_relpath: str | None) -> list[str]:
         "",
         f"unisde samplers: {', '.join(setup.get('samplers', []))} (every registered sampler, plugins included"
         + ("; each also on other time grids" if setup.get("grid_variants") else "")
+        + (
+            f" — on the mixtures a stochastic sampler's other grids up to NFE {setup['sampled_variants_max_nfe']}: "
+            "beyond it their sampling metric reads the noise floor, not the grid"
+            if setup.get("grid_variants") and setup.get("sampled_variants_max_nfe")
+            else ""
+        )
         + "). "
         "`≡X` is the unisde scheduler converted from diffusers scheduler X (`UnifiedScheduler.from_config(X.config)`, "
         "the same algorithm). diffusers: every scheduler of the target's family"
