@@ -20,7 +20,9 @@ affine) keep the sliced Wasserstein-2 distance
     SW₂(X, Y)² = E_θ W₂²(θᵀX, θᵀY)   (θ uniform on the unit sphere; a fixed set of ``projections`` directions)
 
 to one fixed set of exact samples, against its *noise floor* (the same distance between two independent exact
-sets of the same size; mean and standard deviation over three pairs). The report prints, per NFE, the best
+sets of the same size; mean and standard deviation over three pairs). A stochastic unisde sampler is raced on its
+other time grids there up to ``BenchConfig.sampled_variants_max_nfe`` (20) only: beyond it that metric reads the
+floor, not the grid. The report prints, per NFE, the best
 unisde vs the best peer (diffusers or k-diffusion) result on the noise-free metric against the targets ≤ 0.67× at
 NFE ≤ 10 and ≤ 1.0× at NFE 20 and 50 (:func:`unisde.bench.accuracy.comparisons`).
 
