@@ -917,17 +917,19 @@ def optimize_grid(
             f"sampler {sampler!r} evaluates at increasing times (it runs from data to noise); grid "
             "optimisation needs a sampler that solves the PF-ODE towards the data"
         )
-    for name, value in (("fit_weights", fit_weights), ("fit_corrector", fit_corrector)):
+    for name, value in (
+        ("fit_weights", fit_weights),
+        ("fit_corrector", fit_corrector),
+        ("fit_evaluation_times", fit_evaluation_times),
+    ):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
-    if fit_corrector and not fit_weights:
-        raise ValueError("fit_corrector fits the corrector of the fitted weights: it needs fit_weights=True")
-    if not isinstance(fit_evaluation_times, bool):
-        raise ValueError(f"fit_evaluation_times must be True or False, got {fit_evaluation_times!r}")
-    if fit_evaluation_times and not fit_weights:
-        raise ValueError(
-            "fit_evaluation_times fits the evaluation times of the fitted sampler: it needs fit_weights=True"
-        )
+    for name, value, what in (
+        ("fit_corrector", fit_corrector, "the corrector of the fitted weights"),
+        ("fit_evaluation_times", fit_evaluation_times, "the evaluation times of the fitted sampler"),
+    ):
+        if value and not fit_weights:
+            raise ValueError(f"{name} fits {what}: it needs fit_weights=True")
     if fit_weights and len(probe_t) != base_grid.numel() - 1:
         raise ValueError(
             f"fit_weights needs a sampler with one model evaluation per step, since the fitted sampler takes one; "
