@@ -57,6 +57,20 @@ from unisde.core.kernels import (  # noqa: F401
 from unisde.core.schedule import NoiseSchedule
 
 
+def prescaled_draw_is_exact(like: torch.Tensor, generator) -> bool:
+    """Whether ``torch.empty(...).normal_(0, std, generator=generator)`` shaped like ``like`` equals diffusers'
+    ``randn_tensor(like.shape, generator, like.device, like.dtype) · std`` bitwise, generator state after included:
+    on the CPU, torch's Box–Muller fill writes r·cos θ · std + 0 with one rounding of the product (blocks of 16
+    values, float32 or float64), where ``randn`` writes r·cos θ and the multiplication then rounds the same product
+    once. Not for float32 draws of < 16 elements (drawn in float64, then rounded), half precision (r·cos θ rounded
+    to half before the product) or accelerators (unchecked); tests/test_samplers_noise.py checks it on the
+    installed torch."""
+    one_cpu_stream = generator is None or (isinstance(generator, torch.Generator) and generator.device.type == "cpu")
+    if not (like.is_cpu and one_cpu_stream):
+        return False
+    return like.dtype == torch.float64 or (like.dtype == torch.float32 and like.numel() >= 16)
+
+
 @dataclass(frozen=True)
 class Option:
     """A sampler option: default value, accepted type(s), one-line doc and an optional range check.
@@ -250,14 +264,26 @@ class Sampler(abc.ABC):
             sample.shape, generator=generator or self.generator, device=sample.device, dtype=sample.dtype
         )
 
+    def scaled_noise_like(self, like: torch.Tensor, std: float) -> torch.Tensor:
+        """std·z for a fresh standard normal draw z shaped like ``like`` (:meth:`noise_like`), as a new tensor the
+        caller owns (a caller's noise, the functional API's ``noise_sampler``, is never written to).
+
+        Where :func:`prescaled_draw_is_exact` holds (a CPU draw in float32 of ≥ 16 elements or in float64, from one
+        CPU generator or the default one) it is drawn already scaled, ``normal_(0, std)``: the same generator stream
+        and bitwise the same values as diffusers' ``randn_tensor`` followed by ``· std``, without the pass over the
+        sample and ``randn_tensor``'s Python. Elsewhere (half precision, fewer elements, a list of generators, an
+        accelerator) the draw is scaled after it, as diffusers scales it."""
+        generator = self.generator
+        if self.noise_sampler is None and std >= 0.0 and prescaled_draw_is_exact(like, generator):
+            return torch.empty(like.shape, dtype=like.dtype, device=like.device).normal_(0.0, std, generator=generator)
+        z = self.noise_like(like)
+        return scaled_(z, std) if self.noise_sampler is None else scaled(z, std)
+
     def noised(self, like: torch.Tensor, std: float, *terms) -> torch.Tensor:
         """std·z + Σ c·y over ``terms`` ((y, c) pairs, c a Python float) for a fresh standard normal draw z shaped
-        like ``like`` (:meth:`noise_like`): an ancestral step's next sample. Formed in the draw's own buffer when the
-        sampler draws it (one sample-sized allocation per step, the draw's, where a combination followed by an added
-        draw takes two); a caller's noise (the functional API's ``noise_sampler``) is never written to. The same
-        kernels in the same order either way, so the same values."""
-        z = self.noise_like(like)
-        out = scaled_(z, std) if self.noise_sampler is None else scaled(z, std)
+        like ``like``: an ancestral step's next sample, formed in the buffer of :meth:`scaled_noise_like` (one
+        sample-sized allocation per step, the draw's, where a combination followed by an added draw takes two)."""
+        out = self.scaled_noise_like(like, std)
         for y, c in terms:
             out.add_(y, alpha=c)
         return out

@@ -48,7 +48,7 @@ import math
 import torch
 
 from unisde._tensor import scaled
-from unisde.core.kernels import lincomb, lincomb_, schedule_coefficients
+from unisde.core.kernels import lincomb, schedule_coefficients
 from unisde.samplers.base import Option, Sampler, positive, unit_interval
 
 
@@ -167,13 +167,14 @@ class TCDSampler(Sampler):
             s_s, sigma_s = self.intermediates(gamma)[k]
             # x_s = s_s x̂0 + σ_s ε̂ with ε̂ = (x − s_t x̂0)/σ_t: the DDIM step to the intermediate time
             direction = sigma_s / self.sigma_t[k]
-            x_s = lincomb(x, direction, denoised, s_s - direction * self.s_t[k])
+            c_x, c_d = direction, s_s - direction * self.s_t[k]
             if gamma > 0 and k < n - 1:
+                # x_{t'} = r x_s + std z with x_s's coefficients multiplied through by r: no pass forms x_s itself
                 ratio = self.s_next[k] / s_s
                 std = math.sqrt(max(self.sigma_next[k] ** 2 - (ratio * sigma_s) ** 2, 0.0))
-                x = lincomb_(x_s, ratio, self.noise_like(x), std)  # in x_s's buffer: a temporary of this step
+                x = self.noised(x, std, (x, ratio * c_x), (denoised, ratio * c_d))
             else:
-                x = x_s
+                x = lincomb(x, c_x, denoised, c_d)
         return x
 
 
