@@ -25,6 +25,7 @@ from unisde.bench.speed import (
     _training,
     check_device,
     overhead_pairs,
+    steady_heap,
 )
 from unisde.bench.targets import CHECKPOINTS, TARGETS
 
@@ -288,6 +289,10 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         if "accuracy" in cfg.sections:
             records, floors, errors = _accuracy(cfg, log)
             results["accuracy"], results["floors"], results["errors"] = records, floors, errors
+        heap = None
+        if any(name in cfg.sections for name in ("overhead", "pipeline", "training")):
+            heap = steady_heap()  # after the accuracy section: its workers are other processes anyway
+            log(f"speed sections: {heap}")
         if "overhead" in cfg.sections:
             results["overhead"] = _overhead(cfg, log)
             results["memory"] = _memory(cfg, log)
@@ -343,5 +348,6 @@ def run_benchmarks(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict
         "device": cfg.device,
         "device_name": torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device != "cpu" else None,
         "pipeline_model": cfg.pipeline_model,
+        "heap": heap,
     }
     return results
