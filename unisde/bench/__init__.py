@@ -59,7 +59,10 @@ while on a shared machine (the 2-core CI box this was written on) threads spinni
 the same call up to 10× slower and noisy. Both sides of every ratio run under the same setting. The accuracy
 section, whose numbers do not depend on timing, runs its cells (target × schedule) in ``BenchConfig.workers``
 such single-threaded processes (two in the full and medium presets, ``--workers``): the same records, in the same
-order, as one process gives; the speed sections run after it, alone.
+order, as one process gives; the speed sections run after it, alone, with glibc's heap pinned
+(:func:`unisde.bench.speed.steady_heap`): left to its dynamic thresholds, whether a step's freed temporaries fault
+in again at the next step depended on the process's history (diffusers' TCD step at 1×4096×64: 1.4 ms a call in
+one full run, 4.1 ms in the next).
 
 :func:`run_benchmarks` returns the JSON-able results; :func:`render_markdown` and :func:`plot_accuracy` turn
 them into ``BENCHMARKS.md`` and its figure.
