@@ -96,9 +96,8 @@ def steady_heap() -> str:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return "not pinned (libc.so.6 not found)"
-    pinned = libc.mallopt(_M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) == 1
-    pinned = libc.mallopt(_M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD) == 1 and pinned
-    if not pinned:
+    settings = ((_M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD))
+    if not all([libc.mallopt(param, value) == 1 for param, value in settings]):  # both set, whatever the first says
         return "not pinned (mallopt refused)"
     return (
         f"glibc heap pinned: blocks up to {STEADY_MMAP_THRESHOLD >> 20} MiB from the heap, trim threshold "

@@ -166,8 +166,8 @@ class TCDSampler(Sampler):
                 raise ValueError(f"sampler 'tcd': γ (eta) must lie in [0, 1], got {gamma!r} (from the pipeline's eta)")
             s_s, sigma_s = self.intermediates(gamma)[k]
             # x_s = s_s x̂0 + σ_s ε̂ with ε̂ = (x − s_t x̂0)/σ_t: the DDIM step to the intermediate time
-            direction = sigma_s / self.sigma_t[k]
-            c_x, c_d = direction, s_s - direction * self.s_t[k]
+            c_x = sigma_s / self.sigma_t[k]
+            c_d = s_s - c_x * self.s_t[k]
             if gamma > 0 and k < n - 1:
                 # x_{t'} = r x_s + std z with x_s's coefficients multiplied through by r: no pass forms x_s itself
                 ratio = self.s_next[k] / s_s
